@@ -1,0 +1,42 @@
+# overhaul: `make demo` shows it working, `make test` checks it. Both install what is missing first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: all setup machine test lint unit demo bench clean
+
+all: test
+
+# The Python environment, rebuilt when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# System packages (apt-get, only when absent) and the container engine's machine configuration.
+machine:
+	scripts/setup-machine
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: setup machine
+	$(PY) -m pytest -q
+
+test: lint unit
+
+demo: setup machine
+	$(PY) demo/agent_demo.py
+
+bench: setup machine
+	$(PY) bench/agent_bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,141 @@
+"""The agent's endpoints: GET /health (with blocking queries), GET /metrics, and the TCP health port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agent.board import HealthBoard
+from agent.metrics import AgentMetrics
+from agent.probe_body import HealthState
+
+log = logging.getLogger(__name__)
+MAX_WAIT_SECONDS = 600.0
+BOARD_KEY = web.AppKey("board", HealthBoard)
+METRICS_KEY = web.AppKey("metrics", AgentMetrics)
+
+
+def _bad_request(field: str, message: str) -> web.Response:
+    body = {"error": {"code": "InvalidParameter", "target": field, "message": f"{field}: {message}"}}
+    return web.json_response(body, status=400)
+
+
+def _parse_wait(raw: str) -> float:
+    text = raw.strip().lower().removesuffix("s")
+    value = float(text)
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise ValueError
+    return value
+
+
+def _parse_etag(raw: str) -> int | None:
+    text = raw.strip().removeprefix("W/").strip('"')
+    return int(text) if text.isdigit() else None
+
+
+async def health(request: web.Request) -> web.Response:
+    board = request.app[BOARD_KEY]
+    query = request.query
+    if "wait" in query:
+        try:
+            wait = _parse_wait(query["wait"])
+        except ValueError:
+            return _bad_request(
+                "wait", f"must be a number of seconds 0..{MAX_WAIT_SECONDS:g}, got {query['wait']!r}"
+            )
+        seen = query.get("etag") or request.headers.get("If-None-Match")
+        if seen is not None:
+            version = _parse_etag(seen)
+            if version is None:
+                return _bad_request("etag", f"must be an ETag this agent returned, got {seen!r}")
+            await board.wait_for_change(version, wait)
+    status = 200 if board.state is HealthState.HEALTHY else 503
+    return web.Response(
+        body=board.body(),
+        status=status,
+        content_type="application/json",
+        headers={"ETag": board.etag, "Cache-Control": "no-store"},
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = request.app[METRICS_KEY].render()
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    body = {"error": {"code": "NotFound", "message": f"no endpoint {request.method} {request.path}"}}
+    return web.Response(text=json.dumps(body), status=404, content_type="application/json")
+
+
+def build_app(board: HealthBoard, agent_metrics: AgentMetrics) -> web.Application:
+    app = web.Application()
+    app[BOARD_KEY] = board
+    app[METRICS_KEY] = agent_metrics
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+class TcpHealthPort:
+    """Load-balancer probe semantics: the port accepts connections only while the verdict is Healthy.
+
+    While not Healthy the socket is closed, so a connect is refused at once rather than left to time out.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._want_open = False
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(1):
+                await writer.wait_closed()
+
+    def on_verdict(self, board: HealthBoard) -> None:
+        self._want_open = board.state is HealthState.HEALTHY and not board.closing
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._apply(), name="tcp-health-port")
+
+    async def _apply(self) -> None:
+        async with self._lock:
+            while True:
+                want = self._want_open
+                if want and self._server is None:
+                    try:
+                        self._server = await asyncio.start_server(
+                            self._accept, self.host, self.port, reuse_address=True
+                        )
+                    except OSError:
+                        log.exception("TCP health port %s:%d cannot listen", self.host, self.port)
+                        return
+                elif not want and self._server is not None:
+                    self._server.close()
+                    self._server = None
+                if want == self._want_open:
+                    return
+
+    async def close(self) -> None:
+        self._want_open = False
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None

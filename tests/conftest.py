@@ -1,0 +1,154 @@
+"""Shared fixtures: real local application servers and an in-process agent, plus a task-leak check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from agent.__main__ import Agent, AgentConfig
+from agent.metadata import InstanceMetadata
+from agent.settings import parse_settings
+
+
+@pytest.fixture(autouse=True)
+async def no_leftover_tasks() -> AsyncIterator[None]:
+    """Fails a test that leaves background tasks running: every task must be supervised and cancelled."""
+    yield
+    current = asyncio.current_task()
+    for _ in range(20):  # let tasks that are already finishing get there
+        leftover = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not leftover:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"tasks left running: {[t.get_name() for t in leftover]}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class FakeApp:
+    """A real HTTP application on 127.0.0.1 whose health answer the test controls."""
+
+    port: int
+    status: int = 200
+    body: bytes = b'{"applicationHealthState": "Healthy"}'
+    hang: bool = False
+    requests: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set_state(self, state: str, custom_metrics: Any = None) -> None:
+        doc: dict[str, Any] = {"applicationHealthState": state}
+        if custom_metrics is not None:
+            doc["customMetrics"] = custom_metrics
+        self.body = json.dumps(doc).encode()
+        self.status = 200
+
+
+@pytest.fixture
+async def fake_app() -> AsyncIterator[FakeApp]:
+    app_state = FakeApp(port=free_port())
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        app_state.requests += 1
+        if app_state.hang:
+            await app_state.released.wait()
+        return web.Response(status=app_state.status, body=app_state.body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/health", handler)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", app_state.port).start()
+    yield app_state
+    app_state.released.set()
+    await runner.cleanup()
+
+
+def fast_settings(port: int, **overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "protocol": "http",
+        "port": port,
+        "requestPath": "/health",
+        "intervalInSeconds": 0.1,
+        "numberOfProbes": 1,
+        "gracePeriod": 5,
+        "overhaul": {"fastProbes": True},
+    }
+    doc.update(overrides)
+    return doc
+
+
+@dataclass
+class RunningAgent:
+    agent: Agent
+    task: asyncio.Task[int]
+    session: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.agent.http_port}"
+
+    async def health(self, query: str = "") -> tuple[int, dict[str, Any], str]:
+        async with self.session.get(f"{self.url}/health{query}") as resp:
+            return resp.status, await resp.json(), resp.headers["ETag"]
+
+    async def wait_state(self, state: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Follows the agent with blocking queries until it reports ``state``."""
+        etag = '"0"'
+        async with asyncio.timeout(timeout):
+            while True:
+                _, doc, etag = await self.health(f"?wait=5&etag={etag.strip(chr(34))}")
+                if doc["applicationHealthState"] == state:
+                    return doc
+
+
+StartAgent = Callable[..., Awaitable[RunningAgent]]
+
+
+@pytest.fixture
+async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
+    started: list[RunningAgent] = []
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    async def start(
+        settings: dict[str, Any] | None,
+        metadata: InstanceMetadata | None = None,
+        tcp_port: int | None = None,
+        state_dir: Path | None = None,
+    ) -> RunningAgent:
+        metadata = metadata or InstanceMetadata()
+        if settings is None and metadata.health_settings is not None:
+            settings = dict(metadata.health_settings)  # as load_config does for --metadata
+        config = AgentConfig(
+            settings=parse_settings(settings) if settings is not None else None,
+            metadata=metadata,
+            host="127.0.0.1",
+            port=0,
+            tcp_port=tcp_port,
+            state_dir=state_dir or tmp_path / "state",
+        )
+        agent = Agent(config)
+        task = asyncio.create_task(agent.run(), name="agent-under-test")
+        await asyncio.wait_for(agent.ready.wait(), 5)
+        running = RunningAgent(agent, task, session)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.agent.stop.set()
+        assert await asyncio.wait_for(running.task, 5) == 0
+    await session.close()

@@ -1,0 +1,158 @@
+"""The agent as a process: command line, sd_notify readiness, SIGTERM, and its systemd unit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import FakeApp, fast_settings, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "overhaul-agent.service"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_bad_settings_exit_2_naming_the_field(tmp_path: Path) -> None:
+    settings = tmp_path / "s.json"
+    settings.write_text(
+        json.dumps({"protocol": "http", "port": 80, "requestPath": "/", "numberOfProbes": 99})
+    )
+    result = run_cli("--settings", str(settings))
+    assert result.returncode == 2
+    assert "settings.numberOfProbes: must be 1..24" in result.stderr
+
+
+def test_unreadable_and_invalid_files_are_named(tmp_path: Path) -> None:
+    missing = run_cli("--settings", str(tmp_path / "nope.json"))
+    assert missing.returncode == 2 and "--settings: cannot read" in missing.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    result = run_cli("--metadata", str(broken))
+    assert result.returncode == 2 and "--metadata:" in result.stderr and "not valid JSON" in result.stderr
+
+
+def test_check_merges_metadata_file_and_flags(tmp_path: Path) -> None:
+    metadata = tmp_path / "metadata.json"
+    health = {"name": "h", "properties": {"type": "ApplicationHealthLinux", "settings": fast_settings(8080)}}
+    metadata.write_text(json.dumps({"instanceId": "1", "extensionProfile": {"extensions": [health]}}))
+    settings = tmp_path / "s.json"
+    settings.write_text(json.dumps({"settings": {"numberOfProbes": 3}}))
+    result = run_cli(
+        "--metadata",
+        str(metadata),
+        "--settings",
+        str(settings),
+        "--probe",
+        "port=9000",
+        "--probe",
+        "requestPath=/ready",
+        "--check",
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)["settings"]
+    assert (doc["port"], doc["requestPath"], doc["numberOfProbes"], doc["protocol"]) == (
+        9000,
+        "/ready",
+        3,
+        "http",
+    )
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+async def receive(sock: socket.socket, wanted: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        while True:
+            message = (await loop.sock_recv(sock, 4096)).decode()
+            if wanted in message.splitlines():
+                return
+
+
+async def test_sigterm_answers_in_flight_requests_and_exits_0_within_2s(
+    fake_app: FakeApp, notify_socket: socket.socket, tmp_path: Path
+) -> None:
+    settings = tmp_path / "s.json"
+    settings.write_text(json.dumps(fast_settings(fake_app.port)))
+    port = free_port()
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname()}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "--settings",
+        str(settings),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--tcp-port",
+        "0",
+        "--state-dir",
+        str(tmp_path / "state"),
+        env=env,
+    )
+    try:
+        await receive(notify_socket, "READY=1")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(f"http://127.0.0.1:{port}/health") as resp:
+                etag = resp.headers["ETag"]
+            in_flight = asyncio.create_task(
+                session.get(f"http://127.0.0.1:{port}/health?wait=60&etag={etag}")
+            )
+            await asyncio.sleep(0.3)
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), 5)
+            exited = time.monotonic() - sent
+            resp = await in_flight
+            assert resp.status in (200, 503)
+            assert "applicationHealthState" in await resp.json()
+            resp.release()
+        assert code == 0
+        assert exited < 2.0
+        await receive(notify_socket, "STOPPING=1", timeout=1)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    # The unit names where images install the agent; point a copy at this environment's agent so
+    # systemd-analyze can check the executable too, and require silence: it reports unknown keys with rc 0.
+    installed = shutil.which("overhaul-agent", path=str(Path(sys.executable).parent))
+    assert installed is not None
+    text = UNIT.read_text()
+    assert "ExecStart=/usr/local/bin/overhaul-agent " in text
+    unit = tmp_path / UNIT.name
+    unit.write_text(text.replace("/usr/local/bin/overhaul-agent", installed))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr

@@ -1,0 +1,183 @@
+"""The agent's endpoints, served by a running agent that probes a real local application."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
+
+
+async def test_health_follows_the_application(fake_app: FakeApp, start_agent: StartAgent) -> None:
+    fake_app.set_state("Unhealthy")
+    agent = await start_agent(fast_settings(fake_app.port, numberOfProbes=2))
+    doc = await agent.wait_state("Unhealthy")
+    status, doc, _ = await agent.health()
+    assert status == 503
+    assert doc["reason"].startswith("2 consecutive probe(s) Unhealthy")
+    fake_app.set_state("Healthy", custom_metrics=json.dumps({"rollingUpgrade": {"PhaseOrderingNumber": 3}}))
+    await agent.wait_state("Healthy")
+    status, doc, etag = await agent.health()
+    assert status == 200
+    assert re.fullmatch(r'"\d+"', etag)
+    assert doc["customMetrics"] == {"rollingUpgrade": {"PhaseOrderingNumber": 3, "SkipUpgrade": False}}
+    assert doc["lastProbe"]["statusCode"] == 200
+    for key in ("since", "extensions", "imageReference", "instanceId", "resources"):
+        assert key in doc
+    assert doc["resources"]["memory"]["totalBytes"] > 0
+
+
+async def test_initializing_during_grace_is_503(fake_app: FakeApp, start_agent: StartAgent) -> None:
+    fake_app.status = 500
+    agent = await start_agent(fast_settings(fake_app.port, gracePeriod=30))
+    status, doc, _ = await agent.health()
+    assert status == 503
+    assert doc["applicationHealthState"] == "Initializing"
+
+
+async def test_grace_expiry_commits_unknown_for_http(fake_app: FakeApp, start_agent: StartAgent) -> None:
+    fake_app.status = 500
+    agent = await start_agent(fast_settings(fake_app.port, gracePeriod=0.5))
+    doc = await agent.wait_state("Unknown")
+    assert "grace period expired" in doc["reason"]
+
+
+async def test_blocking_query_answers_within_100ms_of_a_change(
+    fake_app: FakeApp, start_agent: StartAgent
+) -> None:
+    agent = await start_agent(fast_settings(fake_app.port))
+    await agent.wait_state("Healthy")
+    _, _, etag = await agent.health()
+    changed_at: list[float] = []
+    agent.agent.board.add_listener(lambda board: changed_at.append(time.monotonic()))
+
+    async def watch() -> tuple[float, dict[str, object], str]:
+        _, doc, new_etag = await agent.health(f"?wait=30&etag={etag.strip(chr(34))}")
+        return time.monotonic(), doc, new_etag
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)
+    assert not watcher.done()  # held: nothing changed yet
+    fake_app.set_state("Unhealthy")
+    answered_at, doc, new_etag = await asyncio.wait_for(watcher, 10)
+    assert doc["applicationHealthState"] == "Unhealthy"
+    assert new_etag != etag
+    assert answered_at - changed_at[0] < 0.1
+
+
+async def test_blocking_query_answers_at_once_for_an_old_etag(
+    fake_app: FakeApp, start_agent: StartAgent
+) -> None:
+    agent = await start_agent(fast_settings(fake_app.port))
+    await agent.wait_state("Healthy")
+    started = time.monotonic()
+    _, doc, _ = await agent.health('?wait=30&etag="1"')
+    assert time.monotonic() - started < 1
+    assert doc["applicationHealthState"] == "Healthy"
+
+
+async def test_blocking_query_times_out_with_the_same_etag(
+    fake_app: FakeApp, start_agent: StartAgent
+) -> None:
+    agent = await start_agent(fast_settings(fake_app.port))
+    await agent.wait_state("Healthy")
+    _, _, etag = await agent.health()
+    started = time.monotonic()
+    _, _, after = await agent.health(f"?wait=0.4&etag={etag}")
+    assert time.monotonic() - started >= 0.39
+    assert after == etag  # probes confirming the same state do not bump the version
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("?wait=soon&etag=1", "wait"), ("?wait=-1&etag=1", "wait"), ("?wait=5&etag=abc", "etag")],
+)
+async def test_bad_blocking_query_is_400_naming_the_field(
+    fake_app: FakeApp, start_agent: StartAgent, query: str, field: str
+) -> None:
+    agent = await start_agent(fast_settings(fake_app.port))
+    async with agent.session.get(f"{agent.url}/health{query}") as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error["message"].startswith(f"{field}:")
+
+
+async def test_unknown_path_is_404(fake_app: FakeApp, start_agent: StartAgent) -> None:
+    agent = await start_agent(fast_settings(fake_app.port))
+    async with agent.session.get(f"{agent.url}/nope") as resp:
+        assert resp.status == 404
+        assert "error" in await resp.json()
+
+
+async def tcp_accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+    except ConnectionRefusedError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+async def test_tcp_health_port_accepts_only_while_healthy(fake_app: FakeApp, start_agent: StartAgent) -> None:
+    fake_app.set_state("Unhealthy")
+    tcp_port = free_port()
+    agent = await start_agent(fast_settings(fake_app.port, gracePeriod=30), tcp_port=tcp_port)
+    assert not await tcp_accepts(tcp_port)  # Initializing
+    await agent.wait_state("Unhealthy")
+    assert not await tcp_accepts(tcp_port)
+    fake_app.set_state("Healthy")
+    await agent.wait_state("Healthy")
+    assert await tcp_accepts(tcp_port)
+    fake_app.set_state("Unhealthy")
+    await agent.wait_state("Unhealthy")
+    assert not await tcp_accepts(tcp_port)
+
+
+async def test_hung_application_does_not_slow_health(fake_app: FakeApp, start_agent: StartAgent) -> None:
+    agent = await start_agent(fast_settings(fake_app.port, intervalInSeconds=2, numberOfProbes=1))
+    await agent.wait_state("Healthy")
+    fake_app.hang = True
+    slowest = 0.0
+    deadline = time.monotonic() + 4.5  # spans two hung probes of 1.6 s each
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        await agent.health()
+        slowest = max(slowest, time.monotonic() - started)
+        await asyncio.sleep(0.05)
+    _, doc, _ = await agent.health()
+    assert doc["applicationHealthState"] == "Unknown"
+    assert "within" in doc["lastProbe"]["detail"]
+    assert slowest < 0.5
+
+
+async def test_metrics_parse_and_follow_conventions(fake_app: FakeApp, start_agent: StartAgent) -> None:
+    fake_app.set_state("Healthy", custom_metrics=json.dumps({"rollingUpgrade": {"PhaseOrderingNumber": 1}}))
+    agent = await start_agent(fast_settings(fake_app.port))
+    await agent.wait_state("Healthy")
+    async with agent.session.get(f"{agent.url}/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    ours = [name for name in families if name.startswith("overhaul_")]
+    assert all(name.startswith("overhaul_agent_") for name in ours)
+    for name in ours:
+        family = families[name]
+        if family.type == "counter":
+            assert not name.endswith("_total")  # the parser strips _total from counter family names
+        assert not re.search(r"_(ms|milliseconds|kb|mb|minutes)(_|$)", name), name
+    assert {"process_resident_memory_bytes", "process_cpu_seconds"} <= set(families)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
+    assert samples[("overhaul_agent_health_state", (("state", "Healthy"),))] == 1
+    assert samples[("overhaul_agent_health_state", (("state", "Unknown"),))] == 0
+    assert samples[("overhaul_agent_phase_ordering_number", ())] == 1
+    assert samples[("overhaul_agent_probes_total", (("result", "Healthy"),))] >= 1
+    assert families["overhaul_agent_probe_duration_seconds"].type == "histogram"
