@@ -235,7 +235,7 @@ class Agent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._tcp_port is not None:
-            await self._tcp_port.close()
+            self._tcp_port.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._probe is not None:

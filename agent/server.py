@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -87,55 +88,53 @@ class TcpHealthPort:
     """Load-balancer probe semantics: the port accepts connections only while the verdict is Healthy.
 
     While not Healthy the socket is closed, so a connect is refused at once rather than left to time out.
+    Opening and closing happen synchronously inside the verdict change, so the port never lags /health.
     """
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self._server: asyncio.Server | None = None
-        self._want_open = False
-        self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
 
-    @staticmethod
-    async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.close()
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(1):
-                await writer.wait_closed()
+    def _accept(self) -> None:
+        if self._sock is None:
+            return
+        with contextlib.suppress(BlockingIOError, InterruptedError, ConnectionAbortedError):
+            conn, _ = self._sock.accept()
+            conn.close()
+
+    def _open(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            log.exception("TCP health port %s:%d cannot listen", self.host, self.port)
+            return
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
+        self._sock = sock
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
     def on_verdict(self, board: HealthBoard) -> None:
-        self._want_open = board.state is HealthState.HEALTHY and not board.closing
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._apply(), name="tcp-health-port")
+        want_open = board.state is HealthState.HEALTHY and not board.closing
+        if want_open and self._sock is None:
+            self._open()
+        elif not want_open:
+            self._close()
 
-    async def _apply(self) -> None:
-        async with self._lock:
-            while True:
-                want = self._want_open
-                if want and self._server is None:
-                    try:
-                        self._server = await asyncio.start_server(
-                            self._accept, self.host, self.port, reuse_address=True
-                        )
-                    except OSError:
-                        log.exception("TCP health port %s:%d cannot listen", self.host, self.port)
-                        return
-                elif not want and self._server is not None:
-                    self._server.close()
-                    self._server = None
-                if want == self._want_open:
-                    return
-
-    async def close(self) -> None:
-        self._want_open = False
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+    def close(self) -> None:
+        self._close()
 
     @property
     def listening(self) -> bool:
-        return self._server is not None
+        return self._sock is not None
