@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,8 @@ class HealthBoard:
         self.verdict = combine(None, [])
         self.since = wall()
         self.version = 1
+        # ETags name this agent process too: a restarted or reimaged agent never matches a stale ETag.
+        self.epoch = secrets.token_hex(4)
         self._key = self._verdict_key()
         self._changed = asyncio.Event()
         self._closed = False
@@ -117,7 +120,7 @@ class HealthBoard:
 
     @property
     def etag(self) -> str:
-        return f'"{self.version}"'
+        return f'"{self.epoch}.{self.version}"'
 
     def _verdict_key(self) -> tuple[Any, ...]:
         metrics = self.custom_metrics.to_json() if self.custom_metrics else None
@@ -141,9 +144,9 @@ class HealthBoard:
         for listener in self._listeners:
             listener(self)
 
-    async def wait_for_change(self, seen_version: int, timeout: float) -> None:
-        """Return when the version differs from ``seen_version``, the timeout passes, or on shutdown."""
-        if self.version != seen_version or self._closed or timeout <= 0:
+    async def wait_for_change(self, seen_etag: str, timeout: float) -> None:
+        """Return when the ETag differs from ``seen_etag``, the timeout passes, or on shutdown."""
+        if seen_etag != self.etag or self._closed or timeout <= 0:
             return
         event = self._changed
         with contextlib.suppress(TimeoutError):

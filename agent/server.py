@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 
 from aiohttp import web
@@ -34,9 +35,12 @@ def _parse_wait(raw: str) -> float:
     return value
 
 
-def _parse_etag(raw: str) -> int | None:
-    text = raw.strip().removeprefix("W/").strip('"')
-    return int(text) if text.isdigit() else None
+ETAG_PATTERN = re.compile(r'(?:W/)?"?([0-9a-f]+\.[0-9]+)"?')
+
+
+def _parse_etag(raw: str) -> str | None:
+    match = ETAG_PATTERN.fullmatch(raw.strip())
+    return f'"{match.group(1)}"' if match else None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -51,10 +55,10 @@ async def health(request: web.Request) -> web.Response:
             )
         seen = query.get("etag") or request.headers.get("If-None-Match")
         if seen is not None:
-            version = _parse_etag(seen)
-            if version is None:
+            etag = _parse_etag(seen)
+            if etag is None:
                 return _bad_request("etag", f"must be an ETag this agent returned, got {seen!r}")
-            await board.wait_for_change(version, wait)
+            await board.wait_for_change(etag, wait)
     status = 200 if board.state is HealthState.HEALTHY else 503
     return web.Response(
         body=board.body(),

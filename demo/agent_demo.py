@@ -45,7 +45,7 @@ async def tcp_accepts(port: int) -> bool:
 
 async def follow(session: aiohttp.ClientSession, url: str, tcp_port: int, seen: asyncio.Queue[str]) -> None:
     """Blocking queries: one request per change of the verdict, not one per probe."""
-    etag = '"0"'
+    etag = '"0.0"'
     last = ""
     while True:
         try:

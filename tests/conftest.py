@@ -107,7 +107,7 @@ class RunningAgent:
 
     async def wait_state(self, state: str, timeout: float = 10.0) -> dict[str, Any]:
         """Follows the agent with blocking queries until it reports ``state``."""
-        etag = '"0"'
+        etag = '"0.0"'
         async with asyncio.timeout(timeout):
             while True:
                 _, doc, etag = await self.health(f"?wait=5&etag={etag.strip(chr(34))}")

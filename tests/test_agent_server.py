@@ -24,7 +24,7 @@ async def test_health_follows_the_application(fake_app: FakeApp, start_agent: St
     await agent.wait_state("Healthy")
     status, doc, etag = await agent.health()
     assert status == 200
-    assert re.fullmatch(r'"\d+"', etag)
+    assert re.fullmatch(r'"[0-9a-f]{8}\.\d+"', etag)
     assert doc["customMetrics"] == {"rollingUpgrade": {"PhaseOrderingNumber": 3, "SkipUpgrade": False}}
     assert doc["lastProbe"]["statusCode"] == 200
     for key in ("since", "extensions", "imageReference", "instanceId", "resources"):
@@ -76,7 +76,7 @@ async def test_blocking_query_answers_at_once_for_an_old_etag(
     agent = await start_agent(fast_settings(fake_app.port))
     await agent.wait_state("Healthy")
     started = time.monotonic()
-    _, doc, _ = await agent.health('?wait=30&etag="1"')
+    _, doc, _ = await agent.health('?wait=30&etag="00000000.1"')
     assert time.monotonic() - started < 1
     assert doc["applicationHealthState"] == "Healthy"
 
@@ -181,3 +181,19 @@ async def test_metrics_parse_and_follow_conventions(fake_app: FakeApp, start_age
     assert samples[("overhaul_agent_phase_ordering_number", ())] == 1
     assert samples[("overhaul_agent_probes_total", (("result", "Healthy"),))] >= 1
     assert families["overhaul_agent_probe_duration_seconds"].type == "histogram"
+
+
+async def test_etag_of_another_agent_process_answers_at_once(
+    fake_app: FakeApp, start_agent: StartAgent
+) -> None:
+    agent = await start_agent(fast_settings(fake_app.port))
+    await agent.wait_state("Healthy")
+    _, _, etag = await agent.health()
+    epoch, version = etag.strip('"').split(".")
+    stale = (
+        f"{int(epoch, 16) ^ 1:08x}.{version}"  # same version number, another process (e.g. before a reimage)
+    )
+    started = time.monotonic()
+    _, _, answered = await agent.health(f"?wait=30&etag={stale}")
+    assert time.monotonic() - started < 1
+    assert answered == etag
