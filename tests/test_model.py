@@ -1,0 +1,182 @@
+"""Scale set model and gallery: Azure's shape and defaults, errors with field paths, latest resolution."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from orchestrator.gallery import ImageDefinition, ImageVersion, latest_version, parse_image_version, resolve
+from orchestrator.model import ModelError, format_duration, parse_duration, parse_scale_set
+
+BASE: dict[str, Any] = {
+    "location": "local",
+    "sku": {"name": "Standard_Container", "capacity": 5},
+    "properties": {
+        "upgradePolicy": {"mode": "Automatic"},
+        "virtualMachineProfile": {
+            "storageProfile": {
+                "imageReference": {
+                    "publisher": "overhaul",
+                    "offer": "demo",
+                    "sku": "base",
+                    "version": "latest",
+                },
+                "dataDisks": [{"lun": 0, "diskSizeGB": 1}],
+            },
+        },
+    },
+}
+
+
+def with_path(path: str, value: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(BASE)
+    *parents, leaf = path.split(".")
+    target = doc
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[leaf] = value
+    return doc
+
+
+def test_azure_defaults() -> None:
+    model = parse_scale_set(BASE, name="web")
+    rolling = model.upgrade_policy.rolling
+    assert (rolling.max_batch_instance_percent, rolling.max_unhealthy_instance_percent) == (20, 20)
+    assert rolling.max_unhealthy_upgraded_instance_percent == 20
+    assert rolling.pause_time_between_batches == 0
+    assert rolling.instance_health_timeout == 300
+    assert not rolling.prioritize_unhealthy_instances
+    auto = model.upgrade_policy.automatic
+    assert not auto.enable_automatic_os_upgrade and not auto.disable_automatic_rollback
+    assert model.image_reference.is_latest
+    assert model.data_disks[0].mount_path == "/datadisks/lun0"
+    assert model.instance_name(3) == "web_3"
+
+
+def test_round_trip() -> None:
+    model = parse_scale_set(BASE, name="web")
+    assert parse_scale_set(model.to_json(), name="web") == model
+
+
+RP = "properties.upgradePolicy.rollingUpgradePolicy"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "error_path", "text"),
+    [
+        (f"{RP}.maxBatchInstancePercent", 4, f"{RP}.maxBatchInstancePercent", "must be 5..100"),
+        (f"{RP}.maxBatchInstancePercent", "20", f"{RP}.maxBatchInstancePercent", "whole number"),
+        (f"{RP}.maxUnhealthyInstancePercent", 101, f"{RP}.maxUnhealthyInstancePercent", "5..100"),
+        (
+            f"{RP}.maxUnhealthyUpgradedInstancePercent",
+            -1,
+            f"{RP}.maxUnhealthyUpgradedInstancePercent",
+            "0..100",
+        ),
+        (f"{RP}.pauseTimeBetweenBatches", "5 minutes", f"{RP}.pauseTimeBetweenBatches", "ISO 8601"),
+        (f"{RP}.pauseTimeBetweenBatches", "PT2H", f"{RP}.pauseTimeBetweenBatches", "PT1H"),
+        (f"{RP}.prioritizeUnhealthyInstances", "yes", f"{RP}.prioritizeUnhealthyInstances", "true or false"),
+        ("properties.upgradePolicy.mode", "Sometimes", "properties.upgradePolicy.mode", "Automatic"),
+        ("sku.capacity", -1, "sku.capacity", "0..1000"),
+        ("sku.capacity", None, "sku.capacity", "required"),
+        (
+            "properties.virtualMachineProfile.storageProfile.imageReference",
+            {"publisher": "p", "offer": "o", "sku": "s", "version": "v1"},
+            "properties.virtualMachineProfile.storageProfile.imageReference.version",
+            "MAJOR.MINOR.PATCH",
+        ),
+        (
+            "properties.virtualMachineProfile.storageProfile.imageReference",
+            {"publisher": "p", "offer": "o"},
+            "properties.virtualMachineProfile.storageProfile.imageReference.sku",
+            "required",
+        ),
+        (
+            "properties.virtualMachineProfile.storageProfile.dataDisks",
+            [{"lun": 0}, {"lun": 0}],
+            "properties.virtualMachineProfile.storageProfile.dataDisks[1].lun",
+            "duplicate",
+        ),
+        (
+            "properties.virtualMachineProfile.overhaul",
+            {"ports": [0]},
+            "properties.virtualMachineProfile.overhaul.ports[0]",
+            "port",
+        ),
+        ("tags", {"a": 1}, "tags", "strings"),
+    ],
+)
+def test_errors_name_the_field(path: str, value: Any, error_path: str, text: str) -> None:
+    with pytest.raises(ModelError) as err:
+        parse_scale_set(with_path(path, value), name="web")
+    assert err.value.path == error_path
+    assert text in err.value.message
+
+
+def test_bad_name() -> None:
+    with pytest.raises(ModelError, match="name:"):
+        parse_scale_set(BASE, name="no spaces")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("PT0S", 0), ("PT5M", 300), ("PT1H30M", 5400), ("P1D", 86400)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text, "x") == seconds
+    assert parse_duration(format_duration(seconds), "x") == seconds
+
+
+def version(v: str, *, exclude: bool = False, locations: tuple[str, ...] = ("local",)) -> ImageVersion:
+    return ImageVersion(
+        "g", "demo", v, f"localhost/demo:{v}", exclude_from_latest=exclude, target_locations=locations
+    )
+
+
+def test_latest_is_highest_semver_not_excluded_in_location() -> None:
+    versions = [
+        version("1.2.0"),
+        version("1.10.0"),
+        version("2.0.0", exclude=True),
+        version("1.11.0", locations=("edge",)),
+    ]
+    assert latest_version(versions, "local") == versions[1]
+    assert latest_version(versions, "edge") == versions[3]
+    assert latest_version(versions, "nowhere") is None
+
+
+def test_resolve_by_publisher_or_gallery_id() -> None:
+    definition = ImageDefinition("g", "demo", "overhaul", "demo", "base")
+    model = parse_scale_set(BASE, name="web")
+    assert resolve(model.image_reference, [definition], [version("1.0.0")], "local").version == "1.0.0"
+    by_id = with_path(
+        "properties.virtualMachineProfile.storageProfile.imageReference",
+        {
+            "id": "/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/galleries/g/images/demo"
+            + "/versions/1.0.0"
+        },
+    )
+    ref = parse_scale_set(by_id, name="web").image_reference
+    assert ref.version == "1.0.0"
+    assert resolve(ref, [definition], [version("1.0.0"), version("1.1.0")], "local").version == "1.0.0"
+    with pytest.raises(ModelError, match="not available in edge"):
+        resolve(ref, [definition], [version("1.0.0")], "edge")
+
+
+def test_image_version_body() -> None:
+    doc = {
+        "location": "local",
+        "properties": {
+            "publishingProfile": {
+                "excludeFromLatest": True,
+                "targetRegions": [{"name": "local"}, {"name": "edge"}],
+            },
+            "storageProfile": {"source": {"overhaul": {"containerImage": "localhost/demo:2"}}},
+        },
+    }
+    parsed = parse_image_version(doc, gallery="g", image="demo", version="2.0.0", published_at=1.0)
+    assert parsed.exclude_from_latest and parsed.target_locations == ("local", "edge")
+    with pytest.raises(ModelError) as err:
+        parse_image_version({"properties": {}}, gallery="g", image="demo", version="2.0.0", published_at=1.0)
+    assert err.value.path == "properties.storageProfile.source.overhaul.containerImage"
+    with pytest.raises(ModelError, match=r"MAJOR\.MINOR\.PATCH"):
+        parse_image_version(doc, gallery="g", image="demo", version="latest", published_at=1.0)

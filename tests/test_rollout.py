@@ -1,0 +1,367 @@
+"""The pure rollout core: table-driven rules and hypothesis properties over a simulated fleet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.model import RollingUpgradePolicy
+from orchestrator.planner import Health, InstanceView, batch_size, exceeds, plan_batches
+from orchestrator.rollout import (
+    MAX_UNHEALTHY,
+    MAX_UNHEALTHY_UPGRADED,
+    Action,
+    ActionKind,
+    ActionResult,
+    Attempt,
+    AttemptStatus,
+    StartedBy,
+    Step,
+    apply_result,
+    attempt_from_json,
+    attempt_to_json,
+    decide,
+    request_cancel,
+    resume,
+    start,
+)
+
+HEALTHY = Health.HEALTHY
+UNHEALTHY = Health.UNHEALTHY
+
+
+@dataclass
+class World:
+    """A simulated fleet: versions per instance, and whether a version comes up healthy on an instance."""
+
+    versions: dict[int, str]
+    healthy_on: Callable[[int, str], bool]
+    phases: dict[int, int] = field(default_factory=dict)
+    skip: set[int] = field(default_factory=set)
+    previous: dict[int, str] = field(default_factory=dict)
+    now: float = 1000.0
+    touched: list[tuple[ActionKind, int]] = field(default_factory=list)
+    batches: list[tuple[int, ...]] = field(default_factory=list)
+    fail_reimage: set[int] = field(default_factory=set)
+
+    def views(self) -> dict[int, InstanceView]:
+        return {
+            i: InstanceView(
+                i,
+                v,
+                HEALTHY if self.healthy_on(i, v) else UNHEALTHY,
+                phase=self.phases.get(i),
+                skip_upgrade=i in self.skip,
+                observed_at=self.now,
+            )
+            for i, v in self.versions.items()
+        }
+
+    def act(self, attempt: Attempt, kind: ActionKind, instance_id: int) -> ActionResult:
+        self.touched.append((kind, instance_id))
+        action = Action(kind, instance_id)
+        if kind is ActionKind.REIMAGE:
+            if instance_id in self.fail_reimage:
+                return ActionResult(action, ok=False, error="image missing")
+            self.previous[instance_id] = self.versions[instance_id]
+            self.versions[instance_id] = attempt.target_version
+        elif kind is ActionKind.ROLLBACK:
+            if instance_id in self.previous:
+                self.versions[instance_id] = self.previous.pop(instance_id)
+        else:
+            self.previous.pop(instance_id, None)
+        return ActionResult(action, ok=True)
+
+
+def policy(**overrides: object) -> RollingUpgradePolicy:
+    base = RollingUpgradePolicy(instance_health_timeout=60)
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def run(
+    world: World,
+    *,
+    started_by: StartedBy = StartedBy.PLATFORM,
+    pol: RollingUpgradePolicy | None = None,
+    target: str = "v2",
+    disable_rollback: bool = False,
+    cancel_after_actions: int | None = None,
+    max_steps: int = 10_000,
+) -> Attempt:
+    """Drives decide/apply_result to the end; time jumps to the next wake-up when nothing happens."""
+    pol = pol or policy()
+    attempt = start(
+        attempt_id="a1",
+        scale_set="web",
+        target_version=target,
+        started_by=started_by,
+        disable_automatic_rollback=disable_rollback,
+        policy=pol,
+        capacity=len(world.versions),
+        views=world.views(),
+        now=world.now,
+    )
+    actions_seen = 0
+    for _ in range(max_steps):
+        decision = decide(attempt, world.views(), world.now)
+        attempt = decision.attempt
+        if attempt.status.terminal:
+            return attempt
+        if attempt.batch and (not world.batches or world.batches[-1] != attempt.batch):
+            world.batches.append(attempt.batch)
+        for action in decision.actions:
+            attempt = apply_result(attempt, world.act(attempt, action.kind, action.instance_id), world.now)
+            actions_seen += 1
+            if cancel_after_actions is not None and actions_seen == cancel_after_actions:
+                attempt = request_cancel(attempt, world.now)
+        if not decision.actions:
+            assert decision.wake_at is not None, "an attempt that waits must say until when"
+            world.now = max(world.now + 1, decision.wake_at)
+    raise AssertionError("attempt did not finish")
+
+
+def fleet(n: int, version: str = "v1") -> dict[int, str]:
+    return dict.fromkeys(range(n), version)
+
+
+def always(i: int, v: str) -> bool:
+    return True
+
+
+def test_batch_size_rule() -> None:
+    assert [batch_size(c, 20) for c in (1, 4, 5, 9, 10, 20, 100)] == [1, 1, 1, 1, 2, 4, 20]
+    assert batch_size(10, 100) == 10
+
+
+def test_exceeds_is_strictly_more_than() -> None:
+    assert not exceeds(1, 5, 20)
+    assert exceeds(2, 5, 20)
+    assert not exceeds(0, 0, 0)
+
+
+def test_plan_orders_by_phase_unhealthy_then_id() -> None:
+    views = [
+        InstanceView(0, "v1", HEALTHY),
+        InstanceView(1, "v1", UNHEALTHY),
+        InstanceView(2, "v1", HEALTHY, phase=1),
+        InstanceView(3, "v1", HEALTHY, phase=0),
+        InstanceView(4, "v2", HEALTHY),
+        InstanceView(5, "v1", HEALTHY, skip_upgrade=True),
+        InstanceView(6, "v1", UNHEALTHY, phase=0),
+    ]
+    pol = policy(max_batch_instance_percent=50, prioritize_unhealthy_instances=True)
+    # capacity 7 x 50% = 3 per batch; phases never share a batch; v2 and SkipUpgrade are left alone.
+    assert plan_batches(views, "v2", pol, 7) == [(6, 3), (2,), (1, 0)]
+    assert plan_batches(views, "v2", policy(max_batch_instance_percent=50), 7) == [(3, 6), (2,), (0, 1)]
+
+
+def test_v1_to_v2_in_batches_of_one() -> None:
+    world = World(fleet(5), always)
+    attempt = run(world)
+    assert attempt.status is AttemptStatus.COMPLETED
+    assert world.batches == [(0,), (1,), (2,), (3,), (4,)]
+    assert set(world.versions.values()) == {"v2"}
+    assert (attempt.successful, attempt.failed, attempt.pending) == (5, 0, 0)
+    assert not world.previous  # every previous OS disk committed away
+
+
+def test_batches_of_twenty_percent() -> None:
+    world = World(fleet(10), always)
+    run(world)
+    assert world.batches == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+
+
+def test_failing_version_is_rolled_back_and_faults() -> None:
+    world = World(fleet(5), lambda i, v: v != "v3")
+    attempt = run(world, target="v3")
+    assert attempt.status is AttemptStatus.FAULTED
+    assert attempt.error_code == MAX_UNHEALTHY_UPGRADED
+    assert world.batches == [(0,)]
+    assert world.versions == fleet(5)  # instance 0 restored, others untouched
+    assert attempt.instances[0].step is Step.ROLLED_BACK
+    assert "not Healthy within 60s" in (attempt.instances[0].error or "")
+    assert (attempt.successful, attempt.failed) == (0, 1)
+
+
+def test_health_timeout_is_respected() -> None:
+    world = World(fleet(5), lambda i, v: v != "v3")
+    attempt = run(world, target="v3", pol=policy(instance_health_timeout=120))
+    rolled = attempt.instances[0]
+    assert rolled.step is Step.ROLLED_BACK
+    assert attempt.end_time is not None and attempt.end_time - attempt.start_time >= 120
+
+
+def test_too_many_unhealthy_before_start() -> None:
+    world = World(fleet(5), lambda i, v: i not in (1, 2))
+    attempt = run(world)
+    assert attempt.status is AttemptStatus.FAULTED
+    assert attempt.error_code == MAX_UNHEALTHY
+    assert world.touched == []
+
+
+def test_one_unhealthy_of_five_is_within_the_limit_and_goes_first_when_prioritized() -> None:
+    world = World(fleet(5), lambda i, v: i != 3 or v == "v2")
+    attempt = run(world, pol=policy(prioritize_unhealthy_instances=True))
+    assert attempt.status is AttemptStatus.COMPLETED
+    assert world.batches[0] == (3,)
+
+
+def test_manual_start_does_not_roll_back() -> None:
+    world = World(fleet(5), lambda i, v: v != "v3")
+    attempt = run(world, target="v3", started_by=StartedBy.USER)
+    assert attempt.status is AttemptStatus.FAULTED
+    assert attempt.instances[0].step is Step.FAILED
+    assert world.versions[0] == "v3"  # left on the new version
+    assert (ActionKind.ROLLBACK, 0) not in world.touched
+    assert not world.previous  # but still exactly one OS disk
+
+
+def test_disable_automatic_rollback() -> None:
+    world = World(fleet(5), lambda i, v: v != "v3")
+    attempt = run(world, target="v3", disable_rollback=True)
+    assert attempt.instances[0].step is Step.FAILED
+    assert world.versions[0] == "v3"
+
+
+def test_failed_reimage_always_restores_the_previous_disk() -> None:
+    world = World(fleet(5), always, fail_reimage={0})
+    attempt = run(world, started_by=StartedBy.USER)
+    assert attempt.instances[0].step is Step.ROLLED_BACK
+    assert "reimage failed: image missing" in (attempt.instances[0].error or "")
+    assert world.versions[0] == "v1"
+
+
+def test_cancel_stops_after_the_batch_in_flight() -> None:
+    world = World(fleet(10), always)
+    attempt = run(world, cancel_after_actions=1)
+    assert attempt.status is AttemptStatus.CANCELLED
+    assert attempt.last_action == "Cancel"
+    assert world.batches == [(0, 1)]
+    assert [world.versions[i] for i in range(4)] == ["v2", "v2", "v1", "v1"]
+
+
+def test_phases_and_skip_upgrade() -> None:
+    world = World(fleet(5), always, phases={4: 0, 3: 1}, skip={2})
+    attempt = run(world)
+    assert world.batches == [(4,), (3,), (0,), (1,)]
+    assert world.versions[2] == "v1"
+    assert attempt.status is AttemptStatus.COMPLETED
+
+
+def test_pause_between_batches() -> None:
+    world = World(fleet(5), always)
+    attempt = run(world, pol=policy(pause_time_between_batches=30))
+    assert attempt.end_time is not None and attempt.end_time - attempt.start_time >= 4 * 30
+
+
+def test_stale_health_does_not_count() -> None:
+    """A Healthy seen before the reimage finished belongs to the previous OS disk."""
+    world = World(fleet(1), always)
+    attempt = start(
+        attempt_id="a",
+        scale_set="s",
+        target_version="v2",
+        started_by=StartedBy.PLATFORM,
+        disable_automatic_rollback=False,
+        policy=policy(),
+        capacity=1,
+        views=world.views(),
+        now=100.0,
+    )
+    decision = decide(attempt, world.views(), 100.0)
+    (action,) = decision.actions
+    attempt = apply_result(decision.attempt, ActionResult(action, ok=True), 105.0)
+    stale = {0: InstanceView(0, "v2", HEALTHY, observed_at=104.0)}
+    assert decide(attempt, stale, 106.0).attempt.instances[0].step is Step.WAITING
+    fresh = {0: InstanceView(0, "v2", HEALTHY, observed_at=105.5)}
+    assert decide(attempt, fresh, 106.0).attempt.instances[0].step is Step.COMMITTING
+
+
+def test_resume_reissues_in_flight_actions_and_round_trips_json() -> None:
+    world = World(fleet(5), always)
+    attempt = start(
+        attempt_id="a",
+        scale_set="s",
+        target_version="v2",
+        started_by=StartedBy.PLATFORM,
+        disable_automatic_rollback=False,
+        policy=policy(),
+        capacity=5,
+        views=world.views(),
+        now=1.0,
+    )
+    decision = decide(attempt, world.views(), 1.0)
+    assert decision.attempt.instances[0].step is Step.REIMAGING
+    restored = attempt_from_json(attempt_to_json(decision.attempt), policy())
+    assert restored == decision.attempt
+    again = decide(resume(restored), world.views(), 2.0)
+    assert [a.kind for a in again.actions] == [ActionKind.REIMAGE]
+
+
+# --- properties ------------------------------------------------------------------------------------------
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[World, RollingUpgradePolicy, StartedBy]:
+    n = draw(st.integers(1, 30))
+    bad_instances = draw(st.sets(st.integers(0, n - 1), max_size=n))
+    unhealthy_before = draw(st.sets(st.integers(0, n - 1), max_size=max(0, n // 3)))
+    phases = draw(st.dictionaries(st.integers(0, n - 1), st.integers(0, 3), max_size=n))
+    skip = draw(st.sets(st.integers(0, n - 1), max_size=n // 4 + 1))
+    on_target = draw(st.sets(st.integers(0, n - 1), max_size=n // 4 + 1))
+    versions = {i: ("v2" if i in on_target else "v1") for i in range(n)}
+
+    def healthy_on(i: int, v: str) -> bool:
+        return i not in bad_instances if v == "v2" else i not in unhealthy_before
+
+    pol = policy(
+        max_batch_instance_percent=draw(st.integers(5, 100)),
+        max_unhealthy_instance_percent=draw(st.integers(5, 100)),
+        max_unhealthy_upgraded_instance_percent=draw(st.integers(0, 100)),
+        prioritize_unhealthy_instances=draw(st.booleans()),
+        pause_time_between_batches=draw(st.sampled_from([0.0, 5.0])),
+    )
+    started_by = draw(st.sampled_from(list(StartedBy)))
+    return World(versions, healthy_on, phases=phases, skip=skip), pol, started_by
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_properties_of_every_attempt(scenario: tuple[World, RollingUpgradePolicy, StartedBy]) -> None:
+    world, pol, started_by = scenario
+    before = dict(world.versions)
+    skipped = set(world.skip)
+    attempt = run(world, pol=pol, started_by=started_by)
+    size = batch_size(len(before), pol.max_batch_instance_percent)
+    # No batch larger than its size.
+    assert all(len(batch) <= size for batch in world.batches)
+    # Skipped instances and instances already on the target are never touched.
+    touched = {i for _, i in world.touched}
+    assert not touched & skipped
+    assert not touched & {i for i, v in before.items() if v == "v2"}
+    # Every instance ends upgraded, rolled back, failed in place (no rollback wanted) or untouched,
+    # with exactly one OS disk: nothing left to commit or restore.
+    assert not world.previous
+    for i, version in world.versions.items():
+        progress = attempt.instances.get(i)
+        if progress is None:
+            assert version == before[i]
+        elif progress.step is Step.UPGRADED:
+            assert version == "v2"
+        elif progress.step is Step.ROLLED_BACK:
+            assert version == before[i]
+        else:
+            assert progress.step is Step.FAILED and version == "v2" and not attempt.rollback_enabled
+    # No new batch after the upgraded-unhealthy threshold was crossed: it can only be crossed by the last one.
+    processed = 0
+    failed = 0
+    for index, batch in enumerate(world.batches):
+        assert not exceeds(failed, processed, pol.max_unhealthy_upgraded_instance_percent), index
+        processed += len(batch)
+        failed += sum(1 for i in batch if attempt.instances[i].step.failed)
+    if attempt.status is AttemptStatus.COMPLETED:
+        assert attempt.pending == 0
+        assert attempt.in_progress == 0
