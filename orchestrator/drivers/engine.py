@@ -1,0 +1,331 @@
+"""The Docker Engine API (through aiodocker) for Docker and Podman.
+
+An instance is a container named ``{scaleSet}_{id}``. A reimage stops it and renames it ``{name}.prev`` (the
+previous OS disk), then creates and starts a new container from the target image with the same data volumes,
+host ports and a config drive of its own; commit removes ``.prev``, rollback puts it back. Every method
+inspects the engine first, so repeating a step after a crash finishes or undoes what was half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from orchestrator.drivers.base import PREVIOUS_SUFFIX, DriverError, InstanceSpec, InstanceState, OsDisk
+
+log = logging.getLogger(__name__)
+
+LABEL_SCALE_SET = "overhaul.scale-set"
+LABEL_INSTANCE = "overhaul.instance-id"
+LABEL_VERSION = "overhaul.image-version"
+CONFIG_MOUNT = "/etc/overhaul"
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    name: str
+    soft: int
+    hard: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {"Name": self.name, "Soft": self.soft, "Hard": self.hard}
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How to reach the engine and how containers run on it."""
+
+    # unix:///path/to.sock of Docker or Podman; None starts a private `podman system service`.
+    url: str | None = None
+    # Podman here needs runc (crun fails in cgroups hybrid mode); None keeps the engine's default.
+    runtime: str | None = "runc"
+    # Passed on every container: they replace containers.conf's defaults, so both are set.
+    ulimits: tuple[Ulimit, ...] = (Ulimit("nofile", 20000, 20000), Ulimit("nproc", 1000, 1000))
+    # Where each OS disk's config drive (metadata.json) is written on the host.
+    config_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "overhaul-config")
+    call_timeout: float = 60.0
+    docker_systemd: bool = False  # Docker (not Podman) needs extra settings for systemd containers
+
+
+class PodmanService:
+    """A private `podman system service` on a socket of our own, stopped on close."""
+
+    def __init__(self, runtime: str | None, directory: Path) -> None:
+        self.runtime = runtime
+        self.directory = directory
+        self.socket = directory / "podman.sock"
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    async def start(self, timeout: float = 30.0) -> None:
+        podman = shutil.which("podman")
+        if podman is None:
+            raise DriverError("podman is not installed and no engine socket was configured")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [podman]
+        if self.runtime:
+            args += ["--runtime", self.runtime]
+        args += ["system", "service", "--time=0", self.url]
+        self._proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        connector = aiohttp.UnixConnector(path=str(self.socket))
+        async with aiohttp.ClientSession(connector=connector) as session, asyncio.timeout(timeout):
+            while True:
+                if self._proc.returncode is not None:
+                    raise DriverError(f"podman system service exited with code {self._proc.returncode}")
+                try:
+                    async with session.get(
+                        "http://podman/_ping", timeout=aiohttp.ClientTimeout(total=2)
+                    ) as resp:
+                        if resp.status == 200:
+                            return
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    pass
+                await asyncio.sleep(
+                    0.05
+                )  # readiness of a process we just started: nothing to wait on but time
+
+    async def stop(self) -> None:
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        self._proc.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await self._proc.wait()
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+
+
+def _name(container: Mapping[str, Any]) -> str:
+    names = container.get("Names") or [container.get("Name", "")]
+    return str(names[0]).lstrip("/")
+
+
+class EngineDriver:
+    """Driver over the Docker Engine API; works with Docker and with Podman's compatible API."""
+
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        self.settings = settings or EngineSettings()
+        self._docker: aiodocker.Docker | None = None
+        self._service: PodmanService | None = None
+
+    async def start(self) -> None:
+        url = self.settings.url
+        if url is None:
+            directory = Path(tempfile.mkdtemp(prefix="overhaul-podman-"))
+            self._service = PodmanService(self.settings.runtime, directory)
+            await self._service.start()
+            url = self._service.url
+        self._docker = aiodocker.Docker(url=url)
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            raise DriverError("the engine driver is not started")
+        return self._docker
+
+    # --- engine calls, each bounded and with a typed error -----------------------------------------------
+
+    async def _call(self, what: str, coro: Any, timeout: float | None = None) -> Any:
+        try:
+            async with asyncio.timeout(timeout or self.settings.call_timeout):
+                return await coro
+        except aiodocker.DockerError as exc:
+            raise DriverError(f"{what}: {exc.message}") from exc
+        except TimeoutError as exc:
+            raise DriverError(
+                f"{what}: no answer from the engine within {timeout or self.settings.call_timeout}s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DriverError(f"{what}: engine unreachable: {exc}") from exc
+
+    async def _find(self, name: str) -> Mapping[str, Any] | None:
+        """Inspect a container by name; None when it does not exist."""
+        try:
+            async with asyncio.timeout(self.settings.call_timeout):
+                container = await self.docker.containers.get(name)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise DriverError(f"inspect {name}: {exc.message}") from exc
+        except TimeoutError as exc:
+            raise DriverError(f"inspect {name}: no answer from the engine") from exc
+        return container._container
+
+    async def _remove(self, name: str) -> None:
+        if await self._find(name) is None:
+            return
+        container = self.docker.containers.container(name)
+        try:
+            await self._call(f"remove {name}", container.delete(force=True, v=False))
+        except DriverError:
+            if await self._find(name) is not None:
+                raise
+
+    async def _stop(self, name: str, stop_timeout: int) -> None:
+        container = self.docker.containers.container(name)
+        info = await self._find(name)
+        if info is None or not info.get("State", {}).get("Running"):
+            return
+        await self._call(f"stop {name}", container.stop(t=stop_timeout), timeout=stop_timeout + 30)
+
+    async def _start(self, name: str) -> None:
+        info = await self._find(name)
+        if info is None:
+            raise DriverError(f"start {name}: no such container")
+        if info.get("State", {}).get("Running"):
+            return
+        await self._call(f"start {name}", self.docker.containers.container(name).start())
+
+    async def _rename(self, name: str, new_name: str) -> None:
+        await self._call(
+            f"rename {name} to {new_name}", self.docker.containers.container(name).rename(new_name)
+        )
+
+    def _config_dir(self, spec: InstanceSpec) -> Path:
+        """Each OS disk gets a config drive of its own: a rolled-back disk keeps the metadata it had."""
+        directory = self.settings.config_root / spec.scale_set / str(spec.instance_id) / spec.version
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / "metadata.json"
+        tmp = directory / "metadata.json.tmp"
+        tmp.write_text(json.dumps(spec.metadata, indent=2))
+        os.replace(tmp, target)
+        return directory
+
+    def _create_config(self, spec: InstanceSpec) -> dict[str, Any]:
+        host_config: dict[str, Any] = {
+            "PortBindings": {
+                f"{cport}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(hport)}]
+                for cport, hport in spec.ports.items()
+            },
+            "Mounts": [{"Type": "volume", "Source": vol, "Target": path} for vol, path in spec.volumes],
+            "Binds": [f"{self._config_dir(spec)}:{CONFIG_MOUNT}:ro"],
+            "Ulimits": [u.to_api() for u in self.settings.ulimits],
+        }
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Hostname": spec.name.replace("_", "-"),
+            "Labels": {
+                LABEL_SCALE_SET: spec.scale_set,
+                LABEL_INSTANCE: str(spec.instance_id),
+                LABEL_VERSION: spec.version,
+            },
+            "ExposedPorts": {f"{cport}/tcp": {} for cport in spec.ports},
+            "StopTimeout": spec.stop_timeout,
+            "HostConfig": host_config,
+        }
+        if spec.command is not None:
+            config["Cmd"] = list(spec.command)
+        if spec.systemd:
+            config["StopSignal"] = "SIGRTMIN+3"  # systemd's halt; Podman ignores the stop call's own signal
+            if self.settings.docker_systemd:
+                config["Env"] = ["container=docker"]
+                host_config["Tmpfs"] = {"/run": "", "/run/lock": "", "/tmp": ""}
+                host_config["Binds"].append("/sys/fs/cgroup/systemd:/sys/fs/cgroup/systemd:rw")
+                host_config["CgroupnsMode"] = "host"
+        return config
+
+    async def _create_and_start(self, spec: InstanceSpec) -> None:
+        if await self._find(spec.name) is None:
+            await self._call(
+                f"create {spec.name} from {spec.image}",
+                self.docker.containers.create(self._create_config(spec), name=spec.name),
+            )
+        await self._start(spec.name)
+
+    # --- the driver protocol ------------------------------------------------------------------------------
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        filters = json.dumps({"label": [f"{LABEL_SCALE_SET}={scale_set}"]})
+        containers = await self._call(
+            f"list containers of {scale_set}", self.docker.containers.list(all=True, filters=filters)
+        )
+        current: dict[int, OsDisk] = {}
+        previous: dict[int, OsDisk] = {}
+        for container in containers:
+            info = container._container
+            labels = info.get("Labels") or {}
+            try:
+                instance_id = int(labels.get(LABEL_INSTANCE, ""))
+            except ValueError:
+                continue
+            disk = OsDisk(
+                labels.get(LABEL_VERSION), str(info.get("Image", "")), info.get("State") == "running"
+            )
+            name = _name(info)
+            if name == f"{scale_set}_{instance_id}":
+                current[instance_id] = disk
+            elif name == f"{scale_set}_{instance_id}{PREVIOUS_SUFFIX}":
+                previous[instance_id] = disk
+        return {
+            i: InstanceState(i, current.get(i), previous.get(i)) for i in sorted(set(current) | set(previous))
+        }
+
+    async def ensure_running(self, spec: InstanceSpec) -> None:
+        await self._create_and_start(spec)
+
+    async def reimage(self, spec: InstanceSpec) -> None:
+        name, prev = spec.name, spec.name + PREVIOUS_SUFFIX
+        current = await self._find(name)
+        if current is not None:
+            version = (current.get("Config", {}).get("Labels") or {}).get(LABEL_VERSION)
+            if version == spec.version:
+                await self._start(name)  # the new OS disk exists already (a repeated step)
+                return
+            await self._remove(prev)  # a previous disk left from an older, finished step
+            await self._stop(name, spec.stop_timeout)
+            await self._rename(name, prev)
+        await self._create_and_start(spec)
+
+    async def commit(self, spec: InstanceSpec) -> None:
+        await self._remove(spec.name + PREVIOUS_SUFFIX)
+
+    async def rollback(self, spec: InstanceSpec) -> None:
+        name, prev = spec.name, spec.name + PREVIOUS_SUFFIX
+        if await self._find(prev) is None:
+            if await self._find(name) is not None:
+                await self._start(name)  # already rolled back
+                return
+            raise DriverError(f"rollback {name}: neither {name} nor {prev} exists")
+        await self._remove(name)
+        await self._rename(prev, name)
+        await self._start(name)
+
+    async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
+        await self._remove(spec.name + PREVIOUS_SUFFIX)
+        await self._remove(spec.name)
+        if not keep_data:
+            for volume, _ in spec.volumes:
+                with contextlib.suppress(DriverError):
+                    vol = aiodocker.docker.DockerVolume(self.docker, volume)  # type: ignore[no-untyped-call]
+                    await self._call(f"remove volume {volume}", vol.delete())  # type: ignore[no-untyped-call]
+        shutil.rmtree(self.settings.config_root / spec.scale_set / str(spec.instance_id), ignore_errors=True)
