@@ -59,15 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--settings", metavar="FILE.json", help="Application Health extension settings object"
-    )
-    parser.add_argument(
-        "--metadata", metavar="FILE.json", help="instance metadata document from the orchestrator"
-    )
-    parser.add_argument(
-        "--probe", metavar="KEY=VALUE", action="append", default=[], help="override one probe setting"
-    )
+    parser.add_argument("--settings", metavar="FILE.json", help="Application Health extension settings object")
+    parser.add_argument("--metadata", metavar="FILE.json", help="instance metadata document from the orchestrator")
+    parser.add_argument("--probe", metavar="KEY=VALUE", action="append", default=[], help="override one probe setting")
     parser.add_argument("--host", default="0.0.0.0", help="address to serve on (default: %(default)s)")
     parser.add_argument(
         "--port", type=int, default=8090, help="HTTP port for /health and /metrics (default: %(default)s)"
@@ -113,9 +107,7 @@ def _unwrap_settings(doc: Any) -> Any:
 
 
 def load_config(args: argparse.Namespace) -> AgentConfig:
-    metadata = (
-        parse_metadata(load_json_file(args.metadata, "--metadata")) if args.metadata else InstanceMetadata()
-    )
+    metadata = parse_metadata(load_json_file(args.metadata, "--metadata")) if args.metadata else InstanceMetadata()
     merged: dict[str, Any] = {}
     if metadata.health_settings is not None:
         merged.update(json.loads(json.dumps(metadata.health_settings)))
@@ -203,9 +195,7 @@ class Agent:
         await self.start_servers()
         notify("READY=1")
         self.ready.set()
-        log.info(
-            "serving on %s:%s (TCP health port %s)", self.config.host, self.http_port, self.config.tcp_port
-        )
+        log.info("serving on %s:%s (TCP health port %s)", self.config.host, self.http_port, self.config.tcp_port)
         tasks = [asyncio.create_task(self.provision_and_probe(), name="provision-and-probe")]
         ping = watchdog_interval()
         if ping:

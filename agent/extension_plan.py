@@ -106,18 +106,14 @@ def _parse_one(raw: Any, field: str) -> Extension:
         raise SettingsError(f"{field}.properties.protectedSettings", "must be a JSON object")
     after = props.get("provisionAfterExtensions", []) or []
     if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
-        raise SettingsError(
-            f"{field}.properties.provisionAfterExtensions", "must be a list of extension names"
-        )
+        raise SettingsError(f"{field}.properties.provisionAfterExtensions", "must be a list of extension names")
     command: str | None = None
     timeout = DEFAULT_SCRIPT_TIMEOUT
     if ext_type.lower() in CUSTOM_SCRIPT_TYPES:
         # Azure accepts commandToExecute in either settings or protectedSettings (the latter wins).
         command = protected.get("commandToExecute", settings.get("commandToExecute"))
         if not isinstance(command, str) or not command.strip():
-            raise SettingsError(
-                f"{field}.properties.settings.commandToExecute", "is required for CustomScript"
-            )
+            raise SettingsError(f"{field}.properties.settings.commandToExecute", "is required for CustomScript")
         extras = settings.get("overhaul", {})
         if not isinstance(extras, Mapping):
             raise SettingsError(f"{field}.properties.settings.overhaul", "must be a JSON object")
@@ -170,9 +166,7 @@ def order_extensions(extensions: Sequence[Extension], *, field: str = "extension
         ready = next((e for e in pending if all(d in done for d in e.provision_after)), None)
         if ready is None:
             cycle = ", ".join(e.name for e in pending)
-            raise SettingsError(
-                f"{field}.extensions", f"provisionAfterExtensions forms a cycle among: {cycle}"
-            )
+            raise SettingsError(f"{field}.extensions", f"provisionAfterExtensions forms a cycle among: {cycle}")
         ordered.append(ready)
         done.add(ready.name)
         pending.remove(ready)

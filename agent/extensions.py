@@ -84,9 +84,7 @@ class ExtensionRunner:
                 )
                 self._publish(ext, waiting, persist=False)
                 pending.append(ext)
-        failed: set[str] = {
-            name for name, s in self.board.extensions.items() if s.state is ProvisioningState.FAILED
-        }
+        failed: set[str] = {name for name, s in self.board.extensions.items() if s.state is ProvisioningState.FAILED}
         for ext in pending:
             blocked = [d for d in ext.provision_after if d in failed]
             if blocked:
@@ -116,9 +114,7 @@ class ExtensionRunner:
         )
         if ext.command is None:
             # Not a script (e.g. ApplicationHealthLinux, which is this agent): configured by being read.
-            done = replace(
-                status, state=ProvisioningState.SUCCEEDED, message="configured", finished_at=started
-            )
+            done = replace(status, state=ProvisioningState.SUCCEEDED, message="configured", finished_at=started)
             self._publish(ext, done)
             return done
         self._publish(ext, status)

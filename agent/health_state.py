@@ -30,9 +30,7 @@ class ProbeMachine:
     streak_count: int = 0
 
     @classmethod
-    def start(
-        cls, *, number_of_probes: int, grace_period: float, fallback: HealthState, now: float
-    ) -> ProbeMachine:
+    def start(cls, *, number_of_probes: int, grace_period: float, fallback: HealthState, now: float) -> ProbeMachine:
         return cls(
             number_of_probes=number_of_probes,
             grace_deadline=now + grace_period,
@@ -72,6 +70,4 @@ class ProbeMachine:
             # Results equal to the fallback do not end the grace period early.
             return machine
         suffix = f": {detail}" if detail else ""
-        return machine._commit(
-            result, now, f"{machine.streak_count} consecutive probe(s) {result.value}{suffix}"
-        )
+        return machine._commit(result, now, f"{machine.streak_count} consecutive probe(s) {result.value}{suffix}")

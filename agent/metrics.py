@@ -91,9 +91,9 @@ class AgentMetrics:
 
     def bind(self, board: HealthBoard) -> None:
         image = board.metadata.image_reference.get("version", "")
-        self.info.labels(
-            __version__, board.metadata.instance_id or "", board.metadata.scale_set or "", str(image)
-        ).set(1)
+        self.info.labels(__version__, board.metadata.instance_id or "", board.metadata.scale_set or "", str(image)).set(
+            1
+        )
         board.add_listener(self.on_verdict)
         self.on_verdict(board)
 
@@ -116,9 +116,7 @@ class AgentMetrics:
         self.skip_upgrade.set(1 if metrics and metrics.skip_upgrade else 0)
         for ext in board.extensions.values():
             for provisioning in ProvisioningState:
-                self.extension_state.labels(ext.name, provisioning.value).set(
-                    1 if ext.state is provisioning else 0
-                )
+                self.extension_state.labels(ext.name, provisioning.value).set(1 if ext.state is provisioning else 0)
             if ext.started_at is not None and ext.finished_at is not None:
                 self.extension_duration.labels(ext.name).set(ext.finished_at - ext.started_at)
 

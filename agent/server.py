@@ -50,9 +50,7 @@ async def health(request: web.Request) -> web.Response:
         try:
             wait = _parse_wait(query["wait"])
         except ValueError:
-            return _bad_request(
-                "wait", f"must be a number of seconds 0..{MAX_WAIT_SECONDS:g}, got {query['wait']!r}"
-            )
+            return _bad_request("wait", f"must be a number of seconds 0..{MAX_WAIT_SECONDS:g}, got {query['wait']!r}")
         seen = query.get("etag") or request.headers.get("If-None-Match")
         if seen is not None:
             etag = _parse_etag(seen)

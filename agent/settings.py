@@ -29,9 +29,7 @@ class Protocol(StrEnum):
     HTTPS = "https"
 
 
-AZURE_KEYS = frozenset(
-    {"protocol", "port", "requestPath", "intervalInSeconds", "numberOfProbes", "gracePeriod"}
-)
+AZURE_KEYS = frozenset({"protocol", "port", "requestPath", "intervalInSeconds", "numberOfProbes", "gracePeriod"})
 EXTRA_KEYS = frozenset({"probeTimeoutInSeconds", "verifyTls", "caFile", "fastProbes", "host"})
 DEFAULT_PORTS = {Protocol.HTTP: 80, Protocol.HTTPS: 443}
 
@@ -114,9 +112,7 @@ def _bool(doc: Mapping[str, Any], key: str, field: str, default: bool) -> bool:
 def _unknown_keys(doc: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
     unknown = sorted(set(doc) - allowed)
     if unknown:
-        raise SettingsError(
-            f"{prefix}{unknown[0]}", f"unknown setting; allowed: {', '.join(sorted(allowed))}"
-        )
+        raise SettingsError(f"{prefix}{unknown[0]}", f"unknown setting; allowed: {', '.join(sorted(allowed))}")
 
 
 def _protocol(doc: Mapping[str, Any], prefix: str) -> Protocol:

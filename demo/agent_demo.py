@@ -135,9 +135,7 @@ async def main() -> int:
         "--log-level",
         "warning",
     )
-    say(
-        f"started sample app on :{app_port} and overhaul-agent on :{agent_port} (TCP health port :{tcp_port})"
-    )
+    say(f"started sample app on :{app_port} and overhaul-agent on :{agent_port} (TCP health port :{tcp_port})")
     seen: asyncio.Queue[str] = asyncio.Queue()
     code = 1
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:

@@ -74,9 +74,7 @@ class ImageVersion:
         }
 
 
-def parse_image_version(
-    doc: Any, *, gallery: str, image: str, version: str, published_at: float
-) -> ImageVersion:
+def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, published_at: float) -> ImageVersion:
     """Parse the body of a gallery image version PUT (Azure's shape plus the container image)."""
     semver_key(version)
     if not isinstance(doc, Mapping):

@@ -45,12 +45,7 @@ def format_duration(seconds: float) -> str:
         return f"PT{seconds:g}S"
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
-    text = (
-        "PT"
-        + (f"{hours}H" if hours else "")
-        + (f"{minutes}M" if minutes else "")
-        + (f"{secs}S" if secs else "")
-    )
+    text = "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (f"{secs}S" if secs else "")
     return text if text != "PT" else "PT0S"
 
 
@@ -364,6 +359,10 @@ def _rolling_policy(r: _Reader) -> RollingUpgradePolicy:
     )
 
 
+def parse_rolling_policy(doc: Any, path: str = "rollingUpgradePolicy") -> RollingUpgradePolicy:
+    return _rolling_policy(_Reader(doc, path))
+
+
 def _upgrade_policy(r: _Reader) -> UpgradePolicy:
     mode = r.text("mode", "Manual") or "Manual"
     canonical = next((m for m in UPGRADE_MODES if m.lower() == mode.lower()), None)
@@ -426,16 +425,12 @@ def _health_probe(r: _Reader) -> HealthProbe | None:
         raise ModelError(r.at("protocol"), f"must be Http or Tcp, got {r.doc.get('protocol')!r}")
     port = r.integer("port", None, 1, 65535)
     path = r.text("requestPath", "/") or "/"
-    return HealthProbe(
-        protocol=protocol, port=port, request_path=path if path.startswith("/") else "/" + path
-    )
+    return HealthProbe(protocol=protocol, port=port, request_path=path if path.startswith("/") else "/" + path)
 
 
 def _engine(r: _Reader) -> EngineOptions:
     command = r.doc.get("command")
-    if command is not None and (
-        not isinstance(command, list) or not all(isinstance(c, str) for c in command)
-    ):
+    if command is not None and (not isinstance(command, list) or not all(isinstance(c, str) for c in command)):
         raise ModelError(r.at("command"), "must be a list of strings")
     ports = r.doc.get("ports", [])
     if not isinstance(ports, list):
@@ -452,9 +447,7 @@ def _engine(r: _Reader) -> EngineOptions:
     )
 
 
-def parse_scale_set(
-    doc: Any, *, name: str, resource_group: str = "default", subscription: str = "local"
-) -> ScaleSet:
+def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", subscription: str = "local") -> ScaleSet:
     """Parse an Azure-shaped scale set document (the body of a PUT)."""
     if not NAME_PATTERN.match(name):
         raise ModelError("name", f"must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from orchestrator.model import RollingUpgradePolicy
+from orchestrator.model import RollingUpgradePolicy, parse_rolling_policy
 from orchestrator.planner import InstanceView, exceeds, plan_batches, unhealthy_count
 
 # Stable error codes, Azure's where Azure has one.
@@ -226,8 +226,7 @@ def request_cancel(attempt: Attempt, now: float) -> Attempt:
 def resume(attempt: Attempt) -> Attempt:
     """After a crash an in-flight action's outcome is unknown: issue it again (drivers are idempotent)."""
     instances = {
-        i: replace(p, step=IN_FLIGHT[p.step]) if p.step in IN_FLIGHT else p
-        for i, p in attempt.instances.items()
+        i: replace(p, step=IN_FLIGHT[p.step]) if p.step in IN_FLIGHT else p for i, p in attempt.instances.items()
     }
     return replace(attempt, instances=instances)
 
@@ -283,9 +282,7 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
     decision = _advance_batch(attempt, views, now)
     attempt = decision.attempt
     if decision.actions or any(not attempt.instances[i].step.terminal for i in attempt.batch):
-        return replace(
-            decision, attempt=replace(attempt, pending=sum(len(b) for b in _remaining(attempt, views)))
-        )
+        return replace(decision, attempt=replace(attempt, pending=sum(len(b) for b in _remaining(attempt, views))))
 
     remaining = _remaining(attempt, views)
     attempt = replace(attempt, pending=sum(len(b) for b in remaining))
@@ -308,9 +305,7 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
         attempt = replace(attempt, batch=(), pause_until=now + pause if remaining and pause > 0 else None)
     if attempt.cancel_requested:
         return Decision(
-            attempt.finished(
-                AttemptStatus.CANCELLED, now, "OperationCancelled", "the rolling upgrade was cancelled"
-            )
+            attempt.finished(AttemptStatus.CANCELLED, now, "OperationCancelled", "the rolling upgrade was cancelled")
         )
     if not remaining:
         return Decision(attempt.finished(AttemptStatus.COMPLETED, now))
@@ -356,9 +351,7 @@ def apply_result(attempt: Attempt, result: ActionResult, now: float) -> Attempt:
         else:
             # The new OS disk could not be made: restoring the previous one is the only safe state, even when
             # rollback after an unhealthy upgrade is off.
-            progress = replace(
-                progress, step=Step.ROLLBACK, since=now, error=f"reimage failed: {result.error}"
-            )
+            progress = replace(progress, step=Step.ROLLBACK, since=now, error=f"reimage failed: {result.error}")
     elif step is Step.COMMITTING:
         progress = replace(progress, step=Step.UPGRADED, since=now, error=None if result.ok else error)
     elif step is Step.KEEPING_FAILED:
@@ -366,9 +359,7 @@ def apply_result(attempt: Attempt, result: ActionResult, now: float) -> Attempt:
     elif step is Step.ROLLING_BACK:
         next_step = Step.ROLLED_BACK if result.ok else Step.ROLLBACK_FAILED
         rollback_error = None if result.ok else f"rollback failed: {result.error}"
-        progress = replace(
-            progress, step=next_step, since=now, error=progress.error if result.ok else rollback_error
-        )
+        progress = replace(progress, step=next_step, since=now, error=progress.error if result.ok else rollback_error)
     return attempt.with_instance(progress)
 
 
@@ -398,7 +389,7 @@ def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
     }
 
 
-def attempt_from_json(doc: Mapping[str, Any], policy: RollingUpgradePolicy) -> Attempt:
+def attempt_from_json(doc: Mapping[str, Any]) -> Attempt:
     instances = [InstanceProgress.from_json(p) for p in doc["instances"]]
     return Attempt(
         id=doc["id"],
@@ -406,7 +397,7 @@ def attempt_from_json(doc: Mapping[str, Any], policy: RollingUpgradePolicy) -> A
         target_version=doc["targetVersion"],
         started_by=StartedBy(doc["startedBy"]),
         rollback_enabled=bool(doc["rollbackEnabled"]),
-        policy=policy,
+        policy=parse_rolling_policy(doc["policy"]),
         capacity=int(doc["capacity"]),
         start_time=float(doc["startTime"]),
         status=AttemptStatus(doc["status"]),

@@ -31,9 +31,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_bad_settings_exit_2_naming_the_field(tmp_path: Path) -> None:
     settings = tmp_path / "s.json"
-    settings.write_text(
-        json.dumps({"protocol": "http", "port": 80, "requestPath": "/", "numberOfProbes": 99})
-    )
+    settings.write_text(json.dumps({"protocol": "http", "port": 80, "requestPath": "/", "numberOfProbes": 99}))
     result = run_cli("--settings", str(settings))
     assert result.returncode == 2
     assert "settings.numberOfProbes: must be 1..24" in result.stderr
@@ -121,9 +119,7 @@ async def test_sigterm_answers_in_flight_requests_and_exits_0_within_2s(
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             async with session.get(f"http://127.0.0.1:{port}/health") as resp:
                 etag = resp.headers["ETag"]
-            in_flight = asyncio.create_task(
-                session.get(f"http://127.0.0.1:{port}/health?wait=60&etag={etag}")
-            )
+            in_flight = asyncio.create_task(session.get(f"http://127.0.0.1:{port}/health?wait=60&etag={etag}"))
             await asyncio.sleep(0.3)
             sent = time.monotonic()
             proc.send_signal(signal.SIGTERM)

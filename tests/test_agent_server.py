@@ -47,9 +47,7 @@ async def test_grace_expiry_commits_unknown_for_http(fake_app: FakeApp, start_ag
     assert "grace period expired" in doc["reason"]
 
 
-async def test_blocking_query_answers_within_100ms_of_a_change(
-    fake_app: FakeApp, start_agent: StartAgent
-) -> None:
+async def test_blocking_query_answers_within_100ms_of_a_change(fake_app: FakeApp, start_agent: StartAgent) -> None:
     agent = await start_agent(fast_settings(fake_app.port))
     await agent.wait_state("Healthy")
     _, _, etag = await agent.health()
@@ -70,9 +68,7 @@ async def test_blocking_query_answers_within_100ms_of_a_change(
     assert answered_at - changed_at[0] < 0.1
 
 
-async def test_blocking_query_answers_at_once_for_an_old_etag(
-    fake_app: FakeApp, start_agent: StartAgent
-) -> None:
+async def test_blocking_query_answers_at_once_for_an_old_etag(fake_app: FakeApp, start_agent: StartAgent) -> None:
     agent = await start_agent(fast_settings(fake_app.port))
     await agent.wait_state("Healthy")
     started = time.monotonic()
@@ -81,9 +77,7 @@ async def test_blocking_query_answers_at_once_for_an_old_etag(
     assert doc["applicationHealthState"] == "Healthy"
 
 
-async def test_blocking_query_times_out_with_the_same_etag(
-    fake_app: FakeApp, start_agent: StartAgent
-) -> None:
+async def test_blocking_query_times_out_with_the_same_etag(fake_app: FakeApp, start_agent: StartAgent) -> None:
     agent = await start_agent(fast_settings(fake_app.port))
     await agent.wait_state("Healthy")
     _, _, etag = await agent.health()
@@ -173,9 +167,7 @@ async def test_metrics_parse_and_follow_conventions(fake_app: FakeApp, start_age
             assert not name.endswith("_total")  # the parser strips _total from counter family names
         assert not re.search(r"_(ms|milliseconds|kb|mb|minutes)(_|$)", name), name
     assert {"process_resident_memory_bytes", "process_cpu_seconds"} <= set(families)
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
-    }
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert samples[("overhaul_agent_health_state", (("state", "Healthy"),))] == 1
     assert samples[("overhaul_agent_health_state", (("state", "Unknown"),))] == 0
     assert samples[("overhaul_agent_phase_ordering_number", ())] == 1
@@ -183,16 +175,12 @@ async def test_metrics_parse_and_follow_conventions(fake_app: FakeApp, start_age
     assert families["overhaul_agent_probe_duration_seconds"].type == "histogram"
 
 
-async def test_etag_of_another_agent_process_answers_at_once(
-    fake_app: FakeApp, start_agent: StartAgent
-) -> None:
+async def test_etag_of_another_agent_process_answers_at_once(fake_app: FakeApp, start_agent: StartAgent) -> None:
     agent = await start_agent(fast_settings(fake_app.port))
     await agent.wait_state("Healthy")
     _, _, etag = await agent.health()
     epoch, version = etag.strip('"').split(".")
-    stale = (
-        f"{int(epoch, 16) ^ 1:08x}.{version}"  # same version number, another process (e.g. before a reimage)
-    )
+    stale = f"{int(epoch, 16) ^ 1:08x}.{version}"  # same version number, another process (e.g. before a reimage)
     started = time.monotonic()
     _, _, answered = await agent.health(f"?wait=30&etag={stale}")
     assert time.monotonic() - started < 1

@@ -10,9 +10,7 @@ from agent.extension_plan import parse_extensions
 from agent.settings import SettingsError
 
 
-def ext(
-    name: str, after: list[str] | None = None, ext_type: str = "CustomScript", **settings: Any
-) -> dict[str, Any]:
+def ext(name: str, after: list[str] | None = None, ext_type: str = "CustomScript", **settings: Any) -> dict[str, Any]:
     props: dict[str, Any] = {"type": ext_type, "settings": {"commandToExecute": "true", **settings}}
     if after is not None:
         props["provisionAfterExtensions"] = after

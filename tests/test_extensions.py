@@ -67,9 +67,7 @@ async def test_extensions_run_in_dependency_order_then_probing_starts(
     assert doc["imageReference"]["version"] == "1.0.0"
 
 
-async def test_failing_script_makes_the_instance_unhealthy(
-    fake_app: FakeApp, start_agent: StartAgent
-) -> None:
+async def test_failing_script_makes_the_instance_unhealthy(fake_app: FakeApp, start_agent: StartAgent) -> None:
     metadata = metadata_with(
         fake_app.port,
         script("setup", "echo installing; echo 'disk full: cannot write /opt/app' >&2; exit 7"),

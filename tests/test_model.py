@@ -127,9 +127,7 @@ def test_durations(text: str, seconds: float) -> None:
 
 
 def version(v: str, *, exclude: bool = False, locations: tuple[str, ...] = ("local",)) -> ImageVersion:
-    return ImageVersion(
-        "g", "demo", v, f"localhost/demo:{v}", exclude_from_latest=exclude, target_locations=locations
-    )
+    return ImageVersion("g", "demo", v, f"localhost/demo:{v}", exclude_from_latest=exclude, target_locations=locations)
 
 
 def test_latest_is_highest_semver_not_excluded_in_location() -> None:

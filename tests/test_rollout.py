@@ -295,7 +295,7 @@ def test_resume_reissues_in_flight_actions_and_round_trips_json() -> None:
     )
     decision = decide(attempt, world.views(), 1.0)
     assert decision.attempt.instances[0].step is Step.REIMAGING
-    restored = attempt_from_json(attempt_to_json(decision.attempt), policy())
+    restored = attempt_from_json(attempt_to_json(decision.attempt))
     assert restored == decision.attempt
     again = decide(resume(restored), world.views(), 2.0)
     assert [a.kind for a in again.actions] == [ActionKind.REIMAGE]

@@ -88,9 +88,7 @@ def test_not_an_object() -> None:
 
 
 def test_fast_probes_is_an_explicit_choice() -> None:
-    s = parse_settings(
-        {**HTTP, "intervalInSeconds": 0.2, "gracePeriod": 1.5, "overhaul": {"fastProbes": True}}
-    )
+    s = parse_settings({**HTTP, "intervalInSeconds": 0.2, "gracePeriod": 1.5, "overhaul": {"fastProbes": True}})
     assert s.interval == 0.2
     assert s.grace_period == 1.5
     assert s.probe_timeout == pytest.approx(0.16)

@@ -94,16 +94,12 @@ class PodmanService:
                 if self._proc.returncode is not None:
                     raise DriverError(f"podman system service exited with code {self._proc.returncode}")
                 try:
-                    async with session.get(
-                        "http://podman/_ping", timeout=aiohttp.ClientTimeout(total=2)
-                    ) as resp:
+                    async with session.get("http://podman/_ping", timeout=aiohttp.ClientTimeout(total=2)) as resp:
                         if resp.status == 200:
                             return
                 except (aiohttp.ClientError, OSError, TimeoutError):
                     pass
-                await asyncio.sleep(
-                    0.05
-                )  # readiness of a process we just started: nothing to wait on but time
+                await asyncio.sleep(0.05)  # readiness of a process we just started: nothing to wait on but time
 
     async def stop(self) -> None:
         if self._proc is None or self._proc.returncode is not None:
@@ -207,9 +203,7 @@ class EngineDriver:
         await self._call(f"start {name}", self.docker.containers.container(name).start())
 
     async def _rename(self, name: str, new_name: str) -> None:
-        await self._call(
-            f"rename {name} to {new_name}", self.docker.containers.container(name).rename(new_name)
-        )
+        await self._call(f"rename {name} to {new_name}", self.docker.containers.container(name).rename(new_name))
 
     def _config_dir(self, spec: InstanceSpec) -> Path:
         """Each OS disk gets a config drive of its own: a rolled-back disk keeps the metadata it had."""
@@ -224,8 +218,7 @@ class EngineDriver:
     def _create_config(self, spec: InstanceSpec) -> dict[str, Any]:
         host_config: dict[str, Any] = {
             "PortBindings": {
-                f"{cport}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(hport)}]
-                for cport, hport in spec.ports.items()
+                f"{cport}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(hport)}] for cport, hport in spec.ports.items()
             },
             "Mounts": [{"Type": "volume", "Source": vol, "Target": path} for vol, path in spec.volumes],
             "Binds": [f"{self._config_dir(spec)}:{CONFIG_MOUNT}:ro"],
@@ -278,17 +271,13 @@ class EngineDriver:
                 instance_id = int(labels.get(LABEL_INSTANCE, ""))
             except ValueError:
                 continue
-            disk = OsDisk(
-                labels.get(LABEL_VERSION), str(info.get("Image", "")), info.get("State") == "running"
-            )
+            disk = OsDisk(labels.get(LABEL_VERSION), str(info.get("Image", "")), info.get("State") == "running")
             name = _name(info)
             if name == f"{scale_set}_{instance_id}":
                 current[instance_id] = disk
             elif name == f"{scale_set}_{instance_id}{PREVIOUS_SUFFIX}":
                 previous[instance_id] = disk
-        return {
-            i: InstanceState(i, current.get(i), previous.get(i)) for i in sorted(set(current) | set(previous))
-        }
+        return {i: InstanceState(i, current.get(i), previous.get(i)) for i in sorted(set(current) | set(previous))}
 
     async def ensure_running(self, spec: InstanceSpec) -> None:
         await self._create_and_start(spec)
