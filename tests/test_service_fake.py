@@ -32,7 +32,7 @@ MODEL: dict[str, Any] = {
 
 
 def version(v: str) -> ImageVersion:
-    return ImageVersion("g", "tiny", v, f"localhost/tiny:{v}", published_at=float(v.split(".")[0]))
+    return ImageVersion("g", "tiny", v, f"localhost/tiny:{v}", published_at=float(v.split(".", maxsplit=1)[0]))
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ async def test_conflict_and_errors(orchestrator: tuple[Orchestrator, FakeDriver,
         await service.start_rolling_upgrade("nope")
     bad = copy.deepcopy(MODEL)
     bad["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"maxBatchInstancePercent": 101}
-    with pytest.raises(InvalidInput, match="maxBatchInstancePercent: must be 5..100"):
+    with pytest.raises(InvalidInput, match=r"maxBatchInstancePercent: must be 5\.\.100"):
         await service.create_or_update(bad, name="web")
     await service.create_or_update(MODEL, name="web")
     service.publish_version(version("2.0.0"))
