@@ -1,0 +1,95 @@
+"""Real container engines for tests: a private Podman service and a Docker daemon, started when needed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+
+
+def ping(socket_path: Path) -> bool:
+    try:
+        out = subprocess.run(
+            ["curl", "-s", "--max-time", "2", "--unix-socket", str(socket_path), "http://engine/_ping"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.stdout.strip() == "OK"
+
+
+def wait_for(socket_path: Path, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ping(socket_path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer on {socket_path} within {timeout}s")
+        time.sleep(0.1)
+
+
+@contextmanager
+def podman_service(directory: Path) -> Iterator[str]:
+    """`podman system service` on a private socket (the same service the engine driver starts by itself)."""
+    sock = directory / "podman.sock"
+    proc = subprocess.Popen(
+        ["podman", "--runtime", "runc", "system", "service", "--time=0", f"unix://{sock}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(sock, "podman system service", 30)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def docker_daemon(log: Path) -> Iterator[str]:
+    """The machine's Docker daemon, started here when none answers (as CI needs)."""
+    if ping(DOCKER_SOCKET):
+        yield f"unix://{DOCKER_SOCKET}"
+        return
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        raise RuntimeError("dockerd is not installed: make test installs docker.io")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([dockerd], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(DOCKER_SOCKET, "dockerd", 60)
+        yield f"unix://{DOCKER_SOCKET}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def get_text(session: aiohttp.ClientSession, port: int, path: str) -> tuple[int, str]:
+    async with session.get(f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+        return resp.status, await resp.text()
+
+
+def containers(engine: str, name_prefix: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [engine, "ps", "-a", "--filter", f"name={name_prefix}", "--format", "{{.Names}} {{.State}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    rows = []
+    for line in out.splitlines():
+        name, _, state = line.partition(" ")
+        # Docker prints "running"; Podman 4.3 prints its status ("Up 2 seconds ago").
+        running = state == "running" or state.startswith("Up")
+        rows.append({"name": name, "state": "running" if running else state})
+    return rows

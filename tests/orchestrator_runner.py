@@ -1,0 +1,47 @@
+"""An orchestrator process for the crash test: starts (or resumes) a rolling upgrade and waits for its end."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from orchestrator.drivers.engine import EngineDriver, EngineSettings
+from orchestrator.health import HealthSettings
+from orchestrator.rollout import StartedBy
+from orchestrator.service import Orchestrator
+from orchestrator.store import Store
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--engine", required=True)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--scale-set", required=True)
+    parser.add_argument("--start", action="store_true")
+    args = parser.parse_args()
+    store = Store(args.db)
+    driver = EngineDriver(EngineSettings(url=args.engine, config_root=Path(args.config)))
+    await driver.start()
+    service = Orchestrator(store, driver, health=HealthSettings(probe_interval=0.2, probe_timeout=1.0))
+    try:
+        await service.start()  # resumes what a crash left running
+        if args.start:
+            await service.start_rolling_upgrade(args.scale_set, started_by=StartedBy.PLATFORM)
+        latest = service.latest(args.scale_set)
+        if latest is None:
+            return 1
+        done = await service.wait_attempt(latest.attempt.id, 150)
+        print(done.status.value)
+        return 0
+    finally:
+        await service.close()
+        await driver.close()
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.exit(asyncio.run(main()))

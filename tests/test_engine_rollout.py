@@ -1,0 +1,285 @@
+"""Rolling upgrades of real containers on Podman (and v1 -> v2 on Docker): the design's rules, for real."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from orchestrator.drivers.engine import EngineDriver, EngineSettings
+from orchestrator.gallery import ImageDefinition, ImageVersion
+from orchestrator.health import HealthSettings
+from orchestrator.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, Attempt, AttemptStatus, StartedBy, Step
+from orchestrator.service import Orchestrator
+from orchestrator.store import Store
+from tests import engine_images
+from tests.engines import containers, docker_daemon, get_text, podman_service
+
+pytestmark = pytest.mark.slow
+REPO = "localhost/overhaul-test"
+VERSIONS = {"1.0.0": True, "2.0.0": True, "3.0.0": False}  # 3.0.0 never becomes healthy
+MODEL: dict[str, Any] = {
+    "location": "local",
+    "sku": {"capacity": 5},
+    "properties": {
+        "upgradePolicy": {
+            "mode": "Automatic",
+            "rollingUpgradePolicy": {"overhaul": {"instanceHealthTimeout": "PT8S"}},
+        },
+        "virtualMachineProfile": {
+            "storageProfile": {
+                "imageReference": {"publisher": "overhaul", "offer": "test", "sku": "tiny", "version": "latest"},
+                "dataDisks": [{"lun": 0}],
+            },
+            "networkProfile": {"healthProbe": {"protocol": "Http", "port": 8080, "requestPath": "/health"}},
+            "overhaul": {"stopTimeoutInSeconds": 2},
+        },
+    },
+}
+HEALTH = HealthSettings(probe_interval=0.2, probe_timeout=1.0)
+
+
+RUNNER = Path(__file__).with_name("orchestrator_runner.py")
+
+
+async def run_command(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL)
+    assert await asyncio.wait_for(proc.wait(), 60) == 0, args
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    for version, healthy in VERSIONS.items():
+        engine_images.build("podman", f"{REPO}:{version}", version, healthy=healthy)
+    with podman_service(tmp_path_factory.mktemp("podman")) as url:
+        yield url
+
+
+@dataclass
+class Fleet:
+    service: Orchestrator
+    store: Store
+    driver: EngineDriver
+    name: str
+    engine: str
+    http: aiohttp.ClientSession
+
+    async def create(self, model: dict[str, Any] | None = None) -> None:
+        await self.service.create_or_update(model or MODEL, name=self.name)
+        await self.all_healthy()
+
+    def publish(self, version: str) -> None:
+        self.service.publish_version(ImageVersion("g", "tiny", version, f"{REPO}:{version}", published_at=time.time()))
+
+    async def all_healthy(self, timeout: float = 30) -> None:
+        async with asyncio.timeout(timeout):
+            while not all(i.view.healthy for i in await self.service.instances(self.name)):
+                await self.service.monitor.wait_changed(1.0)
+
+    async def versions(self) -> dict[int, str | None]:
+        return {i: s.version for i, s in (await self.driver.observe(self.name)).items()}
+
+    async def first_written(self) -> dict[int, str]:
+        """The marker each instance wrote on its data disk when the disk was new."""
+        ports = self.store.instance_ports(self.name)
+        return {i: (await get_text(self.http, p[8080], "/data/first"))[1].strip() for i, p in ports.items()}
+
+
+async def make_fleet(tmp_path: Path, url: str, name: str, engine: str) -> AsyncIterator[Fleet]:
+    store = Store(tmp_path / "overhaul.db")
+    driver = EngineDriver(EngineSettings(url=url, config_root=tmp_path / "config"))
+    await driver.start()
+    service = Orchestrator(store, driver, health=HEALTH)
+    await service.start()
+    service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+    async with aiohttp.ClientSession() as http:
+        fleet = Fleet(service, store, driver, name, engine, http)
+        fleet.publish("1.0.0")
+        try:
+            yield fleet
+        finally:
+            if store.get_scale_set(name) is not None:
+                await service.close()
+                service = Orchestrator(store, driver, health=HEALTH)
+                await service.delete_scale_set(name)
+            await service.close()
+            await driver.close()
+            store.close()
+
+
+@pytest.fixture
+async def fleet(podman: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Fleet]:
+    name = "t" + request.node.name.removeprefix("test_").replace("_", "")[:20]
+    async for fleet in make_fleet(tmp_path, podman, name, "podman"):
+        yield fleet
+
+
+async def test_v1_to_v2_batches_of_one_data_and_ports_kept(fleet: Fleet) -> None:
+    await fleet.create()
+    ports = fleet.store.instance_ports(fleet.name)
+    assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
+    fleet.publish("2.0.0")
+    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    done = await fleet.service.wait_attempt(attempt.id, 120)
+    assert done.status is AttemptStatus.COMPLETED, done.error_message
+    assert done.batches_started == 5  # 5 x 20 % = batches of 1
+    assert (done.successful, done.failed) == (5, 0)
+    assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
+    assert fleet.store.instance_ports(fleet.name) == ports
+    for i, p in ports.items():
+        assert (await get_text(fleet.http, p[8080], "/version"))[1].strip() == "2.0.0", i
+    assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")  # data disks survived
+    names = sorted(c["name"] for c in containers("podman", fleet.name))
+    assert names == [f"{fleet.name}_{i}" for i in range(5)]  # no previous OS disk left behind
+    # batches of one: each reimage began only after the previous instance was committed
+    journal = [(e.action, e.phase, e.instance_id) for e in fleet.store.journal(attempt.id)]
+    for i in range(1, 5):
+        assert journal.index(("reimage", "begin", i)) > journal.index(("commit", "end", i - 1))
+
+
+async def test_failing_version_rolls_back_and_faults(fleet: Fleet) -> None:
+    await fleet.create()
+    fleet.publish("2.0.0")
+    first = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    assert (await fleet.service.wait_attempt(first.id, 120)).status is AttemptStatus.COMPLETED
+    fleet.publish("3.0.0")
+    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    done = await fleet.service.wait_attempt(attempt.id, 120)
+    assert done.status is AttemptStatus.FAULTED
+    assert done.error_code == MAX_UNHEALTHY_UPGRADED
+    assert done.instances[0].step is Step.ROLLED_BACK
+    assert set(done.instances) == {0}  # the others were never touched
+    assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
+    await fleet.all_healthy()  # the restored instance is healthy again
+    history = fleet.service.history(fleet.name)
+    assert [h.attempt.status for h in history] == [AttemptStatus.FAULTED, AttemptStatus.COMPLETED]
+    assert (history[0].attempt.successful, history[0].attempt.failed) == (0, 1)
+    assert history[0].attempt.count(Step.ROLLED_BACK) == 1
+    assert history[0].image_reference["version"] == "3.0.0"
+
+
+async def test_too_many_unhealthy_before_start(fleet: Fleet) -> None:
+    await fleet.create()
+    for i in (1, 3):
+        await run_command("podman", "stop", "-t", "1", f"{fleet.name}_{i}")
+    fleet.publish("2.0.0")
+    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    assert attempt.status is AttemptStatus.FAULTED
+    assert attempt.error_code == MAX_UNHEALTHY
+    assert "2 of 5 instances are unhealthy" in (attempt.error_message or "")
+    assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
+    assert fleet.service.latest(fleet.name) is not None
+
+
+async def test_cancel_stops_after_the_batch_in_flight(fleet: Fleet) -> None:
+    await fleet.create()
+    fleet.publish("2.0.0")
+    in_flight = asyncio.Event()
+    saved = fleet.service.reconciler.on_change
+
+    def watch(attempt: Attempt) -> None:
+        saved(attempt)
+        if attempt.batch:
+            in_flight.set()
+
+    fleet.service.reconciler.on_change = watch
+    attempt = await fleet.service.start_rolling_upgrade(fleet.name)
+    await asyncio.wait_for(in_flight.wait(), 30)  # the first batch is in flight
+    fleet.service.cancel(fleet.name)
+    done = await fleet.service.wait_attempt(attempt.id, 120)
+    assert done.status is AttemptStatus.CANCELLED
+    assert done.last_action == "Cancel"
+    assert done.successful == 1
+    assert await fleet.versions() == {0: "2.0.0", 1: "1.0.0", 2: "1.0.0", 3: "1.0.0", 4: "1.0.0"}
+
+
+async def test_manual_start_does_not_roll_back(fleet: Fleet) -> None:
+    await fleet.create()
+    fleet.publish("3.0.0")
+    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.USER)
+    done = await fleet.service.wait_attempt(attempt.id, 120)
+    assert done.status is AttemptStatus.FAULTED
+    assert done.instances[0].step is Step.FAILED
+    versions = await fleet.versions()
+    assert versions[0] == "3.0.0" and all(versions[i] == "1.0.0" for i in range(1, 5))
+    assert len([c for c in containers("podman", f"{fleet.name}_0")]) == 1  # one OS disk, the new one
+
+
+async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podman: str) -> None:
+    await fleet.create()
+    fleet.publish("2.0.0")
+    db = tmp_path / "overhaul.db"
+    args = [
+        sys.executable,
+        str(RUNNER),
+        "--db",
+        str(db),
+        "--engine",
+        podman,
+        "--config",
+        str(tmp_path / "config"),
+        "--scale-set",
+        fleet.name,
+    ]
+    await fleet.service.close()  # the runner process is the orchestrator now
+    killed = await asyncio.create_subprocess_exec(*args, "--start")
+    try:
+        deadline = time.monotonic() + 60
+        # Another process writes the journal: reading it is the only way to see where it is.
+        while not any(
+            e.instance_id == 1 and e.action == "reimage" and e.phase == "begin"
+            for stored in fleet.store.attempts(fleet.name)
+            for e in fleet.store.journal(stored.attempt.id)
+        ):
+            assert time.monotonic() < deadline, "the attempt never reached its second batch"
+            assert killed.returncode is None, "the runner ended before it was killed"
+            await asyncio.sleep(0.01)
+        killed.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(killed.wait(), 10)
+    finally:
+        if killed.returncode is None:
+            killed.kill()
+            await killed.wait()
+    latest = fleet.service.latest(fleet.name)
+    assert latest is not None and latest.attempt.status is AttemptStatus.ROLLING_FORWARD
+    resumed = await asyncio.create_subprocess_exec(*args, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(resumed.communicate(), 180)
+    assert resumed.returncode == 0, stderr.decode()
+    latest = fleet.service.latest(fleet.name)
+    assert latest is not None and latest.attempt.status is AttemptStatus.COMPLETED
+    assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
+    rows = containers("podman", fleet.name)
+    assert sorted(r["name"] for r in rows) == [f"{fleet.name}_{i}" for i in range(5)]
+    assert all(r["state"] == "running" for r in rows), rows
+    assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
+    fleet.service = Orchestrator(fleet.store, fleet.driver, health=HEALTH)  # for the fixture's clean-up
+
+
+@pytest.fixture(scope="module")
+def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with docker_daemon(tmp_path_factory.mktemp("docker") / "dockerd.log") as url:
+        for version in ("1.0.0", "2.0.0"):
+            engine_images.build("docker", f"{REPO}:{version}", version)
+        yield url
+
+
+async def test_v1_to_v2_on_docker(docker: str, tmp_path: Path) -> None:
+    async for fleet in make_fleet(tmp_path, docker, "tdocker", "docker"):
+        await fleet.create()
+        ports = fleet.store.instance_ports(fleet.name)
+        fleet.publish("2.0.0")
+        attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+        done = await fleet.service.wait_attempt(attempt.id, 120)
+        assert done.status is AttemptStatus.COMPLETED, done.error_message
+        assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
+        assert fleet.store.instance_ports(fleet.name) == ports
+        assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
+        assert sorted(c["name"] for c in containers("docker", fleet.name)) == [f"tdocker_{i}" for i in range(5)]
