@@ -37,6 +37,7 @@ demo: setup machine
 
 bench: setup machine
 	$(PY) bench/agent_bench.py
+	$(PY) bench/orchestrator_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -13,7 +13,7 @@ from typing import Any
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 UPGRADE_MODES = ("Automatic", "Manual", "Rolling")
-MAX_CAPACITY = 1000
+MAX_CAPACITY = 10000
 DURATION_PATTERN = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )

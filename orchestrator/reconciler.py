@@ -13,7 +13,16 @@ from orchestrator.drivers.base import Driver, DriverError, InstanceSpec, Instanc
 from orchestrator.health import HealthMonitor
 from orchestrator.model import ScaleSet
 from orchestrator.planner import Health, InstanceView
-from orchestrator.rollout import Action, ActionKind, ActionResult, Attempt, apply_result, decide, request_cancel, resume
+from orchestrator.rollout import (
+    Action,
+    ActionKind,
+    ActionResult,
+    Attempt,
+    apply_results,
+    decide,
+    request_cancel,
+    resume,
+)
 from orchestrator.store import Store
 
 log = logging.getLogger(__name__)
@@ -97,13 +106,12 @@ class Reconciler:
                 cancel.clear()
                 return attempt
             if decision.actions:
-                for action in decision.actions:
-                    self.store.journal_begin(attempt.id, action, now)
+                self.store.journal_begin(attempt.id, decision.actions, now)
                 results = await asyncio.gather(*(self._act(model, attempt, a) for a in decision.actions))
+                done = self.clock()
+                self.store.journal_end(attempt.id, results, done)
+                attempt = apply_results(attempt, results, done)
                 for result in results:
-                    done = self.clock()
-                    self.store.journal_end(attempt.id, result, done)
-                    attempt = apply_result(attempt, result, done)
                     if result.action.kind is not ActionKind.COMMIT:
                         self.monitor.reset((model.name, result.action.instance_id))
                 self._save(attempt)

@@ -7,7 +7,7 @@ persisted before a crash means the same after it. Nothing here awaits, sleeps or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -253,8 +253,9 @@ def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
     """Moves each instance of the batch in flight one step; returns the actions to take."""
     actions: list[Action] = []
     wake_at: float | None = None
+    instances = dict(attempt.instances)  # one copy per step, not one per instance: batches may be large
     for instance_id in attempt.batch:
-        progress = attempt.instances[instance_id]
+        progress = instances[instance_id]
         if progress.step is Step.WAITING:
             view = views.get(instance_id)
             fresh = view is not None and view.observed_at >= progress.since
@@ -271,8 +272,8 @@ def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
             kind, issued = ISSUE[progress.step]
             actions.append(Action(kind, instance_id))
             progress = replace(progress, step=issued, since=now)
-        attempt = attempt.with_instance(progress)
-    return Decision(attempt, tuple(actions), wake_at)
+        instances[instance_id] = progress
+    return Decision(replace(attempt, instances=instances), tuple(actions), wake_at)
 
 
 def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> Decision:
@@ -338,15 +339,27 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
 
 def apply_result(attempt: Attempt, result: ActionResult, now: float) -> Attempt:
     """Folds the outcome of a driver action into the attempt."""
-    instance_id = result.action.instance_id
-    progress = attempt.instances.get(instance_id)
-    if progress is None:
-        return attempt
+    return apply_results(attempt, (result,), now)
+
+
+def apply_results(attempt: Attempt, results: Iterable[ActionResult], now: float) -> Attempt:
+    """Folds the outcomes of driver actions into the attempt."""
+    instances = dict(attempt.instances)
+    for result in results:
+        progress = instances.get(result.action.instance_id)
+        if progress is not None:
+            instances[progress.instance_id] = _after(progress, result, attempt.policy, now)
+    return replace(attempt, instances=instances)
+
+
+def _after(
+    progress: InstanceProgress, result: ActionResult, policy: RollingUpgradePolicy, now: float
+) -> InstanceProgress:
     step = progress.step
     error = result.error or progress.error
     if step is Step.REIMAGING:
         if result.ok:
-            deadline = now + attempt.policy.instance_health_timeout
+            deadline = now + policy.instance_health_timeout
             progress = replace(progress, step=Step.WAITING, since=now, deadline=deadline)
         else:
             # The new OS disk could not be made: restoring the previous one is the only safe state, even when
@@ -360,7 +373,7 @@ def apply_result(attempt: Attempt, result: ActionResult, now: float) -> Attempt:
         next_step = Step.ROLLED_BACK if result.ok else Step.ROLLBACK_FAILED
         rollback_error = None if result.ok else f"rollback failed: {result.error}"
         progress = replace(progress, step=next_step, since=now, error=progress.error if result.ok else rollback_error)
-    return attempt.with_instance(progress)
+    return progress
 
 
 def attempt_to_json(attempt: Attempt) -> dict[str, Any]:

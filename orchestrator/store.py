@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,25 +284,21 @@ class Store:
                 db.execute(f"DELETE FROM attempts WHERE id IN ({marks})", doomed)
                 db.execute(f"DELETE FROM journal WHERE attempt_id IN ({marks})", doomed)
 
-    def journal_begin(self, attempt_id: str, action: Action, now: float) -> None:
-        self.db.execute(
-            "INSERT INTO journal (attempt_id, instance_id, action, phase, at) VALUES (?, ?, ?, 'begin', ?)",
-            (attempt_id, action.instance_id, action.kind.value, now),
-        )
+    def journal_begin(self, attempt_id: str, actions: Iterable[Action], now: float) -> None:
+        """Recorded (and committed) before the actions run."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO journal (attempt_id, instance_id, action, phase, at) VALUES (?, ?, ?, 'begin', ?)",
+                [(attempt_id, a.instance_id, a.kind.value, now) for a in actions],
+            )
 
-    def journal_end(self, attempt_id: str, result: ActionResult, now: float) -> None:
-        self.db.execute(
-            "INSERT INTO journal (attempt_id, instance_id, action, phase, ok, error, at)"
-            " VALUES (?, ?, ?, 'end', ?, ?, ?)",
-            (
-                attempt_id,
-                result.action.instance_id,
-                result.action.kind.value,
-                int(result.ok),
-                result.error,
-                now,
-            ),
-        )
+    def journal_end(self, attempt_id: str, results: Iterable[ActionResult], now: float) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO journal (attempt_id, instance_id, action, phase, ok, error, at)"
+                " VALUES (?, ?, ?, 'end', ?, ?, ?)",
+                [(attempt_id, r.action.instance_id, r.action.kind.value, int(r.ok), r.error, now) for r in results],
+            )
 
     def journal(self, attempt_id: str) -> list[JournalEntry]:
         rows = self.db.execute("SELECT * FROM journal WHERE attempt_id = ? ORDER BY seq", (attempt_id,))

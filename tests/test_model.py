@@ -79,7 +79,7 @@ RP = "properties.upgradePolicy.rollingUpgradePolicy"
         (f"{RP}.pauseTimeBetweenBatches", "PT2H", f"{RP}.pauseTimeBetweenBatches", "PT1H"),
         (f"{RP}.prioritizeUnhealthyInstances", "yes", f"{RP}.prioritizeUnhealthyInstances", "true or false"),
         ("properties.upgradePolicy.mode", "Sometimes", "properties.upgradePolicy.mode", "Automatic"),
-        ("sku.capacity", -1, "sku.capacity", "0..1000"),
+        ("sku.capacity", -1, "sku.capacity", "0..10000"),
         ("sku.capacity", None, "sku.capacity", "required"),
         (
             "properties.virtualMachineProfile.storageProfile.imageReference",
