@@ -32,7 +32,7 @@ from orchestrator.store import Store  # noqa: E402
 from tests import engine_images  # noqa: E402
 
 REPO = "localhost/overhaul-bench"
-ROUNDS = 2
+ROUNDS = 3
 
 
 def model(capacity: int, *, probe: bool) -> dict[str, Any]:
@@ -138,8 +138,11 @@ async def real_rollout(driver: EngineDriver, work: Path, count: int, round_no: i
     name = f"bench{round_no}"
     await service.create_or_update(model(count, probe=True), name=name)
     async with asyncio.timeout(60):
-        while not all(i.view.healthy for i in await service.instances(name)):
-            await service.monitor.wait_changed(1.0)
+        while True:
+            seen = service.monitor.version
+            if all(i.view.healthy for i in await service.instances(name)):
+                break
+            await service.monitor.wait_changed(seen, 5.0)
     publish(service, "2.0.0", f"{REPO}:2.0.0")
     attempt = await service.start_rolling_upgrade(name, started_by=StartedBy.PLATFORM)
     done = await service.wait_attempt(attempt.id, 600)
@@ -157,6 +160,10 @@ async def podman_rollout(work: Path, count: int = 20) -> None:
         engine_images.build("podman", f"{REPO}:{version}", version)
     driver = EngineDriver(EngineSettings(config_root=work / "config"))
     await driver.start()  # a private podman system service
+    for leftover in await driver.docker.containers.list(all=True):  # from an interrupted earlier run
+        name = str((leftover._container.get("Names") or [""])[0]).lstrip("/")
+        if name.startswith(("bench", "floor_")):
+            await leftover.delete(force=True)
     batch = max(1, count * 20 // 100)
     floors: list[float] = []
     ours: list[float] = []

@@ -29,8 +29,10 @@ Key = tuple[str, int]  # (scale set, instance id)
 class HealthSettings:
     watch_wait: float = 30.0  # seconds one blocking query may be held
     probe_interval: float = 1.0  # load-balancer probe period
+    # After a reimage the probe runs this often until the first Healthy: that answer gates the batch.
+    reprobe_interval: float = 0.02
     probe_timeout: float = 2.0
-    retry_min: float = 0.1  # back-off while an agent cannot be reached
+    retry_min: float = 0.02  # back-off while an agent cannot be reached (it doubles up to retry_max)
     retry_max: float = 2.0
 
 
@@ -70,6 +72,7 @@ class HealthMonitor:
         self.clock = clock
         self.reports: dict[Key, HealthReport] = {}
         self.watch_errors = 0
+        self.version = 0  # increases on every change of a report that matters
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._targets: dict[Key, Callable[[], Any]] = {}
         self._changed = asyncio.Event()
@@ -93,11 +96,16 @@ class HealthMonitor:
             report.phase,
             report.skip_upgrade,
         ):
+            self.version += 1
             self._changed.set()
             self._changed = asyncio.Event()
 
-    async def wait_changed(self, timeout: float | None) -> None:
-        """Returns when any report changes, or after ``timeout`` seconds."""
+    async def wait_changed(self, seen: int, timeout: float | None) -> None:
+        """Returns when ``version`` differs from ``seen`` (at once if it already does), or after ``timeout``.
+
+        Taking the version the caller last looked at closes the gap between looking and waiting."""
+        if self.version != seen:
+            return
         event = self._changed
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -171,10 +179,16 @@ class HealthMonitor:
     async def _probe_loop(self, key: Key, probe: HealthProbe, port: int) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        eager = True  # from a (re)start until the first Healthy
         while True:
             health, detail = await self._probe_once(probe, port)
             self._update(key, HealthReport(health, self.clock(), detail))
-            next_at += self.settings.probe_interval
+            eager = eager and health is not Health.HEALTHY
+            next_at += (
+                min(self.settings.reprobe_interval, self.settings.probe_interval)
+                if eager
+                else self.settings.probe_interval
+            )
             await asyncio.sleep(max(0.0, next_at - loop.time()))  # a fixed probe period, as a load balancer's
 
     async def _probe_once(self, probe: HealthProbe, port: int) -> tuple[Health, str]:

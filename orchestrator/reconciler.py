@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.drivers.base import Driver, DriverError, InstanceSpec, InstanceState
+from orchestrator.drivers.base import Driver, DriverError, InstanceSpec, InstanceState, OsDisk
 from orchestrator.health import HealthMonitor
 from orchestrator.model import ScaleSet
 from orchestrator.planner import Health, InstanceView
@@ -57,6 +57,26 @@ def instance_views(
     return views
 
 
+# The engine is asked afresh at least this often; in between, what the reconciler's own actions did is known.
+OBSERVE_EVERY = 5.0
+
+
+def known_after(states: Mapping[int, InstanceState], result: ActionResult, target: str) -> dict[int, InstanceState]:
+    """The instance states after a successful driver action, without asking the engine (pure)."""
+    updated = dict(states)
+    instance_id = result.action.instance_id
+    state = states.get(instance_id, InstanceState(instance_id, None))
+    if result.action.kind is ActionKind.REIMAGE:
+        previous = state.current if state.version != target else state.previous
+        updated[instance_id] = InstanceState(instance_id, OsDisk(target, "", True), previous)
+    elif result.action.kind is ActionKind.ROLLBACK and state.previous is not None:
+        restored = OsDisk(state.previous.version, state.previous.image, True)
+        updated[instance_id] = InstanceState(instance_id, restored, None)
+    elif result.action.kind is ActionKind.COMMIT:
+        updated[instance_id] = InstanceState(instance_id, state.current, None)
+    return updated
+
+
 @dataclass
 class Reconciler:
     store: Store
@@ -91,41 +111,75 @@ class Reconciler:
         return ActionResult(action, ok=True)
 
     async def run(self, model: ScaleSet, attempt: Attempt) -> Attempt:
-        """Drives one attempt to its end; safe to call again on an attempt loaded after a crash."""
+        """Drives one attempt to its end; safe to call again on an attempt loaded after a crash.
+
+        Driver actions run as tasks, so deciding goes on while they do: the commits of one batch overlap the
+        reimages of the next. Every action is journaled before it starts and after it ends.
+        """
         attempt = resume(attempt)
         cancel = self.cancel_event(model.name)
-        while True:
-            if cancel.is_set():
-                attempt = request_cancel(attempt, self.clock())
-            states = await self.driver.observe(model.name)
-            now = self.clock()
-            decision = decide(attempt, instance_views(model, states, self.monitor, now), now)
-            attempt = decision.attempt
-            self._save(attempt)  # actions in flight are persisted before they run
-            if attempt.status.terminal:
-                cancel.clear()
-                return attempt
-            if decision.actions:
-                self.store.journal_begin(attempt.id, decision.actions, now)
-                results = await asyncio.gather(*(self._act(model, attempt, a) for a in decision.actions))
-                done = self.clock()
-                self.store.journal_end(attempt.id, results, done)
-                attempt = apply_results(attempt, results, done)
-                for result in results:
-                    if result.action.kind is not ActionKind.COMMIT:
-                        self.monitor.reset((model.name, result.action.instance_id))
-                self._save(attempt)
-                continue
-            timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - self.clock())
-            await self._wait(cancel, timeout)
+        in_flight: dict[asyncio.Task[ActionResult], Action] = {}
+        loop = asyncio.get_running_loop()
+        # Listing containers is slow while the engine is busy: ask again only when what our own actions did
+        # is not enough (an action failed, power state is the health source) or the last answer is old.
+        power_state_only = not (model.uses_agent or model.health_probe is not None)
+        states: dict[int, InstanceState] = {}
+        observed_at = float("-inf")
+        try:
+            while True:
+                if cancel.is_set():
+                    attempt = request_cancel(attempt, self.clock())
+                if power_state_only or loop.time() - observed_at >= OBSERVE_EVERY:
+                    states = await self.driver.observe(model.name)
+                    observed_at = loop.time()
+                now = self.clock()
+                seen = self.monitor.version
+                decision = decide(attempt, instance_views(model, states, self.monitor, now), now)
+                attempt = decision.attempt
+                if decision.actions:
+                    self.store.journal_begin(attempt.id, decision.actions, now)
+                    for action in decision.actions:
+                        task = asyncio.create_task(
+                            self._act(model, attempt, action), name=f"{action.kind}-{action.instance_id}"
+                        )
+                        in_flight[task] = action
+                self._save(attempt)  # actions in flight are persisted before anything else happens
+                if attempt.done:
+                    cancel.clear()
+                    return attempt
+                timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - self.clock())
+                finished = await self._wait(set(in_flight), cancel, seen, timeout)
+                if finished:
+                    results = [task.result() for task in finished]
+                    for task in finished:
+                        del in_flight[task]
+                    done = self.clock()
+                    self.store.journal_end(attempt.id, results, done)
+                    attempt = apply_results(attempt, results, done)
+                    for result in results:
+                        if result.ok:
+                            states = known_after(states, result, attempt.target_version)
+                        else:
+                            observed_at = float("-inf")
+                        if result.action.kind is not ActionKind.COMMIT:
+                            self.monitor.reset((model.name, result.action.instance_id))
+                    self._save(attempt)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _wait(self, cancel: asyncio.Event, timeout: float | None) -> None:
-        """Until a health report changes, a cancel arrives, or the decision's wake-up time."""
-        changed = asyncio.ensure_future(self.monitor.wait_changed(timeout))
+    async def _wait(
+        self, actions: set[asyncio.Task[ActionResult]], cancel: asyncio.Event, seen: int, timeout: float | None
+    ) -> set[asyncio.Task[ActionResult]]:
+        """Until an action ends, a health report changes, a cancel arrives, or the decision's wake-up time.
+        Returns the actions that ended."""
+        changed = asyncio.ensure_future(self.monitor.wait_changed(seen, timeout))
         cancelled = asyncio.ensure_future(cancel.wait())
         try:
-            await asyncio.wait({changed, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({changed, cancelled, *actions}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (changed, cancelled):
                 task.cancel()
             await asyncio.gather(changed, cancelled, return_exceptions=True)
+        return {task for task in actions if task.done()}

@@ -59,8 +59,18 @@ class Step(StrEnum):
         return self in (Step.UPGRADED, Step.ROLLED_BACK, Step.ROLLBACK_FAILED, Step.FAILED)
 
     @property
+    def succeeded(self) -> bool:
+        return self in (Step.COMMIT, Step.COMMITTING, Step.UPGRADED)
+
+    @property
     def failed(self) -> bool:
-        return self in (Step.ROLLED_BACK, Step.ROLLBACK_FAILED, Step.FAILED)
+        return self in (Step.ROLLED_BACK, Step.ROLLBACK_FAILED, Step.FAILED, Step.KEEP_FAILED, Step.KEEPING_FAILED)
+
+    @property
+    def settled(self) -> bool:
+        """The outcome is known; what may remain is clean-up (dropping a previous OS disk), which the next
+        batch need not wait for. A rollback is not clean-up: it changes what runs, so batches wait for it."""
+        return self.succeeded or self.failed
 
 
 IN_FLIGHT = {
@@ -162,7 +172,7 @@ class Attempt:
 
     @property
     def successful(self) -> int:
-        return self.count(Step.UPGRADED)
+        return sum(1 for p in self.instances.values() if p.step.succeeded)
 
     @property
     def failed(self) -> int:
@@ -170,7 +180,12 @@ class Attempt:
 
     @property
     def in_progress(self) -> int:
-        return sum(1 for p in self.instances.values() if not p.step.terminal)
+        return sum(1 for p in self.instances.values() if not p.step.settled)
+
+    @property
+    def done(self) -> bool:
+        """Ended, and every instance's last driver action finished: exactly one OS disk each."""
+        return self.status.terminal and all(p.step.terminal for p in self.instances.values())
 
 
 @dataclass(frozen=True)
@@ -249,92 +264,96 @@ ISSUE = {
 }
 
 
+def _issue(instances: dict[int, InstanceProgress], ids: Iterable[int], now: float) -> list[Action]:
+    """Turns steps that call for a driver action into that action, marking them in flight."""
+    actions: list[Action] = []
+    for instance_id in ids:
+        progress = instances[instance_id]
+        if progress.step in ISSUE:
+            kind, issued = ISSUE[progress.step]
+            actions.append(Action(kind, instance_id))
+            instances[instance_id] = replace(progress, step=issued, since=now)
+    return actions
+
+
 def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> Decision:
     """Moves each instance of the batch in flight one step; returns the actions to take."""
-    actions: list[Action] = []
     wake_at: float | None = None
     instances = dict(attempt.instances)  # one copy per step, not one per instance: batches may be large
     for instance_id in attempt.batch:
         progress = instances[instance_id]
-        if progress.step is Step.WAITING:
-            view = views.get(instance_id)
-            fresh = view is not None and view.observed_at >= progress.since
-            if view is not None and fresh and view.healthy and view.version == attempt.target_version:
-                progress = replace(progress, step=Step.COMMIT, since=now)
-            elif progress.deadline is not None and now >= progress.deadline:
-                seen = view.health.value if view is not None else "not observed"
-                error = f"not Healthy within {attempt.policy.instance_health_timeout:g}s (last seen: {seen})"
-                step = Step.ROLLBACK if attempt.rollback_enabled else Step.KEEP_FAILED
-                progress = replace(progress, step=step, since=now, error=error)
-            elif progress.deadline is not None:
-                wake_at = progress.deadline if wake_at is None else min(wake_at, progress.deadline)
-        if progress.step in ISSUE:
-            kind, issued = ISSUE[progress.step]
-            actions.append(Action(kind, instance_id))
-            progress = replace(progress, step=issued, since=now)
-        instances[instance_id] = progress
+        if progress.step is not Step.WAITING:
+            continue
+        view = views.get(instance_id)
+        fresh = view is not None and view.observed_at >= progress.since
+        if view is not None and fresh and view.healthy and view.version == attempt.target_version:
+            instances[instance_id] = replace(progress, step=Step.COMMIT, since=now)
+        elif progress.deadline is not None and now >= progress.deadline:
+            seen = view.health.value if view is not None else "not observed"
+            error = f"not Healthy within {attempt.policy.instance_health_timeout:g}s (last seen: {seen})"
+            step = Step.ROLLBACK if attempt.rollback_enabled else Step.KEEP_FAILED
+            instances[instance_id] = replace(progress, step=step, since=now, error=error)
+        elif progress.deadline is not None:
+            wake_at = progress.deadline if wake_at is None else min(wake_at, progress.deadline)
+    actions = _issue(instances, attempt.batch, now)
     return Decision(replace(attempt, instances=instances), tuple(actions), wake_at)
 
 
 def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> Decision:
     """One step of the attempt: rules 2-7 of the design, in order."""
     if attempt.status.terminal:
-        return Decision(attempt)
+        # Only clean-up is left (and only after a crash in the middle of it): finish it.
+        instances = dict(attempt.instances)
+        actions = _issue(instances, list(instances), now)
+        return Decision(replace(attempt, instances=instances), tuple(actions))
     decision = _advance_batch(attempt, views, now)
     attempt = decision.attempt
-    if decision.actions or any(not attempt.instances[i].step.terminal for i in attempt.batch):
-        return replace(decision, attempt=replace(attempt, pending=sum(len(b) for b in _remaining(attempt, views))))
-
     remaining = _remaining(attempt, views)
     attempt = replace(attempt, pending=sum(len(b) for b in remaining))
+    if any(not attempt.instances[i].step.settled for i in attempt.batch):
+        return replace(decision, attempt=attempt)
+    cleanup = decision.actions  # commits of the batch that just settled run alongside what comes next
     if attempt.batch:
         # The batch has ended: rule 6, then the pause of rule 7.
         processed = attempt.successful + attempt.failed
         policy = attempt.policy
-        if exceeds(attempt.failed, processed, attempt.policy.max_unhealthy_upgraded_instance_percent):
-            return Decision(
-                attempt.finished(
-                    AttemptStatus.FAULTED,
-                    now,
-                    MAX_UNHEALTHY_UPGRADED,
-                    f"{attempt.failed} of {processed} upgraded instances are unhealthy, more than "
-                    "maxUnhealthyUpgradedInstancePercent "
-                    f"({policy.max_unhealthy_upgraded_instance_percent}%)",
-                )
+        if exceeds(attempt.failed, processed, policy.max_unhealthy_upgraded_instance_percent):
+            message = (
+                f"{attempt.failed} of {processed} upgraded instances are unhealthy, more than "
+                f"maxUnhealthyUpgradedInstancePercent ({policy.max_unhealthy_upgraded_instance_percent}%)"
             )
-        pause = attempt.policy.pause_time_between_batches
+            return Decision(attempt.finished(AttemptStatus.FAULTED, now, MAX_UNHEALTHY_UPGRADED, message), cleanup)
+        pause = policy.pause_time_between_batches
         attempt = replace(attempt, batch=(), pause_until=now + pause if remaining and pause > 0 else None)
     if attempt.cancel_requested:
-        return Decision(
-            attempt.finished(AttemptStatus.CANCELLED, now, "OperationCancelled", "the rolling upgrade was cancelled")
-        )
+        message = "the rolling upgrade was cancelled"
+        return Decision(attempt.finished(AttemptStatus.CANCELLED, now, "OperationCancelled", message), cleanup)
     if not remaining:
-        return Decision(attempt.finished(AttemptStatus.COMPLETED, now))
+        return Decision(attempt.finished(AttemptStatus.COMPLETED, now), cleanup)
     if attempt.pause_until is not None and now < attempt.pause_until:
-        return Decision(attempt, wake_at=attempt.pause_until)
+        return Decision(attempt, cleanup, wake_at=attempt.pause_until)
     unhealthy = unhealthy_count(views.values())
     if exceeds(unhealthy, attempt.capacity, attempt.policy.max_unhealthy_instance_percent):
-        return Decision(
-            attempt.finished(
-                AttemptStatus.FAULTED,
-                now,
-                MAX_UNHEALTHY,
-                f"{unhealthy} of {attempt.capacity} instances are unhealthy, more than "
-                f"maxUnhealthyInstancePercent ({attempt.policy.max_unhealthy_instance_percent}%): "
-                "no further batch was started",
-            )
+        message = (
+            f"{unhealthy} of {attempt.capacity} instances are unhealthy, more than "
+            f"maxUnhealthyInstancePercent ({attempt.policy.max_unhealthy_instance_percent}%): "
+            "no further batch was started"
         )
+        return Decision(attempt.finished(AttemptStatus.FAULTED, now, MAX_UNHEALTHY, message), cleanup)
     batch = remaining[0]
+    instances = dict(attempt.instances)
     for instance_id in batch:
-        attempt = attempt.with_instance(InstanceProgress(instance_id, Step.REIMAGE, now))
+        instances[instance_id] = InstanceProgress(instance_id, Step.REIMAGE, now)
+    actions = _issue(instances, batch, now)
     attempt = replace(
         attempt,
+        instances=instances,
         batch=batch,
         batches_started=attempt.batches_started + 1,
         pause_until=None,
         pending=sum(len(b) for b in remaining[1:]),
     )
-    return _advance_batch(attempt, views, now)
+    return Decision(attempt, (*cleanup, *actions))
 
 
 def apply_result(attempt: Attempt, result: ActionResult, now: float) -> Attempt:

@@ -20,7 +20,7 @@ from orchestrator.gallery import ImageDefinition, ImageVersion, resolve
 from orchestrator.health import HealthMonitor, HealthSettings
 from orchestrator.model import ModelError, ScaleSet, parse_scale_set
 from orchestrator.planner import InstanceView
-from orchestrator.reconciler import Reconciler, instance_views
+from orchestrator.reconciler import ACTION_TIMEOUT, Reconciler, instance_views
 from orchestrator.rollout import Attempt, StartedBy, request_cancel, start
 from orchestrator.store import Store, StoredAttempt
 
@@ -102,12 +102,10 @@ class Orchestrator:
         """Watches every instance and resumes attempts a crash left running."""
         for model in self.store.list_scale_sets():
             self._watch(model)
-        for stored in self.store.running_attempts():
-            owner = self.store.get_scale_set(stored.attempt.scale_set)
-            if owner is None:
-                continue
-            log.info("resuming attempt %s of %s", stored.attempt.id, owner.name)
-            self._launch(owner, stored.attempt)
+            latest = self.latest(model.name)
+            if latest is not None and not latest.attempt.done:
+                log.info("resuming attempt %s of %s", latest.attempt.id, model.name)
+                self._launch(model, latest.attempt)
 
     async def close(self) -> None:
         runs = list(self._runs.values())
@@ -223,10 +221,12 @@ class Orchestrator:
         previous = self.store.get_scale_set(name)
         self.store.put_scale_set(model, self.clock())
         states = await self.driver.observe(name)
+        known = {v.version for v in self.store.image_versions()}
         for instance_id in range(model.capacity):
             state = states.get(instance_id)
-            version = state.version if state and state.version else image.version
-            await self.driver.ensure_running(self.spec_for(model, instance_id, version))
+            # An existing instance keeps its version (ensure_running only starts it); a new one gets the image's.
+            version = state.version if state and state.version in known else image.version
+            await self.driver.ensure_running(self.spec_for(model, instance_id, version or image.version))
         for instance_id in sorted(set(states) - set(range(model.capacity))):
             spec = self.spec_for(previous or model, instance_id, states[instance_id].version or image.version)
             await self.driver.delete(spec)
@@ -237,8 +237,7 @@ class Orchestrator:
 
     async def delete_scale_set(self, name: str) -> None:
         model = self.get_scale_set(name)
-        if name in self._runs and not self._runs[name].done():
-            raise Conflict(f"scale set {name} has a rolling upgrade in progress", "OperationNotAllowed")
+        await self._ensure_idle(name)
         states = await self.driver.observe(name)
         for instance_id, state in states.items():
             spec = InstanceSpec(
@@ -265,7 +264,7 @@ class Orchestrator:
         return ref
 
     def _attempt_changed(self, attempt: Attempt) -> None:
-        if attempt.status.terminal:
+        if attempt.done:
             event = self._attempt_events.get(attempt.id)
             if event is not None:
                 event.set()
@@ -284,6 +283,15 @@ class Orchestrator:
             log.exception("rolling upgrade %s of %s stopped on an error", attempt.id, model.name)
             raise
 
+    async def _ensure_idle(self, name: str) -> None:
+        """Conflict while an attempt runs; waits out a reconciler that is only finishing clean-up."""
+        if not self.running(name):
+            return
+        latest = self.latest(name)
+        if latest is None or not latest.attempt.status.terminal:
+            raise Conflict(f"a rolling upgrade of {name} is in progress", "RollingUpgradeInProgress")
+        await asyncio.wait({self._runs[name]}, timeout=ACTION_TIMEOUT)
+
     def running(self, name: str) -> bool:
         task = self._runs.get(name)
         return task is not None and not task.done()
@@ -293,8 +301,7 @@ class Orchestrator:
     ) -> Attempt:
         """Starts an attempt towards the model's image (or ``version``); it runs in the background."""
         model = self.get_scale_set(name)
-        if self.running(name):
-            raise Conflict(f"a rolling upgrade of {name} is already in progress", "RollingUpgradeInProgress")
+        await self._ensure_idle(name)
         target = self.resolve(model, version)
         now = self.clock()
         states = await self.driver.observe(name)
@@ -311,7 +318,7 @@ class Orchestrator:
         )
         self.reconciler.cancel_event(name).clear()
         self.store.save_attempt(attempt, self._image_reference_for(attempt))
-        if not attempt.status.terminal:
+        if not attempt.done:
             self._launch(model, attempt)
         return attempt
 
@@ -344,7 +351,7 @@ class Orchestrator:
         found = self.find_attempt(attempt_id)
         if found is None:
             raise NotFound(f"attempt {attempt_id} not found")
-        if not found.status.terminal:
+        if not found.done:
             async with asyncio.timeout(timeout):
                 await event.wait()
             found = self.find_attempt(attempt_id)

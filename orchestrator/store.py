@@ -259,13 +259,6 @@ class Store:
         ).fetchall()
         return [self._stored(r) for r in rows]
 
-    def running_attempts(self) -> list[StoredAttempt]:
-        rows = self.db.execute(
-            "SELECT * FROM attempts WHERE status = ? ORDER BY start_time",
-            (AttemptStatus.ROLLING_FORWARD.value,),
-        ).fetchall()
-        return [self._stored(r) for r in rows]
-
     def apply_retention(self, scale_set: str, now: float) -> None:
         """Keeps the newest ``keep`` finished attempts younger than ``max_age``; a running one always stays."""
         rows = self.db.execute(

@@ -81,8 +81,11 @@ class Fleet:
 
     async def all_healthy(self, timeout: float = 30) -> None:
         async with asyncio.timeout(timeout):
-            while not all(i.view.healthy for i in await self.service.instances(self.name)):
-                await self.service.monitor.wait_changed(1.0)
+            while True:
+                seen = self.service.monitor.version
+                if all(i.view.healthy for i in await self.service.instances(self.name)):
+                    break
+                await self.service.monitor.wait_changed(seen, 5.0)
 
     async def versions(self) -> dict[int, str | None]:
         return {i: s.version for i, s in (await self.driver.observe(self.name)).items()}
@@ -139,10 +142,11 @@ async def test_v1_to_v2_batches_of_one_data_and_ports_kept(fleet: Fleet) -> None
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")  # data disks survived
     names = sorted(c["name"] for c in containers("podman", fleet.name))
     assert names == [f"{fleet.name}_{i}" for i in range(5)]  # no previous OS disk left behind
-    # batches of one: each reimage began only after the previous instance was committed
+    # batches of one: each reimage began only after the previous instance was healthy (and being committed)
     journal = [(e.action, e.phase, e.instance_id) for e in fleet.store.journal(attempt.id)]
     for i in range(1, 5):
-        assert journal.index(("reimage", "begin", i)) > journal.index(("commit", "end", i - 1))
+        assert journal.index(("reimage", "begin", i)) > journal.index(("commit", "begin", i - 1))
+        assert journal.index(("reimage", "begin", i)) > journal.index(("reimage", "end", i - 1))
 
 
 async def test_failing_version_rolls_back_and_faults(fleet: Fleet) -> None:

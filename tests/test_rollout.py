@@ -108,8 +108,6 @@ def run(
     for _ in range(max_steps):
         decision = decide(attempt, world.views(), world.now)
         attempt = decision.attempt
-        if attempt.status.terminal:
-            return attempt
         if attempt.batch and (not world.batches or world.batches[-1] != attempt.batch):
             world.batches.append(attempt.batch)
         for action in decision.actions:
@@ -117,7 +115,9 @@ def run(
             actions_seen += 1
             if cancel_after_actions is not None and actions_seen == cancel_after_actions:
                 attempt = request_cancel(attempt, world.now)
-        if not decision.actions:
+        if attempt.done:
+            return attempt
+        if not decision.actions and not attempt.status.terminal:
             assert decision.wake_at is not None, "an attempt that waits must say until when"
             world.now = max(world.now + 1, decision.wake_at)
     raise AssertionError("attempt did not finish")

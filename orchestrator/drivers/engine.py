@@ -178,27 +178,28 @@ class EngineDriver:
         return container._container
 
     async def _remove(self, name: str) -> None:
-        if await self._find(name) is None:
-            return
-        container = self.docker.containers.container(name)
+        """Remove a container; one that does not exist is already removed."""
         try:
-            await self._call(f"remove {name}", container.delete(force=True, v=False))
-        except DriverError:
-            if await self._find(name) is not None:
-                raise
+            async with asyncio.timeout(self.settings.call_timeout):
+                await self.docker.containers.container(name).delete(force=True, v=False)
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise DriverError(f"remove {name}: {exc.message}") from exc
+        except TimeoutError as exc:
+            raise DriverError(f"remove {name}: no answer from the engine within {self.settings.call_timeout}s") from exc
 
-    async def _stop(self, name: str, stop_timeout: int) -> None:
-        container = self.docker.containers.container(name)
-        info = await self._find(name)
-        if info is None or not info.get("State", {}).get("Running"):
+    @staticmethod
+    def _running(info: Mapping[str, Any] | None) -> bool:
+        return bool(info and info.get("State", {}).get("Running"))
+
+    async def _stop(self, name: str, stop_timeout: int, info: Mapping[str, Any] | None) -> None:
+        if not self._running(info):
             return
+        container = self.docker.containers.container(name)
         await self._call(f"stop {name}", container.stop(t=stop_timeout), timeout=stop_timeout + 30)
 
-    async def _start(self, name: str) -> None:
-        info = await self._find(name)
-        if info is None:
-            raise DriverError(f"start {name}: no such container")
-        if info.get("State", {}).get("Running"):
+    async def _start(self, name: str, info: Mapping[str, Any] | None) -> None:
+        if self._running(info):
             return
         await self._call(f"start {name}", self.docker.containers.container(name).start())
 
@@ -247,13 +248,14 @@ class EngineDriver:
                 host_config["CgroupnsMode"] = "host"
         return config
 
-    async def _create_and_start(self, spec: InstanceSpec) -> None:
-        if await self._find(spec.name) is None:
+    async def _create_and_start(self, spec: InstanceSpec, info: Mapping[str, Any] | None) -> None:
+        """Create (when ``info`` says there is no container yet) and start."""
+        if info is None:
             await self._call(
                 f"create {spec.name} from {spec.image}",
                 self.docker.containers.create(self._create_config(spec), name=spec.name),
             )
-        await self._start(spec.name)
+        await self._start(spec.name, info)
 
     # --- the driver protocol ------------------------------------------------------------------------------
 
@@ -280,7 +282,7 @@ class EngineDriver:
         return {i: InstanceState(i, current.get(i), previous.get(i)) for i in sorted(set(current) | set(previous))}
 
     async def ensure_running(self, spec: InstanceSpec) -> None:
-        await self._create_and_start(spec)
+        await self._create_and_start(spec, await self._find(spec.name))
 
     async def reimage(self, spec: InstanceSpec) -> None:
         name, prev = spec.name, spec.name + PREVIOUS_SUFFIX
@@ -288,26 +290,50 @@ class EngineDriver:
         if current is not None:
             version = (current.get("Config", {}).get("Labels") or {}).get(LABEL_VERSION)
             if version == spec.version:
-                await self._start(name)  # the new OS disk exists already (a repeated step)
+                await self._start(name, current)  # the new OS disk exists already (a repeated step)
                 return
-            await self._remove(prev)  # a previous disk left from an older, finished step
-            await self._stop(name, spec.stop_timeout)
-            await self._rename(name, prev)
-        await self._create_and_start(spec)
+            try:
+                await self._rename(name, prev)
+            except DriverError:
+                # A previous disk left from an older, finished step holds the name: drop it, then rename.
+                # (Trying first saves an engine call on every ordinary reimage.)
+                await self._remove(prev)
+                await self._rename(name, prev)
+            # The new container is created while the old one stops; it starts once the old one has let go
+            # of the host ports.
+            outcomes: tuple[Any, ...] = await asyncio.gather(
+                self._stop(prev, spec.stop_timeout, current),
+                self._call(
+                    f"create {spec.name} from {spec.image}",
+                    self.docker.containers.create(self._create_config(spec), name=spec.name),
+                ),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            await self._start(name, None)
+            return
+        previous = await self._find(prev)
+        if previous is not None:
+            await self._stop(prev, spec.stop_timeout, previous)  # renamed, then interrupted before it stopped
+        await self._create_and_start(spec, None)
 
     async def commit(self, spec: InstanceSpec) -> None:
         await self._remove(spec.name + PREVIOUS_SUFFIX)
 
     async def rollback(self, spec: InstanceSpec) -> None:
         name, prev = spec.name, spec.name + PREVIOUS_SUFFIX
-        if await self._find(prev) is None:
-            if await self._find(name) is not None:
-                await self._start(name)  # already rolled back
-                return
-            raise DriverError(f"rollback {name}: neither {name} nor {prev} exists")
+        previous = await self._find(prev)
+        if previous is None:
+            current = await self._find(name)
+            if current is None:
+                raise DriverError(f"rollback {name}: neither {name} nor {prev} exists")
+            await self._start(name, current)  # already rolled back
+            return
         await self._remove(name)
         await self._rename(prev, name)
-        await self._start(name)
+        await self._start(name, previous)
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
         await self._remove(spec.name + PREVIOUS_SUFFIX)

@@ -1,0 +1,105 @@
+"""The orchestrator's health sources against real servers: a real agent (blocking queries) and a real app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from orchestrator.health import HealthMonitor, HealthSettings, parse_agent_health
+from orchestrator.model import HealthProbe
+from orchestrator.planner import Health
+from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
+
+
+@pytest.fixture
+async def monitor() -> AsyncIterator[HealthMonitor]:
+    watcher = HealthMonitor(HealthSettings(watch_wait=5, probe_interval=0.1, probe_timeout=1))
+    yield watcher
+    await watcher.close()
+
+
+async def until(monitor: HealthMonitor, key: tuple[str, int], health: Health, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            seen = monitor.version
+            report = monitor.report(key)
+            if report is not None and report.health is health:
+                return
+            await monitor.wait_changed(seen, timeout)
+
+
+async def test_agent_watch_follows_a_real_agent(
+    fake_app: FakeApp, start_agent: StartAgent, monitor: HealthMonitor
+) -> None:
+    fake_app.set_state("Healthy", custom_metrics=json.dumps({"rollingUpgrade": {"PhaseOrderingNumber": 2}}))
+    agent = await start_agent(fast_settings(fake_app.port))
+    assert agent.agent.http_port is not None
+    key = ("web", 0)
+    monitor.watch_agent(key, agent.agent.http_port)
+    await until(monitor, key, Health.HEALTHY)
+    report = monitor.report(key)
+    assert report is not None and report.phase == 2 and not report.skip_upgrade
+    requests_before = fake_app.requests
+    fake_app.set_state("Unhealthy")
+    await until(monitor, key, Health.UNHEALTHY)
+    assert fake_app.requests > requests_before
+    agent.agent.stop.set()
+    await agent.task
+    await until(monitor, key, Health.UNKNOWN)  # an agent that cannot be reached is Unknown
+    assert monitor.watch_errors >= 1
+
+
+async def test_load_balancer_probe_http_and_tcp(fake_app: FakeApp, monitor: HealthMonitor) -> None:
+    monitor.watch_probe(("web", 1), HealthProbe("Http", 8080, "/health"), fake_app.port)
+    await until(monitor, ("web", 1), Health.HEALTHY)
+    fake_app.status = 500
+    await until(monitor, ("web", 1), Health.UNHEALTHY)
+    monitor.watch_probe(("web", 2), HealthProbe("Tcp", 8080), fake_app.port)
+    await until(monitor, ("web", 2), Health.HEALTHY)
+    monitor.watch_probe(("web", 3), HealthProbe("Tcp", 8080), free_port())
+    await until(monitor, ("web", 3), Health.UNHEALTHY)
+
+
+async def test_wait_changed_does_not_miss_a_change_before_the_wait(monitor: HealthMonitor) -> None:
+    seen = monitor.version
+    monitor.watch_probe(("web", 4), HealthProbe("Tcp", 8080), free_port())
+    await until(monitor, ("web", 4), Health.UNHEALTHY)
+    # The change happened before this wait started: it must return at once, not after the timeout.
+    await asyncio.wait_for(monitor.wait_changed(seen, 30), 1)
+
+
+async def test_reset_forgets_the_previous_os_disk(fake_app: FakeApp, monitor: HealthMonitor) -> None:
+    key = ("web", 5)
+    monitor.watch_probe(key, HealthProbe("Http", 8080, "/health"), fake_app.port)
+    await until(monitor, key, Health.HEALTHY)
+    monitor.reset(key)
+    report = monitor.report(key)
+    assert report is not None and report.health is Health.UNKNOWN
+    await until(monitor, key, Health.HEALTHY)
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"applicationHealthState": "Healthy"}, (Health.HEALTHY, None, False)),
+        ({"applicationHealthState": "Initializing"}, (Health.INITIALIZING, None, False)),
+        ({"applicationHealthState": "Bogus"}, (Health.UNKNOWN, None, False)),
+        ([], (Health.UNKNOWN, None, False)),
+        (
+            {
+                "applicationHealthState": "Healthy",
+                "customMetrics": {"rollingUpgrade": {"PhaseOrderingNumber": 1, "SkipUpgrade": True}},
+            },
+            (Health.HEALTHY, 1, True),
+        ),
+        (
+            {"applicationHealthState": "Healthy", "customMetrics": {"rollingUpgrade": {"PhaseOrderingNumber": True}}},
+            (Health.HEALTHY, None, False),
+        ),
+    ],
+)
+def test_parse_agent_health(doc: object, expected: tuple[Health, int | None, bool]) -> None:
+    assert parse_agent_health(doc)[:3] == expected
