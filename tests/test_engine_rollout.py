@@ -287,3 +287,32 @@ async def test_v1_to_v2_on_docker(docker: str, tmp_path: Path) -> None:
         assert fleet.store.instance_ports(fleet.name) == ports
         assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
         assert sorted(c["name"] for c in containers("docker", fleet.name)) == [f"tdocker_{i}" for i in range(5)]
+
+
+async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
+    """Each step, repeated as after a crash, finishes or keeps what the first try did."""
+    await fleet.create()
+    model = fleet.service.get_scale_set(fleet.name)
+    fleet.publish("2.0.0")
+    v2 = fleet.service.spec_for(model, 0, "2.0.0")
+    await fleet.driver.reimage(v2)
+    await fleet.driver.reimage(v2)  # repeated: already on 2.0.0, nothing more
+    state = (await fleet.driver.observe(fleet.name))[0]
+    assert state.version == "2.0.0" and state.running
+    assert state.previous is not None and state.previous.version == "1.0.0" and not state.previous.running
+    await fleet.driver.rollback(v2)
+    await fleet.driver.rollback(v2)  # repeated: already rolled back
+    state = (await fleet.driver.observe(fleet.name))[0]
+    assert state.version == "1.0.0" and state.running and state.previous is None
+    # A previous OS disk left behind by an interrupted older step does not block the next reimage.
+    await fleet.driver.reimage(v2)
+    await fleet.driver.reimage(fleet.service.spec_for(model, 0, "1.0.0"))
+    state = (await fleet.driver.observe(fleet.name))[0]
+    assert state.version == "1.0.0" and state.previous is not None and state.previous.version == "2.0.0"
+    await fleet.driver.commit(v2)
+    await fleet.driver.commit(v2)
+    state = (await fleet.driver.observe(fleet.name))[0]
+    assert state.previous is None and state.running
+    assert (await get_text(fleet.http, fleet.store.instance_ports(fleet.name)[0][8080], "/version"))[
+        1
+    ].strip() == "1.0.0"
