@@ -86,6 +86,7 @@ class Reconciler:
     clock: Callable[[], float] = time.time
     image_reference_for: Callable[[Attempt], Mapping[str, Any]] = lambda attempt: {"version": attempt.target_version}
     on_change: Callable[[Attempt], None] = lambda attempt: None
+    on_result: Callable[[ScaleSet, ActionResult], None] = lambda model, result: None
     cancel_events: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def cancel_event(self, scale_set: str) -> asyncio.Event:
@@ -102,13 +103,18 @@ class Reconciler:
             ActionKind.COMMIT: self.driver.commit,
             ActionKind.ROLLBACK: self.driver.rollback,
         }[action.kind]
+        started = time.monotonic()
         try:
             async with asyncio.timeout(ACTION_TIMEOUT):
                 await call(spec)
         except (DriverError, TimeoutError) as exc:
             log.warning("%s %s failed: %s", action.kind.value, spec.name, exc)
-            return ActionResult(action, ok=False, error=str(exc) or type(exc).__name__)
-        return ActionResult(action, ok=True)
+            error = str(exc) or type(exc).__name__
+            result = ActionResult(action, ok=False, error=error, duration=time.monotonic() - started)
+        else:
+            result = ActionResult(action, ok=True, duration=time.monotonic() - started)
+        self.on_result(model, result)
+        return result
 
     async def run(self, model: ScaleSet, attempt: Attempt) -> Attempt:
         """Drives one attempt to its end; safe to call again on an attempt loaded after a crash.

@@ -98,6 +98,7 @@ class ActionResult:
     action: Action
     ok: bool
     error: str | None = None
+    duration: float = 0.0
 
 
 @dataclass(frozen=True)

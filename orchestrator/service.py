@@ -7,12 +7,13 @@ attempt, the health watches) and cancels them on close; attempts left running by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator.drivers.base import Driver, InstanceSpec
@@ -33,9 +34,10 @@ class ServiceError(Exception):
     status = 400
     code = "BadRequest"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, target: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.target = target
         if code is not None:
             self.code = code
 
@@ -67,6 +69,27 @@ def allocate_port(taken: set[int]) -> int:
     raise ServiceError("no free host port on 127.0.0.1", "PortsExhausted")
 
 
+class Changes:
+    """A version number that grows with every change of models, gallery or attempts, and a way to wait for it."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._event = asyncio.Event()
+
+    def bump(self) -> None:
+        self.version += 1
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seen: int, timeout: float | None) -> None:
+        if self.version != seen:
+            return
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+
+
 @dataclass(frozen=True)
 class InstanceInfo:
     instance_id: int
@@ -95,6 +118,8 @@ class Orchestrator:
         )
         self._runs: dict[str, asyncio.Task[Attempt]] = {}
         self._attempt_events: dict[str, asyncio.Event] = {}
+        self.changes = Changes()
+        self.attempt_listeners: list[Callable[[Attempt], None]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -119,18 +144,40 @@ class Orchestrator:
 
     def put_image_definition(self, definition: ImageDefinition) -> None:
         self.store.put_image_definition(definition)
+        self.changes.bump()
+
+    def image_definition(self, gallery: str, image: str) -> ImageDefinition:
+        found = next((d for d in self.store.image_definitions() if (d.gallery, d.name) == (gallery, image)), None)
+        if found is None:
+            raise NotFound(f"image definition {gallery}/{image} does not exist", "GalleryImageNotFound")
+        return found
 
     def publish_version(self, version: ImageVersion) -> None:
-        if not any((d.gallery, d.name) == (version.gallery, version.image) for d in self.store.image_definitions()):
-            raise NotFound(f"image definition {version.gallery}/{version.image} does not exist")
+        self.image_definition(version.gallery, version.image)
         self.store.put_image_version(version)
+        self.changes.bump()
+
+    def image_versions(self, gallery: str, image: str) -> list[ImageVersion]:
+        self.image_definition(gallery, image)
+        return [v for v in self.store.image_versions() if (v.gallery, v.image) == (gallery, image)]
+
+    def image_version(self, gallery: str, image: str, version: str) -> ImageVersion:
+        found = next((v for v in self.image_versions(gallery, image) if v.version == version), None)
+        if found is None:
+            raise NotFound(f"image version {gallery}/{image}/{version} does not exist", "GalleryImageVersionNotFound")
+        return found
+
+    def delete_image_version(self, gallery: str, image: str, version: str) -> None:
+        self.image_version(gallery, image, version)
+        self.store.delete_image_version(gallery, image, version)
+        self.changes.bump()
 
     def resolve(self, model: ScaleSet, version: str | None = None) -> ImageVersion:
         ref = model.image_reference if version is None else model.image_reference.with_version(version)
         try:
             return resolve(ref, self.store.image_definitions(), self.store.image_versions(), model.location)
         except ModelError as exc:
-            raise InvalidInput(str(exc)) from exc
+            raise InvalidInput(str(exc), target=exc.path) from exc
 
     # --- instances ----------------------------------------------------------------------------------------
 
@@ -151,6 +198,8 @@ class Orchestrator:
         }
 
     def _ports(self, model: ScaleSet, instance_id: int) -> dict[int, int]:
+        if not model.published_ports:
+            return {}
         known = self.store.instance_ports(model.name).get(instance_id, {})
         taken = self.store.all_host_ports()
         ports = {cport: known.get(cport) or allocate_port(taken) for cport in model.published_ports}
@@ -158,8 +207,11 @@ class Orchestrator:
             self.store.put_instance_ports(model.name, instance_id, ports)
         return ports
 
-    def spec_for(self, model: ScaleSet, instance_id: int, version: str) -> InstanceSpec:
-        image = self.resolve(model, version)
+    def spec_for(
+        self, model: ScaleSet, instance_id: int, version: str, image: ImageVersion | None = None
+    ) -> InstanceSpec:
+        if image is None or image.version != version:
+            image = self.resolve(model, version)
         return InstanceSpec(
             scale_set=model.name,
             instance_id=instance_id,
@@ -216,7 +268,7 @@ class Orchestrator:
         try:
             model = parse_scale_set(doc, name=name, resource_group=resource_group, subscription=subscription)
         except ModelError as exc:
-            raise InvalidInput(str(exc)) from exc
+            raise InvalidInput(str(exc), target=exc.path) from exc
         image = self.resolve(model)
         previous = self.store.get_scale_set(name)
         self.store.put_scale_set(model, self.clock())
@@ -226,13 +278,14 @@ class Orchestrator:
             state = states.get(instance_id)
             # An existing instance keeps its version (ensure_running only starts it); a new one gets the image's.
             version = state.version if state and state.version in known else image.version
-            await self.driver.ensure_running(self.spec_for(model, instance_id, version or image.version))
+            await self.driver.ensure_running(self.spec_for(model, instance_id, version or image.version, image))
         for instance_id in sorted(set(states) - set(range(model.capacity))):
             spec = self.spec_for(previous or model, instance_id, states[instance_id].version or image.version)
             await self.driver.delete(spec)
             await self.monitor.unwatch((name, instance_id))
             self.store.delete_instance(name, instance_id)
         self._watch(model)
+        self.changes.bump()
         return model
 
     async def delete_scale_set(self, name: str) -> None:
@@ -251,6 +304,7 @@ class Orchestrator:
         for instance_id in range(model.capacity):
             await self.monitor.unwatch((name, instance_id))
         self.store.delete_scale_set(name)
+        self.changes.bump()
 
     # --- rolling upgrades ---------------------------------------------------------------------------------
 
@@ -264,7 +318,10 @@ class Orchestrator:
         return ref
 
     def _attempt_changed(self, attempt: Attempt) -> None:
+        for listener in self.attempt_listeners:
+            listener(attempt)
         if attempt.done:
+            self.changes.bump()
             event = self._attempt_events.get(attempt.id)
             if event is not None:
                 event.set()
@@ -321,6 +378,27 @@ class Orchestrator:
         if not attempt.done:
             self._launch(model, attempt)
         return attempt
+
+    async def reimage_instances(self, name: str, instance_ids: list[int]) -> None:
+        """Azure's reimage: a fresh OS disk from the model's image for each chosen instance, at once (not
+        health-gated; rolling upgrades are). Data disks and host ports are kept."""
+        model = self.get_scale_set(name)
+        await self._ensure_idle(name)
+        unknown = [i for i in instance_ids if not 0 <= i < model.capacity]
+        if unknown:
+            raise InvalidInput(f"instanceIds: no instance {unknown[0]} in {name} (0..{model.capacity - 1})")
+        image = self.resolve(model)
+        disk = uuid.uuid4().hex[:8]
+
+        async def one(instance_id: int) -> None:
+            spec = self.spec_for(model, instance_id, image.version)
+            spec = replace(spec, os_disk=f"{image.version}+{disk}")
+            await self.driver.reimage(spec)
+            self.monitor.reset((name, instance_id))
+            await self.driver.commit(spec)
+
+        async with asyncio.timeout(ACTION_TIMEOUT):
+            await asyncio.gather(*(one(i) for i in sorted(set(instance_ids))))
 
     def cancel(self, name: str) -> Attempt:
         self.get_scale_set(name)

@@ -27,6 +27,13 @@ class InstanceSpec:
     command: tuple[str, ...] | None = None
     stop_timeout: int = 10
     systemd: bool = False
+    # Names this OS disk; empty means "the disk of this version". A reimage onto the same version asks for a
+    # new disk by giving a new name.
+    os_disk: str = ""
+
+    @property
+    def disk(self) -> str:
+        return self.os_disk or self.version
 
     @property
     def name(self) -> str:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 LABEL_SCALE_SET = "overhaul.scale-set"
 LABEL_INSTANCE = "overhaul.instance-id"
 LABEL_VERSION = "overhaul.image-version"
+LABEL_OS_DISK = "overhaul.os-disk"
 CONFIG_MOUNT = "/etc/overhaul"
 
 
@@ -208,7 +209,7 @@ class EngineDriver:
 
     def _config_dir(self, spec: InstanceSpec) -> Path:
         """Each OS disk gets a config drive of its own: a rolled-back disk keeps the metadata it had."""
-        directory = self.settings.config_root / spec.scale_set / str(spec.instance_id) / spec.version
+        directory = self.settings.config_root / spec.scale_set / str(spec.instance_id) / spec.disk
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / "metadata.json"
         tmp = directory / "metadata.json.tmp"
@@ -232,6 +233,7 @@ class EngineDriver:
                 LABEL_SCALE_SET: spec.scale_set,
                 LABEL_INSTANCE: str(spec.instance_id),
                 LABEL_VERSION: spec.version,
+                LABEL_OS_DISK: spec.disk,
             },
             "ExposedPorts": {f"{cport}/tcp": {} for cport in spec.ports},
             "StopTimeout": spec.stop_timeout,
@@ -288,8 +290,8 @@ class EngineDriver:
         name, prev = spec.name, spec.name + PREVIOUS_SUFFIX
         current = await self._find(name)
         if current is not None:
-            version = (current.get("Config", {}).get("Labels") or {}).get(LABEL_VERSION)
-            if version == spec.version:
+            labels = current.get("Config", {}).get("Labels") or {}
+            if labels.get(LABEL_OS_DISK, labels.get(LABEL_VERSION)) == spec.disk:
                 await self._start(name, current)  # the new OS disk exists already (a repeated step)
                 return
             try:

@@ -32,7 +32,7 @@ class FakeDriver:
     async def reimage(self, spec: InstanceSpec) -> None:
         self.calls.append(("reimage", spec.name))
         state = self._get(spec) or InstanceState(spec.instance_id, None)
-        if state.current is not None and state.current.version == spec.version:
+        if state.current is not None and state.current.version == spec.version and not spec.os_disk:
             return
         previous = state.current or state.previous
         if self.fail_reimage(spec):
