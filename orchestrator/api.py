@@ -117,15 +117,18 @@ async def list_scale_sets(request: web.Request) -> web.Response:
 
 
 async def put_scale_set(request: web.Request) -> web.Response:
+    """Create, or update an existing scale set: as Azure's PUT, properties left out keep their values."""
     name, orchestrator = request.match_info["name"], service(request)
-    existed = orchestrator.store.get_scale_set(name) is not None
+    current = orchestrator.store.get_scale_set(name)
+    body = await body_json(request)
+    if current is not None:
+        if not isinstance(body, Mapping):
+            raise InvalidInput("the request body must be a JSON object", target="")
+        body = merge(current.to_json(), body)
     model = await orchestrator.create_or_update(
-        await body_json(request),
-        name=name,
-        resource_group=request.match_info["rg"],
-        subscription=request.match_info["sub"],
+        body, name=name, resource_group=request.match_info["rg"], subscription=request.match_info["sub"]
     )
-    return web.json_response(model.to_json(), status=200 if existed else 201)
+    return web.json_response(model.to_json(), status=200 if current is not None else 201)
 
 
 async def patch_scale_set(request: web.Request) -> web.Response:
