@@ -1,0 +1,110 @@
+"""A running `overhaul serve` for tests: a real process on a loopback port with its own state directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import free_port
+
+API = "api-version=2021-03-01"
+
+
+@dataclass
+class Served:
+    url: str
+    state_dir: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def token(self) -> str:
+        return (self.state_dir / "token").read_text().strip()
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """One HTTP request; returns (status, parsed JSON or None, headers)."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        if token is None:
+            token = self.token
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                status, payload, headers = resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            status, payload, headers = exc.code, exc.read(), dict(exc.headers)
+        if headers.get("Content-Type", "").startswith("application/json") and payload.strip():
+            return status, json.loads(payload), headers
+        return status, payload.decode() if payload.strip() else None, headers
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "OVERHAUL_ENDPOINT": self.url, "OVERHAUL_STATE_DIR": str(self.state_dir)}
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"overhaul {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+
+@contextmanager
+def overhaul_serve(state_dir: Path, *extra: str) -> Iterator[Served]:
+    port = free_port()
+    log = state_dir / "serve.log"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "serve",
+                "--state-dir",
+                str(state_dir),
+                "--port",
+                str(port),
+                *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    served = Served(f"http://127.0.0.1:{port}", state_dir, process, log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(served.url + "/healthz", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"overhaul serve did not start: {log.read_text()}") from None
+                time.sleep(0.05)
+        yield served
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

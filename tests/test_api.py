@@ -1,0 +1,383 @@
+"""The REST API and the CLI against a running `overhaul serve` (in-memory engine): Azure's calls, verbatim."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.serve import API, Served, overhaul_serve
+
+RG = "/subscriptions/subscription_id/resourceGroups/myResourceGroup"
+VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/myScaleSet"
+GALLERY = RG + "/providers/Microsoft.Compute/galleries/myGallery/images/myImage"
+IMAGE_VERSIONS = (
+    "/subscriptions/subscription_id/providers/Microsoft.Compute/locations/local/publishers/Canonical"
+    "/artifacttypes/vmimage/offers/0001-com-ubuntu-server-jammy/skus/22_04-lts/versions"
+)
+MODEL: dict[str, Any] = {
+    "location": "local",
+    "sku": {"name": "Standard_Container", "capacity": 5},
+    "properties": {
+        "upgradePolicy": {"mode": "Manual"},
+        "virtualMachineProfile": {
+            "storageProfile": {
+                "imageReference": {
+                    "publisher": "Canonical",
+                    "offer": "0001-com-ubuntu-server-jammy",
+                    "sku": "22_04-lts",
+                    "version": "latest",
+                },
+                "dataDisks": [{"lun": 0, "diskSizeGB": 1}],
+            }
+        },
+    },
+}
+
+
+def publish(served: Served, version: str, *, exclude: bool = False) -> None:
+    body = {
+        "location": "local",
+        "properties": {
+            "publishingProfile": {"excludeFromLatest": exclude, "targetRegions": [{"name": "local"}]},
+            "storageProfile": {"source": {"overhaul": {"containerImage": f"localhost/jammy:{version}"}}},
+        },
+    }
+    status, doc, _ = served.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)
+    assert status == 200, doc
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with overhaul_serve(
+        tmp_path / "state", "--engine", "memory", "--auto-upgrade-first-delay", "0", "--auto-upgrade-delay", "0"
+    ) as running:
+        identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
+        status, _, _ = running.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})
+        assert status == 200
+        publish(running, "1.0.0")
+        yield running
+
+
+def wait_for(predicate: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_token_file_is_private_and_required(served: Served) -> None:
+    mode = stat.S_IMODE(os.stat(served.state_dir / "token").st_mode)
+    assert mode == 0o600
+    status, doc, headers = served.call("GET", f"{VMSS}?{API}", token="")
+    assert status == 401 and doc["error"]["code"] == "AuthenticationFailed"
+    assert headers["WWW-Authenticate"] == "Bearer"
+    assert served.call("GET", f"{VMSS}?{API}", token="wrong")[0] == 401
+    assert served.call("GET", "/healthz", token="")[0] == 200
+    assert served.call("GET", "/metrics", token="")[0] == 200
+
+
+def test_seed_calls_verbatim(served: Served) -> None:
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", MODEL)
+    assert status == 201, doc
+    assert doc["type"] == "Microsoft.Compute/virtualMachineScaleSets" and doc["location"] == "local"
+    # The seed's call enabling automatic OS upgrades, with PUT and with PATCH.
+    enable = {
+        "properties": {
+            "upgradePolicy": {"mode": "Automatic", "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True}}
+        }
+    }
+    for method in ("PUT", "PATCH"):
+        status, doc, _ = served.call(method, f"{VMSS}?api-version=2021-03-01", enable)
+        assert status == 200, doc
+        policy = doc["properties"]["upgradePolicy"]
+        assert policy["automaticOSUpgradePolicy"]["enableAutomaticOSUpgrade"] is True
+        assert doc["sku"]["capacity"] == 5  # left out of the body, kept
+    status, doc, headers = served.call("POST", f"{VMSS}/osRollingUpgrade?api-version=2021-03-01")
+    assert status == 202, doc
+    assert "rollingUpgrades/latest" in headers["Location"]
+    wait_for(
+        lambda: (
+            served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["runningStatus"]["code"]
+            == "Completed"
+        )
+    )
+    publish(served, "1.1.0")  # the platform rolls this one out by itself
+    wait_for(lambda: len(served.call("GET", f"{VMSS}/osUpgradeHistory?api-version=2021-03-01")[1]["value"]) == 2)
+    wait_for(
+        lambda: (
+            served.call("GET", f"{VMSS}/osUpgradeHistory?{API}")[1]["value"][0]["properties"]["runningStatus"]["code"]
+            == "Completed"
+        )
+    )
+    status, doc, _ = served.call("GET", f"{VMSS}/osUpgradeHistory?api-version=2021-03-01")
+    assert status == 200
+    newest, oldest = doc["value"]
+    for record in (newest, oldest):
+        props = record["properties"]
+        assert set(props) >= {"runningStatus", "progress", "startedBy", "targetImageReference", "rollbackInfo"}
+        assert set(props["runningStatus"]) >= {"code", "startTime", "endTime"}
+        assert set(props["progress"]) == {
+            "successfulInstanceCount",
+            "failedInstanceCount",
+            "inProgressInstanceCount",
+            "pendingInstanceCount",
+        }
+        assert set(props["rollbackInfo"]) >= {"successfullyRolledbackInstanceCount", "failedRolledbackInstanceCount"}
+        assert record["type"] == "Microsoft.Compute/virtualMachineScaleSets/rollingUpgrades"
+        assert record["location"] == "local"
+    assert newest["properties"]["startedBy"] == "Platform"
+    assert newest["properties"]["targetImageReference"]["version"] == "1.1.0"
+    assert oldest["properties"]["startedBy"] == "User"
+    assert newest["properties"]["progress"]["successfulInstanceCount"] == 5
+    # The image versions GET.
+    status, versions, _ = served.call("GET", f"{IMAGE_VERSIONS}?api-version=2021-11-01")
+    assert status == 200
+    assert [v["name"] for v in versions] == ["1.0.0", "1.1.0"]
+    assert all(set(v) >= {"location", "name", "id"} for v in versions)
+    # Instances with their instanceView.
+    status, doc, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
+    assert status == 200 and len(doc["value"]) == 5
+    view = doc["value"][0]["properties"]["instanceView"]
+    assert view["vmHealth"]["status"]["displayStatus"] == "Healthy"
+    assert doc["value"][0]["properties"]["storageProfile"]["imageReference"]["exactVersion"] == "1.1.0"
+
+
+def test_excluded_version_does_not_move_anything(served: Served) -> None:
+    model = json.loads(json.dumps(MODEL))
+    model["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"] = {"enableAutomaticOSUpgrade": True}
+    assert served.call("PUT", f"{VMSS}?{API}", model)[0] == 201
+    publish(served, "9.0.0", exclude=True)
+    time.sleep(1.5)  # the watcher wakes on every publish: give it time to (wrongly) act
+    status, doc, _ = served.call("GET", f"{VMSS}/osUpgradeHistory?{API}")
+    assert status == 200 and doc["value"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "target", "text"),
+    [
+        ({**MODEL, "sku": {"capacity": "five"}}, "sku.capacity", "whole number"),
+        (
+            {
+                **MODEL,
+                "properties": {
+                    **MODEL["properties"],
+                    "upgradePolicy": {"rollingUpgradePolicy": {"maxBatchInstancePercent": 101}},
+                },
+            },
+            "properties.upgradePolicy.rollingUpgradePolicy.maxBatchInstancePercent",
+            "5..100",
+        ),
+        (
+            {
+                **MODEL,
+                "properties": {
+                    **MODEL["properties"],
+                    "upgradePolicy": {"rollingUpgradePolicy": {"maxUnhealthyInstancePercent": 2}},
+                },
+            },
+            "properties.upgradePolicy.rollingUpgradePolicy.maxUnhealthyInstancePercent",
+            "5..100",
+        ),
+        ([1, 2], "", "JSON object"),
+    ],
+)
+def test_bad_input_is_400_naming_the_field(served: Served, body: Any, target: str, text: str) -> None:
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", body)
+    assert status == 400, doc
+    assert doc["error"]["code"] == "InvalidParameter"
+    assert doc["error"].get("target", "") == target
+    assert text in doc["error"]["message"]
+    assert served.call("GET", f"{VMSS}?{API}")[0] == 404  # nothing was stored
+
+
+def test_wrong_json_404_409_413_and_api_version(served: Served) -> None:
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", raw=b"{not json")
+    assert status == 400 and doc["error"]["code"] == "InvalidRequestContent"
+    status, doc, _ = served.call("GET", f"{RG}/providers/Microsoft.Compute/virtualMachineScaleSets/nope?{API}")
+    assert status == 404 and doc["error"]["code"] == "ResourceNotFound"
+    status, doc, _ = served.call("GET", VMSS)
+    assert status == 400 and doc["error"]["code"] == "MissingApiVersionParameter"
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", raw=b"{" + b" " * (2 * 1024 * 1024) + b"}")
+    assert status == 413 and doc["error"]["code"] == "RequestEntityTooLarge"
+    slow = json.loads(json.dumps(MODEL))
+    slow["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"pauseTimeBetweenBatches": "PT1M"}
+    assert served.call("PUT", f"{VMSS}?{API}", slow)[0] == 201
+    publish(served, "2.0.0")
+    assert served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
+    status, doc, _ = served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")
+    assert status == 409 and doc["error"]["code"] == "RollingUpgradeInProgress"
+    status, doc, _ = served.call("POST", f"{VMSS}/rollingUpgrades/cancel?{API}")
+    assert status == 202
+    wait_for(
+        lambda: (
+            served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["runningStatus"]["code"]
+            == "Cancelled"
+        )
+    )
+    status, doc, _ = served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")
+    assert doc["properties"]["runningStatus"]["lastAction"] == "Cancel"
+    assert doc["properties"]["progress"]["successfulInstanceCount"] == 1
+
+
+def test_seed_cli_commands(served: Served) -> None:
+    """The seed's az commands with `overhaul` in place of `az`."""
+    served.cli(
+        "sig",
+        "image-version",
+        "create",
+        "--resource-group",
+        "myResourceGroup",
+        "--gallery-name",
+        "myGallery",
+        "--gallery-image-definition",
+        "myImage",
+        "--gallery-image-version",
+        "1.0.1",
+        "--container-image",
+        "localhost/jammy:1.0.1",
+    )
+    created = served.cli(
+        "vmss",
+        "create",
+        "--name",
+        "myScaleSet",
+        "--resource-group",
+        "myResourceGroup",
+        "--image",
+        "Canonical:0001-com-ubuntu-server-jammy:22_04-lts:latest",
+        "--instance-count",
+        "3",
+        "--upgrade-policy-mode",
+        "Manual",
+    )
+    assert json.loads(created.stdout)["sku"]["capacity"] == 3
+    updated = served.cli(
+        "vmss",
+        "update",
+        "--name",
+        "myScaleSet",
+        "--resource-group",
+        "myResourceGroup",
+        "--set",
+        "UpgradePolicy.AutomaticOSUpgradePolicy.EnableAutomaticOSUpgrade=true",
+    )
+    assert (
+        json.loads(updated.stdout)["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"][
+            "enableAutomaticOSUpgrade"
+        ]
+        is True
+    )
+    started = served.cli(
+        "vmss",
+        "rolling-upgrade",
+        "start",
+        "--resource-group",
+        "myResourceGroup",
+        "--name",
+        "myScaleSet",
+        "--subscription",
+        "subscriptionId",
+        "--wait",
+    )
+    assert "Completed" in started.stdout
+    history = served.cli(
+        "vmss", "get-os-upgrade-history", "--resource-group", "myResourceGroup", "--name", "myScaleSet"
+    )
+    assert json.loads(history.stdout)["value"][0]["properties"]["runningStatus"]["code"] == "Completed"
+    images = served.cli(
+        "vm",
+        "image",
+        "list",
+        "--location",
+        "local",
+        "--publisher",
+        "Canonical",
+        "--offer",
+        "0001-com-ubuntu-server-jammy",
+        "--sku",
+        "22_04-lts",
+        "--all",
+    )
+    assert [v["name"] for v in json.loads(images.stdout)] == ["1.0.0", "1.0.1"]
+    table = served.cli("vmss", "list-instances", "-n", "myScaleSet", "-g", "myResourceGroup", "-o", "table")
+    assert table.stdout.count("Healthy") == 3
+    excluded = served.cli(
+        "sig",
+        "image-version",
+        "update",
+        "-g",
+        "myResourceGroup",
+        "-r",
+        "myGallery",
+        "-i",
+        "myImage",
+        "-e",
+        "1.0.1",
+        "--exclude-from-latest",
+        "true",
+    )
+    assert json.loads(excluded.stdout)["properties"]["publishingProfile"]["excludeFromLatest"] is True
+    latest_only = served.cli(
+        "vm", "image", "list", "-l", "local", "-p", "Canonical", "-f", "0001-com-ubuntu-server-jammy", "-s", "22_04-lts"
+    )
+    assert [v["name"] for v in json.loads(latest_only.stdout)] == ["1.0.0"]
+    missing = served.cli("vmss", "show", "-n", "nope", "-g", "myResourceGroup", check=False)
+    assert missing.returncode == 1 and "ResourceNotFound" in missing.stderr
+
+
+def test_cli_help_and_unreachable_service(tmp_path: Path) -> None:
+    helped = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "serve" in helped.stdout and "vmss" in helped.stdout
+    env = {**os.environ, "OVERHAUL_TOKEN": "x", "OVERHAUL_ENDPOINT": "http://127.0.0.1:9"}
+    down = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "vmss", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert down.returncode == 1 and "is `overhaul serve` running?" in down.stderr
+
+
+def test_schemathesis_finds_no_server_errors(served: Served, tmp_path: Path) -> None:
+    status, spec, _ = served.call("GET", "/openapi.json")
+    assert status == 200
+    spec_path = tmp_path / "openapi.json"
+    spec_path.write_text(json.dumps(spec))
+    st = str(Path(sys.executable).with_name("st"))
+    result = subprocess.run(
+        [
+            st,
+            "run",
+            str(spec_path),
+            "--url",
+            served.url,
+            "--header",
+            f"Authorization: Bearer {served.token}",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "No issues found" in result.stdout or "passed" in result.stdout, result.stdout[-2000:]
