@@ -20,7 +20,6 @@ import pytest
 from tests.conftest import FakeApp, fast_settings, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-UNIT = ROOT / "systemd" / "overhaul-agent.service"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -138,15 +137,20 @@ async def test_sigterm_answers_in_flight_requests_and_exits_0_within_2s(
             await proc.wait()
 
 
-def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    # The unit names where images install the agent; point a copy at this environment's agent so
+@pytest.mark.parametrize(
+    ("unit_name", "program"),
+    [("overhaul-agent.service", "overhaul-agent"), ("overhaul-orchestrator.service", "overhaul")],
+)
+def test_systemd_units_verify(tmp_path: Path, unit_name: str, program: str) -> None:
+    # The units name where packages install the programs; point a copy at this environment's programs so
     # systemd-analyze can check the executable too, and require silence: it reports unknown keys with rc 0.
-    installed = shutil.which("overhaul-agent", path=str(Path(sys.executable).parent))
+    installed = shutil.which(program, path=str(Path(sys.executable).parent))
     assert installed is not None
-    text = UNIT.read_text()
-    assert "ExecStart=/usr/local/bin/overhaul-agent " in text
-    unit = tmp_path / UNIT.name
-    unit.write_text(text.replace("/usr/local/bin/overhaul-agent", installed))
+    source = ROOT / "systemd" / unit_name
+    text = source.read_text()
+    assert f"ExecStart=/usr/local/bin/{program} " in text or f"ExecStart=/usr/local/bin/{program}\n" in text
+    unit = tmp_path / unit_name
+    unit.write_text(text.replace(f"/usr/local/bin/{program}", installed))
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )

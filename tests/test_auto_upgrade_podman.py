@@ -1,0 +1,113 @@
+"""Automatic OS upgrades end to end: `overhaul serve` on real Podman; publishing a version is the only call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import engine_images
+from tests.serve import API, Served, overhaul_serve
+
+pytestmark = pytest.mark.slow
+REPO = "localhost/overhaul-auto"
+RG = "/subscriptions/local/resourceGroups/auto"
+VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/auto"
+GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/tiny"
+MODEL: dict[str, Any] = {
+    "sku": {"capacity": 3},
+    "properties": {
+        "upgradePolicy": {
+            "mode": "Automatic",
+            "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True},
+            "rollingUpgradePolicy": {"overhaul": {"instanceHealthTimeout": "PT20S"}},
+        },
+        "virtualMachineProfile": {
+            "storageProfile": {
+                "imageReference": {"publisher": "overhaul", "offer": "auto", "sku": "tiny", "version": "latest"},
+                "dataDisks": [{"lun": 0}],
+            },
+            "networkProfile": {"healthProbe": {"protocol": "Http", "port": 8080, "requestPath": "/health"}},
+            "overhaul": {"stopTimeoutInSeconds": 2},
+        },
+    },
+}
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        engine_images.build("podman", f"{REPO}:{version}", version)
+    with overhaul_serve(
+        tmp_path / "state",
+        "--engine",
+        "podman",
+        "--probe-interval",
+        "0.2",
+        "--auto-upgrade-first-delay",
+        "0",
+        "--auto-upgrade-delay",
+        "0",
+    ) as running:
+        try:
+            yield running
+        finally:
+            running.call("DELETE", f"{VMSS}?{API}")
+
+
+def publish(served: Served, version: str, *, exclude: bool = False) -> None:
+    body = {
+        "properties": {
+            "publishingProfile": {"excludeFromLatest": exclude},
+            "storageProfile": {"source": {"overhaul": {"containerImage": f"{REPO}:{version}"}}},
+        }
+    }
+    status, doc, _ = served.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)
+    assert status == 200, doc
+
+
+def instances(served: Served) -> list[tuple[str, str]]:
+    status, doc, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
+    assert status == 200, doc
+    return [
+        (
+            vm["properties"]["storageProfile"]["imageReference"]["exactVersion"],
+            vm["properties"]["instanceView"]["vmHealth"]["status"]["displayStatus"],
+        )
+        for vm in doc["value"]
+    ]
+
+
+def wait_for(predicate: Any, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.2)
+
+
+def test_publishing_rolls_the_scale_set_and_excluded_versions_do_not(served: Served) -> None:
+    identifier = {"publisher": "overhaul", "offer": "auto", "sku": "tiny"}
+    assert served.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] == 200
+    publish(served, "1.0.0")
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", MODEL)
+    assert status == 201, doc
+    wait_for(lambda: instances(served) == [("1.0.0", "Healthy")] * 3)
+    publish(served, "2.0.0")  # no other call: the platform rolls it out
+    wait_for(lambda: instances(served) == [("2.0.0", "Healthy")] * 3)
+    wait_for(
+        lambda: (
+            served.call("GET", f"{VMSS}/osUpgradeHistory?{API}")[1]["value"][0]["properties"]["runningStatus"]["code"]
+            == "Completed"
+        )
+    )
+    history = served.call("GET", f"{VMSS}/osUpgradeHistory?{API}")[1]["value"]
+    assert len(history) == 1
+    assert history[0]["properties"]["startedBy"] == "Platform"
+    assert history[0]["properties"]["progress"]["successfulInstanceCount"] == 3
+    publish(served, "3.0.0", exclude=True)
+    time.sleep(3)  # the watcher woke on the publish; nothing may move
+    assert instances(served) == [("2.0.0", "Healthy")] * 3
+    assert len(served.call("GET", f"{VMSS}/osUpgradeHistory?{API}")[1]["value"]) == 1
