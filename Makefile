@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup machine test lint unit demo bench clean
+.PHONY: all setup machine test lint unit demo demo-agent bench clean
 
 all: test
 
@@ -33,6 +33,9 @@ unit: setup machine
 test: lint unit
 
 demo: setup machine
+	$(PY) demo/rollout_demo.py
+
+demo-agent: setup machine
 	$(PY) demo/agent_demo.py
 
 bench: setup machine

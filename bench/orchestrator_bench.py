@@ -22,6 +22,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from demo import busybox_images as engine_images  # noqa: E402
 from orchestrator.drivers.engine import EngineDriver, EngineSettings  # noqa: E402
 from orchestrator.drivers.fake import FakeDriver  # noqa: E402
 from orchestrator.gallery import ImageDefinition, ImageVersion  # noqa: E402
@@ -29,7 +30,6 @@ from orchestrator.health import HealthSettings  # noqa: E402
 from orchestrator.rollout import AttemptStatus, StartedBy  # noqa: E402
 from orchestrator.service import Orchestrator, allocate_port  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
-from tests import engine_images  # noqa: E402
 
 REPO = "localhost/overhaul-bench"
 ROUNDS = 3

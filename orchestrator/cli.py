@@ -258,7 +258,7 @@ def watch_rolling_upgrade(client: Client, args: argparse.Namespace) -> int:
             if error:
                 print(f"overhaul: ({error.get('code')}) {error.get('message')}", file=sys.stderr)
             return 0 if status == "Completed" else 1
-        time.sleep(1)  # the CLI follows the REST API as az does
+        time.sleep(0.5)  # the CLI follows the REST API as az does
 
 
 def run_vmss(client: Client, args: argparse.Namespace) -> int:
@@ -294,12 +294,14 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
     elif cmd == "rolling-upgrade":
         base = client.vmss(rg, args.name)
         if args.upgrade_command == "start":
-            emit(args, None if args.wait else client.call("POST", base + "/osRollingUpgrade"), "latest")
+            started = client.call("POST", base + "/osRollingUpgrade")
             if args.wait:
-                client.call("POST", base + "/osRollingUpgrade")
                 return watch_rolling_upgrade(client, args)
+            emit(args, started, "latest")
         elif args.upgrade_command == "cancel":
             emit(args, client.call("POST", base + "/rollingUpgrades/cancel"), "latest")
+        elif args.wait:
+            return watch_rolling_upgrade(client, args)
         else:
             emit(args, client.call("GET", base + "/rollingUpgrades/latest"), "latest")
     return 0
@@ -440,7 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     scale_set_command("get-os-upgrade-history", "OS upgrade history, newest first")
     rolling = scale_set_command("rolling-upgrade", "start, cancel or follow a rolling upgrade")
     rolling.add_argument("upgrade_command", choices=["start", "cancel", "get-latest"])
-    rolling.add_argument("--wait", action="store_true", help="with start: follow it; exit non-zero unless it completes")
+    rolling.add_argument(
+        "--wait",
+        action="store_true",
+        help="with start or get-latest: follow the attempt batch by batch; exit non-zero unless it completes",
+    )
 
     add_gallery_commands(groups, common)
     return parser

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests import engine_images
+from demo import busybox_images as engine_images
 from tests.serve import API, Served, overhaul_serve
 
 pytestmark = pytest.mark.slow

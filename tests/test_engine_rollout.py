@@ -14,13 +14,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from demo import busybox_images as engine_images
 from orchestrator.drivers.engine import EngineDriver, EngineSettings
 from orchestrator.gallery import ImageDefinition, ImageVersion
 from orchestrator.health import HealthSettings
 from orchestrator.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, Attempt, AttemptStatus, StartedBy, Step
 from orchestrator.service import Orchestrator
 from orchestrator.store import Store
-from tests import engine_images
 from tests.engines import containers, docker_daemon, get_text, podman_service
 
 pytestmark = pytest.mark.slow

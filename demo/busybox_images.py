@@ -1,4 +1,6 @@
-"""Tiny instance images built locally from busybox (no registry): an HTTP app with a health endpoint."""
+"""Tiny instance images built locally from busybox (no registry): an HTTP app with a health endpoint.
+
+Used by `make demo`, the tests and the benchmarks; `healthy=False` makes a version whose /health is missing."""
 
 from __future__ import annotations
 

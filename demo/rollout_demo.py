@@ -1,0 +1,240 @@
+"""The main job, for real: a scale set of local containers moved onto new image versions in health-gated batches.
+
+Builds three tiny images (busybox: an HTTP app whose /health answers 200; version 3.0.0's never does), starts
+`overhaul serve` on a private Podman service, and then drives it only with `overhaul` commands, as a user
+would with `az`: a gallery and a scale set of 10 instances with a data disk and automatic OS upgrades; publishing
+2.0.0 rolls it out by itself, batch by batch; publishing 3.0.0 fails its first batch, which is rolled back, and
+the attempt is Faulted with the fleet still on 2.0.0. Everything is removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from demo import busybox_images  # noqa: E402
+
+REPO = "localhost/overhaul-demo"
+GROUP, GALLERY, IMAGE, NAME = "demo", "gallery", "web", "web"
+START = time.monotonic()
+
+
+def say(text: str) -> None:
+    print(f"\n[{time.monotonic() - START:5.1f}s] {text}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Demo:
+    def __init__(self, state_dir: Path, port: int) -> None:
+        self.state_dir = state_dir
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "OVERHAUL_ENDPOINT": self.endpoint, "OVERHAUL_STATE_DIR": str(state_dir)}
+
+    def overhaul(self, *args: str, check: bool = True) -> str:
+        print(f"$ overhaul {shlex.join(args)}", flush=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            timeout=600,
+            check=False,
+        )
+        print(result.stdout, end="", flush=True)
+        if check and result.returncode != 0:
+            raise SystemExit(f"overhaul {args[0]} failed with exit code {result.returncode}")
+        return result.stdout
+
+    def latest_id(self) -> str | None:
+        token = (self.state_dir / "token").read_text().strip()
+        path = (
+            f"/subscriptions/local/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachineScaleSets/{NAME}"
+            "/rollingUpgrades/latest?api-version=2024-07-01"
+        )
+        request = urllib.request.Request(self.endpoint + path, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                doc: dict[str, Any] = json.load(resp)
+        except urllib.error.HTTPError:
+            return None
+        return str(doc["properties"]["overhaul"]["attemptId"])
+
+    def follow_automatic_upgrade(self, before: str | None) -> None:
+        deadline = time.monotonic() + 60
+        while self.latest_id() == before:
+            if time.monotonic() > deadline:
+                raise SystemExit("the platform did not start an automatic upgrade")
+            time.sleep(0.2)
+        self.overhaul(
+            "vmss", "rolling-upgrade", "get-latest", "-n", NAME, "-g", GROUP, "--wait", "-o", "table", check=False
+        )
+
+
+def model() -> dict[str, Any]:
+    return {
+        "location": "local",
+        "sku": {"name": "Standard_Container", "capacity": 10},
+        "properties": {
+            "upgradePolicy": {
+                "mode": "Automatic",
+                "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True},
+                "rollingUpgradePolicy": {
+                    "maxBatchInstancePercent": 20,
+                    "maxUnhealthyInstancePercent": 20,
+                    "maxUnhealthyUpgradedInstancePercent": 20,
+                    "pauseTimeBetweenBatches": "PT0S",
+                    "overhaul": {"instanceHealthTimeout": "PT10S"},
+                },
+            },
+            "virtualMachineProfile": {
+                "storageProfile": {
+                    "imageReference": {"publisher": "contoso", "offer": "web", "sku": "busybox", "version": "latest"},
+                    "dataDisks": [{"lun": 0, "diskSizeGB": 1}],
+                },
+                "networkProfile": {"healthProbe": {"protocol": "Http", "port": 8080, "requestPath": "/health"}},
+                "overhaul": {"stopTimeoutInSeconds": 2},
+            },
+        },
+    }
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="overhaul-demo-"))
+    say("building images (busybox, no registry): 1.0.0 and 2.0.0 healthy, 3.0.0 whose /health never answers")
+    for version, healthy in (("1.0.0", True), ("2.0.0", True), ("3.0.0", False)):
+        busybox_images.build("podman", f"{REPO}:{version}", version, healthy=healthy)
+    port = free_port()
+    demo = Demo(work / "state", port)
+    say(f"starting `overhaul serve` on 127.0.0.1:{port} (state in {demo.state_dir}, a private podman service)")
+    log = (work / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "serve",
+            "--state-dir",
+            str(demo.state_dir),
+            "--port",
+            str(port),
+            "--probe-interval",
+            "0.5",
+            "--auto-upgrade-first-delay",
+            "2",
+            "--auto-upgrade-delay",
+            "2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=demo.env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(demo.endpoint + "/healthz", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"overhaul serve did not start; see {work / 'serve.log'}") from None
+                time.sleep(0.1)
+        gallery = ["-g", GROUP, "-r", GALLERY, "-i", IMAGE]
+        say("a gallery image and its first version")
+        demo.overhaul(
+            "sig",
+            "image-definition",
+            "create",
+            *gallery,
+            "--publisher",
+            "contoso",
+            "--offer",
+            "web",
+            "--sku",
+            "busybox",
+            "-o",
+            "table",
+        )
+        demo.overhaul(
+            "sig",
+            "image-version",
+            "create",
+            *gallery,
+            "-e",
+            "1.0.0",
+            "--container-image",
+            f"{REPO}:1.0.0",
+            "-o",
+            "table",
+        )
+        say("a scale set of 10 containers on 'latest', a data disk each, automatic OS upgrades on")
+        (work / "web.json").write_text(json.dumps(model(), indent=2))
+        demo.overhaul("vmss", "create", "-n", NAME, "-g", GROUP, "--file", str(work / "web.json"), "-o", "table")
+        time.sleep(2)
+        demo.overhaul("vmss", "list-instances", "-n", NAME, "-g", GROUP, "-o", "table")
+        say("publishing 2.0.0: the platform rolls it out by itself, 2 instances (20 %) per batch")
+        before = demo.latest_id()
+        demo.overhaul(
+            "sig",
+            "image-version",
+            "create",
+            *gallery,
+            "-e",
+            "2.0.0",
+            "--container-image",
+            f"{REPO}:2.0.0",
+            "-o",
+            "table",
+        )
+        demo.follow_automatic_upgrade(before)
+        say("publishing 3.0.0, whose application never becomes healthy")
+        before = demo.latest_id()
+        demo.overhaul(
+            "sig",
+            "image-version",
+            "create",
+            *gallery,
+            "-e",
+            "3.0.0",
+            "--container-image",
+            f"{REPO}:3.0.0",
+            "-o",
+            "table",
+        )
+        demo.follow_automatic_upgrade(before)
+        say("the first batch was rolled back; the fleet is still on 2.0.0 and healthy")
+        demo.overhaul("vmss", "list-instances", "-n", NAME, "-g", GROUP, "-o", "table")
+        say("the OS upgrade history, as `az vmss get-os-upgrade-history` shows it")
+        demo.overhaul("vmss", "get-os-upgrade-history", "-n", NAME, "-g", GROUP, "-o", "table")
+        say("cleaning up: deleting the scale set (containers and data disks) and stopping the service")
+        demo.overhaul("vmss", "delete", "-n", NAME, "-g", GROUP)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    say(f"done; the service's log is {work / 'serve.log'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
