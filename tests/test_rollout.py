@@ -257,20 +257,24 @@ def test_pause_between_batches() -> None:
     assert attempt.end_time is not None and attempt.end_time - attempt.start_time >= 4 * 30
 
 
-def test_stale_health_does_not_count() -> None:
-    """A Healthy seen before the reimage finished belongs to the previous OS disk."""
-    world = World(fleet(1), always)
-    attempt = start(
+def platform_attempt(world: World, now: float) -> Attempt:
+    return start(
         attempt_id="a",
         scale_set="s",
         target_version="v2",
         started_by=StartedBy.PLATFORM,
         disable_automatic_rollback=False,
         policy=policy(),
-        capacity=1,
+        capacity=len(world.versions),
         views=world.views(),
-        now=100.0,
+        now=now,
     )
+
+
+def test_stale_health_does_not_count() -> None:
+    """A Healthy seen before the reimage finished belongs to the previous OS disk."""
+    world = World(fleet(1), always)
+    attempt = platform_attempt(world, now=100.0)
     decision = decide(attempt, world.views(), 100.0)
     (action,) = decision.actions
     attempt = apply_result(decision.attempt, ActionResult(action, ok=True), 105.0)
@@ -282,17 +286,7 @@ def test_stale_health_does_not_count() -> None:
 
 def test_resume_reissues_in_flight_actions_and_round_trips_json() -> None:
     world = World(fleet(5), always)
-    attempt = start(
-        attempt_id="a",
-        scale_set="s",
-        target_version="v2",
-        started_by=StartedBy.PLATFORM,
-        disable_automatic_rollback=False,
-        policy=policy(),
-        capacity=5,
-        views=world.views(),
-        now=1.0,
-    )
+    attempt = platform_attempt(world, now=1.0)
     decision = decide(attempt, world.views(), 1.0)
     assert decision.attempt.instances[0].step is Step.REIMAGING
     restored = attempt_from_json(attempt_to_json(decision.attempt))
