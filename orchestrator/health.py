@@ -77,11 +77,19 @@ class HealthMonitor:
         self._targets: dict[Key, Callable[[], Any]] = {}
         self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
+        """Keep-alive connections for the agents' blocking queries."""
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False))
         return self._session
+
+    def _probe_http(self) -> aiohttp.ClientSession:
+        """A new connection per probe, as a load balancer's: a reimage never meets a stale pooled one."""
+        if self._probe_session is None:
+            self._probe_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+        return self._probe_session
 
     # --- reports ------------------------------------------------------------------------------------------
 
@@ -149,9 +157,10 @@ class HealthMonitor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._probe_session):
+            if session is not None:
+                await session.close()
+        self._session = self._probe_session = None
 
     async def _agent_watch(self, key: Key, port: int) -> None:
         url = f"http://127.0.0.1:{port}/health"
@@ -203,7 +212,7 @@ class HealthMonitor:
                 return Health.UNHEALTHY, f"TCP connect failed: {exc}"[:300]
         url = f"http://127.0.0.1:{port}{probe.request_path}"
         try:
-            async with self._http().get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            async with self._probe_http().get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

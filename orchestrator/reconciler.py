@@ -116,7 +116,9 @@ class Reconciler:
         self.on_result(model, result)
         return result
 
-    async def run(self, model: ScaleSet, attempt: Attempt) -> Attempt:
+    async def run(
+        self, model: ScaleSet, attempt: Attempt, observed: Mapping[int, InstanceState] | None = None
+    ) -> Attempt:
         """Drives one attempt to its end; safe to call again on an attempt loaded after a crash.
 
         Driver actions run as tasks, so deciding goes on while they do: the commits of one batch overlap the
@@ -129,8 +131,9 @@ class Reconciler:
         # Listing containers is slow while the engine is busy: ask again only when what our own actions did
         # is not enough (an action failed, power state is the health source) or the last answer is old.
         power_state_only = not (model.uses_agent or model.health_probe is not None)
-        states: dict[int, InstanceState] = {}
-        observed_at = float("-inf")
+        # What the caller just observed saves the first listing.
+        states: dict[int, InstanceState] = dict(observed or {})
+        observed_at = loop.time() if observed is not None else float("-inf")
         try:
             while True:
                 if cancel.is_set():

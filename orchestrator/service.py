@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orchestrator.drivers.base import Driver, InstanceSpec
+from orchestrator.drivers.base import Driver, InstanceSpec, InstanceState
 from orchestrator.gallery import ImageDefinition, ImageVersion, resolve
 from orchestrator.health import HealthMonitor, HealthSettings
 from orchestrator.model import ModelError, ScaleSet, parse_scale_set
@@ -326,14 +326,14 @@ class Orchestrator:
             if event is not None:
                 event.set()
 
-    def _launch(self, model: ScaleSet, attempt: Attempt) -> None:
+    def _launch(self, model: ScaleSet, attempt: Attempt, states: Mapping[int, InstanceState] | None = None) -> None:
         self._attempt_events.setdefault(attempt.id, asyncio.Event())
-        task = asyncio.get_running_loop().create_task(self._run(model, attempt), name=f"rollout-{model.name}")
+        task = asyncio.get_running_loop().create_task(self._run(model, attempt, states), name=f"rollout-{model.name}")
         self._runs[model.name] = task
 
-    async def _run(self, model: ScaleSet, attempt: Attempt) -> Attempt:
+    async def _run(self, model: ScaleSet, attempt: Attempt, states: Mapping[int, InstanceState] | None) -> Attempt:
         try:
-            return await self.reconciler.run(model, attempt)
+            return await self.reconciler.run(model, attempt, states)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -360,8 +360,8 @@ class Orchestrator:
         model = self.get_scale_set(name)
         await self._ensure_idle(name)
         target = self.resolve(model, version)
-        now = self.clock()
         states = await self.driver.observe(name)
+        now = self.clock()
         attempt = start(
             attempt_id=uuid.uuid4().hex,
             scale_set=name,
@@ -376,7 +376,7 @@ class Orchestrator:
         self.reconciler.cancel_event(name).clear()
         self.store.save_attempt(attempt, self._image_reference_for(attempt))
         if not attempt.done:
-            self._launch(model, attempt)
+            self._launch(model, attempt, states)
         return attempt
 
     async def reimage_instances(self, name: str, instance_ids: list[int]) -> None:
