@@ -32,7 +32,7 @@ from orchestrator.service import Orchestrator, allocate_port  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
 
 REPO = "localhost/overhaul-bench"
-ROUNDS = 3
+ROUNDS = 5
 
 
 def model(capacity: int, *, probe: bool) -> dict[str, Any]:

@@ -57,8 +57,9 @@ def instance_views(
     return views
 
 
-# The engine is asked afresh at least this often; in between, what the reconciler's own actions did is known.
-OBSERVE_EVERY = 5.0
+# The engine is asked afresh at least this often; in between, what the reconciler's own actions did is known
+# and the health source notices an instance that stopped.
+OBSERVE_EVERY = 30.0
 
 
 def known_after(states: Mapping[int, InstanceState], result: ActionResult, target: str) -> dict[int, InstanceState]:
