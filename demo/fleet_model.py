@@ -1,0 +1,69 @@
+"""The scale set model of the demo and the end-to-end test: system containers with the agent inside."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Written on the OS disk by the CustomScript extension at every (re)image; the data disk's marker only once.
+EXTENSION_MARKER = "/var/lib/overhaul-demo-extension"
+DATA_MARKER = "/datadisks/lun0/first"
+
+
+def os_fleet_model(capacity: int, *, health_timeout: str = "PT30S") -> dict[str, Any]:
+    health = {
+        "protocol": "http",
+        "port": 8080,
+        "requestPath": "/health",
+        "intervalInSeconds": 1,
+        "numberOfProbes": 1,
+        "gracePeriod": 30,
+        "overhaul": {"fastProbes": True},
+    }
+    setup = f"date +%s%N > {EXTENSION_MARKER}; [ -f {DATA_MARKER} ] || cat /etc/overhaul-release > {DATA_MARKER}"
+    return {
+        "location": "local",
+        "sku": {"name": "Standard_Container", "capacity": capacity},
+        "properties": {
+            "upgradePolicy": {
+                "mode": "Automatic",
+                "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True},
+                "rollingUpgradePolicy": {
+                    "maxBatchInstancePercent": 20,
+                    "maxUnhealthyInstancePercent": 20,
+                    "maxUnhealthyUpgradedInstancePercent": 20,
+                    "pauseTimeBetweenBatches": "PT0S",
+                    "overhaul": {"instanceHealthTimeout": health_timeout},
+                },
+            },
+            "virtualMachineProfile": {
+                "storageProfile": {
+                    "imageReference": {"publisher": "contoso", "offer": "os", "sku": "bookworm", "version": "latest"},
+                    "dataDisks": [{"lun": 0, "diskSizeGB": 1}],
+                },
+                "extensionProfile": {
+                    "extensions": [
+                        {
+                            "name": "health",
+                            "properties": {
+                                "publisher": "Microsoft.ManagedServices",
+                                "type": "ApplicationHealthLinux",
+                                "typeHandlerVersion": "2.0",
+                                "settings": health,
+                            },
+                        },
+                        {
+                            "name": "setup",
+                            "properties": {
+                                "publisher": "Microsoft.Azure.Extensions",
+                                "type": "CustomScript",
+                                "typeHandlerVersion": "2.1",
+                                "settings": {"commandToExecute": setup},
+                                "provisionAfterExtensions": ["health"],
+                            },
+                        },
+                    ]
+                },
+                "overhaul": {"systemd": True, "stopTimeoutInSeconds": 10},
+            },
+        },
+    }

@@ -1,0 +1,147 @@
+"""The whole story with real system containers: OS images with the agent inside, booted by systemd in Podman."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import subprocess
+import tarfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from demo import os_image
+from demo.fleet_model import DATA_MARKER, EXTENSION_MARKER, os_fleet_model
+from tests.serve import API, Served, overhaul_serve
+
+pytestmark = pytest.mark.slow
+RG = "/subscriptions/local/resourceGroups/e2e"
+VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/os"
+GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/os"
+
+
+@pytest.fixture(scope="module")
+def images() -> None:
+    os_image.build("1.0.0", bad=False)
+    os_image.build("2.0.0", bad=False)
+    os_image.build("3.0.0", bad=True)
+
+
+@pytest.fixture
+def served(images: None, tmp_path: Path) -> Iterator[Served]:
+    with overhaul_serve(
+        tmp_path / "state", "--engine", "podman", "--auto-upgrade-first-delay", "0", "--auto-upgrade-delay", "0"
+    ) as running:
+        try:
+            yield running
+        finally:
+            running.call("DELETE", f"{VMSS}?{API}")
+
+
+def publish(served: Served, version: str) -> None:
+    body = {
+        "properties": {"storageProfile": {"source": {"overhaul": {"containerImage": f"{os_image.REPO}:{version}"}}}}
+    }
+    status, doc, _ = served.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)
+    assert status == 200, doc
+
+
+def read_file(instance: str, path: str) -> str:
+    """Reads a file of a running system container (no exec: `podman cp` to stdout, a tar stream)."""
+    out = subprocess.run(
+        ["podman", "cp", f"{instance}:{path}", "-"], capture_output=True, check=True, timeout=60
+    ).stdout
+
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        member = tar.next()
+        assert member is not None
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        return extracted.read().decode().strip()
+
+
+def instances(served: Served) -> list[dict[str, Any]]:
+    status, doc, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
+    assert status == 200, doc
+    return list(doc["value"])
+
+
+def versions_and_health(served: Served) -> list[tuple[str, str]]:
+    return [
+        (
+            vm["properties"]["storageProfile"]["imageReference"]["exactVersion"],
+            vm["properties"]["instanceView"]["vmHealth"]["status"]["displayStatus"],
+        )
+        for vm in instances(served)
+    ]
+
+
+def wait_for(predicate: Any, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.5)
+
+
+def latest_code(served: Served) -> str:
+    status, doc, _ = served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")
+    return str(doc["properties"]["runningStatus"]["code"]) if status == 200 else ""
+
+
+def agent_health(served: Served, instance_id: int) -> dict[str, Any]:
+    vm = instances(served)[instance_id]
+    port = vm["properties"]["overhaul"]["hostPorts"]["8090"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+        doc: dict[str, Any] = json.load(resp)
+    return doc
+
+
+def test_demo_story_with_five_system_containers(served: Served) -> None:
+    identifier = {"publisher": "contoso", "offer": "os", "sku": "bookworm"}
+    assert served.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] == 200
+    publish(served, "1.0.0")
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", os_fleet_model(5, health_timeout="PT20S"))
+    assert status == 201, doc
+    wait_for(lambda: versions_and_health(served) == [("1.0.0", "Healthy")] * 5)
+    names = [f"os_{i}" for i in range(5)]
+    first_markers = {n: read_file(n, EXTENSION_MARKER) for n in names}
+    assert {read_file(n, DATA_MARKER) for n in names} == {"1.0.0"}
+
+    publish(served, "2.0.0")  # automatic: no other call
+    wait_for(lambda: versions_and_health(served) == [("2.0.0", "Healthy")] * 5)
+    wait_for(lambda: latest_code(served) == "Completed")
+    for name in names:
+        marker = read_file(name, EXTENSION_MARKER)
+        assert marker and marker != first_markers[name], f"the extension did not run again on {name}"
+        assert read_file(name, DATA_MARKER) == "1.0.0", f"the data disk of {name} was not kept"
+    # Batches waited for the agent's Healthy: each commit came after that instance's agent said Healthy, and the
+    # next reimage after that commit.
+    journal = (
+        sqlite3.connect(served.state_dir / "overhaul.db")
+        .execute("SELECT instance_id, action, phase, at FROM journal ORDER BY seq")
+        .fetchall()
+    )
+    at = {(i, a, p): t for i, a, p, t in journal}
+    for i in range(5):
+        healthy_since = agent_health(served, i)["since"]
+        assert healthy_since <= at[(i, "commit", "begin")] + 0.5
+        if i < 4:
+            assert at[(i + 1, "reimage", "begin")] >= at[(i, "commit", "begin")]
+
+    publish(served, "3.0.0")  # its application never becomes healthy
+    wait_for(lambda: latest_code(served) == "Faulted")
+    wait_for(lambda: versions_and_health(served) == [("2.0.0", "Healthy")] * 5)
+    status, doc, _ = served.call("GET", f"{VMSS}/osUpgradeHistory?{API}")
+    newest, oldest = doc["value"]
+    assert newest["properties"]["runningStatus"]["code"] == "Faulted"
+    assert newest["properties"]["targetImageReference"]["version"] == "3.0.0"
+    assert newest["properties"]["rollbackInfo"]["successfullyRolledbackInstanceCount"] == 1
+    assert newest["properties"]["error"]["code"] == "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
+    assert oldest["properties"]["runningStatus"]["code"] == "Completed"
+    assert oldest["properties"]["progress"]["successfulInstanceCount"] == 5
+    assert read_file("os_0", DATA_MARKER) == "1.0.0"
