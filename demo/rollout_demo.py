@@ -1,10 +1,13 @@
-"""The main job, for real: a scale set of local containers moved onto new image versions in health-gated batches.
+"""The main job, for real: a scale set of local system containers moved onto new OS image versions in
+health-gated batches.
 
-Builds three tiny images (busybox: an HTTP app whose /health answers 200; version 3.0.0's never does), starts
-`overhaul serve` on a private Podman service, and then drives it only with `overhaul` commands, as a user
-would with `az`: a gallery and a scale set of 10 instances with a data disk and automatic OS upgrades; publishing
-2.0.0 rolls it out by itself, batch by batch; publishing 3.0.0 fails its first batch, which is rolled back, and
-the attempt is Faulted with the fleet still on 2.0.0. Everything is removed at the end.
+Builds (or reuses) three OS images — a minimal Debian with systemd, the overhaul agent and a sample application;
+in 3.0.0 the application never becomes healthy — starts `overhaul serve` on a private Podman service, and then
+drives it only with `overhaul` commands, as a user would with `az`: a gallery and a scale set of 10 instances that
+boot like VMs, each with a data disk, the Application Health extension and a CustomScript extension, and
+automatic OS upgrades on. Publishing 2.0.0 rolls it out by itself, batch by batch, each batch gated on the agents'
+Healthy; publishing 3.0.0 fails its first batch, which is rolled back, and the attempt is Faulted with the fleet
+still on 2.0.0. Everything is removed at the end.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from demo import busybox_images  # noqa: E402
+from demo import os_image  # noqa: E402
+from demo.fleet_model import os_fleet_model  # noqa: E402
 
-REPO = "localhost/overhaul-demo"
-GROUP, GALLERY, IMAGE, NAME = "demo", "gallery", "web", "web"
+GROUP, GALLERY, IMAGE, NAME = "demo", "gallery", "os", "web"
 START = time.monotonic()
 
 
@@ -77,6 +80,30 @@ class Demo:
             return None
         return str(doc["properties"]["overhaul"]["attemptId"])
 
+    def call(self, path: str) -> Any:
+        token = (self.state_dir / "token").read_text().strip()
+        request = urllib.request.Request(self.endpoint + path, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+
+    def wait_all_healthy(self) -> None:
+        path = (
+            f"/subscriptions/local/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachineScaleSets/{NAME}"
+            "/virtualMachines?api-version=2024-07-01"
+        )
+        say("waiting for the instances to boot (systemd, the agent, the extensions, the application)")
+        deadline = time.monotonic() + 180
+        while True:
+            health = [
+                vm["properties"]["instanceView"]["vmHealth"]["status"]["displayStatus"]
+                for vm in self.call(path)["value"]
+            ]
+            if all(h == "Healthy" for h in health):
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the instances did not become healthy: {health}")
+            time.sleep(1)
+
     def follow_automatic_upgrade(self, before: str | None) -> None:
         deadline = time.monotonic() + 60
         while self.latest_id() == before:
@@ -88,39 +115,11 @@ class Demo:
         )
 
 
-def model() -> dict[str, Any]:
-    return {
-        "location": "local",
-        "sku": {"name": "Standard_Container", "capacity": 10},
-        "properties": {
-            "upgradePolicy": {
-                "mode": "Automatic",
-                "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True},
-                "rollingUpgradePolicy": {
-                    "maxBatchInstancePercent": 20,
-                    "maxUnhealthyInstancePercent": 20,
-                    "maxUnhealthyUpgradedInstancePercent": 20,
-                    "pauseTimeBetweenBatches": "PT0S",
-                    "overhaul": {"instanceHealthTimeout": "PT10S"},
-                },
-            },
-            "virtualMachineProfile": {
-                "storageProfile": {
-                    "imageReference": {"publisher": "contoso", "offer": "web", "sku": "busybox", "version": "latest"},
-                    "dataDisks": [{"lun": 0, "diskSizeGB": 1}],
-                },
-                "networkProfile": {"healthProbe": {"protocol": "Http", "port": 8080, "requestPath": "/health"}},
-                "overhaul": {"stopTimeoutInSeconds": 2},
-            },
-        },
-    }
-
-
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="overhaul-demo-"))
-    say("building images (busybox, no registry): 1.0.0 and 2.0.0 healthy, 3.0.0 whose /health never answers")
-    for version, healthy in (("1.0.0", True), ("2.0.0", True), ("3.0.0", False)):
-        busybox_images.build("podman", f"{REPO}:{version}", version, healthy=healthy)
+    say("OS images (built once, then cached): 1.0.0 and 2.0.0 good, 3.0.0 whose application never gets healthy")
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        os_image.build(version, bad=version == "3.0.0")
     port = free_port()
     demo = Demo(work / "state", port)
     say(f"starting `overhaul serve` on 127.0.0.1:{port} (state in {demo.state_dir}, a private podman service)")
@@ -135,8 +134,6 @@ def main() -> int:
             str(demo.state_dir),
             "--port",
             str(port),
-            "--probe-interval",
-            "0.5",
             "--auto-upgrade-first-delay",
             "2",
             "--auto-upgrade-delay",
@@ -166,11 +163,9 @@ def main() -> int:
             "--publisher",
             "contoso",
             "--offer",
-            "web",
+            "os",
             "--sku",
-            "busybox",
-            "-o",
-            "table",
+            "bookworm",
         )
         demo.overhaul(
             "sig",
@@ -180,16 +175,22 @@ def main() -> int:
             "-e",
             "1.0.0",
             "--container-image",
-            f"{REPO}:1.0.0",
+            f"{os_image.REPO}:1.0.0",
             "-o",
             "table",
         )
-        say("a scale set of 10 containers on 'latest', a data disk each, automatic OS upgrades on")
-        (work / "web.json").write_text(json.dumps(model(), indent=2))
+        say(
+            "a scale set of 10 system containers on 'latest': data disk, Application Health and CustomScript "
+            "extensions, automatic OS upgrades on"
+        )
+        (work / "web.json").write_text(json.dumps(os_fleet_model(10, health_timeout="PT20S"), indent=2))
         demo.overhaul("vmss", "create", "-n", NAME, "-g", GROUP, "--file", str(work / "web.json"), "-o", "table")
-        time.sleep(2)
+        demo.wait_all_healthy()
         demo.overhaul("vmss", "list-instances", "-n", NAME, "-g", GROUP, "-o", "table")
-        say("publishing 2.0.0: the platform rolls it out by itself, 2 instances (20 %) per batch")
+        say(
+            "publishing 2.0.0: the platform rolls it out by itself, 2 instances (20 %) per batch, each batch "
+            "waiting for the agents' Healthy"
+        )
         before = demo.latest_id()
         demo.overhaul(
             "sig",
@@ -199,7 +200,7 @@ def main() -> int:
             "-e",
             "2.0.0",
             "--container-image",
-            f"{REPO}:2.0.0",
+            f"{os_image.REPO}:2.0.0",
             "-o",
             "table",
         )
@@ -214,12 +215,13 @@ def main() -> int:
             "-e",
             "3.0.0",
             "--container-image",
-            f"{REPO}:3.0.0",
+            f"{os_image.REPO}:3.0.0",
             "-o",
             "table",
         )
         demo.follow_automatic_upgrade(before)
-        say("the first batch was rolled back; the fleet is still on 2.0.0 and healthy")
+        say("the first batch was rolled back to 2.0.0 (its previous OS disk, booting again)")
+        demo.wait_all_healthy()
         demo.overhaul("vmss", "list-instances", "-n", NAME, "-g", GROUP, "-o", "table")
         say("the OS upgrade history, as `az vmss get-os-upgrade-history` shows it")
         demo.overhaul("vmss", "get-os-upgrade-history", "-n", NAME, "-g", GROUP, "-o", "table")
