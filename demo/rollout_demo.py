@@ -115,6 +115,18 @@ class Demo:
         )
 
 
+def wait_until_serving(demo: Demo, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(demo.endpoint + "/healthz", timeout=2):
+                return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"overhaul serve did not start; see {log}") from None
+            time.sleep(0.1)
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="overhaul-demo-"))
     say("OS images (built once, then cached): 1.0.0 and 2.0.0 good, 3.0.0 whose application never gets healthy")
@@ -144,15 +156,7 @@ def main() -> int:
         env=demo.env,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(demo.endpoint + "/healthz", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"overhaul serve did not start; see {work / 'serve.log'}") from None
-                time.sleep(0.1)
+        wait_until_serving(demo, server, work / "serve.log")
         gallery = ["-g", GROUP, "-r", GALLERY, "-i", IMAGE]
         say("a gallery image and its first version")
         demo.overhaul(
