@@ -131,7 +131,7 @@ async def floor_rollout(docker: aiodocker.Docker, http: aiohttp.ClientSession, c
 
 async def real_rollout(driver: EngineDriver, work: Path, count: int, round_no: int) -> float:
     store = Store(work / f"real-{round_no}.db")
-    service = Orchestrator(store, driver, health=HealthSettings(probe_interval=0.05, probe_timeout=1.0))
+    service = Orchestrator(store, driver, health=HealthSettings(probe_timeout=1.0))
     await service.start()
     service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
     publish(service, "1.0.0", f"{REPO}:1.0.0")
