@@ -80,6 +80,26 @@ class Demo:
             return None
         return str(doc["properties"]["overhaul"]["attemptId"])
 
+    def publish(self, version: str) -> None:
+        """What os_image.py's publish does: a gallery image version naming the built image."""
+        self.overhaul(
+            "sig",
+            "image-version",
+            "create",
+            "-g",
+            GROUP,
+            "-r",
+            GALLERY,
+            "-i",
+            IMAGE,
+            "-e",
+            version,
+            "--container-image",
+            f"{os_image.REPO}:{version}",
+            "-o",
+            "table",
+        )
+
     def call(self, path: str) -> Any:
         token = (self.state_dir / "token").read_text().strip()
         request = urllib.request.Request(self.endpoint + path, headers={"Authorization": f"Bearer {token}"})
@@ -171,18 +191,7 @@ def main() -> int:
             "--sku",
             "bookworm",
         )
-        demo.overhaul(
-            "sig",
-            "image-version",
-            "create",
-            *gallery,
-            "-e",
-            "1.0.0",
-            "--container-image",
-            f"{os_image.REPO}:1.0.0",
-            "-o",
-            "table",
-        )
+        demo.publish("1.0.0")
         say(
             "a scale set of 10 system containers on 'latest': data disk, Application Health and CustomScript "
             "extensions, automatic OS upgrades on"
@@ -196,33 +205,11 @@ def main() -> int:
             "waiting for the agents' Healthy"
         )
         before = demo.latest_id()
-        demo.overhaul(
-            "sig",
-            "image-version",
-            "create",
-            *gallery,
-            "-e",
-            "2.0.0",
-            "--container-image",
-            f"{os_image.REPO}:2.0.0",
-            "-o",
-            "table",
-        )
+        demo.publish("2.0.0")
         demo.follow_automatic_upgrade(before)
         say("publishing 3.0.0, whose application never becomes healthy")
         before = demo.latest_id()
-        demo.overhaul(
-            "sig",
-            "image-version",
-            "create",
-            *gallery,
-            "-e",
-            "3.0.0",
-            "--container-image",
-            f"{os_image.REPO}:3.0.0",
-            "-o",
-            "table",
-        )
+        demo.publish("3.0.0")
         demo.follow_automatic_upgrade(before)
         say("the first batch was rolled back to 2.0.0 (its previous OS disk, booting again)")
         demo.wait_all_healthy()

@@ -35,39 +35,10 @@ async def test_prometheus_scrapes_orchestrator_and_agent(
 ) -> None:
     agent = await start_agent(fast_settings(fake_app.port))
     await agent.wait_state("Healthy")
+    gallery = ("-g", "rg", "-r", "g", "-i", "img")
     for args in (
-        (
-            "sig",
-            "image-definition",
-            "create",
-            "-g",
-            "rg",
-            "-r",
-            "g",
-            "-i",
-            "img",
-            "--publisher",
-            "p",
-            "--offer",
-            "o",
-            "--sku",
-            "s",
-        ),
-        (
-            "sig",
-            "image-version",
-            "create",
-            "-g",
-            "rg",
-            "-r",
-            "g",
-            "-i",
-            "img",
-            "-e",
-            "1.0.0",
-            "--container-image",
-            "x:1",
-        ),
+        ("sig", "image-definition", "create", *gallery, "--publisher", "p", "--offer", "o", "--sku", "s"),
+        ("sig", "image-version", "create", *gallery, "-e", "1.0.0", "--container-image", "x:1"),
         ("vmss", "create", "-n", "web", "-g", "rg", "--image", "p:o:s:latest", "--instance-count", "2"),
     ):
         await asyncio.to_thread(served.cli, *args)
