@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from orchestrator.changes import Changes
 from orchestrator.model import HealthProbe
 from orchestrator.planner import Health
 
@@ -72,10 +73,9 @@ class HealthMonitor:
         self.clock = clock
         self.reports: dict[Key, HealthReport] = {}
         self.watch_errors = 0
-        self.version = 0  # increases on every change of a report that matters
+        self.changes = Changes()  # bumped on every change of a report that matters
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._targets: dict[Key, Callable[[], Any]] = {}
-        self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._probe_session: aiohttp.ClientSession | None = None
 
@@ -104,20 +104,15 @@ class HealthMonitor:
             report.phase,
             report.skip_upgrade,
         ):
-            self.version += 1
-            self._changed.set()
-            self._changed = asyncio.Event()
+            self.changes.bump()
+
+    @property
+    def version(self) -> int:
+        return self.changes.version
 
     async def wait_changed(self, seen: int, timeout: float | None) -> None:
-        """Returns when ``version`` differs from ``seen`` (at once if it already does), or after ``timeout``.
-
-        Taking the version the caller last looked at closes the gap between looking and waiting."""
-        if self.version != seen:
-            return
-        event = self._changed
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await event.wait()
+        """Returns when a report changed since ``version`` was ``seen``, or after ``timeout``."""
+        await self.changes.wait(seen, timeout)
 
     # --- watches ------------------------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ attempt, the health watches) and cancels them on close; attempts left running by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -16,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from orchestrator.changes import Changes
 from orchestrator.drivers.base import Driver, InstanceSpec, InstanceState
 from orchestrator.gallery import ImageDefinition, ImageVersion, resolve
 from orchestrator.health import HealthMonitor, HealthSettings
@@ -67,27 +67,6 @@ def allocate_port(taken: set[int]) -> int:
             taken.add(port)
             return port
     raise ServiceError("no free host port on 127.0.0.1", "PortsExhausted")
-
-
-class Changes:
-    """A version number that grows with every change of models, gallery or attempts, and a way to wait for it."""
-
-    def __init__(self) -> None:
-        self.version = 0
-        self._event = asyncio.Event()
-
-    def bump(self) -> None:
-        self.version += 1
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self, seen: int, timeout: float | None) -> None:
-        if self.version != seen:
-            return
-        event = self._event
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await event.wait()
 
 
 @dataclass(frozen=True)
@@ -417,11 +396,8 @@ class Orchestrator:
         return self.store.attempts(name)
 
     def find_attempt(self, attempt_id: str) -> Attempt | None:
-        for model in self.store.list_scale_sets():
-            for stored in self.store.attempts(model.name):
-                if stored.attempt.id == attempt_id:
-                    return stored.attempt
-        return None
+        stored = self.store.get_attempt(attempt_id)
+        return stored.attempt if stored else None
 
     async def wait_attempt(self, attempt_id: str, timeout: float) -> Attempt:
         """Until the attempt ends (tests and `--wait` use it); TimeoutError past ``timeout``."""

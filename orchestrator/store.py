@@ -259,6 +259,10 @@ class Store:
         ).fetchall()
         return [self._stored(r) for r in rows]
 
+    def get_attempt(self, attempt_id: str) -> StoredAttempt | None:
+        row = self.db.execute("SELECT * FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+        return self._stored(row) if row else None
+
     def apply_retention(self, scale_set: str, now: float) -> None:
         """Keeps the newest ``keep`` finished attempts younger than ``max_age``; a running one always stays."""
         rows = self.db.execute(
