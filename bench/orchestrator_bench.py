@@ -23,13 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from demo import busybox_images as engine_images  # noqa: E402
-from orchestrator.drivers.engine import EngineDriver, EngineSettings  # noqa: E402
-from orchestrator.drivers.fake import FakeDriver  # noqa: E402
-from orchestrator.gallery import ImageDefinition, ImageVersion  # noqa: E402
-from orchestrator.health import HealthSettings  # noqa: E402
-from orchestrator.rollout import AttemptStatus, StartedBy  # noqa: E402
-from orchestrator.service import Orchestrator, allocate_port  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
+from orchestrator.adapters.drivers.engine import EngineDriver, EngineSettings  # noqa: E402
+from orchestrator.adapters.drivers.memory import MemoryDriver  # noqa: E402
+from orchestrator.adapters.health.monitor import HealthMonitor, HealthSettings  # noqa: E402
+from orchestrator.adapters.store.sqlite import SqliteStore  # noqa: E402
+from orchestrator.core.gallery import ImageDefinition, ImageVersion  # noqa: E402
+from orchestrator.core.rollout import AttemptStatus, StartedBy  # noqa: E402
+from orchestrator.runtime.instances import allocate_port  # noqa: E402
+from orchestrator.runtime.service import Orchestrator  # noqa: E402
 
 REPO = "localhost/overhaul-bench"
 ROUNDS = 5
@@ -55,9 +56,9 @@ def publish(service: Orchestrator, version: str, artifact: str) -> None:
 
 
 async def fake_rollout(work: Path, capacity: int = 10_000) -> None:
-    store = Store(work / "fake.db")
-    driver = FakeDriver()
-    service = Orchestrator(store, driver)
+    store = SqliteStore(work / "fake.db")
+    driver = MemoryDriver()
+    service = Orchestrator(store, driver, HealthMonitor())
     await service.start()
     service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
     publish(service, "1.0.0", "fake:1")
@@ -130,8 +131,8 @@ async def floor_rollout(docker: aiodocker.Docker, http: aiohttp.ClientSession, c
 
 
 async def real_rollout(driver: EngineDriver, work: Path, count: int, round_no: int) -> float:
-    store = Store(work / f"real-{round_no}.db")
-    service = Orchestrator(store, driver, health=HealthSettings(probe_timeout=1.0))
+    store = SqliteStore(work / f"real-{round_no}.db")
+    service = Orchestrator(store, driver, HealthMonitor(HealthSettings(probe_timeout=1.0)))
     await service.start()
     service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
     publish(service, "1.0.0", f"{REPO}:1.0.0")
@@ -139,10 +140,10 @@ async def real_rollout(driver: EngineDriver, work: Path, count: int, round_no: i
     await service.create_or_update(model(count, probe=True), name=name)
     async with asyncio.timeout(60):
         while True:
-            seen = service.monitor.version
-            if all(i.view.healthy for i in await service.instances(name)):
+            seen = service.health.version
+            if all(i.view.healthy for i in await service.instances_of(name)):
                 break
-            await service.monitor.wait_changed(seen, 5.0)
+            await service.health.wait_changed(seen, 5.0)
     publish(service, "2.0.0", f"{REPO}:2.0.0")
     attempt = await service.start_rolling_upgrade(name, started_by=StartedBy.PLATFORM)
     done = await service.wait_attempt(attempt.id, 600)

@@ -7,11 +7,11 @@ import asyncio
 import sys
 from pathlib import Path
 
-from orchestrator.drivers.engine import EngineDriver, EngineSettings
-from orchestrator.health import HealthSettings
-from orchestrator.rollout import StartedBy
-from orchestrator.service import Orchestrator
-from orchestrator.store import Store
+from orchestrator.adapters.drivers.engine import EngineDriver, EngineSettings
+from orchestrator.adapters.health.monitor import HealthMonitor, HealthSettings
+from orchestrator.adapters.store.sqlite import SqliteStore
+from orchestrator.core.rollout import StartedBy
+from orchestrator.runtime.service import Orchestrator
 
 
 async def main() -> int:
@@ -22,10 +22,10 @@ async def main() -> int:
     parser.add_argument("--scale-set", required=True)
     parser.add_argument("--start", action="store_true")
     args = parser.parse_args()
-    store = Store(args.db)
+    store = SqliteStore(args.db)
     driver = EngineDriver(EngineSettings(url=args.engine, config_root=Path(args.config)))
     await driver.start()
-    service = Orchestrator(store, driver, health=HealthSettings(probe_interval=0.2, probe_timeout=1.0))
+    service = Orchestrator(store, driver, HealthMonitor(HealthSettings(probe_interval=0.2, probe_timeout=1.0)))
     try:
         await service.start()  # resumes what a crash left running
         if args.start:

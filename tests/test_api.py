@@ -284,8 +284,6 @@ def test_seed_cli_commands(served: Served) -> None:
         "myResourceGroup",
         "--name",
         "myScaleSet",
-        "--subscription",
-        "subscriptionId",
         "--wait",
     )
     assert "Completed" in started.stdout

@@ -15,12 +15,13 @@ import aiohttp
 import pytest
 
 from demo import busybox_images as engine_images
-from orchestrator.drivers.engine import EngineDriver, EngineSettings
-from orchestrator.gallery import ImageDefinition, ImageVersion
-from orchestrator.health import HealthSettings
-from orchestrator.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, Attempt, AttemptStatus, StartedBy, Step
-from orchestrator.service import Orchestrator
-from orchestrator.store import Store
+from orchestrator.adapters.drivers.engine import EngineDriver, EngineSettings
+from orchestrator.adapters.health.monitor import HealthMonitor, HealthSettings
+from orchestrator.adapters.store.sqlite import SqliteStore
+from orchestrator.core.gallery import ImageDefinition, ImageVersion
+from orchestrator.core.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, AttemptStatus, StartedBy, Step
+from orchestrator.ports.events import AttemptChanged, Event
+from orchestrator.runtime.service import Orchestrator
 from tests.engines import containers, docker_daemon, get_text, podman_service
 
 pytestmark = pytest.mark.slow
@@ -66,7 +67,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @dataclass
 class Fleet:
     service: Orchestrator
-    store: Store
+    store: SqliteStore
     driver: EngineDriver
     name: str
     engine: str
@@ -82,10 +83,10 @@ class Fleet:
     async def all_healthy(self, timeout: float = 30) -> None:
         async with asyncio.timeout(timeout):
             while True:
-                seen = self.service.monitor.version
-                if all(i.view.healthy for i in await self.service.instances(self.name)):
+                seen = self.service.health.version
+                if all(i.view.healthy for i in await self.service.instances_of(self.name)):
                     break
-                await self.service.monitor.wait_changed(seen, 5.0)
+                await self.service.health.wait_changed(seen, 5.0)
 
     async def versions(self) -> dict[int, str | None]:
         return {i: s.version for i, s in (await self.driver.observe(self.name)).items()}
@@ -97,10 +98,10 @@ class Fleet:
 
 
 async def make_fleet(tmp_path: Path, url: str, name: str, engine: str) -> AsyncIterator[Fleet]:
-    store = Store(tmp_path / "overhaul.db")
+    store = SqliteStore(tmp_path / "overhaul.db")
     driver = EngineDriver(EngineSettings(url=url, config_root=tmp_path / "config"))
     await driver.start()
-    service = Orchestrator(store, driver, health=HEALTH)
+    service = Orchestrator(store, driver, HealthMonitor(HEALTH))
     await service.start()
     service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
     async with aiohttp.ClientSession() as http:
@@ -111,7 +112,7 @@ async def make_fleet(tmp_path: Path, url: str, name: str, engine: str) -> AsyncI
         finally:
             if store.get_scale_set(name) is not None:
                 await service.close()
-                service = Orchestrator(store, driver, health=HEALTH)
+                service = Orchestrator(store, driver, HealthMonitor(HEALTH))
                 await service.delete_scale_set(name)
             await service.close()
             await driver.close()
@@ -187,14 +188,12 @@ async def test_cancel_stops_after_the_batch_in_flight(fleet: Fleet) -> None:
     await fleet.create()
     fleet.publish("2.0.0")
     in_flight = asyncio.Event()
-    saved = fleet.service.reconciler.on_change
 
-    def watch(attempt: Attempt) -> None:
-        saved(attempt)
-        if attempt.batch:
+    def watch(event: Event) -> None:
+        if isinstance(event, AttemptChanged) and event.attempt.batch:
             in_flight.set()
 
-    fleet.service.reconciler.on_change = watch
+    fleet.service.events.subscribe(watch)
     attempt = await fleet.service.start_rolling_upgrade(fleet.name)
     await asyncio.wait_for(in_flight.wait(), 30)  # the first batch is in flight
     fleet.service.cancel(fleet.name)
@@ -264,7 +263,7 @@ async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podma
     assert sorted(r["name"] for r in rows) == [f"{fleet.name}_{i}" for i in range(5)]
     assert all(r["state"] == "running" for r in rows), rows
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
-    fleet.service = Orchestrator(fleet.store, fleet.driver, health=HEALTH)  # for the fixture's clean-up
+    fleet.service = Orchestrator(fleet.store, fleet.driver, HealthMonitor(HEALTH))  # for the fixture's clean-up
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +293,7 @@ async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
     await fleet.create()
     model = fleet.service.get_scale_set(fleet.name)
     fleet.publish("2.0.0")
-    v2 = fleet.service.spec_for(model, 0, "2.0.0")
+    v2 = fleet.service.instances.spec(model, 0, "2.0.0")
     await fleet.driver.reimage(v2)
     await fleet.driver.reimage(v2)  # repeated: already on 2.0.0, nothing more
     state = (await fleet.driver.observe(fleet.name))[0]
@@ -306,7 +305,7 @@ async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
     assert state.version == "1.0.0" and state.running and state.previous is None
     # A previous OS disk left behind by an interrupted older step does not block the next reimage.
     await fleet.driver.reimage(v2)
-    await fleet.driver.reimage(fleet.service.spec_for(model, 0, "1.0.0"))
+    await fleet.driver.reimage(fleet.service.instances.spec(model, 0, "1.0.0"))
     state = (await fleet.driver.observe(fleet.name))[0]
     assert state.version == "1.0.0" and state.previous is not None and state.previous.version == "2.0.0"
     await fleet.driver.commit(v2)

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from orchestrator.health import HealthMonitor, HealthSettings, parse_agent_health
-from orchestrator.model import HealthProbe
-from orchestrator.planner import Health
+from orchestrator.adapters.health.monitor import HealthMonitor, HealthSettings, parse_agent_health
+from orchestrator.core.model import HealthProbe
+from orchestrator.core.planner import Health
 from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
 
 
@@ -38,7 +38,7 @@ async def test_agent_watch_follows_a_real_agent(
     agent = await start_agent(fast_settings(fake_app.port))
     assert agent.agent.http_port is not None
     key = ("web", 0)
-    monitor.watch_agent(key, agent.agent.http_port)
+    monitor.watch_agent(key, "127.0.0.1", agent.agent.http_port)
     await until(monitor, key, Health.HEALTHY)
     report = monitor.report(key)
     assert report is not None and report.phase == 2 and not report.skip_upgrade
@@ -53,19 +53,19 @@ async def test_agent_watch_follows_a_real_agent(
 
 
 async def test_load_balancer_probe_http_and_tcp(fake_app: FakeApp, monitor: HealthMonitor) -> None:
-    monitor.watch_probe(("web", 1), HealthProbe("Http", 8080, "/health"), fake_app.port)
+    monitor.watch_probe(("web", 1), HealthProbe("Http", 8080, "/health"), "127.0.0.1", fake_app.port)
     await until(monitor, ("web", 1), Health.HEALTHY)
     fake_app.status = 500
     await until(monitor, ("web", 1), Health.UNHEALTHY)
-    monitor.watch_probe(("web", 2), HealthProbe("Tcp", 8080), fake_app.port)
+    monitor.watch_probe(("web", 2), HealthProbe("Tcp", 8080), "127.0.0.1", fake_app.port)
     await until(monitor, ("web", 2), Health.HEALTHY)
-    monitor.watch_probe(("web", 3), HealthProbe("Tcp", 8080), free_port())
+    monitor.watch_probe(("web", 3), HealthProbe("Tcp", 8080), "127.0.0.1", free_port())
     await until(monitor, ("web", 3), Health.UNHEALTHY)
 
 
 async def test_wait_changed_does_not_miss_a_change_before_the_wait(monitor: HealthMonitor) -> None:
     seen = monitor.version
-    monitor.watch_probe(("web", 4), HealthProbe("Tcp", 8080), free_port())
+    monitor.watch_probe(("web", 4), HealthProbe("Tcp", 8080), "127.0.0.1", free_port())
     await until(monitor, ("web", 4), Health.UNHEALTHY)
     # The change happened before this wait started: it must return at once, not after the timeout.
     await asyncio.wait_for(monitor.wait_changed(seen, 30), 1)
@@ -73,7 +73,7 @@ async def test_wait_changed_does_not_miss_a_change_before_the_wait(monitor: Heal
 
 async def test_reset_forgets_the_previous_os_disk(fake_app: FakeApp, monitor: HealthMonitor) -> None:
     key = ("web", 5)
-    monitor.watch_probe(key, HealthProbe("Http", 8080, "/health"), fake_app.port)
+    monitor.watch_probe(key, HealthProbe("Http", 8080, "/health"), "127.0.0.1", fake_app.port)
     await until(monitor, key, Health.HEALTHY)
     monitor.reset(key)
     report = monitor.report(key)

@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from orchestrator.drivers.fake import FakeDriver
-from orchestrator.gallery import ImageDefinition, ImageVersion
-from orchestrator.rollout import AttemptStatus, StartedBy, Step
-from orchestrator.service import Conflict, InvalidInput, NotFound, Orchestrator
-from orchestrator.store import Store
+from orchestrator.adapters.drivers.memory import MemoryDriver
+from orchestrator.adapters.health.monitor import HealthMonitor
+from orchestrator.adapters.store.sqlite import SqliteStore
+from orchestrator.core.errors import Conflict, InvalidInput, NotFound
+from orchestrator.core.gallery import ImageDefinition, ImageVersion
+from orchestrator.core.rollout import AttemptStatus, StartedBy, Step
+from orchestrator.runtime.service import Orchestrator
 
 MODEL: dict[str, Any] = {
     "location": "local",
@@ -35,11 +37,14 @@ def version(v: str) -> ImageVersion:
     return ImageVersion("g", "tiny", v, f"localhost/tiny:{v}", published_at=float(v.split(".", maxsplit=1)[0]))
 
 
+Setup = tuple[Orchestrator, MemoryDriver, SqliteStore]
+
+
 @pytest.fixture
-async def orchestrator(tmp_path: Path) -> AsyncIterator[tuple[Orchestrator, FakeDriver, Store]]:
-    store = Store(tmp_path / "overhaul.db")
-    driver = FakeDriver()
-    service = Orchestrator(store, driver)
+async def orchestrator(tmp_path: Path) -> AsyncIterator[Setup]:
+    store = SqliteStore(tmp_path / "overhaul.db")
+    driver = MemoryDriver()
+    service = Orchestrator(store, driver, HealthMonitor())
     await service.start()
     service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
     service.publish_version(version("1.0.0"))
@@ -48,7 +53,7 @@ async def orchestrator(tmp_path: Path) -> AsyncIterator[tuple[Orchestrator, Fake
     store.close()
 
 
-async def test_create_then_upgrade_in_batches(orchestrator: tuple[Orchestrator, FakeDriver, Store]) -> None:
+async def test_create_then_upgrade_in_batches(orchestrator: Setup) -> None:
     service, driver, store = orchestrator
     await service.create_or_update(MODEL, name="web")
     ports_before = store.instance_ports("web")
@@ -74,7 +79,9 @@ async def test_create_then_upgrade_in_batches(orchestrator: tuple[Orchestrator, 
     assert history[0].image_reference == {"publisher": "overhaul", "offer": "test", "sku": "tiny", "version": "2.0.0"}
 
 
-async def test_failed_reimage_rolls_back_and_faults(orchestrator: tuple[Orchestrator, FakeDriver, Store]) -> None:
+async def test_failed_reimage_rolls_back_and_faults(
+    orchestrator: Setup,
+) -> None:
     service, driver, _ = orchestrator
     await service.create_or_update(MODEL, name="web")
     service.publish_version(version("2.0.0"))
@@ -87,7 +94,7 @@ async def test_failed_reimage_rolls_back_and_faults(orchestrator: tuple[Orchestr
     assert states[0].version == "1.0.0" and states[0].previous is None
 
 
-async def test_conflict_and_errors(orchestrator: tuple[Orchestrator, FakeDriver, Store]) -> None:
+async def test_conflict_and_errors(orchestrator: Setup) -> None:
     service, _, _ = orchestrator
     with pytest.raises(NotFound):
         await service.start_rolling_upgrade("nope")
@@ -105,7 +112,9 @@ async def test_conflict_and_errors(orchestrator: tuple[Orchestrator, FakeDriver,
         service.cancel("web")
 
 
-async def test_scale_in_keeps_data_and_frees_ports(orchestrator: tuple[Orchestrator, FakeDriver, Store]) -> None:
+async def test_scale_in_keeps_data_and_frees_ports(
+    orchestrator: Setup,
+) -> None:
     service, driver, store = orchestrator
     await service.create_or_update(MODEL, name="web")
     smaller = copy.deepcopy(MODEL)
@@ -116,7 +125,7 @@ async def test_scale_in_keeps_data_and_frees_ports(orchestrator: tuple[Orchestra
     assert ("delete", "web_9") in driver.calls
 
 
-async def test_history_keeps_the_last_five(orchestrator: tuple[Orchestrator, FakeDriver, Store]) -> None:
+async def test_history_keeps_the_last_five(orchestrator: Setup) -> None:
     service, _, store = orchestrator
     await service.create_or_update(MODEL, name="web")
     for minor in range(1, 8):

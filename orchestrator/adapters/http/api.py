@@ -1,0 +1,402 @@
+"""The Azure-shaped REST API (aiohttp): Azure's paths and documents, bearer-token auth, ARM errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from orchestrator.adapters.http import arm
+from orchestrator.adapters.http.metrics import OrchestratorMetrics
+from orchestrator.adapters.http.openapi import openapi_document
+from orchestrator.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
+from orchestrator.core.gallery import ImageDefinition, parse_image_version
+from orchestrator.core.model import ModelError, ScaleSetRef, merge_patch
+from orchestrator.core.rollout import AttemptStatus, StartedBy
+from orchestrator.runtime.service import EngineFailed, Orchestrator
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 1024 * 1024
+# A request body that has not arrived within this many seconds gets 408.
+BODY_TIMEOUT = 30.0
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
+
+
+class RequestTimeout(OverhaulError):
+    code = "RequestTimeout"
+
+
+STATUS: dict[type[OverhaulError], int] = {
+    RequestTimeout: 408,
+    InvalidInput: 400,
+    NotFound: 404,
+    Conflict: 409,
+    EngineFailed: 502,
+    Unavailable: 503,
+}
+
+
+def status_of(exc: OverhaulError) -> int:
+    return next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+
+
+PUBLIC_PATHS = frozenset({"/metrics", "/healthz"})
+SERVICE_KEY = web.AppKey("service", Orchestrator)
+TOKEN_KEY = web.AppKey("token", str)
+METRICS_KEY = web.AppKey("metrics", OrchestratorMetrics)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SUB = "/subscriptions/{sub}"
+VMSS = SUB + "/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"
+GALLERY = SUB + "/resourceGroups/{rg}/providers/Microsoft.Compute/galleries/{gallery}"
+IMAGE_VERSIONS = (
+    SUB + "/providers/Microsoft.Compute/locations/{location}/publishers/{publisher}"
+    "/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions"
+)
+
+
+def error(status: int, code: str, message: str, target: str | None = None) -> web.Response:
+    return web.json_response(arm.error_doc(code, message, target), status=status)
+
+
+@web.middleware
+async def arm_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure answers in ARM's shape: {"error": {"code", "message", "target"}}."""
+    try:
+        return await handler(request)
+    except OverhaulError as exc:
+        return error(status_of(exc), exc.code, exc.message, exc.target)
+    except ModelError as exc:
+        return error(400, "InvalidParameter", str(exc), exc.path)
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, "RequestEntityTooLarge", f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status, exc.reason.replace(" ", ""))
+        return error(exc.status, code, f"{request.method} {request.path}: {exc.reason}")
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error(500, "InternalServerError", "the request failed; the orchestrator's log says why")
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    # Bytes, so a token of any characters is compared (compare_digest refuses non-ASCII str).
+    presented = token.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented, request.app[TOKEN_KEY].encode()):
+        response = error(401, "AuthenticationFailed", "a valid 'Authorization: Bearer <token>' header is required")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    if request.path.startswith("/subscriptions/") and not request.query.get("api-version"):
+        return error(400, "MissingApiVersionParameter", "the api-version query parameter is required", "api-version")
+    return await handler(request)
+
+
+async def body_json(request: web.Request) -> Any:
+    timeout = request.app[BODY_TIMEOUT_KEY]
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g}s") from None
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"the request body is not valid JSON: {str(exc)[:200]}", "InvalidRequestContent") from exc
+
+
+def service(request: web.Request) -> Orchestrator:
+    return request.app[SERVICE_KEY]
+
+
+def ref(request: web.Request) -> ScaleSetRef:
+    m = request.match_info
+    return ScaleSetRef(m["sub"], m["rg"], m["name"])
+
+
+# --- scale sets ---------------------------------------------------------------------------------------------
+
+
+async def list_scale_sets(request: web.Request) -> web.Response:
+    models = service(request).list_scale_sets(request.match_info["sub"], request.match_info.get("rg"))
+    return web.json_response({"value": [m.to_json() for m in models]})
+
+
+async def put_scale_set(request: web.Request) -> web.Response:
+    """Create, or update an existing scale set: as Azure's PUT, properties left out keep their values."""
+    model, created = await service(request).put_scale_set(ref(request), await body_json(request))
+    return web.json_response(model.to_json(), status=201 if created else 200)
+
+
+async def patch_scale_set(request: web.Request) -> web.Response:
+    model, _ = await service(request).put_scale_set(ref(request), await body_json(request), patch=True)
+    return web.json_response(model.to_json())
+
+
+async def get_scale_set(request: web.Request) -> web.Response:
+    return web.json_response(service(request).get_scale_set(ref(request)).to_json())
+
+
+async def delete_scale_set(request: web.Request) -> web.Response:
+    await service(request).delete_scale_set(ref(request))
+    return web.Response(status=200)
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    orchestrator = service(request)
+    model = orchestrator.get_scale_set(ref(request))
+    docs = [
+        arm.instance_doc(
+            model,
+            info.view,
+            running=info.running,
+            ports=info.ports,
+            has_previous_os_disk=info.has_previous_os_disk,
+            health_detail=info.health_detail,
+        )
+        for info in await orchestrator.instances_of(model.ref)
+    ]
+    return web.json_response({"value": docs})
+
+
+INSTANCE_ID = re.compile(r"[0-9]{1,6}")
+
+
+async def reimage(request: web.Request) -> web.Response:
+    orchestrator = service(request)
+    model = orchestrator.get_scale_set(ref(request))
+    body = await body_json(request)
+    raw_ids = body.get("instanceIds") if isinstance(body, Mapping) else None
+    if raw_ids is None:
+        ids = list(range(model.capacity))
+    elif isinstance(raw_ids, list) and all(
+        (isinstance(i, int) and not isinstance(i, bool)) or (isinstance(i, str) and INSTANCE_ID.fullmatch(i))
+        for i in raw_ids
+    ):
+        ids = [int(i) for i in raw_ids]
+    else:
+        raise InvalidInput('instanceIds: must be a list of instance ids such as ["0", "3"]', target="instanceIds")
+    await orchestrator.reimage_instances(model.ref, ids)
+    return web.Response(status=200)
+
+
+# --- rolling upgrades ---------------------------------------------------------------------------------------
+
+
+async def os_upgrade_history(request: web.Request) -> web.Response:
+    orchestrator = service(request)
+    model = orchestrator.get_scale_set(ref(request))
+    records = [
+        arm.history_record(s.attempt, s.image_reference, model.location) for s in orchestrator.history(model.ref)
+    ]
+    return web.json_response({"value": records})
+
+
+async def start_os_rolling_upgrade(request: web.Request) -> web.Response:
+    orchestrator = service(request)
+    attempt = await orchestrator.start_rolling_upgrade(ref(request), started_by=StartedBy.USER)
+    model = orchestrator.get_scale_set(ref(request))
+    if attempt.status is AttemptStatus.FAULTED and attempt.error_code:
+        # Refused before it began (too many unhealthy instances): Azure's 409 with the code; history has it too.
+        return error(409, attempt.error_code, attempt.error_message or attempt.error_code)
+    location = f"{model.resource_id}/rollingUpgrades/latest?api-version={request.query.get('api-version')}"
+    return web.json_response(
+        arm.latest_record(attempt, model),
+        status=202,
+        headers={"Location": location, "Azure-AsyncOperation": location, "Retry-After": "2"},
+    )
+
+
+async def cancel_rolling_upgrade(request: web.Request) -> web.Response:
+    orchestrator = service(request)
+    attempt = orchestrator.cancel(ref(request))
+    return web.json_response(arm.latest_record(attempt, orchestrator.get_scale_set(ref(request))), status=202)
+
+
+async def latest_rolling_upgrade(request: web.Request) -> web.Response:
+    orchestrator = service(request)
+    model = orchestrator.get_scale_set(ref(request))
+    latest = orchestrator.latest(model.ref)
+    if latest is None:
+        raise NotFound(f"no rolling upgrade of {model.name} has run yet", "RollingUpgradeNotFound")
+    return web.json_response(arm.latest_record(latest.attempt, model))
+
+
+# --- gallery ------------------------------------------------------------------------------------------------
+
+
+def image_definition_doc(request: web.Request, definition: ImageDefinition) -> dict[str, Any]:
+    sub, rg = request.match_info["sub"], request.match_info["rg"]
+    return {
+        "id": f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/galleries/{definition.gallery}"
+        f"/images/{definition.name}",
+        "name": definition.name,
+        "type": "Microsoft.Compute/galleries/images",
+        "properties": {
+            "osType": "Linux",
+            "identifier": {"publisher": definition.publisher, "offer": definition.offer, "sku": definition.sku},
+        },
+    }
+
+
+async def put_image_definition(request: web.Request) -> web.Response:
+    body = await body_json(request)
+    props = body.get("properties") if isinstance(body, Mapping) else None
+    identifier = props.get("identifier") if isinstance(props, Mapping) else None
+    if not isinstance(identifier, Mapping):
+        raise InvalidInput(
+            "properties.identifier: is required ({publisher, offer, sku})", target="properties.identifier"
+        )
+    values = {}
+    for key in ("publisher", "offer", "sku"):
+        value = identifier.get(key)
+        if not isinstance(value, str) or not value:
+            raise InvalidInput(f"properties.identifier.{key}: is required", target=f"properties.identifier.{key}")
+        values[key] = value
+    definition = ImageDefinition(request.match_info["gallery"], request.match_info["image"], **values)
+    service(request).put_image_definition(definition)
+    return web.json_response(image_definition_doc(request, definition))
+
+
+async def get_image_definition(request: web.Request) -> web.Response:
+    definition = service(request).image_definition(request.match_info["gallery"], request.match_info["image"])
+    return web.json_response(image_definition_doc(request, definition))
+
+
+async def list_image_versions(request: web.Request) -> web.Response:
+    versions = service(request).image_versions(request.match_info["gallery"], request.match_info["image"])
+    return web.json_response({"value": [v.to_json() for v in versions]})
+
+
+async def put_image_version(request: web.Request, *, patch: bool = False) -> web.Response:
+    orchestrator = service(request)
+    gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
+    body = await body_json(request)
+    if patch:
+        current = orchestrator.image_version(gallery, image, version)
+        if not isinstance(body, Mapping):
+            raise InvalidInput("the request body must be a JSON object", target="")
+        body = merge_patch(current.to_json(), body)
+        published = current.published_at
+    else:
+        existing = [v for v in orchestrator.image_versions(gallery, image) if v.version == version]
+        published = existing[0].published_at if existing else time.time()
+    parsed = parse_image_version(body, gallery=gallery, image=image, version=version, published_at=published)
+    orchestrator.publish_version(parsed)
+    return web.json_response(parsed.to_json())
+
+
+async def patch_image_version(request: web.Request) -> web.Response:
+    return await put_image_version(request, patch=True)
+
+
+async def get_image_version(request: web.Request) -> web.Response:
+    gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
+    return web.json_response(service(request).image_version(gallery, image, version).to_json())
+
+
+async def delete_image_version(request: web.Request) -> web.Response:
+    gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
+    service(request).delete_image_version(gallery, image, version)
+    return web.Response(status=200)
+
+
+async def list_vm_image_versions(request: web.Request) -> web.Response:
+    """Azure's `vm image list` source: the versions of an offer's sku present in a location."""
+    orchestrator = service(request)
+    m = request.match_info
+    definitions = [
+        d
+        for d in orchestrator.image_definitions()
+        if (d.publisher.lower(), d.offer.lower(), d.sku.lower())
+        == (m["publisher"].lower(), m["offer"].lower(), m["sku"].lower())
+    ]
+    keys = {(d.gallery, d.name) for d in definitions}
+    versions = [
+        v for v in orchestrator.all_image_versions() if (v.gallery, v.image) in keys and v.present_in(m["location"])
+    ]
+    docs = [
+        {
+            "location": m["location"],
+            "name": v.version,
+            "id": f"/Subscriptions/{m['sub']}/Providers/Microsoft.Compute/Locations/{m['location']}/Publishers/"
+            f"{m['publisher']}/ArtifactTypes/VMImage/Offers/{m['offer']}/Skus/{m['sku']}/Versions/{v.version}",
+            "properties": {"excludeFromLatest": v.exclude_from_latest, "containerImage": v.artifact},
+        }
+        for v in versions
+    ]
+    return web.json_response(docs)
+
+
+# --- the rest -----------------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while the orchestrator can act; 503 naming the problem while its engine is down."""
+    problem = await service(request).engine_problem()
+    if problem is not None:
+        return web.json_response({"status": "unavailable", "engine": problem}, status=503)
+    return web.json_response({"status": "ok", "engine": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS_KEY].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def build_app(
+    orchestrator: Orchestrator,
+    token: str,
+    orchestrator_metrics: OrchestratorMetrics,
+    *,
+    body_timeout: float = BODY_TIMEOUT,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> web.Application:
+    app = web.Application(middlewares=[arm_errors, bearer_auth], client_max_size=max_body_bytes)
+    app[SERVICE_KEY] = orchestrator
+    app[BODY_TIMEOUT_KEY] = body_timeout
+    app[TOKEN_KEY] = token
+    app[METRICS_KEY] = orchestrator_metrics
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/openapi.json", openapi)
+    r.add_get(SUB + "/providers/Microsoft.Compute/virtualMachineScaleSets", list_scale_sets)
+    r.add_get(VMSS, list_scale_sets)
+    r.add_put(VMSS + "/{name}", put_scale_set)
+    r.add_patch(VMSS + "/{name}", patch_scale_set)
+    r.add_get(VMSS + "/{name}", get_scale_set)
+    r.add_delete(VMSS + "/{name}", delete_scale_set)
+    r.add_get(VMSS + "/{name}/virtualMachines", list_instances)
+    r.add_post(VMSS + "/{name}/reimage", reimage)
+    r.add_get(VMSS + "/{name}/osUpgradeHistory", os_upgrade_history)
+    r.add_post(VMSS + "/{name}/osRollingUpgrade", start_os_rolling_upgrade)
+    r.add_post(VMSS + "/{name}/rollingUpgrades/cancel", cancel_rolling_upgrade)
+    r.add_get(VMSS + "/{name}/rollingUpgrades/latest", latest_rolling_upgrade)
+    r.add_put(GALLERY + "/images/{image}", put_image_definition)
+    r.add_get(GALLERY + "/images/{image}", get_image_definition)
+    r.add_get(GALLERY + "/images/{image}/versions", list_image_versions)
+    r.add_put(GALLERY + "/images/{image}/versions/{version}", put_image_version)
+    r.add_patch(GALLERY + "/images/{image}/versions/{version}", patch_image_version)
+    r.add_get(GALLERY + "/images/{image}/versions/{version}", get_image_version)
+    r.add_delete(GALLERY + "/images/{image}/versions/{version}", delete_image_version)
+    r.add_get(IMAGE_VERSIONS, list_vm_image_versions)
+    return app

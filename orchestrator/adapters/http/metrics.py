@@ -1,0 +1,130 @@
+"""overhaul_* Prometheus metrics of the orchestrator, in base units."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterator
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from orchestrator.core.model import HealthSourceKind, ScaleSet
+from orchestrator.core.planner import Health
+from orchestrator.core.rollout import ActionKind
+from orchestrator.ports.events import ActionFinished, AttemptEnded, Event, TransientError
+from orchestrator.runtime.service import Orchestrator
+
+REIMAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class _StateCollector(Collector):
+    """Gauges read from the orchestrator's state at scrape time (no engine calls)."""
+
+    def __init__(self, service: Orchestrator) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        capacity = GaugeMetricFamily(
+            "overhaul_scale_set_capacity", "Instances a scale set should have.", labels=["scale_set"]
+        )
+        health = GaugeMetricFamily(
+            "overhaul_instances",
+            "Instances by their last known health (Unmonitored: power state only).",
+            labels=["scale_set", "health"],
+        )
+        running = GaugeMetricFamily(
+            "overhaul_rolling_upgrade_running", "1 while a rolling upgrade of the scale set runs.", labels=["scale_set"]
+        )
+        progress = GaugeMetricFamily(
+            "overhaul_rolling_upgrade_instances",
+            "Instances of the latest rolling upgrade by progress.",
+            labels=["scale_set", "progress"],
+        )
+        for model in self.service.list_scale_sets():
+            capacity.add_metric([model.name], model.capacity)
+            for state, count in self._health(model).items():
+                health.add_metric([model.name, state], count)
+            latest = self.service.latest(model.ref)
+            attempt = latest.attempt if latest else None
+            running.add_metric([model.name], 1 if attempt and not attempt.status.terminal else 0)
+            if attempt is not None:
+                for name, value in (
+                    ("successful", attempt.successful),
+                    ("failed", attempt.failed),
+                    ("in_progress", attempt.in_progress),
+                    ("pending", attempt.pending),
+                ):
+                    progress.add_metric([model.name, name], value)
+        errors = CounterMetricFamily(
+            "overhaul_health_watch_errors", "Failed requests to instance agents (each counts as Unknown)."
+        )
+        errors.add_metric([], self.service.watch_errors)
+        yield from (capacity, health, running, progress, errors)
+
+    def _health(self, model: ScaleSet) -> Tally[str]:
+        counts: Tally[str] = Tally(dict.fromkeys([h.value for h in Health], 0))
+        watched = model.health_source is not HealthSourceKind.POWER
+        for instance_id in range(model.capacity):
+            report = self.service.health_report(model.name, instance_id)
+            if not watched:
+                counts["Unmonitored"] += 1
+            else:
+                counts[report.health.value if report else Health.UNKNOWN.value] += 1
+        return counts
+
+
+class OrchestratorMetrics:
+    def __init__(self, service: Orchestrator) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry(auto_describe=True)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, _StateCollector(service)):
+            self.registry.register(collector)
+        r = self.registry
+        self.attempts = Counter(
+            "overhaul_rolling_upgrades", "Rolling upgrades ended, by final status.", ["scale_set", "status"], registry=r
+        )
+        self.reimage_duration = Histogram(
+            "overhaul_reimage_duration_seconds",
+            "Time one instance's reimage took in the engine.",
+            ["scale_set"],
+            buckets=REIMAGE_BUCKETS,
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "overhaul_rollbacks",
+            "Instances restored to their previous OS disk, by result.",
+            ["scale_set", "result"],
+            registry=r,
+        )
+        self.engine_retries = Counter(
+            "overhaul_engine_transient_errors",
+            "Engine calls that failed transiently (engine unreachable or restarting) and were retried.",
+            ["scale_set"],
+            registry=r,
+        )
+        service.events.subscribe(self.on_event)
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, AttemptEnded):
+            self.attempts.labels(event.attempt.scale_set, event.attempt.status.value).inc()
+        elif isinstance(event, ActionFinished):
+            result = event.result
+            if result.action.kind is ActionKind.REIMAGE and result.ok:
+                self.reimage_duration.labels(event.scale_set).observe(result.duration)
+            elif result.action.kind is ActionKind.ROLLBACK:
+                self.rollbacks.labels(event.scale_set, "succeeded" if result.ok else "failed").inc()
+        elif isinstance(event, TransientError):
+            self.engine_retries.labels(event.scale_set).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,504 @@
+"""`overhaul`: az-shaped commands over the orchestrator's REST API (and `overhaul serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator import __version__
+from orchestrator.defaults import DEFAULT_PORT, default_state_dir
+
+API_VERSION = "2024-07-01"
+TERMINAL = ("Completed", "Faulted", "Cancelled")
+
+
+class CliError(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, endpoint: str, token: str, subscription: str, timeout: float = 120.0) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.token = token
+        self.subscription = subscription
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        sep = "&" if "?" in path else "?"
+        url = f"{self.endpoint}{path}{sep}api-version={API_VERSION}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                err = json.loads(raw)["error"]
+                raise CliError(f"({err.get('code')}) {err.get('message')}") from None
+            except (ValueError, KeyError, TypeError):
+                raise CliError(f"HTTP {exc.code}: {raw[:300]!r}") from None
+        except urllib.error.URLError as exc:
+            raise CliError(
+                f"cannot reach the orchestrator at {self.endpoint}: {exc.reason} (is `overhaul serve` running?)"
+            ) from None
+        return json.loads(raw) if raw.strip() else None
+
+    def vmss(self, rg: str, name: str = "") -> str:
+        provider = "providers/Microsoft.Compute/virtualMachineScaleSets"
+        base = f"/subscriptions/{self.subscription}/resourceGroups/{rg}/{provider}"
+        return f"{base}/{name}" if name else base
+
+    def gallery(self, rg: str, gallery: str, image: str) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{rg}/providers/Microsoft.Compute"
+            f"/galleries/{gallery}/images/{image}"
+        )
+
+
+def find_token(args: argparse.Namespace) -> str:
+    if os.environ.get("OVERHAUL_TOKEN"):
+        return os.environ["OVERHAUL_TOKEN"].strip()
+    path = Path(args.token_file) if args.token_file else default_state_dir() / "token"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise CliError(
+            f"no API token at {path}: start `overhaul serve` (it writes one), or pass --token-file / OVERHAUL_TOKEN"
+        ) from None
+
+
+# --- az's --set: case-insensitive property paths --------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
+    """az's --set: dotted path, case-insensitive keys, 'properties' implied as az flattens it."""
+    parts = [p for p in path.split(".") if p]
+    if not parts:
+        raise CliError(f"--set {path!r}: empty property path")
+    target: dict[str, Any] = doc
+    first = parts[0].lower()
+    if first not in {k.lower() for k in doc} and isinstance(doc.get("properties"), dict):
+        target = doc["properties"]
+    for i, part in enumerate(parts):
+        key = next((k for k in target if k.lower() == part.lower()), None)
+        if key is None:
+            key = part[0].lower() + part[1:]  # new keys in Azure's camelCase
+        if i == len(parts) - 1:
+            target[key] = value
+            return
+        child = target.get(key)
+        if child is None:
+            child = target[key] = {}
+        if not isinstance(child, dict):
+            raise CliError(f"--set {path}: {key} is not an object")
+        target = child
+
+
+# --- output -------------------------------------------------------------------------------------------------
+
+
+TABLES: dict[str, list[tuple[str, str]]] = {
+    "vmss": [
+        ("Name", "name"),
+        ("ResourceGroup", "resourceGroup"),
+        ("Location", "location"),
+        ("Capacity", "sku.capacity"),
+        ("UpgradeMode", "properties.upgradePolicy.mode"),
+        ("Image", "properties.virtualMachineProfile.storageProfile.imageReference.version"),
+    ],
+    "instances": [
+        ("InstanceId", "instanceId"),
+        ("Name", "name"),
+        ("Health", "properties.instanceView.vmHealth.status.displayStatus"),
+        ("Power", "properties.instanceView.statuses.1.code"),
+        ("Version", "properties.storageProfile.imageReference.exactVersion"),
+    ],
+    "history": [
+        ("Status", "properties.runningStatus.code"),
+        ("StartedBy", "properties.startedBy"),
+        ("Target", "properties.targetImageReference.version"),
+        ("Successful", "properties.progress.successfulInstanceCount"),
+        ("Failed", "properties.progress.failedInstanceCount"),
+        ("RolledBack", "properties.rollbackInfo.successfullyRolledbackInstanceCount"),
+        ("Start", "properties.runningStatus.startTime"),
+        ("Error", "properties.error.code"),
+    ],
+    "latest": [
+        ("Status", "properties.runningStatus.code"),
+        ("Successful", "properties.progress.successfulInstanceCount"),
+        ("Failed", "properties.progress.failedInstanceCount"),
+        ("InProgress", "properties.progress.inProgressInstanceCount"),
+        ("Pending", "properties.progress.pendingInstanceCount"),
+        ("Error", "properties.error.code"),
+    ],
+    "versions": [("Name", "name"), ("Location", "location"), ("ExcludeFromLatest", "properties.excludeFromLatest")],
+    "imageversions": [
+        ("Name", "name"),
+        ("ExcludeFromLatest", "properties.publishingProfile.excludeFromLatest"),
+        ("ContainerImage", "properties.storageProfile.source.overhaul.containerImage"),
+    ],
+}
+
+
+def _lookup_index(doc: Any, part: str) -> Any:
+    if isinstance(doc, list) and part.isdigit():
+        return doc[int(part)] if int(part) < len(doc) else None
+    return doc.get(part) if isinstance(doc, Mapping) else None
+
+
+def table(rows: list[Mapping[str, Any]], kind: str) -> str:
+    columns = TABLES[kind]
+    cells = []
+    for doc in rows:
+        row = []
+        for _, path in columns:
+            value: Any = doc
+            for part in path.split("."):
+                value = _lookup_index(value, part)
+            row.append("" if value is None else str(value))
+        cells.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, (h, _) in enumerate(columns)]
+    lines = ["  ".join(h.ljust(w) for (h, _), w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def emit(args: argparse.Namespace, result: Any, kind: str | None = None) -> None:
+    if result is None:
+        return
+    if args.output == "table" and kind is not None:
+        rows = result.get("value", result) if isinstance(result, Mapping) else result
+        if isinstance(rows, Mapping):
+            rows = [rows]
+        if kind == "vmss":
+            for row in rows:
+                row["resourceGroup"] = row.get("id", "").split("/")[4] if row.get("id") else ""
+        print(table(rows, kind))
+    else:
+        print(json.dumps(result, indent=2))
+
+
+# --- commands -----------------------------------------------------------------------------------------------
+
+
+def model_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.file:
+        try:
+            return dict(json.loads(Path(args.file).read_text()))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--file {args.file}: {exc}") from None
+    if not args.image:
+        raise CliError("--image is required (publisher:offer:sku:version, or a gallery image id), or --file")
+    if args.image.startswith("/subscriptions/"):
+        image: dict[str, Any] = {"id": args.image}
+    else:
+        parts = args.image.split(":")
+        if len(parts) != 4:
+            raise CliError(f"--image {args.image!r}: expected publisher:offer:sku:version")
+        image = dict(zip(("publisher", "offer", "sku", "version"), parts, strict=True))
+    profile: dict[str, Any] = {
+        "storageProfile": {
+            "imageReference": image,
+            "dataDisks": [{"lun": i, "diskSizeGB": size} for i, size in enumerate(args.data_disk_sizes_gb or [])],
+        }
+    }
+    if args.health_probe_port:
+        profile["networkProfile"] = {
+            "healthProbe": {"protocol": "Http", "port": args.health_probe_port, "requestPath": args.health_probe_path}
+        }
+    return {
+        "location": args.location,
+        "sku": {"name": "Standard_Container", "capacity": args.instance_count},
+        "properties": {"upgradePolicy": {"mode": args.upgrade_policy_mode}, "virtualMachineProfile": profile},
+    }
+
+
+def watch_rolling_upgrade(client: Client, args: argparse.Namespace) -> int:
+    """Live progress until the attempt ends; non-zero unless it Completed."""
+    path = client.vmss(args.resource_group, args.name) + "/rollingUpgrades/latest"
+    last = None
+    while True:
+        doc = client.call("GET", path)
+        props = doc["properties"]
+        status = props["runningStatus"]["code"]
+        p = props["progress"]
+        extra = props.get("overhaul", {})
+        line = (
+            f"{status:<15} batch {extra.get('batchesStarted', 0)} {extra.get('currentBatch', [])}: "
+            f"{p['successfulInstanceCount']} upgraded, {p['failedInstanceCount']} failed, "
+            f"{p['inProgressInstanceCount']} in progress, {p['pendingInstanceCount']} pending"
+        )
+        if line != last:
+            print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+            last = line
+        if status in TERMINAL:
+            emit(args, doc, "latest")
+            error = props.get("error")
+            if error:
+                print(f"overhaul: ({error.get('code')}) {error.get('message')}", file=sys.stderr)
+            return 0 if status == "Completed" else 1
+        time.sleep(0.5)  # the CLI follows the REST API as az does
+
+
+def run_vmss(client: Client, args: argparse.Namespace) -> int:
+    rg, cmd = args.resource_group, args.vmss_command
+    if cmd == "create":
+        emit(args, client.call("PUT", client.vmss(rg, args.name), model_from_args(args)), "vmss")
+    elif cmd == "update":
+        doc = client.call("GET", client.vmss(rg, args.name))
+        for item in args.set or []:
+            path, sep, value = item.partition("=")
+            if not sep:
+                raise CliError(f"--set {item!r}: expected PATH=VALUE")
+            set_path(doc, path, parse_value(value))
+        emit(args, client.call("PUT", client.vmss(rg, args.name), doc), "vmss")
+    elif cmd == "show":
+        emit(args, client.call("GET", client.vmss(rg, args.name)), "vmss")
+    elif cmd == "list":
+        path = (
+            client.vmss(rg)
+            if rg
+            else f"/subscriptions/{client.subscription}/providers/Microsoft.Compute/virtualMachineScaleSets"
+        )
+        emit(args, client.call("GET", path), "vmss")
+    elif cmd == "delete":
+        client.call("DELETE", client.vmss(rg, args.name))
+    elif cmd == "list-instances":
+        emit(args, client.call("GET", client.vmss(rg, args.name) + "/virtualMachines"), "instances")
+    elif cmd == "reimage":
+        body = {"instanceIds": [str(i) for i in args.instance_ids]} if args.instance_ids else {}
+        client.call("POST", client.vmss(rg, args.name) + "/reimage", body)
+    elif cmd == "get-os-upgrade-history":
+        emit(args, client.call("GET", client.vmss(rg, args.name) + "/osUpgradeHistory"), "history")
+    elif cmd == "rolling-upgrade":
+        base = client.vmss(rg, args.name)
+        if args.upgrade_command == "start":
+            started = client.call("POST", base + "/osRollingUpgrade")
+            if args.wait:
+                return watch_rolling_upgrade(client, args)
+            emit(args, started, "latest")
+        elif args.upgrade_command == "cancel":
+            emit(args, client.call("POST", base + "/rollingUpgrades/cancel"), "latest")
+        elif args.wait:
+            return watch_rolling_upgrade(client, args)
+        else:
+            emit(args, client.call("GET", base + "/rollingUpgrades/latest"), "latest")
+    return 0
+
+
+def sig_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    if args.sig_command == "image-version":
+        if args.version_command != "list" and not args.gallery_image_version:
+            raise CliError("--gallery-image-version is required")
+        if args.version_command == "create" and args.exclude_from_latest is None:
+            args.exclude_from_latest = False
+        if not args.target_regions and args.version_command == "create":
+            args.target_regions = ["local"]
+    return args
+
+
+def run_sig(client: Client, args: argparse.Namespace) -> int:
+    base = client.gallery(args.resource_group, args.gallery_name, args.gallery_image_definition)
+    if args.sig_command == "image-definition":
+        body = {
+            "properties": {
+                "osType": "Linux",
+                "identifier": {"publisher": args.publisher, "offer": args.offer, "sku": args.sku},
+            }
+        }
+        emit(args, client.call("PUT", base, body))
+        return 0
+    cmd = args.version_command
+    if cmd == "list":
+        emit(args, client.call("GET", base + "/versions"), "imageversions")
+        return 0
+    path = f"{base}/versions/{args.gallery_image_version}"
+    if cmd == "show":
+        emit(args, client.call("GET", path), "imageversions")
+    elif cmd == "delete":
+        client.call("DELETE", path)
+    elif cmd == "create":
+        if not args.container_image:
+            raise CliError("--container-image is required: the engine image this version is made from")
+        publishing = {
+            "excludeFromLatest": args.exclude_from_latest,
+            "targetRegions": [{"name": r} for r in args.target_regions],
+        }
+        body = {
+            "location": args.target_regions[0],
+            "properties": {
+                "publishingProfile": publishing,
+                "storageProfile": {"source": {"overhaul": {"containerImage": args.container_image}}},
+            },
+        }
+        emit(args, client.call("PUT", path, body), "imageversions")
+    elif cmd == "update":
+        patch: dict[str, Any] = {"properties": {"publishingProfile": {}}}
+        if args.exclude_from_latest is not None:
+            patch["properties"]["publishingProfile"]["excludeFromLatest"] = args.exclude_from_latest
+        if args.target_regions:
+            patch["properties"]["publishingProfile"]["targetRegions"] = [{"name": r} for r in args.target_regions]
+        emit(args, client.call("PATCH", path, patch), "imageversions")
+    return 0
+
+
+def run_vm_image(client: Client, args: argparse.Namespace) -> int:
+    path = (
+        f"/subscriptions/{client.subscription}/providers/Microsoft.Compute/locations/{args.location}/publishers/"
+        f"{args.publisher}/artifacttypes/vmimage/offers/{args.offer}/skus/{args.sku}/versions"
+    )
+    versions = client.call("GET", path)
+    if not args.all:
+        visible = [v for v in versions if not v.get("properties", {}).get("excludeFromLatest")]
+        versions = visible[-1:] if visible else []
+    emit(args, versions, "versions")
+    return 0
+
+
+def truthy(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="overhaul",
+        description="Health-gated automatic OS image upgrades for scale sets of local containers (az-shaped).",
+        epilog="Start the service with `overhaul serve`; the other commands talk to it. "
+        "Example: overhaul vmss rolling-upgrade start --name web --resource-group demo --wait",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--endpoint",
+        default=os.environ.get("OVERHAUL_ENDPOINT", f"http://127.0.0.1:{DEFAULT_PORT}"),
+        help="the orchestrator's URL (env OVERHAUL_ENDPOINT)",
+    )
+    common.add_argument(
+        "--token-file", help="API token file (default: the state directory's token; env OVERHAUL_TOKEN)"
+    )
+    common.add_argument("--subscription", default="local")
+    common.add_argument("-o", "--output", choices=["json", "table"], default="json")
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    # `overhaul serve ...` is handed to the server's own parser before this one runs (see main): the client
+    # commands never import the server. Listed here so that `overhaul --help` shows it.
+    groups.add_parser("serve", help="run the orchestrator service (overhaul serve --help lists its settings)")
+
+    vmss = groups.add_parser("vmss", help="scale sets").add_subparsers(dest="vmss_command", required=True)
+
+    def scale_set_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = vmss.add_parser(name, help=help_text, parents=[common])
+        sub.add_argument("--name", "-n", required=True)
+        sub.add_argument("--resource-group", "-g", required=True)
+        return sub
+
+    create = scale_set_command("create", "create a scale set")
+    create.add_argument("--image", help="publisher:offer:sku:version (version may be latest) or a gallery image id")
+    create.add_argument("--instance-count", type=int, default=2)
+    create.add_argument("--upgrade-policy-mode", default="Automatic", choices=["Automatic", "Manual", "Rolling"])
+    create.add_argument("--data-disk-sizes-gb", type=int, nargs="*")
+    create.add_argument("--location", default="local")
+    create.add_argument("--health-probe-port", type=int, help="container port of an HTTP health endpoint")
+    create.add_argument("--health-probe-path", default="/health")
+    create.add_argument("--file", help="the whole model as Azure JSON (instead of the flags above)")
+    update = scale_set_command("update", "update a scale set")
+    update.add_argument(
+        "--set",
+        action="append",
+        metavar="PATH=VALUE",
+        help="e.g. UpgradePolicy.AutomaticOSUpgradePolicy.EnableAutomaticOSUpgrade=true",
+    )
+    scale_set_command("show", "show a scale set")
+    listing = vmss.add_parser("list", help="list scale sets", parents=[common])
+    listing.add_argument("--resource-group", "-g", default="")
+    scale_set_command("delete", "delete a scale set with its instances and data disks")
+    scale_set_command("list-instances", "list instances with health, power state and image version")
+    reimage = scale_set_command("reimage", "reimage instances (all when none are named)")
+    reimage.add_argument("--instance-ids", nargs="*", type=int)
+    scale_set_command("get-os-upgrade-history", "OS upgrade history, newest first")
+    rolling = scale_set_command("rolling-upgrade", "start, cancel or follow a rolling upgrade")
+    rolling.add_argument("upgrade_command", choices=["start", "cancel", "get-latest"])
+    rolling.add_argument(
+        "--wait",
+        action="store_true",
+        help="with start or get-latest: follow the attempt batch by batch; exit non-zero unless it completes",
+    )
+
+    add_gallery_commands(groups, common)
+    return parser
+
+
+def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
+    sig = groups.add_parser("sig", help="the local image gallery").add_subparsers(dest="sig_command", required=True)
+    definition = sig.add_parser("image-definition", help="create an image definition", parents=[common])
+    definition.add_argument("action", choices=["create"])
+    version = sig.add_parser("image-version", help="image versions", parents=[common])
+    version.add_argument("version_command", choices=["create", "list", "show", "update", "delete"])
+    for sub in (definition, version):
+        sub.add_argument("--resource-group", "-g", required=True)
+        sub.add_argument("--gallery-name", "-r", required=True)
+        sub.add_argument("--gallery-image-definition", "-i", required=True)
+    definition.add_argument("--publisher", required=True)
+    definition.add_argument("--offer", required=True)
+    definition.add_argument("--sku", required=True)
+    version.add_argument("--gallery-image-version", "-e")
+    version.add_argument("--container-image", help="the engine image of this version (e.g. localhost/web:2.0.0)")
+    version.add_argument("--exclude-from-latest", type=truthy, nargs="?", const=True, default=None)
+    version.add_argument("--target-regions", nargs="*", default=[])
+
+    vm = groups.add_parser("vm", help="virtual machine images").add_subparsers(dest="vm_group", required=True)
+    image = vm.add_parser("image", help="images").add_subparsers(dest="image_command", required=True)
+    image_list = image.add_parser("list", help="list image versions of a sku", parents=[common])
+    image_list.add_argument("--location", "-l", default="local")
+    image_list.add_argument("--publisher", "-p", required=True)
+    image_list.add_argument("--offer", "-f", required=True)
+    image_list.add_argument("--sku", "-s", required=True)
+    image_list.add_argument("--all", action="store_true", help="every version, not only the latest")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        server = importlib.import_module("orchestrator.serve")
+        return int(server.main(argv[1:]))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        client = Client(args.endpoint, find_token(args), args.subscription)
+        if args.group == "vmss":
+            return run_vmss(client, args)
+        if args.group == "sig":
+            return run_sig(client, sig_defaults(args))
+        return run_vm_image(client, args)
+    except CliError as exc:
+        print(f"overhaul: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The health source port: the latest report per instance, and a way to wait for the next change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from orchestrator.core.model import HealthProbe
+from orchestrator.core.planner import Health
+
+Key = tuple[str, int]  # (scale set, instance id)
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    health: Health
+    observed_at: float
+    detail: str = ""
+    phase: int | None = None
+    skip_upgrade: bool = False
+
+
+class HealthSource(Protocol):
+    @property
+    def version(self) -> int:
+        """Grows with every change of a report that matters."""
+        ...
+
+    @property
+    def watch_errors(self) -> int: ...
+
+    def report(self, key: Key) -> HealthReport | None: ...
+
+    async def wait_changed(self, seen: int, timeout: float | None) -> None:
+        """Returns when ``version`` differs from ``seen``, or after ``timeout``."""
+        ...
+
+    def watch_agent(self, key: Key, address: str, port: int) -> None: ...
+
+    def watch_probe(self, key: Key, probe: HealthProbe, address: str, port: int) -> None: ...
+
+    def reset(self, key: Key) -> None:
+        """After a reimage or rollback: forget what the previous OS disk said."""
+        ...
+
+    async def unwatch(self, key: Key) -> None: ...
+
+    async def close(self) -> None: ...

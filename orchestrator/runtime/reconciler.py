@@ -1,0 +1,247 @@
+"""The only place rollout decisions become driver calls: observe -> decide -> journal -> act -> journal.
+
+Engine errors are split: a transient one (engine unreachable, restarting, slow) is retried with back-off and
+never counted against an instance; a permanent one fails the step it happened in. A commit is retried until it
+is done, so no previous OS disk outlives its attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.core.errors import OverhaulError
+from orchestrator.core.model import HealthSourceKind, ScaleSet
+from orchestrator.core.planner import Health, InstanceView
+from orchestrator.core.rollout import (
+    Action,
+    ActionKind,
+    ActionResult,
+    Attempt,
+    apply_results,
+    decide,
+    request_cancel,
+    resume,
+)
+from orchestrator.ports.clock import Clock
+from orchestrator.ports.driver import Driver, DriverError, InstanceState, OsDisk
+from orchestrator.ports.events import ActionFinished, AttemptChanged, AttemptEnded, Events, TransientError
+from orchestrator.ports.health import HealthSource
+from orchestrator.ports.store import Store
+from orchestrator.runtime.instances import Instances
+from orchestrator.runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+
+def instance_views(
+    model: ScaleSet, states: Mapping[int, InstanceState], health: HealthSource, now: float
+) -> dict[int, InstanceView]:
+    """One view per instance id of the model: the engine's version and power state, the health source's word."""
+    views: dict[int, InstanceView] = {}
+    watched = model.health_source is not HealthSourceKind.POWER
+    for instance_id in range(model.capacity):
+        state = states.get(instance_id)
+        if state is None or not state.running:
+            views[instance_id] = InstanceView(
+                instance_id, state.version if state else None, Health.UNHEALTHY, observed_at=now
+            )
+            continue
+        if not watched:
+            views[instance_id] = InstanceView(instance_id, state.version, Health.HEALTHY, observed_at=now)
+            continue
+        report = health.report((model.name, instance_id))
+        if report is None:
+            views[instance_id] = InstanceView(instance_id, state.version, Health.UNKNOWN, observed_at=0.0)
+            continue
+        views[instance_id] = InstanceView(
+            instance_id, state.version, report.health, report.phase, report.skip_upgrade, report.observed_at
+        )
+    return views
+
+
+def known_after(states: Mapping[int, InstanceState], result: ActionResult, target: str) -> dict[int, InstanceState]:
+    """The instance states after a successful driver action, without asking the engine (pure)."""
+    updated = dict(states)
+    instance_id = result.action.instance_id
+    state = states.get(instance_id, InstanceState(instance_id, None))
+    if result.action.kind is ActionKind.REIMAGE:
+        previous = state.current if state.version != target else state.previous
+        updated[instance_id] = InstanceState(instance_id, OsDisk(target, "", True), previous, state.address)
+    elif result.action.kind is ActionKind.ROLLBACK and state.previous is not None:
+        restored = OsDisk(state.previous.version, state.previous.image, True)
+        updated[instance_id] = InstanceState(instance_id, restored, None, state.address)
+    elif result.action.kind is ActionKind.COMMIT:
+        updated[instance_id] = InstanceState(instance_id, state.current, None, state.address)
+    return updated
+
+
+def image_reference_for(model: ScaleSet | None, attempt: Attempt) -> dict[str, Any]:
+    """The attempt's target as Azure's history shows it: the model's reference with the exact version."""
+    ref = model.image_reference.to_json() if model else {}
+    if "id" in ref:
+        ref["id"] = ref["id"].split("/versions/")[0] + f"/versions/{attempt.target_version}"
+    else:
+        ref["version"] = attempt.target_version
+    return ref
+
+
+@dataclass
+class Reconciler:
+    store: Store
+    driver: Driver
+    health: HealthSource
+    instances: Instances
+    events: Events
+    clock: Clock = time.time
+    settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    _wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def wake(self, attempt_id: str) -> None:
+        """Something stored about the attempt changed (a cancel): look at the store now, not at the next step."""
+        event = self._wakeups.get(attempt_id)
+        if event is not None:
+            event.set()
+
+    def _save(self, model: ScaleSet, before: Attempt, attempt: Attempt) -> None:
+        self.store.save_attempt(attempt, image_reference_for(model, attempt))
+        self.events.emit(AttemptChanged(attempt))
+        if attempt.status.terminal and not before.status.terminal:
+            self.events.emit(AttemptEnded(attempt))
+
+    async def _backoff(self, delay: float) -> float:
+        await asyncio.sleep(delay)
+        return min(delay * 2, self.settings.retry_max)
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        """The engine's view of the scale set, retried until the engine answers: listing only reads."""
+        delay = self.settings.retry_min
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.action_timeout):
+                    return await self.driver.observe(scale_set)
+            except (DriverError, TimeoutError) as exc:
+                error = str(exc) or type(exc).__name__
+                log.warning("listing %s failed, retrying in %.2fs: %s", scale_set, delay, error)
+                self.events.emit(TransientError(scale_set, "observe", error))
+                delay = await self._backoff(delay)
+
+    async def _act(self, model: ScaleSet, attempt: Attempt, action: Action) -> ActionResult:
+        started = time.monotonic()
+        result = await self._attempt_action(model, attempt, action)
+        result = ActionResult(result.action, result.ok, result.error, time.monotonic() - started)
+        self.events.emit(ActionFinished(model.name, result))
+        return result
+
+    async def _attempt_action(self, model: ScaleSet, attempt: Attempt, action: Action) -> ActionResult:
+        if action.kind is ActionKind.REIMAGE:
+            try:
+                spec = self.instances.spec(model, action.instance_id, attempt.target_version)
+            except OverhaulError as exc:  # the version left the gallery since the attempt started
+                return ActionResult(action, ok=False, error=exc.message)
+        else:
+            spec = self.instances.handle(model, action.instance_id, attempt.target_version)
+        call = {
+            ActionKind.REIMAGE: self.driver.reimage,
+            ActionKind.COMMIT: self.driver.commit,
+            ActionKind.ROLLBACK: self.driver.rollback,
+        }[action.kind]
+        delay = self.settings.retry_min
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.action_timeout):
+                    await call(spec)
+                return ActionResult(action, ok=True)
+            except (DriverError, TimeoutError) as exc:
+                error = str(exc) or f"no answer within {self.settings.action_timeout:g}s"
+                transient = isinstance(exc, TimeoutError) or exc.transient
+                # Dropping a previous OS disk changes nothing that runs: it is retried whatever the error.
+                if not transient and action.kind is not ActionKind.COMMIT:
+                    log.warning("%s %s failed: %s", action.kind.value, spec.name, error)
+                    return ActionResult(action, ok=False, error=error)
+                log.warning("%s %s failed, retrying in %.2fs: %s", action.kind.value, spec.name, delay, error)
+                self.events.emit(TransientError(model.name, f"{action.kind.value} {spec.name}", error))
+                delay = await self._backoff(delay)
+
+    async def run(
+        self, model: ScaleSet, attempt: Attempt, observed: Mapping[int, InstanceState] | None = None
+    ) -> Attempt:
+        """Drives one attempt to its end; safe to call again on an attempt loaded after a crash.
+
+        Driver actions run as tasks, so deciding goes on while they do: the commits of one batch overlap the
+        reimages of the next. Every action is journaled before it starts and after it ends.
+        """
+        attempt = resume(attempt)
+        wake = self._wakeups.setdefault(attempt.id, asyncio.Event())
+        in_flight: dict[asyncio.Task[ActionResult], Action] = {}
+        loop = asyncio.get_running_loop()
+        # Listing containers is slow while the engine is busy: ask again only when what our own actions did
+        # is not enough (an action failed, power state is the health source) or the last answer is old.
+        power_state_only = model.health_source is HealthSourceKind.POWER
+        # What the caller just observed saves the first listing.
+        states: dict[int, InstanceState] = dict(observed or {})
+        observed_at = loop.time() if observed is not None else float("-inf")
+        try:
+            while True:
+                wake.clear()
+                if not attempt.cancel_requested and self.store.cancel_requested(attempt.id):
+                    attempt = request_cancel(attempt, self.clock())
+                if power_state_only or loop.time() - observed_at >= self.settings.observe_every:
+                    states = await self.observe(model.name)
+                    observed_at = loop.time()
+                now = self.clock()
+                seen = self.health.version
+                before = attempt
+                decision = decide(attempt, instance_views(model, states, self.health, now), now)
+                attempt = decision.attempt
+                if decision.actions:
+                    self.store.journal_begin(attempt.id, decision.actions, now)
+                    for action in decision.actions:
+                        task = asyncio.create_task(
+                            self._act(model, attempt, action), name=f"{action.kind}-{model.name}-{action.instance_id}"
+                        )
+                        in_flight[task] = action
+                self._save(model, before, attempt)  # actions in flight are persisted before anything else happens
+                if attempt.done:
+                    return attempt
+                timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - self.clock())
+                finished = await self._wait(set(in_flight), wake, seen, timeout)
+                if finished:
+                    results = [task.result() for task in finished]
+                    for task in finished:
+                        del in_flight[task]
+                    done = self.clock()
+                    self.store.journal_end(attempt.id, results, done)
+                    before = attempt
+                    attempt = apply_results(attempt, results, done)
+                    for result in results:
+                        if result.ok:
+                            states = known_after(states, result, attempt.target_version)
+                        else:
+                            observed_at = float("-inf")
+                        if result.action.kind is not ActionKind.COMMIT:
+                            self.health.reset((model.name, result.action.instance_id))
+                    self._save(model, before, attempt)
+        finally:
+            self._wakeups.pop(attempt.id, None)
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _wait(
+        self, actions: set[asyncio.Task[ActionResult]], wake: asyncio.Event, seen: int, timeout: float | None
+    ) -> set[asyncio.Task[ActionResult]]:
+        """Until an action ends, a health report changes, a wake-up (cancel) arrives, or the decision's wake-up
+        time. Returns the actions that ended."""
+        changed = asyncio.ensure_future(self.health.wait_changed(seen, timeout))
+        woken = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({changed, woken, *actions}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (changed, woken):
+                task.cancel()
+            await asyncio.gather(changed, woken, return_exceptions=True)
+        return {task for task in actions if task.done()}

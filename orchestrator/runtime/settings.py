@@ -1,0 +1,19 @@
+"""How the runtime paces itself: retries, restarts, timeouts. Every field is a `overhaul serve` setting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    # How long one driver action may take before it is retried (a stop alone may take StopTimeout).
+    action_timeout: float = 600.0
+    # The engine is listed afresh at least this often during an attempt.
+    observe_every: float = 30.0
+    # Back-off between retries of an engine call that failed transiently (doubling up to the maximum).
+    retry_min: float = 0.05
+    retry_max: float = 5.0
+    # Back-off between restarts of an attempt's reconciler that stopped on an unexpected error.
+    restart_min: float = 0.5
+    restart_max: float = 30.0

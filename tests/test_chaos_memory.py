@@ -1,0 +1,206 @@
+"""Chaos, seeded: rolling upgrades over the in-memory driver wrapped in the fault injector, with transient and
+permanent engine errors, latency, concurrent starts, cancels, and restarts of the whole runtime from the store in
+the middle of attempts. Each run checks the design's invariants; a failing seed replays exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.adapters.drivers.faults import FaultPlan, FaultyDriver
+from orchestrator.adapters.drivers.memory import MemoryDriver
+from orchestrator.adapters.store.sqlite import SqliteStore
+from orchestrator.core.errors import Conflict, OverhaulError, Unavailable
+from orchestrator.core.gallery import ImageDefinition, ImageVersion
+from orchestrator.core.model import HealthProbe
+from orchestrator.core.planner import Health
+from orchestrator.core.rollout import StartedBy
+from orchestrator.ports.events import AttemptChanged, AttemptEnded, Event
+from orchestrator.ports.health import HealthReport, Key
+from orchestrator.ports.store import HistoryRetention
+from orchestrator.runtime.changes import Changes
+from orchestrator.runtime.service import Orchestrator
+from orchestrator.runtime.settings import RuntimeSettings
+
+RUNS = 500
+BAD = "3.0.0"  # instances on it never become healthy
+VERSIONS = ("1.0.0", "2.0.0", BAD, "4.0.0")
+FAST = RuntimeSettings(retry_min=0.0005, retry_max=0.004, restart_min=0.0005, restart_max=0.004)
+TRANSIENT_WORDS = ("engine unreachable", "connection reset")
+
+
+class VersionHealth:
+    """A health source that reads the engine: an instance is Healthy unless it runs the bad version."""
+
+    def __init__(self, driver: MemoryDriver) -> None:
+        self.driver = driver
+        self.changes = Changes()
+        self.watch_errors = 0
+
+    @property
+    def version(self) -> int:
+        return self.changes.version
+
+    def report(self, key: Key) -> HealthReport | None:
+        state = self.driver.instances.get(key[0], {}).get(key[1])
+        if state is None or not state.running:
+            return None
+        health = Health.UNHEALTHY if state.version == BAD else Health.HEALTHY
+        return HealthReport(health, time.time())
+
+    async def wait_changed(self, seen: int, timeout: float | None) -> None:
+        await self.changes.wait(seen, timeout)
+
+    def watch_agent(self, key: Key, address: str, port: int) -> None:
+        return None
+
+    def watch_probe(self, key: Key, probe: HealthProbe, address: str, port: int) -> None:
+        return None
+
+    def reset(self, key: Key) -> None:
+        self.changes.bump()
+
+    async def unwatch(self, key: Key) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def model(rng: random.Random) -> dict[str, Any]:
+    return {
+        "sku": {"capacity": rng.randint(1, 7)},
+        "properties": {
+            "upgradePolicy": {
+                "mode": "Rolling",
+                "rollingUpgradePolicy": {
+                    "maxBatchInstancePercent": rng.choice([20, 34, 50, 100]),
+                    "maxUnhealthyUpgradedInstancePercent": rng.choice([0, 20, 100]),
+                    "maxUnhealthyInstancePercent": 100,
+                    "overhaul": {"instanceHealthTimeout": "PT0.02S"},
+                },
+            },
+            "virtualMachineProfile": {
+                "storageProfile": {
+                    "imageReference": {"publisher": "p", "offer": "o", "sku": "s", "version": "latest"},
+                    "dataDisks": [{"lun": 0}],
+                },
+                # A probe makes the health source count (the fake above answers for it).
+                "networkProfile": {"healthProbe": {"protocol": "Tcp", "port": 8080}},
+            },
+        },
+    }
+
+
+async def retrying(call: Callable[[], Any]) -> Any:
+    """As a client would: an answer of 503 (engine unavailable) is tried again."""
+    for _ in range(200):
+        try:
+            return await call()
+        except Unavailable:
+            await asyncio.sleep(0)
+    raise AssertionError("the engine stayed unavailable")
+
+
+async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, read top to bottom)
+    rng = random.Random(seed)
+    memory = MemoryDriver()
+    driver = FaultyDriver(memory, rng, FaultPlan(transient=rng.choice([0.0, 0.1, 0.3]), permanent_reimage=0.05))
+    store = SqliteStore(db, HistoryRetention(keep=100))
+    health = VersionHealth(memory)
+    ended: Counter[str] = Counter()
+    violations: list[str] = []
+
+    def check(event: Event) -> None:
+        if isinstance(event, AttemptEnded):
+            ended[event.attempt.status.value] += 1
+        if isinstance(event, AttemptChanged):
+            rolling = [s for s in store.attempts("web") if not s.attempt.status.terminal]
+            if len(rolling) > 1:
+                violations.append(f"two attempts roll forward at once: {[s.attempt.id for s in rolling]}")
+
+    def runtime() -> Orchestrator:
+        service = Orchestrator(store, driver, health, settings=FAST)
+        service.events.subscribe(check)
+        return service
+
+    service = runtime()
+    try:
+        await retrying(service.start)
+        service.put_image_definition(ImageDefinition("g", "img", "p", "o", "s"))
+        service.publish_version(ImageVersion("g", "img", "1.0.0", "repo:1.0.0", published_at=1.0))
+        await retrying(lambda: service.create_or_update(model(rng), name="web"))
+        for number, version in enumerate(VERSIONS[1:], start=2):
+            service.publish_version(ImageVersion("g", "img", version, f"repo:{version}", published_at=float(number)))
+            by = rng.choice([StartedBy.USER, StartedBy.PLATFORM])
+            begin = functools.partial(service.start_rolling_upgrade, "web", started_by=by)
+            results = await asyncio.gather(retrying(begin), retrying(begin), return_exceptions=True)
+            if all(isinstance(r, OverhaulError) and not isinstance(r, Conflict) for r in results):
+                continue
+            attempts = [r for r in results if not isinstance(r, BaseException)]
+            assert len(attempts) == 1, f"seed {seed}: two concurrent starts gave {results}"
+            assert isinstance(next(r for r in results if isinstance(r, BaseException)), Conflict), results
+            attempt = attempts[0]
+            while True:
+                if rng.random() < 0.1:
+                    with contextlib.suppress(Conflict):
+                        service.cancel("web")
+                try:
+                    await asyncio.wait_for(service.wait_attempt(attempt.id, 5), rng.uniform(0.0, 0.01))
+                    break
+                except TimeoutError:
+                    pass
+                if rng.random() < 0.5:  # the whole runtime restarts from the store in the middle of the attempt
+                    await service.close()
+                    service = runtime()
+                    await retrying(service.start)
+            stored = store.get_attempt(attempt.id)
+            assert stored is not None and stored.attempt.done
+        # Quiet engine, last restart: everything settles.
+        driver.enabled = False
+        await service.close()
+        service = runtime()
+        await service.start()
+        for stored in store.attempts("web"):
+            await service.wait_attempt(stored.attempt.id, 5)
+    finally:
+        await service.close()
+
+    assert not violations, f"seed {seed}: {violations}"
+    history = [s.attempt for s in store.attempts("web")]
+    assert store.unfinished_attempts() == []
+    assert all(a.done and a.status.terminal for a in history), f"seed {seed}: unfinished {history}"
+    assert Counter(a.status.value for a in history) == ended, f"seed {seed}: history {history} vs events {ended}"
+    final = store.get_scale_set("web")
+    assert final is not None
+    states = memory.instances.get("web", {})
+    for instance_id in range(final.capacity):
+        state = states.get(instance_id)
+        assert state is not None and state.running and state.previous is None, f"seed {seed}: {instance_id} {state}"
+        assert state.version in VERSIONS, f"seed {seed}: {state}"
+    for attempt in history:
+        for progress in attempt.instances.values():
+            if not progress.step.failed:
+                continue
+            key = ("web", progress.instance_id)
+            error = progress.error or ""
+            assert not any(word in error for word in TRANSIENT_WORDS), f"seed {seed}: a transient error failed {key}"
+            assert attempt.target_version == BAD or key in driver.permanent_failures, f"seed {seed}: {progress}"
+    # An instance on the bad version never counts as upgraded: it never becomes healthy.
+    assert all(a.successful == 0 for a in history if a.target_version == BAD), f"seed {seed}: {history}"
+    store.close()
+
+
+@pytest.mark.parametrize("block", range(10))
+async def test_invariants_hold_under_faults_and_restarts(block: int, tmp_path: Path) -> None:
+    for seed in range(block * RUNS // 10, (block + 1) * RUNS // 10):
+        await one_run(seed, tmp_path / f"{seed}.db")

@@ -1,0 +1,272 @@
+"""The runtime's guarantees over the in-memory driver and real SQLite: one active attempt per scale set (the store's
+compare-and-set), serialised writes, supervised attempts, transient vs permanent engine errors, commits retried,
+cancels through the store, images checked before an instance is touched, and resources keyed by ARM id."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.adapters.drivers.memory import MemoryDriver
+from orchestrator.adapters.health.monitor import HealthMonitor
+from orchestrator.adapters.store.sqlite import SqliteStore
+from orchestrator.core.errors import Conflict, InvalidInput, NotFound
+from orchestrator.core.gallery import ImageDefinition
+from orchestrator.core.model import ScaleSetRef
+from orchestrator.core.rollout import AttemptStatus, StartedBy, Step, start
+from orchestrator.ports.driver import DriverError, EngineUnavailable, InstanceSpec
+from orchestrator.runtime.service import Orchestrator
+from orchestrator.runtime.settings import RuntimeSettings
+from tests.test_service_fake import MODEL, version
+
+FAST = RuntimeSettings(retry_min=0.001, retry_max=0.01, restart_min=0.001, restart_max=0.01)
+
+
+class FlakyDriver(MemoryDriver):
+    """Fails chosen calls a given number of times, transiently or for good."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: dict[str, list[DriverError]] = {}
+
+    def fail(self, call: str, *errors: DriverError) -> None:
+        self.failures.setdefault(call, []).extend(errors)
+
+    def _next_failure(self, call: str) -> None:
+        queue = self.failures.get(call)
+        if queue:
+            raise queue.pop(0)
+
+    async def observe(self, scale_set: str) -> dict[int, Any]:
+        self._next_failure("observe")
+        return await super().observe(scale_set)
+
+    async def reimage(self, spec: InstanceSpec) -> None:
+        self._next_failure("reimage")
+        await super().reimage(spec)
+
+    async def commit(self, spec: InstanceSpec) -> None:
+        self._next_failure("commit")
+        await super().commit(spec)
+
+
+class Runtime:
+    def __init__(self, path: Path) -> None:
+        self.store = SqliteStore(path)
+        self.driver = FlakyDriver()
+        self.service = self.new_service()
+
+    def new_service(self) -> Orchestrator:
+        return Orchestrator(self.store, self.driver, HealthMonitor(), settings=FAST)
+
+    async def restart(self) -> None:
+        await self.service.close()
+        self.service = self.new_service()
+        await self.service.start()
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    rt = Runtime(tmp_path / "overhaul.db")
+    await rt.service.start()
+    rt.service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+    rt.service.publish_version(version("1.0.0"))
+    yield rt
+    await rt.service.close()
+    rt.store.close()
+
+
+def small(capacity: int = 4) -> dict[str, Any]:
+    doc = copy.deepcopy(MODEL)
+    doc["sku"]["capacity"] = capacity
+    return doc
+
+
+async def test_concurrent_starts_give_one_attempt(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(), name="web")
+    service.publish_version(version("2.0.0"))
+    results = await asyncio.gather(*(service.start_rolling_upgrade("web") for _ in range(50)), return_exceptions=True)
+    started = [r for r in results if not isinstance(r, BaseException)]
+    assert len(started) == 1
+    assert all(isinstance(r, Conflict) for r in results if isinstance(r, BaseException))
+    done = await service.wait_attempt(started[0].id, 10)
+    assert done.status is AttemptStatus.COMPLETED
+
+
+async def test_the_store_refuses_a_second_active_attempt(runtime: Runtime) -> None:
+    """The compare-and-set holds below the service too (a second process, a second orchestrator)."""
+    await runtime.service.create_or_update(small(), name="web")
+    model = runtime.service.get_scale_set("web")
+    views: dict[int, Any] = {}
+
+    def new(attempt_id: str) -> Any:
+        return start(
+            attempt_id=attempt_id,
+            scale_set="web",
+            target_version="1.0.0",
+            started_by=StartedBy.USER,
+            disable_automatic_rollback=False,
+            policy=model.upgrade_policy.rolling,
+            capacity=0,
+            views=views,
+            now=1.0,
+        )
+
+    assert runtime.store.start_attempt(new("a"), {}) is None
+    assert runtime.store.start_attempt(new("b"), {}) == "a"
+    assert [s.attempt.id for s in runtime.store.unfinished_attempts()] == ["a"]
+
+
+async def test_concurrent_creates_and_a_change_during_an_attempt(runtime: Runtime) -> None:
+    service = runtime.service
+    results = await asyncio.gather(*(service.create_or_update(small(), name="web") for _ in range(30)))
+    assert all(r.capacity == 4 for r in results)
+    assert sorted(await runtime.driver.observe("web")) == [0, 1, 2, 3]
+    service.publish_version(version("2.0.0"))
+    runtime.driver.fail("commit", *[EngineUnavailable("slow engine")] * 20)  # keeps the attempt going a while
+    attempt = await service.start_rolling_upgrade("web")
+    with pytest.raises(Conflict, match="in progress"):
+        await service.create_or_update(small(6), name="web")
+    assert await service.create_or_update(small(), name="web") == service.get_scale_set("web")  # no change: fine
+    await service.wait_attempt(attempt.id, 10)
+    assert (await service.create_or_update(small(6), name="web")).capacity == 6
+
+
+async def test_transient_errors_never_fail_an_instance(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(), name="web")
+    service.publish_version(version("2.0.0"))
+    runtime.driver.fail("reimage", *[EngineUnavailable("connection reset")] * 5)
+    runtime.driver.fail("commit", DriverError("container is busy"), EngineUnavailable("engine restarting"))
+    attempt = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
+    runtime.driver.fail("observe", *[EngineUnavailable("engine unreachable")] * 3)  # power state is the health
+    done = await service.wait_attempt(attempt.id, 10)
+    assert done.status is AttemptStatus.COMPLETED
+    assert done.successful == 4 and done.failed == 0
+    states = await runtime.driver.observe("web")
+    assert all(s.version == "2.0.0" and s.previous is None for s in states.values())  # every commit retried to done
+
+
+async def test_a_permanent_error_fails_only_its_step(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(5), name="web")
+    service.publish_version(version("2.0.0"))
+    runtime.driver.fail("reimage", DriverError("create web_0: no such image"))
+    attempt = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
+    done = await service.wait_attempt(attempt.id, 10)
+    assert done.instances[0].step is Step.ROLLED_BACK
+    assert "no such image" in (done.instances[0].error or "")
+    assert (await runtime.driver.observe("web"))[0].version == "1.0.0"
+
+
+async def test_a_reconciler_that_fails_is_restarted(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(), name="web")
+    service.publish_version(version("2.0.0"))
+    calls = 0
+    journal_begin = runtime.store.journal_begin
+
+    def broken_once(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("disk I/O error")
+        journal_begin(*args)
+
+    runtime.store.journal_begin = broken_once  # type: ignore[method-assign,assignment]
+    attempt = await service.start_rolling_upgrade("web")
+    done = await service.wait_attempt(attempt.id, 10)
+    assert done.status is AttemptStatus.COMPLETED
+    assert service.supervisor.restarts == 1
+
+
+async def test_start_resumes_every_unfinished_attempt(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(), name="web")
+    await service.create_or_update(small(), name="api")
+    service.publish_version(version("2.0.0"))
+    runtime.driver.fail("commit", *[EngineUnavailable("down")] * 1000)  # nothing can finish before the "crash"
+    first = await service.start_rolling_upgrade("web")
+    second = await service.start_rolling_upgrade("api")
+    await asyncio.sleep(0.05)
+    runtime.driver.failures.clear()
+    await runtime.restart()
+    for attempt in (first, second):
+        done = await runtime.service.wait_attempt(attempt.id, 10)
+        assert done.status is AttemptStatus.COMPLETED and done.done
+
+
+async def test_cancel_is_read_from_the_store(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(10), name="web")
+    service.publish_version(version("2.0.0"))
+    runtime.driver.fail("commit", *[EngineUnavailable("slow")] * 5)
+    attempt = await service.start_rolling_upgrade("web")
+    # Another process (or orchestrator) marks the cancel in the store; nothing in this process is told.
+    assert runtime.store.request_cancel(attempt.id)
+    done = await service.wait_attempt(attempt.id, 10)
+    assert done.status is AttemptStatus.CANCELLED
+    assert done.successful < 10
+
+
+async def test_a_missing_image_is_refused_before_any_instance_is_touched(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(), name="web")
+    service.publish_version(version("2.0.0"))
+    runtime.driver.missing_images.add("localhost/tiny:2.0.0")
+    runtime.driver.calls.clear()
+    with pytest.raises(InvalidInput, match=r"no image 'localhost/tiny:2\.0\.0'"):
+        await service.reimage_instances("web", [0])
+    with pytest.raises(InvalidInput, match="no image"):
+        await service.create_or_update(small(6), name="web")  # a scale-out onto 'latest' = 2.0.0
+    with pytest.raises(InvalidInput, match="no image"):
+        await service.start_rolling_upgrade("web")
+    assert runtime.driver.calls == []
+    states = await runtime.driver.observe("web")
+    assert sorted(states) == [0, 1, 2, 3]
+    assert all(s.running and s.version == "1.0.0" and s.previous is None for s in states.values())
+
+
+async def test_a_failed_reimage_restores_the_previous_os_disk(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(), name="web")
+    runtime.driver.fail_reimage = lambda spec: spec.instance_id == 1  # fails after the old disk was set aside
+    with pytest.raises(Exception, match="no such image"):
+        await service.reimage_instances("web", [0, 1])
+    states = await runtime.driver.observe("web")
+    assert all(s.running and s.previous is None for s in states.values())
+
+
+async def test_a_crash_mid_reimage_is_repaired_at_start(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(), name="web")
+    spec = service.instances.spec(service.get_scale_set("web"), 2, "1.0.0")
+    runtime.driver.fail_reimage = lambda s: True
+    with pytest.raises(DriverError):
+        await runtime.driver.reimage(InstanceSpec(**{**spec.__dict__, "os_disk": "other"}))
+    assert (await runtime.driver.observe("web"))[2].current is None  # as a crash mid-reimage leaves it
+    await runtime.restart()
+    state = (await runtime.driver.observe("web"))[2]
+    assert state.running and state.previous is None
+
+
+async def test_resources_are_keyed_by_their_arm_id(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(), name="web", resource_group="rg1", subscription="sub")
+    assert service.get_scale_set(ScaleSetRef("SUB", "RG1", "WEB")).name == "web"  # ARM compares ids case-blind
+    with pytest.raises(NotFound):
+        service.get_scale_set(ScaleSetRef("sub", "other", "web"))
+    with pytest.raises(NotFound):
+        await service.delete_scale_set(ScaleSetRef("sub", "nope", "web"))
+    with pytest.raises(Conflict, match="exists in resource group rg1"):
+        await service.create_or_update(small(), name="web", resource_group="rg2", subscription="sub")
+    assert sorted(await runtime.driver.observe("web")) == [0, 1, 2, 3]
+    assert [m.name for m in service.list_scale_sets("sub", "rg2")] == []
+    await service.delete_scale_set(ScaleSetRef("sub", "Rg1", "Web"))
+    assert await runtime.driver.observe("web") == {}

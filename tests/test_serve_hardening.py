@@ -1,0 +1,211 @@
+"""`overhaul serve` against hostile and odd input, and its process rules: no 5xx for bad input, 408 for a body that
+never arrives, one server per state directory, every setting reachable, a CLI that never loads the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.serve import build_parser
+from orchestrator.serve.settings import ServeSettings, load_settings, options
+from tests.serve import API, Served, overhaul_serve
+from tests.test_api import GALLERY, MODEL, VMSS, publish
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with overhaul_serve(tmp_path / "state", "--engine", "memory", "--body-timeout", "1") as running:
+        identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
+        status, _, _ = running.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})
+        assert status == 200
+        publish(running, "1.0.0")
+        yield running
+
+
+def raw_request(served: Served, lines: list[str], body: bytes = b"", wait: float = 10) -> bytes:
+    host, port = served.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if b"\r\n\r\n" in b"".join(chunks):
+                break
+        return b"".join(chunks)
+
+
+def test_a_non_ascii_token_is_refused_not_crashed(served: Served) -> None:
+    answer = raw_request(
+        served, [f"GET {VMSS}?{API} HTTP/1.1", "Host: x", "Authorization: Bearer t\xf6ken\xe9", "Connection: close"]
+    )
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+
+@pytest.mark.parametrize(
+    ("storage", "field"),
+    [
+        ("just a string", "properties.storageProfile"),
+        ({"source": ["localhost/x:1"]}, "properties.storageProfile.source"),
+        ({"source": {"overhaul": "localhost/x:1"}}, "properties.storageProfile.source.overhaul"),
+    ],
+)
+def test_gallery_version_shapes_are_refused_naming_the_field(served: Served, storage: object, field: str) -> None:
+    status, doc, _ = served.call("PUT", f"{GALLERY}/versions/2.0.0?{API}", {"properties": {"storageProfile": storage}})
+    assert status == 400, doc
+    assert doc["error"]["target"] == field
+
+
+@pytest.mark.parametrize("ids", [["²"], ["1e3"], [True], ["-1"], "0", [["0"]], ["٣"]])
+def test_odd_instance_ids_get_400(served: Served, ids: object) -> None:
+    status, _, _ = served.call("PUT", f"{VMSS}?{API}", MODEL)
+    assert status == 201
+    status, doc, _ = served.call("POST", f"{VMSS}/reimage?{API}", {"instanceIds": ids})
+    assert status == 400, doc
+    assert doc["error"]["target"] == "instanceIds"
+
+
+def test_a_body_that_never_arrives_gets_408(served: Served) -> None:
+    started = time.monotonic()
+    answer = raw_request(
+        served,
+        [
+            f"PUT {VMSS}?{API} HTTP/1.1",
+            "Host: x",
+            f"Authorization: Bearer {served.token}",
+            "Content-Type: application/json",
+            "Content-Length: 2000000",
+        ],
+        body=b'{"sku": {}',
+    )
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert time.monotonic() - started < 8
+
+
+def test_other_groups_and_subscriptions_do_not_see_a_scale_set(served: Served) -> None:
+    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    other_group = VMSS.replace("myResourceGroup", "otherGroup")
+    other_sub = VMSS.replace("subscription_id", "other_sub")
+    assert served.call("GET", f"{other_group}?{API}")[0] == 404
+    assert served.call("GET", f"{other_sub}?{API}")[0] == 404
+    assert served.call("DELETE", f"{other_group}?{API}")[0] == 404
+    status, doc, _ = served.call("PUT", f"{other_group}?{API}", MODEL)
+    assert status == 409 and doc["error"]["code"] == "ScaleSetNameInUse"
+    shouting = VMSS.replace("myResourceGroup", "MYRESOURCEGROUP").replace("myScaleSet", "MYSCALESET")
+    assert served.call("GET", f"{shouting}?{API}")[0] == 200  # ARM names compare case-blind
+    status, doc, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
+    assert status == 200 and len(doc["value"]) == 5  # nothing was deleted or moved
+
+
+def test_healthz_reports_the_engine(served: Served) -> None:
+    status, doc, _ = served.call("GET", "/healthz", token="")
+    assert status == 200 and doc == {"status": "ok", "engine": "ok"}
+
+
+def test_a_second_serve_on_the_same_state_directory_exits_1(served: Served) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "serve",
+            "--state-dir",
+            str(served.state_dir),
+            "--engine",
+            "memory",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert str(served.state_dir) in result.stderr and f"pid {served.process.pid}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_setting_is_reachable_from_file_env_and_flags(tmp_path: Path) -> None:
+    """Each option: the config file sets it, the environment overrides the file, a flag overrides both."""
+    help_text = build_parser().format_help()
+    parser = build_parser()
+    for option in options():
+        if option.key == "state_dir":
+            continue
+        assert f"--{option.flag}" in help_text and option.env in help_text
+        kind = type(option.default)
+        values = {bool: ("true", "false", "true"), int: ("7", "8", "9"), float: ("7.5", "8.5", "9.5")}.get(
+            kind, ("a", "b", "c")
+        )
+        if option.key == "engine.engine":
+            values = ("memory", "unix:///e.sock", "podman")
+        if option.key == "log_level":
+            values = ("debug", "warning", "error")
+        if option.key == "engine.ulimits":
+            values = ("nofile=1:2", "nofile=3:4", "nproc=5:6")
+        section, _, name = option.key.rpartition(".")
+        file_value = json.loads(values[0]) if kind is not str else values[0]
+        doc = {section: {name: file_value}} if section else {name: file_value}
+        config = tmp_path / "c.json"
+        config.write_text(json.dumps(doc))
+
+        def read(settings: ServeSettings, section: str = section, name: str = name) -> object:
+            return getattr(getattr(settings, section), name) if section else getattr(settings, name)
+
+        args = parser.parse_args(["--config", str(config)])
+        assert str(read(load_settings(args, {}))).lower() == values[0], option.key
+        assert str(read(load_settings(args, {option.env: values[1]}))).lower() == values[1], option.key
+        args = parser.parse_args(["--config", str(config), f"--{option.flag}", values[2]])
+        assert str(read(load_settings(args, {option.env: values[1]}))).lower() == values[2], option.key
+    assert ServeSettings().http.port == 8480
+
+
+def test_bad_settings_exit_2_naming_the_setting(tmp_path: Path) -> None:
+    for args, words in (
+        (["--port", "huge"], "--port: http.port: must be a whole number"),
+        (["--engine", "dockerr"], "engine: must be podman, memory"),
+        (["--rollout-retry-min", "-1"], "must not be negative"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "serve", "--state-dir", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_cli_never_loads_the_server() -> None:
+    code = (
+        "import sys; from orchestrator.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('aiohttp', 'aiodocker', 'sqlite3', 'prometheus_client') or m.startswith('orchestrator.serve') "
+        "or m.startswith('orchestrator.runtime') or m.startswith('orchestrator.adapters')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_crashed_serve_leaves_the_state_directory_free(tmp_path: Path) -> None:
+    with overhaul_serve(tmp_path / "state", "--engine", "memory") as running:
+        running.process.kill()
+        running.process.wait(10)
+    with overhaul_serve(tmp_path / "state", "--engine", "memory") as again:
+        assert again.call("GET", "/healthz", token="")[0] == 200
+    assert os.path.exists(tmp_path / "state" / "serve.lock")

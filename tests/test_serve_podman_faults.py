@@ -1,0 +1,175 @@
+"""`overhaul serve` on real Podman, tried the way a fleet tries it: many clients at once, a missing image, the
+private Podman service killed mid-attempt, and `overhaul serve` itself killed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from demo import busybox_images as engine_images
+from tests.engines import containers as engine_containers
+from tests.serve import API, Served, overhaul_serve
+
+pytestmark = pytest.mark.slow
+REPO = "localhost/overhaul-faults"
+RG = "/subscriptions/local/resourceGroups/faults"
+GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/tiny"
+
+
+def vmss(name: str) -> str:
+    return f"{RG}/providers/Microsoft.Compute/virtualMachineScaleSets/{name}"
+
+
+def model(capacity: int) -> dict[str, Any]:
+    return {
+        "sku": {"capacity": capacity},
+        "properties": {
+            "upgradePolicy": {
+                "mode": "Rolling",
+                "rollingUpgradePolicy": {"maxBatchInstancePercent": 50, "overhaul": {"instanceHealthTimeout": "PT30S"}},
+            },
+            "virtualMachineProfile": {
+                "storageProfile": {
+                    "imageReference": {"publisher": "overhaul", "offer": "faults", "sku": "tiny", "version": "latest"},
+                    "dataDisks": [{"lun": 0}],
+                },
+                "networkProfile": {"healthProbe": {"protocol": "Http", "port": 8080, "requestPath": "/health"}},
+                "overhaul": {"stopTimeoutInSeconds": 2},
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def images() -> None:
+    for version in ("1.0.0", "2.0.0"):
+        engine_images.build("podman", f"{REPO}:{version}", version)
+
+
+@pytest.fixture
+def served(images: None, tmp_path: Path) -> Iterator[Served]:
+    with overhaul_serve(
+        tmp_path / "state",
+        "--engine",
+        "podman",
+        "--probe-interval",
+        "0.2",
+        "--auto-upgrade-first-delay",
+        "3600",
+        "--engine-service-restart-min",
+        "2",
+    ) as running:
+        identifier = {"publisher": "overhaul", "offer": "faults", "sku": "tiny"}
+        assert running.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] == 200
+        publish(running, "1.0.0")
+        try:
+            yield running
+        finally:
+            for name in ("conc", "puts", "missing", "outage"):
+                running.call("DELETE", f"{vmss(name)}?{API}")
+
+
+def publish(served: Served, version: str, image: str | None = None) -> None:
+    source = {"overhaul": {"containerImage": image or f"{REPO}:{version}"}}
+    body = {"properties": {"publishingProfile": {}, "storageProfile": {"source": source}}}
+    status, doc, _ = served.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)
+    assert status == 200, doc
+
+
+def wait_for(predicate: Any, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.2)
+
+
+def latest(served: Served, name: str) -> dict[str, Any]:
+    status, doc, _ = served.call("GET", f"{vmss(name)}/rollingUpgrades/latest?{API}")
+    assert status == 200, doc
+    return dict(doc["properties"])
+
+
+def containers(prefix: str) -> dict[str, str]:
+    """Every container of the scale set, previous OS disks included: name -> running or its state."""
+    return {c["name"]: c["state"] for c in engine_containers("podman", f"{prefix}_")}
+
+
+def parallel(count: int, call: Any) -> list[int]:
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        return [status for status, _, _ in pool.map(lambda _: call(), range(count))]
+
+
+def test_one_attempt_for_100_concurrent_starts_and_no_5xx_for_100_creates(served: Served) -> None:
+    statuses = parallel(100, lambda: served.call("PUT", f"{vmss('conc')}?{API}", model(4)))
+    assert sorted(set(statuses)) == [200, 201] and statuses.count(201) == 1, statuses
+    wait_for(lambda: len(containers("conc")) == 4)
+    publish(served, "2.0.0")
+    statuses = parallel(100, lambda: served.call("POST", f"{vmss('conc')}/osRollingUpgrade?{API}"))
+    assert statuses.count(202) == 1 and statuses.count(409) == 99, statuses
+    status, doc, _ = served.call("PUT", f"{vmss('conc')}?{API}", model(5))
+    assert status == 409 and doc["error"]["code"] == "RollingUpgradeInProgress"
+    wait_for(lambda: latest(served, "conc")["runningStatus"]["code"] == "Completed")
+    history = served.call("GET", f"{vmss('conc')}/osUpgradeHistory?{API}")[1]["value"]
+    assert len(history) == 1 and history[0]["properties"]["progress"]["successfulInstanceCount"] == 4
+    assert containers("conc") == {f"conc_{i}": "running" for i in range(4)}
+
+
+def test_a_missing_image_is_refused_before_the_instance_is_touched(served: Served) -> None:
+    assert served.call("PUT", f"{vmss('missing')}?{API}", model(2))[0] == 201
+    publish(served, "2.0.0", image="localhost/overhaul-faults:no-such-tag")
+    status, doc, _ = served.call("POST", f"{vmss('missing')}/reimage?{API}", {"instanceIds": ["0"]})
+    assert status == 400 and "no-such-tag" in doc["error"]["message"], doc
+    status, doc, _ = served.call("PUT", f"{vmss('missing')}?{API}", model(3))
+    assert status == 400 and "no-such-tag" in doc["error"]["message"], doc
+    assert containers("missing") == {"missing_0": "running", "missing_1": "running"}
+    served.call("DELETE", f"{GALLERY}/versions/2.0.0?{API}")
+
+
+def podman_service_pid(served: Served) -> int:
+    sock = str(served.state_dir / "podman" / "podman.sock")
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if sock in " ".join(proc.info["cmdline"] or []):
+            return int(proc.info["pid"])
+    raise AssertionError("no private podman service found")
+
+
+def test_the_private_podman_service_is_restarted_and_the_attempt_goes_on(served: Served) -> None:
+    assert served.call("PUT", f"{vmss('outage')}?{API}", model(4))[0] == 201
+    wait_for(lambda: len(containers("outage")) == 4)
+    publish(served, "2.0.0")
+    assert served.call("POST", f"{vmss('outage')}/osRollingUpgrade?{API}")[0] == 202
+    wait_for(lambda: latest(served, "outage")["progress"]["inProgressInstanceCount"] > 0, 30)
+    first = podman_service_pid(served)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: served.call("GET", "/healthz", token="")[0] == 503, 10)
+    status, doc, _ = served.call("GET", "/healthz", token="")
+    assert status == 503 and "podman" in doc["engine"], doc
+    wait_for(lambda: served.call("GET", "/healthz", token="")[0] == 200, 60)
+    assert podman_service_pid(served) != first
+    wait_for(lambda: latest(served, "outage")["runningStatus"]["code"] != "RollingForward", 120)
+    done = latest(served, "outage")
+    assert done["runningStatus"]["code"] == "Completed", done
+    assert done["progress"]["failedInstanceCount"] == 0, done  # the outage is not the instances' fault
+    assert containers("outage") == {f"outage_{i}": "running" for i in range(4)}
+
+
+def test_a_killed_serve_takes_its_podman_service_along(images: None, tmp_path: Path) -> None:
+    temp_before = set(Path("/tmp").glob("overhaul-podman-*"))
+    with overhaul_serve(tmp_path / "state", "--engine", "podman") as running:
+        pid = podman_service_pid(running)
+        running.process.kill()
+        running.process.wait(10)
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 15)
+    with overhaul_serve(tmp_path / "state", "--engine", "podman") as again:
+        pid = podman_service_pid(again)
+    wait_for(lambda: not psutil.pid_exists(pid), 15)  # a clean stop stops it too
+    assert set(Path("/tmp").glob("overhaul-podman-*")) == temp_before
+    assert not (tmp_path / "state" / "podman" / "podman.sock").exists()
