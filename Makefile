@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup machine test lint unit demo demo-agent bench clean
+.PHONY: all setup machine test lint unit demo demo-agent bench chaos clean
 
 all: test
 
@@ -39,8 +39,15 @@ demo-agent: setup machine
 	$(PY) demo/agent_demo.py
 
 bench: setup machine
+	$(PY) bench/cli_import_bench.py
 	$(PY) bench/agent_bench.py
 	$(PY) bench/orchestrator_bench.py
+
+# Real rollouts on Podman with `overhaul serve` SIGKILLed (and sometimes its Podman service) at random moments;
+# checks the invariants after each restart. KILLS=20 make chaos for a shorter run.
+KILLS ?= 100
+chaos: setup machine
+	$(PY) bench/chaos_podman.py --kills $(KILLS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
