@@ -138,6 +138,9 @@ async def test_v1_to_v2_batches_of_one_data_and_ports_kept(fleet: Fleet) -> None
     assert (done.successful, done.failed) == (5, 0)
     assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
     assert fleet.store.instance_ports(fleet.name) == ports
+    observed = await fleet.driver.observe(fleet.name)
+    assert {i: dict(s.ports) for i, s in observed.items()} == ports  # the engine reports where each listens
+    assert {s.address for s in observed.values()} == {"127.0.0.1"}
     for i, p in ports.items():
         assert (await get_text(fleet.http, p[8080], "/version"))[1].strip() == "2.0.0", i
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")  # data disks survived

@@ -66,8 +66,10 @@ class InstanceState:
     instance_id: int
     current: OsDisk | None
     previous: OsDisk | None = None
-    # Where the instance's published ports are reached (its host's publish address).
+    # Where the instance's published ports are reached (its host's publish address), and which host port
+    # each container port is published on, as the engine reports them.
     address: str = "127.0.0.1"
+    ports: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def version(self) -> str | None:

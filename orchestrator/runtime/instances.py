@@ -108,8 +108,9 @@ class Instances:
         ports = self.store.instance_ports(model.name)
         source = model.health_source
         for instance_id in range(model.capacity):
-            host = ports.get(instance_id, {})
             state = states.get(instance_id) if states else None
+            # What the engine reports wins over what was allocated: it is where the instance really listens.
+            host = {**ports.get(instance_id, {}), **(state.ports if state is not None else {})}
             address = state.address if state is not None else "127.0.0.1"
             key = (model.name, instance_id)
             if source is HealthSourceKind.AGENT and model.engine.agent_port in host:

@@ -70,12 +70,14 @@ def known_after(states: Mapping[int, InstanceState], result: ActionResult, targe
     state = states.get(instance_id, InstanceState(instance_id, None))
     if result.action.kind is ActionKind.REIMAGE:
         previous = state.current if state.version != target else state.previous
-        updated[instance_id] = InstanceState(instance_id, OsDisk(target, "", True), previous, state.address)
+        updated[instance_id] = InstanceState(
+            instance_id, OsDisk(target, "", True), previous, state.address, state.ports
+        )
     elif result.action.kind is ActionKind.ROLLBACK and state.previous is not None:
         restored = OsDisk(state.previous.version, state.previous.image, True)
-        updated[instance_id] = InstanceState(instance_id, restored, None, state.address)
+        updated[instance_id] = InstanceState(instance_id, restored, None, state.address, state.ports)
     elif result.action.kind is ActionKind.COMMIT:
-        updated[instance_id] = InstanceState(instance_id, state.current, None, state.address)
+        updated[instance_id] = InstanceState(instance_id, state.current, None, state.address, state.ports)
     return updated
 
 

@@ -55,6 +55,7 @@ def engine_settings(settings: ServeSettings) -> EngineSettings:
         config_root=settings.state_path / "config",
         call_timeout=section.call_timeout,
         docker_systemd=section.docker_systemd,
+        publish_address=section.publish_address,
         service_dir=settings.state_path / "podman",
         service_restart_min=section.service_restart_min,
         service_restart_max=section.service_restart_max,

@@ -39,6 +39,7 @@ class EngineSection:
     ulimits: str = "nofile=20000:20000,nproc=1000:1000"
     call_timeout: float = 60.0
     docker_systemd: bool = False
+    publish_address: str = "127.0.0.1"
     service_restart_min: float = 0.2
     service_restart_max: float = 10.0
 
@@ -90,6 +91,7 @@ HELP = {
     "engine.ulimits": "ulimits of every container, NAME=SOFT:HARD separated by commas",
     "engine.call_timeout": "seconds one engine call may take",
     "engine.docker_systemd": "give systemd containers what Docker (not Podman) needs for them",
+    "engine.publish_address": "address instances publish their ports on (and are probed at)",
     "engine.service_restart_min": "first back-off, in seconds, before a dead private podman service is restarted",
     "engine.service_restart_max": "longest back-off between restarts of the private podman service",
     "health.watch_wait": "seconds one blocking query to an agent is held",

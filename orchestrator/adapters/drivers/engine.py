@@ -61,6 +61,8 @@ class EngineSettings:
     config_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "overhaul-config")
     call_timeout: float = 60.0
     docker_systemd: bool = False  # Docker (not Podman) needs extra settings for systemd containers
+    # The address instances publish their ports on: loopback for the local host, the host's own for another.
+    publish_address: str = "127.0.0.1"
     # Where the private podman service keeps its socket (url None); a directory of the state directory.
     service_dir: Path | None = None
     # Back-off between restarts of a private podman service that died.
@@ -200,6 +202,16 @@ def _engine_error(what: str, exc: aiodocker.DockerError) -> DriverError:
     return DriverError(f"{what}: {exc.message}")
 
 
+def _published_ports(container: Mapping[str, Any]) -> dict[int, int]:
+    """Container port -> host port from a container listing's ``Ports`` (TCP only)."""
+    ports: dict[int, int] = {}
+    for entry in container.get("Ports") or []:
+        private, public = entry.get("PrivatePort"), entry.get("PublicPort")
+        if entry.get("Type", "tcp") == "tcp" and isinstance(private, int) and isinstance(public, int) and public:
+            ports[private] = public
+    return ports
+
+
 def _name(container: Mapping[str, Any]) -> str:
     names = container.get("Names") or [container.get("Name", "")]
     return str(names[0]).lstrip("/")
@@ -307,7 +319,8 @@ class EngineDriver:
     def _create_config(self, spec: InstanceSpec) -> dict[str, Any]:
         host_config: dict[str, Any] = {
             "PortBindings": {
-                f"{cport}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(hport)}] for cport, hport in spec.ports.items()
+                f"{cport}/tcp": [{"HostIp": self.settings.publish_address, "HostPort": str(hport)}]
+                for cport, hport in spec.ports.items()
             },
             "Mounts": [{"Type": "volume", "Source": vol, "Target": path} for vol, path in spec.volumes],
             "Binds": [f"{self._config_dir(spec)}:{CONFIG_MOUNT}:ro"],
@@ -374,6 +387,7 @@ class EngineDriver:
         )
         current: dict[int, OsDisk] = {}
         previous: dict[int, OsDisk] = {}
+        published: dict[int, dict[int, int]] = {}
         for container in containers:
             info = container._container
             labels = info.get("Labels") or {}
@@ -385,9 +399,14 @@ class EngineDriver:
             name = _name(info)
             if name == instance_name(scale_set, instance_id):
                 current[instance_id] = disk
+                published[instance_id] = _published_ports(info)
             elif name == instance_name(scale_set, instance_id) + PREVIOUS_SUFFIX:
                 previous[instance_id] = disk
-        return {i: InstanceState(i, current.get(i), previous.get(i)) for i in sorted(set(current) | set(previous))}
+        address = self.settings.publish_address
+        return {
+            i: InstanceState(i, current.get(i), previous.get(i), address, published.get(i, {}))
+            for i in sorted(set(current) | set(previous))
+        }
 
     async def ensure_running(self, spec: InstanceSpec) -> None:
         await self._create_and_start(spec, await self._find(spec.name))

@@ -37,7 +37,7 @@ class MemoryDriver:
         if state is None or state.current is None:
             if spec.image in self.missing_images:
                 raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
-            self._set(spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, True)))
+            self._set(spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, True), ports=spec.ports))
 
     async def reimage(self, spec: InstanceSpec) -> None:
         self.calls.append(("reimage", spec.name))
@@ -50,13 +50,15 @@ class MemoryDriver:
         if self.fail_reimage(spec):
             self._set(spec, InstanceState(spec.instance_id, None, previous))
             raise DriverError(f"create {spec.name}: no such image {spec.image}")
-        self._set(spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, True), previous))
+        self._set(
+            spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, True), previous, ports=spec.ports)
+        )
 
     async def commit(self, spec: InstanceSpec) -> None:
         self.calls.append(("commit", spec.name))
         state = self._get(spec)
         if state is not None:
-            self._set(spec, InstanceState(spec.instance_id, state.current, None))
+            self._set(spec, InstanceState(spec.instance_id, state.current, None, ports=state.ports))
 
     async def rollback(self, spec: InstanceSpec) -> None:
         self.calls.append(("rollback", spec.name))
@@ -65,7 +67,7 @@ class MemoryDriver:
             raise DriverError(f"rollback {spec.name}: neither {spec.name} nor its previous OS disk exists")
         if state.previous is not None:
             restored = OsDisk(state.previous.version, state.previous.image, True)
-            self._set(spec, InstanceState(spec.instance_id, restored, None))
+            self._set(spec, InstanceState(spec.instance_id, restored, None, ports=state.ports))
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
         self.calls.append(("delete", spec.name))
