@@ -270,3 +270,16 @@ async def test_resources_are_keyed_by_their_arm_id(runtime: Runtime) -> None:
     assert [m.name for m in service.list_scale_sets("sub", "rg2")] == []
     await service.delete_scale_set(ScaleSetRef("sub", "Rg1", "Web"))
     assert await runtime.driver.observe("web") == {}
+
+
+async def test_a_manual_reimage_rides_out_transient_errors_and_commits(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(), name="web")
+    runtime.driver.fail("reimage", EngineUnavailable("engine restarting"), EngineUnavailable("connection reset"))
+    runtime.driver.fail("commit", DriverError("container is busy"))
+    await service.reimage_instances("web", [1, 2])
+    states = await runtime.driver.observe("web")
+    assert all(s.running and s.previous is None for s in states.values())
+    assert sorted(name for call, name in runtime.driver.calls if call == "reimage") == ["web_1", "web_2"]
+    assert sorted(name for call, name in runtime.driver.calls if call == "commit") == ["web_1", "web_2"]
+    assert runtime.driver.failures == {"reimage": [], "commit": []}  # every injected error was met and ridden out

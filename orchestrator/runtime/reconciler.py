@@ -27,7 +27,7 @@ from orchestrator.core.rollout import (
     resume,
 )
 from orchestrator.ports.clock import Clock
-from orchestrator.ports.driver import Driver, DriverError, InstanceState, OsDisk
+from orchestrator.ports.driver import Driver, DriverError, InstanceSpec, InstanceState, OsDisk
 from orchestrator.ports.events import ActionFinished, AttemptChanged, AttemptEnded, Events, TransientError
 from orchestrator.ports.health import HealthSource
 from orchestrator.ports.store import Store
@@ -146,26 +146,31 @@ class Reconciler:
                 return ActionResult(action, ok=False, error=exc.message)
         else:
             spec = self.instances.handle(model, action.instance_id, attempt.target_version)
+        error = await self.step(model.name, action.kind, spec)
+        return ActionResult(action, ok=error is None, error=error)
+
+    async def step(self, scale_set: str, kind: ActionKind, spec: InstanceSpec) -> str | None:
+        """One driver step, retried through transient engine errors (a commit through any error: dropping a
+        previous OS disk changes nothing that runs). Returns the permanent error, or None when it is done."""
         call = {
             ActionKind.REIMAGE: self.driver.reimage,
             ActionKind.COMMIT: self.driver.commit,
             ActionKind.ROLLBACK: self.driver.rollback,
-        }[action.kind]
+        }[kind]
         delay = self.settings.retry_min
         while True:
             try:
                 async with asyncio.timeout(self.settings.action_timeout):
                     await call(spec)
-                return ActionResult(action, ok=True)
+                return None
             except (DriverError, TimeoutError) as exc:
                 error = str(exc) or f"no answer within {self.settings.action_timeout:g}s"
                 transient = isinstance(exc, TimeoutError) or exc.transient
-                # Dropping a previous OS disk changes nothing that runs: it is retried whatever the error.
-                if not transient and action.kind is not ActionKind.COMMIT:
-                    log.warning("%s %s failed: %s", action.kind.value, spec.name, error)
-                    return ActionResult(action, ok=False, error=error)
-                log.warning("%s %s failed, retrying in %.2fs: %s", action.kind.value, spec.name, delay, error)
-                self.events.emit(TransientError(model.name, f"{action.kind.value} {spec.name}", error))
+                if not transient and kind is not ActionKind.COMMIT:
+                    log.warning("%s %s failed: %s", kind.value, spec.name, error)
+                    return error
+                log.warning("%s %s failed, retrying in %.2fs: %s", kind.value, spec.name, delay, error)
+                self.events.emit(TransientError(scale_set, f"{kind.value} {spec.name}", error))
                 delay = await self._backoff(delay)
 
     async def run(

@@ -20,7 +20,7 @@ from orchestrator.core.errors import Conflict, InvalidInput, NotFound, OverhaulE
 from orchestrator.core.gallery import ImageDefinition, ImageVersion
 from orchestrator.core.model import ModelError, ScaleSet, ScaleSetRef, merge_patch, parse_scale_set
 from orchestrator.core.planner import InstanceView
-from orchestrator.core.rollout import Attempt, StartedBy, request_cancel, start
+from orchestrator.core.rollout import ActionKind, Attempt, StartedBy, request_cancel, start
 from orchestrator.ports.clock import Clock
 from orchestrator.ports.driver import Driver, DriverError, InstanceState
 from orchestrator.ports.events import AttemptChanged, AttemptEnded, Event
@@ -481,29 +481,37 @@ class Orchestrator:
             await self._require_image(image.artifact, f"image version {image.version}")
             disk = uuid.uuid4().hex[:8]
 
-            async def one(instance_id: int) -> None:
-                spec = replace(
-                    self.instances.spec(model, instance_id, image.version, image), os_disk=f"{image.version}+{disk}"
-                )
-                try:
-                    await self.driver.reimage(spec)
-                except DriverError:
-                    with contextlib.suppress(DriverError):
-                        await self.driver.rollback(spec)
-                    raise
-                finally:
-                    self.health.reset((model.name, instance_id))
-                await self.driver.commit(spec)
+            async def one(instance_id: int) -> str | None:
+                spec = self.instances.spec(model, instance_id, image.version, image)
+                spec = replace(spec, os_disk=f"{image.version}+{disk}")
+                error = await self.reconciler.step(model.name, ActionKind.REIMAGE, spec)
+                self.health.reset((model.name, instance_id))
+                if error is not None:
+                    # The new OS disk could not be made: the previous one runs again.
+                    rollback_error = await self.reconciler.step(model.name, ActionKind.ROLLBACK, spec)
+                    return (
+                        error
+                        if rollback_error is None
+                        else f"{error}; restoring the previous OS disk: {rollback_error}"
+                    )
+                await self.reconciler.step(model.name, ActionKind.COMMIT, spec)
+                return None
 
             try:
+                # Leftovers of an earlier reimage that was cut short are finished first.
+                await self._repair(model)
                 async with asyncio.timeout(self.settings.action_timeout):
-                    await asyncio.gather(*(one(i) for i in sorted(set(instance_ids))))
+                    outcomes = await asyncio.gather(*(one(i) for i in sorted(set(instance_ids))))
             except DriverError as exc:
                 raise engine_error(exc) from exc
             except TimeoutError as exc:
                 raise Unavailable(
-                    "the container engine did not finish the reimage in time", "EngineUnavailable"
+                    "the engine did not finish the reimage in time; the next reimage or restart completes it",
+                    "EngineUnavailable",
                 ) from exc
+            errors = [e for e in outcomes if e]
+            if errors:
+                raise EngineFailed("; ".join(errors))
 
     def cancel(self, ref: ScaleSetRef | str) -> Attempt:
         """Saved in the store (the reconciler reads it on every pass); the batch in flight ends first."""
