@@ -18,13 +18,14 @@ import pytest
 
 from orchestrator.adapters.drivers.faults import FaultPlan, FaultyDriver
 from orchestrator.adapters.drivers.memory import MemoryDriver
+from orchestrator.adapters.http.metrics import OrchestratorMetrics
 from orchestrator.adapters.store.sqlite import SqliteStore
 from orchestrator.core.errors import Conflict, OverhaulError, Unavailable
 from orchestrator.core.gallery import ImageDefinition, ImageVersion
 from orchestrator.core.model import HealthProbe
 from orchestrator.core.planner import Health
 from orchestrator.core.rollout import StartedBy
-from orchestrator.ports.events import AttemptChanged, AttemptEnded, Event
+from orchestrator.ports.events import AttemptChanged, Event
 from orchestrator.ports.health import HealthReport, Key
 from orchestrator.ports.store import HistoryRetention
 from orchestrator.runtime.changes import Changes
@@ -119,10 +120,9 @@ async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, 
     health = VersionHealth(memory)
     ended: Counter[str] = Counter()
     violations: list[str] = []
+    incarnations: list[OrchestratorMetrics] = []
 
     def check(event: Event) -> None:
-        if isinstance(event, AttemptEnded):
-            ended[event.attempt.status.value] += 1
         if isinstance(event, AttemptChanged):
             rolling = [s for s in store.attempts("web") if not s.attempt.status.terminal]
             if len(rolling) > 1:
@@ -131,6 +131,7 @@ async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, 
     def runtime() -> Orchestrator:
         service = Orchestrator(store, driver, health, settings=FAST)
         service.events.subscribe(check)
+        incarnations.append(OrchestratorMetrics(service))  # what /metrics would count, one process at a time
         return service
 
     service = runtime()
@@ -176,10 +177,15 @@ async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, 
         await service.close()
 
     assert not violations, f"seed {seed}: {violations}"
+    for metrics in incarnations:
+        for status in ("Completed", "Faulted", "Cancelled"):
+            labels = {"scale_set": "web", "status": status}
+            ended[status] += int(metrics.registry.get_sample_value("overhaul_rolling_upgrades_total", labels) or 0)
     history = [s.attempt for s in store.attempts("web")]
     assert store.unfinished_attempts() == []
     assert all(a.done and a.status.terminal for a in history), f"seed {seed}: unfinished {history}"
-    assert Counter(a.status.value for a in history) == ended, f"seed {seed}: history {history} vs events {ended}"
+    history_counts = Counter(a.status.value for a in history)
+    assert history_counts == +ended, f"seed {seed}: history {history_counts} vs the metrics counters {ended}"
     final = store.get_scale_set("web")
     assert final is not None
     states = memory.instances.get("web", {})
