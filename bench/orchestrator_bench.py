@@ -51,8 +51,8 @@ def model(capacity: int, *, probe: bool) -> dict[str, Any]:
     }
 
 
-def publish(service: Orchestrator, version: str, artifact: str) -> None:
-    service.publish_version(ImageVersion("g", "tiny", version, artifact, published_at=time.time()))
+async def publish(service: Orchestrator, version: str, artifact: str) -> None:
+    await service.publish_version(ImageVersion("g", "tiny", version, artifact, published_at=time.time()))
 
 
 async def fake_rollout(work: Path, capacity: int = 10_000) -> None:
@@ -60,17 +60,17 @@ async def fake_rollout(work: Path, capacity: int = 10_000) -> None:
     driver = MemoryDriver()
     service = Orchestrator(store, driver, HealthMonitor())
     await service.start()
-    service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
-    publish(service, "1.0.0", "fake:1")
+    await service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
+    await publish(service, "1.0.0", "fake:1")
     await service.create_or_update(model(capacity, probe=False), name="big")
-    publish(service, "2.0.0", "fake:2")
+    await publish(service, "2.0.0", "fake:2")
     wall, cpu = time.perf_counter(), time.process_time()
     attempt = await service.start_rolling_upgrade("big", started_by=StartedBy.PLATFORM)
     done = await service.wait_attempt(attempt.id, 3600)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     journal_rows = store.db.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
     await service.close()
-    store.close()
+    await store.close()
     assert done.status is AttemptStatus.COMPLETED and done.successful == capacity
     print(f"\n{capacity:,}-instance rolling upgrade, in-memory driver, instant health, SQLite journal")
     print(f"{'measure':<44}{'value':>12}  target")
@@ -134,8 +134,8 @@ async def real_rollout(driver: EngineDriver, work: Path, count: int, round_no: i
     store = SqliteStore(work / f"real-{round_no}.db")
     service = Orchestrator(store, driver, HealthMonitor(HealthSettings(probe_timeout=1.0)))
     await service.start()
-    service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
-    publish(service, "1.0.0", f"{REPO}:1.0.0")
+    await service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
+    await publish(service, "1.0.0", f"{REPO}:1.0.0")
     name = f"bench{round_no}"
     await service.create_or_update(model(count, probe=True), name=name)
     async with asyncio.timeout(60):
@@ -144,7 +144,7 @@ async def real_rollout(driver: EngineDriver, work: Path, count: int, round_no: i
             if all(i.view.healthy for i in await service.instances_of(name)):
                 break
             await service.health.wait_changed(seen, 5.0)
-    publish(service, "2.0.0", f"{REPO}:2.0.0")
+    await publish(service, "2.0.0", f"{REPO}:2.0.0")
     attempt = await service.start_rolling_upgrade(name, started_by=StartedBy.PLATFORM)
     done = await service.wait_attempt(attempt.id, 600)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
@@ -152,7 +152,7 @@ async def real_rollout(driver: EngineDriver, work: Path, count: int, round_no: i
     makespan = done.end_time - done.start_time
     await service.delete_scale_set(name)
     await service.close()
-    store.close()
+    await store.close()
     return makespan
 
 

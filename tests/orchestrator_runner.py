@@ -30,7 +30,7 @@ async def main() -> int:
         await service.start()  # resumes what a crash left running
         if args.start:
             await service.start_rolling_upgrade(args.scale_set, started_by=StartedBy.PLATFORM)
-        latest = service.latest(args.scale_set)
+        latest = await service.latest(args.scale_set)
         if latest is None:
             return 1
         done = await service.wait_attempt(latest.attempt.id, 150)
@@ -39,7 +39,7 @@ async def main() -> int:
     finally:
         await service.close()
         await driver.close()
-        store.close()
+        await store.close()
 
 
 if __name__ == "__main__":

@@ -77,8 +77,10 @@ class Fleet:
         await self.service.create_or_update(model or MODEL, name=self.name)
         await self.all_healthy()
 
-    def publish(self, version: str) -> None:
-        self.service.publish_version(ImageVersion("g", "tiny", version, f"{REPO}:{version}", published_at=time.time()))
+    async def publish(self, version: str) -> None:
+        await self.service.publish_version(
+            ImageVersion("g", "tiny", version, f"{REPO}:{version}", published_at=time.time())
+        )
 
     async def all_healthy(self, timeout: float = 30) -> None:
         async with asyncio.timeout(timeout):
@@ -93,8 +95,16 @@ class Fleet:
 
     async def first_written(self) -> dict[int, str]:
         """The marker each instance wrote on its data disk when the disk was new."""
-        ports = self.store.instance_ports(self.name)
+        ports = await self.store.instance_ports(self.name)
         return {i: (await get_text(self.http, p[8080], "/data/first"))[1].strip() for i, p in ports.items()}
+
+
+async def second_batch_began(fleet: Fleet) -> bool:
+    for stored in await fleet.store.attempts(fleet.name):
+        for e in await fleet.store.journal(stored.attempt.id):
+            if e.instance_id == 1 and e.action == "reimage" and e.phase == "begin":
+                return True
+    return False
 
 
 async def make_fleet(tmp_path: Path, url: str, name: str, engine: str) -> AsyncIterator[Fleet]:
@@ -103,20 +113,20 @@ async def make_fleet(tmp_path: Path, url: str, name: str, engine: str) -> AsyncI
     await driver.start()
     service = Orchestrator(store, driver, HealthMonitor(HEALTH))
     await service.start()
-    service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+    await service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
     async with aiohttp.ClientSession() as http:
         fleet = Fleet(service, store, driver, name, engine, http)
-        fleet.publish("1.0.0")
+        await fleet.publish("1.0.0")
         try:
             yield fleet
         finally:
-            if store.get_scale_set(name) is not None:
+            if await store.get_scale_set(name) is not None:
                 await service.close()
                 service = Orchestrator(store, driver, HealthMonitor(HEALTH))
                 await service.delete_scale_set(name)
             await service.close()
             await driver.close()
-            store.close()
+            await store.close()
 
 
 @pytest.fixture
@@ -128,16 +138,16 @@ async def fleet(podman: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
 
 async def test_v1_to_v2_batches_of_one_data_and_ports_kept(fleet: Fleet) -> None:
     await fleet.create()
-    ports = fleet.store.instance_ports(fleet.name)
+    ports = await fleet.store.instance_ports(fleet.name)
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
-    fleet.publish("2.0.0")
+    await fleet.publish("2.0.0")
     attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
     done = await fleet.service.wait_attempt(attempt.id, 120)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     assert done.batches_started == 5  # 5 x 20 % = batches of 1
     assert (done.successful, done.failed) == (5, 0)
     assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
-    assert fleet.store.instance_ports(fleet.name) == ports
+    assert await fleet.store.instance_ports(fleet.name) == ports
     observed = await fleet.driver.observe(fleet.name)
     assert {i: dict(s.ports) for i, s in observed.items()} == ports  # the engine reports where each listens
     assert {s.address for s in observed.values()} == {"127.0.0.1"}
@@ -147,7 +157,7 @@ async def test_v1_to_v2_batches_of_one_data_and_ports_kept(fleet: Fleet) -> None
     names = sorted(c["name"] for c in containers("podman", fleet.name))
     assert names == [f"{fleet.name}_{i}" for i in range(5)]  # no previous OS disk left behind
     # batches of one: each reimage began only after the previous instance was healthy (and being committed)
-    journal = [(e.action, e.phase, e.instance_id) for e in fleet.store.journal(attempt.id)]
+    journal = [(e.action, e.phase, e.instance_id) for e in await fleet.store.journal(attempt.id)]
     for i in range(1, 5):
         assert journal.index(("reimage", "begin", i)) > journal.index(("commit", "begin", i - 1))
         assert journal.index(("reimage", "begin", i)) > journal.index(("reimage", "end", i - 1))
@@ -155,10 +165,10 @@ async def test_v1_to_v2_batches_of_one_data_and_ports_kept(fleet: Fleet) -> None
 
 async def test_failing_version_rolls_back_and_faults(fleet: Fleet) -> None:
     await fleet.create()
-    fleet.publish("2.0.0")
+    await fleet.publish("2.0.0")
     first = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
     assert (await fleet.service.wait_attempt(first.id, 120)).status is AttemptStatus.COMPLETED
-    fleet.publish("3.0.0")
+    await fleet.publish("3.0.0")
     attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
     done = await fleet.service.wait_attempt(attempt.id, 120)
     assert done.status is AttemptStatus.FAULTED
@@ -167,7 +177,7 @@ async def test_failing_version_rolls_back_and_faults(fleet: Fleet) -> None:
     assert set(done.instances) == {0}  # the others were never touched
     assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
     await fleet.all_healthy()  # the restored instance is healthy again
-    history = fleet.service.history(fleet.name)
+    history = await fleet.service.history(fleet.name)
     assert [h.attempt.status for h in history] == [AttemptStatus.FAULTED, AttemptStatus.COMPLETED]
     assert (history[0].attempt.successful, history[0].attempt.failed) == (0, 1)
     assert history[0].attempt.count(Step.ROLLED_BACK) == 1
@@ -178,18 +188,18 @@ async def test_too_many_unhealthy_before_start(fleet: Fleet) -> None:
     await fleet.create()
     for i in (1, 3):
         await run_command("podman", "stop", "-t", "1", f"{fleet.name}_{i}")
-    fleet.publish("2.0.0")
+    await fleet.publish("2.0.0")
     attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
     assert attempt.status is AttemptStatus.FAULTED
     assert attempt.error_code == MAX_UNHEALTHY
     assert "2 of 5 instances are unhealthy" in (attempt.error_message or "")
     assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
-    assert fleet.service.latest(fleet.name) is not None
+    assert await fleet.service.latest(fleet.name) is not None
 
 
 async def test_cancel_stops_after_the_batch_in_flight(fleet: Fleet) -> None:
     await fleet.create()
-    fleet.publish("2.0.0")
+    await fleet.publish("2.0.0")
     in_flight = asyncio.Event()
 
     def watch(event: Event) -> None:
@@ -199,7 +209,7 @@ async def test_cancel_stops_after_the_batch_in_flight(fleet: Fleet) -> None:
     fleet.service.events.subscribe(watch)
     attempt = await fleet.service.start_rolling_upgrade(fleet.name)
     await asyncio.wait_for(in_flight.wait(), 30)  # the first batch is in flight
-    fleet.service.cancel(fleet.name)
+    await fleet.service.cancel(fleet.name)
     done = await fleet.service.wait_attempt(attempt.id, 120)
     assert done.status is AttemptStatus.CANCELLED
     assert done.last_action == "Cancel"
@@ -209,7 +219,7 @@ async def test_cancel_stops_after_the_batch_in_flight(fleet: Fleet) -> None:
 
 async def test_manual_start_does_not_roll_back(fleet: Fleet) -> None:
     await fleet.create()
-    fleet.publish("3.0.0")
+    await fleet.publish("3.0.0")
     attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.USER)
     done = await fleet.service.wait_attempt(attempt.id, 120)
     assert done.status is AttemptStatus.FAULTED
@@ -221,7 +231,7 @@ async def test_manual_start_does_not_roll_back(fleet: Fleet) -> None:
 
 async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podman: str) -> None:
     await fleet.create()
-    fleet.publish("2.0.0")
+    await fleet.publish("2.0.0")
     db = tmp_path / "overhaul.db"
     args = [
         sys.executable,
@@ -240,11 +250,7 @@ async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podma
     try:
         deadline = time.monotonic() + 60
         # Another process writes the journal: reading it is the only way to see where it is.
-        while not any(
-            e.instance_id == 1 and e.action == "reimage" and e.phase == "begin"
-            for stored in fleet.store.attempts(fleet.name)
-            for e in fleet.store.journal(stored.attempt.id)
-        ):
+        while not await second_batch_began(fleet):
             assert time.monotonic() < deadline, "the attempt never reached its second batch"
             assert killed.returncode is None, "the runner ended before it was killed"
             await asyncio.sleep(0.01)
@@ -254,12 +260,12 @@ async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podma
         if killed.returncode is None:
             killed.kill()
             await killed.wait()
-    latest = fleet.service.latest(fleet.name)
+    latest = await fleet.service.latest(fleet.name)
     assert latest is not None and latest.attempt.status is AttemptStatus.ROLLING_FORWARD
     resumed = await asyncio.create_subprocess_exec(*args, stderr=asyncio.subprocess.PIPE)
     _, stderr = await asyncio.wait_for(resumed.communicate(), 180)
     assert resumed.returncode == 0, stderr.decode()
-    latest = fleet.service.latest(fleet.name)
+    latest = await fleet.service.latest(fleet.name)
     assert latest is not None and latest.attempt.status is AttemptStatus.COMPLETED
     assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
     rows = containers("podman", fleet.name)
@@ -280,13 +286,13 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def test_v1_to_v2_on_docker(docker: str, tmp_path: Path) -> None:
     async for fleet in make_fleet(tmp_path, docker, "tdocker", "docker"):
         await fleet.create()
-        ports = fleet.store.instance_ports(fleet.name)
-        fleet.publish("2.0.0")
+        ports = await fleet.store.instance_ports(fleet.name)
+        await fleet.publish("2.0.0")
         attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
         done = await fleet.service.wait_attempt(attempt.id, 120)
         assert done.status is AttemptStatus.COMPLETED, done.error_message
         assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
-        assert fleet.store.instance_ports(fleet.name) == ports
+        assert await fleet.store.instance_ports(fleet.name) == ports
         assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
         assert sorted(c["name"] for c in containers("docker", fleet.name)) == [f"tdocker_{i}" for i in range(5)]
 
@@ -294,9 +300,9 @@ async def test_v1_to_v2_on_docker(docker: str, tmp_path: Path) -> None:
 async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
     """Each step, repeated as after a crash, finishes or keeps what the first try did."""
     await fleet.create()
-    model = fleet.service.get_scale_set(fleet.name)
-    fleet.publish("2.0.0")
-    v2 = fleet.service.instances.spec(model, 0, "2.0.0")
+    model = await fleet.service.get_scale_set(fleet.name)
+    await fleet.publish("2.0.0")
+    v2 = await fleet.service.instances.spec(model, 0, "2.0.0")
     await fleet.driver.reimage(v2)
     await fleet.driver.reimage(v2)  # repeated: already on 2.0.0, nothing more
     state = (await fleet.driver.observe(fleet.name))[0]
@@ -308,13 +314,13 @@ async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
     assert state.version == "1.0.0" and state.running and state.previous is None
     # A previous OS disk left behind by an interrupted older step does not block the next reimage.
     await fleet.driver.reimage(v2)
-    await fleet.driver.reimage(fleet.service.instances.spec(model, 0, "1.0.0"))
+    await fleet.driver.reimage(await fleet.service.instances.spec(model, 0, "1.0.0"))
     state = (await fleet.driver.observe(fleet.name))[0]
     assert state.version == "1.0.0" and state.previous is not None and state.previous.version == "2.0.0"
     await fleet.driver.commit(v2)
     await fleet.driver.commit(v2)
     state = (await fleet.driver.observe(fleet.name))[0]
     assert state.previous is None and state.running
-    assert (await get_text(fleet.http, fleet.store.instance_ports(fleet.name)[0][8080], "/version"))[
+    assert (await get_text(fleet.http, (await fleet.store.instance_ports(fleet.name))[0][8080], "/version"))[
         1
     ].strip() == "1.0.0"

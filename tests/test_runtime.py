@@ -74,11 +74,11 @@ class Runtime:
 async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     rt = Runtime(tmp_path / "overhaul.db")
     await rt.service.start()
-    rt.service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
-    rt.service.publish_version(version("1.0.0"))
+    await rt.service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+    await rt.service.publish_version(version("1.0.0"))
     yield rt
     await rt.service.close()
-    rt.store.close()
+    await rt.store.close()
 
 
 def small(capacity: int = 4) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def small(capacity: int = 4) -> dict[str, Any]:
 async def test_concurrent_starts_give_one_attempt(runtime: Runtime) -> None:
     service = runtime.service
     await service.create_or_update(small(), name="web")
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     results = await asyncio.gather(*(service.start_rolling_upgrade("web") for _ in range(50)), return_exceptions=True)
     started = [r for r in results if not isinstance(r, BaseException)]
     assert len(started) == 1
@@ -102,7 +102,7 @@ async def test_concurrent_starts_give_one_attempt(runtime: Runtime) -> None:
 async def test_the_store_refuses_a_second_active_attempt(runtime: Runtime) -> None:
     """The compare-and-set holds below the service too (a second process, a second orchestrator)."""
     await runtime.service.create_or_update(small(), name="web")
-    model = runtime.service.get_scale_set("web")
+    model = await runtime.service.get_scale_set("web")
     views: dict[int, Any] = {}
 
     def new(attempt_id: str) -> Any:
@@ -118,9 +118,9 @@ async def test_the_store_refuses_a_second_active_attempt(runtime: Runtime) -> No
             now=1.0,
         )
 
-    assert runtime.store.start_attempt(new("a"), {}) is None
-    assert runtime.store.start_attempt(new("b"), {}) == "a"
-    assert [s.attempt.id for s in runtime.store.unfinished_attempts()] == ["a"]
+    assert await runtime.store.start_attempt(new("a"), {}) is None
+    assert await runtime.store.start_attempt(new("b"), {}) == "a"
+    assert [s.attempt.id for s in await runtime.store.unfinished_attempts()] == ["a"]
 
 
 async def test_concurrent_creates_and_a_change_during_an_attempt(runtime: Runtime) -> None:
@@ -128,12 +128,12 @@ async def test_concurrent_creates_and_a_change_during_an_attempt(runtime: Runtim
     results = await asyncio.gather(*(service.create_or_update(small(), name="web") for _ in range(30)))
     assert all(r.capacity == 4 for r in results)
     assert sorted(await runtime.driver.observe("web")) == [0, 1, 2, 3]
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     runtime.driver.fail("commit", *[EngineUnavailable("slow engine")] * 20)  # keeps the attempt going a while
     attempt = await service.start_rolling_upgrade("web")
     with pytest.raises(Conflict, match="in progress"):
         await service.create_or_update(small(6), name="web")
-    assert await service.create_or_update(small(), name="web") == service.get_scale_set("web")  # no change: fine
+    assert await service.create_or_update(small(), name="web") == await service.get_scale_set("web")  # no change: fine
     await service.wait_attempt(attempt.id, 10)
     assert (await service.create_or_update(small(6), name="web")).capacity == 6
 
@@ -141,7 +141,7 @@ async def test_concurrent_creates_and_a_change_during_an_attempt(runtime: Runtim
 async def test_transient_errors_never_fail_an_instance(runtime: Runtime) -> None:
     service = runtime.service
     await service.create_or_update(small(), name="web")
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     runtime.driver.fail("reimage", *[EngineUnavailable("connection reset")] * 5)
     runtime.driver.fail("commit", DriverError("container is busy"), EngineUnavailable("engine restarting"))
     attempt = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
@@ -156,7 +156,7 @@ async def test_transient_errors_never_fail_an_instance(runtime: Runtime) -> None
 async def test_a_permanent_error_fails_only_its_step(runtime: Runtime) -> None:
     service = runtime.service
     await service.create_or_update(small(5), name="web")
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     runtime.driver.fail("reimage", DriverError("create web_0: no such image"))
     attempt = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
     done = await service.wait_attempt(attempt.id, 10)
@@ -168,16 +168,16 @@ async def test_a_permanent_error_fails_only_its_step(runtime: Runtime) -> None:
 async def test_a_reconciler_that_fails_is_restarted(runtime: Runtime) -> None:
     service = runtime.service
     await service.create_or_update(small(), name="web")
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     calls = 0
     journal_begin = runtime.store.journal_begin
 
-    def broken_once(*args: Any) -> None:
+    async def broken_once(*args: Any) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("disk I/O error")
-        journal_begin(*args)
+        await journal_begin(*args)
 
     runtime.store.journal_begin = broken_once  # type: ignore[method-assign,assignment]
     attempt = await service.start_rolling_upgrade("web")
@@ -190,7 +190,7 @@ async def test_start_resumes_every_unfinished_attempt(runtime: Runtime) -> None:
     service = runtime.service
     await service.create_or_update(small(), name="web")
     await service.create_or_update(small(), name="api")
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     runtime.driver.fail("commit", *[EngineUnavailable("down")] * 1000)  # nothing can finish before the "crash"
     first = await service.start_rolling_upgrade("web")
     second = await service.start_rolling_upgrade("api")
@@ -205,11 +205,11 @@ async def test_start_resumes_every_unfinished_attempt(runtime: Runtime) -> None:
 async def test_cancel_is_read_from_the_store(runtime: Runtime) -> None:
     service = runtime.service
     await service.create_or_update(small(10), name="web")
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     runtime.driver.fail("commit", *[EngineUnavailable("slow")] * 5)
     attempt = await service.start_rolling_upgrade("web")
     # Another process (or orchestrator) marks the cancel in the store; nothing in this process is told.
-    assert runtime.store.request_cancel(attempt.id)
+    assert await runtime.store.request_cancel(attempt.id)
     done = await service.wait_attempt(attempt.id, 10)
     assert done.status is AttemptStatus.CANCELLED
     assert done.successful < 10
@@ -218,7 +218,7 @@ async def test_cancel_is_read_from_the_store(runtime: Runtime) -> None:
 async def test_a_missing_image_is_refused_before_any_instance_is_touched(runtime: Runtime) -> None:
     service = runtime.service
     await service.create_or_update(small(), name="web")
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     runtime.driver.missing_images.add("localhost/tiny:2.0.0")
     runtime.driver.calls.clear()
     with pytest.raises(InvalidInput, match=r"no image 'localhost/tiny:2\.0\.0'"):
@@ -246,7 +246,7 @@ async def test_a_failed_reimage_restores_the_previous_os_disk(runtime: Runtime) 
 async def test_a_crash_mid_reimage_is_repaired_at_start(runtime: Runtime) -> None:
     service = runtime.service
     await service.create_or_update(small(), name="web")
-    spec = service.instances.spec(service.get_scale_set("web"), 2, "1.0.0")
+    spec = await service.instances.spec(await service.get_scale_set("web"), 2, "1.0.0")
     runtime.driver.fail_reimage = lambda s: True
     with pytest.raises(DriverError):
         await runtime.driver.reimage(InstanceSpec(**{**spec.__dict__, "os_disk": "other"}))
@@ -259,15 +259,15 @@ async def test_a_crash_mid_reimage_is_repaired_at_start(runtime: Runtime) -> Non
 async def test_resources_are_keyed_by_their_arm_id(runtime: Runtime) -> None:
     service = runtime.service
     await service.create_or_update(small(), name="web", resource_group="rg1", subscription="sub")
-    assert service.get_scale_set(ScaleSetRef("SUB", "RG1", "WEB")).name == "web"  # ARM compares ids case-blind
+    assert (await service.get_scale_set(ScaleSetRef("SUB", "RG1", "WEB"))).name == "web"  # ARM compares ids case-blind
     with pytest.raises(NotFound):
-        service.get_scale_set(ScaleSetRef("sub", "other", "web"))
+        await service.get_scale_set(ScaleSetRef("sub", "other", "web"))
     with pytest.raises(NotFound):
         await service.delete_scale_set(ScaleSetRef("sub", "nope", "web"))
     with pytest.raises(Conflict, match="exists in resource group rg1"):
         await service.create_or_update(small(), name="web", resource_group="rg2", subscription="sub")
     assert sorted(await runtime.driver.observe("web")) == [0, 1, 2, 3]
-    assert [m.name for m in service.list_scale_sets("sub", "rg2")] == []
+    assert [m.name for m in await service.list_scale_sets("sub", "rg2")] == []
     await service.delete_scale_set(ScaleSetRef("sub", "Rg1", "Web"))
     assert await runtime.driver.observe("web") == {}
 

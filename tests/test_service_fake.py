@@ -46,27 +46,27 @@ async def orchestrator(tmp_path: Path) -> AsyncIterator[Setup]:
     driver = MemoryDriver()
     service = Orchestrator(store, driver, HealthMonitor())
     await service.start()
-    service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
-    service.publish_version(version("1.0.0"))
+    await service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+    await service.publish_version(version("1.0.0"))
     yield service, driver, store
     await service.close()
-    store.close()
+    await store.close()
 
 
 async def test_create_then_upgrade_in_batches(orchestrator: Setup) -> None:
     service, driver, store = orchestrator
     await service.create_or_update(MODEL, name="web")
-    ports_before = store.instance_ports("web")
+    ports_before = await store.instance_ports("web")
     assert len(ports_before) == 10 and all(8080 in p for p in ports_before.values())
     assert {s.version for s in (await driver.observe("web")).values()} == {"1.0.0"}
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     attempt = await service.start_rolling_upgrade("web")
     done = await service.wait_attempt(attempt.id, 10)
     assert done.status is AttemptStatus.COMPLETED
     assert done.batches_started == 5  # 20 % of 10
     assert {s.version for s in (await driver.observe("web")).values()} == {"2.0.0"}
-    assert store.instance_ports("web") == ports_before
-    journal = store.journal(attempt.id)
+    assert await store.instance_ports("web") == ports_before
+    journal = await store.journal(attempt.id)
     assert [(e.action, e.phase) for e in journal[:4]] == [
         ("reimage", "begin"),
         ("reimage", "begin"),
@@ -74,7 +74,7 @@ async def test_create_then_upgrade_in_batches(orchestrator: Setup) -> None:
         ("reimage", "end"),
     ]
     assert all(e.ok for e in journal if e.phase == "end")
-    history = service.history("web")
+    history = await service.history("web")
     assert history[0].attempt.id == attempt.id
     assert history[0].image_reference == {"publisher": "overhaul", "offer": "test", "sku": "tiny", "version": "2.0.0"}
 
@@ -84,7 +84,7 @@ async def test_failed_reimage_rolls_back_and_faults(
 ) -> None:
     service, driver, _ = orchestrator
     await service.create_or_update(MODEL, name="web")
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     driver.fail_reimage = lambda spec: spec.instance_id == 0
     attempt = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
     done = await service.wait_attempt(attempt.id, 10)
@@ -103,13 +103,13 @@ async def test_conflict_and_errors(orchestrator: Setup) -> None:
     with pytest.raises(InvalidInput, match=r"maxBatchInstancePercent: must be 5\.\.100"):
         await service.create_or_update(bad, name="web")
     await service.create_or_update(MODEL, name="web")
-    service.publish_version(version("2.0.0"))
+    await service.publish_version(version("2.0.0"))
     attempt = await service.start_rolling_upgrade("web")
     with pytest.raises(Conflict):
         await service.start_rolling_upgrade("web")
     await service.wait_attempt(attempt.id, 10)
     with pytest.raises(Conflict):
-        service.cancel("web")
+        await service.cancel("web")
 
 
 async def test_scale_in_keeps_data_and_frees_ports(
@@ -121,7 +121,7 @@ async def test_scale_in_keeps_data_and_frees_ports(
     smaller["sku"]["capacity"] = 3
     await service.create_or_update(smaller, name="web")
     assert sorted(await driver.observe("web")) == [0, 1, 2]
-    assert sorted(store.instance_ports("web")) == [0, 1, 2]
+    assert sorted(await store.instance_ports("web")) == [0, 1, 2]
     assert ("delete", "web_9") in driver.calls
 
 
@@ -129,10 +129,10 @@ async def test_history_keeps_the_last_five(orchestrator: Setup) -> None:
     service, _, store = orchestrator
     await service.create_or_update(MODEL, name="web")
     for minor in range(1, 8):
-        service.publish_version(version(f"1.{minor}.0"))
+        await service.publish_version(version(f"1.{minor}.0"))
         attempt = await service.start_rolling_upgrade("web")
         await service.wait_attempt(attempt.id, 10)
-    history = service.history("web")
+    history = await service.history("web")
     assert [h.attempt.target_version for h in history] == [f"1.{m}.0" for m in range(7, 2, -1)]
     assert all(h.attempt.status is AttemptStatus.COMPLETED for h in history)
     assert store.db.execute("SELECT COUNT(DISTINCT attempt_id) FROM journal").fetchone()[0] == 5

@@ -23,7 +23,7 @@ class AutoUpgrader:
     async def check(self) -> float | None:
         """Starts what is due; returns when something next becomes due (None: nothing waits)."""
         next_due: float | None = None
-        for model in self.service.list_scale_sets():
+        for model in await self.service.list_scale_sets():
             try:
                 due_at = await self.service.start_due_upgrade(model.ref, self.settings)
             except OverhaulError as exc:

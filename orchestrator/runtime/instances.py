@@ -33,11 +33,11 @@ class Instances:
         self.store = store
         self.health = health
 
-    def resolve(self, model: ScaleSet, version: str | None = None) -> ImageVersion:
+    async def resolve(self, model: ScaleSet, version: str | None = None) -> ImageVersion:
         """The gallery version the model's image reference (or ``version`` of it) stands for."""
         ref = model.image_reference if version is None else model.image_reference.with_version(version)
         try:
-            return resolve(ref, self.store.image_definitions(), self.store.image_versions(), model.location)
+            return resolve(ref, await self.store.image_definitions(), await self.store.image_versions(), model.location)
         except ModelError as exc:
             raise InvalidInput(str(exc), target=exc.path) from exc
 
@@ -59,31 +59,33 @@ class Instances:
             "customData": model.custom_data,
         }
 
-    def ports(self, model: ScaleSet, instance_id: int) -> dict[int, int]:
+    async def ports(self, model: ScaleSet, instance_id: int) -> dict[int, int]:
         """Container port -> host port; an instance keeps its host ports for life."""
         if not model.published_ports:
             return {}
-        known = self.store.instance_ports(model.name).get(instance_id, {})
-        taken = self.store.all_host_ports()
+        known = (await self.store.instance_ports(model.name)).get(instance_id, {})
+        taken = await self.store.all_host_ports()
         ports = {cport: known.get(cport) or allocate_port(taken) for cport in model.published_ports}
         if ports != known:
-            self.store.put_instance_ports(model.name, instance_id, ports)
+            await self.store.put_instance_ports(model.name, instance_id, ports)
         return ports
 
     @staticmethod
     def volumes(model: ScaleSet, instance_id: int) -> tuple[tuple[str, str], ...]:
         return tuple((data_disk_name(model.name, instance_id, d.lun), d.mount_path) for d in model.data_disks)
 
-    def spec(self, model: ScaleSet, instance_id: int, version: str, image: ImageVersion | None = None) -> InstanceSpec:
+    async def spec(
+        self, model: ScaleSet, instance_id: int, version: str, image: ImageVersion | None = None
+    ) -> InstanceSpec:
         """Everything the driver needs to make this instance's OS disk from ``version``."""
         if image is None or image.version != version:
-            image = self.resolve(model, version)
+            image = await self.resolve(model, version)
         return InstanceSpec(
             scale_set=model.name,
             instance_id=instance_id,
             image=image.artifact,
             version=image.version,
-            ports=self.ports(model, instance_id),
+            ports=await self.ports(model, instance_id),
             volumes=self.volumes(model, instance_id),
             metadata=self.metadata(model, instance_id, image),
             command=model.engine.command,
@@ -103,9 +105,9 @@ class Instances:
             stop_timeout=model.engine.stop_timeout,
         )
 
-    def watch(self, model: ScaleSet, states: Mapping[int, InstanceState] | None = None) -> None:
+    async def watch(self, model: ScaleSet, states: Mapping[int, InstanceState] | None = None) -> None:
         """Starts the health watch of every instance (no-op for those already watched)."""
-        ports = self.store.instance_ports(model.name)
+        ports = await self.store.instance_ports(model.name)
         source = model.health_source
         for instance_id in range(model.capacity):
             state = states.get(instance_id) if states else None
@@ -122,4 +124,4 @@ class Instances:
 
     async def forget(self, scale_set: str, instance_id: int) -> None:
         await self.health.unwatch((scale_set, instance_id))
-        self.store.delete_instance(scale_set, instance_id)
+        await self.store.delete_instance(scale_set, instance_id)

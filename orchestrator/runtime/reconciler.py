@@ -108,8 +108,8 @@ class Reconciler:
         if event is not None:
             event.set()
 
-    def _save(self, model: ScaleSet, before: Attempt, attempt: Attempt) -> None:
-        self.store.save_attempt(attempt, image_reference_for(model, attempt))
+    async def _save(self, model: ScaleSet, before: Attempt, attempt: Attempt) -> None:
+        await self.store.save_attempt(attempt, image_reference_for(model, attempt))
         self.events.emit(AttemptChanged(attempt))
         if attempt.status.terminal and not before.status.terminal:
             self.events.emit(AttemptEnded(attempt))
@@ -141,7 +141,7 @@ class Reconciler:
     async def _attempt_action(self, model: ScaleSet, attempt: Attempt, action: Action) -> ActionResult:
         if action.kind is ActionKind.REIMAGE:
             try:
-                spec = self.instances.spec(model, action.instance_id, attempt.target_version)
+                spec = await self.instances.spec(model, action.instance_id, attempt.target_version)
             except OverhaulError as exc:  # the version left the gallery since the attempt started
                 return ActionResult(action, ok=False, error=exc.message)
         else:
@@ -194,7 +194,7 @@ class Reconciler:
         try:
             while True:
                 wake.clear()
-                if not attempt.cancel_requested and self.store.cancel_requested(attempt.id):
+                if not attempt.cancel_requested and await self.store.cancel_requested(attempt.id):
                     attempt = request_cancel(attempt, self.clock())
                 if power_state_only or loop.time() - observed_at >= self.settings.observe_every:
                     states = await self.observe(model.name)
@@ -205,13 +205,13 @@ class Reconciler:
                 decision = decide(attempt, instance_views(model, states, self.health, now), now)
                 attempt = decision.attempt
                 if decision.actions:
-                    self.store.journal_begin(attempt.id, decision.actions, now)
+                    await self.store.journal_begin(attempt.id, decision.actions, now)
                     for action in decision.actions:
                         task = asyncio.create_task(
                             self._act(model, attempt, action), name=f"{action.kind}-{model.name}-{action.instance_id}"
                         )
                         in_flight[task] = action
-                self._save(model, before, attempt)  # actions in flight are persisted before anything else happens
+                await self._save(model, before, attempt)  # actions in flight are persisted before anything else happens
                 if attempt.done:
                     return attempt
                 timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - self.clock())
@@ -221,7 +221,7 @@ class Reconciler:
                     for task in finished:
                         del in_flight[task]
                     done = self.clock()
-                    self.store.journal_end(attempt.id, results, done)
+                    await self.store.journal_end(attempt.id, results, done)
                     before = attempt
                     attempt = apply_results(attempt, results, done)
                     for result in results:
@@ -231,7 +231,7 @@ class Reconciler:
                             observed_at = float("-inf")
                         if result.action.kind is not ActionKind.COMMIT:
                             self.health.reset((model.name, result.action.instance_id))
-                    self._save(model, before, attempt)
+                    await self._save(model, before, attempt)
         finally:
             self._wakeups.pop(attempt.id, None)
             for task in in_flight:

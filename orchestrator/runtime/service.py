@@ -94,16 +94,16 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Watches every instance, repairs what a crash left half done, and resumes every unfinished attempt."""
-        active = {s.attempt.scale_set.lower() for s in self.store.unfinished_attempts()}
-        for model in self.store.list_scale_sets():
+        active = {s.attempt.scale_set.lower() for s in await self.store.unfinished_attempts()}
+        for model in await self.store.list_scale_sets():
             states: dict[int, InstanceState] | None = None
             if model.name.lower() not in active:
                 try:
                     states = await self._repair(model)
                 except DriverError as exc:
                     log.warning("could not check %s's instances at start: %s", model.name, exc)
-            self.instances.watch(model, states)
-        self.supervisor.start()
+            await self.instances.watch(model, states)
+        await self.supervisor.start()
 
     async def _repair(self, model: ScaleSet) -> dict[int, InstanceState]:
         """With no attempt running, no instance should have a previous OS disk: one left by a crash in the middle
@@ -178,18 +178,18 @@ class Orchestrator:
 
     # --- gallery ------------------------------------------------------------------------------------------
 
-    def put_image_definition(self, definition: ImageDefinition) -> None:
-        self.store.put_image_definition(definition)
+    async def put_image_definition(self, definition: ImageDefinition) -> None:
+        await self.store.put_image_definition(definition)
         self.changes.bump()
 
-    def image_definitions(self) -> list[ImageDefinition]:
-        return self.store.image_definitions()
+    async def image_definitions(self) -> list[ImageDefinition]:
+        return await self.store.image_definitions()
 
-    def image_definition(self, gallery: str, image: str) -> ImageDefinition:
+    async def image_definition(self, gallery: str, image: str) -> ImageDefinition:
         found = next(
             (
                 d
-                for d in self.store.image_definitions()
+                for d in await self.store.image_definitions()
                 if (d.gallery.lower(), d.name.lower()) == (gallery.lower(), image.lower())
             ),
             None,
@@ -198,68 +198,74 @@ class Orchestrator:
             raise NotFound(f"image definition {gallery}/{image} does not exist", "GalleryImageNotFound")
         return found
 
-    def publish_version(self, version: ImageVersion) -> None:
-        self.image_definition(version.gallery, version.image)
-        self.store.put_image_version(version)
+    async def publish_version(self, version: ImageVersion) -> None:
+        await self.image_definition(version.gallery, version.image)
+        await self.store.put_image_version(version)
         self.changes.bump()
 
-    def all_image_versions(self) -> list[ImageVersion]:
-        return self.store.image_versions()
+    async def all_image_versions(self) -> list[ImageVersion]:
+        return await self.store.image_versions()
 
-    def image_versions(self, gallery: str, image: str) -> list[ImageVersion]:
-        definition = self.image_definition(gallery, image)
-        return [v for v in self.store.image_versions() if (v.gallery, v.image) == (definition.gallery, definition.name)]
+    async def image_versions(self, gallery: str, image: str) -> list[ImageVersion]:
+        definition = await self.image_definition(gallery, image)
+        return [
+            v
+            for v in await self.store.image_versions()
+            if (v.gallery, v.image) == (definition.gallery, definition.name)
+        ]
 
-    def image_version(self, gallery: str, image: str, version: str) -> ImageVersion:
-        found = next((v for v in self.image_versions(gallery, image) if v.version == version), None)
+    async def image_version(self, gallery: str, image: str, version: str) -> ImageVersion:
+        found = next((v for v in await self.image_versions(gallery, image) if v.version == version), None)
         if found is None:
             raise NotFound(f"image version {gallery}/{image}/{version} does not exist", "GalleryImageVersionNotFound")
         return found
 
-    def delete_image_version(self, gallery: str, image: str, version: str) -> None:
-        found = self.image_version(gallery, image, version)
-        self.store.delete_image_version(found.gallery, found.image, found.version)
+    async def delete_image_version(self, gallery: str, image: str, version: str) -> None:
+        found = await self.image_version(gallery, image, version)
+        await self.store.delete_image_version(found.gallery, found.image, found.version)
         self.changes.bump()
 
-    def resolve(self, model: ScaleSet, version: str | None = None) -> ImageVersion:
-        return self.instances.resolve(model, version)
+    async def resolve(self, model: ScaleSet, version: str | None = None) -> ImageVersion:
+        return await self.instances.resolve(model, version)
 
     # --- scale sets ---------------------------------------------------------------------------------------
 
-    def find(self, ref: ScaleSetRef | str) -> ScaleSet | None:
+    async def find(self, ref: ScaleSetRef | str) -> ScaleSet | None:
         ref = as_ref(ref)
-        model = self.store.get_scale_set(ref.name)
+        model = await self.store.get_scale_set(ref.name)
         return model if model is not None and ref.matches(model) else None
 
-    def get_scale_set(self, ref: ScaleSetRef | str) -> ScaleSet:
+    async def get_scale_set(self, ref: ScaleSetRef | str) -> ScaleSet:
         ref = as_ref(ref)
-        model = self.find(ref)
+        model = await self.find(ref)
         if model is None:
             raise NotFound(
                 f"scale set {ref.name} does not exist in resource group {ref.resource_group}", "ResourceNotFound"
             )
         return model
 
-    def list_scale_sets(self, subscription: str | None = None, resource_group: str | None = None) -> list[ScaleSet]:
+    async def list_scale_sets(
+        self, subscription: str | None = None, resource_group: str | None = None
+    ) -> list[ScaleSet]:
         return [
             m
-            for m in self.store.list_scale_sets()
+            for m in await self.store.list_scale_sets()
             if (subscription is None or m.subscription.lower() == subscription.lower())
             and (resource_group is None or m.resource_group.lower() == resource_group.lower())
         ]
 
-    def _active(self, name: str) -> list[Attempt]:
-        return [s.attempt for s in self.store.attempts(name) if not s.attempt.done]
+    async def _active(self, name: str) -> list[Attempt]:
+        return [s.attempt for s in await self.store.attempts(name) if not s.attempt.done]
 
     async def _settle(self, name: str) -> None:
         """Conflict while an attempt rolls forward; waits out one that is only finishing its clean-up."""
-        active = self._active(name)
+        active = await self._active(name)
         if any(not a.status.terminal for a in active):
             raise Conflict(f"a rolling upgrade of {name} is in progress", "RollingUpgradeInProgress")
         if active:
             self.supervisor.ensure(name)
             await self.supervisor.wait_idle(name, self.settings.action_timeout)
-            if self._active(name):
+            if await self._active(name):
                 raise Conflict(f"a rolling upgrade of {name} is still finishing", "RollingUpgradeInProgress")
 
     async def create_or_update(
@@ -280,9 +286,9 @@ class Orchestrator:
         """Azure's PUT (properties left out keep their values) or PATCH (a JSON merge patch), read and applied
         under the scale set's write lock. Returns the model and whether it was created."""
         async with self._writing(ref.name):
-            current = self.find(ref)
+            current = await self.find(ref)
             if patch and current is None:
-                self.get_scale_set(ref)  # NotFound
+                await self.get_scale_set(ref)  # NotFound
             if current is not None:
                 if not isinstance(body, Mapping):
                     raise InvalidInput("the request body must be a JSON object", target="")
@@ -295,7 +301,7 @@ class Orchestrator:
             model = parse_scale_set(doc, name=name, resource_group=resource_group, subscription=subscription)
         except ModelError as exc:
             raise InvalidInput(str(exc), target=exc.path) from exc
-        previous = self.store.get_scale_set(name)
+        previous = await self.store.get_scale_set(name)
         if previous is not None and not ref.matches(previous):
             raise Conflict(
                 f"a scale set named {previous.name} exists in resource group {previous.resource_group} "
@@ -312,7 +318,7 @@ class Orchestrator:
                 resource_group=previous.resource_group,
                 subscription=previous.subscription,
             )
-            if self._active(previous.name):
+            if await self._active(previous.name):
                 if model == previous:
                     return previous, False
                 raise Conflict(
@@ -320,10 +326,12 @@ class Orchestrator:
                     "(cancel it first)",
                     "RollingUpgradeInProgress",
                 )
-        image = self.instances.resolve(model)
+        image = await self.instances.resolve(model)
         states = await self._observe(model.name)
         known = {
-            v.version: v for v in self.store.image_versions() if (v.gallery, v.image) == (image.gallery, image.image)
+            v.version: v
+            for v in await self.store.image_versions()
+            if (v.gallery, v.image) == (image.gallery, image.image)
         }
         plans: list[tuple[int, ImageVersion]] = []
         for instance_id in range(model.capacity):
@@ -333,10 +341,12 @@ class Orchestrator:
             plans.append((instance_id, existing or image))
         if any(i not in states for i in range(model.capacity)):
             await self._require_image(image.artifact, "properties.virtualMachineProfile.storageProfile.imageReference")
-        self.store.put_scale_set(model, self.clock())
+        await self.store.put_scale_set(model, self.clock())
         try:
             for instance_id, version in plans:
-                await self.driver.ensure_running(self.instances.spec(model, instance_id, version.version, version))
+                await self.driver.ensure_running(
+                    await self.instances.spec(model, instance_id, version.version, version)
+                )
             for instance_id in sorted(set(states) - set(range(model.capacity))):
                 await self.driver.delete(
                     self.instances.handle(previous or model, instance_id, states[instance_id].version)
@@ -344,14 +354,14 @@ class Orchestrator:
                 await self.instances.forget(model.name, instance_id)
         except DriverError as exc:
             raise engine_error(exc) from exc
-        self.instances.watch(model, states)
+        await self.instances.watch(model, states)
         self.changes.bump()
         return model, previous is None
 
     async def delete_scale_set(self, ref: ScaleSetRef | str) -> None:
         ref = as_ref(ref)
         async with self._writing(ref.name):
-            model = self.get_scale_set(ref)
+            model = await self.get_scale_set(ref)
             await self._settle(model.name)
             states = await self._observe(model.name)
             try:
@@ -361,14 +371,14 @@ class Orchestrator:
                 raise engine_error(exc) from exc
             for instance_id in set(range(model.capacity)) | set(states):
                 await self.health.unwatch((model.name, instance_id))
-            self.store.delete_scale_set(model.name)
+            await self.store.delete_scale_set(model.name)
             self.changes.bump()
 
     async def instances_of(self, ref: ScaleSetRef | str) -> list[InstanceInfo]:
-        model = self.get_scale_set(ref)
+        model = await self.get_scale_set(ref)
         states = await self._observe(model.name)
         views = instance_views(model, states, self.health, self.clock())
-        ports = self.store.instance_ports(model.name)
+        ports = await self.store.instance_ports(model.name)
         infos = []
         for i in range(model.capacity):
             report = self.health.report((model.name, i))
@@ -401,7 +411,7 @@ class Orchestrator:
         """Starts an attempt towards the model's image (or ``version``); it runs in the background."""
         ref = as_ref(ref)
         async with self._writing(ref.name):
-            model = self.get_scale_set(ref)
+            model = await self.get_scale_set(ref)
             await self._settle(model.name)
             return await self._start(model, started_by, version, None)
 
@@ -410,16 +420,16 @@ class Orchestrator:
         the scale set. Decided under the scale set's write lock, so a create or update in progress is seen whole.
         Returns when the upgrade falls due if it is not due yet."""
         async with self._writing(ref.name):
-            model = self.find(ref)
-            if model is None or self._active(model.name):
+            model = await self.find(ref)
+            if model is None or await self._active(model.name):
                 return None
             states = await self._observe(model.name)
             due = due_upgrade(
                 model,
-                definitions=self.store.image_definitions(),
-                versions=self.store.image_versions(),
+                definitions=await self.store.image_definitions(),
+                versions=await self.store.image_versions(),
                 instance_versions=[states[i].version if i in states else None for i in range(model.capacity)],
-                attempts=[s.attempt for s in self.store.attempts(model.name)],
+                attempts=[s.attempt for s in await self.store.attempts(model.name)],
                 settings=settings,
             )
             if due is None:
@@ -437,7 +447,7 @@ class Orchestrator:
         version: str | None,
         states: dict[int, InstanceState] | None,
     ) -> Attempt:
-        target = self.instances.resolve(model, version)
+        target = await self.instances.resolve(model, version)
         await self._require_image(target.artifact, f"image version {target.version}")
         if states is None:
             states = await self._observe(model.name)
@@ -453,7 +463,7 @@ class Orchestrator:
             views=instance_views(model, states, self.health, now),
             now=now,
         )
-        busy = self.store.start_attempt(attempt, image_reference_for(model, attempt))
+        busy = await self.store.start_attempt(attempt, image_reference_for(model, attempt))
         if busy is not None:
             raise Conflict(f"a rolling upgrade of {model.name} is in progress ({busy})", "RollingUpgradeInProgress")
         self.events.emit(AttemptChanged(attempt))
@@ -469,7 +479,7 @@ class Orchestrator:
         any instance is touched, and an instance whose new OS disk cannot be made gets its previous one back."""
         ref = as_ref(ref)
         async with self._writing(ref.name):
-            model = self.get_scale_set(ref)
+            model = await self.get_scale_set(ref)
             await self._settle(model.name)
             unknown = [i for i in instance_ids if not 0 <= i < model.capacity]
             if unknown:
@@ -477,12 +487,12 @@ class Orchestrator:
                     f"instanceIds: no instance {unknown[0]} in {model.name} (0..{model.capacity - 1})",
                     target="instanceIds",
                 )
-            image = self.instances.resolve(model)
+            image = await self.instances.resolve(model)
             await self._require_image(image.artifact, f"image version {image.version}")
             disk = uuid.uuid4().hex[:8]
 
             async def one(instance_id: int) -> str | None:
-                spec = self.instances.spec(model, instance_id, image.version, image)
+                spec = await self.instances.spec(model, instance_id, image.version, image)
                 spec = replace(spec, os_disk=f"{image.version}+{disk}")
                 error = await self.reconciler.step(model.name, ActionKind.REIMAGE, spec)
                 self.health.reset((model.name, instance_id))
@@ -513,44 +523,44 @@ class Orchestrator:
             if errors:
                 raise EngineFailed("; ".join(errors))
 
-    def cancel(self, ref: ScaleSetRef | str) -> Attempt:
+    async def cancel(self, ref: ScaleSetRef | str) -> Attempt:
         """Saved in the store (the reconciler reads it on every pass); the batch in flight ends first."""
-        model = self.get_scale_set(ref)
-        running = [a for a in self._active(model.name) if not a.status.terminal]
-        if not running or not self.store.request_cancel(running[0].id):
+        model = await self.get_scale_set(ref)
+        running = [a for a in await self._active(model.name) if not a.status.terminal]
+        if not running or not await self.store.request_cancel(running[0].id):
             raise Conflict(f"no rolling upgrade of {model.name} is in progress", "NoRollingUpgradeInProgress")
         self.reconciler.wake(running[0].id)
         return request_cancel(running[0], self.clock())
 
-    def latest(self, ref: ScaleSetRef | str) -> StoredAttempt | None:
-        model = self.get_scale_set(ref)
-        attempts = self.store.attempts(model.name)
+    async def latest(self, ref: ScaleSetRef | str) -> StoredAttempt | None:
+        model = await self.get_scale_set(ref)
+        attempts = await self.store.attempts(model.name)
         return attempts[0] if attempts else None
 
-    def history(self, ref: ScaleSetRef | str) -> list[StoredAttempt]:
-        model = self.get_scale_set(ref)
-        return self.store.attempts(model.name)
+    async def history(self, ref: ScaleSetRef | str) -> list[StoredAttempt]:
+        model = await self.get_scale_set(ref)
+        return await self.store.attempts(model.name)
 
-    def running(self, ref: ScaleSetRef | str) -> bool:
-        model = self.find(ref)
-        return model is not None and bool(self._active(model.name))
+    async def running(self, ref: ScaleSetRef | str) -> bool:
+        model = await self.find(ref)
+        return model is not None and bool(await self._active(model.name))
 
-    def find_attempt(self, attempt_id: str) -> Attempt | None:
-        stored = self.store.get_attempt(attempt_id)
+    async def find_attempt(self, attempt_id: str) -> Attempt | None:
+        stored = await self.store.get_attempt(attempt_id)
         return stored.attempt if stored else None
 
     async def wait_attempt(self, attempt_id: str, timeout: float) -> Attempt:
         """Until the attempt ends (tests and `--wait` use it); TimeoutError past ``timeout``."""
-        found = self.find_attempt(attempt_id)
+        found = await self.find_attempt(attempt_id)
         if found is None:
             raise NotFound(f"attempt {attempt_id} not found")
         if found.done:
             return found
         ended = self._attempt_ended.setdefault(attempt_id, asyncio.Event())
-        found = self.find_attempt(attempt_id)  # it may have ended between the two looks
+        found = await self.find_attempt(attempt_id)  # it may have ended between the two looks
         if found is not None and not found.done:
             async with asyncio.timeout(timeout):
                 await ended.wait()
-            found = self.find_attempt(attempt_id)
+            found = await self.find_attempt(attempt_id)
         assert found is not None
         return found

@@ -41,9 +41,9 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.restarts = 0
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Resumes every unfinished attempt the store holds."""
-        for stored in self.store.unfinished_attempts():
+        for stored in await self.store.unfinished_attempts():
             log.info("resuming attempt %s of %s", stored.attempt.id, stored.attempt.scale_set)
             self.ensure(stored.attempt.scale_set)
 
@@ -73,12 +73,14 @@ class Supervisor:
         delay = self.settings.restart_min
         while True:
             pending = [
-                s.attempt for s in self.store.unfinished_attempts() if s.attempt.scale_set.lower() == scale_set.lower()
+                s.attempt
+                for s in await self.store.unfinished_attempts()
+                if s.attempt.scale_set.lower() == scale_set.lower()
             ]
             if not pending:
                 return
             attempt = pending[0]
-            model = self.store.get_scale_set(attempt.scale_set)
+            model = await self.store.get_scale_set(attempt.scale_set)
             if model is None:
                 log.error("attempt %s: scale set %s no longer exists", attempt.id, attempt.scale_set)
                 return

@@ -91,7 +91,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event) -> int:
         except DriverError as exc:
             print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
             await engine.close()
-            store.close()
+            await store.close()
             return 1
         driver = engine
     service = Orchestrator(store, driver, HealthMonitor(settings.health), settings=settings.rollout)
@@ -138,7 +138,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event) -> int:
             await service.close()
             if engine is not None:
                 await engine.close()
-        store.close()
+        await store.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,7 +133,7 @@ def ref(request: web.Request) -> ScaleSetRef:
 
 
 async def list_scale_sets(request: web.Request) -> web.Response:
-    models = service(request).list_scale_sets(request.match_info["sub"], request.match_info.get("rg"))
+    models = await service(request).list_scale_sets(request.match_info["sub"], request.match_info.get("rg"))
     return web.json_response({"value": [m.to_json() for m in models]})
 
 
@@ -149,7 +149,7 @@ async def patch_scale_set(request: web.Request) -> web.Response:
 
 
 async def get_scale_set(request: web.Request) -> web.Response:
-    return web.json_response(service(request).get_scale_set(ref(request)).to_json())
+    return web.json_response((await service(request).get_scale_set(ref(request))).to_json())
 
 
 async def delete_scale_set(request: web.Request) -> web.Response:
@@ -159,7 +159,7 @@ async def delete_scale_set(request: web.Request) -> web.Response:
 
 async def list_instances(request: web.Request) -> web.Response:
     orchestrator = service(request)
-    model = orchestrator.get_scale_set(ref(request))
+    model = await orchestrator.get_scale_set(ref(request))
     docs = [
         arm.instance_doc(
             model,
@@ -179,7 +179,7 @@ INSTANCE_ID = re.compile(r"[0-9]{1,6}")
 
 async def reimage(request: web.Request) -> web.Response:
     orchestrator = service(request)
-    model = orchestrator.get_scale_set(ref(request))
+    model = await orchestrator.get_scale_set(ref(request))
     body = await body_json(request)
     raw_ids = body.get("instanceIds") if isinstance(body, Mapping) else None
     if raw_ids is None:
@@ -200,9 +200,9 @@ async def reimage(request: web.Request) -> web.Response:
 
 async def os_upgrade_history(request: web.Request) -> web.Response:
     orchestrator = service(request)
-    model = orchestrator.get_scale_set(ref(request))
+    model = await orchestrator.get_scale_set(ref(request))
     records = [
-        arm.history_record(s.attempt, s.image_reference, model.location) for s in orchestrator.history(model.ref)
+        arm.history_record(s.attempt, s.image_reference, model.location) for s in await orchestrator.history(model.ref)
     ]
     return web.json_response({"value": records})
 
@@ -210,7 +210,7 @@ async def os_upgrade_history(request: web.Request) -> web.Response:
 async def start_os_rolling_upgrade(request: web.Request) -> web.Response:
     orchestrator = service(request)
     attempt = await orchestrator.start_rolling_upgrade(ref(request), started_by=StartedBy.USER)
-    model = orchestrator.get_scale_set(ref(request))
+    model = await orchestrator.get_scale_set(ref(request))
     if attempt.status is AttemptStatus.FAULTED and attempt.error_code:
         # Refused before it began (too many unhealthy instances): Azure's 409 with the code; history has it too.
         return error(409, attempt.error_code, attempt.error_message or attempt.error_code)
@@ -224,14 +224,14 @@ async def start_os_rolling_upgrade(request: web.Request) -> web.Response:
 
 async def cancel_rolling_upgrade(request: web.Request) -> web.Response:
     orchestrator = service(request)
-    attempt = orchestrator.cancel(ref(request))
-    return web.json_response(arm.latest_record(attempt, orchestrator.get_scale_set(ref(request))), status=202)
+    attempt = await orchestrator.cancel(ref(request))
+    return web.json_response(arm.latest_record(attempt, await orchestrator.get_scale_set(ref(request))), status=202)
 
 
 async def latest_rolling_upgrade(request: web.Request) -> web.Response:
     orchestrator = service(request)
-    model = orchestrator.get_scale_set(ref(request))
-    latest = orchestrator.latest(model.ref)
+    model = await orchestrator.get_scale_set(ref(request))
+    latest = await orchestrator.latest(model.ref)
     if latest is None:
         raise NotFound(f"no rolling upgrade of {model.name} has run yet", "RollingUpgradeNotFound")
     return web.json_response(arm.latest_record(latest.attempt, model))
@@ -269,17 +269,17 @@ async def put_image_definition(request: web.Request) -> web.Response:
             raise InvalidInput(f"properties.identifier.{key}: is required", target=f"properties.identifier.{key}")
         values[key] = value
     definition = ImageDefinition(request.match_info["gallery"], request.match_info["image"], **values)
-    service(request).put_image_definition(definition)
+    await service(request).put_image_definition(definition)
     return web.json_response(image_definition_doc(request, definition))
 
 
 async def get_image_definition(request: web.Request) -> web.Response:
-    definition = service(request).image_definition(request.match_info["gallery"], request.match_info["image"])
+    definition = await service(request).image_definition(request.match_info["gallery"], request.match_info["image"])
     return web.json_response(image_definition_doc(request, definition))
 
 
 async def list_image_versions(request: web.Request) -> web.Response:
-    versions = service(request).image_versions(request.match_info["gallery"], request.match_info["image"])
+    versions = await service(request).image_versions(request.match_info["gallery"], request.match_info["image"])
     return web.json_response({"value": [v.to_json() for v in versions]})
 
 
@@ -288,16 +288,16 @@ async def put_image_version(request: web.Request, *, patch: bool = False) -> web
     gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
     body = await body_json(request)
     if patch:
-        current = orchestrator.image_version(gallery, image, version)
+        current = await orchestrator.image_version(gallery, image, version)
         if not isinstance(body, Mapping):
             raise InvalidInput("the request body must be a JSON object", target="")
         body = merge_patch(current.to_json(), body)
         published = current.published_at
     else:
-        existing = [v for v in orchestrator.image_versions(gallery, image) if v.version == version]
+        existing = [v for v in await orchestrator.image_versions(gallery, image) if v.version == version]
         published = existing[0].published_at if existing else time.time()
     parsed = parse_image_version(body, gallery=gallery, image=image, version=version, published_at=published)
-    orchestrator.publish_version(parsed)
+    await orchestrator.publish_version(parsed)
     return web.json_response(parsed.to_json())
 
 
@@ -307,12 +307,12 @@ async def patch_image_version(request: web.Request) -> web.Response:
 
 async def get_image_version(request: web.Request) -> web.Response:
     gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
-    return web.json_response(service(request).image_version(gallery, image, version).to_json())
+    return web.json_response((await service(request).image_version(gallery, image, version)).to_json())
 
 
 async def delete_image_version(request: web.Request) -> web.Response:
     gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
-    service(request).delete_image_version(gallery, image, version)
+    await service(request).delete_image_version(gallery, image, version)
     return web.Response(status=200)
 
 
@@ -322,13 +322,15 @@ async def list_vm_image_versions(request: web.Request) -> web.Response:
     m = request.match_info
     definitions = [
         d
-        for d in orchestrator.image_definitions()
+        for d in await orchestrator.image_definitions()
         if (d.publisher.lower(), d.offer.lower(), d.sku.lower())
         == (m["publisher"].lower(), m["offer"].lower(), m["sku"].lower())
     ]
     keys = {(d.gallery, d.name) for d in definitions}
     versions = [
-        v for v in orchestrator.all_image_versions() if (v.gallery, v.image) in keys and v.present_in(m["location"])
+        v
+        for v in await orchestrator.all_image_versions()
+        if (v.gallery, v.image) in keys and v.present_in(m["location"])
     ]
     docs = [
         {
@@ -355,7 +357,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS_KEY].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=await request.app[METRICS_KEY].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def openapi(request: web.Request) -> web.Response:

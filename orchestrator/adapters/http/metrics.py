@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from orchestrator.core.model import HealthSourceKind, ScaleSet
 from orchestrator.core.planner import Health
-from orchestrator.core.rollout import ActionKind
+from orchestrator.core.rollout import ActionKind, Attempt
 from orchestrator.ports.events import ActionFinished, AttemptEnded, Event, TransientError
 from orchestrator.runtime.service import Orchestrator
 
@@ -28,10 +28,19 @@ REIMAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
 
 
 class _StateCollector(Collector):
-    """Gauges read from the orchestrator's state at scrape time (no engine calls)."""
+    """Gauges of the orchestrator's state, read from the store at each scrape (no engine calls): ``refresh``
+    reads it (the store is async), ``collect`` reports what was read."""
 
     def __init__(self, service: Orchestrator) -> None:
         self.service = service
+        self.state: list[tuple[ScaleSet, Attempt | None]] = []
+
+    async def refresh(self) -> None:
+        state: list[tuple[ScaleSet, Attempt | None]] = []
+        for model in await self.service.list_scale_sets():
+            latest = await self.service.latest(model.ref)
+            state.append((model, latest.attempt if latest else None))
+        self.state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         capacity = GaugeMetricFamily(
@@ -50,12 +59,10 @@ class _StateCollector(Collector):
             "Instances of the latest rolling upgrade by progress.",
             labels=["scale_set", "progress"],
         )
-        for model in self.service.list_scale_sets():
+        for model, attempt in self.state:
             capacity.add_metric([model.name], model.capacity)
             for state, count in self._health(model).items():
                 health.add_metric([model.name, state], count)
-            latest = self.service.latest(model.ref)
-            attempt = latest.attempt if latest else None
             running.add_metric([model.name], 1 if attempt and not attempt.status.terminal else 0)
             if attempt is not None:
                 for name, value in (
@@ -87,7 +94,8 @@ class OrchestratorMetrics:
     def __init__(self, service: Orchestrator) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, _StateCollector(service)):
+        self.state = _StateCollector(service)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, self.state):
             self.registry.register(collector)
         r = self.registry
         self.attempts = Counter(
@@ -126,5 +134,6 @@ class OrchestratorMetrics:
         elif isinstance(event, TransientError):
             self.engine_retries.labels(event.scale_set).inc()
 
-    def render(self) -> bytes:
+    async def render(self) -> bytes:
+        await self.state.refresh()
         return generate_latest(self.registry)

@@ -1,7 +1,8 @@
 """SQLite (WAL) persistence: scale set models, the gallery, instance ports, attempts, the journal, history.
 
-Calls are synchronous and short (local SQLite, WAL, synchronous=NORMAL): each is a few hundred microseconds,
-less than handing it to a thread would cost.
+The port is async (a shared PostgreSQL store answers over the network); here each call runs SQLite directly and
+is short (local file, WAL, synchronous=NORMAL): a few hundred microseconds, less than handing it to a thread
+would cost.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class SqliteStore:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.migrate()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.db.close()
 
     @contextmanager
@@ -115,7 +116,7 @@ class SqliteStore:
 
     # --- scale sets ---------------------------------------------------------------------------------------
 
-    def put_scale_set(self, model: ScaleSet, now: float) -> None:
+    async def put_scale_set(self, model: ScaleSet, now: float) -> None:
         self.db.execute(
             "INSERT INTO scale_sets (name, resource_group, subscription, doc, created, updated)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET resource_group = excluded.resource_group,"
@@ -123,11 +124,11 @@ class SqliteStore:
             (model.name, model.resource_group, model.subscription, json.dumps(model.to_json()), now, now),
         )
 
-    def get_scale_set(self, name: str) -> ScaleSet | None:
+    async def get_scale_set(self, name: str) -> ScaleSet | None:
         row = self.db.execute("SELECT * FROM scale_sets WHERE name = ?", (name,)).fetchone()
         return self._scale_set(row) if row else None
 
-    def list_scale_sets(self) -> list[ScaleSet]:
+    async def list_scale_sets(self) -> list[ScaleSet]:
         rows = self.db.execute("SELECT * FROM scale_sets ORDER BY name").fetchall()
         return [self._scale_set(r) for r in rows]
 
@@ -140,36 +141,36 @@ class SqliteStore:
             subscription=row["subscription"],
         )
 
-    def delete_scale_set(self, name: str) -> None:
+    async def delete_scale_set(self, name: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM scale_sets WHERE name = ?", (name,))
             db.execute("DELETE FROM instances WHERE scale_set = ?", (name,))
 
     # --- instances: host ports kept across reimages ----------------------------------------------------------
 
-    def instance_ports(self, scale_set: str) -> dict[int, dict[int, int]]:
+    async def instance_ports(self, scale_set: str) -> dict[int, dict[int, int]]:
         rows = self.db.execute("SELECT instance_id, ports FROM instances WHERE scale_set = ?", (scale_set,))
         return {r["instance_id"]: {int(k): v for k, v in json.loads(r["ports"]).items()} for r in rows}
 
-    def all_host_ports(self) -> set[int]:
+    async def all_host_ports(self) -> set[int]:
         used: set[int] = set()
         for row in self.db.execute("SELECT ports FROM instances"):
             used.update(json.loads(row["ports"]).values())
         return used
 
-    def put_instance_ports(self, scale_set: str, instance_id: int, ports: Mapping[int, int]) -> None:
+    async def put_instance_ports(self, scale_set: str, instance_id: int, ports: Mapping[int, int]) -> None:
         self.db.execute(
             "INSERT INTO instances (scale_set, instance_id, ports) VALUES (?, ?, ?)"
             " ON CONFLICT (scale_set, instance_id) DO UPDATE SET ports = excluded.ports",
             (scale_set, instance_id, json.dumps({str(k): v for k, v in ports.items()})),
         )
 
-    def delete_instance(self, scale_set: str, instance_id: int) -> None:
+    async def delete_instance(self, scale_set: str, instance_id: int) -> None:
         self.db.execute("DELETE FROM instances WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id))
 
     # --- gallery -------------------------------------------------------------------------------------------
 
-    def put_image_definition(self, definition: ImageDefinition) -> None:
+    async def put_image_definition(self, definition: ImageDefinition) -> None:
         self.db.execute(
             "INSERT INTO image_definitions (gallery, name, publisher, offer, sku) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (gallery, name) DO UPDATE SET publisher = excluded.publisher, offer = excluded.offer,"
@@ -177,11 +178,11 @@ class SqliteStore:
             (definition.gallery, definition.name, definition.publisher, definition.offer, definition.sku),
         )
 
-    def image_definitions(self) -> list[ImageDefinition]:
+    async def image_definitions(self) -> list[ImageDefinition]:
         rows = self.db.execute("SELECT * FROM image_definitions ORDER BY gallery, name")
         return [ImageDefinition(r["gallery"], r["name"], r["publisher"], r["offer"], r["sku"]) for r in rows]
 
-    def put_image_version(self, version: ImageVersion) -> None:
+    async def put_image_version(self, version: ImageVersion) -> None:
         self.db.execute(
             "INSERT INTO image_versions (gallery, image, version, artifact, exclude_from_latest, locations, published)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gallery, image, version) DO UPDATE SET"
@@ -198,7 +199,7 @@ class SqliteStore:
             ),
         )
 
-    def image_versions(self) -> list[ImageVersion]:
+    async def image_versions(self) -> list[ImageVersion]:
         rows = self.db.execute("SELECT * FROM image_versions ORDER BY gallery, image, published")
         return [
             ImageVersion(
@@ -213,7 +214,7 @@ class SqliteStore:
             for r in rows
         ]
 
-    def delete_image_version(self, gallery: str, image: str, version: str) -> None:
+    async def delete_image_version(self, gallery: str, image: str, version: str) -> None:
         self.db.execute(
             "DELETE FROM image_versions WHERE gallery = ? AND image = ? AND version = ?",
             (gallery, image, version),
@@ -238,7 +239,7 @@ class SqliteStore:
             ),
         )
 
-    def start_attempt(self, attempt: Attempt, image_reference: Mapping[str, Any]) -> str | None:
+    async def start_attempt(self, attempt: Attempt, image_reference: Mapping[str, Any]) -> str | None:
         """Records a new attempt unless another one of its scale set is active (compare-and-set in one write
         transaction, so it holds across processes too). Returns the id of the active one that prevented it."""
         with self.transaction() as db:
@@ -250,24 +251,24 @@ class SqliteStore:
                 return str(busy["id"])
             self._upsert_attempt(db, attempt, image_reference)
         if attempt.status.terminal:
-            self.apply_retention(attempt.scale_set, attempt.end_time or attempt.start_time)
+            self._apply_retention(attempt.scale_set, attempt.end_time or attempt.start_time)
         return None
 
-    def save_attempt(self, attempt: Attempt, image_reference: Mapping[str, Any]) -> None:
+    async def save_attempt(self, attempt: Attempt, image_reference: Mapping[str, Any]) -> None:
         self._upsert_attempt(self.db, attempt, image_reference)
         if attempt.status.terminal:
-            self.apply_retention(attempt.scale_set, attempt.end_time or attempt.start_time)
+            self._apply_retention(attempt.scale_set, attempt.end_time or attempt.start_time)
 
-    def request_cancel(self, attempt_id: str) -> bool:
+    async def request_cancel(self, attempt_id: str) -> bool:
         """Marks an active attempt for cancelling; False when it is not active. Its reconciler reads the mark."""
         cursor = self.db.execute("UPDATE attempts SET cancel = 1 WHERE id = ? AND active = 1", (attempt_id,))
         return cursor.rowcount > 0
 
-    def cancel_requested(self, attempt_id: str) -> bool:
+    async def cancel_requested(self, attempt_id: str) -> bool:
         row = self.db.execute("SELECT cancel FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
         return bool(row and row["cancel"])
 
-    def unfinished_attempts(self) -> list[StoredAttempt]:
+    async def unfinished_attempts(self) -> list[StoredAttempt]:
         """Every attempt with work left (a crash or an error stopped it), oldest first."""
         rows = self.db.execute("SELECT * FROM attempts WHERE active = 1 ORDER BY start_time, rowid").fetchall()
         return [self._stored(r) for r in rows]
@@ -276,18 +277,18 @@ class SqliteStore:
     def _stored(row: sqlite3.Row) -> StoredAttempt:
         return StoredAttempt(attempt_from_json(json.loads(row["doc"])), json.loads(row["image_reference"]))
 
-    def attempts(self, scale_set: str) -> list[StoredAttempt]:
+    async def attempts(self, scale_set: str) -> list[StoredAttempt]:
         """Newest first, as Azure lists osUpgradeHistory."""
         rows = self.db.execute(
             "SELECT * FROM attempts WHERE scale_set = ? ORDER BY start_time DESC, rowid DESC", (scale_set,)
         ).fetchall()
         return [self._stored(r) for r in rows]
 
-    def get_attempt(self, attempt_id: str) -> StoredAttempt | None:
+    async def get_attempt(self, attempt_id: str) -> StoredAttempt | None:
         row = self.db.execute("SELECT * FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
         return self._stored(row) if row else None
 
-    def apply_retention(self, scale_set: str, now: float) -> None:
+    def _apply_retention(self, scale_set: str, now: float) -> None:
         """Keeps the newest ``keep`` finished attempts younger than ``max_age``; a running one always stays."""
         rows = self.db.execute(
             "SELECT id, status, start_time, active FROM attempts WHERE scale_set = ?"
@@ -307,7 +308,7 @@ class SqliteStore:
                 db.execute(f"DELETE FROM attempts WHERE id IN ({marks})", doomed)
                 db.execute(f"DELETE FROM journal WHERE attempt_id IN ({marks})", doomed)
 
-    def journal_begin(self, attempt_id: str, actions: Iterable[Action], now: float) -> None:
+    async def journal_begin(self, attempt_id: str, actions: Iterable[Action], now: float) -> None:
         """Recorded (and committed) before the actions run."""
         with self.transaction() as db:
             db.executemany(
@@ -315,7 +316,7 @@ class SqliteStore:
                 [(attempt_id, a.instance_id, a.kind.value, now) for a in actions],
             )
 
-    def journal_end(self, attempt_id: str, results: Iterable[ActionResult], now: float) -> None:
+    async def journal_end(self, attempt_id: str, results: Iterable[ActionResult], now: float) -> None:
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO journal (attempt_id, instance_id, action, phase, ok, error, at)"
@@ -323,7 +324,7 @@ class SqliteStore:
                 [(attempt_id, r.action.instance_id, r.action.kind.value, int(r.ok), r.error, now) for r in results],
             )
 
-    def journal(self, attempt_id: str) -> list[JournalEntry]:
+    async def journal(self, attempt_id: str) -> list[JournalEntry]:
         rows = self.db.execute("SELECT * FROM journal WHERE attempt_id = ? ORDER BY seq", (attempt_id,))
         return [
             JournalEntry(
