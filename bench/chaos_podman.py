@@ -182,7 +182,20 @@ def check(server: Server, violations: list[str], kill: int) -> None:
         violations.append(f"kill {kill}: containers {sorted(found)}")
     for name, (running, _) in found.items():
         if not running:
-            violations.append(f"kill {kill}: {name} is not running")
+            state = subprocess.run(
+                [
+                    "podman",
+                    "inspect",
+                    "--format",
+                    "{{.State.Status}} exit {{.State.ExitCode}} at {{.State.FinishedAt}}",
+                    name,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=60,
+            ).stdout.strip()
+            violations.append(f"kill {kill}: {name} is not running ({state})")
     status, doc = server.call("GET", f"{VMSS}/virtualMachines?{API}")
     if status != 200:
         violations.append(f"kill {kill}: virtualMachines answered {status}")
@@ -289,8 +302,11 @@ def main() -> int:
         print("   ", violation)
     leaked = podman_services(state)
     print(f"  {'podman services left after stop':<32}{len(leaked):>6}")
+    if violations or leaked:
+        print(f"  state directory and serve.log kept in {state}")
+        return 1
     shutil.rmtree(state, ignore_errors=True)
-    return 1 if violations or leaked else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,27 @@ async def test_a_manual_reimage_rides_out_transient_errors_and_commits(runtime: 
     assert sorted(name for call, name in runtime.driver.calls if call == "reimage") == ["web_1", "web_2"]
     assert sorted(name for call, name in runtime.driver.calls if call == "commit") == ["web_1", "web_2"]
     assert runtime.driver.failures == {"reimage": [], "commit": []}  # every injected error was met and ridden out
+
+
+async def test_an_instance_stopped_behind_a_rollback_runs_when_the_attempt_ends(runtime: Runtime) -> None:
+    """A stop that a killed engine delivers late can leave a restored OS disk stopped: the attempt's end starts it."""
+    service = runtime.service
+    await service.create_or_update(small(), name="web")
+    await service.publish_version(version("2.0.0"))
+    runtime.driver.fail("reimage", DriverError("create web_0: no such image"))
+    rollback = runtime.driver.rollback
+
+    async def rollback_then_stopped(spec: InstanceSpec) -> None:
+        await rollback(spec)
+        state = runtime.driver.instances["web"][spec.instance_id]
+        assert state.current is not None
+        runtime.driver.instances["web"][spec.instance_id] = replace(
+            state, current=replace(state.current, running=False)
+        )
+
+    runtime.driver.rollback = rollback_then_stopped  # type: ignore[method-assign]
+    attempt = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
+    done = await service.wait_attempt(attempt.id, 10)
+    assert done.instances[0].step is Step.ROLLED_BACK
+    states = await runtime.driver.observe("web")
+    assert all(s.running and s.previous is None for s in states.values()), states

@@ -213,6 +213,7 @@ class Reconciler:
                         in_flight[task] = action
                 await self._save(model, before, attempt)  # actions in flight are persisted before anything else happens
                 if attempt.done:
+                    await self._restart_stopped(model, attempt)
                     return attempt
                 timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - self.clock())
                 finished = await self._wait(set(in_flight), wake, seen, timeout)
@@ -237,6 +238,22 @@ class Reconciler:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _restart_stopped(self, model: ScaleSet, attempt: Attempt) -> None:
+        """The attempt is over: each instance it touched must run its one OS disk. One that does not (a stop
+        that an engine killed mid-call delivered late) is started again."""
+        states = await self.observe(model.name)
+        for instance_id in attempt.instances:
+            state = states.get(instance_id)
+            if state is None or state.current is None or state.running or state.previous is not None:
+                continue
+            spec = self.instances.handle(model, instance_id, state.version)
+            log.warning("%s is not running after attempt %s: starting it", spec.name, attempt.id)
+            try:
+                async with asyncio.timeout(self.settings.action_timeout):
+                    await self.driver.ensure_running(spec)
+            except (DriverError, TimeoutError) as exc:
+                log.warning("%s could not be started: %s", spec.name, exc)
 
     async def _wait(
         self, actions: set[asyncio.Task[ActionResult]], wake: asyncio.Event, seen: int, timeout: float | None

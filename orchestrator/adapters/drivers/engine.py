@@ -462,7 +462,8 @@ class EngineDriver:
             return
         await self._remove(name)
         await self._rename(prev, name)
-        await self._start(name, previous)
+        # Asked afresh: what was read before the rename may be stale (a stop that an engine restart delivered late).
+        await self._start(name, await self._find(name))
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
         await self._remove(spec.name + PREVIOUS_SUFFIX)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from orchestrator.ports.driver import DriverError, InstanceSpec, InstanceState, OsDisk
 
@@ -38,6 +38,8 @@ class MemoryDriver:
             if spec.image in self.missing_images:
                 raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
             self._set(spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, True), ports=spec.ports))
+        elif not state.current.running:
+            self._set(spec, replace(state, current=replace(state.current, running=True)))
 
     async def reimage(self, spec: InstanceSpec) -> None:
         self.calls.append(("reimage", spec.name))
