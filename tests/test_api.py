@@ -52,7 +52,7 @@ def publish(served: Served, version: str, *, exclude: bool = False) -> None:
         },
     }
     status, doc, _ = served.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)
-    assert status == 200, doc
+    assert status in (200, 201), doc
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     ) as running:
         identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
         status, _, _ = running.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})
-        assert status == 200
+        assert status == 201
         publish(running, "1.0.0")
         yield running
 
@@ -103,12 +103,15 @@ def test_seed_calls_verbatim(served: Served) -> None:
         assert doc["sku"]["capacity"] == 5  # left out of the body, kept
     status, doc, headers = served.call("POST", f"{VMSS}/osRollingUpgrade?api-version=2021-03-01")
     assert status == 202, doc
-    assert "rollingUpgrades/latest" in headers["Location"]
-    wait_for(
-        lambda: (
-            served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["runningStatus"]["code"]
-            == "Completed"
-        )
+    # ARM's long-running-operation protocol: an absolute URL of an operation resource to poll.
+    operation = headers["Azure-AsyncOperation"]
+    assert operation.startswith(served.url + "/subscriptions/subscription_id/providers/Microsoft.Compute/locations/")
+    assert headers["Location"] == operation
+    wait_for(lambda: served.call("GET", operation.removeprefix(served.url))[1]["status"] == "Succeeded")
+    done = served.call("GET", operation.removeprefix(served.url))[1]
+    assert set(done) == {"name", "status", "startTime", "endTime"}
+    assert served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["runningStatus"]["code"] == (
+        "Completed"
     )
     publish(served, "1.1.0")  # the platform rolls this one out by itself
     wait_for(lambda: len(served.call("GET", f"{VMSS}/osUpgradeHistory?api-version=2021-03-01")[1]["value"]) == 2)

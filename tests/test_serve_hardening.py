@@ -25,7 +25,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     with overhaul_serve(tmp_path / "state", "--engine", "memory", "--body-timeout", "1") as running:
         identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
         status, _, _ = running.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})
-        assert status == 200
+        assert status == 201
         publish(running, "1.0.0")
         yield running
 
@@ -101,11 +101,12 @@ def test_other_groups_and_subscriptions_do_not_see_a_scale_set(served: Served) -
     other_sub = VMSS.replace("subscription_id", "other_sub")
     assert served.call("GET", f"{other_group}?{API}")[0] == 404
     assert served.call("GET", f"{other_sub}?{API}")[0] == 404
-    assert served.call("DELETE", f"{other_group}?{API}")[0] == 404
+    assert served.call("DELETE", f"{other_group}?{API}")[0] == 204  # ARM: nothing there to delete
     status, doc, _ = served.call("PUT", f"{other_group}?{API}", MODEL)
     assert status == 409 and doc["error"]["code"] == "ScaleSetNameInUse"
     shouting = VMSS.replace("myResourceGroup", "MYRESOURCEGROUP").replace("myScaleSet", "MYSCALESET")
     assert served.call("GET", f"{shouting}?{API}")[0] == 200  # ARM names compare case-blind
+    assert served.call("GET", f"{VMSS.lower()}?{API}")[0] == 200  # and so do the path's own segments
     status, doc, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
     assert status == 200 and len(doc["value"]) == 5  # nothing was deleted or moved
 
@@ -209,3 +210,33 @@ def test_a_crashed_serve_leaves_the_state_directory_free(tmp_path: Path) -> None
     with overhaul_serve(tmp_path / "state", "--engine", "memory") as again:
         assert again.call("GET", "/healthz", token="")[0] == 200
     assert os.path.exists(tmp_path / "state" / "serve.lock")
+
+
+@pytest.mark.parametrize("version", ["2018-06-01", "latest", "2024-13", "x" * 100])
+def test_api_versions_older_than_automatic_upgrades_or_malformed_get_400(served: Served, version: str) -> None:
+    status, doc, _ = served.call("GET", f"{VMSS}?api-version={version}")
+    assert status == 400 and doc["error"]["code"] == "InvalidApiVersionParameter", doc
+    assert served.call("GET", f"{VMSS}?api-version=2026-04-01")[0] == 404  # any later version is served
+
+
+def test_arm_document_details(served: Served) -> None:
+    status, doc, _ = served.call(
+        "PUT",
+        f"{GALLERY}/versions/3.0.0?{API}",
+        {"properties": {"storageProfile": {"source": {"overhaul": {"containerImage": "localhost/x:3"}}}}},
+    )
+    assert status == 201, doc  # created; the same PUT again is 200
+    assert doc["id"] == f"{GALLERY}/versions/3.0.0"
+    published = doc["properties"]["publishingProfile"]["publishedDate"]
+    assert isinstance(published, str) and published.endswith("Z") and "T" in published
+    assert (
+        served.call(
+            "PUT",
+            f"{GALLERY}/versions/3.0.0?{API}",
+            {"properties": {"storageProfile": {"source": {"overhaul": {"containerImage": "localhost/x:3"}}}}},
+        )[0]
+        == 200
+    )
+    assert served.call("DELETE", f"{GALLERY}/versions/3.0.0?{API}")[0] == 200
+    assert served.call("DELETE", f"{GALLERY}/versions/3.0.0?{API}")[0] == 204
+    assert served.call("DELETE", f"{VMSS}?{API}")[0] == 204

@@ -18,8 +18,8 @@ from orchestrator.adapters.http import arm
 from orchestrator.adapters.http.metrics import OrchestratorMetrics
 from orchestrator.adapters.http.openapi import openapi_document
 from orchestrator.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
-from orchestrator.core.gallery import ImageDefinition, parse_image_version
-from orchestrator.core.model import ModelError, ScaleSetRef, merge_patch
+from orchestrator.core.gallery import ImageDefinition, ImageVersion, parse_image_version
+from orchestrator.core.model import ModelError, ScaleSet, ScaleSetRef, merge_patch
 from orchestrator.core.rollout import AttemptStatus, StartedBy
 from orchestrator.runtime.service import EngineFailed, Orchestrator
 
@@ -28,6 +28,9 @@ MAX_BODY_BYTES = 1024 * 1024
 # A request body that has not arrived within this many seconds gets 408.
 BODY_TIMEOUT = 30.0
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
+# Automatic OS image upgrades need api-version 2018-10-01 or later; every later dated version speaks the same shapes.
+OLDEST_API_VERSION = "2018-10-01"
+API_VERSION = re.compile(r"20[0-9]{2}-[01][0-9]-[0-3][0-9](-preview)?")
 
 
 class RequestTimeout(OverhaulError):
@@ -57,6 +60,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SUB = "/subscriptions/{sub}"
 VMSS = SUB + "/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"
 GALLERY = SUB + "/resourceGroups/{rg}/providers/Microsoft.Compute/galleries/{gallery}"
+OPERATIONS = SUB + "/providers/Microsoft.Compute/locations/{location}/operations/{operation}"
 IMAGE_VERSIONS = (
     SUB + "/providers/Microsoft.Compute/locations/{location}/publishers/{publisher}"
     "/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions"
@@ -100,8 +104,20 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         response = error(401, "AuthenticationFailed", "a valid 'Authorization: Bearer <token>' header is required")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
-    if request.path.startswith("/subscriptions/") and not request.query.get("api-version"):
-        return error(400, "MissingApiVersionParameter", "the api-version query parameter is required", "api-version")
+    if request.path.lower().startswith("/subscriptions/"):
+        version = request.query.get("api-version")
+        if not version:
+            return error(
+                400, "MissingApiVersionParameter", "the api-version query parameter is required", "api-version"
+            )
+        if not API_VERSION.fullmatch(version) or version[:10] < OLDEST_API_VERSION:
+            return error(
+                400,
+                "InvalidApiVersionParameter",
+                f"The api-version '{version[:40]}' is invalid. The supported versions are '{OLDEST_API_VERSION}' and "
+                "later dated versions (YYYY-MM-DD, optionally -preview), as Azure's automatic OS upgrades require.",
+                "api-version",
+            )
     return await handler(request)
 
 
@@ -153,7 +169,11 @@ async def get_scale_set(request: web.Request) -> web.Response:
 
 
 async def delete_scale_set(request: web.Request) -> web.Response:
-    await service(request).delete_scale_set(ref(request))
+    """ARM: 200 when it was deleted, 204 when there was nothing to delete (here, through this id)."""
+    try:
+        await service(request).delete_scale_set(ref(request))
+    except NotFound:
+        return web.Response(status=204)
     return web.Response(status=200)
 
 
@@ -214,18 +234,39 @@ async def start_os_rolling_upgrade(request: web.Request) -> web.Response:
     if attempt.status is AttemptStatus.FAULTED and attempt.error_code:
         # Refused before it began (too many unhealthy instances): Azure's 409 with the code; history has it too.
         return error(409, attempt.error_code, attempt.error_message or attempt.error_code)
-    location = f"{model.resource_id}/rollingUpgrades/latest?api-version={request.query.get('api-version')}"
     return web.json_response(
-        arm.latest_record(attempt, model),
-        status=202,
-        headers={"Location": location, "Azure-AsyncOperation": location, "Retry-After": "2"},
+        arm.latest_record(attempt, model), status=202, headers=operation_headers(request, model, attempt.id)
     )
 
 
 async def cancel_rolling_upgrade(request: web.Request) -> web.Response:
     orchestrator = service(request)
     attempt = await orchestrator.cancel(ref(request))
-    return web.json_response(arm.latest_record(attempt, await orchestrator.get_scale_set(ref(request))), status=202)
+    model = await orchestrator.get_scale_set(ref(request))
+    headers = operation_headers(request, model, attempt.id + CANCEL_SUFFIX)
+    return web.json_response(arm.latest_record(attempt, model), status=202, headers=headers)
+
+
+CANCEL_SUFFIX = ".cancel"
+
+
+def operation_headers(request: web.Request, model: ScaleSet, operation: str) -> dict[str, str]:
+    """ARM's long-running-operation protocol: absolute URLs of an operation resource a client polls."""
+    url = (
+        f"{request.url.origin()}/subscriptions/{model.subscription}/providers/Microsoft.Compute/locations/"
+        f"{model.location}/operations/{operation}?api-version={request.query.get('api-version')}"
+    )
+    return {"Azure-AsyncOperation": url, "Location": url, "Retry-After": "1"}
+
+
+async def get_operation(request: web.Request) -> web.Response:
+    """An operation resource: a rolling upgrade (its attempt), or the cancel of one."""
+    name = request.match_info["operation"]
+    attempt_id = name.removesuffix(CANCEL_SUFFIX)
+    attempt = await service(request).find_attempt(attempt_id)
+    if attempt is None:
+        raise NotFound(f"operation {name} does not exist (or its history was pruned)", "OperationNotFound")
+    return web.json_response(arm.operation_doc(name, attempt, cancel=name.endswith(CANCEL_SUFFIX)))
 
 
 async def latest_rolling_upgrade(request: web.Request) -> web.Response:
@@ -254,6 +295,18 @@ def image_definition_doc(request: web.Request, definition: ImageDefinition) -> d
     }
 
 
+def image_version_doc(request: web.Request, version: ImageVersion) -> dict[str, Any]:
+    """The ARM document of an image version: its full id and an ISO 8601 publishedDate."""
+    m = request.match_info
+    doc = version.to_json()
+    doc["id"] = (
+        f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/Microsoft.Compute/galleries/{version.gallery}"
+        f"/images/{version.image}/versions/{version.version}"
+    )
+    doc["properties"]["publishingProfile"]["publishedDate"] = arm.iso(version.published_at)
+    return doc
+
+
 async def put_image_definition(request: web.Request) -> web.Response:
     body = await body_json(request)
     props = body.get("properties") if isinstance(body, Mapping) else None
@@ -269,8 +322,14 @@ async def put_image_definition(request: web.Request) -> web.Response:
             raise InvalidInput(f"properties.identifier.{key}: is required", target=f"properties.identifier.{key}")
         values[key] = value
     definition = ImageDefinition(request.match_info["gallery"], request.match_info["image"], **values)
-    await service(request).put_image_definition(definition)
-    return web.json_response(image_definition_doc(request, definition))
+    orchestrator = service(request)
+    try:
+        await orchestrator.image_definition(definition.gallery, definition.name)
+        created = False
+    except NotFound:
+        created = True
+    await orchestrator.put_image_definition(definition)
+    return web.json_response(image_definition_doc(request, definition), status=201 if created else 200)
 
 
 async def get_image_definition(request: web.Request) -> web.Response:
@@ -280,7 +339,7 @@ async def get_image_definition(request: web.Request) -> web.Response:
 
 async def list_image_versions(request: web.Request) -> web.Response:
     versions = await service(request).image_versions(request.match_info["gallery"], request.match_info["image"])
-    return web.json_response({"value": [v.to_json() for v in versions]})
+    return web.json_response({"value": [image_version_doc(request, v) for v in versions]})
 
 
 async def put_image_version(request: web.Request, *, patch: bool = False) -> web.Response:
@@ -293,12 +352,14 @@ async def put_image_version(request: web.Request, *, patch: bool = False) -> web
             raise InvalidInput("the request body must be a JSON object", target="")
         body = merge_patch(current.to_json(), body)
         published = current.published_at
+        created = False
     else:
         existing = [v for v in await orchestrator.image_versions(gallery, image) if v.version == version]
         published = existing[0].published_at if existing else time.time()
+        created = not existing
     parsed = parse_image_version(body, gallery=gallery, image=image, version=version, published_at=published)
     await orchestrator.publish_version(parsed)
-    return web.json_response(parsed.to_json())
+    return web.json_response(image_version_doc(request, parsed), status=201 if created else 200)
 
 
 async def patch_image_version(request: web.Request) -> web.Response:
@@ -307,12 +368,15 @@ async def patch_image_version(request: web.Request) -> web.Response:
 
 async def get_image_version(request: web.Request) -> web.Response:
     gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
-    return web.json_response((await service(request).image_version(gallery, image, version)).to_json())
+    return web.json_response(image_version_doc(request, await service(request).image_version(gallery, image, version)))
 
 
 async def delete_image_version(request: web.Request) -> web.Response:
     gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
-    await service(request).delete_image_version(gallery, image, version)
+    try:
+        await service(request).delete_image_version(gallery, image, version)
+    except NotFound:
+        return web.Response(status=204)
     return web.Response(status=200)
 
 
@@ -364,6 +428,15 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
+def arm_path(template: str) -> str:
+    """ARM compares paths case-insensitively: each literal segment of the template matches in any case."""
+    segments = []
+    for number, segment in enumerate(template.split("/")):
+        literal = segment and not segment.startswith("{")
+        segments.append(f"{{_{number}:(?i:{re.escape(segment)})}}" if literal else segment)
+    return "/".join(segments)
+
+
 def build_app(
     orchestrator: Orchestrator,
     token: str,
@@ -378,27 +451,32 @@ def build_app(
     app[TOKEN_KEY] = token
     app[METRICS_KEY] = orchestrator_metrics
     r = app.router
+
+    def route(method: str, path: str, handler: Handler) -> None:
+        r.add_route(method, arm_path(path), handler)
+
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)
     r.add_get("/openapi.json", openapi)
-    r.add_get(SUB + "/providers/Microsoft.Compute/virtualMachineScaleSets", list_scale_sets)
-    r.add_get(VMSS, list_scale_sets)
-    r.add_put(VMSS + "/{name}", put_scale_set)
-    r.add_patch(VMSS + "/{name}", patch_scale_set)
-    r.add_get(VMSS + "/{name}", get_scale_set)
-    r.add_delete(VMSS + "/{name}", delete_scale_set)
-    r.add_get(VMSS + "/{name}/virtualMachines", list_instances)
-    r.add_post(VMSS + "/{name}/reimage", reimage)
-    r.add_get(VMSS + "/{name}/osUpgradeHistory", os_upgrade_history)
-    r.add_post(VMSS + "/{name}/osRollingUpgrade", start_os_rolling_upgrade)
-    r.add_post(VMSS + "/{name}/rollingUpgrades/cancel", cancel_rolling_upgrade)
-    r.add_get(VMSS + "/{name}/rollingUpgrades/latest", latest_rolling_upgrade)
-    r.add_put(GALLERY + "/images/{image}", put_image_definition)
-    r.add_get(GALLERY + "/images/{image}", get_image_definition)
-    r.add_get(GALLERY + "/images/{image}/versions", list_image_versions)
-    r.add_put(GALLERY + "/images/{image}/versions/{version}", put_image_version)
-    r.add_patch(GALLERY + "/images/{image}/versions/{version}", patch_image_version)
-    r.add_get(GALLERY + "/images/{image}/versions/{version}", get_image_version)
-    r.add_delete(GALLERY + "/images/{image}/versions/{version}", delete_image_version)
-    r.add_get(IMAGE_VERSIONS, list_vm_image_versions)
+    route("GET", SUB + "/providers/Microsoft.Compute/virtualMachineScaleSets", list_scale_sets)
+    route("GET", VMSS, list_scale_sets)
+    route("PUT", VMSS + "/{name}", put_scale_set)
+    route("PATCH", VMSS + "/{name}", patch_scale_set)
+    route("GET", VMSS + "/{name}", get_scale_set)
+    route("DELETE", VMSS + "/{name}", delete_scale_set)
+    route("GET", VMSS + "/{name}/virtualMachines", list_instances)
+    route("POST", VMSS + "/{name}/reimage", reimage)
+    route("GET", VMSS + "/{name}/osUpgradeHistory", os_upgrade_history)
+    route("POST", VMSS + "/{name}/osRollingUpgrade", start_os_rolling_upgrade)
+    route("POST", VMSS + "/{name}/rollingUpgrades/cancel", cancel_rolling_upgrade)
+    route("GET", VMSS + "/{name}/rollingUpgrades/latest", latest_rolling_upgrade)
+    route("PUT", GALLERY + "/images/{image}", put_image_definition)
+    route("GET", GALLERY + "/images/{image}", get_image_definition)
+    route("GET", GALLERY + "/images/{image}/versions", list_image_versions)
+    route("PUT", GALLERY + "/images/{image}/versions/{version}", put_image_version)
+    route("PATCH", GALLERY + "/images/{image}/versions/{version}", patch_image_version)
+    route("GET", GALLERY + "/images/{image}/versions/{version}", get_image_version)
+    route("DELETE", GALLERY + "/images/{image}/versions/{version}", delete_image_version)
+    route("GET", IMAGE_VERSIONS, list_vm_image_versions)
+    route("GET", OPERATIONS, get_operation)
     return app

@@ -8,7 +8,7 @@ from typing import Any
 
 from orchestrator.core.model import ScaleSet
 from orchestrator.core.planner import InstanceView
-from orchestrator.core.rollout import Attempt, Step
+from orchestrator.core.rollout import Attempt, AttemptStatus, Step
 
 UPGRADE_TYPE = "Microsoft.Compute/virtualMachineScaleSets/rollingUpgrades"
 
@@ -156,3 +156,24 @@ def instance_doc(
             },
         },
     }
+
+
+OPERATION_STATUS = {
+    AttemptStatus.ROLLING_FORWARD: "InProgress",
+    AttemptStatus.COMPLETED: "Succeeded",
+    AttemptStatus.FAULTED: "Failed",
+    AttemptStatus.CANCELLED: "Canceled",
+}
+
+
+def operation_doc(name: str, attempt: Attempt, *, cancel: bool = False) -> dict[str, Any]:
+    """ARM's operation resource for a rolling upgrade, or for the cancel of one (done once the attempt ends)."""
+    status = OPERATION_STATUS[attempt.status]
+    if cancel and attempt.status.terminal:
+        status = "Succeeded"
+    doc: dict[str, Any] = {"name": name, "status": status, "startTime": iso(attempt.start_time)}
+    if attempt.status.terminal:
+        doc["endTime"] = iso(attempt.end_time)
+    if status == "Failed":
+        doc["error"] = {"code": attempt.error_code or "RollingUpgradeFailed", "message": attempt.error_message or ""}
+    return doc
