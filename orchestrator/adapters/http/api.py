@@ -289,6 +289,7 @@ def image_definition_doc(request: web.Request, definition: ImageDefinition) -> d
         "name": definition.name,
         "type": "Microsoft.Compute/galleries/images",
         "properties": {
+            "provisioningState": "Succeeded",
             "osType": "Linux",
             "identifier": {"publisher": definition.publisher, "offer": definition.offer, "sku": definition.sku},
         },

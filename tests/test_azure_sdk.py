@@ -1,0 +1,182 @@
+"""The real Azure SDK for Python (azure-mgmt-compute) drives `overhaul serve` on real Podman with its own methods and
+models, ARM's long-running-operation protocol included. Where overhaul needs a field Azure has no model for (the
+container image of a version, an inline health probe), the SDK's models carry it as raw JSON, as they allow."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import HttpResponseError
+from azure.core.pipeline import PipelineRequest
+from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.mgmt.compute import ComputeManagementClient
+from azure.mgmt.compute import models as m
+
+from demo import busybox_images as engine_images
+from tests.serve import Served, overhaul_serve
+
+pytestmark = pytest.mark.slow
+REPO = "localhost/overhaul-sdk"
+SUB, RG, GALLERY, IMAGE, NAME = "sdk-sub", "sdk-rg", "gallery", "tiny", "sdkset"
+
+
+class StaticToken:
+    """A credential that hands out overhaul's bearer token."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
+class BearerOverLoopback(SansIOHTTPPolicy[Any, Any]):
+    """The token on every request: overhaul listens on loopback HTTP, where the SDK's own policy insists on TLS."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def on_request(self, request: PipelineRequest[Any]) -> None:
+        request.http_request.headers["Authorization"] = f"Bearer {self.token}"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    engine_images.build("podman", f"{REPO}:1.0.0", "1.0.0")
+    engine_images.build("podman", f"{REPO}:2.0.0", "2.0.0")
+    engine_images.build("podman", f"{REPO}:3.0.0", "3.0.0", healthy=False)
+    with overhaul_serve(
+        tmp_path_factory.mktemp("sdk") / "state", "--engine", "podman", "--probe-interval", "0.2"
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(served: Served) -> Iterator[ComputeManagementClient]:
+    compute = ComputeManagementClient(
+        credential=StaticToken(served.token),
+        subscription_id=SUB,
+        base_url=served.url,
+        authentication_policy=BearerOverLoopback(served.token),
+        polling_interval=0.2,
+    )
+    try:
+        yield compute
+    finally:
+        compute.virtual_machine_scale_sets.begin_delete(RG, NAME).result()
+        compute.close()
+
+
+def publish(client: ComputeManagementClient, version: str, image: str | None = None) -> m.GalleryImageVersion:
+    source = m.GalleryArtifactVersionFullSource({"overhaul": {"containerImage": f"{REPO}:{image or version}"}})
+    body = m.GalleryImageVersion(
+        location="local",
+        properties=m.GalleryImageVersionProperties(
+            publishing_profile=m.GalleryImageVersionPublishingProfile(target_regions=[m.TargetRegion(name="local")]),
+            storage_profile=m.GalleryImageVersionStorageProfile(source=source),
+        ),
+    )
+    return client.gallery_image_versions.begin_create_or_update(RG, GALLERY, IMAGE, version, body).result()
+
+
+def wait_healthy(client: ComputeManagementClient, timeout: float = 60) -> None:
+    """Until every instance's health, as the SDK reads it from the instance view, is healthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [
+            vm.instance_view.vm_health.status.code
+            for vm in client.virtual_machine_scale_set_vms.list(RG, NAME)
+            if vm.instance_view and vm.instance_view.vm_health and vm.instance_view.vm_health.status
+        ]
+        if len(states) == 3 and set(states) == {"HealthState/healthy"}:
+            return
+        assert time.monotonic() < deadline, f"instances not healthy: {states}"
+        time.sleep(0.2)
+
+
+def scale_set() -> m.VirtualMachineScaleSet:
+    probe = {"healthProbe": {"protocol": "Http", "port": 8080, "requestPath": "/health"}}
+    return m.VirtualMachineScaleSet(
+        location="local",
+        sku=m.Sku(name="Standard_Container", capacity=3),
+        properties=m.VirtualMachineScaleSetProperties(
+            upgrade_policy=m.UpgradePolicy(
+                mode="Rolling",
+                # overhaul's own health deadline rides along as raw JSON: a bad version is rolled back in seconds.
+                rolling_upgrade_policy=m.RollingUpgradePolicy(
+                    {"maxBatchInstancePercent": 34, "overhaul": {"instanceHealthTimeout": "PT6S"}}
+                ),
+            ),
+            virtual_machine_profile=m.VirtualMachineScaleSetVMProfile(
+                storage_profile=m.VirtualMachineScaleSetStorageProfile(
+                    image_reference=m.ImageReference(publisher="overhaul", offer="sdk", sku="tiny", version="latest"),
+                    data_disks=[m.VirtualMachineScaleSetDataDisk(lun=0, create_option="Empty", disk_size_gb=1)],
+                ),
+                network_profile=m.VirtualMachineScaleSetNetworkProfile(probe),
+            ),
+        ),
+    )
+
+
+def test_the_azure_sdk_drives_a_rolling_upgrade_end_to_end(client: ComputeManagementClient, served: Served) -> None:
+    identifier = m.GalleryImageIdentifier(publisher="overhaul", offer="sdk", sku="tiny")
+    definition = client.gallery_images.begin_create_or_update(
+        RG,
+        GALLERY,
+        IMAGE,
+        m.GalleryImage(
+            location="local",
+            properties=m.GalleryImageProperties(os_type="Linux", os_state="Generalized", identifier=identifier),
+        ),
+    ).result()
+    assert definition.identifier is not None and definition.identifier.sku == "tiny"
+    assert publish(client, "1.0.0").name == "1.0.0"
+
+    created = client.virtual_machine_scale_sets.begin_create_or_update(RG, NAME, scale_set()).result()
+    assert created.sku is not None and created.sku.capacity == 3
+    assert created.provisioning_state == "Succeeded"
+    assert client.virtual_machine_scale_sets.get(RG, NAME).name == NAME
+    assert [s.name for s in client.virtual_machine_scale_sets.list(RG)] == [NAME]
+    assert len(list(client.virtual_machine_scale_set_vms.list(RG, NAME))) == 3
+
+    wait_healthy(client)
+    publish(client, "2.0.0")
+    images = client.virtual_machine_images.list("local", "overhaul", "sdk", "tiny")
+    assert [i.name for i in images] == ["1.0.0", "2.0.0"]
+    # Returns when the attempt ends, following the operation resource.
+    client.virtual_machine_scale_set_rolling_upgrades.begin_start_os_upgrade(RG, NAME).result()
+    latest = client.virtual_machine_scale_set_rolling_upgrades.get_latest(RG, NAME)
+    assert latest.running_status is not None and latest.running_status.code == "Completed"
+    assert latest.progress is not None and latest.progress.successful_instance_count == 3
+
+    wait_healthy(client)
+    publish(client, "2.1.0", image="2.0.0")
+    client.virtual_machine_scale_set_rolling_upgrades.begin_start_os_upgrade(RG, NAME, polling=False).result()
+    client.virtual_machine_scale_set_rolling_upgrades.begin_cancel(RG, NAME).result()  # returns once it has stopped
+    cancelled = client.virtual_machine_scale_set_rolling_upgrades.get_latest(RG, NAME)
+    assert cancelled.running_status is not None and cancelled.running_status.code == "Cancelled"
+
+    wait_healthy(client)
+    publish(client, "3.0.0")  # never healthy: the attempt faults, and the SDK raises as with Azure
+    with pytest.raises(HttpResponseError):
+        client.virtual_machine_scale_set_rolling_upgrades.begin_start_os_upgrade(RG, NAME).result()
+    history = list(client.virtual_machine_scale_sets.get_os_upgrade_history(RG, NAME))
+    assert [h.properties.running_status.code for h in history if h.properties and h.properties.running_status] == [
+        "Faulted",
+        "Cancelled",
+        "Completed",
+    ]
+
+    updated = client.virtual_machine_scale_sets.begin_update(
+        RG, NAME, m.VirtualMachineScaleSetUpdate(tags={"owner": "sdk"})
+    ).result()
+    assert updated.tags == {"owner": "sdk"}
+    client.virtual_machine_scale_sets.begin_reimage(RG, NAME).result()
+    versions = {
+        vm.storage_profile.image_reference.exact_version for vm in client.virtual_machine_scale_set_vms.list(RG, NAME)
+    }
+    assert versions == {"3.0.0"}  # a reimage takes the model's image ('latest'), not health-gated, as in Azure
