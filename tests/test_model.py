@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from orchestrator.core.gallery import ImageDefinition, ImageVersion, latest_version, parse_image_version, resolve
-from orchestrator.core.model import ModelError, format_duration, parse_duration, parse_scale_set
+from orchestrator.core.model import ModelError, check_new_model, format_duration, parse_duration, parse_scale_set
 
 BASE: dict[str, Any] = {
     "location": "local",
@@ -178,3 +178,20 @@ def test_image_version_body() -> None:
     assert err.value.path == "properties.storageProfile.source.overhaul.containerImage"
     with pytest.raises(ModelError, match=r"MAJOR\.MINOR\.PATCH"):
         parse_image_version(doc, gallery="g", image="demo", version="latest", published_at=1.0)
+
+
+def test_automatic_os_upgrades_need_version_latest() -> None:
+    doc: dict[str, Any] = {
+        "sku": {"capacity": 1},
+        "properties": {
+            "upgradePolicy": {"mode": "Automatic", "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True}},
+            "virtualMachineProfile": {
+                "storageProfile": {"imageReference": {"publisher": "p", "offer": "o", "sku": "s", "version": "1.0.0"}}
+            },
+        },
+    }
+    with pytest.raises(ModelError, match="version set to 'latest'") as caught:
+        check_new_model(parse_scale_set(doc, name="web"))
+    assert caught.value.path == "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade"
+    doc["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]["version"] = "latest"
+    check_new_model(parse_scale_set(doc, name="web"))

@@ -522,6 +522,17 @@ def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", sub
     )
 
 
+def check_new_model(model: ScaleSet) -> None:
+    """Azure's rules for a model being written (not for one read back from the store, which was checked then)."""
+    if model.upgrade_policy.automatic.enable_automatic_os_upgrade and not model.image_reference.is_latest:
+        # A fixed version never has a newer one to move to: Azure refuses it rather than never upgrading.
+        raise ModelError(
+            "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
+            "Automatic OS Upgrade requires the scale set to use a Platform or Gallery Image with version set to "
+            f"'latest'; storageProfile.imageReference names version {model.image_reference.version!r}",
+        )
+
+
 def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     """JSON merge patch (RFC 7386), as Azure's PATCH applies it."""
     result = copy.deepcopy(target)

@@ -18,7 +18,7 @@ from typing import Any
 from orchestrator.core.auto_upgrade import AutoUpgradeSettings, due_upgrade
 from orchestrator.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
 from orchestrator.core.gallery import ImageDefinition, ImageVersion
-from orchestrator.core.model import ModelError, ScaleSet, ScaleSetRef, merge_patch, parse_scale_set
+from orchestrator.core.model import ModelError, ScaleSet, ScaleSetRef, check_new_model, merge_patch, parse_scale_set
 from orchestrator.core.planner import InstanceView
 from orchestrator.core.rollout import ActionKind, Attempt, StartedBy, request_cancel, start
 from orchestrator.ports.clock import Clock
@@ -299,6 +299,7 @@ class Orchestrator:
         name, resource_group, subscription = ref.name, ref.resource_group, ref.subscription
         try:
             model = parse_scale_set(doc, name=name, resource_group=resource_group, subscription=subscription)
+            check_new_model(model)
         except ModelError as exc:
             raise InvalidInput(str(exc), target=exc.path) from exc
         previous = await self.store.get_scale_set(name)
