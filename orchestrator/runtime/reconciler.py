@@ -211,9 +211,8 @@ class Reconciler:
                             self._act(model, attempt, action), name=f"{action.kind}-{model.name}-{action.instance_id}"
                         )
                         in_flight[task] = action
-                await self._save(model, before, attempt)  # actions in flight are persisted before anything else happens
-                if attempt.done:
-                    await self._restart_stopped(model, attempt)
+                # Actions in flight are persisted before anything else happens.
+                if await self._save_step(model, before, attempt):
                     return attempt
                 timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - self.clock())
                 finished = await self._wait(set(in_flight), wake, seen, timeout)
@@ -232,12 +231,21 @@ class Reconciler:
                             observed_at = float("-inf")
                         if result.action.kind is not ActionKind.COMMIT:
                             self.health.reset((model.name, result.action.instance_id))
-                    await self._save(model, before, attempt)
+                    if await self._save_step(model, before, attempt):
+                        return attempt
         finally:
             self._wakeups.pop(attempt.id, None)
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _save_step(self, model: ScaleSet, before: Attempt, attempt: Attempt) -> bool:
+        """Saves the attempt; at its end only once every instance it touched runs again, so whoever waits for the
+        end (a delete, the next attempt) finds nothing left to do. True when it has ended."""
+        if attempt.done:
+            await self._restart_stopped(model, attempt)
+        await self._save(model, before, attempt)
+        return attempt.done
 
     async def _restart_stopped(self, model: ScaleSet, attempt: Attempt) -> None:
         """The attempt is over: each instance it touched must run its one OS disk. One that does not (a stop
