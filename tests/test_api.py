@@ -293,7 +293,7 @@ def test_seed_cli_commands(served: Served) -> None:
     history = served.cli(
         "vmss", "get-os-upgrade-history", "--resource-group", "myResourceGroup", "--name", "myScaleSet"
     )
-    assert json.loads(history.stdout)["value"][0]["properties"]["runningStatus"]["code"] == "Completed"
+    assert json.loads(history.stdout)[0]["properties"]["runningStatus"]["code"] == "Completed"  # a bare array, as az
     images = served.cli(
         "vm",
         "image",
@@ -308,7 +308,15 @@ def test_seed_cli_commands(served: Served) -> None:
         "22_04-lts",
         "--all",
     )
-    assert [v["name"] for v in json.loads(images.stdout)] == ["1.0.0", "1.0.1"]
+    listed = json.loads(images.stdout)
+    assert [v["name"] for v in listed] == ["1.0.0", "1.0.1"]
+    assert listed[0]["urn"] == "Canonical:0001-com-ubuntu-server-jammy:22_04-lts:1.0.0"
+    assert {k: listed[0][k] for k in ("publisher", "offer", "sku", "version")} == {
+        "publisher": "Canonical",
+        "offer": "0001-com-ubuntu-server-jammy",
+        "sku": "22_04-lts",
+        "version": "1.0.0",
+    }
     table = served.cli("vmss", "list-instances", "-n", "myScaleSet", "-g", "myResourceGroup", "-o", "table")
     assert table.stdout.count("Healthy") == 3
     excluded = served.cli(
@@ -333,6 +341,33 @@ def test_seed_cli_commands(served: Served) -> None:
     assert [v["name"] for v in json.loads(latest_only.stdout)] == ["1.0.0"]
     missing = served.cli("vmss", "show", "-n", "nope", "-g", "myResourceGroup", check=False)
     assert missing.returncode == 1 and "ResourceNotFound" in missing.stderr
+
+
+def test_cli_speaks_az(served: Served) -> None:
+    """az's conventions: bare arrays, --query, -o tsv|yaml|none, --ids, start waits unless --no-wait."""
+    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    names = served.cli(
+        "vmss", "list", "-g", "myResourceGroup", "--subscription", "subscription_id", "--query", "[].name", "-o", "tsv"
+    )
+    assert names.stdout.split() == ["myScaleSet"]
+    capacity = served.cli("vmss", "show", "--ids", VMSS, "--query", "sku.capacity")
+    assert json.loads(capacity.stdout) == 5
+    yaml = served.cli("vmss", "show", "--ids", VMSS, "-o", "yaml")
+    assert "name: myScaleSet" in yaml.stdout and "  capacity: 5" in yaml.stdout
+    assert served.cli("vmss", "show", "--ids", VMSS, "-o", "none").stdout == ""
+    instances = served.cli("vmss", "list-instances", "--ids", VMSS, "--query", "length(@)")
+    assert json.loads(instances.stdout) == 5
+    publish(served, "1.2.0")
+    started = served.cli(
+        "vmss", "rolling-upgrade", "start", "--ids", VMSS, "--no-wait", "--query", "properties.runningStatus.code"
+    )
+    assert json.loads(started.stdout) == "RollingForward"
+    followed = served.cli("vmss", "rolling-upgrade", "get-latest", "--ids", VMSS, "--wait", "-o", "none")
+    assert followed.returncode == 0
+    wrong = served.cli("vmss", "show", "--ids", "/subscriptions/x/oops", check=False)
+    assert wrong.returncode == 1 and "--ids" in wrong.stderr
+    bad_query = served.cli("vmss", "show", "--ids", VMSS, "--query", "[[", check=False)
+    assert bad_query.returncode == 1 and "--query" in bad_query.stderr
 
 
 def test_cli_help_and_unreachable_service(tmp_path: Path) -> None:

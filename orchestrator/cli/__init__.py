@@ -184,17 +184,93 @@ def table(rows: list[Mapping[str, Any]], kind: str) -> str:
     return "\n".join(lines)
 
 
+def to_yaml(value: Any, indent: int = 0) -> str:
+    """YAML as az prints it, for the JSON values the API returns (no library needed for that subset)."""
+    pad = "  " * indent
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        lines = []
+        for key, item in value.items():
+            if isinstance(item, Mapping | list) and item:
+                lines.append(f"{pad}{key}:\n{to_yaml(item, indent + 1)}")
+            else:
+                lines.append(f"{pad}{key}: {to_yaml(item)}")
+        return "\n".join(lines)
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        lines = []
+        for item in value:
+            text = to_yaml(item, indent + 1) if isinstance(item, Mapping | list) and item else to_yaml(item)
+            lines.append(f"{pad}- {text.lstrip()}")
+        return "\n".join(lines)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    text = str(value)
+    plain = (
+        text
+        and text.strip() == text
+        and not any(c in text for c in ":#{}[],&*!|>'\"%@`\n")
+        and text.lower() not in ("true", "false", "null", "yes", "no", "~")
+    )
+    return text if plain and not text[0].isdigit() and text[0] not in "-?" else json.dumps(text)
+
+
+def to_tsv(value: Any) -> str:
+    """az's tsv: one line per item, the item's scalar fields in order, tab-separated; nested values left out."""
+    rows = value if isinstance(value, list) else [value]
+    lines = []
+    for row in rows:
+        if isinstance(row, Mapping):
+            cells = [_tsv_cell(v) for v in row.values() if not isinstance(v, Mapping | list)]
+        elif isinstance(row, list):
+            cells = [_tsv_cell(v) for v in row if not isinstance(v, Mapping | list)]
+        else:
+            cells = [_tsv_cell(row)]
+        lines.append("\t".join(cells))
+    return "\n".join(lines)
+
+
+def _tsv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
 def emit(args: argparse.Namespace, result: Any, kind: str | None = None) -> None:
+    """Prints a result as az does: lists as bare arrays, --query applied, then the chosen output format."""
     if result is None:
         return
-    if args.output == "table" and kind is not None:
-        rows = result.get("value", result) if isinstance(result, Mapping) else result
-        if isinstance(rows, Mapping):
-            rows = [rows]
+    if isinstance(result, Mapping) and set(result) <= {"value", "nextLink"} and isinstance(result.get("value"), list):
+        result = result["value"]
+    if getattr(args, "query", None):
+        try:
+            jmespath = importlib.import_module("jmespath")
+            result = jmespath.search(args.query, result)
+        except ImportError:
+            raise CliError("--query needs the jmespath package (pip install jmespath)") from None
+        except ValueError as exc:  # jmespath's parse errors
+            raise CliError(f"--query {args.query!r}: {exc}") from None
+    output = args.output
+    if output == "none":
+        return
+    if output == "table" and kind is not None and not getattr(args, "query", None):
+        rows = result if isinstance(result, list) else [result]
         if kind == "vmss":
             for row in rows:
                 row["resourceGroup"] = row.get("id", "").split("/")[4] if row.get("id") else ""
         print(table(rows, kind))
+    elif output == "tsv":
+        print(to_tsv(result))
+    elif output in ("yaml", "yamlc"):
+        print(to_yaml(result))
     else:
         print(json.dumps(result, indent=2))
 
@@ -261,7 +337,28 @@ def watch_rolling_upgrade(client: Client, args: argparse.Namespace) -> int:
         time.sleep(0.5)  # the CLI follows the REST API as az does
 
 
+def scale_set_target(client: Client, args: argparse.Namespace) -> None:
+    """-n/-g, or --ids with a full resource id (which names the subscription too), as az takes them."""
+    if getattr(args, "ids", None):
+        parts = args.ids.strip("/").split("/")
+        lowered = [p.lower() for p in parts]
+        if (
+            len(parts) != 8
+            or lowered[0] != "subscriptions"
+            or lowered[2] != "resourcegroups"
+            or lowered[6] != "virtualmachinescalesets"
+        ):
+            raise CliError(
+                f"--ids {args.ids!r}: expected /subscriptions/SUB/resourceGroups/GROUP/providers/"
+                "Microsoft.Compute/virtualMachineScaleSets/NAME"
+            )
+        client.subscription, args.resource_group, args.name = parts[1], parts[3], parts[7]
+    elif args.vmss_command != "list" and not (args.name and args.resource_group):
+        raise CliError("--name/-n and --resource-group/-g are required (or --ids)")
+
+
 def run_vmss(client: Client, args: argparse.Namespace) -> int:
+    scale_set_target(client, args)
     rg, cmd = args.resource_group, args.vmss_command
     if cmd == "create":
         emit(args, client.call("PUT", client.vmss(rg, args.name), model_from_args(args)), "vmss")
@@ -295,7 +392,7 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
         base = client.vmss(rg, args.name)
         if args.upgrade_command == "start":
             started = client.call("POST", base + "/osRollingUpgrade")
-            if args.wait:
+            if not args.no_wait:  # az waits for the end of a long-running operation unless told not to
                 return watch_rolling_upgrade(client, args)
             emit(args, started, "latest")
         elif args.upgrade_command == "cancel":
@@ -369,6 +466,9 @@ def run_vm_image(client: Client, args: argparse.Namespace) -> int:
         f"{args.publisher}/artifacttypes/vmimage/offers/{args.offer}/skus/{args.sku}/versions"
     )
     versions = client.call("GET", path)
+    for item in versions:  # the fields az adds to each image it lists
+        item.update(publisher=args.publisher, offer=args.offer, sku=args.sku, version=item.get("name"))
+        item["urn"] = f"{args.publisher}:{args.offer}:{args.sku}:{item.get('name')}"
     if not args.all:
         visible = [v for v in versions if not v.get("properties", {}).get("excludeFromLatest")]
         versions = visible[-1:] if visible else []
@@ -402,7 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file", help="API token file (default: the state directory's token; env OVERHAUL_TOKEN)"
     )
     common.add_argument("--subscription", default="local")
-    common.add_argument("-o", "--output", choices=["json", "table"], default="json")
+    common.add_argument(
+        "-o", "--output", choices=["json", "jsonc", "table", "tsv", "yaml", "yamlc", "none"], default="json"
+    )
+    common.add_argument("--query", help="JMESPath query applied to the result, as az's --query")
     groups = parser.add_subparsers(dest="group", required=True)
 
     # `overhaul serve ...` is handed to the server's own parser before this one runs (see main): the client
@@ -413,8 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def scale_set_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = vmss.add_parser(name, help=help_text, parents=[common])
-        sub.add_argument("--name", "-n", required=True)
-        sub.add_argument("--resource-group", "-g", required=True)
+        sub.add_argument("--name", "-n")
+        sub.add_argument("--resource-group", "-g")
+        sub.add_argument(
+            "--ids", help="the scale set's resource id (/subscriptions/…/virtualMachineScaleSets/NAME) instead of -n/-g"
+        )
         return sub
 
     create = scale_set_command("create", "create a scale set")
@@ -446,8 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     rolling.add_argument(
         "--wait",
         action="store_true",
-        help="with start or get-latest: follow the attempt batch by batch; exit non-zero unless it completes",
+        help="with get-latest: follow the attempt batch by batch; exit non-zero unless it completes "
+        "(start always follows it unless --no-wait)",
     )
+    rolling.add_argument("--no-wait", action="store_true", help="with start: return once it has started")
 
     add_gallery_commands(groups, common)
     return parser
