@@ -28,13 +28,16 @@ def vmss(name: str) -> str:
     return f"{RG}/providers/Microsoft.Compute/virtualMachineScaleSets/{name}"
 
 
-def model(capacity: int) -> dict[str, Any]:
+def model(capacity: int, health_timeout: str = "PT30S") -> dict[str, Any]:
     return {
         "sku": {"capacity": capacity},
         "properties": {
             "upgradePolicy": {
                 "mode": "Rolling",
-                "rollingUpgradePolicy": {"maxBatchInstancePercent": 50, "overhaul": {"instanceHealthTimeout": "PT30S"}},
+                "rollingUpgradePolicy": {
+                    "maxBatchInstancePercent": 50,
+                    "overhaul": {"instanceHealthTimeout": health_timeout},
+                },
             },
             "virtualMachineProfile": {
                 "storageProfile": {
@@ -52,6 +55,7 @@ def model(capacity: int) -> dict[str, Any]:
 def images() -> None:
     for version in ("1.0.0", "2.0.0"):
         engine_images.build("podman", f"{REPO}:{version}", version)
+    engine_images.build("podman", f"{REPO}:bad", "bad", healthy=False)
 
 
 @pytest.fixture
@@ -73,7 +77,7 @@ def served(images: None, tmp_path: Path) -> Iterator[Served]:
         try:
             yield running
         finally:
-            for name in ("conc", "puts", "missing", "outage"):
+            for name in ("conc", "puts", "missing", "outage", "why"):
                 running.call("DELETE", f"{vmss(name)}?{API}")
 
 
@@ -173,3 +177,14 @@ def test_a_killed_serve_takes_its_podman_service_along(images: None, tmp_path: P
     wait_for(lambda: not psutil.pid_exists(pid), 15)  # a clean stop stops it too
     assert set(Path("/tmp").glob("overhaul-podman-*")) == temp_before
     assert not (tmp_path / "state" / "podman" / "podman.sock").exists()
+
+
+def test_wait_shows_each_instance_in_flight_with_its_health_reason_and_time_left(served: Served) -> None:
+    assert served.call("PUT", f"{vmss('why')}?{API}", model(2, health_timeout="PT8S"))[0] == 201
+    wait_for(lambda: len(containers("why")) == 2)
+    publish(served, "2.0.0", image=f"{REPO}:bad")  # its /health is missing: the probe says HTTP 404
+    started = served.cli("vmss", "rolling-upgrade", "start", "--ids", vmss("why"), check=False)
+    assert started.returncode == 1  # it did not complete
+    assert "why_0: WaitingForHealth, Unhealthy (HTTP 404)" in started.stderr, started.stderr
+    assert "s left" in started.stderr
+    served.call("DELETE", f"{GALLERY}/versions/2.0.0?{API}")

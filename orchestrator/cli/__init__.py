@@ -314,6 +314,7 @@ def watch_rolling_upgrade(client: Client, args: argparse.Namespace) -> int:
     """Live progress until the attempt ends; non-zero unless it Completed."""
     path = client.vmss(args.resource_group, args.name) + "/rollingUpgrades/latest"
     last = None
+    printed_at = 0.0
     while True:
         doc = client.call("GET", path)
         props = doc["properties"]
@@ -325,9 +326,19 @@ def watch_rolling_upgrade(client: Client, args: argparse.Namespace) -> int:
             f"{p['successfulInstanceCount']} upgraded, {p['failedInstanceCount']} failed, "
             f"{p['inProgressInstanceCount']} in progress, {p['pendingInstanceCount']} pending"
         )
-        if line != last:
-            print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
-            last = line
+        details = [
+            f"    {args.name}_{i['instanceId']}: {i['step']}, {i.get('health') or 'no health yet'}"
+            + (f" ({i['reason']})" if i.get("reason") else "")
+            + (f", {i['timeLeft']:.0f}s left" if i.get("timeLeft") is not None else "")
+            for i in extra.get("instances", [])
+            if "health" in i
+        ]
+        # Each instance in flight with its health, the reason and the time left: a bad version never looks hung.
+        # Printed when something other than the countdown changes, and every 10 s while nothing does.
+        key = "\n".join([line, *(d.rsplit(", ", 1)[0] if d.endswith("s left") else d for d in details)])
+        if key != last or time.monotonic() - printed_at >= 10:
+            print(f"[{time.strftime('%H:%M:%S')}] " + "\n".join([line, *details]), file=sys.stderr, flush=True)
+            last, printed_at = key, time.monotonic()
         if status in TERMINAL:
             emit(args, doc, "latest")
             error = props.get("error")

@@ -275,7 +275,10 @@ async def latest_rolling_upgrade(request: web.Request) -> web.Response:
     latest = await orchestrator.latest(model.ref)
     if latest is None:
         raise NotFound(f"no rolling upgrade of {model.name} has run yet", "RollingUpgradeNotFound")
-    return web.json_response(arm.latest_record(latest.attempt, model))
+    attempt = latest.attempt
+    reports = {i: orchestrator.health_report(model.name, i) for i in attempt.instances}
+    health = {i: r for i, r in reports.items() if r is not None}
+    return web.json_response(arm.latest_record(attempt, model, health, time.time()))
 
 
 # --- gallery ------------------------------------------------------------------------------------------------

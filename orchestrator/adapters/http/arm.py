@@ -8,7 +8,8 @@ from typing import Any
 
 from orchestrator.core.model import ScaleSet
 from orchestrator.core.planner import InstanceView
-from orchestrator.core.rollout import Attempt, AttemptStatus, Step
+from orchestrator.core.rollout import Attempt, AttemptStatus, InstanceProgress, Step
+from orchestrator.ports.health import HealthReport
 
 UPGRADE_TYPE = "Microsoft.Compute/virtualMachineScaleSets/rollingUpgrades"
 
@@ -85,8 +86,26 @@ def history_record(attempt: Attempt, image_reference: Mapping[str, Any], locatio
     return {"properties": properties, "type": UPGRADE_TYPE, "location": location, "id": attempt.id}
 
 
-def latest_record(attempt: Attempt, model: ScaleSet) -> dict[str, Any]:
-    """``rollingUpgrades/latest``: the policy, the running status and the progress of the newest attempt."""
+def in_flight_doc(progress: InstanceProgress, report: HealthReport | None, now: float) -> dict[str, Any]:
+    """One instance of an attempt, with what its health source says and the time its health deadline leaves."""
+    doc = progress.to_json()
+    if not progress.step.terminal:
+        doc["health"] = report.health.value if report else None
+        doc["reason"] = report.detail if report else None
+        doc["timeLeft"] = None if progress.deadline is None else max(0.0, round(progress.deadline - now, 1))
+    return doc
+
+
+def latest_record(
+    attempt: Attempt,
+    model: ScaleSet,
+    health: Mapping[int, HealthReport] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """``rollingUpgrades/latest``: the policy, the running status and the progress of the newest attempt; with
+    ``health``, each instance in flight says its health, the reason and the time left before its deadline."""
+    health = health or {}
+    clock = now if now is not None else attempt.last_action_time
     properties: dict[str, Any] = {
         "policy": model.upgrade_policy.rolling.to_json(),
         "runningStatus": running_status(attempt),
@@ -97,7 +116,7 @@ def latest_record(attempt: Attempt, model: ScaleSet) -> dict[str, Any]:
             "startedBy": attempt.started_by.value,
             "batchesStarted": attempt.batches_started,
             "currentBatch": list(attempt.batch),
-            "instances": [p.to_json() for p in attempt.instances.values()],
+            "instances": [in_flight_doc(p, health.get(i), clock) for i, p in attempt.instances.items()],
         },
     }
     error = _error(attempt)
