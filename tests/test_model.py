@@ -57,7 +57,131 @@ def test_azure_defaults() -> None:
 
 def test_round_trip() -> None:
     model = parse_scale_set(BASE, name="web")
-    assert parse_scale_set(model.to_json(), name="web") == model
+    again = parse_scale_set(model.to_json(), name="web")
+    assert again == model and again.to_json() == model.to_json()
+
+
+def test_an_azure_document_comes_back_as_it_was_sent() -> None:
+    """Every field either acts or round-trips verbatim: an `az vmss show` document, PUT, comes back the same."""
+    sent = {
+        "location": "local",
+        "tags": {"env": "prod"},
+        "sku": {"name": "Standard_D2s_v3", "tier": "Standard", "capacity": 2},
+        "zones": ["1"],
+        "properties": {
+            "singlePlacementGroup": True,
+            "overprovision": False,
+            "doNotRunExtensionsOnOverprovisionedVMs": False,
+            "platformFaultDomainCount": 5,
+            "orchestrationMode": "Uniform",
+            "upgradePolicy": {
+                "mode": "Rolling",
+                "rollingUpgradePolicy": {
+                    "maxBatchInstancePercent": 20,
+                    "maxUnhealthyInstancePercent": 20,
+                    "maxUnhealthyUpgradedInstancePercent": 20,
+                    "pauseTimeBetweenBatches": "PT0S",
+                    "prioritizeUnhealthyInstances": False,
+                    "maxSurge": False,
+                    "rollbackFailedInstancesOnPolicyBreach": False,
+                },
+                "automaticOSUpgradePolicy": {
+                    "enableAutomaticOSUpgrade": True,
+                    "disableAutomaticRollback": False,
+                    "useRollingUpgradePolicy": False,
+                    "osRollingUpgradeDeferral": False,
+                },
+            },
+            "virtualMachineProfile": {
+                "osProfile": {
+                    "computerNamePrefix": "webvm",
+                    "adminUsername": "azureuser",
+                    "linuxConfiguration": {
+                        "disablePasswordAuthentication": True,
+                        "ssh": {
+                            "publicKeys": [{"path": "/home/azureuser/.ssh/authorized_keys", "keyData": "ssh-rsa A"}]
+                        },
+                        "provisionVMAgent": True,
+                    },
+                    "secrets": [],
+                    "allowExtensionOperations": True,
+                },
+                "storageProfile": {
+                    "osDisk": {
+                        "osType": "Linux",
+                        "createOption": "FromImage",
+                        "caching": "ReadWrite",
+                        "managedDisk": {"storageAccountType": "Premium_LRS"},
+                        "diskSizeGB": 30,
+                    },
+                    "imageReference": {"publisher": "p", "offer": "o", "sku": "s", "version": "latest"},
+                    "dataDisks": [
+                        {
+                            "lun": 0,
+                            "createOption": "Empty",
+                            "caching": "None",
+                            "diskSizeGB": 4,
+                            "managedDisk": {"storageAccountType": "Standard_LRS"},
+                        }
+                    ],
+                },
+                "networkProfile": {
+                    "networkInterfaceConfigurations": [
+                        {
+                            "name": "nic",
+                            "properties": {
+                                "primary": True,
+                                "enableAcceleratedNetworking": False,
+                                "ipConfigurations": [
+                                    {
+                                        "name": "ip",
+                                        "properties": {"subnet": {"id": "/subscriptions/s/x/subnets/default"}},
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                    "healthProbe": {"protocol": "Http", "port": 8080, "requestPath": "/health"},
+                },
+                "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
+                "priority": "Regular",
+            },
+        },
+    }
+    back = parse_scale_set(sent, name="web").to_json()
+
+    def leaves(doc: Any, path: str = "") -> dict[str, Any]:
+        if isinstance(doc, dict):
+            found: dict[str, Any] = {}
+            for key, value in doc.items():
+                found.update(leaves(value, f"{path}.{key}" if path else key))
+            return found
+        if isinstance(doc, list) and doc:
+            found = {}
+            for i, value in enumerate(doc):
+                found.update(leaves(value, f"{path}[{i}]"))
+            return found
+        return {path: doc}
+
+    returned = leaves(back)
+    assert {path: returned.get(path, "<missing>") for path in leaves(sent)} == leaves(sent)
+
+
+@pytest.mark.parametrize(
+    ("where", "key"),
+    [
+        ("rollingUpgradePolicy", "maxSurge"),
+        ("rollingUpgradePolicy", "rollbackFailedInstancesOnPolicyBreach"),
+        ("rollingUpgradePolicy", "enableCrossZoneUpgrade"),
+        ("automaticOSUpgradePolicy", "osRollingUpgradeDeferral"),
+    ],
+)
+def test_options_not_carried_out_yet_are_refused_when_on(where: str, key: str) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["properties"]["upgradePolicy"][where] = {key: True}
+    with pytest.raises(ModelError, match="must be false or left out") as caught:
+        parse_scale_set(doc, name="web")
+    assert caught.value.path == f"properties.upgradePolicy.{where}.{key}"
 
 
 RP = "properties.upgradePolicy.rollingUpgradePolicy"

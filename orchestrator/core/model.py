@@ -316,6 +316,9 @@ class ScaleSet:
     custom_data: str | None = None
     engine: EngineOptions = field(default_factory=EngineOptions)
     tags: Mapping[str, str] = field(default_factory=dict)
+    # The document as it was sent: Azure fields with no meaning here (osDisk.caching, adminUsername,
+    # networkInterfaceConfigurations, ...) round-trip from it verbatim.
+    sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def uses_agent(self) -> bool:
@@ -363,10 +366,10 @@ class ScaleSet:
             },
             "extensionProfile": {"extensions": [dict(e.raw) for e in self.extensions]},
             "networkProfile": {"healthProbe": self.health_probe.to_json() if self.health_probe else None},
-            "osProfile": {"computerNamePrefix": self.name, "customData": self.custom_data},
+            "osProfile": {"customData": self.custom_data},
             "overhaul": self.engine.to_json(),
         }
-        return {
+        canonical = {
             "id": self.resource_id,
             "name": self.name,
             "type": "Microsoft.Compute/virtualMachineScaleSets",
@@ -379,6 +382,41 @@ class ScaleSet:
                 "provisioningState": "Succeeded",
             },
         }
+        doc: dict[str, Any] = overlay(self.sent, canonical)
+        os_profile = doc["properties"]["virtualMachineProfile"]["osProfile"]
+        os_profile.setdefault("computerNamePrefix", self.name)  # Azure's default; one that was sent stays
+        return doc
+
+
+# Azure options overhaul does not carry out yet: off (or left out) they round-trip; on, they are refused, so nobody
+# believes an option is on that is not.
+NOT_YET_ROLLING = {
+    "maxSurge": "new instances beside the old ones are not supported yet: instances are reimaged in place",
+    "rollbackFailedInstancesOnPolicyBreach": "is not supported yet: instances that failed keep what they run",
+    "enableCrossZoneUpgrade": "there are no availability zones here yet",
+}
+NOT_YET_AUTOMATIC = {
+    "osRollingUpgradeDeferral": "deferring OS upgrades is not supported yet",
+}
+
+
+def _refuse_unsupported(r: _Reader, options: Mapping[str, str]) -> None:
+    for key, why in options.items():
+        if r.boolean(key, False):
+            raise ModelError(r.at(key), f"must be false or left out: {why}")
+
+
+def overlay(base: Any, top: Any) -> Any:
+    """``top`` laid over ``base``: objects merge key by key, lists of objects item by item, anything else is
+    ``top``'s. What the model acts on comes from ``top``; every other field of ``base`` stays as it was sent."""
+    if isinstance(base, Mapping) and isinstance(top, Mapping):
+        merged = {key: copy.deepcopy(value) for key, value in base.items()}
+        for key, value in top.items():
+            merged[key] = overlay(base[key], value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(top, list) and len(base) == len(top):
+        return [overlay(b, t) if isinstance(b, Mapping) else t for b, t in zip(base, top, strict=True)]
+    return top
 
 
 def _rolling_policy(r: _Reader) -> RollingUpgradePolicy:
@@ -391,6 +429,7 @@ def _rolling_policy(r: _Reader) -> RollingUpgradePolicy:
     timeout = parse_duration(timeout_text, ours.at("instanceHealthTimeout")) if timeout_text else 300.0
     if not 0 < timeout <= 86400:
         raise ModelError(ours.at("instanceHealthTimeout"), "must be above PT0S and at most P1D")
+    _refuse_unsupported(r, NOT_YET_ROLLING)
     return RollingUpgradePolicy(
         max_batch_instance_percent=r.integer("maxBatchInstancePercent", 20, 5, 100),
         max_unhealthy_instance_percent=r.integer("maxUnhealthyInstancePercent", 20, 5, 100),
@@ -411,6 +450,7 @@ def _upgrade_policy(r: _Reader) -> UpgradePolicy:
     if canonical is None:
         raise ModelError(r.at("mode"), f"must be one of {', '.join(UPGRADE_MODES)}, got {mode!r}")
     auto = r.obj("automaticOSUpgradePolicy")
+    _refuse_unsupported(auto, NOT_YET_AUTOMATIC)
     return UpgradePolicy(
         mode=canonical,
         rolling=_rolling_policy(r.obj("rollingUpgradePolicy")),
@@ -519,6 +559,7 @@ def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", sub
         custom_data=vm.obj("osProfile").text("customData"),
         engine=_engine(vm.obj("overhaul")),
         tags=dict(tags),
+        sent=copy.deepcopy(dict(root.doc)),
     )
 
 

@@ -320,7 +320,7 @@ class Orchestrator:
                 subscription=previous.subscription,
             )
             if await self._active(previous.name):
-                if model == previous:
+                if model.to_json() == previous.to_json():
                     return previous, False
                 raise Conflict(
                     f"a rolling upgrade of {previous.name} is in progress: the model cannot change until it ends "
