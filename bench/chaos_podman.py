@@ -41,7 +41,7 @@ MODEL: dict[str, Any] = {
     "properties": {
         "upgradePolicy": {
             "mode": "Automatic",
-            "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True},
+            "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True, "useRollingUpgradePolicy": True},
             "rollingUpgradePolicy": {
                 "maxBatchInstancePercent": 40,
                 "maxUnhealthyUpgradedInstancePercent": 100,

@@ -308,3 +308,24 @@ async def test_an_instance_stopped_behind_a_rollback_runs_when_the_attempt_ends(
     assert done.instances[0].step is Step.ROLLED_BACK
     states = await runtime.driver.observe("web")
     assert all(s.running and s.previous is None for s in states.values()), states
+
+
+@pytest.mark.parametrize("use_policy", [False, True])
+async def test_automatic_upgrades_use_the_scale_sets_policy_only_when_told(runtime: Runtime, use_policy: bool) -> None:
+    service = runtime.service
+    doc = small(5)
+    doc["properties"]["upgradePolicy"] = {
+        "mode": "Rolling",
+        "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True, "useRollingUpgradePolicy": use_policy},
+        "rollingUpgradePolicy": {"maxBatchInstancePercent": 100, "overhaul": {"instanceHealthTimeout": "PT42S"}},
+    }
+    await service.create_or_update(doc, name="web")
+    await service.publish_version(version("2.0.0"))
+    platform = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
+    await service.wait_attempt(platform.id, 10)
+    assert platform.policy.max_batch_instance_percent == (100 if use_policy else 20)  # Azure's default otherwise
+    assert platform.policy.instance_health_timeout == 42.0
+    await service.publish_version(version("3.0.0"))
+    manual = await service.start_rolling_upgrade("web", started_by=StartedBy.USER)
+    assert manual.policy.max_batch_instance_percent == 100  # a person's start always uses the scale set's policy
+    await service.wait_attempt(manual.id, 10)

@@ -18,7 +18,15 @@ from typing import Any
 from orchestrator.core.auto_upgrade import AutoUpgradeSettings, due_upgrade
 from orchestrator.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
 from orchestrator.core.gallery import ImageDefinition, ImageVersion
-from orchestrator.core.model import ModelError, ScaleSet, ScaleSetRef, check_new_model, merge_patch, parse_scale_set
+from orchestrator.core.model import (
+    ModelError,
+    RollingUpgradePolicy,
+    ScaleSet,
+    ScaleSetRef,
+    check_new_model,
+    merge_patch,
+    parse_scale_set,
+)
 from orchestrator.core.planner import InstanceView
 from orchestrator.core.rollout import ActionKind, Attempt, StartedBy, request_cancel, start
 from orchestrator.ports.clock import Clock
@@ -59,6 +67,15 @@ class InstanceInfo:
     running: bool
     has_previous_os_disk: bool
     health_detail: str = ""
+
+
+def attempt_policy(model: ScaleSet, started_by: StartedBy) -> RollingUpgradePolicy:
+    """Azure: automatic OS upgrades use the scale set's rolling upgrade policy only with useRollingUpgradePolicy;
+    otherwise the default policy (overhaul's own health deadline is kept either way)."""
+    rolling = model.upgrade_policy.rolling
+    if started_by is StartedBy.PLATFORM and not model.upgrade_policy.automatic.use_rolling_upgrade_policy:
+        return RollingUpgradePolicy(instance_health_timeout=rolling.instance_health_timeout)
+    return rolling
 
 
 def as_ref(ref: ScaleSetRef | str) -> ScaleSetRef:
@@ -459,7 +476,7 @@ class Orchestrator:
             target_version=target.version,
             started_by=started_by,
             disable_automatic_rollback=model.upgrade_policy.automatic.disable_automatic_rollback,
-            policy=model.upgrade_policy.rolling,
+            policy=attempt_policy(model, started_by),
             capacity=model.capacity,
             views=instance_views(model, states, self.health, now),
             now=now,
