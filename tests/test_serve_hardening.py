@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -240,3 +241,70 @@ def test_arm_document_details(served: Served) -> None:
     assert served.call("DELETE", f"{GALLERY}/versions/3.0.0?{API}")[0] == 200
     assert served.call("DELETE", f"{GALLERY}/versions/3.0.0?{API}")[0] == 204
     assert served.call("DELETE", f"{VMSS}?{API}")[0] == 204
+
+
+def test_a_wrong_engine_socket_is_found_at_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "serve",
+            "--state-dir",
+            str(tmp_path),
+            "--port",
+            "0",
+            "--engine",
+            f"unix://{tmp_path}/no-such.sock",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"no container engine answers at unix://{tmp_path}/no-such.sock" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_while_following_stops_only_the_cli(served: Served) -> None:
+    slow = json.loads(json.dumps(MODEL))
+    slow["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"pauseTimeBetweenBatches": "PT1M"}
+    assert served.call("PUT", f"{VMSS}?{API}", slow)[0] == 201
+    publish(served, "1.5.0")
+    env = {**os.environ, "OVERHAUL_ENDPOINT": served.url, "OVERHAUL_STATE_DIR": str(served.state_dir)}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "vmss", "rolling-upgrade", "start", "--ids", VMSS],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)  # it is following now
+    follower.send_signal(signal.SIGINT)
+    _, stderr = follower.communicate(timeout=30)
+    assert follower.returncode == 130
+    assert "interrupted" in stderr and "get-latest --wait" in stderr and "Traceback" not in stderr
+    latest = served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]
+    assert latest["properties"]["runningStatus"]["code"] == "RollingForward"  # it goes on
+    assert served.call("POST", f"{VMSS}/rollingUpgrades/cancel?{API}")[0] == 202
+
+
+def test_the_cli_says_where_the_token_is_looked_for(tmp_path: Path) -> None:
+    env = {**os.environ, "OVERHAUL_STATE_DIR": str(tmp_path), "OVERHAUL_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("OVERHAUL_TOKEN", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "vmss", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert str(tmp_path / "token") in result.stderr and "OVERHAUL_STATE_DIR" in result.stderr
+    assert "token itself in OVERHAUL_TOKEN" in result.stderr

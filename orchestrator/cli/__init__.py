@@ -76,7 +76,9 @@ def find_token(args: argparse.Namespace) -> str:
         return path.read_text().strip()
     except OSError:
         raise CliError(
-            f"no API token at {path}: start `overhaul serve` (it writes one), or pass --token-file / OVERHAUL_TOKEN"
+            f"no API token at {path}: start `overhaul serve` (it writes one there), or point the CLI at the state "
+            "directory of the serve you talk to (OVERHAUL_STATE_DIR, or --token-file STATE_DIR/token), or give the "
+            "token itself in OVERHAUL_TOKEN"
         ) from None
 
 
@@ -510,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the orchestrator's URL (env OVERHAUL_ENDPOINT)",
     )
     common.add_argument(
-        "--token-file", help="API token file (default: the state directory's token; env OVERHAUL_TOKEN)"
+        "--token-file",
+        help="file holding the API token (default: STATE_DIR/token, STATE_DIR from OVERHAUL_STATE_DIR; "
+        "or the token itself in OVERHAUL_TOKEN)",
     )
     common.add_argument("--subscription", default="local")
     common.add_argument(
@@ -617,6 +621,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"overhaul: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Only the CLI stops: what it was following goes on in `overhaul serve`.
+        print(
+            "overhaul: interrupted; a rolling upgrade that was started goes on "
+            "(overhaul vmss rolling-upgrade get-latest --wait … follows it again)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

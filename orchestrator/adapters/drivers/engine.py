@@ -235,6 +235,13 @@ class EngineDriver:
             await self._service.start()
             url = self._service.url
         self._docker = aiodocker.Docker(url=url)
+        if self._service is None:
+            # A configured engine is asked at once: a wrong socket is found at start, not at the first reimage.
+            try:
+                await self.ping()
+            except DriverError as exc:
+                await self.close()
+                raise DriverError(f"no container engine answers at {url}: {exc}") from exc
 
     async def close(self) -> None:
         if self._docker is not None:
