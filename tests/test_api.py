@@ -37,7 +37,9 @@ MODEL: dict[str, Any] = {
                     "version": "latest",
                 },
                 "dataDisks": [{"lun": 0, "diskSizeGB": 1}],
-            }
+            },
+            # The in-memory engine runs nothing to probe: instances are healthy while they "run".
+            "overhaul": {"healthFromPowerState": True},
         },
     },
 }
@@ -272,6 +274,8 @@ def test_seed_cli_commands(served: Served) -> None:
         "myResourceGroup",
         "--set",
         "UpgradePolicy.AutomaticOSUpgradePolicy.EnableAutomaticOSUpgrade=true",
+        "--set",
+        "virtualMachineProfile.overhaul.healthFromPowerState=true",
     )
     assert (
         json.loads(updated.stdout)["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"][

@@ -310,7 +310,8 @@ def test_automatic_os_upgrades_need_version_latest() -> None:
         "properties": {
             "upgradePolicy": {"mode": "Automatic", "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True}},
             "virtualMachineProfile": {
-                "storageProfile": {"imageReference": {"publisher": "p", "offer": "o", "sku": "s", "version": "1.0.0"}}
+                "storageProfile": {"imageReference": {"publisher": "p", "offer": "o", "sku": "s", "version": "1.0.0"}},
+                "networkProfile": {"healthProbe": {"protocol": "Tcp", "port": 80}},
             },
         },
     }
@@ -318,4 +319,21 @@ def test_automatic_os_upgrades_need_version_latest() -> None:
         check_new_model(parse_scale_set(doc, name="web"))
     assert caught.value.path == "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade"
     doc["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]["version"] = "latest"
+    check_new_model(parse_scale_set(doc, name="web"))
+
+
+def test_automatic_os_upgrades_need_a_health_source_or_the_explicit_opt_out() -> None:
+    doc: dict[str, Any] = {
+        "sku": {"capacity": 1},
+        "properties": {
+            "upgradePolicy": {"mode": "Automatic", "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True}},
+            "virtualMachineProfile": {
+                "storageProfile": {"imageReference": {"publisher": "p", "offer": "o", "sku": "s", "version": "latest"}}
+            },
+        },
+    }
+    with pytest.raises(ModelError, match="requires an application health probe") as caught:
+        check_new_model(parse_scale_set(doc, name="web"))
+    assert caught.value.path == "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade"
+    doc["properties"]["virtualMachineProfile"]["overhaul"] = {"healthFromPowerState": True}
     check_new_model(parse_scale_set(doc, name="web"))

@@ -319,6 +319,7 @@ async def test_automatic_upgrades_use_the_scale_sets_policy_only_when_told(runti
         "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True, "useRollingUpgradePolicy": use_policy},
         "rollingUpgradePolicy": {"maxBatchInstancePercent": 100, "overhaul": {"instanceHealthTimeout": "PT42S"}},
     }
+    doc["properties"]["virtualMachineProfile"]["overhaul"]["healthFromPowerState"] = True
     await service.create_or_update(doc, name="web")
     await service.publish_version(version("2.0.0"))
     platform = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)

@@ -260,6 +260,9 @@ class EngineOptions:
     agent_port: int = 8090
     ports: tuple[int, ...] = ()
     systemd: bool = False
+    # Ours: the explicit opt-out of Azure's rule that automatic upgrades need a health probe or the Application
+    # Health extension; "running" is then the only health there is.
+    health_from_power_state: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -268,6 +271,7 @@ class EngineOptions:
             "agentPort": self.agent_port,
             "ports": list(self.ports),
             "systemd": self.systemd,
+            "healthFromPowerState": self.health_from_power_state,
         }
 
 
@@ -526,6 +530,7 @@ def _engine(r: _Reader) -> EngineOptions:
         agent_port=r.integer("agentPort", 8090, 1, 65535),
         ports=tuple(ports),
         systemd=r.boolean("systemd", False),
+        health_from_power_state=r.boolean("healthFromPowerState", False),
     )
 
 
@@ -571,6 +576,17 @@ def check_new_model(model: ScaleSet) -> None:
             "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
             "Automatic OS Upgrade requires the scale set to use a Platform or Gallery Image with version set to "
             f"'latest'; storageProfile.imageReference names version {model.image_reference.version!r}",
+        )
+    if (
+        model.upgrade_policy.automatic.enable_automatic_os_upgrade
+        and model.health_source is HealthSourceKind.POWER
+        and not model.engine.health_from_power_state
+    ):
+        raise ModelError(
+            "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
+            "Automatic OS Upgrade requires an application health probe (virtualMachineProfile.networkProfile."
+            "healthProbe) or the Application Health extension (virtualMachineProfile.extensionProfile); to upgrade "
+            "on power state alone, set virtualMachineProfile.overhaul.healthFromPowerState to true",
         )
 
 
