@@ -31,6 +31,18 @@ def served(tmp_path: Path) -> Iterator[Served]:
         yield running
 
 
+def overhaul(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`overhaul …` run to its end (a serve that refuses to start, a CLI call)."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
 def raw_request(served: Served, lines: list[str], body: bytes = b"", wait: float = 10) -> bytes:
     host, port = served.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=wait) as sock:
@@ -118,24 +130,7 @@ def test_healthz_reports_the_engine(served: Served) -> None:
 
 
 def test_a_second_serve_on_the_same_state_directory_exits_1(served: Served) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "serve",
-            "--state-dir",
-            str(served.state_dir),
-            "--engine",
-            "memory",
-            "--port",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = overhaul("serve", "--state-dir", str(served.state_dir), "--engine", "memory", "--port", "0")
     assert result.returncode == 1
     assert str(served.state_dir) in result.stderr and f"pid {served.process.pid}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -182,13 +177,7 @@ def test_bad_settings_exit_2_naming_the_setting(tmp_path: Path) -> None:
         (["--engine", "dockerr"], "engine: must be podman, memory"),
         (["--rollout-retry-min", "-1"], "must not be negative"),
     ):
-        result = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", "serve", "--state-dir", str(tmp_path), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = overhaul("serve", "--state-dir", str(tmp_path), *args)
         assert result.returncode == 2, result.stderr
         assert words in result.stderr and "Traceback" not in result.stderr
 
@@ -244,23 +233,8 @@ def test_arm_document_details(served: Served) -> None:
 
 
 def test_a_wrong_engine_socket_is_found_at_start(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "serve",
-            "--state-dir",
-            str(tmp_path),
-            "--port",
-            "0",
-            "--engine",
-            f"unix://{tmp_path}/no-such.sock",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = overhaul(
+        "serve", "--state-dir", str(tmp_path), "--port", "0", "--engine", f"unix://{tmp_path}/no-such.sock"
     )
     assert result.returncode == 1
     assert f"no container engine answers at unix://{tmp_path}/no-such.sock" in result.stderr
@@ -297,14 +271,7 @@ def test_ctrl_c_while_following_stops_only_the_cli(served: Served) -> None:
 def test_the_cli_says_where_the_token_is_looked_for(tmp_path: Path) -> None:
     env = {**os.environ, "OVERHAUL_STATE_DIR": str(tmp_path), "OVERHAUL_ENDPOINT": "http://127.0.0.1:9"}
     env.pop("OVERHAUL_TOKEN", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "vmss", "list"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    result = overhaul("vmss", "list", env=env)
     assert result.returncode == 1
     assert str(tmp_path / "token") in result.stderr and "OVERHAUL_STATE_DIR" in result.stderr
     assert "token itself in OVERHAUL_TOKEN" in result.stderr

@@ -33,6 +33,7 @@ from orchestrator.ports.health import HealthSource
 from orchestrator.ports.store import Store
 from orchestrator.runtime.instances import Instances
 from orchestrator.runtime.settings import RuntimeSettings
+from orchestrator.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +236,7 @@ class Reconciler:
                         return attempt
         finally:
             self._wakeups.pop(attempt.id, None)
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            await cancel_and_wait(in_flight)
 
     async def _save_step(self, model: ScaleSet, before: Attempt, attempt: Attempt) -> bool:
         """Saves the attempt; at its end only once every instance it touched runs again, so whoever waits for the
@@ -273,7 +272,5 @@ class Reconciler:
         try:
             await asyncio.wait({changed, woken, *actions}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (changed, woken):
-                task.cancel()
-            await asyncio.gather(changed, woken, return_exceptions=True)
+            await cancel_and_wait((changed, woken))
         return {task for task in actions if task.done()}

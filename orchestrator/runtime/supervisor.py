@@ -14,6 +14,7 @@ from orchestrator.ports.driver import InstanceState
 from orchestrator.ports.store import Store
 from orchestrator.runtime.reconciler import Reconciler
 from orchestrator.runtime.settings import RuntimeSettings
+from orchestrator.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,4 @@ class Supervisor:
     async def close(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)

@@ -30,6 +30,7 @@ from orchestrator.ports.lease import LeaseHeld
 from orchestrator.runtime.auto_upgrader import AutoUpgrader
 from orchestrator.runtime.service import Orchestrator
 from orchestrator.runtime.supervisor import restarting
+from orchestrator.runtime.tasks import cancel_and_wait
 from orchestrator.serve.settings import ServeSettings, SettingsError, add_arguments, load_settings, parse_ulimits
 
 log = logging.getLogger("overhaul.serve")
@@ -131,9 +132,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event) -> int:
         return 0
     finally:
         async with asyncio.timeout(settings.shutdown_timeout):
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             await runner.cleanup()
             await service.close()
             if engine is not None:

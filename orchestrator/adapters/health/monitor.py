@@ -22,6 +22,7 @@ from orchestrator.core.model import HealthProbe
 from orchestrator.core.planner import Health
 from orchestrator.ports.health import HealthReport, Key
 from orchestrator.runtime.changes import Changes
+from orchestrator.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,7 @@ class HealthMonitor:
     async def close(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         for session in (self._session, self._probe_session):
             if session is not None:
                 await session.close()
