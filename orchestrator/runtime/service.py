@@ -454,6 +454,11 @@ class Orchestrator:
                 return None
             if due.due_at > self.clock():
                 return due.due_at
+            if any(i not in states or states[i].current is None for i in range(model.capacity)):
+                # A listing taken while the engine is busy can miss an instance: ask once more before acting on it.
+                states = await self._observe(model.name)
+                if all(states.get(i) and states[i].version == due.target.version for i in range(model.capacity)):
+                    return None
             log.info("automatic OS upgrade of %s to %s", model.name, due.target.version)
             await self._start(model, StartedBy.PLATFORM, due.target.version, states)
             return None
