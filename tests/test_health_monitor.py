@@ -50,6 +50,10 @@ async def test_agent_watch_follows_a_real_agent(
     await agent.task
     await until(monitor, key, Health.UNKNOWN)  # an agent that cannot be reached is Unknown
     assert monitor.watch_errors >= 1
+    report = monitor.report(key)
+    assert report is not None
+    # Said in a few words, as `--wait` shows it; a stopped agent may also have closed the open connection.
+    assert report.detail.startswith("agent ") and f"127.0.0.1:{agent.agent.http_port}" in report.detail, report.detail
 
 
 async def test_load_balancer_probe_http_and_tcp(fake_app: FakeApp, monitor: HealthMonitor) -> None:

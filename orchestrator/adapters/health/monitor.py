@@ -38,6 +38,20 @@ class HealthSettings:
     retry_max: float = 2.0
 
 
+def unreachable(exc: BaseException, address: str, port: int) -> str:
+    """Why the agent gave no answer, in a few words (a booting instance refuses connections for a while)."""
+    where = f"{address}:{port}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"agent not answering on {where} yet (cannot connect)"
+    if isinstance(exc, TimeoutError):
+        return f"agent on {where} gave no answer in time"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"agent on {where} closed the connection"
+    if isinstance(exc, ValueError):
+        return f"agent on {where} answered without valid JSON"
+    return f"agent on {where} unreachable: {exc}"[:300]
+
+
 def parse_agent_health(doc: Any) -> tuple[Health, int | None, bool, str]:
     """The agent's /health JSON to (health, PhaseOrderingNumber, SkipUpgrade, reason); total over inputs."""
     if not isinstance(doc, Mapping):
@@ -162,7 +176,7 @@ class HealthMonitor:
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 self.watch_errors += 1
                 etag = None
-                self._update(key, HealthReport(Health.UNKNOWN, self.clock(), f"agent unreachable: {exc}"[:300]))
+                self._update(key, HealthReport(Health.UNKNOWN, self.clock(), unreachable(exc, address, port)))
                 await asyncio.sleep(delay)  # back-off: a booting instance has nothing to wait on
                 delay = min(delay * 2, self.settings.retry_max)
                 continue
