@@ -344,7 +344,7 @@ def test_seed_cli_commands(served: Served) -> None:
     )
     assert [v["name"] for v in json.loads(latest_only.stdout)] == ["1.0.0"]
     missing = served.cli("vmss", "show", "-n", "nope", "-g", "myResourceGroup", check=False)
-    assert missing.returncode == 1 and "ResourceNotFound" in missing.stderr
+    assert missing.returncode == 3 and "ResourceNotFound" in missing.stderr  # az: 3 for what does not exist
 
 
 def test_cli_speaks_az(served: Served) -> None:
@@ -421,3 +421,31 @@ def test_schemathesis_finds_no_server_errors(served: Served, tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout or "passed" in result.stdout, result.stdout[-2000:]
+
+
+def test_cli_defaults_exit_codes_and_debug(served: Served, tmp_path: Path) -> None:
+    """az's `configure --defaults`, exit code 3 for what does not exist, --debug showing each request."""
+    env = {**os.environ, "OVERHAUL_CONFIG_DIR": str(tmp_path / "config")}
+    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        full = {**env, "OVERHAUL_ENDPOINT": served.url, "OVERHAUL_STATE_DIR": str(served.state_dir)}
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            capture_output=True,
+            text=True,
+            env=full,
+            timeout=60,
+            check=False,
+        )
+
+    configured = cli("configure", "--defaults", "group=myResourceGroup", "subscription=subscription_id")
+    assert configured.returncode == 0 and json.loads(configured.stdout)["group"] == "myResourceGroup"
+    shown = cli("vmss", "show", "-n", "myScaleSet", "--query", "name", "--debug")
+    assert shown.returncode == 0 and json.loads(shown.stdout) == "myScaleSet"
+    assert "GET " + served.url + "/subscriptions/subscription_id/resourceGroups/myResourceGroup/" in shown.stderr
+    missing = cli("vmss", "show", "-n", "nope")
+    assert missing.returncode == 3 and "ResourceNotFound" in missing.stderr
+    assert cli("configure", "--defaults", "group=").returncode == 0  # an empty value clears it, as az
+    unset = cli("vmss", "show", "-n", "myScaleSet")
+    assert unset.returncode == 1 and "configure --defaults group" in unset.stderr

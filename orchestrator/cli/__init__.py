@@ -21,16 +21,58 @@ API_VERSION = "2024-07-01"
 TERMINAL = ("Completed", "Faulted", "Cancelled")
 
 
+# Exit codes as az's: 1 an error, 2 a usage error (argparse), 3 a resource that does not exist.
+EXIT_ERROR, EXIT_NOT_FOUND = 1, 3
+
+
 class CliError(Exception):
-    pass
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def config_path() -> Path:
+    """Where `overhaul configure --defaults` keeps them: $OVERHAUL_CONFIG_DIR, else ~/.config/overhaul."""
+    base = os.environ.get("OVERHAUL_CONFIG_DIR") or str(Path.home() / ".config" / "overhaul")
+    return Path(base) / "config.json"
+
+
+def load_defaults() -> dict[str, str]:
+    try:
+        doc = json.loads(config_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    defaults = doc.get("defaults") if isinstance(doc, dict) else None
+    return {k: v for k, v in defaults.items() if isinstance(v, str)} if isinstance(defaults, dict) else {}
+
+
+def configure(args: argparse.Namespace) -> int:
+    """az configure --defaults group=NAME subscription=ID location=LOC: kept for later commands."""
+    defaults = load_defaults()
+    for item in args.defaults or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("group", "subscription", "location"):
+            raise CliError(f"--defaults {item!r}: expected group=NAME, subscription=ID or location=LOC")
+        if value:
+            defaults[key] = value
+        else:
+            defaults.pop(key, None)  # az: an empty value clears the default
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"defaults": defaults}, indent=2) + "\n")
+    print(json.dumps(defaults, indent=2))
+    return 0
 
 
 class Client:
-    def __init__(self, endpoint: str, token: str, subscription: str, timeout: float = 120.0) -> None:
+    def __init__(
+        self, endpoint: str, token: str, subscription: str, timeout: float = 120.0, debug: bool = False
+    ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.token = token
         self.subscription = subscription
         self.timeout = timeout
+        self.debug = debug
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         sep = "&" if "?" in path else "?"
@@ -40,20 +82,32 @@ class Client:
         request.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        started = time.monotonic()
+        if self.debug:
+            print(f"overhaul: {method} {url}", file=sys.stderr)
+            if data is not None:
+                print(f"overhaul: request body {data.decode()[:2000]}", file=sys.stderr)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as resp:
                 raw = resp.read()
+                status = resp.status
         except urllib.error.HTTPError as exc:
             raw = exc.read()
+            if self.debug:
+                print(f"overhaul: {exc.code} in {time.monotonic() - started:.3f}s: {raw[:2000]!r}", file=sys.stderr)
+            code = EXIT_NOT_FOUND if exc.code == 404 else EXIT_ERROR
             try:
                 err = json.loads(raw)["error"]
-                raise CliError(f"({err.get('code')}) {err.get('message')}") from None
+                message = f"({err.get('code')}) {err.get('message')}"
             except (ValueError, KeyError, TypeError):
-                raise CliError(f"HTTP {exc.code}: {raw[:300]!r}") from None
+                message = f"HTTP {exc.code}: {raw[:300]!r}"
+            raise CliError(message, code) from None
         except urllib.error.URLError as exc:
             raise CliError(
                 f"cannot reach the orchestrator at {self.endpoint}: {exc.reason} (is `overhaul serve` running?)"
             ) from None
+        if self.debug:
+            print(f"overhaul: {status} in {time.monotonic() - started:.3f}s", file=sys.stderr)
         return json.loads(raw) if raw.strip() else None
 
     def vmss(self, rg: str, name: str = "") -> str:
@@ -367,7 +421,10 @@ def scale_set_target(client: Client, args: argparse.Namespace) -> None:
             )
         client.subscription, args.resource_group, args.name = parts[1], parts[3], parts[7]
     elif args.vmss_command != "list" and not (args.name and args.resource_group):
-        raise CliError("--name/-n and --resource-group/-g are required (or --ids)")
+        raise CliError(
+            "--name/-n and --resource-group/-g are required (or --ids; a default group comes from "
+            "`overhaul configure --defaults group=NAME`)"
+        )
 
 
 def run_vmss(client: Client, args: argparse.Namespace) -> int:
@@ -516,13 +573,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the API token (default: STATE_DIR/token, STATE_DIR from OVERHAUL_STATE_DIR; "
         "or the token itself in OVERHAUL_TOKEN)",
     )
-    common.add_argument("--subscription", default="local")
+    common.add_argument("--subscription", help="default: `overhaul configure --defaults subscription=…`, else local")
+    common.add_argument("--debug", action="store_true", help="print every request and answer to stderr")
     common.add_argument(
         "-o", "--output", choices=["json", "jsonc", "table", "tsv", "yaml", "yamlc", "none"], default="json"
     )
     common.add_argument("--query", help="JMESPath query applied to the result, as az's --query")
     groups = parser.add_subparsers(dest="group", required=True)
 
+    configure_parser = groups.add_parser("configure", help="defaults for later commands, as `az configure`")
+    configure_parser.add_argument(
+        "--defaults", nargs="*", metavar="KEY=VALUE", help="group=NAME subscription=ID location=LOC (empty clears)"
+    )
     # `overhaul serve ...` is handed to the server's own parser before this one runs (see main): the client
     # commands never import the server. Listed here so that `overhaul --help` shows it.
     groups.add_parser("serve", help="run the orchestrator service (overhaul serve --help lists its settings)")
@@ -583,7 +645,7 @@ def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     version = sig.add_parser("image-version", help="image versions", parents=[common])
     version.add_argument("version_command", choices=["create", "list", "show", "update", "delete"])
     for sub in (definition, version):
-        sub.add_argument("--resource-group", "-g", required=True)
+        sub.add_argument("--resource-group", "-g", help="default: `overhaul configure --defaults group=…`")
         sub.add_argument("--gallery-name", "-r", required=True)
         sub.add_argument("--gallery-image-definition", "-i", required=True)
     definition.add_argument("--publisher", required=True)
@@ -604,6 +666,16 @@ def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     image_list.add_argument("--all", action="store_true", help="every version, not only the latest")
 
 
+def apply_defaults(args: argparse.Namespace, defaults: dict[str, str]) -> None:
+    """What the command leaves out comes from `overhaul configure --defaults`, as az's defaults."""
+    if getattr(args, "resource_group", None) in (None, "") and "group" in defaults and args.group != "vm":
+        args.resource_group = defaults["group"]
+    if getattr(args, "subscription", None) is None:
+        args.subscription = defaults.get("subscription", "local")
+    if args.group == "sig" and not args.resource_group:
+        raise CliError("--resource-group/-g is required (or `overhaul configure --defaults group=NAME`)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
@@ -612,7 +684,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        client = Client(args.endpoint, find_token(args), args.subscription)
+        if args.group == "configure":
+            return configure(args)
+        apply_defaults(args, load_defaults())
+        client = Client(args.endpoint, find_token(args), args.subscription, debug=args.debug)
         if args.group == "vmss":
             return run_vmss(client, args)
         if args.group == "sig":
@@ -620,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_vm_image(client, args)
     except CliError as exc:
         print(f"overhaul: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         # Only the CLI stops: what it was following goes on in `overhaul serve`.
         print(
