@@ -564,10 +564,6 @@ class Orchestrator:
         model = await self.get_scale_set(ref)
         return await self.store.attempts(model.name)
 
-    async def running(self, ref: ScaleSetRef | str) -> bool:
-        model = await self.find(ref)
-        return model is not None and bool(await self._active(model.name))
-
     async def find_attempt(self, attempt_id: str) -> Attempt | None:
         stored = await self.store.get_attempt(attempt_id)
         return stored.attempt if stored else None

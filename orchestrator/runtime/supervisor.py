@@ -58,10 +58,6 @@ class Supervisor:
             self._run(scale_set, observed), name=f"rollout-{scale_set}"
         )
 
-    def running(self, scale_set: str) -> bool:
-        task = self._tasks.get(scale_set.lower())
-        return task is not None and not task.done()
-
     async def wait_idle(self, scale_set: str, timeout: float) -> bool:
         """Waits for the scale set's task to end; False if it still runs after ``timeout``."""
         task = self._tasks.get(scale_set.lower())

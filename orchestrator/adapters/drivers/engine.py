@@ -25,7 +25,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
-from orchestrator.core.naming import PREVIOUS_SUFFIX, instance_name
+from orchestrator.core.naming import instance_name, previous_name
 from orchestrator.ports.driver import DriverError, EngineUnavailable, InstanceSpec, InstanceState, OsDisk
 
 log = logging.getLogger(__name__)
@@ -407,7 +407,7 @@ class EngineDriver:
             if name == instance_name(scale_set, instance_id):
                 current[instance_id] = disk
                 published[instance_id] = _published_ports(info)
-            elif name == instance_name(scale_set, instance_id) + PREVIOUS_SUFFIX:
+            elif name == previous_name(scale_set, instance_id):
                 previous[instance_id] = disk
         address = self.settings.publish_address
         return {
@@ -419,7 +419,7 @@ class EngineDriver:
         await self._create_and_start(spec, await self._find(spec.name))
 
     async def reimage(self, spec: InstanceSpec) -> None:
-        name, prev = spec.name, spec.name + PREVIOUS_SUFFIX
+        name, prev = spec.name, previous_name(spec.scale_set, spec.instance_id)
         current = await self._find(name)
         if current is not None:
             labels = current.get("Config", {}).get("Labels") or {}
@@ -456,10 +456,10 @@ class EngineDriver:
         await self._create_and_start(spec, None)
 
     async def commit(self, spec: InstanceSpec) -> None:
-        await self._remove(spec.name + PREVIOUS_SUFFIX)
+        await self._remove(previous_name(spec.scale_set, spec.instance_id))
 
     async def rollback(self, spec: InstanceSpec) -> None:
-        name, prev = spec.name, spec.name + PREVIOUS_SUFFIX
+        name, prev = spec.name, previous_name(spec.scale_set, spec.instance_id)
         previous = await self._find(prev)
         if previous is None:
             current = await self._find(name)
@@ -473,7 +473,7 @@ class EngineDriver:
         await self._start(name, await self._find(name))
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
-        await self._remove(spec.name + PREVIOUS_SUFFIX)
+        await self._remove(previous_name(spec.scale_set, spec.instance_id))
         await self._remove(spec.name)
         if not keep_data:
             for volume, _ in spec.volumes:
