@@ -53,8 +53,10 @@ class Served:
             return status, json.loads(payload), headers
         return status, payload.decode() if payload.strip() else None, headers
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "OVERHAUL_ENDPOINT": self.url, "OVERHAUL_STATE_DIR": str(self.state_dir)}
+    def cli(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **(env or {}), "OVERHAUL_ENDPOINT": self.url, "OVERHAUL_STATE_DIR": str(self.state_dir)}
         result = subprocess.run(
             [sys.executable, "-m", "orchestrator.cli", *args],
             capture_output=True,

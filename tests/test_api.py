@@ -425,19 +425,10 @@ def test_schemathesis_finds_no_server_errors(served: Served, tmp_path: Path) -> 
 
 def test_cli_defaults_exit_codes_and_debug(served: Served, tmp_path: Path) -> None:
     """az's `configure --defaults`, exit code 3 for what does not exist, --debug showing each request."""
-    env = {**os.environ, "OVERHAUL_CONFIG_DIR": str(tmp_path / "config")}
     assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        full = {**env, "OVERHAUL_ENDPOINT": served.url, "OVERHAUL_STATE_DIR": str(served.state_dir)}
-        return subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            capture_output=True,
-            text=True,
-            env=full,
-            timeout=60,
-            check=False,
-        )
+        return served.cli(*args, check=False, env={"OVERHAUL_CONFIG_DIR": str(tmp_path / "config")})
 
     configured = cli("configure", "--defaults", "group=myResourceGroup", "subscription=subscription_id")
     assert configured.returncode == 0 and json.loads(configured.stdout)["group"] == "myResourceGroup"

@@ -111,8 +111,12 @@ class Reconciler:
 
     async def _save(self, model: ScaleSet, before: Attempt, attempt: Attempt) -> None:
         await self.store.save_attempt(attempt, image_reference_for(model, attempt))
+        self.announce(before, attempt)
+
+    def announce(self, before: Attempt | None, attempt: Attempt) -> None:
+        """Tells listeners an attempt was saved, and, once, that it ended (``before``: as it was; None: new)."""
         self.events.emit(AttemptChanged(attempt))
-        if attempt.status.terminal and not before.status.terminal:
+        if attempt.status.terminal and (before is None or not before.status.terminal):
             self.events.emit(AttemptEnded(attempt))
 
     async def _backoff(self, delay: float) -> float:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,7 +32,7 @@ from orchestrator.core.planner import InstanceView
 from orchestrator.core.rollout import ActionKind, Attempt, StartedBy, request_cancel, start
 from orchestrator.ports.clock import Clock
 from orchestrator.ports.driver import Driver, DriverError, InstanceState
-from orchestrator.ports.events import AttemptChanged, AttemptEnded, Event
+from orchestrator.ports.events import AttemptChanged, Event
 from orchestrator.ports.health import HealthReport, HealthSource
 from orchestrator.ports.store import Store, StoredAttempt
 from orchestrator.runtime.changes import Changes
@@ -104,7 +105,7 @@ class Orchestrator:
         self.supervisor = Supervisor(store, self.reconciler, self.settings)
         self.changes = Changes()  # bumped when the gallery, a model or an attempt's end changes
         self._attempt_ended: dict[str, asyncio.Event] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.events.subscribe(self._on_event)
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -152,18 +153,12 @@ class Orchestrator:
     @contextlib.asynccontextmanager
     async def _writing(self, name: str) -> AsyncIterator[None]:
         """One writer per scale set name at a time (create, update, delete, reimage, start)."""
-        key = name.lower()
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+        # A lock lives as long as a writer holds or waits for it (the dictionary's references are weak).
+        lock = self._locks.get(name.lower())
+        if lock is None:
+            lock = self._locks[name.lower()] = asyncio.Lock()
+        async with lock:
+            yield
 
     async def _observe(self, name: str) -> dict[int, InstanceState]:
         try:
@@ -241,9 +236,6 @@ class Orchestrator:
         found = await self.image_version(gallery, image, version)
         await self.store.delete_image_version(found.gallery, found.image, found.version)
         self.changes.bump()
-
-    async def resolve(self, model: ScaleSet, version: str | None = None) -> ImageVersion:
-        return await self.instances.resolve(model, version)
 
     # --- scale sets ---------------------------------------------------------------------------------------
 
@@ -489,9 +481,7 @@ class Orchestrator:
         busy = await self.store.start_attempt(attempt, image_reference_for(model, attempt))
         if busy is not None:
             raise Conflict(f"a rolling upgrade of {model.name} is in progress ({busy})", "RollingUpgradeInProgress")
-        self.events.emit(AttemptChanged(attempt))
-        if attempt.status.terminal:
-            self.events.emit(AttemptEnded(attempt))
+        self.reconciler.announce(None, attempt)
         if not attempt.done:
             self.supervisor.ensure(model.name, states)
         return attempt
