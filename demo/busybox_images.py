@@ -48,13 +48,13 @@ def image_tar(version: str, *, healthy: bool) -> bytes:
     return buffer.getvalue()
 
 
-def build(engine: str, reference: str, version: str, *, healthy: bool = True) -> None:
-    """`podman import` / `docker import` the image under ``reference``."""
+def build(engine: str, reference: str, version: str, *, healthy: bool = True, command: str = START) -> None:
+    """`podman import` / `docker import` the image under ``reference``; ``command`` is what its container runs."""
     binary = shutil.which(engine)
     if binary is None:
         raise RuntimeError(f"{engine} is not installed")
     subprocess.run(
-        [binary, "import", "--change", f'CMD ["/bin/sh", "-c", "{START}"]', "-", reference],
+        [binary, "import", "--change", f'CMD ["/bin/sh", "-c", "{command}"]', "-", reference],
         input=image_tar(version, healthy=healthy),
         check=True,
         capture_output=True,

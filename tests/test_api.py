@@ -440,3 +440,36 @@ def test_cli_defaults_exit_codes_and_debug(served: Served, tmp_path: Path) -> No
     assert cli("configure", "--defaults", "group=").returncode == 0  # an empty value clears it, as az
     unset = cli("vmss", "show", "-n", "myScaleSet")
     assert unset.returncode == 1 and "configure --defaults group" in unset.stderr
+
+
+def test_quarantine_is_shown_set_and_cleared_from_the_cli(served: Served) -> None:
+    publish(served, "1.0.0")
+    publish(served, "1.1.0")
+    where = [
+        "-g",
+        "myResourceGroup",
+        "-r",
+        "myGallery",
+        "-i",
+        "myImage",
+        "-e",
+        "1.1.0",
+        "--subscription",
+        "subscription_id",
+    ]
+    shown = json.loads(served.cli("sig", "image-version", "show", *where).stdout)
+    assert shown["properties"]["overhaul"] == {"quarantined": False}
+    served.cli("sig", "image-version", "update", *where, "--set", "overhaul.quarantined=true")
+    shown = json.loads(served.cli("sig", "image-version", "show", *where).stdout)
+    assert shown["properties"]["overhaul"] == {"quarantined": True, "quarantineReason": "quarantined by a person"}
+    # 'latest' skips it: a new scale set lands on 1.0.0.
+    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    _, instances, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
+    assert {i["properties"]["storageProfile"]["imageReference"]["exactVersion"] for i in instances["value"]} == {
+        "1.0.0"
+    }
+    served.cli("sig", "image-version", "update", *where, "--set", "overhaul.quarantined=false")
+    shown = json.loads(served.cli("sig", "image-version", "show", *where).stdout)
+    assert shown["properties"]["overhaul"] == {"quarantined": False}
+    bad = served.cli("sig", "image-version", "update", *where, "--set", "overhaul.quarantined=maybe", check=False)
+    assert bad.returncode != 0 and "properties.overhaul.quarantined" in bad.stderr

@@ -143,12 +143,15 @@ async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, 
     try:
         await retrying(service.start)
         await service.put_image_definition(ImageDefinition("g", "img", "p", "o", "s"))
-        await service.publish_version(ImageVersion("g", "img", "1.0.0", "repo:1.0.0", published_at=1.0))
+        await retrying(
+            functools.partial(
+                service.publish_version, ImageVersion("g", "img", "1.0.0", "repo:1.0.0", published_at=1.0)
+            )
+        )
         await retrying(functools.partial(service.create_or_update, model(rng), name="web"))
         for number, version in enumerate(VERSIONS[1:], start=2):
-            await service.publish_version(
-                ImageVersion("g", "img", version, f"repo:{version}", published_at=float(number))
-            )
+            image = ImageVersion("g", "img", version, f"repo:{version}", published_at=float(number))
+            await retrying(functools.partial(service.publish_version, image))
             by = rng.choice([StartedBy.USER, StartedBy.PLATFORM])
             begin = functools.partial(service.start_rolling_upgrade, "web", started_by=by)
             results = await asyncio.gather(retrying(begin), retrying(begin), return_exceptions=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import signal
 import sys
 import time
@@ -45,7 +46,8 @@ MODEL: dict[str, Any] = {
         },
     },
 }
-HEALTH = HealthSettings(probe_interval=0.2, probe_timeout=1.0)
+HEALTH = HealthSettings(probe_interval=0.2, probe_timeout=1.0, probe_grace_period=2.0)
+EXITS = "9.0.0"  # a version whose container exits at once
 
 
 RUNNER = Path(__file__).with_name("orchestrator_runner.py")
@@ -60,6 +62,7 @@ async def run_command(*args: str) -> None:
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for version, healthy in VERSIONS.items():
         engine_images.build("podman", f"{REPO}:{version}", version, healthy=healthy)
+    engine_images.build("podman", f"{REPO}:{EXITS}", EXITS, command="echo bad build >&2; exit 3")
     with podman_service(tmp_path_factory.mktemp("podman")) as url:
         yield url
 
@@ -182,6 +185,23 @@ async def test_failing_version_rolls_back_and_faults(fleet: Fleet) -> None:
     assert (history[0].attempt.successful, history[0].attempt.failed) == (0, 1)
     assert history[0].attempt.count(Step.ROLLED_BACK) == 1
     assert history[0].image_reference["version"] == "3.0.0"
+
+
+async def test_a_known_verdict_is_acted_on_at_once_not_at_the_health_timeout(fleet: Fleet) -> None:
+    """A probe failing past its grace period, or an instance that exited, cannot turn Healthy by itself: with a
+    ten-minute health timeout both attempts still end within the test's two minutes, saying why."""
+    model = copy.deepcopy(MODEL)
+    model["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["overhaul"]["instanceHealthTimeout"] = "PT10M"
+    await fleet.create(model)
+    for version, why in (("3.0.0", "Unhealthy after the reimage: HTTP 404"), (EXITS, "not running (it exited)")):
+        await fleet.publish(version)
+        attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+        done = await fleet.service.wait_attempt(attempt.id, 120)
+        assert done.status is AttemptStatus.FAULTED
+        assert done.instances[0].step is Step.ROLLED_BACK
+        assert why in (done.instances[0].error or ""), done.instances[0].error
+        assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
+        await fleet.all_healthy()
 
 
 async def test_too_many_unhealthy_before_start(fleet: Fleet) -> None:

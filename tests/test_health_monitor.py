@@ -16,7 +16,7 @@ from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
 
 @pytest.fixture
 async def monitor() -> AsyncIterator[HealthMonitor]:
-    watcher = HealthMonitor(HealthSettings(watch_wait=5, probe_interval=0.1, probe_timeout=1))
+    watcher = HealthMonitor(HealthSettings(watch_wait=5, probe_interval=0.1, probe_timeout=1, probe_grace_period=0.3))
     yield watcher
     await watcher.close()
 
@@ -46,12 +46,16 @@ async def test_agent_watch_follows_a_real_agent(
     fake_app.set_state("Unhealthy")
     await until(monitor, key, Health.UNHEALTHY)
     assert fake_app.requests > requests_before
+    report = monitor.report(key)
+    assert report is not None and report.final and report.reachable  # the agent's committed verdict
     agent.agent.stop.set()
     await agent.task
     await until(monitor, key, Health.UNKNOWN)  # an agent that cannot be reached is Unknown
     assert monitor.watch_errors >= 1
     report = monitor.report(key)
     assert report is not None
+    # ... but not a verdict: the instance may still be booting, only the engine can tell it exited.
+    assert not report.final and not report.reachable
     # Said in a few words, as `--wait` shows it; a stopped agent may also have closed the open connection.
     assert report.detail.startswith("agent ") and f"127.0.0.1:{agent.agent.http_port}" in report.detail, report.detail
 
@@ -64,7 +68,13 @@ async def test_load_balancer_probe_http_and_tcp(fake_app: FakeApp, monitor: Heal
     monitor.watch_probe(("web", 2), HealthProbe("Tcp", 8080), "127.0.0.1", fake_app.port)
     await until(monitor, ("web", 2), Health.HEALTHY)
     monitor.watch_probe(("web", 3), HealthProbe("Tcp", 8080), "127.0.0.1", free_port())
+    # Failures within the probe's grace period after a (re)start are Initializing, then the verdict.
+    await until(monitor, ("web", 3), Health.INITIALIZING)
+    report = monitor.report(("web", 3))
+    assert report is not None and "grace period" in report.detail and not report.final
     await until(monitor, ("web", 3), Health.UNHEALTHY)
+    report = monitor.report(("web", 3))
+    assert report is not None and report.final
 
 
 async def test_wait_changed_does_not_miss_a_change_before_the_wait(monitor: HealthMonitor) -> None:

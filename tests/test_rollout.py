@@ -359,3 +359,34 @@ def test_properties_of_every_attempt(scenario: tuple[World, RollingUpgradePolicy
     if attempt.status is AttemptStatus.COMPLETED:
         assert attempt.pending == 0
         assert attempt.in_progress == 0
+
+
+def test_a_final_verdict_fails_the_instance_at_once_not_at_the_timeout() -> None:
+    """The agent's Unknown after its grace period cannot turn Healthy by itself: roll back then."""
+    world = World(fleet(1), always)
+    attempt = platform_attempt(world, now=100.0)
+    decision = decide(attempt, world.views(), 100.0)
+    (action,) = decision.actions
+    attempt = apply_result(decision.attempt, ActionResult(action, ok=True), 105.0)
+    initializing = {0: InstanceView(0, "v2", Health.INITIALIZING, observed_at=106.0, detail="grace period")}
+    assert decide(attempt, initializing, 107.0).attempt.instances[0].step is Step.WAITING
+    not_final = {0: InstanceView(0, "v2", Health.UNKNOWN, observed_at=106.0, detail="agent not answering yet")}
+    assert decide(attempt, not_final, 107.0).attempt.instances[0].step is Step.WAITING
+    stale_final = {0: InstanceView(0, "v2", UNHEALTHY, observed_at=104.0, final=True)}
+    assert decide(attempt, stale_final, 107.0).attempt.instances[0].step is Step.WAITING
+    final = {0: InstanceView(0, "v2", Health.UNKNOWN, observed_at=111.0, final=True, detail="no answer on :80")}
+    progress = decide(attempt, final, 111.5).attempt.instances[0]
+    assert progress.step is Step.ROLLING_BACK
+    assert progress.error == "Unknown after the reimage: no answer on :80"
+
+
+def test_a_final_verdict_without_rollback_keeps_the_instance_failed() -> None:
+    world = World(fleet(1), always)
+    attempt = replace(platform_attempt(world, now=100.0), rollback_enabled=False)
+    decision = decide(attempt, world.views(), 100.0)
+    (action,) = decision.actions
+    attempt = apply_result(decision.attempt, ActionResult(action, ok=True), 105.0)
+    final = {0: InstanceView(0, "v2", UNHEALTHY, observed_at=106.0, final=True, detail="instance exited")}
+    progress = decide(attempt, final, 106.0).attempt.instances[0]
+    assert progress.step is Step.KEEPING_FAILED
+    assert progress.error == "Unhealthy after the reimage: instance exited"

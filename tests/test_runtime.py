@@ -330,3 +330,52 @@ async def test_automatic_upgrades_use_the_scale_sets_policy_only_when_told(runti
     manual = await service.start_rolling_upgrade("web", started_by=StartedBy.USER)
     assert manual.policy.max_batch_instance_percent == 100  # a person's start always uses the scale set's policy
     await service.wait_attempt(manual.id, 10)
+
+
+async def test_a_version_that_faulted_is_quarantined_until_a_person_clears_it(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(5), name="web")
+    await service.publish_version(version("2.0.0"))
+    runtime.driver.exiting_images.add("localhost/tiny:2.0.0")  # a broken build: its instances exit at once
+    attempt = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
+    done = await service.wait_attempt(attempt.id, 10)
+    assert done.status is AttemptStatus.FAULTED
+    assert done.instances[0].step is Step.ROLLED_BACK
+    assert "not running (it exited)" in (done.instances[0].error or "")
+    bad = await service.image_version("g", "tiny", "2.0.0")
+    assert bad.quarantined and attempt.id in (bad.quarantine or "") and "instance 0" in (bad.quarantine or "")
+    # The attempt's error says what to do next.
+    assert "version 2.0.0 is quarantined" in (done.error_message or "")
+    assert "--gallery-image-version 2.0.0 --set overhaul.quarantined=false" in (done.error_message or "")
+    # 'latest' skips it: a scale-out, a new scale set and a reimage all land on 1.0.0.
+    await service.create_or_update(small(6), name="web")
+    await service.create_or_update(small(2), name="api")
+    await service.reimage_instances("web", [1])
+    for name in ("web", "api"):
+        assert {s.version for s in (await runtime.driver.observe(name)).values()} == {"1.0.0"}
+    # ... until a person clears it (or republishes).
+    await service.publish_version(replace(bad, quarantine=None))
+    assert (await service.instances.resolve(await service.get_scale_set("web"))).version == "2.0.0"
+
+
+async def test_a_failed_manual_upgrade_names_the_command_that_restores_it(runtime: Runtime) -> None:
+    service = runtime.service
+    await service.create_or_update(small(5), name="web")
+    await service.publish_version(version("2.0.0"))
+    runtime.driver.exiting_images.add("localhost/tiny:2.0.0")
+    attempt = await service.start_rolling_upgrade("web", started_by=StartedBy.USER)  # no rollback
+    done = await service.wait_attempt(attempt.id, 10)
+    assert done.status is AttemptStatus.FAULTED and done.instances[0].step is Step.FAILED
+    command = "overhaul vmss reimage --resource-group default --name web --instance-ids 0"
+    assert command in (done.error_message or ""), done.error_message
+    # Doing what it says restores the instance on the last good version.
+    await service.reimage_instances("web", [0])
+    assert (await runtime.driver.observe("web"))[0].version == "1.0.0"
+    assert (await runtime.driver.observe("web"))[0].running
+
+
+async def test_publishing_a_version_whose_image_the_engine_lacks_is_refused(runtime: Runtime) -> None:
+    runtime.driver.missing_images.add("localhost/tiny:2.0.0")
+    with pytest.raises(InvalidInput, match=r"containerImage: the engine has no image 'localhost/tiny:2\.0\.0'"):
+        await runtime.service.publish_version(version("2.0.0"))
+    assert [v.version for v in await runtime.service.all_image_versions()] == ["1.0.0"]

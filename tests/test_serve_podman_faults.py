@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,11 +129,19 @@ def test_one_attempt_for_100_concurrent_starts_and_no_5xx_for_100_creates(served
 
 def test_a_missing_image_is_refused_before_the_instance_is_touched(served: Served) -> None:
     assert served.call("PUT", f"{vmss('missing')}?{API}", model(2))[0] == 201
-    publish(served, "2.0.0", image="localhost/overhaul-faults:no-such-tag")
+    source = {"overhaul": {"containerImage": "localhost/overhaul-faults:no-such-tag"}}
+    body = {"properties": {"publishingProfile": {}, "storageProfile": {"source": source}}}
+    status, doc, _ = served.call("PUT", f"{GALLERY}/versions/2.0.0?{API}", body)
+    assert status == 400 and doc["error"]["target"] == "properties.storageProfile.source.overhaul.containerImage"
+    assert "no-such-tag" in doc["error"]["message"], doc
+    # An image removed from the engine after it was published is found before an instance is touched.
+    subprocess.run(["podman", "tag", f"{REPO}:1.0.0", f"{REPO}:doomed"], check=True, timeout=60)
+    publish(served, "2.0.0", image=f"{REPO}:doomed")
+    subprocess.run(["podman", "untag", f"{REPO}:doomed", f"{REPO}:doomed"], check=True, timeout=60)
     status, doc, _ = served.call("POST", f"{vmss('missing')}/reimage?{API}", {"instanceIds": ["0"]})
-    assert status == 400 and "no-such-tag" in doc["error"]["message"], doc
+    assert status == 400 and "doomed" in doc["error"]["message"], doc
     status, doc, _ = served.call("PUT", f"{vmss('missing')}?{API}", model(3))
-    assert status == 400 and "no-such-tag" in doc["error"]["message"], doc
+    assert status == 400 and "doomed" in doc["error"]["message"], doc
     assert containers("missing") == {"missing_0": "running", "missing_1": "running"}
     served.call("DELETE", f"{GALLERY}/versions/2.0.0?{API}")
 
@@ -185,6 +194,11 @@ def test_wait_shows_each_instance_in_flight_with_its_health_reason_and_time_left
     publish(served, "2.0.0", image=f"{REPO}:bad")  # its /health is missing: the probe says HTTP 404
     started = served.cli("vmss", "rolling-upgrade", "start", "--ids", vmss("why"), check=False)
     assert started.returncode == 1  # it did not complete
-    assert "why_0: WaitingForHealth, Unhealthy (HTTP 404)" in started.stderr, started.stderr
+    # Within the probe's grace period a failing probe is Initializing, with the probe's answer as the reason.
+    assert "why_0: WaitingForHealth, Initializing (HTTP 404; grace period: " in started.stderr, started.stderr
     assert "s left" in started.stderr
+    # The end says what to do next (this start was manual: no rollback).
+    assert (
+        "Next: restore instance(s) 0 with `overhaul vmss reimage --resource-group faults --name why" in started.stderr
+    )
     served.call("DELETE", f"{GALLERY}/versions/2.0.0?{API}")

@@ -526,6 +526,11 @@ def run_sig(client: Client, args: argparse.Namespace) -> int:
             patch["properties"]["publishingProfile"]["excludeFromLatest"] = args.exclude_from_latest
         if args.target_regions:
             patch["properties"]["publishingProfile"]["targetRegions"] = [{"name": r} for r in args.target_regions]
+        for item in args.set or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise CliError(f"--set {item!r}: expected PATH=VALUE")
+            set_path(patch, key, parse_value(value))
         emit(args, client.call("PATCH", path, patch), "imageversions")
     return 0
 
@@ -655,6 +660,12 @@ def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     version.add_argument("--container-image", help="the engine image of this version (e.g. localhost/web:2.0.0)")
     version.add_argument("--exclude-from-latest", type=truthy, nargs="?", const=True, default=None)
     version.add_argument("--target-regions", nargs="*", default=[])
+    version.add_argument(
+        "--set",
+        action="append",
+        metavar="PATH=VALUE",
+        help="with update: e.g. overhaul.quarantined=false (lets 'latest' pick a version an attempt Faulted on)",
+    )
 
     vm = groups.add_parser("vm", help="virtual machine images").add_subparsers(dest="vm_group", required=True)
     image = vm.add_parser("image", help="images").add_subparsers(dest="image_command", required=True)

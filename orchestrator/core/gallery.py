@@ -52,6 +52,12 @@ class ImageVersion:
     target_locations: tuple[str, ...] = ("local",)
     published_at: float = 0.0
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Why 'latest' skips this version (an attempt Faulted on it, or a person said so); None: it does not.
+    quarantine: str | None = None
+
+    @property
+    def quarantined(self) -> bool:
+        return self.quarantine is not None
 
     def present_in(self, location: str) -> bool:
         return location.lower() in (loc.lower() for loc in self.target_locations)
@@ -70,6 +76,8 @@ class ImageVersion:
                 },
                 "storageProfile": {"source": {"overhaul": {"containerImage": self.artifact}}},
                 "provisioningState": "Succeeded",
+                "overhaul": {"quarantined": self.quarantined}
+                | ({"quarantineReason": self.quarantine} if self.quarantine else {}),
             },
         }
 
@@ -107,6 +115,15 @@ def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, pub
     artifact = source.get("containerImage")
     if not isinstance(artifact, str) or not artifact:
         raise ModelError("properties.storageProfile.source.overhaul.containerImage", "is required")
+    own = props.get("overhaul") or {}
+    if not isinstance(own, Mapping):
+        raise ModelError("properties.overhaul", "must be a JSON object")
+    quarantined = own.get("quarantined", False)
+    if not isinstance(quarantined, bool):
+        raise ModelError("properties.overhaul.quarantined", "must be true or false")
+    reason = own.get("quarantineReason")
+    if reason is not None and not isinstance(reason, str):
+        raise ModelError("properties.overhaul.quarantineReason", "must be a string")
     return ImageVersion(
         gallery=gallery,
         image=image,
@@ -115,12 +132,14 @@ def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, pub
         exclude_from_latest=exclude,
         target_locations=tuple(locations),
         published_at=published_at,
+        quarantine=(reason or "quarantined by a person") if quarantined else None,
     )
 
 
 def latest_version(versions: Iterable[ImageVersion], location: str) -> ImageVersion | None:
-    """Azure's "latest": the highest semver not excluded from latest and present in the location."""
-    candidates = [v for v in versions if not v.exclude_from_latest and v.present_in(location)]
+    """Azure's "latest": the highest semver not excluded from latest and present in the location; overhaul
+    also skips a quarantined version."""
+    candidates = [v for v in versions if not v.exclude_from_latest and not v.quarantined and v.present_in(location)]
     return max(candidates, key=lambda v: semver_key(v.version), default=None)
 
 
@@ -140,9 +159,11 @@ def resolve(
     if ref.is_latest:
         found = latest_version(mine, location)
         if found is None:
+            quarantined = ", ".join(v.version for v in mine if v.quarantined)
+            why = f" (quarantined: {quarantined})" if quarantined else ""
             raise ModelError(
                 "properties.virtualMachineProfile.storageProfile.imageReference.version",
-                f"no version of {definition.gallery}/{definition.name} is available as latest in {location}",
+                f"no version of {definition.gallery}/{definition.name} is available as latest in {location}{why}",
             )
         return found
     exact = next((v for v in mine if v.version == ref.version), None)

@@ -18,7 +18,11 @@ class Health(StrEnum):
 
 @dataclass(frozen=True)
 class InstanceView:
-    """What is observed of one instance: the version it runs, its health and its custom metrics."""
+    """What is observed of one instance: the version it runs, its health and its custom metrics.
+
+    ``final``: the health source has committed a verdict that cannot turn Healthy by itself (the agent's
+    Unhealthy or Unknown after its grace period, an instance that exited, a probe failing after its grace);
+    an upgrade need not wait for its health timeout. ``detail`` says why, in the source's words."""
 
     instance_id: int
     version: str | None
@@ -26,6 +30,8 @@ class InstanceView:
     phase: int | None = None
     skip_upgrade: bool = False
     observed_at: float = 0.0
+    final: bool = False
+    detail: str = ""
 
     @property
     def healthy(self) -> bool:

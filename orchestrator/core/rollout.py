@@ -287,13 +287,18 @@ def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
             continue
         view = views.get(instance_id)
         fresh = view is not None and view.observed_at >= progress.since
+        failed_step = Step.ROLLBACK if attempt.rollback_enabled else Step.KEEP_FAILED
         if view is not None and fresh and view.healthy and view.version == attempt.target_version:
             instances[instance_id] = replace(progress, step=Step.COMMIT, since=now)
+        elif view is not None and fresh and view.final and not view.healthy:
+            # Decided as soon as the answer is known: waiting out the timeout would change nothing.
+            error = f"{view.health.value} after the reimage: {view.detail or 'no reason given'}"
+            instances[instance_id] = replace(progress, step=failed_step, since=now, error=error)
         elif progress.deadline is not None and now >= progress.deadline:
             seen = view.health.value if view is not None else "not observed"
-            error = f"not Healthy within {attempt.policy.instance_health_timeout:g}s (last seen: {seen})"
-            step = Step.ROLLBACK if attempt.rollback_enabled else Step.KEEP_FAILED
-            instances[instance_id] = replace(progress, step=step, since=now, error=error)
+            detail = f": {view.detail}" if view is not None and view.detail else ""
+            error = f"not Healthy within {attempt.policy.instance_health_timeout:g}s (last seen: {seen}{detail})"
+            instances[instance_id] = replace(progress, step=failed_step, since=now, error=error)
         elif progress.deadline is not None:
             wake_at = progress.deadline if wake_at is None else min(wake_at, progress.deadline)
     actions = _issue(instances, attempt.batch, now)

@@ -18,6 +18,11 @@ class HealthReport:
     detail: str = ""
     phase: int | None = None
     skip_upgrade: bool = False
+    # The source committed this verdict and it cannot turn Healthy by itself (see InstanceView.final).
+    final: bool = False
+    # False while the source could not reach the instance at all: it may have exited, which only the
+    # engine can tell.
+    reachable: bool = True
 
 
 class HealthSource(Protocol):

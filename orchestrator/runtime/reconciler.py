@@ -10,9 +10,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from orchestrator.core.advice import next_steps, quarantine_reason
 from orchestrator.core.errors import OverhaulError
 from orchestrator.core.model import HealthSourceKind, ScaleSet
 from orchestrator.core.planner import Health, InstanceView
@@ -21,6 +22,7 @@ from orchestrator.core.rollout import (
     ActionKind,
     ActionResult,
     Attempt,
+    Step,
     apply_results,
     decide,
     request_cancel,
@@ -47,8 +49,14 @@ def instance_views(
     for instance_id in range(model.capacity):
         state = states.get(instance_id)
         if state is None or not state.running:
+            detail = "the instance does not exist" if state is None else "the instance is not running (it exited)"
             views[instance_id] = InstanceView(
-                instance_id, state.version if state else None, Health.UNHEALTHY, observed_at=now
+                instance_id,
+                state.version if state else None,
+                Health.UNHEALTHY,
+                observed_at=now,
+                final=True,
+                detail=detail,
             )
             continue
         if not watched:
@@ -59,7 +67,14 @@ def instance_views(
             views[instance_id] = InstanceView(instance_id, state.version, Health.UNKNOWN, observed_at=0.0)
             continue
         views[instance_id] = InstanceView(
-            instance_id, state.version, report.health, report.phase, report.skip_upgrade, report.observed_at
+            instance_id,
+            state.version,
+            report.health,
+            report.phase,
+            report.skip_upgrade,
+            report.observed_at,
+            report.final,
+            report.detail,
         )
     return views
 
@@ -201,7 +216,7 @@ class Reconciler:
                 wake.clear()
                 if not attempt.cancel_requested and await self.store.cancel_requested(attempt.id):
                     attempt = request_cancel(attempt, self.clock())
-                if power_state_only or loop.time() - observed_at >= self.settings.observe_every:
+                if power_state_only or loop.time() - observed_at >= self._observe_every(model, attempt):
                     states = await self.observe(model.name)
                     observed_at = loop.time()
                 now = self.clock()
@@ -209,6 +224,8 @@ class Reconciler:
                 before = attempt
                 decision = decide(attempt, instance_views(model, states, self.health, now), now)
                 attempt = decision.attempt
+                if attempt.status.terminal and not before.status.terminal:
+                    attempt = await self._aftermath(model, attempt, states)
                 if decision.actions:
                     await self.store.journal_begin(attempt.id, decision.actions, now)
                     for action in decision.actions:
@@ -220,6 +237,8 @@ class Reconciler:
                 if await self._save_step(model, before, attempt):
                     return attempt
                 timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - self.clock())
+                every = self._observe_every(model, attempt)
+                timeout = every if timeout is None else min(timeout, every)
                 finished = await self._wait(set(in_flight), wake, seen, timeout)
                 if finished:
                     results = [task.result() for task in finished]
@@ -241,6 +260,45 @@ class Reconciler:
         finally:
             self._wakeups.pop(attempt.id, None)
             await cancel_and_wait(in_flight)
+
+    async def _aftermath(self, model: ScaleSet, attempt: Attempt, states: Mapping[int, InstanceState]) -> Attempt:
+        """An attempt that just ended: quarantine the version it Faulted on, and say what to do next."""
+        quarantined: tuple[str, str, str] | None = None
+        reason = quarantine_reason(attempt)
+        if reason is not None:
+            try:
+                image = await self.instances.resolve(model, attempt.target_version)
+            except OverhaulError:
+                image = None  # the version left the gallery meanwhile: nothing to quarantine
+            if image is not None:
+                if not image.quarantined:
+                    await self.store.put_image_version(replace(image, quarantine=reason))
+                    log.warning("version %s quarantined: 'latest' skips it (%s)", image.version, reason)
+                quarantined = (image.gallery, image.image, image.version)
+        previous = next(
+            (s.version for _, s in sorted(states.items()) if s.version and s.version != attempt.target_version), None
+        )
+        advice = next_steps(
+            attempt,
+            resource_group=model.resource_group,
+            latest=model.image_reference.is_latest,
+            previous_version=previous,
+            quarantined=quarantined,
+        )
+        if advice is None:
+            return attempt
+        message = (attempt.error_message or "").rstrip(".")
+        return replace(attempt, error_message=f"{message}. {advice}" if message else advice)
+
+    def _observe_every(self, model: ScaleSet, attempt: Attempt) -> float:
+        """How often the engine is listed: often while an instance waiting for health cannot be reached, as only
+        the engine can tell one that exited from one still booting."""
+        for instance_id in attempt.batch:
+            if attempt.instances[instance_id].step is Step.WAITING:
+                report = self.health.report((model.name, instance_id))
+                if report is not None and not report.reachable:
+                    return self.settings.observe_unreachable_every
+        return self.settings.observe_every
 
     async def _save_step(self, model: ScaleSet, before: Attempt, attempt: Attempt) -> bool:
         """Saves the attempt; at its end only once every instance it touched runs again, so whoever waits for the

@@ -212,6 +212,8 @@ class Orchestrator:
 
     async def publish_version(self, version: ImageVersion) -> None:
         await self.image_definition(version.gallery, version.image)
+        # A misspelt image would otherwise become 'latest' and fail every instance it reaches.
+        await self._require_image(version.artifact, "properties.storageProfile.source.overhaul.containerImage")
         await self.store.put_image_version(version)
         self.changes.bump()
 

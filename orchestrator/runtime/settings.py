@@ -11,6 +11,8 @@ class RuntimeSettings:
     action_timeout: float = 600.0
     # The engine is listed afresh at least this often during an attempt.
     observe_every: float = 30.0
+    # ... and this often while an instance waiting for health cannot be reached: it may have exited.
+    observe_unreachable_every: float = 1.0
     # Back-off between retries of an engine call that failed transiently (doubling up to the maximum).
     retry_min: float = 0.05
     retry_max: float = 5.0

@@ -98,10 +98,13 @@ HELP = {
     "health.probe_interval": "load-balancer probe period, seconds",
     "health.reprobe_interval": "probe period right after a reimage until the first Healthy, seconds",
     "health.probe_timeout": "seconds one probe may take",
+    "health.probe_grace_period": "seconds after a reimage before a failing load-balancer probe fails the instance",
     "health.retry_min": "first back-off while an agent cannot be reached, seconds",
     "health.retry_max": "longest back-off while an agent cannot be reached, seconds",
     "rollout.action_timeout": "seconds one reimage, commit or rollback may take before it is retried",
     "rollout.observe_every": "the engine is listed afresh at least this often during an attempt, seconds",
+    "rollout.observe_unreachable_every": "how often, in seconds, the engine is listed while an upgraded instance's "
+    "agent cannot be reached (it may have exited)",
     "rollout.retry_min": "first back-off after a transient engine error, seconds",
     "rollout.retry_max": "longest back-off after transient engine errors, seconds",
     "rollout.restart_min": "first back-off before an attempt stopped by an unexpected error is resumed, seconds",

@@ -15,6 +15,8 @@ class MemoryDriver:
     calls: list[tuple[str, str]] = field(default_factory=list)
     # Images this engine lacks (every other reference is present).
     missing_images: set[str] = field(default_factory=set)
+    # Images whose instances exit as soon as they start (a broken build).
+    exiting_images: set[str] = field(default_factory=set)
 
     async def ping(self) -> None:
         return None
@@ -52,8 +54,9 @@ class MemoryDriver:
         if self.fail_reimage(spec):
             self._set(spec, InstanceState(spec.instance_id, None, previous))
             raise DriverError(f"create {spec.name}: no such image {spec.image}")
+        running = spec.image not in self.exiting_images
         self._set(
-            spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, True), previous, ports=spec.ports)
+            spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, running), previous, ports=spec.ports)
         )
 
     async def commit(self, spec: InstanceSpec) -> None:

@@ -34,6 +34,9 @@ class HealthSettings:
     # After a reimage the probe runs this often until the first Healthy: that answer gates the batch.
     reprobe_interval: float = 0.02
     probe_timeout: float = 2.0
+    # A load-balancer probe's failures count as the instance's verdict only this long after a reimage (the
+    # application needs time to start listening); before that they are Initializing.
+    probe_grace_period: float = 30.0
     retry_min: float = 0.02  # back-off while an agent cannot be reached (it doubles up to retry_max)
     retry_max: float = 2.0
 
@@ -176,21 +179,33 @@ class HealthMonitor:
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
                 self.watch_errors += 1
                 etag = None
-                self._update(key, HealthReport(Health.UNKNOWN, self.clock(), unreachable(exc, address, port)))
+                report = HealthReport(Health.UNKNOWN, self.clock(), unreachable(exc, address, port), reachable=False)
+                self._update(key, report)
                 await asyncio.sleep(delay)  # back-off: a booting instance has nothing to wait on
                 delay = min(delay * 2, self.settings.retry_max)
                 continue
             delay = self.settings.retry_min
             health, phase, skip, reason = parse_agent_health(doc)
-            self._update(key, HealthReport(health, self.clock(), reason, phase, skip))
+            # The agent commits Unhealthy or Unknown only after its grace period (Initializing before it).
+            final = health in (Health.UNHEALTHY, Health.UNKNOWN)
+            self._update(key, HealthReport(health, self.clock(), reason, phase, skip, final))
 
     async def _probe_loop(self, key: Key, probe: HealthProbe, address: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        grace_ends = self.clock() + self.settings.probe_grace_period
         eager = True  # from a (re)start until the first Healthy
         while True:
-            health, detail = await self._probe_once(probe, address, port)
-            self._update(key, HealthReport(health, self.clock(), detail))
+            health, detail, reachable = await self._probe_once(probe, address, port)
+            now = self.clock()
+            if health is Health.HEALTHY:
+                grace_ends = now  # the application is up: from now on a failure is its verdict
+            if now >= grace_ends:
+                final = health is not Health.HEALTHY
+                self._update(key, HealthReport(health, now, detail, final=final, reachable=reachable))
+            else:
+                detail = f"{detail}; grace period: {grace_ends - now:.0f}s left"
+                self._update(key, HealthReport(Health.INITIALIZING, now, detail, reachable=reachable))
             eager = eager and health is not Health.HEALTHY
             next_at += (
                 min(self.settings.reprobe_interval, self.settings.probe_interval)
@@ -199,21 +214,22 @@ class HealthMonitor:
             )
             await asyncio.sleep(max(0.0, next_at - loop.time()))  # a fixed probe period, as a load balancer's
 
-    async def _probe_once(self, probe: HealthProbe, address: str, port: int) -> tuple[Health, str]:
+    async def _probe_once(self, probe: HealthProbe, address: str, port: int) -> tuple[Health, str, bool]:
+        """Health, why, and whether the port answered at all."""
         timeout = self.settings.probe_timeout
         if probe.protocol == "Tcp":
             try:
                 async with asyncio.timeout(timeout):
                     _, writer = await asyncio.open_connection(address, port)
                 writer.close()
-                return Health.HEALTHY, "TCP connect succeeded"
+                return Health.HEALTHY, "TCP connect succeeded", True
             except (OSError, TimeoutError) as exc:
-                return Health.UNHEALTHY, f"TCP connect failed: {exc}"[:300]
+                return Health.UNHEALTHY, f"TCP connect failed: {exc}"[:300], False
         url = f"http://{address}:{port}{probe.request_path}"
         try:
             async with self._probe_http().get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return Health.UNHEALTHY, f"probe failed: {exc}"[:300]
-        return (Health.HEALTHY if status == 200 else Health.UNHEALTHY), f"HTTP {status}"
+            return Health.UNHEALTHY, f"probe failed: {exc}"[:300], False
+        return (Health.HEALTHY if status == 200 else Health.UNHEALTHY), f"HTTP {status}", True

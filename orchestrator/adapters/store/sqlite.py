@@ -70,6 +70,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE attempts ADD COLUMN cancel INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX attempts_active ON attempts (scale_set) WHERE active = 1;
     """,
+    # A version an attempt Faulted on leaves 'latest' until a person clears it: why, or NULL.
+    """
+    ALTER TABLE image_versions ADD COLUMN quarantine TEXT;
+    """,
 )
 
 
@@ -184,10 +188,11 @@ class SqliteStore:
 
     async def put_image_version(self, version: ImageVersion) -> None:
         self.db.execute(
-            "INSERT INTO image_versions (gallery, image, version, artifact, exclude_from_latest, locations, published)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gallery, image, version) DO UPDATE SET"
+            "INSERT INTO image_versions"
+            " (gallery, image, version, artifact, exclude_from_latest, locations, published, quarantine)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gallery, image, version) DO UPDATE SET"
             " artifact = excluded.artifact, exclude_from_latest = excluded.exclude_from_latest,"
-            " locations = excluded.locations",
+            " locations = excluded.locations, quarantine = excluded.quarantine",
             (
                 version.gallery,
                 version.image,
@@ -196,6 +201,7 @@ class SqliteStore:
                 int(version.exclude_from_latest),
                 json.dumps(list(version.target_locations)),
                 version.published_at,
+                version.quarantine,
             ),
         )
 
@@ -210,6 +216,7 @@ class SqliteStore:
                 bool(r["exclude_from_latest"]),
                 tuple(json.loads(r["locations"])),
                 r["published"],
+                quarantine=r["quarantine"],
             )
             for r in rows
         ]
