@@ -42,6 +42,7 @@ bench: setup machine
 	$(PY) bench/cli_import_bench.py
 	$(PY) bench/agent_bench.py
 	$(PY) bench/orchestrator_bench.py
+	$(PY) bench/decide_bench.py
 
 # Real rollouts on Podman with `overhaul serve` SIGKILLed (and sometimes its Podman service) at random moments;
 # checks the invariants after each restart. KILLS=20 make chaos for a shorter run.

@@ -28,6 +28,7 @@ class ProbeMachine:
     reason: str = "grace period: waiting for consistent probe results"
     streak_state: HealthState | None = None
     streak_count: int = 0
+    last_detail: str = ""  # what the latest probe said, for the reason of a verdict the grace period forces
 
     @classmethod
     def start(cls, *, number_of_probes: int, grace_period: float, fallback: HealthState, now: float) -> ProbeMachine:
@@ -50,16 +51,17 @@ class ProbeMachine:
     def tick(self, now: float) -> ProbeMachine:
         """Apply the grace period's expiry; call it before each observation and on timers."""
         if self.in_grace and now >= self.grace_deadline:
+            last = f"; last probe: {self.last_detail}" if self.last_detail else ""
             return self._commit(
                 self.fallback,
                 now,
-                f"grace period expired without {self.number_of_probes} consistent probe result(s)",
+                f"grace period expired without {self.number_of_probes} consistent probe result(s){last}",
             )
         return self
 
     def observe(self, result: HealthState, now: float, detail: str = "") -> ProbeMachine:
         """Fold one probe result (Healthy, Unhealthy or Unknown) into the machine."""
-        machine = self.tick(now)
+        machine = replace(self.tick(now), last_detail=detail[:200])
         if result is machine.streak_state:
             machine = replace(machine, streak_count=machine.streak_count + 1)
         else:

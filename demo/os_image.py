@@ -32,7 +32,8 @@ After=network.target
 
 [Service]
 EnvironmentFile=-/etc/default/sample-app
-ExecStart=/usr/bin/python3 /usr/local/bin/sample-app --host 0.0.0.0 --port 8080 $APP_ARGS
+Environment=APP_PORT=8080
+ExecStart=/usr/bin/python3 /usr/local/bin/sample-app --host 0.0.0.0 --port ${APP_PORT} $APP_ARGS
 Restart=always
 
 [Install]
@@ -141,11 +142,14 @@ def build_base() -> str:
     return reference
 
 
-def build(version: str, *, bad: bool) -> str:
-    """localhost/overhaul-os:VERSION over the base; reused when it was built from the same base."""
+def build(version: str, *, bad: bool, silent: bool = False) -> str:
+    """localhost/overhaul-os:VERSION over the base; reused when it was built from the same base.
+
+    ``bad``: the sample application answers Unhealthy; ``silent``: it listens on another port, so the agent's
+    probe gets no answer at all (Unknown once the grace period is over)."""
     base = build_base()
     reference = f"{REPO}:{version}"
-    label = f"{base}{' bad' if bad else ''}"
+    label = f"{base}{' bad' if bad else ''}{' silent' if silent else ''}"
     if image_exists(reference):
         found = subprocess.run(
             ["podman", "image", "inspect", "--format", '{{index .Labels "overhaul.recipe"}}', reference],
@@ -160,7 +164,8 @@ def build(version: str, *, bad: bool) -> str:
     work = Path(tempfile.mkdtemp(prefix="overhaul-os-version-"))
     (work / "release").write_text(f"{version}\n")
     app_args = f"--version-label {version}" + (" --state Unhealthy" if bad else "")
-    (work / "sample-app").write_text(f'APP_ARGS="{app_args}"\n')
+    port = "\nAPP_PORT=8081" if silent else ""
+    (work / "sample-app").write_text(f'APP_ARGS="{app_args}"{port}\n')
     (work / "Containerfile").write_text(
         f"FROM {base}\n"
         f'LABEL overhaul.recipe="{label}" overhaul.version="{version}"\n'
@@ -171,7 +176,7 @@ def build(version: str, *, bad: bool) -> str:
     )
     run("podman", "build", "--quiet", "-t", reference, str(work), stdout=subprocess.DEVNULL)
     shutil.rmtree(work, ignore_errors=True)
-    say(f"built {reference}{' (its application never becomes healthy)' if bad else ''}")
+    say(f"built {reference}{' (its application never becomes healthy)' if bad or silent else ''}")
     return reference
 
 
@@ -205,6 +210,7 @@ def main() -> int:
     build_cmd = commands.add_parser("build", help="build (or reuse) localhost/overhaul-os:VERSION")
     build_cmd.add_argument("version")
     build_cmd.add_argument("--bad", action="store_true", help="a version whose application never becomes healthy")
+    build_cmd.add_argument("--silent", action="store_true", help="a version whose application never answers")
     publish_cmd = commands.add_parser("publish", help="publish a built version into the orchestrator's gallery")
     publish_cmd.add_argument("version")
     publish_cmd.add_argument("-g", "--resource-group", required=True)
@@ -212,7 +218,7 @@ def main() -> int:
     publish_cmd.add_argument("-i", "--gallery-image-definition", required=True)
     args = parser.parse_args()
     if args.command == "build":
-        print(build(args.version, bad=args.bad))
+        print(build(args.version, bad=args.bad, silent=args.silent))
     else:
         publish(args.version, args.resource_group, args.gallery_name, args.gallery_image_definition)
     return 0

@@ -84,3 +84,11 @@ def test_since_and_reason_change_only_on_commit() -> None:
     assert machine.reason == "2 consecutive probe(s) Healthy: HTTP 200"
     machine = machine.observe(H, 3.0)
     assert machine.since == 2.0
+
+
+def test_a_verdict_forced_by_the_grace_period_says_what_the_last_probe_saw() -> None:
+    machine = ProbeMachine.start(number_of_probes=2, grace_period=5, fallback=HealthState.UNKNOWN, now=0)
+    machine = machine.observe(HealthState.UNKNOWN, 1, "connection refused")
+    machine = machine.tick(6)
+    assert machine.state is HealthState.UNKNOWN
+    assert machine.reason.endswith("; last probe: connection refused"), machine.reason
