@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent import __version__
+from agent import __version__, logs
 from agent.board import HealthBoard
 from agent.extensions import ExtensionRunner
 from agent.metadata import InstanceMetadata, load_json_file, parse_metadata
@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--check", action="store_true", help="validate the configuration, print it, and exit")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=list(logs.FORMATS),
+        help="text, or json (one object per line); under systemd lines carry journald priorities",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -248,11 +254,7 @@ async def serve(config: AgentConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(args.log_level, args.log_format)
     try:
         config = load_config(args)
     except SettingsError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from agent.probe_body import CustomMetrics, HealthState, ProbeResult
 from agent.resources import ResourceSnapshot
 from agent.settings import ProbeSettings
 from agent.verdict import combine
+
+log = logging.getLogger(__name__)
 
 VerdictListener = Callable[["HealthBoard"], None]
 
@@ -130,6 +133,16 @@ class HealthBoard:
     def _update(self) -> None:
         verdict = combine(self.machine, list(self.extensions.values()))
         state_changed = verdict.state is not self.verdict.state
+        if state_changed:
+            level = logging.WARNING if verdict.state in (HealthState.UNHEALTHY, HealthState.UNKNOWN) else logging.INFO
+            log.log(
+                level,
+                "health: %s -> %s: %s",
+                self.verdict.state.value,
+                verdict.state.value,
+                verdict.reason,
+                extra={"fields": {"from": self.verdict.state.value, "to": verdict.state.value}},
+            )
         self.verdict = verdict
         key = self._verdict_key()
         if key == self._key:

@@ -158,6 +158,14 @@ class ExtensionRunner:
             stdout_tail=_tail(out_path),
             stderr_tail=_tail(err_path),
         )
-        log.info("extension %s: %s", ext.name, message)
+        took = done.finished_at - started if done.finished_at is not None else 0.0
+        log.log(
+            logging.INFO if code == 0 else logging.WARNING,
+            "extension %s: %s after %.1fs",
+            ext.name,
+            message,
+            took,
+            extra={"fields": {"extension": ext.name, "exitCode": code, "seconds": round(took, 3)}},
+        )
         self._publish(ext, done)
         return done

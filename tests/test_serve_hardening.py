@@ -152,6 +152,8 @@ def test_every_setting_is_reachable_from_file_env_and_flags(tmp_path: Path) -> N
             values = ("memory", "unix:///e.sock", "podman")
         if option.key == "log_level":
             values = ("debug", "warning", "error")
+        if option.key == "log_format":
+            values = ("json", "text", "json")
         if option.key == "engine.ulimits":
             values = ("nofile=1:2", "nofile=3:4", "nproc=5:6")
         section, _, name = option.key.rpartition(".")

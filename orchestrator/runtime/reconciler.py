@@ -16,6 +16,8 @@ from typing import Any
 from orchestrator.core.advice import next_steps, quarantine_reason
 from orchestrator.core.errors import OverhaulError
 from orchestrator.core.model import HealthSourceKind, ScaleSet
+from orchestrator.core.naming import instance_name
+from orchestrator.core.narrate import describe
 from orchestrator.core.planner import Health, InstanceView
 from orchestrator.core.rollout import (
     Action,
@@ -130,6 +132,8 @@ class Reconciler:
 
     def announce(self, before: Attempt | None, attempt: Attempt) -> None:
         """Tells listeners an attempt was saved, and, once, that it ended (``before``: as it was; None: new)."""
+        for level, line in describe(before, attempt):
+            log.log(level, "%s", line)
         self.events.emit(AttemptChanged(attempt))
         if attempt.status.terminal and (before is None or not before.status.terminal):
             self.events.emit(AttemptEnded(attempt))
@@ -153,8 +157,15 @@ class Reconciler:
 
     async def _act(self, model: ScaleSet, attempt: Attempt, action: Action) -> ActionResult:
         started = time.monotonic()
+        name = instance_name(model.name, action.instance_id)
+        onto = f" onto {attempt.target_version}" if action.kind is ActionKind.REIMAGE else ""
+        log.info("%s: %s%s started", name, action.kind.value, onto)
         result = await self._attempt_action(model, attempt, action)
         result = ActionResult(result.action, result.ok, result.error, time.monotonic() - started)
+        if result.ok:
+            log.info("%s: %s finished in %.1fs", name, action.kind.value, result.duration)
+        else:
+            log.warning("%s: %s failed after %.1fs: %s", name, action.kind.value, result.duration, result.error)
         self.events.emit(ActionFinished(model.name, result))
         return result
 
@@ -187,7 +198,6 @@ class Reconciler:
                 error = str(exc) or f"no answer within {self.settings.action_timeout:g}s"
                 transient = isinstance(exc, TimeoutError) or exc.transient
                 if not transient and kind is not ActionKind.COMMIT:
-                    log.warning("%s %s failed: %s", kind.value, spec.name, error)
                     return error
                 log.warning("%s %s failed, retrying in %.2fs: %s", kind.value, spec.name, delay, error)
                 self.events.emit(TransientError(scale_set, f"{kind.value} {spec.name}", error))

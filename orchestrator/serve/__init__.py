@@ -31,6 +31,7 @@ from orchestrator.runtime.auto_upgrader import AutoUpgrader
 from orchestrator.runtime.service import Orchestrator
 from orchestrator.runtime.supervisor import restarting
 from orchestrator.runtime.tasks import cancel_and_wait
+from orchestrator.serve import logs
 from orchestrator.serve.settings import ServeSettings, SettingsError, add_arguments, load_settings, parse_ulimits
 
 log = logging.getLogger("overhaul.serve")
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(settings.log_level, settings.log_format)
 
     async def run() -> int:
         stop = asyncio.Event()

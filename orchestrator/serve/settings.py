@@ -48,6 +48,7 @@ class EngineSection:
 class ServeSettings:
     state_dir: str = ""
     log_level: str = "info"
+    log_format: str = "text"
     shutdown_timeout: float = 10.0
     http: HttpSettings = field(default_factory=HttpSettings)
     engine: EngineSection = field(default_factory=EngineSection)
@@ -80,6 +81,7 @@ FLAG_OVERRIDES = {
 HELP = {
     "state_dir": "database, token, lock and config drives (default /var/lib/overhaul as root)",
     "log_level": "debug, info, warning or error",
+    "log_format": "text, or json (one JSON object per line); under systemd lines carry journald priorities",
     "shutdown_timeout": "seconds a graceful stop may take before it is forced",
     "http.host": "address the REST API listens on",
     "http.port": "port the REST API listens on",
@@ -220,6 +222,8 @@ def check(settings: ServeSettings) -> None:
         raise SettingsError(f"engine: must be podman, memory, or a unix:// or tcp:// engine URL, got {engine!r}")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise SettingsError(f"log_level: must be debug, info, warning or error, got {settings.log_level!r}")
+    if settings.log_format not in ("text", "json"):
+        raise SettingsError(f"log_format: must be text or json, got {settings.log_format!r}")
     if not 0 <= settings.http.port < 65536:
         raise SettingsError(f"http.port: must be 0..65535 (0: any free port), got {settings.http.port}")
     parse_ulimits(settings.engine.ulimits)

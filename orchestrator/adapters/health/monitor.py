@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from orchestrator.core.model import HealthProbe
+from orchestrator.core.naming import instance_name
 from orchestrator.core.planner import Health
 from orchestrator.ports.health import HealthReport, Key
 from orchestrator.runtime.changes import Changes
@@ -108,6 +109,10 @@ class HealthMonitor:
     def _update(self, key: Key, report: HealthReport) -> None:
         old = self.reports.get(key)
         self.reports[key] = report
+        if old is None or old.health is not report.health:
+            was = old.health.value if old is not None else "unwatched"
+            why = f": {report.detail}" if report.detail else ""
+            log.info("%s health: %s -> %s%s", instance_name(*key), was, report.health.value, why)
         if old is None or (old.health, old.phase, old.skip_upgrade) != (
             report.health,
             report.phase,

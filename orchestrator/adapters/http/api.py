@@ -92,6 +92,30 @@ async def arm_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return error(500, "InternalServerError", "the request failed; the orchestrator's log says why")
 
 
+audit_log = logging.getLogger("overhaul.audit")
+WRITES = frozenset({"PUT", "PATCH", "POST", "DELETE"})
+
+
+@web.middleware
+async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One line per write (and per refused caller): method, resource, outcome, caller address."""
+    response = await handler(request)
+    if request.method in WRITES or response.status == 401:
+        caller = request.remote or "unknown"
+        level = logging.INFO if response.status < 400 else logging.WARNING
+        fields = {"method": request.method, "resource": request.path, "status": response.status, "caller": caller}
+        audit_log.log(
+            level,
+            "%s %s -> %s from %s",
+            request.method,
+            request.path,
+            response.status,
+            caller,
+            extra={"fields": fields},
+        )
+    return response
+
+
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
@@ -449,7 +473,7 @@ def build_app(
     body_timeout: float = BODY_TIMEOUT,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> web.Application:
-    app = web.Application(middlewares=[arm_errors, bearer_auth], client_max_size=max_body_bytes)
+    app = web.Application(middlewares=[audit, arm_errors, bearer_auth], client_max_size=max_body_bytes)
     app[SERVICE_KEY] = orchestrator
     app[BODY_TIMEOUT_KEY] = body_timeout
     app[TOKEN_KEY] = token
