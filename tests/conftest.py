@@ -128,6 +128,7 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
         metadata: InstanceMetadata | None = None,
         tcp_port: int | None = None,
         state_dir: Path | None = None,
+        port: int = 0,
     ) -> RunningAgent:
         metadata = metadata or InstanceMetadata()
         if settings is None and metadata.health_settings is not None:
@@ -136,7 +137,7 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
             settings=parse_settings(settings) if settings is not None else None,
             metadata=metadata,
             host="127.0.0.1",
-            port=0,
+            port=port,
             tcp_port=tcp_port,
             state_dir=state_dir or tmp_path / "state",
         )

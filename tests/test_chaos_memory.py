@@ -67,6 +67,9 @@ class VersionHealth:
     def watch_probe(self, key: Key, probe: HealthProbe, address: str, port: int) -> None:
         return None
 
+    def expect_outage(self, key: Key) -> None:
+        return None
+
     def reset(self, key: Key) -> None:
         self.changes.bump()
 

@@ -117,3 +117,21 @@ async def test_reset_forgets_the_previous_os_disk(fake_app: FakeApp, monitor: He
 )
 def test_parse_agent_health(doc: object, expected: tuple[Health, int | None, bool]) -> None:
     assert parse_agent_health(doc)[:3] == expected
+
+
+async def test_an_expected_outage_is_not_a_watch_error(
+    fake_app: FakeApp, start_agent: StartAgent, monitor: HealthMonitor
+) -> None:
+    """A reimage takes the agent down on purpose: the failed requests until it answers again are not errors."""
+    fake_app.set_state("Healthy")
+    agent = await start_agent(fast_settings(fake_app.port))
+    assert agent.agent.http_port is not None
+    key = ("web", 9)
+    monitor.watch_agent(key, "127.0.0.1", agent.agent.http_port)
+    await until(monitor, key, Health.HEALTHY)
+    monitor.expect_outage(key)  # as the reconciler does before a reimage or rollback
+    agent.agent.stop.set()
+    await agent.task
+    await until(monitor, key, Health.UNKNOWN)
+    await asyncio.sleep(0.3)  # several retries fail meanwhile
+    assert monitor.watch_errors == 0

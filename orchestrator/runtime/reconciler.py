@@ -188,6 +188,9 @@ class Reconciler:
             ActionKind.COMMIT: self.driver.commit,
             ActionKind.ROLLBACK: self.driver.rollback,
         }[kind]
+        if kind is not ActionKind.COMMIT:
+            # The instance's agent goes away with its OS disk: failed watch requests until it answers are expected.
+            self.health.expect_outage((scale_set, spec.instance_id))
         delay = self.settings.retry_min
         while True:
             try:

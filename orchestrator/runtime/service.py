@@ -68,6 +68,7 @@ class InstanceInfo:
     running: bool
     has_previous_os_disk: bool
     health_detail: str = ""
+    address: str = "127.0.0.1"  # where its ports are published
 
 
 def attempt_policy(model: ScaleSet, started_by: StartedBy) -> RollingUpgradePolicy:
@@ -400,10 +401,12 @@ class Orchestrator:
                     i,
                     model.instance_name(i),
                     views[i],
-                    ports.get(i, {}),
+                    # What the engine reports wins over what was allocated: it is where the instance listens.
+                    {**ports.get(i, {}), **(state.ports if state is not None else {})},
                     bool(state and state.running),
                     bool(state and state.previous),
                     report.detail if report else "",
+                    state.address if state is not None else "127.0.0.1",
                 )
             )
         return infos

@@ -83,6 +83,9 @@ class HealthMonitor:
         self.clock = clock
         self.reports: dict[Key, HealthReport] = {}
         self.watch_errors = 0
+        # Instances going down on purpose ("down": before their reimage or rollback ends; "booting": after it, until
+        # the new OS disk's agent answers): failed requests meanwhile are expected, not watch errors.
+        self._outage: dict[Key, str] = {}
         self.changes = Changes()  # bumped on every change of a report that matters
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._targets: dict[Key, Callable[[], Any]] = {}
@@ -141,8 +144,12 @@ class HealthMonitor:
         if key not in self._tasks or self._tasks[key].done():
             self._tasks[key] = asyncio.get_running_loop().create_task(factory(), name=f"health-{key[0]}-{key[1]}")
 
+    def expect_outage(self, key: Key) -> None:
+        self._outage[key] = "down"
+
     def reset(self, key: Key) -> None:
         """After a reimage or rollback: forget what the previous OS disk said and watch the new one afresh."""
+        self._outage[key] = "booting"
         self._update(key, HealthReport(Health.UNKNOWN, self.clock(), "reimaged: waiting for the new OS disk"))
         task = self._tasks.pop(key, None)
         if task is not None:
@@ -152,6 +159,7 @@ class HealthMonitor:
             self._tasks[key] = asyncio.get_running_loop().create_task(factory(), name=f"health-{key[0]}-{key[1]}")
 
     async def unwatch(self, key: Key) -> None:
+        self._outage.pop(key, None)
         self._targets.pop(key, None)
         self.reports.pop(key, None)
         task = self._tasks.pop(key, None)
@@ -182,7 +190,8 @@ class HealthMonitor:
                     doc = await resp.json(content_type=None)
                     etag = resp.headers.get("ETag")
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                self.watch_errors += 1
+                if key not in self._outage:
+                    self.watch_errors += 1
                 etag = None
                 report = HealthReport(Health.UNKNOWN, self.clock(), unreachable(exc, address, port), reachable=False)
                 self._update(key, report)
@@ -190,6 +199,8 @@ class HealthMonitor:
                 delay = min(delay * 2, self.settings.retry_max)
                 continue
             delay = self.settings.retry_min
+            if self._outage.get(key) == "booting":  # not the old OS disk's last answer: the new one is up
+                del self._outage[key]
             health, phase, skip, reason = parse_agent_health(doc)
             # The agent commits Unhealthy or Unknown only after its grace period (Initializing before it).
             final = health in (Health.UNHEALTHY, Health.UNKNOWN)

@@ -92,6 +92,28 @@ async def arm_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return error(500, "InternalServerError", "the request failed; the orchestrator's log says why")
 
 
+async def prometheus_targets(request: web.Request) -> web.Response:
+    """Every agent's metrics address in Prometheus' HTTP service-discovery format (``http_sd_configs``)."""
+    orchestrator = service(request)
+    groups: list[dict[str, Any]] = []
+    for model in await orchestrator.list_scale_sets():
+        if not model.uses_agent:
+            continue
+        for info in await orchestrator.instances_of(model.ref):
+            port = info.ports.get(model.engine.agent_port)
+            if port is None:
+                continue
+            labels = {
+                "scale_set": model.name,
+                "resource_group": model.resource_group,
+                "instance": info.name,
+                "instance_id": str(info.instance_id),
+                "version": info.view.version or "",
+            }
+            groups.append({"targets": [f"{info.address}:{port}"], "labels": labels})
+    return web.json_response(groups)
+
+
 audit_log = logging.getLogger("overhaul.audit")
 WRITES = frozenset({"PUT", "PATCH", "POST", "DELETE"})
 
@@ -484,6 +506,7 @@ def build_app(
         r.add_route(method, arm_path(path), handler)
 
     r.add_get("/healthz", healthz)
+    r.add_get("/prometheus/targets", prometheus_targets)
     r.add_get("/metrics", metrics)
     r.add_get("/openapi.json", openapi)
     route("GET", SUB + "/providers/Microsoft.Compute/virtualMachineScaleSets", list_scale_sets)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter as Tally
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -18,6 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from orchestrator.core.errors import OverhaulError
 from orchestrator.core.model import HealthSourceKind, ScaleSet
 from orchestrator.core.planner import Health
 from orchestrator.core.rollout import ActionKind, Attempt
@@ -27,19 +30,41 @@ from orchestrator.runtime.service import Orchestrator
 REIMAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
+# One scrape waits this long for the engine's list of a scale set's instances (for their versions), then reports
+# what it knows without them.
+ENGINE_WAIT = 2.0
+
+
+@dataclass
+class _ScaleSetState:
+    model: ScaleSet
+    attempt: Attempt | None
+    versions: dict[int, str]  # instance id -> version, as the engine last listed it
+
+
 class _StateCollector(Collector):
-    """Gauges of the orchestrator's state, read from the store at each scrape (no engine calls): ``refresh``
-    reads it (the store is async), ``collect`` reports what was read."""
+    """Gauges of the orchestrator's state, read at each scrape: ``refresh`` reads the store and the engine (both
+    async, the engine within ENGINE_WAIT), ``collect`` reports what was read."""
 
     def __init__(self, service: Orchestrator) -> None:
         self.service = service
-        self.state: list[tuple[ScaleSet, Attempt | None]] = []
+        self.state: list[_ScaleSetState] = []
+        self.engine_up = True
 
     async def refresh(self) -> None:
-        state: list[tuple[ScaleSet, Attempt | None]] = []
+        state: list[_ScaleSetState] = []
+        self.engine_up = await self.service.engine_problem(ENGINE_WAIT) is None
         for model in await self.service.list_scale_sets():
             latest = await self.service.latest(model.ref)
-            state.append((model, latest.attempt if latest else None))
+            versions: dict[int, str] = {}
+            if self.engine_up:
+                try:
+                    async with asyncio.timeout(ENGINE_WAIT):
+                        infos = await self.service.instances_of(model.ref)
+                    versions = {i.instance_id: i.view.version for i in infos if i.view.version}
+                except (OverhaulError, TimeoutError):
+                    versions = {}
+            state.append(_ScaleSetState(model, latest.attempt if latest else None, versions))
         self.state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -48,8 +73,13 @@ class _StateCollector(Collector):
         )
         health = GaugeMetricFamily(
             "overhaul_instances",
-            "Instances by their last known health (Unmonitored: power state only).",
-            labels=["scale_set", "health"],
+            "Instances by image version and last known health (Unmonitored: power state only).",
+            labels=["scale_set", "version", "health"],
+        )
+        max_unhealthy = GaugeMetricFamily(
+            "overhaul_scale_set_max_unhealthy_instance_percent",
+            "The scale set's rollingUpgradePolicy.maxUnhealthyInstancePercent.",
+            labels=["scale_set"],
         )
         running = GaugeMetricFamily(
             "overhaul_rolling_upgrade_running", "1 while a rolling upgrade of the scale set runs.", labels=["scale_set"]
@@ -59,10 +89,12 @@ class _StateCollector(Collector):
             "Instances of the latest rolling upgrade by progress.",
             labels=["scale_set", "progress"],
         )
-        for model, attempt in self.state:
+        for item in self.state:
+            model, attempt = item.model, item.attempt
             capacity.add_metric([model.name], model.capacity)
-            for state, count in self._health(model).items():
-                health.add_metric([model.name, state], count)
+            max_unhealthy.add_metric([model.name], model.upgrade_policy.rolling.max_unhealthy_instance_percent)
+            for (version, state), count in self._health(model, item.versions).items():
+                health.add_metric([model.name, version, state], count)
             running.add_metric([model.name], 1 if attempt and not attempt.status.terminal else 0)
             if attempt is not None:
                 for name, value in (
@@ -73,20 +105,22 @@ class _StateCollector(Collector):
                 ):
                     progress.add_metric([model.name, name], value)
         errors = CounterMetricFamily(
-            "overhaul_health_watch_errors", "Failed requests to instance agents (each counts as Unknown)."
+            "overhaul_health_watch_errors",
+            "Failed requests to instance agents (each counts as Unknown), not counting a reimage's expected outage.",
         )
         errors.add_metric([], self.service.watch_errors)
-        yield from (capacity, health, running, progress, errors)
+        engine = GaugeMetricFamily("overhaul_engine_up", "1 while the container engine answers.")
+        engine.add_metric([], 1 if self.engine_up else 0)
+        yield from (capacity, max_unhealthy, health, running, progress, errors, engine)
 
-    def _health(self, model: ScaleSet) -> Tally[str]:
-        counts: Tally[str] = Tally(dict.fromkeys([h.value for h in Health], 0))
+    def _health(self, model: ScaleSet, versions: dict[int, str]) -> Tally[tuple[str, str]]:
         watched = model.health_source is not HealthSourceKind.POWER
+        counts: Tally[tuple[str, str]] = Tally()
         for instance_id in range(model.capacity):
             report = self.service.health_report(model.name, instance_id)
-            if not watched:
-                counts["Unmonitored"] += 1
-            else:
-                counts[report.health.value if report else Health.UNKNOWN.value] += 1
+            known = report.health.value if report else Health.UNKNOWN.value
+            state = known if watched else "Unmonitored"
+            counts[(versions.get(instance_id, "unknown"), state)] += 1
         return counts
 
 
