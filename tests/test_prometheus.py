@@ -88,8 +88,8 @@ async def until_up(port: int, expected: set[str], targets: int, timeout: float =
                     return up
                 await asyncio.sleep(0.5)  # Prometheus scrapes on its own schedule
     except TimeoutError:
-        targets = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/api/v1/targets")
-        raise AssertionError(f"not all up: {up}; targets: {targets.decode()[:2000]}") from None
+        known = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/api/v1/targets")
+        raise AssertionError(f"not all up: {up}; targets: {known.decode()[:2000]}") from None
 
 
 async def test_prometheus_scrapes_orchestrator_and_agent(
