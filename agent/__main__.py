@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from aiohttp import web
 from agent import __version__, logs
 from agent.board import HealthBoard
 from agent.extensions import ExtensionRunner
+from agent.gate import BACKLOG, GatedSite
 from agent.metadata import InstanceMetadata, load_json_file, parse_metadata
 from agent.metrics import AgentMetrics
 from agent.probe import ApplicationProbe, probe_forever
@@ -29,6 +31,8 @@ from agent.systemd_notify import notify, watchdog_interval
 
 log = logging.getLogger("overhaul.agent")
 SHUTDOWN_TIMEOUT = 1.0
+# A keep-alive connection idle this long between requests is closed (it holds a connection slot meanwhile).
+KEEPALIVE_TIMEOUT = 15.0
 
 EPILOG = """\
 Probe settings come from, lowest precedence first: the ApplicationHealthLinux extension in the metadata
@@ -50,6 +54,8 @@ class AgentConfig:
     port: int
     tcp_port: int | None
     state_dir: Path
+    max_connections: int = 1000
+    header_timeout: float = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="/var/lib/overhaul-agent",
         type=Path,
         help="where extension states and logs are kept, on the OS disk (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open HTTP connections at most; at the cap the oldest that sent no request yet is closed "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection may take to send its request head (default: %(default)s)",
     )
     parser.add_argument("--check", action="store_true", help="validate the configuration, print it, and exit")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -133,6 +152,12 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
     for flag, port in (("--port", args.port), ("--tcp-port", args.tcp_port)):
         if not 0 <= port <= 65535:
             raise SettingsError(flag, f"must be 0..65535, got {port}")
+    if args.max_connections < 1:
+        raise SettingsError("--max-connections", f"must be at least 1, got {args.max_connections}")
+    if not 0 < args.header_timeout <= 3600:
+        raise SettingsError(
+            "--header-timeout", f"must be above 0 and at most 3600 seconds, got {args.header_timeout:g}"
+        )
     return AgentConfig(
         settings=settings,
         metadata=metadata,
@@ -140,7 +165,22 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
         port=args.port,
         tcp_port=args.tcp_port or None,
         state_dir=args.state_dir,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
     )
+
+
+# File descriptors kept free of client connections: probes, extension scripts, /proc reads, logs; and twice the
+# listen backlog, as one loop iteration may accept a backlog's worth of connections and close as many evicted ones.
+RESERVED_FILES = 128 + 2 * BACKLOG
+
+
+def connection_limit(wanted: int) -> int:
+    """The connection cap: what was asked, within the open-files limit less what the agent itself needs."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - RESERVED_FILES))
 
 
 class Agent:
@@ -157,6 +197,7 @@ class Agent:
         self._tcp_port: TcpHealthPort | None = None
         self._probe: ApplicationProbe | None = None
         self.http_port: int | None = None
+        self.site: GatedSite | None = None
 
     def _on_probe(self, result: ProbeResult) -> None:
         self.metrics.on_probe(result)
@@ -168,10 +209,17 @@ class Agent:
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
-        await site.start()
+        self.site = GatedSite(
+            self._runner,
+            self.config.host,
+            self.config.port,
+            limit=connection_limit(self.config.max_connections),
+            header_timeout=self.config.header_timeout,
+        )
+        await self.site.start()
         self.http_port = int(self._runner.addresses[0][1])
         if self.config.tcp_port is not None:
             self._tcp_port = TcpHealthPort(self.config.host, self.config.tcp_port)

@@ -18,6 +18,7 @@ from agent.probe_body import HealthState
 
 log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 600.0
+RETRY_SECONDS = 0.5  # the TCP health port's next try after it could not listen or accept
 BOARD_KEY = web.AppKey("board", HealthBoard)
 METRICS_KEY = web.AppKey("metrics", AgentMetrics)
 
@@ -97,28 +98,53 @@ class TcpHealthPort:
         self.host = host
         self.port = port
         self._sock: socket.socket | None = None
+        self._want_open = False
+        self._retry: asyncio.TimerHandle | None = None
 
     def _accept(self) -> None:
         if self._sock is None:
             return
-        with contextlib.suppress(BlockingIOError, InterruptedError, ConnectionAbortedError):
+        try:
             conn, _ = self._sock.accept()
             conn.close()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            pass
+        except OSError as exc:  # out of file descriptors: stop accepting for a moment rather than spin
+            log.warning("TCP health port %s:%d cannot accept: %s", self.host, self.port, exc)
+            sock = self._sock
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock.fileno())
+            loop.call_later(RETRY_SECONDS, self._resume_accepting, sock)
+
+    def _resume_accepting(self, sock: socket.socket) -> None:
+        if self._sock is sock:
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
 
     def _open(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock: socket.socket | None = None
         try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
             sock.listen(128)
             sock.setblocking(False)
-        except OSError:
-            sock.close()
-            log.exception("TCP health port %s:%d cannot listen", self.host, self.port)
+        except OSError as exc:
+            # The verdict must never fail because this port cannot open (no file descriptor left, the port taken):
+            # it is tried again shortly while the verdict stays Healthy.
+            if sock is not None:
+                sock.close()
+            log.warning("TCP health port %s:%d cannot listen, retrying: %s", self.host, self.port, exc)
+            if self._retry is None:
+                self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._open_again)
             return
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
         self._sock = sock
+
+    def _open_again(self) -> None:
+        self._retry = None
+        if self._want_open and self._sock is None:
+            self._open()
 
     def _close(self) -> None:
         if self._sock is not None:
@@ -129,12 +155,17 @@ class TcpHealthPort:
 
     def on_verdict(self, board: HealthBoard) -> None:
         want_open = board.state is HealthState.HEALTHY and not board.closing
+        self._want_open = want_open
         if want_open and self._sock is None:
             self._open()
         elif not want_open:
             self._close()
 
     def close(self) -> None:
+        self._want_open = False
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         self._close()
 
     @property

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -156,3 +159,78 @@ def test_systemd_units_verify(tmp_path: Path, unit_name: str, program: str) -> N
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr
+
+
+async def wait_for_health(session: aiohttp.ClientSession, port: int, status: int, timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://127.0.0.1:{port}/health") as resp:
+                    if resp.status == status:
+                        return
+            await asyncio.sleep(0.1)
+
+
+async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
+    fake_app: FakeApp, tmp_path: Path
+) -> None:
+    """Under systemd's default of 1,024 open files: idle connections are capped (the oldest idle one makes room)
+    and closed when they send no request head in time, so /health keeps answering fast, and the verdict can still
+    change (the TCP health port, closed while Unhealthy, opens again: it needs a file descriptor) with the agent
+    alive."""
+    settings = tmp_path / "s.json"
+    settings.write_text(json.dumps(fast_settings(fake_app.port)))
+    port = free_port()
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "--settings",
+        str(settings),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--tcp-port",
+        str(free_port()),
+        "--state-dir",
+        str(tmp_path / "state"),
+        preexec_fn=limit_files,
+    )
+    idle: list[socket.socket] = []
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            await wait_for_health(session, port, 200)
+            fake_app.set_state("Unhealthy")  # the TCP health port closes...
+            await wait_for_health(session, port, 503)
+            for _ in range(5000):
+                sock = socket.socket()
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    sock.connect(("127.0.0.1", port))
+                idle.append(sock)
+            await asyncio.sleep(1)  # the agent accepts them, closing the oldest beyond its cap
+            fake_app.set_state("Healthy")  # ... and must open again
+            await wait_for_health(session, port, 200)
+            timings = []
+            for _ in range(7):
+                started = time.perf_counter()
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as fresh,
+                    fresh.get(f"http://127.0.0.1:{port}/health") as resp,
+                ):
+                    await resp.read()
+                    assert resp.status == 200
+                timings.append(time.perf_counter() - started)
+            assert proc.returncode is None, "the agent died"
+            assert statistics.median(timings) < 0.05, timings
+    finally:
+        for sock in idle:
+            sock.close()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0

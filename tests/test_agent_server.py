@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.probe_body import HealthState
+from agent.server import TcpHealthPort
 from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
 
 
@@ -185,3 +189,20 @@ async def test_etag_of_another_agent_process_answers_at_once(fake_app: FakeApp, 
     _, _, answered = await agent.health(f"?wait=30&etag={stale}")
     assert time.monotonic() - started < 1
     assert answered == etag
+
+
+async def test_the_tcp_health_port_survives_a_port_it_cannot_open_and_opens_when_it_can() -> None:
+    """A verdict change must never fail because the TCP health port cannot listen (taken, no file descriptor)."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = int(blocker.getsockname()[1])
+    tcp = TcpHealthPort("127.0.0.1", port)
+    healthy = SimpleNamespace(state=HealthState.HEALTHY, closing=False)
+    tcp.on_verdict(healthy)  # type: ignore[arg-type]
+    assert not tcp.listening
+    blocker.close()
+    await asyncio.sleep(1.0)  # two retries' worth
+    assert tcp.listening
+    tcp.close()
+    assert not tcp.listening
