@@ -9,6 +9,7 @@ import json
 import logging
 import resource
 import signal
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from agent.extensions import ExtensionRunner
 from agent.gate import BACKLOG, GatedSite
 from agent.metadata import InstanceMetadata, load_json_file, parse_metadata
 from agent.metrics import AgentMetrics
-from agent.probe import ApplicationProbe, probe_forever
+from agent.probe import ApplicationProbe, probe_forever, tls_context
 from agent.probe_body import ProbeResult
 from agent.server import TcpHealthPort, build_app
 from agent.settings import ProbeSettings, SettingsError, parse_settings
@@ -112,6 +113,8 @@ def _apply_override(doc: dict[str, Any], item: str) -> None:
         raise SettingsError("--probe", f"expected KEY=VALUE, got {item!r}")
     try:
         value: Any = json.loads(raw)
+    except RecursionError as exc:
+        raise SettingsError("--probe", f"{item[:60]!r}: nested too deeply") from exc
     except ValueError:
         value = raw  # a bare word such as http or /health
     *parents, leaf = key.split(".")
@@ -144,6 +147,12 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
     for item in args.probe:
         _apply_override(merged, item)
     settings = parse_settings(merged) if merged else None
+    if settings is not None:
+        try:
+            tls_context(settings)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise SettingsError("settings.overhaul.caFile", f"cannot load {settings.ca_file}: {reason}") from exc
     if settings is None and not metadata.extensions:
         raise SettingsError(
             "settings",

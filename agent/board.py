@@ -89,9 +89,9 @@ class HealthBoard:
 
     def record_probe(self, result: ProbeResult) -> None:
         self.last_probe = result
-        if result.custom_metrics is not None or result.custom_metrics_error is not None:
-            self.custom_metrics = result.custom_metrics
-            self.custom_metrics_error = result.custom_metrics_error
+        # The latest probe's only: metrics the application stopped sending (SkipUpgrade) must not stick.
+        self.custom_metrics = result.custom_metrics
+        self.custom_metrics_error = result.custom_metrics_error
         if self.machine is not None:
             self.machine = self.machine.observe(result.state, self._monotonic(), result.detail)
         self._body = None

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 from agent.board import HealthBoard
 from agent.extension_plan import Extension, ExtensionStatus, ProvisioningState
@@ -33,6 +34,26 @@ def _tail(path: Path) -> str:
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def private_opener(path: str, flags: int) -> int:
+    """Files of extension runs may hold protected settings or what scripts print of them: owner only."""
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file existed with a wider mode
+    return fd
+
+
+def private_file(path: Path) -> BinaryIO:
+    return open(path, "wb", opener=private_opener)
+
+
+def private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    for parent in path.parents:
+        if parent.name == "extensions":  # the runner's root, below the state directory
+            parent.chmod(0o700)
+            break
 
 
 class ExtensionRunner:
@@ -53,9 +74,10 @@ class ExtensionRunner:
 
     def _save(self, ext: Extension, status: ExtensionStatus) -> None:
         path = self._status_path(ext)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status.to_json()))
+        with open(tmp, "w", encoding="utf-8", opener=private_opener) as f:
+            f.write(json.dumps(status.to_json()))
         os.replace(tmp, path)  # atomic: a crash never leaves half a status
 
     def _publish(self, ext: Extension, status: ExtensionStatus, *, persist: bool = True) -> None:
@@ -119,10 +141,10 @@ class ExtensionRunner:
             return done
         self._publish(ext, status)
         workdir = self.root / ext.name
-        workdir.mkdir(parents=True, exist_ok=True)
+        private_dir(workdir)
         out_path, err_path = workdir / "stdout", workdir / "stderr"
         log.info("extension %s: running %r", ext.name, ext.command)
-        with out_path.open("wb") as out, err_path.open("wb") as err:
+        with private_file(out_path) as out, private_file(err_path) as err:
             proc = await asyncio.create_subprocess_exec(
                 "/bin/sh",
                 "-c",

@@ -52,12 +52,24 @@ def parse_metadata(doc: Any) -> InstanceMetadata:
     )
 
 
+# Settings and metadata documents are small; a larger file is a mistake, not something to parse.
+MAX_FILE_BYTES = 1 << 20
+
+
 def load_json_file(path: str, what: str) -> Any:
     """Read a JSON file; errors name the file and what it was for."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            text = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise SettingsError(what, f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(what, f"{path} is not UTF-8 text: {exc.reason}") from exc
+    if len(text) > MAX_FILE_BYTES:
+        raise SettingsError(what, f"{path} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise SettingsError(what, f"{path} is not valid JSON: nested too deeply") from exc
     except ValueError as exc:
         raise SettingsError(what, f"{path} is not valid JSON: {exc}") from exc

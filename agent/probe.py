@@ -28,6 +28,14 @@ async def _read_capped(content: aiohttp.StreamReader, cap: int) -> tuple[bytes, 
     return body[:cap], size > cap
 
 
+def tls_context(settings: ProbeSettings) -> ssl.SSLContext | bool:
+    """What an https probe verifies the application with; False: it does not verify. Raises OSError or
+    ssl.SSLError when caFile cannot be loaded (checked when the settings are read, not at the first probe)."""
+    if settings.protocol is not Protocol.HTTPS or not settings.verify_tls:
+        return False
+    return ssl.create_default_context(cafile=settings.ca_file)
+
+
 class ApplicationProbe:
     """Sends one probe at a time to the application described by ``settings``."""
 
@@ -36,9 +44,7 @@ class ApplicationProbe:
         self._session: aiohttp.ClientSession | None = None
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        if self.settings.protocol is not Protocol.HTTPS or not self.settings.verify_tls:
-            return False
-        return ssl.create_default_context(cafile=self.settings.ca_file)
+        return tls_context(self.settings)
 
     async def _http_session(self) -> aiohttp.ClientSession:
         if self._session is None:

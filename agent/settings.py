@@ -7,7 +7,9 @@ are never mistaken for Azure's.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -84,12 +86,30 @@ class ProbeSettings:
         return doc
 
 
+# Integers beyond this are refused before any arithmetic (they cannot be ports, counts or seconds anyway).
+MAX_EXACT_INTEGER = 2**53
+HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def valid_host(host: str) -> bool:
+    """An IPv4 or IPv6 address, or a DNS name of letters, digits and hyphens (RFC 1123)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    return 0 < len(name) <= 253 and all(HOST_LABEL.fullmatch(label) for label in name.split("."))
+
+
 def _number(doc: Mapping[str, Any], key: str, field: str, *, integer: bool) -> float | None:
     if key not in doc:
         return None
     value = doc[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SettingsError(field, f"must be a number, got {type(value).__name__}")
+    if isinstance(value, int) and abs(value) > MAX_EXACT_INTEGER:
+        raise SettingsError(field, f"is out of range ({len(str(abs(value)))} digits)")
     if not math.isfinite(value):
         raise SettingsError(field, "must be a finite number")
     if integer and value != int(value):
@@ -205,8 +225,8 @@ def parse_settings(doc: Any, *, prefix: str = "settings.") -> ProbeSettings:
     if ca_file is not None and not isinstance(ca_file, str):
         raise SettingsError(f"{xprefix}caFile", "must be a path string")
     host = extras.get("host", "127.0.0.1")
-    if not isinstance(host, str) or not host:
-        raise SettingsError(f"{xprefix}host", "must be a non-empty host name or address")
+    if not isinstance(host, str) or not valid_host(host):
+        raise SettingsError(f"{xprefix}host", f"must be a host name or an IP address, got {host!r}"[:200])
 
     return ProbeSettings(
         protocol=protocol,

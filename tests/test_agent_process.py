@@ -39,6 +39,49 @@ def test_bad_settings_exit_2_naming_the_field(tmp_path: Path) -> None:
     assert "settings.numberOfProbes: must be 1..24" in result.stderr
 
 
+GOOD = '"protocol": "https", "port": 8443, "requestPath": "/h"'
+
+
+@pytest.mark.parametrize(
+    ("text", "wanted"),
+    [
+        ('{"protocol": "http", "requestPath": "/", "port": 1' + "0" * 400 + "}", "settings.port: is out of range"),
+        ("[" * 100_000 + "]" * 100_000, "--settings: "),
+        ('{"protocol": "http", "port": 80, "requestPath": "/", "gracePeriod": 1e999}', "settings.gracePeriod: must be"),
+        (
+            "{" + GOOD + ', "overhaul": {"verifyTls": true, "caFile": "/nonexistent/ca.pem"}}',
+            "settings.overhaul.caFile: cannot load /nonexistent/ca.pem",
+        ),
+        ("{" + GOOD + ', "overhaul": {"verifyTls": true, "caFile": "/etc/hostname"}}', "settings.overhaul.caFile"),
+        ("{" + GOOD + ', "overhaul": {"host": "not a host!"}}', "settings.overhaul.host: must be a host name"),
+        ("{" + GOOD + ', "overhaul": {"host": "-bad.example"}}', "settings.overhaul.host"),
+        ('{"protocol": "http", "port": 80, "requestPath": "/"' + " " * (1 << 20) + "}", "larger than"),
+    ],
+    ids=["huge-port", "deep-nesting", "infinite", "missing-ca", "bad-ca", "bad-host", "bad-label", "huge-file"],
+)
+def test_every_bad_settings_file_exits_2_naming_the_field(tmp_path: Path, text: str, wanted: str) -> None:
+    settings = tmp_path / "s.json"
+    settings.write_text(text)
+    result = run_cli("--settings", str(settings), "--check")
+    assert result.returncode == 2, result.stderr
+    assert wanted in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_deeply_nested_probe_flag_exits_2() -> None:
+    deep = run_cli("--probe", "port=" + "[" * 100_000, "--check")
+    assert deep.returncode == 2 and "--probe" in deep.stderr and "Traceback" not in deep.stderr, deep.stderr
+
+
+def test_good_hosts_are_accepted(tmp_path: Path) -> None:
+    for host in ("127.0.0.1", "::1", "app.internal", "localhost."):
+        settings = tmp_path / "s.json"
+        settings.write_text(
+            json.dumps({"protocol": "http", "port": 80, "requestPath": "/", "overhaul": {"host": host}})
+        )
+        result = run_cli("--settings", str(settings), "--check")
+        assert result.returncode == 0, (host, result.stderr)
+
+
 def test_unreadable_and_invalid_files_are_named(tmp_path: Path) -> None:
     missing = run_cli("--settings", str(tmp_path / "nope.json"))
     assert missing.returncode == 2 and "--settings: cannot read" in missing.stderr

@@ -206,3 +206,17 @@ async def test_the_tcp_health_port_survives_a_port_it_cannot_open_and_opens_when
     assert tcp.listening
     tcp.close()
     assert not tcp.listening
+
+
+async def test_custom_metrics_are_the_latest_probes_only(fake_app: FakeApp, start_agent: StartAgent) -> None:
+    """SkipUpgrade must not stick once the application stops sending it."""
+    skip = json.dumps({"rollingUpgrade": {"SkipUpgrade": True}})
+    fake_app.set_state("Healthy", custom_metrics=skip)
+    agent = await start_agent(fast_settings(fake_app.port))
+    await agent.wait_state("Healthy")
+    _, doc, etag = await agent.health()
+    assert doc["customMetrics"]["rollingUpgrade"]["SkipUpgrade"] is True
+    fake_app.set_state("Healthy")  # no customMetrics any more
+    async with asyncio.timeout(10):
+        while doc["customMetrics"] is not None:
+            _, doc, etag = await agent.health(f"?wait=5&etag={etag.strip(chr(34))}")  # the next change

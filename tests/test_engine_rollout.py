@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import signal
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -344,3 +345,6 @@ async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
     assert (await get_text(fleet.http, (await fleet.store.instance_ports(fleet.name))[0][8080], "/version"))[
         1
     ].strip() == "1.0.0"
+    # Config drives hold the extensions' protectedSettings: owner only.
+    drives = list(fleet.driver.settings.config_root.rglob("metadata.json"))
+    assert drives and all(stat.S_IMODE(d.stat().st_mode) == 0o600 for d in drives)

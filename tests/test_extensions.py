@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +130,19 @@ async def test_changed_command_runs_again(fake_app: FakeApp, start_agent: StartA
     )
     await two.wait_state("Healthy")
     assert counter.read_text().split() == ["a", "b"]
+
+
+async def test_extension_files_are_private(fake_app: FakeApp, start_agent: StartAgent, tmp_path: Path) -> None:
+    """Status, stdout and stderr of an extension run may hold protected settings: owner only, even under umask 0."""
+    old = os.umask(0)
+    try:
+        metadata = metadata_with(fake_app.port, script("secret", "echo s3cret; echo s3cret >&2"))
+        running = await start_agent(None, metadata=metadata, state_dir=tmp_path / "disk")
+        await running.wait_state("Healthy")
+    finally:
+        os.umask(old)
+    root = tmp_path / "disk" / "extensions"
+    for path in (root, root / "secret"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for name in ("status.json", "stdout", "stderr"):
+        assert stat.S_IMODE((root / "secret" / name).stat().st_mode) == 0o600, name

@@ -71,7 +71,7 @@ def test_tcp_needs_port_and_no_path() -> None:
             "settings.intervalInSeconds",
             "",
         ),
-        ({**HTTP, "overhaul": {"host": ""}}, "settings.overhaul.host", "non-empty"),
+        ({**HTTP, "overhaul": {"host": ""}}, "settings.overhaul.host", "must be a host name or an IP address"),
     ],
 )
 def test_invalid_settings_name_the_field(doc: dict[str, Any], field: str, text: str) -> None:

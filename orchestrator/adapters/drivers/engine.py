@@ -316,10 +316,14 @@ class EngineDriver:
     def _config_dir(self, spec: InstanceSpec) -> Path:
         """Each OS disk gets a config drive of its own: a rolled-back disk keeps the metadata it had."""
         directory = self.settings.config_root / spec.scale_set / str(spec.instance_id) / spec.disk
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = directory / "metadata.json"
         tmp = directory / "metadata.json.tmp"
-        tmp.write_text(json.dumps(spec.metadata, indent=2))
+        # Extensions' protectedSettings are in it: readable by the owner only (root in the instance).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(json.dumps(spec.metadata, indent=2))
         os.replace(tmp, target)
         return directory
 
