@@ -254,8 +254,15 @@ class Agent:
             await asyncio.sleep(interval)
 
     async def run(self) -> int:
-        """Serve until ``stop`` is set; 0 on a clean stop, 1 when a background task failed."""
-        await self.start_servers()
+        """Serve until ``stop`` is set; 0 on a clean stop, 1 when a background task failed or the port is taken."""
+        try:
+            await self.start_servers()
+        except OSError as exc:
+            # Said in one line, not a traceback; exit 1 (not 2): under systemd the holder may be gone at the restart.
+            reason = exc.strerror or str(exc)
+            print(f"overhaul-agent: cannot listen on {self.config.host}:{self.config.port}: {reason}", file=sys.stderr)
+            await self.shutdown([])
+            return 1
         notify("READY=1")
         self.ready.set()
         log.info("serving on %s:%s (TCP health port %s)", self.config.host, self.http_port, self.config.tcp_port)

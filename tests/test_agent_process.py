@@ -277,3 +277,17 @@ async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+def test_a_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "--probe", "protocol=tcp", "--probe", "port=9", "--host", "127.0.0.1", "--port", str(port),
+            "--tcp-port", "0", "--state-dir", str(tmp_path / "state"),
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"overhaul-agent: cannot listen on 127.0.0.1:{port}: " in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
