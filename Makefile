@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 
 all: test
 
-# The Python environment, rebuilt when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The Python environment, rebuilt when either distribution's pyproject.toml changes: the agent (agent/) and the
+# orchestrator with the test tools (.), both editable.
+$(STAMP): pyproject.toml agent/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./agent -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

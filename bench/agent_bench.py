@@ -74,7 +74,7 @@ def agent_args(app_port: int, port: int, interval: float, state_dir: Path) -> li
     return [
         sys.executable,
         "-m",
-        "agent",
+        "overhaul_agent",
         "--settings",
         _write(state_dir / f"settings-{port}.json", settings),
         "--host",

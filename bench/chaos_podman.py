@@ -76,7 +76,7 @@ class Server:
             [
                 sys.executable,
                 "-m",
-                "orchestrator.cli",
+                "overhaul.cli",
                 "serve",
                 "--state-dir",
                 str(self.state),

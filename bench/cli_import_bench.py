@@ -18,7 +18,7 @@ TARGET = 0.15
 def import_seconds(args: list[str]) -> tuple[float, set[str]]:
     env = {**os.environ, "OVERHAUL_ENDPOINT": "http://127.0.0.1:9", "OVERHAUL_TOKEN": "x"}
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "orchestrator.cli", *args],
+        [sys.executable, "-X", "importtime", "-m", "overhaul.cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -52,7 +52,7 @@ def main() -> int:
             m
             for m in loaded
             if m.split(".")[0] in ("aiohttp", "aiodocker", "sqlite3", "prometheus_client")
-            or m.startswith(("orchestrator.serve", "orchestrator.runtime", "orchestrator.adapters"))
+            or m.startswith(("overhaul.serve", "overhaul.runtime", "overhaul.adapters"))
         )
         median = statistics.median(times)
         good = median <= TARGET and not server

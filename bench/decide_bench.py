@@ -24,13 +24,13 @@ sys.path.insert(0, str(ROOT))
 
 from demo import os_image  # noqa: E402
 from demo.fleet_model import os_fleet_model  # noqa: E402
-from orchestrator.adapters.drivers.engine import EngineDriver, EngineSettings  # noqa: E402
-from orchestrator.adapters.health.monitor import HealthMonitor  # noqa: E402
-from orchestrator.adapters.store.sqlite import SqliteStore  # noqa: E402
-from orchestrator.core.gallery import ImageDefinition, ImageVersion  # noqa: E402
-from orchestrator.core.rollout import ActionKind, AttemptStatus, StartedBy, Step  # noqa: E402
-from orchestrator.ports.events import ActionFinished, AttemptChanged, Event  # noqa: E402
-from orchestrator.runtime.service import Orchestrator  # noqa: E402
+from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings  # noqa: E402
+from overhaul.adapters.health.monitor import HealthMonitor  # noqa: E402
+from overhaul.adapters.store.sqlite import SqliteStore  # noqa: E402
+from overhaul.core.gallery import ImageDefinition, ImageVersion  # noqa: E402
+from overhaul.core.rollout import ActionKind, AttemptStatus, StartedBy, Step  # noqa: E402
+from overhaul.ports.events import ActionFinished, AttemptChanged, Event  # noqa: E402
+from overhaul.runtime.service import Orchestrator  # noqa: E402
 
 ROUNDS = 3
 GRACE, INTERVAL = 5.0, 5.0  # the agent's defaults for an http probe

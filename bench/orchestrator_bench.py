@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from demo import busybox_images as engine_images  # noqa: E402
-from orchestrator.adapters.drivers.engine import EngineDriver, EngineSettings  # noqa: E402
-from orchestrator.adapters.drivers.memory import MemoryDriver  # noqa: E402
-from orchestrator.adapters.health.monitor import HealthMonitor, HealthSettings  # noqa: E402
-from orchestrator.adapters.store.sqlite import SqliteStore  # noqa: E402
-from orchestrator.core.gallery import ImageDefinition, ImageVersion  # noqa: E402
-from orchestrator.core.rollout import AttemptStatus, StartedBy  # noqa: E402
-from orchestrator.runtime.instances import allocate_port  # noqa: E402
-from orchestrator.runtime.service import Orchestrator  # noqa: E402
+from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings  # noqa: E402
+from overhaul.adapters.drivers.memory import MemoryDriver  # noqa: E402
+from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings  # noqa: E402
+from overhaul.adapters.store.sqlite import SqliteStore  # noqa: E402
+from overhaul.core.gallery import ImageDefinition, ImageVersion  # noqa: E402
+from overhaul.core.rollout import AttemptStatus, StartedBy  # noqa: E402
+from overhaul.runtime.instances import allocate_port  # noqa: E402
+from overhaul.runtime.service import Orchestrator  # noqa: E402
 
 REPO = "localhost/overhaul-bench"
 ROUNDS = 5

@@ -121,7 +121,7 @@ async def main() -> int:
     agent = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent",
+        "overhaul_agent",
         "--metadata",
         str(work / "metadata.json"),
         "--host",

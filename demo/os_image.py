@@ -72,7 +72,7 @@ def recipe_inputs() -> list[Path]:
         ROOT / "demo" / "sample_app.py",
         Path(__file__),
     ]
-    files += sorted((ROOT / "agent").glob("*.py"))
+    files += [ROOT / "agent" / "pyproject.toml", *sorted((ROOT / "agent" / "overhaul_agent").glob("*.py"))]
     return files
 
 
@@ -99,7 +99,8 @@ def build_base() -> str:
     wheels = cache_dir() / f"wheels-{key}"
     if not wheels.exists():
         say("building the agent's wheels from this checkout")
-        run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(ROOT))
+        # The agent's distribution alone: an instance gets neither the orchestrator nor its engine client.
+        run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels), str(ROOT / "agent"))
     (work / "sample-app.service").write_text(SAMPLE_APP_UNIT)
     tarball = work / "rootfs.tar"
     say("mmdebstrap: a minimal Debian bookworm with systemd and Python (about a minute)")
@@ -107,7 +108,7 @@ def build_base() -> str:
     hooks = [
         f"copy-in {wheels} /tmp",
         'chroot "$1" python3 -m venv /opt/overhaul',
-        f'chroot "$1" /opt/overhaul/bin/pip install --quiet --no-index --find-links /tmp/{wheels.name} overhaul',
+        f'chroot "$1" /opt/overhaul/bin/pip install --quiet --no-index --find-links /tmp/{wheels.name} overhaul-agent',
         'ln -s /opt/overhaul/bin/overhaul-agent "$1/usr/local/bin/overhaul-agent"',
         f'rm -rf "$1/tmp/{wheels.name}"',
         f"copy-in {ROOT / 'systemd' / 'overhaul-agent.service'} /etc/systemd/system",
@@ -185,7 +186,7 @@ def publish(version: str, resource_group: str, gallery: str, image: str) -> None
     run(
         sys.executable,
         "-m",
-        "orchestrator.cli",
+        "overhaul.cli",
         "sig",
         "image-version",
         "create",

@@ -54,7 +54,7 @@ class Demo:
     def overhaul(self, *args: str, check: bool = True) -> str:
         print(f"$ overhaul {shlex.join(args)}", flush=True)
         result = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args],
+            [sys.executable, "-m", "overhaul.cli", *args],
             env=self.env,
             text=True,
             stdout=subprocess.PIPE,
@@ -160,7 +160,7 @@ def main() -> int:
         [
             sys.executable,
             "-m",
-            "orchestrator.cli",
+            "overhaul.cli",
             "serve",
             "--state-dir",
             str(demo.state_dir),

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from agent.__main__ import Agent, AgentConfig
-from agent.metadata import InstanceMetadata
-from agent.settings import parse_settings
+from overhaul_agent.__main__ import Agent, AgentConfig
+from overhaul_agent.metadata import InstanceMetadata
+from overhaul_agent.settings import parse_settings
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,11 @@ import asyncio
 import sys
 from pathlib import Path
 
-from orchestrator.adapters.drivers.engine import EngineDriver, EngineSettings
-from orchestrator.adapters.health.monitor import HealthMonitor, HealthSettings
-from orchestrator.adapters.store.sqlite import SqliteStore
-from orchestrator.core.rollout import StartedBy
-from orchestrator.runtime.service import Orchestrator
+from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
+from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings
+from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.core.rollout import StartedBy
+from overhaul.runtime.service import Orchestrator
 
 
 async def main() -> int:

@@ -58,7 +58,7 @@ class Served:
     ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **(env or {}), "OVERHAUL_ENDPOINT": self.url, "OVERHAUL_STATE_DIR": str(self.state_dir)}
         result = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args],
+            [sys.executable, "-m", "overhaul.cli", *args],
             capture_output=True,
             text=True,
             env=env,
@@ -80,7 +80,7 @@ def overhaul_serve(state_dir: Path, *extra: str) -> Iterator[Served]:
             [
                 sys.executable,
                 "-m",
-                "orchestrator.cli",
+                "overhaul.cli",
                 "serve",
                 "--state-dir",
                 str(state_dir),

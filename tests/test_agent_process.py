@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, "-m", "overhaul_agent", *args], capture_output=True, text=True, timeout=30, check=False
     )
 
 
@@ -146,7 +146,7 @@ async def test_sigterm_answers_in_flight_requests_and_exits_0_within_2s(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent",
+        "overhaul_agent",
         "--settings",
         str(settings),
         "--host",
@@ -231,7 +231,7 @@ async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent",
+        "overhaul_agent",
         "--settings",
         str(settings),
         "--host",

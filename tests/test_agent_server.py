@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.probe_body import HealthState
-from agent.server import TcpHealthPort
+from overhaul_agent.probe_body import HealthState
+from overhaul_agent.server import TcpHealthPort
 from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
 
 

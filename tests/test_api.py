@@ -376,12 +376,12 @@ def test_cli_speaks_az(served: Served) -> None:
 
 def test_cli_help_and_unreachable_service(tmp_path: Path) -> None:
     helped = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "--help"], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-m", "overhaul.cli", "--help"], capture_output=True, text=True, timeout=60, check=True
     )
     assert "serve" in helped.stdout and "vmss" in helped.stdout
     env = {**os.environ, "OVERHAUL_TOKEN": "x", "OVERHAUL_ENDPOINT": "http://127.0.0.1:9"}
     down = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "vmss", "list"],
+        [sys.executable, "-m", "overhaul.cli", "vmss", "list"],
         capture_output=True,
         text=True,
         env=env,

@@ -16,21 +16,21 @@ from typing import Any
 
 import pytest
 
-from orchestrator.adapters.drivers.faults import FaultPlan, FaultyDriver
-from orchestrator.adapters.drivers.memory import MemoryDriver
-from orchestrator.adapters.http.metrics import OrchestratorMetrics
-from orchestrator.adapters.store.sqlite import SqliteStore
-from orchestrator.core.errors import Conflict, Unavailable
-from orchestrator.core.gallery import ImageDefinition, ImageVersion
-from orchestrator.core.model import HealthProbe
-from orchestrator.core.planner import Health
-from orchestrator.core.rollout import Attempt, StartedBy
-from orchestrator.ports.events import AttemptChanged, Event
-from orchestrator.ports.health import HealthReport, Key
-from orchestrator.ports.store import HistoryRetention
-from orchestrator.runtime.changes import Changes
-from orchestrator.runtime.service import Orchestrator
-from orchestrator.runtime.settings import RuntimeSettings
+from overhaul.adapters.drivers.faults import FaultPlan, FaultyDriver
+from overhaul.adapters.drivers.memory import MemoryDriver
+from overhaul.adapters.http.metrics import OrchestratorMetrics
+from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.core.errors import Conflict, Unavailable
+from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.model import HealthProbe
+from overhaul.core.planner import Health
+from overhaul.core.rollout import Attempt, StartedBy
+from overhaul.ports.events import AttemptChanged, Event
+from overhaul.ports.health import HealthReport, Key
+from overhaul.ports.store import HistoryRetention
+from overhaul.runtime.changes import Changes
+from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.settings import RuntimeSettings
 
 RUNS = 500
 BAD = "3.0.0"  # instances on it never become healthy

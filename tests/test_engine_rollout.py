@@ -17,13 +17,13 @@ import aiohttp
 import pytest
 
 from demo import busybox_images as engine_images
-from orchestrator.adapters.drivers.engine import EngineDriver, EngineSettings
-from orchestrator.adapters.health.monitor import HealthMonitor, HealthSettings
-from orchestrator.adapters.store.sqlite import SqliteStore
-from orchestrator.core.gallery import ImageDefinition, ImageVersion
-from orchestrator.core.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, AttemptStatus, StartedBy, Step
-from orchestrator.ports.events import AttemptChanged, Event
-from orchestrator.runtime.service import Orchestrator
+from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
+from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings
+from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, AttemptStatus, StartedBy, Step
+from overhaul.ports.events import AttemptChanged, Event
+from overhaul.runtime.service import Orchestrator
 from tests.engines import containers, docker_daemon, get_text, podman_service
 
 pytestmark = pytest.mark.slow

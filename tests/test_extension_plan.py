@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from agent.extension_plan import parse_extensions
-from agent.settings import SettingsError
+from overhaul_agent.extension_plan import parse_extensions
+from overhaul_agent.settings import SettingsError
 
 
 def ext(name: str, after: list[str] | None = None, ext_type: str = "CustomScript", **settings: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from agent.metadata import InstanceMetadata, parse_metadata
+from overhaul_agent.metadata import InstanceMetadata, parse_metadata
 from tests.conftest import FakeApp, StartAgent, fast_settings
 
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from orchestrator.adapters.health.monitor import HealthMonitor, HealthSettings, parse_agent_health
-from orchestrator.core.model import HealthProbe
-from orchestrator.core.planner import Health
+from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings, parse_agent_health
+from overhaul.core.model import HealthProbe
+from overhaul.core.planner import Health
 from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
 
 

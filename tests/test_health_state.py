@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.health_state import ProbeMachine
-from agent.probe_body import HealthState
+from overhaul_agent.health_state import ProbeMachine
+from overhaul_agent.probe_body import HealthState
 
 H, U, K, INIT = HealthState.HEALTHY, HealthState.UNHEALTHY, HealthState.UNKNOWN, HealthState.INITIALIZING
 

@@ -17,10 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent import logs as agent_logs
-from orchestrator.core.narrate import Level, describe
-from orchestrator.core.rollout import StartedBy
-from orchestrator.serve import logs as serve_logs
+from overhaul.core.narrate import Level, describe
+from overhaul.core.rollout import StartedBy
+from overhaul.serve import logs as serve_logs
+from overhaul_agent import logs as agent_logs
 from tests.conftest import FakeApp, fast_settings, free_port
 from tests.serve import API, overhaul_serve
 from tests.test_runtime import Runtime, small
@@ -70,7 +70,7 @@ def test_journald_is_recognised_by_the_stream_systemd_names(logs: ModuleType, tm
 
 
 def test_describe_names_each_step_once() -> None:
-    from orchestrator.core.rollout import apply_result, decide, start  # noqa: PLC0415
+    from overhaul.core.rollout import apply_result, decide, start  # noqa: PLC0415
     from tests.test_rollout import World, fleet, policy  # noqa: PLC0415 (the simulated fleet of the rollout tests)
 
     world = World(fleet(2), lambda i, v: v != "v2")
@@ -112,7 +112,7 @@ async def test_a_rollout_logs_each_attempt_batch_and_instance_step(
     runtime = Runtime(tmp_path / "overhaul.db")
     await runtime.service.start()
     try:
-        from orchestrator.core.gallery import ImageDefinition  # noqa: PLC0415
+        from overhaul.core.gallery import ImageDefinition  # noqa: PLC0415
 
         await runtime.service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
         await runtime.service.publish_version(version("1.0.0"))
@@ -182,7 +182,7 @@ async def test_the_agent_logs_its_verdict_changes_and_extension_runs_for_journal
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "agent",
+            "overhaul_agent",
             "--metadata",
             str(metadata),
             "--host",

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.core.gallery import ImageDefinition, ImageVersion, latest_version, parse_image_version, resolve
-from orchestrator.core.model import ModelError, check_new_model, format_duration, parse_duration, parse_scale_set
+from overhaul.core.gallery import ImageDefinition, ImageVersion, latest_version, parse_image_version, resolve
+from overhaul.core.model import ModelError, check_new_model, format_duration, parse_duration, parse_scale_set
 
 BASE: dict[str, Any] = {
     "location": "local",

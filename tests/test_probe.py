@@ -12,9 +12,9 @@ import pytest
 import trustme
 from aiohttp import web
 
-from agent.probe import ApplicationProbe
-from agent.probe_body import MAX_BODY_BYTES, HealthState
-from agent.settings import parse_settings
+from overhaul_agent.probe import ApplicationProbe
+from overhaul_agent.probe_body import MAX_BODY_BYTES, HealthState
+from overhaul_agent.settings import parse_settings
 from tests.conftest import FakeApp, fast_settings, free_port
 
 H, U, K = HealthState.HEALTHY, HealthState.UNHEALTHY, HealthState.UNKNOWN

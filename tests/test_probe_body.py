@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.probe_body import CustomMetrics, HealthState, parse_custom_metrics, parse_http_answer
+from overhaul_agent.probe_body import CustomMetrics, HealthState, parse_custom_metrics, parse_http_answer
 
 H, U, K = HealthState.HEALTHY, HealthState.UNHEALTHY, HealthState.UNKNOWN
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.adapters.http.metrics import OrchestratorMetrics
-from orchestrator.core.rollout import AttemptStatus, StartedBy
+from overhaul.adapters.http.metrics import OrchestratorMetrics
+from overhaul.core.rollout import AttemptStatus, StartedBy
 from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
 from tests.serve import API, Served, overhaul_serve
 from tests.test_runtime import Runtime, small
@@ -191,7 +191,7 @@ async def test_the_rolling_upgrade_counters_agree_with_history(tmp_path: Path) -
     metrics = OrchestratorMetrics(service)
     await service.start()
     try:
-        from orchestrator.core.gallery import ImageDefinition  # noqa: PLC0415
+        from overhaul.core.gallery import ImageDefinition  # noqa: PLC0415
 
         await service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
         await service.publish_version(version("1.0.0"))

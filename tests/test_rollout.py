@@ -8,9 +8,9 @@ from dataclasses import dataclass, field, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.core.model import RollingUpgradePolicy
-from orchestrator.core.planner import Health, InstanceView, batch_size, exceeds, plan_batches
-from orchestrator.core.rollout import (
+from overhaul.core.model import RollingUpgradePolicy
+from overhaul.core.planner import Health, InstanceView, batch_size, exceeds, plan_batches
+from overhaul.core.rollout import (
     MAX_UNHEALTHY,
     MAX_UNHEALTHY_UPGRADED,
     Action,

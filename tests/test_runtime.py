@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from orchestrator.adapters.drivers.memory import MemoryDriver
-from orchestrator.adapters.health.monitor import HealthMonitor
-from orchestrator.adapters.store.sqlite import SqliteStore
-from orchestrator.core.errors import Conflict, InvalidInput, NotFound
-from orchestrator.core.gallery import ImageDefinition
-from orchestrator.core.model import ScaleSetRef
-from orchestrator.core.rollout import AttemptStatus, StartedBy, Step, start
-from orchestrator.ports.driver import DriverError, EngineUnavailable, InstanceSpec
-from orchestrator.runtime.service import Orchestrator
-from orchestrator.runtime.settings import RuntimeSettings
+from overhaul.adapters.drivers.memory import MemoryDriver
+from overhaul.adapters.health.monitor import HealthMonitor
+from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.core.errors import Conflict, InvalidInput, NotFound
+from overhaul.core.gallery import ImageDefinition
+from overhaul.core.model import ScaleSetRef
+from overhaul.core.rollout import AttemptStatus, StartedBy, Step, start
+from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec
+from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.settings import RuntimeSettings
 from tests.test_service_fake import MODEL, version
 
 FAST = RuntimeSettings(retry_min=0.001, retry_max=0.01, restart_min=0.001, restart_max=0.01)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.serve import build_parser
-from orchestrator.serve.settings import ServeSettings, load_settings, options
+from overhaul.serve import build_parser
+from overhaul.serve.settings import ServeSettings, load_settings, options
 from tests.serve import API, Served, overhaul_serve
 from tests.test_api import GALLERY, MODEL, VMSS, publish
 
@@ -34,7 +34,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
 def overhaul(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`overhaul …` run to its end (a serve that refuses to start, a CLI call)."""
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
+        [sys.executable, "-m", "overhaul.cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -186,10 +186,10 @@ def test_bad_settings_exit_2_naming_the_setting(tmp_path: Path) -> None:
 
 def test_the_cli_never_loads_the_server() -> None:
     code = (
-        "import sys; from orchestrator.cli import build_parser; build_parser(); "
+        "import sys; from overhaul.cli import build_parser; build_parser(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('aiohttp', 'aiodocker', 'sqlite3', 'prometheus_client') or m.startswith('orchestrator.serve') "
-        "or m.startswith('orchestrator.runtime') or m.startswith('orchestrator.adapters')))"
+        "('aiohttp', 'aiodocker', 'sqlite3', 'prometheus_client') or m.startswith('overhaul.serve') "
+        "or m.startswith('overhaul.runtime') or m.startswith('overhaul.adapters')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
@@ -250,7 +250,7 @@ def test_ctrl_c_while_following_stops_only_the_cli(served: Served) -> None:
     publish(served, "1.5.0")
     env = {**os.environ, "OVERHAUL_ENDPOINT": served.url, "OVERHAUL_STATE_DIR": str(served.state_dir)}
     follower = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "vmss", "rolling-upgrade", "start", "--ids", VMSS],
+        [sys.executable, "-m", "overhaul.cli", "vmss", "rolling-upgrade", "start", "--ids", VMSS],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from orchestrator.adapters.drivers.memory import MemoryDriver
-from orchestrator.adapters.health.monitor import HealthMonitor
-from orchestrator.adapters.store.sqlite import SqliteStore
-from orchestrator.core.errors import Conflict, InvalidInput, NotFound
-from orchestrator.core.gallery import ImageDefinition, ImageVersion
-from orchestrator.core.rollout import AttemptStatus, StartedBy, Step
-from orchestrator.runtime.service import Orchestrator
+from overhaul.adapters.drivers.memory import MemoryDriver
+from overhaul.adapters.health.monitor import HealthMonitor
+from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.core.errors import Conflict, InvalidInput, NotFound
+from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.rollout import AttemptStatus, StartedBy, Step
+from overhaul.runtime.service import Orchestrator
 
 MODEL: dict[str, Any] = {
     "location": "local",

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.settings import Protocol, SettingsError, parse_settings
+from overhaul_agent.settings import Protocol, SettingsError, parse_settings
 
 HTTP = {"protocol": "http", "port": 8080, "requestPath": "/health"}
 

@@ -1,0 +1,487 @@
+"""The Docker Engine API (through aiodocker) for Docker and Podman.
+
+An instance is a container named ``{scaleSet}_{id}``. A reimage stops it and renames it ``{name}.prev`` (the
+previous OS disk), then creates and starts a new container from the target image with the same data volumes,
+host ports and a config drive of its own; commit removes ``.prev``, rollback puts it back. Every method
+inspects the engine first, so repeating a step after a crash finishes or undoes what was half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from overhaul.core.naming import instance_name, previous_name
+from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec, InstanceState, OsDisk
+
+log = logging.getLogger(__name__)
+
+LABEL_SCALE_SET = "overhaul.scale-set"
+LABEL_INSTANCE = "overhaul.instance-id"
+LABEL_VERSION = "overhaul.image-version"
+LABEL_OS_DISK = "overhaul.os-disk"
+CONFIG_MOUNT = "/etc/overhaul"
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    name: str
+    soft: int
+    hard: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {"Name": self.name, "Soft": self.soft, "Hard": self.hard}
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How to reach the engine and how containers run on it."""
+
+    # unix:///path/to.sock of Docker or Podman; None starts a private `podman system service`.
+    url: str | None = None
+    # Podman here needs runc (crun fails in cgroups hybrid mode); None keeps the engine's default.
+    runtime: str | None = "runc"
+    # Passed on every container: they replace containers.conf's defaults, so both are set.
+    ulimits: tuple[Ulimit, ...] = (Ulimit("nofile", 20000, 20000), Ulimit("nproc", 1000, 1000))
+    # Where each OS disk's config drive (metadata.json) is written on the host.
+    config_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "overhaul-config")
+    call_timeout: float = 60.0
+    docker_systemd: bool = False  # Docker (not Podman) needs extra settings for systemd containers
+    # The address instances publish their ports on: loopback for the local host, the host's own for another.
+    publish_address: str = "127.0.0.1"
+    # Where the private podman service keeps its socket (url None); a directory of the state directory.
+    service_dir: Path | None = None
+    # Back-off between restarts of a private podman service that died.
+    service_restart_min: float = 0.2
+    service_restart_max: float = 10.0
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: the kernel sends SIGTERM when the orchestrator dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class PodmanService:
+    """A private `podman system service` on a socket of our own: restarted when it dies, and it dies with us.
+
+    Containers keep running while it is down (conmon holds them); engine calls meanwhile fail as transient."""
+
+    def __init__(
+        self, runtime: str | None, directory: Path, restart_min: float = 0.2, restart_max: float = 10.0
+    ) -> None:
+        self.runtime = runtime
+        self.directory = directory
+        self.socket = directory / "podman.sock"
+        self.restart_min = restart_min
+        self.restart_max = restart_max
+        self.restarts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def up(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        await self._spawn(timeout)
+        self._watcher = asyncio.get_running_loop().create_task(self._supervise(), name="podman-service")
+
+    async def _spawn(self, timeout: float) -> None:
+        podman = shutil.which("podman")
+        if podman is None:
+            raise DriverError("podman is not installed and no engine socket was configured")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()  # left by a service that was killed
+        args = [podman]
+        if self.runtime:
+            args += ["--runtime", self.runtime]
+        args += ["system", "service", "--time=0", self.url]
+        parent = os.getpid()
+        self._proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C in the terminal is for the orchestrator, which stops it in order
+            preexec_fn=lambda: _die_with_parent(parent),
+        )
+        connector = aiohttp.UnixConnector(path=str(self.socket))
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session, asyncio.timeout(timeout):
+                while True:
+                    if self._proc.returncode is not None:
+                        raise DriverError(f"podman system service exited with code {self._proc.returncode}")
+                    try:
+                        async with session.get("http://podman/_ping", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                            if resp.status == 200:
+                                return
+                    except (aiohttp.ClientError, OSError, TimeoutError):
+                        pass
+                    await asyncio.sleep(0.05)  # readiness of a process we just started: nothing to wait on but time
+        except TimeoutError:
+            raise DriverError(f"podman system service did not answer on {self.socket} within {timeout}s") from None
+
+    async def _supervise(self) -> None:
+        delay = self.restart_min
+        while True:
+            proc = self._proc
+            assert proc is not None
+            code = await proc.wait()
+            if self._stopping:
+                return
+            log.warning("podman system service (pid %d) exited with code %s: restarting it", proc.pid, code)
+            while not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.restart_max)
+                try:
+                    await self._spawn(30.0)
+                except DriverError as exc:
+                    log.warning("podman system service did not come back: %s", exc)
+                    continue
+                self.restarts += 1
+                delay = self.restart_min
+                log.info("podman system service restarted (pid %s)", self.pid)
+                break
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await self._proc.wait()
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+
+
+# aiodocker's status for "could not connect to the engine at all".
+NO_CONNECTION = 900
+
+
+def _engine_error(what: str, exc: aiodocker.DockerError) -> DriverError:
+    """The engine answered with an error: permanent, unless it could not be reached or says it cannot serve now."""
+    if exc.status in (NO_CONNECTION, 502, 503, 504):
+        return EngineUnavailable(f"{what}: {exc.message}")
+    return DriverError(f"{what}: {exc.message}")
+
+
+def _published_ports(container: Mapping[str, Any]) -> dict[int, int]:
+    """Container port -> host port from a container listing's ``Ports`` (TCP only)."""
+    ports: dict[int, int] = {}
+    for entry in container.get("Ports") or []:
+        private, public = entry.get("PrivatePort"), entry.get("PublicPort")
+        if entry.get("Type", "tcp") == "tcp" and isinstance(private, int) and isinstance(public, int) and public:
+            ports[private] = public
+    return ports
+
+
+def _name(container: Mapping[str, Any]) -> str:
+    names = container.get("Names") or [container.get("Name", "")]
+    return str(names[0]).lstrip("/")
+
+
+class EngineDriver:
+    """Driver over the Docker Engine API; works with Docker and with Podman's compatible API."""
+
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        self.settings = settings or EngineSettings()
+        self._docker: aiodocker.Docker | None = None
+        self._service: PodmanService | None = None
+
+    async def start(self) -> None:
+        url = self.settings.url
+        if url is None:
+            directory = self.settings.service_dir or self.settings.config_root.parent / "podman"
+            self._service = PodmanService(
+                self.settings.runtime, directory, self.settings.service_restart_min, self.settings.service_restart_max
+            )
+            await self._service.start()
+            url = self._service.url
+        self._docker = aiodocker.Docker(url=url)
+        if self._service is None:
+            # A configured engine is asked at once: a wrong socket is found at start, not at the first reimage.
+            try:
+                await self.ping()
+            except DriverError as exc:
+                await self.close()
+                raise DriverError(f"no container engine answers at {url}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+
+    @property
+    def service(self) -> PodmanService | None:
+        """The private podman service, when this driver started one."""
+        return self._service
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            raise DriverError("the engine driver is not started")
+        return self._docker
+
+    # --- engine calls, each bounded and with a typed error -----------------------------------------------
+
+    async def _call(self, what: str, coro: Any, timeout: float | None = None) -> Any:
+        try:
+            async with asyncio.timeout(timeout or self.settings.call_timeout):
+                return await coro
+        except aiodocker.DockerError as exc:
+            raise _engine_error(what, exc) from exc
+        except TimeoutError as exc:
+            raise EngineUnavailable(
+                f"{what}: no answer from the engine within {timeout or self.settings.call_timeout}s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise EngineUnavailable(f"{what}: engine unreachable: {exc}") from exc
+
+    async def _find(self, name: str) -> Mapping[str, Any] | None:
+        """Inspect a container by name; None when it does not exist."""
+        try:
+            container = await self._call(f"inspect {name}", self.docker.containers.get(name))
+        except DriverError as exc:
+            if isinstance(exc.__cause__, aiodocker.DockerError) and exc.__cause__.status == 404:
+                return None
+            raise
+        return dict(container._container)
+
+    async def _remove(self, name: str) -> None:
+        """Remove a container; one that does not exist is already removed."""
+        try:
+            await self._call(f"remove {name}", self.docker.containers.container(name).delete(force=True, v=False))
+        except DriverError as exc:
+            if not (isinstance(exc.__cause__, aiodocker.DockerError) and exc.__cause__.status == 404):
+                raise
+
+    @staticmethod
+    def _running(info: Mapping[str, Any] | None) -> bool:
+        return bool(info and info.get("State", {}).get("Running"))
+
+    async def _stop(self, name: str, stop_timeout: int, info: Mapping[str, Any] | None) -> None:
+        if not self._running(info):
+            return
+        container = self.docker.containers.container(name)
+        await self._call(f"stop {name}", container.stop(t=stop_timeout), timeout=stop_timeout + 30)
+
+    async def _start(self, name: str, info: Mapping[str, Any] | None) -> None:
+        if self._running(info):
+            return
+        await self._call(f"start {name}", self.docker.containers.container(name).start())
+
+    async def _rename(self, name: str, new_name: str) -> None:
+        await self._call(f"rename {name} to {new_name}", self.docker.containers.container(name).rename(new_name))
+
+    def _config_dir(self, spec: InstanceSpec) -> Path:
+        """Each OS disk gets a config drive of its own: a rolled-back disk keeps the metadata it had."""
+        directory = self.settings.config_root / spec.scale_set / str(spec.instance_id) / spec.disk
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = directory / "metadata.json"
+        tmp = directory / "metadata.json.tmp"
+        # Extensions' protectedSettings are in it: readable by the owner only (root in the instance).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(json.dumps(spec.metadata, indent=2))
+        os.replace(tmp, target)
+        return directory
+
+    def _create_config(self, spec: InstanceSpec) -> dict[str, Any]:
+        host_config: dict[str, Any] = {
+            "PortBindings": {
+                f"{cport}/tcp": [{"HostIp": self.settings.publish_address, "HostPort": str(hport)}]
+                for cport, hport in spec.ports.items()
+            },
+            "Mounts": [{"Type": "volume", "Source": vol, "Target": path} for vol, path in spec.volumes],
+            "Binds": [f"{self._config_dir(spec)}:{CONFIG_MOUNT}:ro"],
+            "Ulimits": [u.to_api() for u in self.settings.ulimits],
+        }
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Hostname": spec.name.replace("_", "-"),
+            "Labels": {
+                LABEL_SCALE_SET: spec.scale_set,
+                LABEL_INSTANCE: str(spec.instance_id),
+                LABEL_VERSION: spec.version,
+                LABEL_OS_DISK: spec.disk,
+            },
+            "ExposedPorts": {f"{cport}/tcp": {} for cport in spec.ports},
+            "StopTimeout": spec.stop_timeout,
+            "HostConfig": host_config,
+        }
+        if spec.command is not None:
+            config["Cmd"] = list(spec.command)
+        if spec.systemd:
+            config["StopSignal"] = "SIGRTMIN+3"  # systemd's halt; Podman ignores the stop call's own signal
+            if self.settings.docker_systemd:
+                config["Env"] = ["container=docker"]
+                host_config["Tmpfs"] = {"/run": "", "/run/lock": "", "/tmp": ""}
+                host_config["Binds"].append("/sys/fs/cgroup/systemd:/sys/fs/cgroup/systemd:rw")
+                host_config["CgroupnsMode"] = "host"
+        return config
+
+    async def _create_and_start(self, spec: InstanceSpec, info: Mapping[str, Any] | None) -> None:
+        """Create (when ``info`` says there is no container yet) and start."""
+        if info is None:
+            await self._call(
+                f"create {spec.name} from {spec.image}",
+                self.docker.containers.create(self._create_config(spec), name=spec.name),
+            )
+        await self._start(spec.name, info)
+
+    # --- the driver protocol ------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        if self._service is not None and not self._service.up:
+            raise EngineUnavailable("the private podman service is down (it is being restarted)")
+        await self._call("ping the engine", self.docker.version(), timeout=min(5.0, self.settings.call_timeout))
+
+    async def image_present(self, image: str) -> bool:
+        try:
+            await self._call(f"inspect image {image}", self.docker.images.inspect(image))
+        except DriverError as exc:
+            if isinstance(exc.__cause__, aiodocker.DockerError) and exc.__cause__.status == 404:
+                return False
+            raise
+        return True
+
+    async def _require_image(self, spec: InstanceSpec) -> None:
+        """Before an instance is touched: a missing image must not cost it its running OS disk."""
+        if not await self.image_present(spec.image):
+            raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        filters = json.dumps({"label": [f"{LABEL_SCALE_SET}={scale_set}"]})
+        containers = await self._call(
+            f"list containers of {scale_set}", self.docker.containers.list(all=True, filters=filters)
+        )
+        current: dict[int, OsDisk] = {}
+        previous: dict[int, OsDisk] = {}
+        published: dict[int, dict[int, int]] = {}
+        for container in containers:
+            info = container._container
+            labels = info.get("Labels") or {}
+            try:
+                instance_id = int(labels.get(LABEL_INSTANCE, ""))
+            except ValueError:
+                continue
+            disk = OsDisk(labels.get(LABEL_VERSION), str(info.get("Image", "")), info.get("State") == "running")
+            name = _name(info)
+            if name == instance_name(scale_set, instance_id):
+                current[instance_id] = disk
+                published[instance_id] = _published_ports(info)
+            elif name == previous_name(scale_set, instance_id):
+                previous[instance_id] = disk
+        address = self.settings.publish_address
+        return {
+            i: InstanceState(i, current.get(i), previous.get(i), address, published.get(i, {}))
+            for i in sorted(set(current) | set(previous))
+        }
+
+    async def ensure_running(self, spec: InstanceSpec) -> None:
+        await self._create_and_start(spec, await self._find(spec.name))
+
+    async def reimage(self, spec: InstanceSpec) -> None:
+        name, prev = spec.name, previous_name(spec.scale_set, spec.instance_id)
+        current = await self._find(name)
+        if current is not None:
+            labels = current.get("Config", {}).get("Labels") or {}
+            if labels.get(LABEL_OS_DISK, labels.get(LABEL_VERSION)) == spec.disk:
+                await self._start(name, current)  # the new OS disk exists already (a repeated step)
+                return
+            await self._require_image(spec)
+            try:
+                await self._rename(name, prev)
+            except DriverError:
+                # A previous disk left from an older, finished step holds the name: drop it, then rename.
+                # (Trying first saves an engine call on every ordinary reimage.)
+                await self._remove(prev)
+                await self._rename(name, prev)
+            # The new container is created while the old one stops; it starts once the old one has let go
+            # of the host ports.
+            outcomes: tuple[Any, ...] = await asyncio.gather(
+                self._stop(prev, spec.stop_timeout, current),
+                self._call(
+                    f"create {spec.name} from {spec.image}",
+                    self.docker.containers.create(self._create_config(spec), name=spec.name),
+                ),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            await self._start(name, None)
+            return
+        previous = await self._find(prev)
+        if previous is not None:
+            await self._stop(prev, spec.stop_timeout, previous)  # renamed, then interrupted before it stopped
+        await self._require_image(spec)
+        await self._create_and_start(spec, None)
+
+    async def commit(self, spec: InstanceSpec) -> None:
+        await self._remove(previous_name(spec.scale_set, spec.instance_id))
+
+    async def rollback(self, spec: InstanceSpec) -> None:
+        name, prev = spec.name, previous_name(spec.scale_set, spec.instance_id)
+        previous = await self._find(prev)
+        if previous is None:
+            current = await self._find(name)
+            if current is None:
+                raise DriverError(f"rollback {name}: neither {name} nor {prev} exists")
+            await self._start(name, current)  # already rolled back
+            return
+        await self._remove(name)
+        await self._rename(prev, name)
+        # Asked afresh: what was read before the rename may be stale (a stop that an engine restart delivered late).
+        await self._start(name, await self._find(name))
+
+    async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
+        await self._remove(previous_name(spec.scale_set, spec.instance_id))
+        await self._remove(spec.name)
+        if not keep_data:
+            for volume, _ in spec.volumes:
+                with contextlib.suppress(DriverError):
+                    vol = aiodocker.docker.DockerVolume(self.docker, volume)  # type: ignore[no-untyped-call]
+                    await self._call(f"remove volume {volume}", vol.delete())  # type: ignore[no-untyped-call]
+        shutil.rmtree(self.settings.config_root / spec.scale_set / str(spec.instance_id), ignore_errors=True)

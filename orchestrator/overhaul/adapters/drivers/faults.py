@@ -1,0 +1,87 @@
+"""A driver wrapper that injects faults: transient engine errors (before or after the real call, so a step that
+happened can look failed), permanent errors on reimages, and latency. Seeded, so a failing run replays.
+
+It stands between the runtime and any driver: the chaos tests wrap the in-memory driver with it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec, InstanceState
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    transient: float = 0.1  # chance that a call fails transiently (half of them after the call took effect)
+    permanent_reimage: float = 0.05  # chance that a reimage fails for good (before touching the instance)
+    latency: float = 0.002  # each call waits up to this long, seconds
+
+
+@dataclass
+class FaultyDriver:
+    inner: Driver
+    rng: random.Random
+    plan: FaultPlan = field(default_factory=FaultPlan)
+    # Instances whose reimage was failed for good, by (scale set, instance id): the only ones that may fail.
+    permanent_failures: set[tuple[str, int]] = field(default_factory=set)
+    transient_failures: int = 0
+    enabled: bool = True
+
+    async def _before(self, what: str) -> None:
+        if not self.enabled:
+            return
+        await asyncio.sleep(self.rng.uniform(0, self.plan.latency))
+        if self.rng.random() < self.plan.transient / 2:
+            self.transient_failures += 1
+            raise EngineUnavailable(f"{what}: engine unreachable (injected)")
+
+    def _after(self, what: str) -> None:
+        if self.enabled and self.rng.random() < self.plan.transient / 2:
+            self.transient_failures += 1
+            raise EngineUnavailable(f"{what}: connection reset after the call (injected)")
+
+    async def ping(self) -> None:
+        await self._before("ping")
+        await self.inner.ping()
+
+    async def image_present(self, image: str) -> bool:
+        await self._before(f"inspect image {image}")
+        return await self.inner.image_present(image)
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        await self._before(f"list {scale_set}")
+        states = await self.inner.observe(scale_set)
+        self._after(f"list {scale_set}")
+        return states
+
+    async def ensure_running(self, spec: InstanceSpec) -> None:
+        await self._before(f"create {spec.name}")
+        await self.inner.ensure_running(spec)
+        self._after(f"create {spec.name}")
+
+    async def reimage(self, spec: InstanceSpec) -> None:
+        await self._before(f"reimage {spec.name}")
+        if self.enabled and self.rng.random() < self.plan.permanent_reimage:
+            self.permanent_failures.add((spec.scale_set, spec.instance_id))
+            raise DriverError(f"create {spec.name}: no such image {spec.image} (injected)")
+        await self.inner.reimage(spec)
+        self._after(f"reimage {spec.name}")
+
+    async def commit(self, spec: InstanceSpec) -> None:
+        await self._before(f"commit {spec.name}")
+        await self.inner.commit(spec)
+        self._after(f"commit {spec.name}")
+
+    async def rollback(self, spec: InstanceSpec) -> None:
+        await self._before(f"rollback {spec.name}")
+        await self.inner.rollback(spec)
+        self._after(f"rollback {spec.name}")
+
+    async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
+        await self._before(f"delete {spec.name}")
+        await self.inner.delete(spec, keep_data=keep_data)
+
+    async def close(self) -> None:
+        await self.inner.close()

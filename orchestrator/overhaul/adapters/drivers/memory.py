@@ -1,0 +1,82 @@
+"""An in-memory driver for fast tests and large benchmarks: instant, and with the real driver's semantics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from overhaul.ports.driver import DriverError, InstanceSpec, InstanceState, OsDisk
+
+
+@dataclass
+class MemoryDriver:
+    instances: dict[str, dict[int, InstanceState]] = field(default_factory=dict)
+    fail_reimage: Callable[[InstanceSpec], bool] = lambda spec: False
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    # Images this engine lacks (every other reference is present).
+    missing_images: set[str] = field(default_factory=set)
+    # Images whose instances exit as soon as they start (a broken build).
+    exiting_images: set[str] = field(default_factory=set)
+
+    async def ping(self) -> None:
+        return None
+
+    async def image_present(self, image: str) -> bool:
+        return image not in self.missing_images
+
+    def _set(self, spec: InstanceSpec, state: InstanceState) -> None:
+        self.instances.setdefault(spec.scale_set, {})[spec.instance_id] = state
+
+    def _get(self, spec: InstanceSpec) -> InstanceState | None:
+        return self.instances.get(spec.scale_set, {}).get(spec.instance_id)
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        return dict(self.instances.get(scale_set, {}))
+
+    async def ensure_running(self, spec: InstanceSpec) -> None:
+        self.calls.append(("ensure_running", spec.name))
+        state = self._get(spec)
+        if state is None or state.current is None:
+            if spec.image in self.missing_images:
+                raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
+            self._set(spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, True), ports=spec.ports))
+        elif not state.current.running:
+            self._set(spec, replace(state, current=replace(state.current, running=True)))
+
+    async def reimage(self, spec: InstanceSpec) -> None:
+        self.calls.append(("reimage", spec.name))
+        state = self._get(spec) or InstanceState(spec.instance_id, None)
+        if state.current is not None and state.current.version == spec.version and not spec.os_disk:
+            return
+        previous = state.current or state.previous
+        if spec.image in self.missing_images:
+            raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
+        if self.fail_reimage(spec):
+            self._set(spec, InstanceState(spec.instance_id, None, previous))
+            raise DriverError(f"create {spec.name}: no such image {spec.image}")
+        running = spec.image not in self.exiting_images
+        self._set(
+            spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, running), previous, ports=spec.ports)
+        )
+
+    async def commit(self, spec: InstanceSpec) -> None:
+        self.calls.append(("commit", spec.name))
+        state = self._get(spec)
+        if state is not None:
+            self._set(spec, InstanceState(spec.instance_id, state.current, None, ports=state.ports))
+
+    async def rollback(self, spec: InstanceSpec) -> None:
+        self.calls.append(("rollback", spec.name))
+        state = self._get(spec)
+        if state is None or (state.previous is None and state.current is None):
+            raise DriverError(f"rollback {spec.name}: neither {spec.name} nor its previous OS disk exists")
+        if state.previous is not None:
+            restored = OsDisk(state.previous.version, state.previous.image, True)
+            self._set(spec, InstanceState(spec.instance_id, restored, None, ports=state.ports))
+
+    async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
+        self.calls.append(("delete", spec.name))
+        self.instances.get(spec.scale_set, {}).pop(spec.instance_id, None)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,198 @@
+"""Pure: Azure Resource Manager shaped documents of attempts, instances and errors, as Azure's API returns them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from overhaul.core.model import ScaleSet
+from overhaul.core.planner import InstanceView
+from overhaul.core.rollout import Attempt, AttemptStatus, InstanceProgress, Step
+from overhaul.ports.health import HealthReport
+
+UPGRADE_TYPE = "Microsoft.Compute/virtualMachineScaleSets/rollingUpgrades"
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def error_doc(code: str, message: str, target: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if target:
+        error["target"] = target
+    return {"error": error}
+
+
+def running_status(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "code": attempt.status.value,
+        "startTime": iso(attempt.start_time),
+        "endTime": iso(attempt.end_time),
+        "lastAction": attempt.last_action,
+        "lastActionTime": iso(attempt.last_action_time),
+    }
+
+
+def progress(attempt: Attempt) -> dict[str, int]:
+    return {
+        "successfulInstanceCount": attempt.successful,
+        "failedInstanceCount": attempt.failed,
+        "inProgressInstanceCount": attempt.in_progress,
+        "pendingInstanceCount": attempt.pending,
+    }
+
+
+def _error(attempt: Attempt) -> dict[str, Any] | None:
+    if attempt.error_code is None:
+        return None
+    details = [
+        {"code": "InstanceUpgradeFailed", "target": str(p.instance_id), "message": p.error}
+        for p in attempt.instances.values()
+        if p.error
+    ]
+    return {"code": attempt.error_code, "message": attempt.error_message, "details": details}
+
+
+def rollback_info(attempt: Attempt) -> dict[str, Any]:
+    failed = [p for p in attempt.instances.values() if p.step is Step.ROLLBACK_FAILED]
+    info: dict[str, Any] = {
+        "successfullyRolledbackInstanceCount": attempt.count(Step.ROLLED_BACK),
+        "failedRolledbackInstanceCount": len(failed),
+    }
+    if failed:
+        info["rollbackError"] = {
+            "code": "RollbackFailed",
+            "message": "; ".join(f"instance {p.instance_id}: {p.error}" for p in failed),
+        }
+    return info
+
+
+def history_record(attempt: Attempt, image_reference: Mapping[str, Any], location: str) -> dict[str, Any]:
+    """One entry of ``osUpgradeHistory``."""
+    properties: dict[str, Any] = {
+        "runningStatus": running_status(attempt),
+        "progress": progress(attempt),
+        "startedBy": attempt.started_by.value,
+        "targetImageReference": dict(image_reference),
+        "rollbackInfo": rollback_info(attempt),
+    }
+    error = _error(attempt)
+    if error is not None:
+        properties["error"] = error
+    return {"properties": properties, "type": UPGRADE_TYPE, "location": location, "id": attempt.id}
+
+
+def in_flight_doc(progress: InstanceProgress, report: HealthReport | None, now: float) -> dict[str, Any]:
+    """One instance of an attempt, with what its health source says and the time its health deadline leaves."""
+    doc = progress.to_json()
+    if not progress.step.terminal:
+        doc["health"] = report.health.value if report else None
+        doc["reason"] = report.detail if report else None
+        doc["timeLeft"] = None if progress.deadline is None else max(0.0, round(progress.deadline - now, 1))
+    return doc
+
+
+def latest_record(
+    attempt: Attempt,
+    model: ScaleSet,
+    health: Mapping[int, HealthReport] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """``rollingUpgrades/latest``: the policy, the running status and the progress of the newest attempt; with
+    ``health``, each instance in flight says its health, the reason and the time left before its deadline."""
+    health = health or {}
+    clock = now if now is not None else attempt.last_action_time
+    properties: dict[str, Any] = {
+        "policy": model.upgrade_policy.rolling.to_json(),
+        "runningStatus": running_status(attempt),
+        "progress": progress(attempt),
+        "overhaul": {
+            "attemptId": attempt.id,
+            "targetVersion": attempt.target_version,
+            "startedBy": attempt.started_by.value,
+            "batchesStarted": attempt.batches_started,
+            "currentBatch": list(attempt.batch),
+            "instances": [in_flight_doc(p, health.get(i), clock) for i, p in attempt.instances.items()],
+        },
+    }
+    error = _error(attempt)
+    if error is not None:
+        properties["error"] = error
+    return {
+        "id": f"{model.resource_id}/rollingUpgrades/latest",
+        "name": "latest",
+        "type": UPGRADE_TYPE,
+        "location": model.location,
+        "properties": properties,
+    }
+
+
+def instance_doc(
+    model: ScaleSet,
+    view: InstanceView,
+    *,
+    running: bool,
+    ports: Mapping[int, int],
+    has_previous_os_disk: bool,
+    health_detail: str = "",
+) -> dict[str, Any]:
+    """One entry of ``…/virtualMachines`` with its instanceView (health, image version, power state)."""
+    power = "PowerState/running" if running else "PowerState/stopped"
+    image = model.image_reference.to_json()
+    image["exactVersion"] = view.version
+    return {
+        "id": f"{model.resource_id}/virtualMachines/{view.instance_id}",
+        "name": model.instance_name(view.instance_id),
+        "instanceId": str(view.instance_id),
+        "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
+        "location": model.location,
+        "properties": {
+            "latestModelApplied": True,
+            "storageProfile": {"imageReference": image},
+            "instanceView": {
+                "statuses": [
+                    {"code": "ProvisioningState/succeeded", "level": "Info"},
+                    {"code": power, "level": "Info"},
+                ],
+                "vmHealth": {
+                    "status": {
+                        "code": f"HealthState/{view.health.value.lower()}",
+                        "level": "Info",
+                        "displayStatus": view.health.value,
+                        "message": health_detail,
+                    }
+                },
+            },
+            "overhaul": {
+                "hostPorts": {str(k): v for k, v in ports.items()},
+                "phaseOrderingNumber": view.phase,
+                "skipUpgrade": view.skip_upgrade,
+                "upgradeInProgress": has_previous_os_disk,
+            },
+        },
+    }
+
+
+OPERATION_STATUS = {
+    AttemptStatus.ROLLING_FORWARD: "InProgress",
+    AttemptStatus.COMPLETED: "Succeeded",
+    AttemptStatus.FAULTED: "Failed",
+    AttemptStatus.CANCELLED: "Canceled",
+}
+
+
+def operation_doc(name: str, attempt: Attempt, *, cancel: bool = False) -> dict[str, Any]:
+    """ARM's operation resource for a rolling upgrade, or for the cancel of one (done once the attempt ends)."""
+    status = OPERATION_STATUS[attempt.status]
+    if cancel and attempt.status.terminal:
+        status = "Succeeded"
+    doc: dict[str, Any] = {"name": name, "status": status, "startTime": iso(attempt.start_time)}
+    if attempt.status.terminal:
+        doc["endTime"] = iso(attempt.end_time)
+    if status == "Failed":
+        doc["error"] = {"code": attempt.error_code or "RollingUpgradeFailed", "message": attempt.error_message or ""}
+    return doc

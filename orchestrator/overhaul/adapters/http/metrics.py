@@ -1,0 +1,173 @@
+"""overhaul_* Prometheus metrics of the orchestrator, in base units."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter as Tally
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from overhaul.core.errors import OverhaulError
+from overhaul.core.model import HealthSourceKind, ScaleSet
+from overhaul.core.planner import Health
+from overhaul.core.rollout import ActionKind, Attempt
+from overhaul.ports.events import ActionFinished, AttemptEnded, Event, TransientError
+from overhaul.runtime.service import Orchestrator
+
+REIMAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+# One scrape waits this long for the engine's list of a scale set's instances (for their versions), then reports
+# what it knows without them.
+ENGINE_WAIT = 2.0
+
+
+@dataclass
+class _ScaleSetState:
+    model: ScaleSet
+    attempt: Attempt | None
+    versions: dict[int, str]  # instance id -> version, as the engine last listed it
+
+
+class _StateCollector(Collector):
+    """Gauges of the orchestrator's state, read at each scrape: ``refresh`` reads the store and the engine (both
+    async, the engine within ENGINE_WAIT), ``collect`` reports what was read."""
+
+    def __init__(self, service: Orchestrator) -> None:
+        self.service = service
+        self.state: list[_ScaleSetState] = []
+        self.engine_up = True
+
+    async def refresh(self) -> None:
+        state: list[_ScaleSetState] = []
+        self.engine_up = await self.service.engine_problem(ENGINE_WAIT) is None
+        for model in await self.service.list_scale_sets():
+            latest = await self.service.latest(model.ref)
+            versions: dict[int, str] = {}
+            if self.engine_up:
+                try:
+                    async with asyncio.timeout(ENGINE_WAIT):
+                        infos = await self.service.instances_of(model.ref)
+                    versions = {i.instance_id: i.view.version for i in infos if i.view.version}
+                except (OverhaulError, TimeoutError):
+                    versions = {}
+            state.append(_ScaleSetState(model, latest.attempt if latest else None, versions))
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        capacity = GaugeMetricFamily(
+            "overhaul_scale_set_capacity", "Instances a scale set should have.", labels=["scale_set"]
+        )
+        health = GaugeMetricFamily(
+            "overhaul_instances",
+            "Instances by image version and last known health (Unmonitored: power state only).",
+            labels=["scale_set", "version", "health"],
+        )
+        max_unhealthy = GaugeMetricFamily(
+            "overhaul_scale_set_max_unhealthy_instance_percent",
+            "The scale set's rollingUpgradePolicy.maxUnhealthyInstancePercent.",
+            labels=["scale_set"],
+        )
+        running = GaugeMetricFamily(
+            "overhaul_rolling_upgrade_running", "1 while a rolling upgrade of the scale set runs.", labels=["scale_set"]
+        )
+        progress = GaugeMetricFamily(
+            "overhaul_rolling_upgrade_instances",
+            "Instances of the latest rolling upgrade by progress.",
+            labels=["scale_set", "progress"],
+        )
+        for item in self.state:
+            model, attempt = item.model, item.attempt
+            capacity.add_metric([model.name], model.capacity)
+            max_unhealthy.add_metric([model.name], model.upgrade_policy.rolling.max_unhealthy_instance_percent)
+            for (version, state), count in self._health(model, item.versions).items():
+                health.add_metric([model.name, version, state], count)
+            running.add_metric([model.name], 1 if attempt and not attempt.status.terminal else 0)
+            if attempt is not None:
+                for name, value in (
+                    ("successful", attempt.successful),
+                    ("failed", attempt.failed),
+                    ("in_progress", attempt.in_progress),
+                    ("pending", attempt.pending),
+                ):
+                    progress.add_metric([model.name, name], value)
+        errors = CounterMetricFamily(
+            "overhaul_health_watch_errors",
+            "Failed requests to instance agents (each counts as Unknown), not counting a reimage's expected outage.",
+        )
+        errors.add_metric([], self.service.watch_errors)
+        engine = GaugeMetricFamily("overhaul_engine_up", "1 while the container engine answers.")
+        engine.add_metric([], 1 if self.engine_up else 0)
+        yield from (capacity, max_unhealthy, health, running, progress, errors, engine)
+
+    def _health(self, model: ScaleSet, versions: dict[int, str]) -> Tally[tuple[str, str]]:
+        watched = model.health_source is not HealthSourceKind.POWER
+        counts: Tally[tuple[str, str]] = Tally()
+        for instance_id in range(model.capacity):
+            report = self.service.health_report(model.name, instance_id)
+            known = report.health.value if report else Health.UNKNOWN.value
+            state = known if watched else "Unmonitored"
+            counts[(versions.get(instance_id, "unknown"), state)] += 1
+        return counts
+
+
+class OrchestratorMetrics:
+    def __init__(self, service: Orchestrator) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.state = _StateCollector(service)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, self.state):
+            self.registry.register(collector)
+        r = self.registry
+        self.attempts = Counter(
+            "overhaul_rolling_upgrades", "Rolling upgrades ended, by final status.", ["scale_set", "status"], registry=r
+        )
+        self.reimage_duration = Histogram(
+            "overhaul_reimage_duration_seconds",
+            "Time one instance's reimage took in the engine.",
+            ["scale_set"],
+            buckets=REIMAGE_BUCKETS,
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "overhaul_rollbacks",
+            "Instances restored to their previous OS disk, by result.",
+            ["scale_set", "result"],
+            registry=r,
+        )
+        self.engine_retries = Counter(
+            "overhaul_engine_transient_errors",
+            "Engine calls that failed transiently (engine unreachable or restarting) and were retried.",
+            ["scale_set"],
+            registry=r,
+        )
+        service.events.subscribe(self.on_event)
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, AttemptEnded):
+            self.attempts.labels(event.attempt.scale_set, event.attempt.status.value).inc()
+        elif isinstance(event, ActionFinished):
+            result = event.result
+            if result.action.kind is ActionKind.REIMAGE and result.ok:
+                self.reimage_duration.labels(event.scale_set).observe(result.duration)
+            elif result.action.kind is ActionKind.ROLLBACK:
+                self.rollbacks.labels(event.scale_set, "succeeded" if result.ok else "failed").inc()
+        elif isinstance(event, TransientError):
+            self.engine_retries.labels(event.scale_set).inc()
+
+    async def render(self) -> bytes:
+        await self.state.refresh()
+        return generate_latest(self.registry)

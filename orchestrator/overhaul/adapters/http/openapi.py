@@ -1,0 +1,146 @@
+"""The OpenAPI 3 document of the REST API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from overhaul import __version__
+
+VMSS = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"
+GALLERY = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/galleries/{gallery}"
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "target": {"type": "string"}},
+        }
+    },
+}
+SCALE_SET_BODY = {
+    "type": "object",
+    "properties": {
+        "location": {"type": "string"},
+        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+        "sku": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "capacity": {"type": "integer", "minimum": 0, "maximum": 10000}},
+        },
+        "properties": {"type": "object"},
+    },
+}
+IMAGE_DEFINITION_BODY = {
+    "type": "object",
+    "properties": {
+        "properties": {
+            "type": "object",
+            "properties": {
+                "identifier": {
+                    "type": "object",
+                    "properties": {
+                        "publisher": {"type": "string"},
+                        "offer": {"type": "string"},
+                        "sku": {"type": "string"},
+                    },
+                }
+            },
+        }
+    },
+}
+IMAGE_VERSION_BODY = {
+    "type": "object",
+    "properties": {"location": {"type": "string"}, "properties": {"type": "object"}},
+}
+REIMAGE_BODY = {"type": "object", "properties": {"instanceIds": {"type": "array", "items": {"type": "string"}}}}
+
+# (method, path, summary, request body schema or None, success statuses)
+OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] = [
+    (
+        "get",
+        "/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachineScaleSets",
+        "List all scale sets",
+        None,
+        (200,),
+    ),
+    ("get", VMSS, "List the scale sets of a resource group", None, (200,)),
+    ("put", VMSS + "/{name}", "Create or replace a scale set", SCALE_SET_BODY, (200, 201)),
+    ("patch", VMSS + "/{name}", "Update a scale set (JSON merge patch)", SCALE_SET_BODY, (200,)),
+    ("get", VMSS + "/{name}", "Get a scale set", None, (200,)),
+    ("delete", VMSS + "/{name}", "Delete a scale set, its instances and data disks", None, (200,)),
+    ("get", VMSS + "/{name}/virtualMachines", "List instances with their instanceView", None, (200,)),
+    ("post", VMSS + "/{name}/reimage", "Reimage chosen instances (all when none are named)", REIMAGE_BODY, (200,)),
+    ("get", VMSS + "/{name}/osUpgradeHistory", "OS upgrade history, newest first", None, (200,)),
+    ("post", VMSS + "/{name}/osRollingUpgrade", "Start a rolling OS upgrade", None, (202,)),
+    (
+        "post",
+        VMSS + "/{name}/rollingUpgrades/cancel",
+        "Cancel the rolling upgrade after its batch in flight",
+        None,
+        (202,),
+    ),
+    ("get", VMSS + "/{name}/rollingUpgrades/latest", "The latest rolling upgrade", None, (200,)),
+    ("put", GALLERY + "/images/{image}", "Create or update an image definition", IMAGE_DEFINITION_BODY, (200,)),
+    ("get", GALLERY + "/images/{image}", "Get an image definition", None, (200,)),
+    ("get", GALLERY + "/images/{image}/versions", "List image versions", None, (200,)),
+    ("put", GALLERY + "/images/{image}/versions/{version}", "Publish an image version", IMAGE_VERSION_BODY, (200,)),
+    ("patch", GALLERY + "/images/{image}/versions/{version}", "Update an image version", IMAGE_VERSION_BODY, (200,)),
+    ("get", GALLERY + "/images/{image}/versions/{version}", "Get an image version", None, (200,)),
+    ("delete", GALLERY + "/images/{image}/versions/{version}", "Delete an image version", None, (200,)),
+    (
+        "get",
+        "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{location}/publishers/{publisher}"
+        "/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions",
+        "List the image versions of a sku in a location",
+        None,
+        (200,),
+    ),
+]
+
+
+def _parameters(path: str) -> list[dict[str, Any]]:
+    names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
+    params: list[dict[str, Any]] = [
+        {
+            "name": n,
+            "in": "path",
+            "required": True,
+            "schema": NAME if n in ("name", "gallery", "image") else {"type": "string", "minLength": 1},
+        }
+        for n in names
+    ]
+    params.append(
+        {"name": "api-version", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}}
+    )
+    return params
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, body, statuses in OPERATIONS:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "parameters": _parameters(path),
+            "responses": {
+                **{
+                    str(s): {"description": "success", "content": {"application/json": {"schema": {}}}}
+                    for s in statuses
+                },
+                "default": {"description": "an ARM error", "content": {"application/json": {"schema": ERROR}}},
+            },
+        }
+        if body is not None:
+            operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+        paths.setdefault(path, {})[method] = operation
+    paths["/healthz"] = {
+        "get": {"summary": "Liveness (no token needed)", "security": [], "responses": {"200": {"description": "alive"}}}
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "overhaul orchestrator", "version": __version__},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }

@@ -1,0 +1,347 @@
+"""SQLite (WAL) persistence: scale set models, the gallery, instance ports, attempts, the journal, history.
+
+The port is async (a shared PostgreSQL store answers over the network); here each call runs SQLite directly and
+is short (local file, WAL, synchronous=NORMAL): a few hundred microseconds, less than handing it to a thread
+would cost.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.model import ScaleSet, parse_scale_set
+from overhaul.core.rollout import (
+    Action,
+    ActionResult,
+    Attempt,
+    AttemptStatus,
+    attempt_from_json,
+    attempt_to_json,
+)
+from overhaul.ports.store import HistoryRetention, JournalEntry, StoredAttempt
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE scale_sets (
+        name TEXT PRIMARY KEY, resource_group TEXT NOT NULL, subscription TEXT NOT NULL,
+        doc TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL
+    );
+    CREATE TABLE image_definitions (
+        gallery TEXT NOT NULL, name TEXT NOT NULL, publisher TEXT NOT NULL, offer TEXT NOT NULL, sku TEXT NOT NULL,
+        PRIMARY KEY (gallery, name)
+    );
+    CREATE TABLE image_versions (
+        gallery TEXT NOT NULL, image TEXT NOT NULL, version TEXT NOT NULL, artifact TEXT NOT NULL,
+        exclude_from_latest INTEGER NOT NULL, locations TEXT NOT NULL, published REAL NOT NULL,
+        PRIMARY KEY (gallery, image, version)
+    );
+    CREATE TABLE instances (
+        scale_set TEXT NOT NULL, instance_id INTEGER NOT NULL, ports TEXT NOT NULL,
+        PRIMARY KEY (scale_set, instance_id)
+    );
+    CREATE TABLE attempts (
+        id TEXT PRIMARY KEY, scale_set TEXT NOT NULL, status TEXT NOT NULL, start_time REAL NOT NULL,
+        end_time REAL, image_reference TEXT NOT NULL, doc TEXT NOT NULL
+    );
+    CREATE INDEX attempts_by_scale_set ON attempts (scale_set, start_time);
+    CREATE TABLE journal (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, attempt_id TEXT NOT NULL, instance_id INTEGER NOT NULL,
+        action TEXT NOT NULL, phase TEXT NOT NULL, ok INTEGER, error TEXT, at REAL NOT NULL
+    );
+    CREATE INDEX journal_by_attempt ON journal (attempt_id, seq);
+    """,
+    # Names compare case-insensitively, as ARM's do; an attempt is active until its last driver action ended.
+    """
+    CREATE TABLE scale_sets_v2 (
+        name TEXT PRIMARY KEY COLLATE NOCASE, resource_group TEXT NOT NULL COLLATE NOCASE,
+        subscription TEXT NOT NULL COLLATE NOCASE, doc TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL
+    );
+    INSERT INTO scale_sets_v2 SELECT name, resource_group, subscription, doc, created, updated FROM scale_sets;
+    DROP TABLE scale_sets;
+    ALTER TABLE scale_sets_v2 RENAME TO scale_sets;
+    ALTER TABLE attempts ADD COLUMN active INTEGER NOT NULL DEFAULT 0;
+    UPDATE attempts SET active = 1 WHERE status = 'RollingForward';
+    ALTER TABLE attempts ADD COLUMN cancel INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX attempts_active ON attempts (scale_set) WHERE active = 1;
+    """,
+    # A version an attempt Faulted on leaves 'latest' until a person clears it: why, or NULL.
+    """
+    ALTER TABLE image_versions ADD COLUMN quarantine TEXT;
+    """,
+)
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file in WAL mode."""
+
+    def __init__(self, path: Path | str, retention: HistoryRetention | None = None) -> None:
+        self.path = str(path)
+        self.retention = retention or HistoryRetention()
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    async def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        """Applies the migrations this database has not seen yet, each in one transaction."""
+        for version, script in enumerate(MIGRATIONS, start=1):
+            if self.schema_version >= version:
+                continue
+            with self.transaction() as db:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version}")
+
+    # --- scale sets ---------------------------------------------------------------------------------------
+
+    async def put_scale_set(self, model: ScaleSet, now: float) -> None:
+        self.db.execute(
+            "INSERT INTO scale_sets (name, resource_group, subscription, doc, created, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET resource_group = excluded.resource_group,"
+            " subscription = excluded.subscription, doc = excluded.doc, updated = excluded.updated",
+            (model.name, model.resource_group, model.subscription, json.dumps(model.to_json()), now, now),
+        )
+
+    async def get_scale_set(self, name: str) -> ScaleSet | None:
+        row = self.db.execute("SELECT * FROM scale_sets WHERE name = ?", (name,)).fetchone()
+        return self._scale_set(row) if row else None
+
+    async def list_scale_sets(self) -> list[ScaleSet]:
+        rows = self.db.execute("SELECT * FROM scale_sets ORDER BY name").fetchall()
+        return [self._scale_set(r) for r in rows]
+
+    @staticmethod
+    def _scale_set(row: sqlite3.Row) -> ScaleSet:
+        return parse_scale_set(
+            json.loads(row["doc"]),
+            name=row["name"],
+            resource_group=row["resource_group"],
+            subscription=row["subscription"],
+        )
+
+    async def delete_scale_set(self, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM scale_sets WHERE name = ?", (name,))
+            db.execute("DELETE FROM instances WHERE scale_set = ?", (name,))
+
+    # --- instances: host ports kept across reimages ----------------------------------------------------------
+
+    async def instance_ports(self, scale_set: str) -> dict[int, dict[int, int]]:
+        rows = self.db.execute("SELECT instance_id, ports FROM instances WHERE scale_set = ?", (scale_set,))
+        return {r["instance_id"]: {int(k): v for k, v in json.loads(r["ports"]).items()} for r in rows}
+
+    async def all_host_ports(self) -> set[int]:
+        used: set[int] = set()
+        for row in self.db.execute("SELECT ports FROM instances"):
+            used.update(json.loads(row["ports"]).values())
+        return used
+
+    async def put_instance_ports(self, scale_set: str, instance_id: int, ports: Mapping[int, int]) -> None:
+        self.db.execute(
+            "INSERT INTO instances (scale_set, instance_id, ports) VALUES (?, ?, ?)"
+            " ON CONFLICT (scale_set, instance_id) DO UPDATE SET ports = excluded.ports",
+            (scale_set, instance_id, json.dumps({str(k): v for k, v in ports.items()})),
+        )
+
+    async def delete_instance(self, scale_set: str, instance_id: int) -> None:
+        self.db.execute("DELETE FROM instances WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id))
+
+    # --- gallery -------------------------------------------------------------------------------------------
+
+    async def put_image_definition(self, definition: ImageDefinition) -> None:
+        self.db.execute(
+            "INSERT INTO image_definitions (gallery, name, publisher, offer, sku) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (gallery, name) DO UPDATE SET publisher = excluded.publisher, offer = excluded.offer,"
+            " sku = excluded.sku",
+            (definition.gallery, definition.name, definition.publisher, definition.offer, definition.sku),
+        )
+
+    async def image_definitions(self) -> list[ImageDefinition]:
+        rows = self.db.execute("SELECT * FROM image_definitions ORDER BY gallery, name")
+        return [ImageDefinition(r["gallery"], r["name"], r["publisher"], r["offer"], r["sku"]) for r in rows]
+
+    async def put_image_version(self, version: ImageVersion) -> None:
+        self.db.execute(
+            "INSERT INTO image_versions"
+            " (gallery, image, version, artifact, exclude_from_latest, locations, published, quarantine)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gallery, image, version) DO UPDATE SET"
+            " artifact = excluded.artifact, exclude_from_latest = excluded.exclude_from_latest,"
+            " locations = excluded.locations, quarantine = excluded.quarantine",
+            (
+                version.gallery,
+                version.image,
+                version.version,
+                version.artifact,
+                int(version.exclude_from_latest),
+                json.dumps(list(version.target_locations)),
+                version.published_at,
+                version.quarantine,
+            ),
+        )
+
+    async def image_versions(self) -> list[ImageVersion]:
+        rows = self.db.execute("SELECT * FROM image_versions ORDER BY gallery, image, published")
+        return [
+            ImageVersion(
+                r["gallery"],
+                r["image"],
+                r["version"],
+                r["artifact"],
+                bool(r["exclude_from_latest"]),
+                tuple(json.loads(r["locations"])),
+                r["published"],
+                quarantine=r["quarantine"],
+            )
+            for r in rows
+        ]
+
+    async def delete_image_version(self, gallery: str, image: str, version: str) -> None:
+        self.db.execute(
+            "DELETE FROM image_versions WHERE gallery = ? AND image = ? AND version = ?",
+            (gallery, image, version),
+        )
+
+    # --- attempts, journal and history ----------------------------------------------------------------------
+
+    def _upsert_attempt(self, db: sqlite3.Connection, attempt: Attempt, image_reference: Mapping[str, Any]) -> None:
+        db.execute(
+            "INSERT INTO attempts (id, scale_set, status, start_time, end_time, image_reference, doc, active)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
+            " end_time = excluded.end_time, doc = excluded.doc, active = excluded.active",
+            (
+                attempt.id,
+                attempt.scale_set,
+                attempt.status.value,
+                attempt.start_time,
+                attempt.end_time,
+                json.dumps(dict(image_reference)),
+                json.dumps(attempt_to_json(attempt)),
+                int(not attempt.done),
+            ),
+        )
+
+    async def start_attempt(self, attempt: Attempt, image_reference: Mapping[str, Any]) -> str | None:
+        """Records a new attempt unless another one of its scale set is active (compare-and-set in one write
+        transaction, so it holds across processes too). Returns the id of the active one that prevented it."""
+        with self.transaction() as db:
+            busy = db.execute(
+                "SELECT id FROM attempts WHERE scale_set = ? AND active = 1 AND id != ? LIMIT 1",
+                (attempt.scale_set, attempt.id),
+            ).fetchone()
+            if busy is not None:
+                return str(busy["id"])
+            self._upsert_attempt(db, attempt, image_reference)
+        if attempt.status.terminal:
+            self._apply_retention(attempt.scale_set, attempt.end_time or attempt.start_time)
+        return None
+
+    async def save_attempt(self, attempt: Attempt, image_reference: Mapping[str, Any]) -> None:
+        self._upsert_attempt(self.db, attempt, image_reference)
+        if attempt.status.terminal:
+            self._apply_retention(attempt.scale_set, attempt.end_time or attempt.start_time)
+
+    async def request_cancel(self, attempt_id: str) -> bool:
+        """Marks an active attempt for cancelling; False when it is not active. Its reconciler reads the mark."""
+        cursor = self.db.execute("UPDATE attempts SET cancel = 1 WHERE id = ? AND active = 1", (attempt_id,))
+        return cursor.rowcount > 0
+
+    async def cancel_requested(self, attempt_id: str) -> bool:
+        row = self.db.execute("SELECT cancel FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+        return bool(row and row["cancel"])
+
+    async def unfinished_attempts(self) -> list[StoredAttempt]:
+        """Every attempt with work left (a crash or an error stopped it), oldest first."""
+        rows = self.db.execute("SELECT * FROM attempts WHERE active = 1 ORDER BY start_time, rowid").fetchall()
+        return [self._stored(r) for r in rows]
+
+    @staticmethod
+    def _stored(row: sqlite3.Row) -> StoredAttempt:
+        return StoredAttempt(attempt_from_json(json.loads(row["doc"])), json.loads(row["image_reference"]))
+
+    async def attempts(self, scale_set: str) -> list[StoredAttempt]:
+        """Newest first, as Azure lists osUpgradeHistory."""
+        rows = self.db.execute(
+            "SELECT * FROM attempts WHERE scale_set = ? ORDER BY start_time DESC, rowid DESC", (scale_set,)
+        ).fetchall()
+        return [self._stored(r) for r in rows]
+
+    async def get_attempt(self, attempt_id: str) -> StoredAttempt | None:
+        row = self.db.execute("SELECT * FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+        return self._stored(row) if row else None
+
+    def _apply_retention(self, scale_set: str, now: float) -> None:
+        """Keeps the newest ``keep`` finished attempts younger than ``max_age``; a running one always stays."""
+        rows = self.db.execute(
+            "SELECT id, status, start_time, active FROM attempts WHERE scale_set = ?"
+            " ORDER BY start_time DESC, rowid DESC",
+            (scale_set,),
+        ).fetchall()
+        doomed = [
+            r["id"]
+            for index, r in enumerate(rows)
+            if r["status"] != AttemptStatus.ROLLING_FORWARD.value
+            and not r["active"]
+            and (index >= self.retention.keep or now - r["start_time"] > self.retention.max_age)
+        ]
+        if doomed:
+            marks = ",".join("?" * len(doomed))
+            with self.transaction() as db:
+                db.execute(f"DELETE FROM attempts WHERE id IN ({marks})", doomed)
+                db.execute(f"DELETE FROM journal WHERE attempt_id IN ({marks})", doomed)
+
+    async def journal_begin(self, attempt_id: str, actions: Iterable[Action], now: float) -> None:
+        """Recorded (and committed) before the actions run."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO journal (attempt_id, instance_id, action, phase, at) VALUES (?, ?, ?, 'begin', ?)",
+                [(attempt_id, a.instance_id, a.kind.value, now) for a in actions],
+            )
+
+    async def journal_end(self, attempt_id: str, results: Iterable[ActionResult], now: float) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO journal (attempt_id, instance_id, action, phase, ok, error, at)"
+                " VALUES (?, ?, ?, 'end', ?, ?, ?)",
+                [(attempt_id, r.action.instance_id, r.action.kind.value, int(r.ok), r.error, now) for r in results],
+            )
+
+    async def journal(self, attempt_id: str) -> list[JournalEntry]:
+        rows = self.db.execute("SELECT * FROM journal WHERE attempt_id = ? ORDER BY seq", (attempt_id,))
+        return [
+            JournalEntry(
+                r["attempt_id"],
+                r["instance_id"],
+                r["action"],
+                r["phase"],
+                None if r["ok"] is None else bool(r["ok"]),
+                r["error"],
+                r["at"],
+            )
+            for r in rows
+        ]

@@ -1,0 +1,175 @@
+"""The local image gallery: image definitions and their semver versions (pure).
+
+An image definition is found either by Azure's publisher/offer/sku or by its gallery and image name. A
+version points to the engine artifact an instance is made from (a container image reference).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from overhaul.core.model import GALLERY_ID, ImageReference, ModelError
+
+VERSION_PATTERN = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+
+
+def semver_key(version: str) -> tuple[int, int, int]:
+    match = VERSION_PATTERN.match(version)
+    if match is None:
+        raise ModelError("version", f"must be MAJOR.MINOR.PATCH, got {version!r}")
+    major, minor, patch = (int(x) for x in match.groups())
+    return major, minor, patch
+
+
+@dataclass(frozen=True)
+class ImageDefinition:
+    gallery: str
+    name: str
+    publisher: str
+    offer: str
+    sku: str
+
+    def matches(self, ref: ImageReference) -> bool:
+        if ref.id is not None:
+            match = GALLERY_ID.match(ref.id)
+            if match is None:
+                return False
+            return (match.group("gallery"), match.group("image")) == (self.gallery, self.name)
+        key = (ref.publisher or "", ref.offer or "", ref.sku or "")
+        return tuple(x.lower() for x in key) == (self.publisher.lower(), self.offer.lower(), self.sku.lower())
+
+
+@dataclass(frozen=True)
+class ImageVersion:
+    gallery: str
+    image: str
+    version: str
+    artifact: str
+    exclude_from_latest: bool = False
+    target_locations: tuple[str, ...] = ("local",)
+    published_at: float = 0.0
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # Why 'latest' skips this version (an attempt Faulted on it, or a person said so); None: it does not.
+    quarantine: str | None = None
+
+    @property
+    def quarantined(self) -> bool:
+        return self.quarantine is not None
+
+    def present_in(self, location: str) -> bool:
+        return location.lower() in (loc.lower() for loc in self.target_locations)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.version,
+            "type": "Microsoft.Compute/galleries/images/versions",
+            "location": self.target_locations[0] if self.target_locations else "local",
+            "tags": dict(self.tags),
+            "properties": {
+                "publishingProfile": {
+                    "excludeFromLatest": self.exclude_from_latest,
+                    "targetRegions": [{"name": loc} for loc in self.target_locations],
+                    "publishedDate": self.published_at,
+                },
+                "storageProfile": {"source": {"overhaul": {"containerImage": self.artifact}}},
+                "provisioningState": "Succeeded",
+                "overhaul": {"quarantined": self.quarantined}
+                | ({"quarantineReason": self.quarantine} if self.quarantine else {}),
+            },
+        }
+
+
+def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, published_at: float) -> ImageVersion:
+    """Parse the body of a gallery image version PUT (Azure's shape plus the container image)."""
+    semver_key(version)
+    if not isinstance(doc, Mapping):
+        raise ModelError("", "must be a JSON object")
+    props = doc.get("properties") or {}
+    if not isinstance(props, Mapping):
+        raise ModelError("properties", "must be a JSON object")
+    publishing = props.get("publishingProfile") or {}
+    if not isinstance(publishing, Mapping):
+        raise ModelError("properties.publishingProfile", "must be a JSON object")
+    exclude = publishing.get("excludeFromLatest", False)
+    if not isinstance(exclude, bool):
+        raise ModelError("properties.publishingProfile.excludeFromLatest", "must be true or false")
+    regions = publishing.get("targetRegions", [{"name": doc.get("location", "local")}])
+    if not isinstance(regions, list) or not regions:
+        raise ModelError("properties.publishingProfile.targetRegions", "must be a non-empty list")
+    locations: list[str] = []
+    for i, region in enumerate(regions):
+        name = region.get("name") if isinstance(region, Mapping) else region
+        if not isinstance(name, str) or not name:
+            raise ModelError(f"properties.publishingProfile.targetRegions[{i}].name", "is required")
+        locations.append(name)
+    source: Any = props
+    path = "properties"
+    for key in ("storageProfile", "source", "overhaul"):
+        source = source.get(key) or {}
+        path += f".{key}"
+        if not isinstance(source, Mapping):
+            raise ModelError(path, "must be a JSON object")
+    artifact = source.get("containerImage")
+    if not isinstance(artifact, str) or not artifact:
+        raise ModelError("properties.storageProfile.source.overhaul.containerImage", "is required")
+    own = props.get("overhaul") or {}
+    if not isinstance(own, Mapping):
+        raise ModelError("properties.overhaul", "must be a JSON object")
+    quarantined = own.get("quarantined", False)
+    if not isinstance(quarantined, bool):
+        raise ModelError("properties.overhaul.quarantined", "must be true or false")
+    reason = own.get("quarantineReason")
+    if reason is not None and not isinstance(reason, str):
+        raise ModelError("properties.overhaul.quarantineReason", "must be a string")
+    return ImageVersion(
+        gallery=gallery,
+        image=image,
+        version=version,
+        artifact=artifact,
+        exclude_from_latest=exclude,
+        target_locations=tuple(locations),
+        published_at=published_at,
+        quarantine=(reason or "quarantined by a person") if quarantined else None,
+    )
+
+
+def latest_version(versions: Iterable[ImageVersion], location: str) -> ImageVersion | None:
+    """Azure's "latest": the highest semver not excluded from latest and present in the location; overhaul
+    also skips a quarantined version."""
+    candidates = [v for v in versions if not v.exclude_from_latest and not v.quarantined and v.present_in(location)]
+    return max(candidates, key=lambda v: semver_key(v.version), default=None)
+
+
+def resolve(
+    ref: ImageReference,
+    definitions: Iterable[ImageDefinition],
+    versions: Iterable[ImageVersion],
+    location: str,
+) -> ImageVersion:
+    """The version a reference means in a location; ModelError naming what is missing."""
+    definition = next((d for d in definitions if d.matches(ref)), None)
+    if definition is None:
+        raise ModelError(
+            "properties.virtualMachineProfile.storageProfile.imageReference", "no such image in the gallery"
+        )
+    mine = [v for v in versions if (v.gallery, v.image) == (definition.gallery, definition.name)]
+    if ref.is_latest:
+        found = latest_version(mine, location)
+        if found is None:
+            quarantined = ", ".join(v.version for v in mine if v.quarantined)
+            why = f" (quarantined: {quarantined})" if quarantined else ""
+            raise ModelError(
+                "properties.virtualMachineProfile.storageProfile.imageReference.version",
+                f"no version of {definition.gallery}/{definition.name} is available as latest in {location}{why}",
+            )
+        return found
+    exact = next((v for v in mine if v.version == ref.version), None)
+    if exact is None or not exact.present_in(location):
+        raise ModelError(
+            "properties.virtualMachineProfile.storageProfile.imageReference.version",
+            f"version {ref.version} of {definition.gallery}/{definition.name} is not available in {location}",
+        )
+    return exact

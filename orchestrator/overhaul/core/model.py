@@ -1,0 +1,603 @@
+"""The scale set model: Azure-shaped JSON <-> frozen dataclasses, with Azure's defaults and field-path errors.
+
+Pure: no I/O. What overhaul adds to Azure's shape sits under keys named ``overhaul`` so it is never mistaken
+for Azure's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from overhaul.core.naming import instance_name, scale_set_id
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+UPGRADE_MODES = ("Automatic", "Manual", "Rolling")
+MAX_CAPACITY = 10000
+DURATION_PATTERN = re.compile(
+    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+class ModelError(ValueError):
+    """Invalid model. ``path`` is the JSON path of the offending field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def parse_duration(text: Any, path: str) -> float:
+    """ISO 8601 duration (Azure's ``PT5M``) to seconds."""
+    if not isinstance(text, str):
+        raise ModelError(path, f"must be an ISO 8601 duration such as PT30S, got {text!r}")
+    match = DURATION_PATTERN.match(text.strip().upper())
+    if match is None or text.strip().upper() in ("P", "PT"):
+        raise ModelError(path, f"must be an ISO 8601 duration such as PT30S, got {text!r}")
+    parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
+    return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+
+
+def format_duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole != seconds:
+        return f"PT{seconds:g}S"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (f"{secs}S" if secs else "")
+    return text if text != "PT" else "PT0S"
+
+
+class _Reader:
+    """Typed access to one JSON object with paths in every error."""
+
+    def __init__(self, doc: Any, path: str) -> None:
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, Mapping):
+            raise ModelError(path, "must be a JSON object")
+        self.doc = doc
+        self.path = path
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def obj(self, key: str) -> _Reader:
+        return _Reader(self.doc.get(key), self.at(key))
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.doc.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ModelError(self.at(key), f"must be true or false, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: int | None, low: int, high: int) -> int:
+        value = self.doc.get(key, default)
+        if value is None:
+            raise ModelError(self.at(key), "is required")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModelError(self.at(key), f"must be a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise ModelError(self.at(key), f"must be {low}..{high}, got {value}")
+        return value
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        value = self.doc.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ModelError(self.at(key), f"must be a string, got {type(value).__name__}")
+        return value
+
+    def required_text(self, key: str) -> str:
+        value = self.text(key)
+        if not value:
+            raise ModelError(self.at(key), "is required")
+        return value
+
+
+@dataclass(frozen=True)
+class RollingUpgradePolicy:
+    max_batch_instance_percent: int = 20
+    max_unhealthy_instance_percent: int = 20
+    max_unhealthy_upgraded_instance_percent: int = 20
+    pause_time_between_batches: float = 0.0
+    prioritize_unhealthy_instances: bool = False
+    # Ours: how long a reimaged instance has to become Healthy before it counts as failed.
+    instance_health_timeout: float = 300.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "maxBatchInstancePercent": self.max_batch_instance_percent,
+            "maxUnhealthyInstancePercent": self.max_unhealthy_instance_percent,
+            "maxUnhealthyUpgradedInstancePercent": self.max_unhealthy_upgraded_instance_percent,
+            "pauseTimeBetweenBatches": format_duration(self.pause_time_between_batches),
+            "prioritizeUnhealthyInstances": self.prioritize_unhealthy_instances,
+            "overhaul": {"instanceHealthTimeout": format_duration(self.instance_health_timeout)},
+        }
+
+
+@dataclass(frozen=True)
+class AutomaticOSUpgradePolicy:
+    enable_automatic_os_upgrade: bool = False
+    disable_automatic_rollback: bool = False
+    use_rolling_upgrade_policy: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "enableAutomaticOSUpgrade": self.enable_automatic_os_upgrade,
+            "disableAutomaticRollback": self.disable_automatic_rollback,
+            "useRollingUpgradePolicy": self.use_rolling_upgrade_policy,
+        }
+
+
+@dataclass(frozen=True)
+class UpgradePolicy:
+    mode: str = "Manual"
+    rolling: RollingUpgradePolicy = field(default_factory=RollingUpgradePolicy)
+    automatic: AutomaticOSUpgradePolicy = field(default_factory=AutomaticOSUpgradePolicy)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "rollingUpgradePolicy": self.rolling.to_json(),
+            "automaticOSUpgradePolicy": self.automatic.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """Either publisher/offer/sku/version, or a gallery image id (optionally with /versions/V)."""
+
+    publisher: str | None = None
+    offer: str | None = None
+    sku: str | None = None
+    version: str = "latest"
+    id: str | None = None
+
+    @property
+    def is_latest(self) -> bool:
+        return self.version.lower() == "latest"
+
+    def with_version(self, version: str) -> ImageReference:
+        return replace(self, version=version)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.id is not None:
+            return {"id": self.id}
+        return {"publisher": self.publisher, "offer": self.offer, "sku": self.sku, "version": self.version}
+
+
+GALLERY_ID = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Compute/galleries/(?P<gallery>[^/]+)"
+    r"/images/(?P<image>[^/]+)(?:/versions/(?P<version>[^/]+))?$",
+    re.IGNORECASE,
+)
+
+
+def _image_reference(r: _Reader) -> ImageReference:
+    image_id = r.text("id")
+    if image_id is not None:
+        match = GALLERY_ID.match(image_id)
+        if match is None:
+            raise ModelError(
+                r.at("id"),
+                "must be a gallery image id: /subscriptions/S/resourceGroups/G/providers/Microsoft.Compute/"
+                "galleries/GALLERY/images/IMAGE[/versions/VERSION]",
+            )
+        return ImageReference(id=image_id, version=match.group("version") or "latest")
+    version = r.text("version", "latest") or "latest"
+    if version.lower() != "latest" and not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise ModelError(r.at("version"), f"must be 'latest' or MAJOR.MINOR.PATCH, got {version!r}")
+    return ImageReference(
+        publisher=r.required_text("publisher"),
+        offer=r.required_text("offer"),
+        sku=r.required_text("sku"),
+        version=version,
+    )
+
+
+@dataclass(frozen=True)
+class DataDisk:
+    lun: int
+    name: str | None = None
+    disk_size_gb: int | None = None
+    # Ours: where the disk appears inside a container instance.
+    mount_path: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "lun": self.lun,
+            "createOption": "Empty",
+            "overhaul": {"mountPath": self.mount_path},
+        }
+        if self.name:
+            doc["name"] = self.name
+        if self.disk_size_gb is not None:
+            doc["diskSizeGB"] = self.disk_size_gb
+        return doc
+
+
+@dataclass(frozen=True)
+class HealthProbe:
+    """A load-balancer style probe straight to the application's published port."""
+
+    protocol: str  # "Http" or "Tcp"
+    port: int
+    request_path: str = "/"
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"protocol": self.protocol, "port": self.port}
+        if self.protocol == "Http":
+            doc["requestPath"] = self.request_path
+        return doc
+
+
+@dataclass(frozen=True)
+class Extension:
+    name: str
+    type: str
+    raw: Mapping[str, Any]
+
+    @property
+    def is_application_health(self) -> bool:
+        return self.type.lower() in ("applicationhealthlinux", "applicationhealthwindows")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Ours (``virtualMachineProfile.overhaul``): how an instance runs on a container engine."""
+
+    command: tuple[str, ...] | None = None
+    stop_timeout: int = 10
+    agent_port: int = 8090
+    ports: tuple[int, ...] = ()
+    systemd: bool = False
+    # Ours: the explicit opt-out of Azure's rule that automatic upgrades need a health probe or the Application
+    # Health extension; "running" is then the only health there is.
+    health_from_power_state: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command": list(self.command) if self.command is not None else None,
+            "stopTimeoutInSeconds": self.stop_timeout,
+            "agentPort": self.agent_port,
+            "ports": list(self.ports),
+            "systemd": self.systemd,
+            "healthFromPowerState": self.health_from_power_state,
+        }
+
+
+class HealthSourceKind(StrEnum):
+    """Where an instance's health comes from: the agent inside it (Application Health extension), a
+    load-balancer probe of its port, or only whether it runs."""
+
+    AGENT = "agent"
+    PROBE = "probe"
+    POWER = "power"
+
+
+@dataclass(frozen=True)
+class ScaleSetRef:
+    """A scale set's ARM identity; compared case-insensitively, as ARM compares ids."""
+
+    subscription: str
+    resource_group: str
+    name: str
+
+    def matches(self, model: ScaleSet) -> bool:
+        return (self.subscription.lower(), self.resource_group.lower(), self.name.lower()) == (
+            model.subscription.lower(),
+            model.resource_group.lower(),
+            model.name.lower(),
+        )
+
+    @property
+    def resource_id(self) -> str:
+        return scale_set_id(self.subscription, self.resource_group, self.name)
+
+
+@dataclass(frozen=True)
+class ScaleSet:
+    name: str
+    resource_group: str
+    subscription: str
+    location: str
+    sku_name: str
+    capacity: int
+    upgrade_policy: UpgradePolicy
+    image_reference: ImageReference
+    data_disks: tuple[DataDisk, ...] = ()
+    extensions: tuple[Extension, ...] = ()
+    health_probe: HealthProbe | None = None
+    custom_data: str | None = None
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # The document as it was sent: Azure fields with no meaning here (osDisk.caching, adminUsername,
+    # networkInterfaceConfigurations, ...) round-trip from it verbatim.
+    sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def uses_agent(self) -> bool:
+        return any(e.is_application_health for e in self.extensions)
+
+    @property
+    def health_source(self) -> HealthSourceKind:
+        if self.uses_agent:
+            return HealthSourceKind.AGENT
+        if self.health_probe is not None:
+            return HealthSourceKind.PROBE
+        return HealthSourceKind.POWER
+
+    @property
+    def ref(self) -> ScaleSetRef:
+        return ScaleSetRef(self.subscription, self.resource_group, self.name)
+
+    @property
+    def published_ports(self) -> tuple[int, ...]:
+        """Container ports published on 127.0.0.1: the agent's, the probe's, and those asked for."""
+        ports: list[int] = []
+        if self.uses_agent:
+            ports.append(self.engine.agent_port)
+        if self.health_probe is not None:
+            ports.append(self.health_probe.port)
+        ports.extend(self.engine.ports)
+        return tuple(dict.fromkeys(ports))
+
+    def instance_name(self, instance_id: int) -> str:
+        return instance_name(self.name, instance_id)
+
+    @property
+    def resource_id(self) -> str:
+        return scale_set_id(self.subscription, self.resource_group, self.name)
+
+    def with_image_reference(self, image: ImageReference) -> ScaleSet:
+        return replace(self, image_reference=image)
+
+    def to_json(self) -> dict[str, Any]:
+        profile: dict[str, Any] = {
+            "storageProfile": {
+                "imageReference": self.image_reference.to_json(),
+                "osDisk": {"createOption": "FromImage"},
+                "dataDisks": [d.to_json() for d in self.data_disks],
+            },
+            "extensionProfile": {"extensions": [dict(e.raw) for e in self.extensions]},
+            "networkProfile": {"healthProbe": self.health_probe.to_json() if self.health_probe else None},
+            "osProfile": {"customData": self.custom_data},
+            "overhaul": self.engine.to_json(),
+        }
+        canonical = {
+            "id": self.resource_id,
+            "name": self.name,
+            "type": "Microsoft.Compute/virtualMachineScaleSets",
+            "location": self.location,
+            "tags": dict(self.tags),
+            "sku": {"name": self.sku_name, "tier": "Standard", "capacity": self.capacity},
+            "properties": {
+                "upgradePolicy": self.upgrade_policy.to_json(),
+                "virtualMachineProfile": profile,
+                "provisioningState": "Succeeded",
+            },
+        }
+        doc: dict[str, Any] = overlay(self.sent, canonical)
+        os_profile = doc["properties"]["virtualMachineProfile"]["osProfile"]
+        os_profile.setdefault("computerNamePrefix", self.name)  # Azure's default; one that was sent stays
+        return doc
+
+
+# Azure options overhaul does not carry out yet: off (or left out) they round-trip; on, they are refused, so nobody
+# believes an option is on that is not.
+NOT_YET_ROLLING = {
+    "maxSurge": "new instances beside the old ones are not supported yet: instances are reimaged in place",
+    "rollbackFailedInstancesOnPolicyBreach": "is not supported yet: instances that failed keep what they run",
+    "enableCrossZoneUpgrade": "there are no availability zones here yet",
+}
+NOT_YET_AUTOMATIC = {
+    "osRollingUpgradeDeferral": "deferring OS upgrades is not supported yet",
+}
+
+
+def _refuse_unsupported(r: _Reader, options: Mapping[str, str]) -> None:
+    for key, why in options.items():
+        if r.boolean(key, False):
+            raise ModelError(r.at(key), f"must be false or left out: {why}")
+
+
+def overlay(base: Any, top: Any) -> Any:
+    """``top`` laid over ``base``: objects merge key by key, lists of objects item by item, anything else is
+    ``top``'s. What the model acts on comes from ``top``; every other field of ``base`` stays as it was sent."""
+    if isinstance(base, Mapping) and isinstance(top, Mapping):
+        merged = {key: copy.deepcopy(value) for key, value in base.items()}
+        for key, value in top.items():
+            merged[key] = overlay(base[key], value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(top, list) and len(base) == len(top):
+        return [overlay(b, t) if isinstance(b, Mapping) else t for b, t in zip(base, top, strict=True)]
+    return top
+
+
+def _rolling_policy(r: _Reader) -> RollingUpgradePolicy:
+    ours = r.obj("overhaul")
+    timeout_text = ours.text("instanceHealthTimeout")
+    pause_text = r.text("pauseTimeBetweenBatches")
+    pause = parse_duration(pause_text, r.at("pauseTimeBetweenBatches")) if pause_text is not None else 0.0
+    if pause > 3600:
+        raise ModelError(r.at("pauseTimeBetweenBatches"), "must be at most PT1H")
+    timeout = parse_duration(timeout_text, ours.at("instanceHealthTimeout")) if timeout_text else 300.0
+    if not 0 < timeout <= 86400:
+        raise ModelError(ours.at("instanceHealthTimeout"), "must be above PT0S and at most P1D")
+    _refuse_unsupported(r, NOT_YET_ROLLING)
+    return RollingUpgradePolicy(
+        max_batch_instance_percent=r.integer("maxBatchInstancePercent", 20, 5, 100),
+        max_unhealthy_instance_percent=r.integer("maxUnhealthyInstancePercent", 20, 5, 100),
+        max_unhealthy_upgraded_instance_percent=r.integer("maxUnhealthyUpgradedInstancePercent", 20, 0, 100),
+        pause_time_between_batches=pause,
+        prioritize_unhealthy_instances=r.boolean("prioritizeUnhealthyInstances", False),
+        instance_health_timeout=timeout,
+    )
+
+
+def parse_rolling_policy(doc: Any, path: str = "rollingUpgradePolicy") -> RollingUpgradePolicy:
+    return _rolling_policy(_Reader(doc, path))
+
+
+def _upgrade_policy(r: _Reader) -> UpgradePolicy:
+    mode = r.text("mode", "Manual") or "Manual"
+    canonical = next((m for m in UPGRADE_MODES if m.lower() == mode.lower()), None)
+    if canonical is None:
+        raise ModelError(r.at("mode"), f"must be one of {', '.join(UPGRADE_MODES)}, got {mode!r}")
+    auto = r.obj("automaticOSUpgradePolicy")
+    _refuse_unsupported(auto, NOT_YET_AUTOMATIC)
+    return UpgradePolicy(
+        mode=canonical,
+        rolling=_rolling_policy(r.obj("rollingUpgradePolicy")),
+        automatic=AutomaticOSUpgradePolicy(
+            enable_automatic_os_upgrade=auto.boolean("enableAutomaticOSUpgrade", False),
+            disable_automatic_rollback=auto.boolean("disableAutomaticRollback", False),
+            use_rolling_upgrade_policy=auto.boolean("useRollingUpgradePolicy", False),
+        ),
+    )
+
+
+def _data_disks(raw: Any, path: str) -> tuple[DataDisk, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ModelError(path, "must be a list")
+    disks: list[DataDisk] = []
+    for i, item in enumerate(raw):
+        r = _Reader(item, f"{path}[{i}]")
+        lun = r.integer("lun", None, 0, 63)
+        if any(d.lun == lun for d in disks):
+            raise ModelError(r.at("lun"), f"duplicate lun {lun}")
+        size = r.doc.get("diskSizeGB")
+        if size is not None:
+            size = r.integer("diskSizeGB", None, 1, 32767)
+        mount = r.obj("overhaul").text("mountPath", f"/datadisks/lun{lun}") or f"/datadisks/lun{lun}"
+        if not mount.startswith("/"):
+            raise ModelError(r.obj("overhaul").at("mountPath"), "must be an absolute path")
+        disks.append(DataDisk(lun=lun, name=r.text("name"), disk_size_gb=size, mount_path=mount))
+    return tuple(disks)
+
+
+def _extensions(raw: Any, path: str) -> tuple[Extension, ...]:
+    r = _Reader(raw, path)
+    items = r.doc.get("extensions", [])
+    if not isinstance(items, list):
+        raise ModelError(r.at("extensions"), "must be a list")
+    extensions: list[Extension] = []
+    for i, item in enumerate(items):
+        er = _Reader(item, f"{r.at('extensions')}[{i}]")
+        name = er.required_text("name")
+        ext_type = er.obj("properties").required_text("type")
+        if any(e.name == name for e in extensions):
+            raise ModelError(er.at("name"), f"duplicate extension name {name!r}")
+        extensions.append(Extension(name=name, type=ext_type, raw=dict(er.doc)))
+    return tuple(extensions)
+
+
+def _health_probe(r: _Reader) -> HealthProbe | None:
+    if not r.doc:
+        return None
+    protocol = (r.text("protocol", "Http") or "Http").capitalize()
+    if protocol not in ("Http", "Tcp"):
+        raise ModelError(r.at("protocol"), f"must be Http or Tcp, got {r.doc.get('protocol')!r}")
+    port = r.integer("port", None, 1, 65535)
+    path = r.text("requestPath", "/") or "/"
+    return HealthProbe(protocol=protocol, port=port, request_path=path if path.startswith("/") else "/" + path)
+
+
+def _engine(r: _Reader) -> EngineOptions:
+    command = r.doc.get("command")
+    if command is not None and (not isinstance(command, list) or not all(isinstance(c, str) for c in command)):
+        raise ModelError(r.at("command"), "must be a list of strings")
+    ports = r.doc.get("ports", [])
+    if not isinstance(ports, list):
+        raise ModelError(r.at("ports"), "must be a list of container ports")
+    for i, port in enumerate(ports):
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ModelError(f"{r.at('ports')}[{i}]", f"must be a port 1..65535, got {port!r}")
+    return EngineOptions(
+        command=tuple(command) if command is not None else None,
+        stop_timeout=r.integer("stopTimeoutInSeconds", 10, 0, 600),
+        agent_port=r.integer("agentPort", 8090, 1, 65535),
+        ports=tuple(ports),
+        systemd=r.boolean("systemd", False),
+        health_from_power_state=r.boolean("healthFromPowerState", False),
+    )
+
+
+def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", subscription: str = "local") -> ScaleSet:
+    """Parse an Azure-shaped scale set document (the body of a PUT)."""
+    if not NAME_PATTERN.match(name):
+        raise ModelError("name", f"must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
+    root = _Reader(doc, "")
+    location = root.text("location", "local") or "local"
+    sku = root.obj("sku")
+    props = root.obj("properties")
+    vm = props.obj("virtualMachineProfile")
+    storage = vm.obj("storageProfile")
+    if "imageReference" not in storage.doc:
+        raise ModelError(storage.at("imageReference"), "is required")
+    tags = root.doc.get("tags") or {}
+    if not isinstance(tags, Mapping) or not all(isinstance(v, str) for v in tags.values()):
+        raise ModelError("tags", "must be an object of strings")
+    return ScaleSet(
+        name=name,
+        resource_group=resource_group,
+        subscription=subscription,
+        location=location,
+        sku_name=sku.text("name", "Standard_Container") or "Standard_Container",
+        capacity=sku.integer("capacity", None, 0, MAX_CAPACITY),
+        upgrade_policy=_upgrade_policy(props.obj("upgradePolicy")),
+        image_reference=_image_reference(storage.obj("imageReference")),
+        data_disks=_data_disks(storage.doc.get("dataDisks"), storage.at("dataDisks")),
+        extensions=_extensions(vm.doc.get("extensionProfile"), vm.at("extensionProfile")),
+        health_probe=_health_probe(vm.obj("networkProfile").obj("healthProbe")),
+        custom_data=vm.obj("osProfile").text("customData"),
+        engine=_engine(vm.obj("overhaul")),
+        tags=dict(tags),
+        sent=copy.deepcopy(dict(root.doc)),
+    )
+
+
+def check_new_model(model: ScaleSet) -> None:
+    """Azure's rules for a model being written (not for one read back from the store, which was checked then)."""
+    if model.upgrade_policy.automatic.enable_automatic_os_upgrade and not model.image_reference.is_latest:
+        # A fixed version never has a newer one to move to: Azure refuses it rather than never upgrading.
+        raise ModelError(
+            "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
+            "Automatic OS Upgrade requires the scale set to use a Platform or Gallery Image with version set to "
+            f"'latest'; storageProfile.imageReference names version {model.image_reference.version!r}",
+        )
+    if (
+        model.upgrade_policy.automatic.enable_automatic_os_upgrade
+        and model.health_source is HealthSourceKind.POWER
+        and not model.engine.health_from_power_state
+    ):
+        raise ModelError(
+            "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade",
+            "Automatic OS Upgrade requires an application health probe (virtualMachineProfile.networkProfile."
+            "healthProbe) or the Application Health extension (virtualMachineProfile.extensionProfile); to upgrade "
+            "on power state alone, set virtualMachineProfile.overhaul.healthFromPowerState to true",
+        )
+
+
+def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7386), as Azure's PATCH applies it."""
+    result = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(result.get(key), dict):
+            result[key] = merge_patch(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result

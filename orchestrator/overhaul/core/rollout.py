@@ -1,0 +1,453 @@
+"""Pure: one rolling upgrade attempt as a re-entrant step function.
+
+``decide(attempt, views, now)`` returns the next attempt state, the driver actions to take, and when to look
+again. ``apply_result`` folds an action's outcome back in. Times are wall-clock seconds so an attempt
+persisted before a crash means the same after it. Nothing here awaits, sleeps or touches I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from overhaul.core.model import RollingUpgradePolicy, parse_rolling_policy
+from overhaul.core.planner import InstanceView, exceeds, plan_batches, unhealthy_count
+
+# Stable error codes, Azure's where Azure has one.
+MAX_UNHEALTHY = "MaxUnhealthyInstancePercentExceededInRollingUpgrade"
+MAX_UNHEALTHY_UPGRADED = "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
+
+
+class AttemptStatus(StrEnum):
+    ROLLING_FORWARD = "RollingForward"
+    COMPLETED = "Completed"
+    FAULTED = "Faulted"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not AttemptStatus.ROLLING_FORWARD
+
+
+class StartedBy(StrEnum):
+    PLATFORM = "Platform"
+    USER = "User"
+
+
+class Step(StrEnum):
+    """Where one instance of the attempt is. *_ING steps have a driver action in flight."""
+
+    REIMAGE = "Reimage"
+    REIMAGING = "Reimaging"
+    WAITING = "WaitingForHealth"
+    COMMIT = "Commit"
+    COMMITTING = "Committing"
+    UPGRADED = "Upgraded"
+    ROLLBACK = "Rollback"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    ROLLBACK_FAILED = "RollbackFailed"
+    # Unhealthy after the upgrade and no rollback wanted (manual start, or disableAutomaticRollback).
+    KEEP_FAILED = "KeepFailed"
+    KEEPING_FAILED = "KeepingFailed"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Step.UPGRADED, Step.ROLLED_BACK, Step.ROLLBACK_FAILED, Step.FAILED)
+
+    @property
+    def succeeded(self) -> bool:
+        return self in (Step.COMMIT, Step.COMMITTING, Step.UPGRADED)
+
+    @property
+    def failed(self) -> bool:
+        return self in (Step.ROLLED_BACK, Step.ROLLBACK_FAILED, Step.FAILED, Step.KEEP_FAILED, Step.KEEPING_FAILED)
+
+    @property
+    def settled(self) -> bool:
+        """The outcome is known; what may remain is clean-up (dropping a previous OS disk), which the next
+        batch need not wait for. A rollback is not clean-up: it changes what runs, so batches wait for it."""
+        return self.succeeded or self.failed
+
+
+IN_FLIGHT = {
+    Step.REIMAGING: Step.REIMAGE,
+    Step.COMMITTING: Step.COMMIT,
+    Step.ROLLING_BACK: Step.ROLLBACK,
+    Step.KEEPING_FAILED: Step.KEEP_FAILED,
+}
+
+
+class ActionKind(StrEnum):
+    REIMAGE = "reimage"
+    COMMIT = "commit"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    instance_id: int
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: Action
+    ok: bool
+    error: str | None = None
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class InstanceProgress:
+    instance_id: int
+    step: Step
+    since: float
+    deadline: float | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instanceId": self.instance_id,
+            "step": self.step.value,
+            "since": self.since,
+            "deadline": self.deadline,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> InstanceProgress:
+        return cls(
+            int(doc["instanceId"]),
+            Step(doc["step"]),
+            float(doc["since"]),
+            doc.get("deadline"),
+            doc.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    id: str
+    scale_set: str
+    target_version: str
+    started_by: StartedBy
+    rollback_enabled: bool
+    policy: RollingUpgradePolicy
+    capacity: int
+    start_time: float
+    status: AttemptStatus = AttemptStatus.ROLLING_FORWARD
+    end_time: float | None = None
+    instances: Mapping[int, InstanceProgress] = field(default_factory=dict)
+    batch: tuple[int, ...] = ()
+    batches_started: int = 0
+    pause_until: float | None = None
+    cancel_requested: bool = False
+    pending: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    last_action: str = "Start"
+    last_action_time: float = 0.0
+
+    def with_instance(self, progress: InstanceProgress) -> Attempt:
+        return replace(self, instances={**self.instances, progress.instance_id: progress})
+
+    def finished(
+        self, status: AttemptStatus, now: float, code: str | None = None, message: str | None = None
+    ) -> Attempt:
+        return replace(
+            self,
+            status=status,
+            end_time=now,
+            batch=(),
+            pause_until=None,
+            error_code=code,
+            error_message=message,
+        )
+
+    def count(self, *steps: Step) -> int:
+        return sum(1 for p in self.instances.values() if p.step in steps)
+
+    @property
+    def successful(self) -> int:
+        return sum(1 for p in self.instances.values() if p.step.succeeded)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for p in self.instances.values() if p.step.failed)
+
+    @property
+    def in_progress(self) -> int:
+        return sum(1 for p in self.instances.values() if not p.step.settled)
+
+    @property
+    def done(self) -> bool:
+        """Ended, and every instance's last driver action finished: exactly one OS disk each."""
+        return self.status.terminal and all(p.step.terminal for p in self.instances.values())
+
+
+@dataclass(frozen=True)
+class Decision:
+    attempt: Attempt
+    actions: tuple[Action, ...] = ()
+    wake_at: float | None = None
+
+
+def start(
+    *,
+    attempt_id: str,
+    scale_set: str,
+    target_version: str,
+    started_by: StartedBy,
+    disable_automatic_rollback: bool,
+    policy: RollingUpgradePolicy,
+    capacity: int,
+    views: Mapping[int, InstanceView],
+    now: float,
+) -> Attempt:
+    """A new attempt; Faulted at once when too much of the scale set is unhealthy to start (rule 2)."""
+    attempt = Attempt(
+        id=attempt_id,
+        scale_set=scale_set,
+        target_version=target_version,
+        started_by=started_by,
+        # Manual starts never roll back; platform starts do unless the policy disables it.
+        rollback_enabled=started_by is StartedBy.PLATFORM and not disable_automatic_rollback,
+        policy=policy,
+        capacity=capacity,
+        start_time=now,
+        last_action_time=now,
+    )
+    unhealthy = unhealthy_count(views.values())
+    if exceeds(unhealthy, capacity, policy.max_unhealthy_instance_percent):
+        return attempt.finished(
+            AttemptStatus.FAULTED,
+            now,
+            MAX_UNHEALTHY,
+            f"{unhealthy} of {capacity} instances are unhealthy, more than maxUnhealthyInstancePercent "
+            f"({policy.max_unhealthy_instance_percent}%): the upgrade was not started",
+        )
+    return replace(attempt, pending=sum(len(b) for b in _remaining(attempt, views)))
+
+
+def request_cancel(attempt: Attempt, now: float) -> Attempt:
+    if attempt.status.terminal:
+        return attempt
+    return replace(attempt, cancel_requested=True, last_action="Cancel", last_action_time=now)
+
+
+def resume(attempt: Attempt) -> Attempt:
+    """After a crash an in-flight action's outcome is unknown: issue it again (drivers are idempotent)."""
+    instances = {
+        i: replace(p, step=IN_FLIGHT[p.step]) if p.step in IN_FLIGHT else p for i, p in attempt.instances.items()
+    }
+    return replace(attempt, instances=instances)
+
+
+def _remaining(attempt: Attempt, views: Mapping[int, InstanceView]) -> list[tuple[int, ...]]:
+    return plan_batches(
+        list(views.values()),
+        attempt.target_version,
+        attempt.policy,
+        attempt.capacity,
+        exclude=attempt.instances,
+    )
+
+
+ISSUE = {
+    Step.REIMAGE: (ActionKind.REIMAGE, Step.REIMAGING),
+    Step.COMMIT: (ActionKind.COMMIT, Step.COMMITTING),
+    Step.ROLLBACK: (ActionKind.ROLLBACK, Step.ROLLING_BACK),
+    Step.KEEP_FAILED: (ActionKind.COMMIT, Step.KEEPING_FAILED),
+}
+
+
+def _issue(instances: dict[int, InstanceProgress], ids: Iterable[int], now: float) -> list[Action]:
+    """Turns steps that call for a driver action into that action, marking them in flight."""
+    actions: list[Action] = []
+    for instance_id in ids:
+        progress = instances[instance_id]
+        if progress.step in ISSUE:
+            kind, issued = ISSUE[progress.step]
+            actions.append(Action(kind, instance_id))
+            instances[instance_id] = replace(progress, step=issued, since=now)
+    return actions
+
+
+def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> Decision:
+    """Moves each instance of the batch in flight one step; returns the actions to take."""
+    wake_at: float | None = None
+    instances = dict(attempt.instances)  # one copy per step, not one per instance: batches may be large
+    for instance_id in attempt.batch:
+        progress = instances[instance_id]
+        if progress.step is not Step.WAITING:
+            continue
+        view = views.get(instance_id)
+        fresh = view is not None and view.observed_at >= progress.since
+        failed_step = Step.ROLLBACK if attempt.rollback_enabled else Step.KEEP_FAILED
+        if view is not None and fresh and view.healthy and view.version == attempt.target_version:
+            instances[instance_id] = replace(progress, step=Step.COMMIT, since=now)
+        elif view is not None and fresh and view.final and not view.healthy:
+            # Decided as soon as the answer is known: waiting out the timeout would change nothing.
+            error = f"{view.health.value} after the reimage: {view.detail or 'no reason given'}"
+            instances[instance_id] = replace(progress, step=failed_step, since=now, error=error)
+        elif progress.deadline is not None and now >= progress.deadline:
+            seen = view.health.value if view is not None else "not observed"
+            detail = f": {view.detail}" if view is not None and view.detail else ""
+            error = f"not Healthy within {attempt.policy.instance_health_timeout:g}s (last seen: {seen}{detail})"
+            instances[instance_id] = replace(progress, step=failed_step, since=now, error=error)
+        elif progress.deadline is not None:
+            wake_at = progress.deadline if wake_at is None else min(wake_at, progress.deadline)
+    actions = _issue(instances, attempt.batch, now)
+    return Decision(replace(attempt, instances=instances), tuple(actions), wake_at)
+
+
+def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> Decision:
+    """One step of the attempt: rules 2-7 of the design, in order."""
+    if attempt.status.terminal:
+        # Only clean-up is left (and only after a crash in the middle of it): finish it.
+        instances = dict(attempt.instances)
+        actions = _issue(instances, list(instances), now)
+        return Decision(replace(attempt, instances=instances), tuple(actions))
+    decision = _advance_batch(attempt, views, now)
+    attempt = decision.attempt
+    remaining = _remaining(attempt, views)
+    attempt = replace(attempt, pending=sum(len(b) for b in remaining))
+    if any(not attempt.instances[i].step.settled for i in attempt.batch):
+        return replace(decision, attempt=attempt)
+    cleanup = decision.actions  # commits of the batch that just settled run alongside what comes next
+    if attempt.batch:
+        # The batch has ended: rule 6, then the pause of rule 7.
+        processed = attempt.successful + attempt.failed
+        policy = attempt.policy
+        if exceeds(attempt.failed, processed, policy.max_unhealthy_upgraded_instance_percent):
+            message = (
+                f"{attempt.failed} of {processed} upgraded instances are unhealthy, more than "
+                f"maxUnhealthyUpgradedInstancePercent ({policy.max_unhealthy_upgraded_instance_percent}%)"
+            )
+            return Decision(attempt.finished(AttemptStatus.FAULTED, now, MAX_UNHEALTHY_UPGRADED, message), cleanup)
+        pause = policy.pause_time_between_batches
+        attempt = replace(attempt, batch=(), pause_until=now + pause if remaining and pause > 0 else None)
+    if attempt.cancel_requested:
+        message = "the rolling upgrade was cancelled"
+        return Decision(attempt.finished(AttemptStatus.CANCELLED, now, "OperationCancelled", message), cleanup)
+    if not remaining:
+        return Decision(attempt.finished(AttemptStatus.COMPLETED, now), cleanup)
+    if attempt.pause_until is not None and now < attempt.pause_until:
+        return Decision(attempt, cleanup, wake_at=attempt.pause_until)
+    unhealthy = unhealthy_count(views.values())
+    if exceeds(unhealthy, attempt.capacity, attempt.policy.max_unhealthy_instance_percent):
+        message = (
+            f"{unhealthy} of {attempt.capacity} instances are unhealthy, more than "
+            f"maxUnhealthyInstancePercent ({attempt.policy.max_unhealthy_instance_percent}%): "
+            "no further batch was started"
+        )
+        return Decision(attempt.finished(AttemptStatus.FAULTED, now, MAX_UNHEALTHY, message), cleanup)
+    batch = remaining[0]
+    instances = dict(attempt.instances)
+    for instance_id in batch:
+        instances[instance_id] = InstanceProgress(instance_id, Step.REIMAGE, now)
+    actions = _issue(instances, batch, now)
+    attempt = replace(
+        attempt,
+        instances=instances,
+        batch=batch,
+        batches_started=attempt.batches_started + 1,
+        pause_until=None,
+        pending=sum(len(b) for b in remaining[1:]),
+    )
+    return Decision(attempt, (*cleanup, *actions))
+
+
+def apply_result(attempt: Attempt, result: ActionResult, now: float) -> Attempt:
+    """Folds the outcome of a driver action into the attempt."""
+    return apply_results(attempt, (result,), now)
+
+
+def apply_results(attempt: Attempt, results: Iterable[ActionResult], now: float) -> Attempt:
+    """Folds the outcomes of driver actions into the attempt."""
+    instances = dict(attempt.instances)
+    for result in results:
+        progress = instances.get(result.action.instance_id)
+        if progress is not None:
+            instances[progress.instance_id] = _after(progress, result, attempt.policy, now)
+    return replace(attempt, instances=instances)
+
+
+def _after(
+    progress: InstanceProgress, result: ActionResult, policy: RollingUpgradePolicy, now: float
+) -> InstanceProgress:
+    step = progress.step
+    error = result.error or progress.error
+    if step is Step.REIMAGING:
+        if result.ok:
+            deadline = now + policy.instance_health_timeout
+            progress = replace(progress, step=Step.WAITING, since=now, deadline=deadline)
+        else:
+            # The new OS disk could not be made: restoring the previous one is the only safe state, even when
+            # rollback after an unhealthy upgrade is off.
+            progress = replace(progress, step=Step.ROLLBACK, since=now, error=f"reimage failed: {result.error}")
+    elif step is Step.COMMITTING:
+        progress = replace(progress, step=Step.UPGRADED, since=now, error=None if result.ok else error)
+    elif step is Step.KEEPING_FAILED:
+        progress = replace(progress, step=Step.FAILED, since=now, error=error)
+    elif step is Step.ROLLING_BACK:
+        next_step = Step.ROLLED_BACK if result.ok else Step.ROLLBACK_FAILED
+        rollback_error = None if result.ok else f"rollback failed: {result.error}"
+        progress = replace(progress, step=next_step, since=now, error=progress.error if result.ok else rollback_error)
+    return progress
+
+
+def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
+    """Persistence form (the store keeps it as JSON)."""
+    return {
+        "id": attempt.id,
+        "scaleSet": attempt.scale_set,
+        "targetVersion": attempt.target_version,
+        "startedBy": attempt.started_by.value,
+        "rollbackEnabled": attempt.rollback_enabled,
+        "policy": attempt.policy.to_json(),
+        "capacity": attempt.capacity,
+        "startTime": attempt.start_time,
+        "status": attempt.status.value,
+        "endTime": attempt.end_time,
+        "instances": [p.to_json() for p in attempt.instances.values()],
+        "batch": list(attempt.batch),
+        "batchesStarted": attempt.batches_started,
+        "pauseUntil": attempt.pause_until,
+        "cancelRequested": attempt.cancel_requested,
+        "pending": attempt.pending,
+        "errorCode": attempt.error_code,
+        "errorMessage": attempt.error_message,
+        "lastAction": attempt.last_action,
+        "lastActionTime": attempt.last_action_time,
+    }
+
+
+def attempt_from_json(doc: Mapping[str, Any]) -> Attempt:
+    instances = [InstanceProgress.from_json(p) for p in doc["instances"]]
+    return Attempt(
+        id=doc["id"],
+        scale_set=doc["scaleSet"],
+        target_version=doc["targetVersion"],
+        started_by=StartedBy(doc["startedBy"]),
+        rollback_enabled=bool(doc["rollbackEnabled"]),
+        policy=parse_rolling_policy(doc["policy"]),
+        capacity=int(doc["capacity"]),
+        start_time=float(doc["startTime"]),
+        status=AttemptStatus(doc["status"]),
+        end_time=doc.get("endTime"),
+        instances={p.instance_id: p for p in instances},
+        batch=tuple(doc.get("batch", ())),
+        batches_started=int(doc.get("batchesStarted", 0)),
+        pause_until=doc.get("pauseUntil"),
+        cancel_requested=bool(doc.get("cancelRequested", False)),
+        pending=int(doc.get("pending", 0)),
+        error_code=doc.get("errorCode"),
+        error_message=doc.get("errorMessage"),
+        last_action=doc.get("lastAction", "Start"),
+        last_action_time=float(doc.get("lastActionTime", 0.0)),
+    )

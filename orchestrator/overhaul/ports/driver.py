@@ -1,0 +1,116 @@
+"""The driver protocol and the plain values it speaks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from overhaul.core.naming import instance_name
+
+
+class DriverError(RuntimeError):
+    """An engine call failed; the message says which call and why.
+
+    A permanent error (no such image, a bad configuration) fails the step it happened in. A transient one
+    (the engine unreachable, restarting or slow to answer) says nothing about the instance: the step is
+    retried, never counted against it."""
+
+    transient = False
+
+
+class EngineUnavailable(DriverError):
+    """The engine could not be reached or did not answer in time."""
+
+    transient = True
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything needed to make an instance's OS disk from an image version."""
+
+    scale_set: str
+    instance_id: int
+    image: str
+    version: str
+    ports: Mapping[int, int] = field(default_factory=dict)  # container port -> 127.0.0.1 host port
+    volumes: tuple[tuple[str, str], ...] = ()  # (volume name, mount path): the data disks
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+    stop_timeout: int = 10
+    systemd: bool = False
+    # Names this OS disk; empty means "the disk of this version". A reimage onto the same version asks for a
+    # new disk by giving a new name.
+    os_disk: str = ""
+
+    @property
+    def disk(self) -> str:
+        return self.os_disk or self.version
+
+    @property
+    def name(self) -> str:
+        return instance_name(self.scale_set, self.instance_id)
+
+
+@dataclass(frozen=True)
+class OsDisk:
+    version: str | None
+    image: str
+    running: bool
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    """The instance as the engine has it: its current OS disk and, mid-reimage, the previous one."""
+
+    instance_id: int
+    current: OsDisk | None
+    previous: OsDisk | None = None
+    # Where the instance's published ports are reached (its host's publish address), and which host port
+    # each container port is published on, as the engine reports them.
+    address: str = "127.0.0.1"
+    ports: Mapping[int, int] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str | None:
+        return self.current.version if self.current else None
+
+    @property
+    def running(self) -> bool:
+        return self.current is not None and self.current.running
+
+
+class Driver(Protocol):
+    async def ping(self) -> None:
+        """Returns when the engine answers; EngineUnavailable when it does not."""
+        ...
+
+    async def image_present(self, image: str) -> bool:
+        """Whether the engine has ``image`` (checked before an instance is touched)."""
+        ...
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        """Every instance of the scale set that the engine has."""
+        ...
+
+    async def ensure_running(self, spec: InstanceSpec) -> None:
+        """Create and start the instance from ``spec`` unless it exists; start it if stopped."""
+        ...
+
+    async def reimage(self, spec: InstanceSpec) -> None:
+        """Keep the current OS disk as the previous one; make and start a new one from ``spec``."""
+        ...
+
+    async def commit(self, spec: InstanceSpec) -> None:
+        """Drop the previous OS disk."""
+        ...
+
+    async def rollback(self, spec: InstanceSpec) -> None:
+        """Drop the new OS disk and start the previous one again."""
+        ...
+
+    async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
+        """Remove the instance (both OS disks); its data disks too unless ``keep_data``."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,86 @@
+"""The store port: scale set models, the gallery, instance ports, attempts with their journal, history.
+
+The store is where "one active attempt per scale set" is enforced (``start_attempt`` is a compare-and-set),
+so it holds whatever runs above it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.model import ScaleSet
+from overhaul.core.rollout import Action, ActionResult, Attempt
+
+
+@dataclass(frozen=True)
+class HistoryRetention:
+    """Azure keeps the last 5 attempts within 2 months."""
+
+    keep: int = 5
+    max_age: float = 60 * 86400.0
+
+
+@dataclass(frozen=True)
+class StoredAttempt:
+    attempt: Attempt
+    image_reference: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    attempt_id: str
+    instance_id: int
+    action: str
+    phase: str
+    ok: bool | None
+    error: str | None
+    at: float
+
+
+class ScaleSetStore(Protocol):
+    """Scale set models, looked up by name case-insensitively (names are unique on a host: they name its
+    containers), and the host ports each instance keeps across reimages."""
+
+    async def put_scale_set(self, model: ScaleSet, now: float) -> None: ...
+    async def get_scale_set(self, name: str) -> ScaleSet | None: ...
+    async def list_scale_sets(self) -> list[ScaleSet]: ...
+    async def delete_scale_set(self, name: str) -> None: ...
+    async def instance_ports(self, scale_set: str) -> dict[int, dict[int, int]]: ...
+    async def all_host_ports(self) -> set[int]: ...
+    async def put_instance_ports(self, scale_set: str, instance_id: int, ports: Mapping[int, int]) -> None: ...
+    async def delete_instance(self, scale_set: str, instance_id: int) -> None: ...
+
+
+class GalleryStore(Protocol):
+    async def put_image_definition(self, definition: ImageDefinition) -> None: ...
+    async def image_definitions(self) -> list[ImageDefinition]: ...
+    async def put_image_version(self, version: ImageVersion) -> None: ...
+    async def image_versions(self) -> list[ImageVersion]: ...
+    async def delete_image_version(self, gallery: str, image: str, version: str) -> None: ...
+
+
+class AttemptStore(Protocol):
+    """Attempts with their journal; history is what they leave."""
+
+    async def start_attempt(self, attempt: Attempt, image_reference: Mapping[str, Any]) -> str | None:
+        """Records a new attempt unless another of its scale set is active; returns the active one's id."""
+        ...
+
+    async def save_attempt(self, attempt: Attempt, image_reference: Mapping[str, Any]) -> None: ...
+    async def attempts(self, scale_set: str) -> list[StoredAttempt]: ...
+    async def get_attempt(self, attempt_id: str) -> StoredAttempt | None: ...
+    async def unfinished_attempts(self) -> list[StoredAttempt]: ...
+    async def request_cancel(self, attempt_id: str) -> bool:
+        """Marks an active attempt for cancelling (its reconciler reads the mark); False when none is active."""
+        ...
+
+    async def cancel_requested(self, attempt_id: str) -> bool: ...
+    async def journal_begin(self, attempt_id: str, actions: Iterable[Action], now: float) -> None: ...
+    async def journal_end(self, attempt_id: str, results: Iterable[ActionResult], now: float) -> None: ...
+    async def journal(self, attempt_id: str) -> list[JournalEntry]: ...
+
+
+class Store(ScaleSetStore, GalleryStore, AttemptStore, Protocol):
+    async def close(self) -> None: ...

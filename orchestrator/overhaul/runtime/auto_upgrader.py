@@ -1,0 +1,42 @@
+"""Starts platform rolling upgrades when the gallery's latest version is due for a scale set (Azure's
+automatic OS image upgrades). Woken by changes (a publish, a model update, an attempt's end) and by the time the
+next upgrade falls due; never by polling."""
+
+from __future__ import annotations
+
+import logging
+
+from overhaul.core.auto_upgrade import AutoUpgradeSettings
+from overhaul.core.errors import OverhaulError, Unavailable
+from overhaul.runtime.service import Orchestrator
+
+log = logging.getLogger(__name__)
+# A scale set whose engine could not be asked is looked at again after this long.
+RETRY_AFTER = 5.0
+
+
+class AutoUpgrader:
+    def __init__(self, service: Orchestrator, settings: AutoUpgradeSettings) -> None:
+        self.service = service
+        self.settings = settings
+
+    async def check(self) -> float | None:
+        """Starts what is due; returns when something next becomes due (None: nothing waits)."""
+        next_due: float | None = None
+        for model in await self.service.list_scale_sets():
+            try:
+                due_at = await self.service.start_due_upgrade(model.ref, self.settings)
+            except OverhaulError as exc:
+                log.warning("automatic OS upgrade of %s not started: %s", model.name, exc.message)
+                # The engine may be back soon; anything else waits for the next change.
+                due_at = self.service.clock() + RETRY_AFTER if isinstance(exc, Unavailable) else None
+            if due_at is not None:
+                next_due = due_at if next_due is None else min(next_due, due_at)
+        return next_due
+
+    async def run(self) -> None:
+        while True:
+            seen = self.service.changes.version
+            next_due = await self.check()
+            timeout = None if next_due is None else max(0.05, next_due - self.service.clock())
+            await self.service.changes.wait(seen, timeout)

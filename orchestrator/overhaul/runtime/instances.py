@@ -1,0 +1,127 @@
+"""Instances of a scale set as the engine should have them: specs from the model and the gallery, the host ports
+they keep across reimages, the metadata of their config drive, and the health watch each one gets."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from overhaul.core.errors import InvalidInput, OverhaulError
+from overhaul.core.gallery import ImageVersion, resolve
+from overhaul.core.model import HealthSourceKind, ModelError, ScaleSet
+from overhaul.core.naming import data_disk_name
+from overhaul.ports.driver import InstanceSpec, InstanceState
+from overhaul.ports.health import HealthSource
+from overhaul.ports.store import Store
+
+
+def allocate_port(taken: set[int]) -> int:
+    """A free 127.0.0.1 port that no other instance holds."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise OverhaulError("no free host port on 127.0.0.1", "PortsExhausted")
+
+
+class Instances:
+    def __init__(self, store: Store, health: HealthSource) -> None:
+        self.store = store
+        self.health = health
+
+    async def resolve(self, model: ScaleSet, version: str | None = None) -> ImageVersion:
+        """The gallery version the model's image reference (or ``version`` of it) stands for."""
+        ref = model.image_reference if version is None else model.image_reference.with_version(version)
+        try:
+            return resolve(ref, await self.store.image_definitions(), await self.store.image_versions(), model.location)
+        except ModelError as exc:
+            raise InvalidInput(str(exc), target=exc.path) from exc
+
+    @staticmethod
+    def metadata(model: ScaleSet, instance_id: int, version: ImageVersion) -> dict[str, Any]:
+        """The config drive's metadata.json, which the agent inside the instance reads."""
+        image = model.image_reference.to_json()
+        image["exactVersion"] = version.version
+        if "id" not in image:
+            image["version"] = version.version
+        return {
+            "instanceId": str(instance_id),
+            "scaleSet": model.name,
+            "resourceGroup": model.resource_group,
+            "subscriptionId": model.subscription,
+            "location": model.location,
+            "imageReference": image,
+            "extensionProfile": {"extensions": [dict(e.raw) for e in model.extensions]},
+            "customData": model.custom_data,
+        }
+
+    async def ports(self, model: ScaleSet, instance_id: int) -> dict[int, int]:
+        """Container port -> host port; an instance keeps its host ports for life."""
+        if not model.published_ports:
+            return {}
+        known = (await self.store.instance_ports(model.name)).get(instance_id, {})
+        taken = await self.store.all_host_ports()
+        ports = {cport: known.get(cport) or allocate_port(taken) for cport in model.published_ports}
+        if ports != known:
+            await self.store.put_instance_ports(model.name, instance_id, ports)
+        return ports
+
+    @staticmethod
+    def volumes(model: ScaleSet, instance_id: int) -> tuple[tuple[str, str], ...]:
+        return tuple((data_disk_name(model.name, instance_id, d.lun), d.mount_path) for d in model.data_disks)
+
+    async def spec(
+        self, model: ScaleSet, instance_id: int, version: str, image: ImageVersion | None = None
+    ) -> InstanceSpec:
+        """Everything the driver needs to make this instance's OS disk from ``version``."""
+        if image is None or image.version != version:
+            image = await self.resolve(model, version)
+        return InstanceSpec(
+            scale_set=model.name,
+            instance_id=instance_id,
+            image=image.artifact,
+            version=image.version,
+            ports=await self.ports(model, instance_id),
+            volumes=self.volumes(model, instance_id),
+            metadata=self.metadata(model, instance_id, image),
+            command=model.engine.command,
+            stop_timeout=model.engine.stop_timeout,
+            systemd=model.engine.systemd,
+        )
+
+    def handle(self, model: ScaleSet, instance_id: int, version: str | None = None) -> InstanceSpec:
+        """Enough to name an instance and its disks (commit, rollback, delete): no gallery lookup, which may
+        no longer know the version."""
+        return InstanceSpec(
+            scale_set=model.name,
+            instance_id=instance_id,
+            image="",
+            version=version or "",
+            volumes=self.volumes(model, instance_id),
+            stop_timeout=model.engine.stop_timeout,
+        )
+
+    async def watch(self, model: ScaleSet, states: Mapping[int, InstanceState] | None = None) -> None:
+        """Starts the health watch of every instance (no-op for those already watched)."""
+        ports = await self.store.instance_ports(model.name)
+        source = model.health_source
+        for instance_id in range(model.capacity):
+            state = states.get(instance_id) if states else None
+            # What the engine reports wins over what was allocated: it is where the instance really listens.
+            host = {**ports.get(instance_id, {}), **(state.ports if state is not None else {})}
+            address = state.address if state is not None else "127.0.0.1"
+            key = (model.name, instance_id)
+            if source is HealthSourceKind.AGENT and model.engine.agent_port in host:
+                self.health.watch_agent(key, address, host[model.engine.agent_port])
+            elif (
+                source is HealthSourceKind.PROBE and model.health_probe is not None and model.health_probe.port in host
+            ):
+                self.health.watch_probe(key, model.health_probe, address, host[model.health_probe.port])
+
+    async def forget(self, scale_set: str, instance_id: int) -> None:
+        await self.health.unwatch((scale_set, instance_id))
+        await self.store.delete_instance(scale_set, instance_id)

@@ -1,0 +1,351 @@
+"""The only place rollout decisions become driver calls: observe -> decide -> journal -> act -> journal.
+
+Engine errors are split: a transient one (engine unreachable, restarting, slow) is retried with back-off and
+never counted against an instance; a permanent one fails the step it happened in. A commit is retried until it
+is done, so no previous OS disk outlives its attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from overhaul.core.advice import next_steps, quarantine_reason
+from overhaul.core.errors import OverhaulError
+from overhaul.core.model import HealthSourceKind, ScaleSet
+from overhaul.core.naming import instance_name
+from overhaul.core.narrate import describe
+from overhaul.core.planner import Health, InstanceView
+from overhaul.core.rollout import (
+    Action,
+    ActionKind,
+    ActionResult,
+    Attempt,
+    Step,
+    apply_results,
+    decide,
+    request_cancel,
+    resume,
+)
+from overhaul.ports.clock import Clock
+from overhaul.ports.driver import Driver, DriverError, InstanceSpec, InstanceState, OsDisk
+from overhaul.ports.events import ActionFinished, AttemptChanged, AttemptEnded, Events, TransientError
+from overhaul.ports.health import HealthSource
+from overhaul.ports.store import Store
+from overhaul.runtime.instances import Instances
+from overhaul.runtime.settings import RuntimeSettings
+from overhaul.runtime.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+
+def instance_views(
+    model: ScaleSet, states: Mapping[int, InstanceState], health: HealthSource, now: float
+) -> dict[int, InstanceView]:
+    """One view per instance id of the model: the engine's version and power state, the health source's word."""
+    views: dict[int, InstanceView] = {}
+    watched = model.health_source is not HealthSourceKind.POWER
+    for instance_id in range(model.capacity):
+        state = states.get(instance_id)
+        if state is None or not state.running:
+            detail = "the instance does not exist" if state is None else "the instance is not running (it exited)"
+            views[instance_id] = InstanceView(
+                instance_id,
+                state.version if state else None,
+                Health.UNHEALTHY,
+                observed_at=now,
+                final=True,
+                detail=detail,
+            )
+            continue
+        if not watched:
+            views[instance_id] = InstanceView(instance_id, state.version, Health.HEALTHY, observed_at=now)
+            continue
+        report = health.report((model.name, instance_id))
+        if report is None:
+            views[instance_id] = InstanceView(instance_id, state.version, Health.UNKNOWN, observed_at=0.0)
+            continue
+        views[instance_id] = InstanceView(
+            instance_id,
+            state.version,
+            report.health,
+            report.phase,
+            report.skip_upgrade,
+            report.observed_at,
+            report.final,
+            report.detail,
+        )
+    return views
+
+
+def known_after(states: Mapping[int, InstanceState], result: ActionResult, target: str) -> dict[int, InstanceState]:
+    """The instance states after a successful driver action, without asking the engine (pure)."""
+    updated = dict(states)
+    instance_id = result.action.instance_id
+    state = states.get(instance_id, InstanceState(instance_id, None))
+    if result.action.kind is ActionKind.REIMAGE:
+        previous = state.current if state.version != target else state.previous
+        updated[instance_id] = InstanceState(
+            instance_id, OsDisk(target, "", True), previous, state.address, state.ports
+        )
+    elif result.action.kind is ActionKind.ROLLBACK and state.previous is not None:
+        restored = OsDisk(state.previous.version, state.previous.image, True)
+        updated[instance_id] = InstanceState(instance_id, restored, None, state.address, state.ports)
+    elif result.action.kind is ActionKind.COMMIT:
+        updated[instance_id] = InstanceState(instance_id, state.current, None, state.address, state.ports)
+    return updated
+
+
+def image_reference_for(model: ScaleSet | None, attempt: Attempt) -> dict[str, Any]:
+    """The attempt's target as Azure's history shows it: the model's reference with the exact version."""
+    ref = model.image_reference.to_json() if model else {}
+    if "id" in ref:
+        ref["id"] = ref["id"].split("/versions/")[0] + f"/versions/{attempt.target_version}"
+    else:
+        ref["version"] = attempt.target_version
+    return ref
+
+
+@dataclass
+class Reconciler:
+    store: Store
+    driver: Driver
+    health: HealthSource
+    instances: Instances
+    events: Events
+    clock: Clock = time.time
+    settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    _wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def wake(self, attempt_id: str) -> None:
+        """Something stored about the attempt changed (a cancel): look at the store now, not at the next step."""
+        event = self._wakeups.get(attempt_id)
+        if event is not None:
+            event.set()
+
+    async def _save(self, model: ScaleSet, before: Attempt, attempt: Attempt) -> None:
+        await self.store.save_attempt(attempt, image_reference_for(model, attempt))
+        self.announce(before, attempt)
+
+    def announce(self, before: Attempt | None, attempt: Attempt) -> None:
+        """Tells listeners an attempt was saved, and, once, that it ended (``before``: as it was; None: new)."""
+        for level, line in describe(before, attempt):
+            log.log(level, "%s", line)
+        self.events.emit(AttemptChanged(attempt))
+        if attempt.status.terminal and (before is None or not before.status.terminal):
+            self.events.emit(AttemptEnded(attempt))
+
+    async def _backoff(self, delay: float) -> float:
+        await asyncio.sleep(delay)
+        return min(delay * 2, self.settings.retry_max)
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        """The engine's view of the scale set, retried until the engine answers: listing only reads."""
+        delay = self.settings.retry_min
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.action_timeout):
+                    return await self.driver.observe(scale_set)
+            except (DriverError, TimeoutError) as exc:
+                error = str(exc) or type(exc).__name__
+                log.warning("listing %s failed, retrying in %.2fs: %s", scale_set, delay, error)
+                self.events.emit(TransientError(scale_set, "observe", error))
+                delay = await self._backoff(delay)
+
+    async def _act(self, model: ScaleSet, attempt: Attempt, action: Action) -> ActionResult:
+        started = time.monotonic()
+        name = instance_name(model.name, action.instance_id)
+        onto = f" onto {attempt.target_version}" if action.kind is ActionKind.REIMAGE else ""
+        log.info("%s: %s%s started", name, action.kind.value, onto)
+        result = await self._attempt_action(model, attempt, action)
+        result = ActionResult(result.action, result.ok, result.error, time.monotonic() - started)
+        if result.ok:
+            log.info("%s: %s finished in %.1fs", name, action.kind.value, result.duration)
+        else:
+            log.warning("%s: %s failed after %.1fs: %s", name, action.kind.value, result.duration, result.error)
+        self.events.emit(ActionFinished(model.name, result))
+        return result
+
+    async def _attempt_action(self, model: ScaleSet, attempt: Attempt, action: Action) -> ActionResult:
+        if action.kind is ActionKind.REIMAGE:
+            try:
+                spec = await self.instances.spec(model, action.instance_id, attempt.target_version)
+            except OverhaulError as exc:  # the version left the gallery since the attempt started
+                return ActionResult(action, ok=False, error=exc.message)
+        else:
+            spec = self.instances.handle(model, action.instance_id, attempt.target_version)
+        error = await self.step(model.name, action.kind, spec)
+        return ActionResult(action, ok=error is None, error=error)
+
+    async def step(self, scale_set: str, kind: ActionKind, spec: InstanceSpec) -> str | None:
+        """One driver step, retried through transient engine errors (a commit through any error: dropping a
+        previous OS disk changes nothing that runs). Returns the permanent error, or None when it is done."""
+        call = {
+            ActionKind.REIMAGE: self.driver.reimage,
+            ActionKind.COMMIT: self.driver.commit,
+            ActionKind.ROLLBACK: self.driver.rollback,
+        }[kind]
+        if kind is not ActionKind.COMMIT:
+            # The instance's agent goes away with its OS disk: failed watch requests until it answers are expected.
+            self.health.expect_outage((scale_set, spec.instance_id))
+        delay = self.settings.retry_min
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.action_timeout):
+                    await call(spec)
+                return None
+            except (DriverError, TimeoutError) as exc:
+                error = str(exc) or f"no answer within {self.settings.action_timeout:g}s"
+                transient = isinstance(exc, TimeoutError) or exc.transient
+                if not transient and kind is not ActionKind.COMMIT:
+                    return error
+                log.warning("%s %s failed, retrying in %.2fs: %s", kind.value, spec.name, delay, error)
+                self.events.emit(TransientError(scale_set, f"{kind.value} {spec.name}", error))
+                delay = await self._backoff(delay)
+
+    async def run(
+        self, model: ScaleSet, attempt: Attempt, observed: Mapping[int, InstanceState] | None = None
+    ) -> Attempt:
+        """Drives one attempt to its end; safe to call again on an attempt loaded after a crash.
+
+        Driver actions run as tasks, so deciding goes on while they do: the commits of one batch overlap the
+        reimages of the next. Every action is journaled before it starts and after it ends.
+        """
+        attempt = resume(attempt)
+        wake = self._wakeups.setdefault(attempt.id, asyncio.Event())
+        in_flight: dict[asyncio.Task[ActionResult], Action] = {}
+        loop = asyncio.get_running_loop()
+        # Listing containers is slow while the engine is busy: ask again only when what our own actions did
+        # is not enough (an action failed, power state is the health source) or the last answer is old.
+        power_state_only = model.health_source is HealthSourceKind.POWER
+        # What the caller just observed saves the first listing.
+        states: dict[int, InstanceState] = dict(observed or {})
+        observed_at = loop.time() if observed is not None else float("-inf")
+        try:
+            while True:
+                wake.clear()
+                if not attempt.cancel_requested and await self.store.cancel_requested(attempt.id):
+                    attempt = request_cancel(attempt, self.clock())
+                if power_state_only or loop.time() - observed_at >= self._observe_every(model, attempt):
+                    states = await self.observe(model.name)
+                    observed_at = loop.time()
+                now = self.clock()
+                seen = self.health.version
+                before = attempt
+                decision = decide(attempt, instance_views(model, states, self.health, now), now)
+                attempt = decision.attempt
+                if attempt.status.terminal and not before.status.terminal:
+                    attempt = await self._aftermath(model, attempt, states)
+                if decision.actions:
+                    await self.store.journal_begin(attempt.id, decision.actions, now)
+                    for action in decision.actions:
+                        task = asyncio.create_task(
+                            self._act(model, attempt, action), name=f"{action.kind}-{model.name}-{action.instance_id}"
+                        )
+                        in_flight[task] = action
+                # Actions in flight are persisted before anything else happens.
+                if await self._save_step(model, before, attempt):
+                    return attempt
+                timeout = None if decision.wake_at is None else max(0.0, decision.wake_at - self.clock())
+                every = self._observe_every(model, attempt)
+                timeout = every if timeout is None else min(timeout, every)
+                finished = await self._wait(set(in_flight), wake, seen, timeout)
+                if finished:
+                    results = [task.result() for task in finished]
+                    for task in finished:
+                        del in_flight[task]
+                    done = self.clock()
+                    await self.store.journal_end(attempt.id, results, done)
+                    before = attempt
+                    attempt = apply_results(attempt, results, done)
+                    for result in results:
+                        if result.ok:
+                            states = known_after(states, result, attempt.target_version)
+                        else:
+                            observed_at = float("-inf")
+                        if result.action.kind is not ActionKind.COMMIT:
+                            self.health.reset((model.name, result.action.instance_id))
+                    if await self._save_step(model, before, attempt):
+                        return attempt
+        finally:
+            self._wakeups.pop(attempt.id, None)
+            await cancel_and_wait(in_flight)
+
+    async def _aftermath(self, model: ScaleSet, attempt: Attempt, states: Mapping[int, InstanceState]) -> Attempt:
+        """An attempt that just ended: quarantine the version it Faulted on, and say what to do next."""
+        quarantined: tuple[str, str, str] | None = None
+        reason = quarantine_reason(attempt)
+        if reason is not None:
+            try:
+                image = await self.instances.resolve(model, attempt.target_version)
+            except OverhaulError:
+                image = None  # the version left the gallery meanwhile: nothing to quarantine
+            if image is not None:
+                if not image.quarantined:
+                    await self.store.put_image_version(replace(image, quarantine=reason))
+                    log.warning("version %s quarantined: 'latest' skips it (%s)", image.version, reason)
+                quarantined = (image.gallery, image.image, image.version)
+        previous = next(
+            (s.version for _, s in sorted(states.items()) if s.version and s.version != attempt.target_version), None
+        )
+        advice = next_steps(
+            attempt,
+            resource_group=model.resource_group,
+            latest=model.image_reference.is_latest,
+            previous_version=previous,
+            quarantined=quarantined,
+        )
+        if advice is None:
+            return attempt
+        message = (attempt.error_message or "").rstrip(".")
+        return replace(attempt, error_message=f"{message}. {advice}" if message else advice)
+
+    def _observe_every(self, model: ScaleSet, attempt: Attempt) -> float:
+        """How often the engine is listed: often while an instance waiting for health cannot be reached, as only
+        the engine can tell one that exited from one still booting."""
+        for instance_id in attempt.batch:
+            if attempt.instances[instance_id].step is Step.WAITING:
+                report = self.health.report((model.name, instance_id))
+                if report is not None and not report.reachable:
+                    return self.settings.observe_unreachable_every
+        return self.settings.observe_every
+
+    async def _save_step(self, model: ScaleSet, before: Attempt, attempt: Attempt) -> bool:
+        """Saves the attempt; at its end only once every instance it touched runs again, so whoever waits for the
+        end (a delete, the next attempt) finds nothing left to do. True when it has ended."""
+        if attempt.done:
+            await self._restart_stopped(model, attempt)
+        await self._save(model, before, attempt)
+        return attempt.done
+
+    async def _restart_stopped(self, model: ScaleSet, attempt: Attempt) -> None:
+        """The attempt is over: each instance it touched must run its one OS disk. One that does not (a stop
+        that an engine killed mid-call delivered late) is started again."""
+        states = await self.observe(model.name)
+        for instance_id in attempt.instances:
+            state = states.get(instance_id)
+            if state is None or state.current is None or state.running or state.previous is not None:
+                continue
+            spec = self.instances.handle(model, instance_id, state.version)
+            log.warning("%s is not running after attempt %s: starting it", spec.name, attempt.id)
+            try:
+                async with asyncio.timeout(self.settings.action_timeout):
+                    await self.driver.ensure_running(spec)
+            except (DriverError, TimeoutError) as exc:
+                log.warning("%s could not be started: %s", spec.name, exc)
+
+    async def _wait(
+        self, actions: set[asyncio.Task[ActionResult]], wake: asyncio.Event, seen: int, timeout: float | None
+    ) -> set[asyncio.Task[ActionResult]]:
+        """Until an action ends, a health report changes, a wake-up (cancel) arrives, or the decision's wake-up
+        time. Returns the actions that ended."""
+        changed = asyncio.ensure_future(self.health.wait_changed(seen, timeout))
+        woken = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({changed, woken, *actions}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait((changed, woken))
+        return {task for task in actions if task.done()}

@@ -1,0 +1,101 @@
+"""The supervisor owns every attempt's task: one per scale set, running its unfinished attempts oldest first,
+restarted with back-off when a reconciler stops on an unexpected error, and cancelled on close.
+
+What to run is read from the store, never from memory: an attempt left unfinished by a crash, an error or a
+restart is found and finished the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from overhaul.ports.driver import InstanceState
+from overhaul.ports.store import Store
+from overhaul.runtime.reconciler import Reconciler
+from overhaul.runtime.settings import RuntimeSettings
+from overhaul.runtime.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+
+async def restarting(name: str, factory: Callable[[], Awaitable[None]], restart_min: float, restart_max: float) -> None:
+    """Runs ``factory()`` until it returns; restarts it with back-off when it raises."""
+    delay = restart_min
+    while True:
+        try:
+            await factory()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s stopped on an error; restarting it in %.1fs", name, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, restart_max)
+
+
+class Supervisor:
+    def __init__(self, store: Store, reconciler: Reconciler, settings: RuntimeSettings | None = None) -> None:
+        self.store = store
+        self.reconciler = reconciler
+        self.settings = settings or RuntimeSettings()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.restarts = 0
+
+    async def start(self) -> None:
+        """Resumes every unfinished attempt the store holds."""
+        for stored in await self.store.unfinished_attempts():
+            log.info("resuming attempt %s of %s", stored.attempt.id, stored.attempt.scale_set)
+            self.ensure(stored.attempt.scale_set)
+
+    def ensure(self, scale_set: str, observed: Mapping[int, InstanceState] | None = None) -> None:
+        """Runs the scale set's unfinished attempts unless that is already happening."""
+        key = scale_set.lower()
+        task = self._tasks.get(key)
+        if task is not None and not task.done():
+            return
+        self._tasks[key] = asyncio.get_running_loop().create_task(
+            self._run(scale_set, observed), name=f"rollout-{scale_set}"
+        )
+
+    async def wait_idle(self, scale_set: str, timeout: float) -> bool:
+        """Waits for the scale set's task to end; False if it still runs after ``timeout``."""
+        task = self._tasks.get(scale_set.lower())
+        if task is None or task.done():
+            return True
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        return bool(done)
+
+    async def _run(self, scale_set: str, observed: Mapping[int, InstanceState] | None) -> None:
+        delay = self.settings.restart_min
+        while True:
+            pending = [
+                s.attempt
+                for s in await self.store.unfinished_attempts()
+                if s.attempt.scale_set.lower() == scale_set.lower()
+            ]
+            if not pending:
+                return
+            attempt = pending[0]
+            model = await self.store.get_scale_set(attempt.scale_set)
+            if model is None:
+                log.error("attempt %s: scale set %s no longer exists", attempt.id, attempt.scale_set)
+                return
+            try:
+                await self.reconciler.run(model, attempt, observed)
+                delay = self.settings.restart_min
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.restarts += 1
+                log.exception(
+                    "attempt %s of %s stopped on an error; resuming it in %.1fs", attempt.id, scale_set, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.restart_max)
+            observed = None  # from here on the engine is asked afresh
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        await cancel_and_wait(tasks)

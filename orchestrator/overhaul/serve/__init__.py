@@ -1,0 +1,188 @@
+"""`overhaul serve`: the orchestrator as a service — store, engine, health watches, supervised attempts, the
+automatic upgrade watcher and the REST API. SIGTERM or SIGINT stops it gracefully within a deadline (a second
+signal forces the exit); a restart picks up every attempt where it stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings, Ulimit
+from overhaul.adapters.drivers.memory import MemoryDriver
+from overhaul.adapters.health.monitor import HealthMonitor
+from overhaul.adapters.http.api import build_app
+from overhaul.adapters.http.metrics import OrchestratorMetrics
+from overhaul.adapters.lease import StateDirLease
+from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.ports.driver import Driver, DriverError
+from overhaul.ports.lease import LeaseHeld
+from overhaul.runtime.auto_upgrader import AutoUpgrader
+from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.supervisor import restarting
+from overhaul.runtime.tasks import cancel_and_wait
+from overhaul.serve import logs
+from overhaul.serve.settings import ServeSettings, SettingsError, add_arguments, load_settings, parse_ulimits
+
+log = logging.getLogger("overhaul.serve")
+
+
+def ensure_token(state_dir: Path) -> Path:
+    """The API token, made on first start in a file only its owner can read."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def engine_settings(settings: ServeSettings) -> EngineSettings:
+    section = settings.engine
+    return EngineSettings(
+        url=None if section.engine == "podman" else section.engine,
+        runtime=section.runtime or None,
+        ulimits=tuple(Ulimit(name, soft, hard) for name, soft, hard in parse_ulimits(section.ulimits)),
+        config_root=settings.state_path / "config",
+        call_timeout=section.call_timeout,
+        docker_systemd=section.docker_systemd,
+        publish_address=section.publish_address,
+        service_dir=settings.state_path / "podman",
+        service_restart_min=section.service_restart_min,
+        service_restart_max=section.service_restart_max,
+    )
+
+
+async def serve(settings: ServeSettings, stop: asyncio.Event) -> int:
+    state_dir = settings.state_path
+    lease = StateDirLease(state_dir)
+    try:
+        lease.acquire()
+    except LeaseHeld as exc:
+        print(f"overhaul serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return await _serve(settings, stop)
+    finally:
+        lease.release()
+
+
+async def _serve(settings: ServeSettings, stop: asyncio.Event) -> int:
+    state_dir = settings.state_path
+    token = ensure_token(state_dir).read_text().strip()
+    store = SqliteStore(state_dir / "overhaul.db", settings.history)
+    driver: Driver
+    engine: EngineDriver | None = None
+    if settings.engine.engine == "memory":
+        driver = MemoryDriver()
+    else:
+        engine = EngineDriver(engine_settings(settings))
+        try:
+            await engine.start()
+        except DriverError as exc:
+            print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
+            await engine.close()
+            await store.close()
+            return 1
+        driver = engine
+    service = Orchestrator(store, driver, HealthMonitor(settings.health), settings=settings.rollout)
+    metrics = OrchestratorMetrics(service)
+    app = build_app(
+        service, token, metrics, body_timeout=settings.http.body_timeout, max_body_bytes=settings.http.max_body_bytes
+    )
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    auto = AutoUpgrader(service, settings.auto_upgrade)
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await service.start()
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.http.host, settings.http.port, reuse_address=True).start()
+        except OSError as exc:
+            print(f"overhaul serve: cannot listen on {settings.http.host}:{settings.http.port}: {exc}", file=sys.stderr)
+            return 1
+        tasks.append(
+            asyncio.create_task(
+                restarting("automatic upgrades", auto.run, settings.rollout.restart_min, settings.rollout.restart_max),
+                name="auto-upgrade",
+            )
+        )
+        log.info(
+            "serving on http://%s:%d (state in %s, engine %s)",
+            settings.http.host,
+            settings.http.port,
+            state_dir,
+            settings.engine.engine,
+        )
+        print(
+            f"overhaul: serving on http://{settings.http.host}:{settings.http.port}; token in {state_dir / 'token'}",
+            flush=True,
+        )
+        await stop.wait()
+        return 0
+    finally:
+        async with asyncio.timeout(settings.shutdown_timeout):
+            await cancel_and_wait(tasks)
+            await runner.cleanup()
+            await service.close()
+            if engine is not None:
+                await engine.close()
+        await store.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="overhaul serve",
+        description="Run the orchestrator: the REST API, automatic upgrades and every rolling upgrade. Settings come "
+        "from defaults, then --config FILE.json, then OVERHAUL_* environment variables, then these flags.",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except SettingsError as exc:
+        print(f"overhaul serve: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level, settings.log_format)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                log.warning("second signal: exiting now")
+                os._exit(1)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            return await serve(settings, stop)
+        except TimeoutError:
+            log.error("the graceful stop took longer than %gs: exiting", settings.shutdown_timeout)  # noqa: TRY400
+            return 1
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+
+    return asyncio.run(run())
+
+
+__all__ = ["ServeSettings", "build_parser", "main", "serve"]

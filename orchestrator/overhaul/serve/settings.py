@@ -1,0 +1,282 @@
+"""`overhaul serve`'s settings: nested frozen sections with defaults, then a JSON config file, then OVERHAUL_*
+environment variables, then flags. Every field of every section is reachable from all three."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from overhaul.adapters.health.monitor import HealthSettings
+from overhaul.core.auto_upgrade import AutoUpgradeSettings
+from overhaul.defaults import DEFAULT_PORT, default_state_dir
+from overhaul.ports.store import HistoryRetention
+from overhaul.runtime.settings import RuntimeSettings
+
+ENGINE_KINDS = ("podman", "memory")
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message names it and where it came from."""
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    body_timeout: float = 30.0
+    max_body_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EngineSection:
+    engine: str = "podman"
+    runtime: str = "runc"
+    ulimits: str = "nofile=20000:20000,nproc=1000:1000"
+    call_timeout: float = 60.0
+    docker_systemd: bool = False
+    publish_address: str = "127.0.0.1"
+    service_restart_min: float = 0.2
+    service_restart_max: float = 10.0
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    state_dir: str = ""
+    log_level: str = "info"
+    log_format: str = "text"
+    shutdown_timeout: float = 10.0
+    http: HttpSettings = field(default_factory=HttpSettings)
+    engine: EngineSection = field(default_factory=EngineSection)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    rollout: RuntimeSettings = field(default_factory=RuntimeSettings)
+    history: HistoryRetention = field(default_factory=HistoryRetention)
+    auto_upgrade: AutoUpgradeSettings = field(default_factory=AutoUpgradeSettings)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir) if self.state_dir else default_state_dir()
+
+
+# Section -> flag prefix; "" puts the section's fields at the top (--port, not --http-port).
+SECTIONS = {
+    "": "",
+    "http": "",
+    "engine": "engine",
+    "health": "health",
+    "rollout": "rollout",
+    "history": "history",
+    "auto_upgrade": "auto-upgrade",
+}
+# Flags that read better without their section's prefix.
+FLAG_OVERRIDES = {
+    ("engine", "engine"): "engine",
+    ("engine", "runtime"): "runtime",
+    ("health", "probe_interval"): "probe-interval",
+}
+HELP = {
+    "state_dir": "database, token, lock and config drives (default /var/lib/overhaul as root)",
+    "log_level": "debug, info, warning or error",
+    "log_format": "text, or json (one JSON object per line); under systemd lines carry journald priorities",
+    "shutdown_timeout": "seconds a graceful stop may take before it is forced",
+    "http.host": "address the REST API listens on",
+    "http.port": "port the REST API listens on",
+    "http.body_timeout": "seconds a request body may take to arrive (then 408)",
+    "http.max_body_bytes": "largest request body accepted (then 413)",
+    "engine.engine": "podman (a private podman system service), a unix:// or tcp:// URL of a Docker or Podman "
+    "engine, or memory (no containers, for trying the API)",
+    "engine.runtime": "OCI runtime of the private podman service ('' keeps podman's default)",
+    "engine.ulimits": "ulimits of every container, NAME=SOFT:HARD separated by commas",
+    "engine.call_timeout": "seconds one engine call may take",
+    "engine.docker_systemd": "give systemd containers what Docker (not Podman) needs for them",
+    "engine.publish_address": "address instances publish their ports on (and are probed at)",
+    "engine.service_restart_min": "first back-off, in seconds, before a dead private podman service is restarted",
+    "engine.service_restart_max": "longest back-off between restarts of the private podman service",
+    "health.watch_wait": "seconds one blocking query to an agent is held",
+    "health.probe_interval": "load-balancer probe period, seconds",
+    "health.reprobe_interval": "probe period right after a reimage until the first Healthy, seconds",
+    "health.probe_timeout": "seconds one probe may take",
+    "health.probe_grace_period": "seconds after a reimage before a failing load-balancer probe fails the instance",
+    "health.retry_min": "first back-off while an agent cannot be reached, seconds",
+    "health.retry_max": "longest back-off while an agent cannot be reached, seconds",
+    "rollout.action_timeout": "seconds one reimage, commit or rollback may take before it is retried",
+    "rollout.observe_every": "the engine is listed afresh at least this often during an attempt, seconds",
+    "rollout.observe_unreachable_every": "how often, in seconds, the engine is listed while an upgraded instance's "
+    "agent cannot be reached (it may have exited)",
+    "rollout.retry_min": "first back-off after a transient engine error, seconds",
+    "rollout.retry_max": "longest back-off after transient engine errors, seconds",
+    "rollout.restart_min": "first back-off before an attempt stopped by an unexpected error is resumed, seconds",
+    "rollout.restart_max": "longest back-off between such resumptions, seconds",
+    "history.keep": "attempts kept in each scale set's history (Azure: 5)",
+    "history.max_age": "seconds an ended attempt stays in history (Azure: 2 months)",
+    "auto_upgrade.first_delay": "seconds after publishing before a scale set's first automatic upgrade",
+    "auto_upgrade.delay": "seconds after publishing before later automatic upgrades",
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    section: str  # "" for top-level fields
+    name: str
+    default: Any
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}" if self.section else self.name
+
+    @property
+    def flag(self) -> str:
+        override = FLAG_OVERRIDES.get((self.section, self.name))
+        if override:
+            return override
+        prefix = SECTIONS[self.section]
+        name = self.name.replace("_", "-")
+        return f"{prefix}-{name}" if prefix else name
+
+    @property
+    def dest(self) -> str:
+        return self.flag.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return "OVERHAUL_" + self.dest.upper()
+
+
+def options() -> list[Option]:
+    found: list[Option] = []
+    defaults = ServeSettings()
+    for f in fields(ServeSettings):
+        value = getattr(defaults, f.name)
+        if f.name in SECTIONS:
+            found += [Option(f.name, sub.name, getattr(value, sub.name)) for sub in fields(value)]
+        else:
+            found.append(Option("", f.name, value))
+    return found
+
+
+def coerce(option: Option, value: Any, source: str) -> Any:
+    kind = type(option.default)
+    where = f"{source} {option.key}"
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise SettingsError(f"{where}: must be true or false, got {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise SettingsError(f"{where}: must be a number, got {value!r}")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError, OverflowError):
+            raise SettingsError(f"{where}: must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
+        if not 0 <= number < float("inf"):
+            raise SettingsError(f"{where}: must not be negative, got {value!r}")
+        return number
+    if not isinstance(value, str):
+        raise SettingsError(f"{where}: must be a string, got {value!r}")
+    return value
+
+
+def _flatten(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Config file keys: nested sections ({"engine": {"runtime": "runc"}}) or flag names with underscores."""
+    by_key = {o.key: o for o in options()}
+    by_dest = {o.dest: o for o in options()}
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key in SECTIONS and key and isinstance(value, Mapping):
+            for sub, sub_value in value.items():
+                if f"{key}.{sub}" not in by_key:
+                    raise SettingsError(f"{source}: unknown setting {key}.{sub}")
+                flat[f"{key}.{sub}"] = sub_value
+        elif key in by_key:
+            flat[key] = value
+        elif key in by_dest:
+            flat[by_dest[key].key] = value
+        else:
+            raise SettingsError(f"{source}: unknown setting {key!r}")
+    return flat
+
+
+def _apply(settings: ServeSettings, values: Mapping[str, Any]) -> ServeSettings:
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, _, name = key.rpartition(".")
+        if section:
+            sections.setdefault(section, {})[name] = value
+        else:
+            top[name] = value
+    for section, changes in sections.items():
+        top[section] = replace(getattr(settings, section), **changes)
+    return replace(settings, **top)
+
+
+def check(settings: ServeSettings) -> None:
+    engine = settings.engine.engine
+    if engine not in ENGINE_KINDS and not engine.startswith(("unix://", "tcp://", "ssh://")):
+        raise SettingsError(f"engine: must be podman, memory, or a unix:// or tcp:// engine URL, got {engine!r}")
+    if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise SettingsError(f"log_level: must be debug, info, warning or error, got {settings.log_level!r}")
+    if settings.log_format not in ("text", "json"):
+        raise SettingsError(f"log_format: must be text or json, got {settings.log_format!r}")
+    if not 0 <= settings.http.port < 65536:
+        raise SettingsError(f"http.port: must be 0..65535 (0: any free port), got {settings.http.port}")
+    parse_ulimits(settings.engine.ulimits)
+
+
+def parse_ulimits(text: str) -> tuple[tuple[str, int, int], ...]:
+    limits = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, values = item.partition("=")
+        soft, _, hard = values.partition(":")
+        try:
+            limits.append((name.strip(), int(soft), int(hard or soft)))
+        except ValueError:
+            raise SettingsError(f"engine.ulimits: {item!r} is not NAME=SOFT:HARD") from None
+    return tuple(limits)
+
+
+def load_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServeSettings:
+    environ = os.environ if environ is None else environ
+    settings = ServeSettings()
+    config = getattr(args, "config", None)
+    by_key = {o.key: o for o in options()}
+    if config:
+        try:
+            doc = json.loads(Path(config).read_text())
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"--config {config}: {exc}") from None
+        if not isinstance(doc, Mapping):
+            raise SettingsError(f"--config {config}: must hold a JSON object")
+        flat = _flatten(doc, f"--config {config}")
+        settings = _apply(settings, {k: coerce(by_key[k], v, f"--config {config}:") for k, v in flat.items()})
+    from_env = {o.key: coerce(o, environ[o.env], o.env + ":") for o in options() if o.env in environ}
+    settings = _apply(settings, from_env)
+    from_flags = {
+        o.key: coerce(o, getattr(args, o.dest), f"--{o.flag}:")
+        for o in options()
+        if getattr(args, o.dest, None) is not None
+    }
+    settings = _apply(settings, from_flags)
+    check(settings)
+    return settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE.json", help='settings file: sections as below ({"engine": {"runtime": "runc"}})'
+    )
+    for option in options():
+        kind = type(option.default)
+        default = option.default if option.default != "" else "''"
+        parser.add_argument(
+            f"--{option.flag}",
+            dest=option.dest,
+            metavar="BOOL" if kind is bool else kind.__name__.upper(),
+            help=f"{HELP.get(option.key, '')} [default {default}; env {option.env}; config {option.key}]",
+        )
