@@ -145,3 +145,7 @@ def test_demo_story_with_five_system_containers(served: Served) -> None:
     assert oldest["properties"]["runningStatus"]["code"] == "Completed"
     assert oldest["properties"]["progress"]["successfulInstanceCount"] == 5
     assert read_file("os_0", DATA_MARKER) == "1.0.0"
+    # Creating, upgrading and rolling back took agents away only on purpose: no watch error was counted.
+    with urllib.request.urlopen(f"{served.url}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert "\noverhaul_health_watch_errors_total 0.0\n" in metrics, metrics

@@ -140,6 +140,8 @@ class HealthMonitor:
         self._start(key, lambda: self._probe_loop(key, probe, address, port))
 
     def _start(self, key: Key, factory: Callable[[], Any]) -> None:
+        if key not in self._targets:
+            self._outage[key] = "booting"  # a new instance, or the first look after a restart: it may still boot
         self._targets[key] = factory
         if key not in self._tasks or self._tasks[key].done():
             self._tasks[key] = asyncio.get_running_loop().create_task(factory(), name=f"health-{key[0]}-{key[1]}")
