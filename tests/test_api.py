@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -473,3 +474,46 @@ def test_quarantine_is_shown_set_and_cleared_from_the_cli(served: Served) -> Non
     assert shown["properties"]["overhaul"] == {"quarantined": False}
     bad = served.cli("sig", "image-version", "update", *where, "--set", "overhaul.quarantined=maybe", check=False)
     assert bad.returncode != 0 and "properties.overhaul.quarantined" in bad.stderr
+
+
+def test_cli_scale_instance_views_connection_info_and_verbose(served: Served) -> None:
+    model = json.loads(json.dumps(MODEL))
+    model["properties"]["virtualMachineProfile"]["overhaul"]["ports"] = [8080]
+    assert served.call("PUT", f"{VMSS}?{API}", model)[0] == 201
+    ids = ("--ids", VMSS)
+    scaled = served.cli("vmss", "scale", *ids, "--new-capacity", "3", "--query", "sku.capacity")
+    assert json.loads(scaled.stdout) == 3
+    view = json.loads(served.cli("vmss", "get-instance-view", *ids).stdout)
+    assert {"code": "PowerState/running", "count": 3} in view["virtualMachine"]["statusesSummary"]
+    one = json.loads(served.cli("vmss", "get-instance-view", *ids, "--instance-id", "2").stdout)
+    assert {s["code"] for s in one["statuses"]} == {"ProvisioningState/succeeded", "PowerState/running"}
+    every = json.loads(served.cli("vmss", "get-instance-view", *ids, "--instance-id", "*").stdout)
+    assert len(every) == 3
+    missing = served.cli("vmss", "get-instance-view", *ids, "--instance-id", "7", check=False)
+    assert missing.returncode == 3 and "instance 7 does not exist" in missing.stderr
+    info = json.loads(served.cli("vmss", "list-instance-connection-info", *ids).stdout)
+    assert sorted(info) == ["instance 0", "instance 1", "instance 2"]
+    assert all(re.fullmatch(r"127\.0\.0\.1:\d+", ports["8080"]) for ports in info.values()), info
+    verbose = served.cli("vmss", "show", *ids, "--verbose", "-o", "none")
+    assert re.search(r"overhaul: GET /subscriptions/\S+/myScaleSet -> 200 in \d+\.\d+s", verbose.stderr)
+
+
+def test_cli_image_definition_list_show_delete(served: Served) -> None:
+    where = ("-g", "myResourceGroup", "-r", "myGallery", "--subscription", "subscription_id")
+    served.cli(
+        "sig", "image-definition", "create", *where, "-i", "other", "--publisher", "p", "--offer", "o", "--sku", "s"
+    )
+    names = served.cli("sig", "image-definition", "list", *where, "--query", "[].name", "-o", "tsv").stdout.split()
+    assert sorted(names) == ["myImage", "other"]
+    shown = json.loads(served.cli("sig", "image-definition", "show", *where, "-i", "other").stdout)
+    assert shown["properties"]["identifier"] == {"publisher": "p", "offer": "o", "sku": "s"}
+    refused = served.cli("sig", "image-definition", "delete", *where, "-i", "myImage", check=False)
+    assert (
+        refused.returncode == 1 and "CannotDeleteResource" in refused.stderr and "delete them first" in refused.stderr
+    )
+    served.cli("sig", "image-definition", "delete", *where, "-i", "other")
+    gone = served.cli("sig", "image-definition", "show", *where, "-i", "other", check=False)
+    assert gone.returncode == 3
+    assert served.call("DELETE", f"{GALLERY.rsplit('/', 1)[0]}/other?{API}")[0] == 204  # ARM: nothing to delete
+    incomplete = served.cli("sig", "image-definition", "create", *where, "-i", "x", check=False)
+    assert incomplete.returncode != 0 and "--publisher, --offer, --sku required" in incomplete.stderr

@@ -66,13 +66,21 @@ def configure(args: argparse.Namespace) -> int:
 
 class Client:
     def __init__(
-        self, endpoint: str, token: str, subscription: str, timeout: float = 120.0, debug: bool = False
+        self,
+        endpoint: str,
+        token: str,
+        subscription: str,
+        *,
+        timeout: float = 120.0,
+        debug: bool = False,
+        verbose: bool = False,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.token = token
         self.subscription = subscription
         self.timeout = timeout
         self.debug = debug
+        self.verbose = verbose or debug
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         sep = "&" if "?" in path else "?"
@@ -95,6 +103,8 @@ class Client:
             raw = exc.read()
             if self.debug:
                 print(f"overhaul: {exc.code} in {time.monotonic() - started:.3f}s: {raw[:2000]!r}", file=sys.stderr)
+            elif self.verbose:
+                print(f"overhaul: {method} {path} -> {exc.code} in {time.monotonic() - started:.3f}s", file=sys.stderr)
             code = EXIT_NOT_FOUND if exc.code == 404 else EXIT_ERROR
             try:
                 err = json.loads(raw)["error"]
@@ -108,7 +118,15 @@ class Client:
             ) from None
         if self.debug:
             print(f"overhaul: {status} in {time.monotonic() - started:.3f}s", file=sys.stderr)
+        elif self.verbose:
+            print(f"overhaul: {method} {path} -> {status} in {time.monotonic() - started:.3f}s", file=sys.stderr)
         return json.loads(raw) if raw.strip() else None
+
+    def list(self, path: str) -> list[Any]:
+        """The items of an ARM list answer ({"value": [...]})."""
+        doc = self.call("GET", path)
+        items = doc.get("value") if isinstance(doc, dict) else doc
+        return items if isinstance(items, list) else []
 
     def vmss(self, rg: str, name: str = "") -> str:
         provider = "providers/Microsoft.Compute/virtualMachineScaleSets"
@@ -453,6 +471,8 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
         client.call("DELETE", client.vmss(rg, args.name))
     elif cmd == "list-instances":
         emit(args, client.call("GET", client.vmss(rg, args.name) + "/virtualMachines"), "instances")
+    elif cmd in ("scale", "get-instance-view", "list-instance-connection-info"):
+        run_vmss_instances(client, args)
     elif cmd == "reimage":
         body = {"instanceIds": [str(i) for i in args.instance_ids]} if args.instance_ids else {}
         client.call("POST", client.vmss(rg, args.name) + "/reimage", body)
@@ -474,6 +494,37 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_vmss_instances(client: Client, args: argparse.Namespace) -> None:
+    """vmss scale, get-instance-view and list-instance-connection-info."""
+    base = client.vmss(args.resource_group, args.name)
+    if args.vmss_command == "scale":
+        doc = client.call("GET", base)
+        doc.setdefault("sku", {})["capacity"] = args.new_capacity
+        emit(args, client.call("PUT", base, doc), "vmss")
+    elif args.vmss_command == "get-instance-view":
+        if args.instance_id is None:
+            emit(args, client.call("GET", base + "/instanceView"))
+        elif args.instance_id == "*":  # az: every instance's view
+            emit(args, [vm["properties"]["instanceView"] for vm in client.list(base + "/virtualMachines")])
+        else:
+            emit(args, client.call("GET", f"{base}/virtualMachines/{args.instance_id}/instanceView"))
+    else:
+        # az maps "instance N" to the address of its NAT rule; here to each of the instance's published ports.
+        emit(args, connection_info(client.list(base + "/virtualMachines")))
+
+
+def connection_info(instances: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """{"instance 0": {"8080": "127.0.0.1:41234", ...}}: where each port of each instance is reachable."""
+    info: dict[str, dict[str, str]] = {}
+    for vm in instances:
+        own = vm.get("properties", {}).get("overhaul", {})
+        address = own.get("address", "127.0.0.1")
+        info[f"instance {vm.get('instanceId')}"] = {
+            port: f"{address}:{host}" for port, host in sorted(own.get("hostPorts", {}).items())
+        }
+    return info
+
+
 def sig_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.sig_command == "image-version":
         if args.version_command != "list" and not args.gallery_image_version:
@@ -486,16 +537,9 @@ def sig_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run_sig(client: Client, args: argparse.Namespace) -> int:
-    base = client.gallery(args.resource_group, args.gallery_name, args.gallery_image_definition)
     if args.sig_command == "image-definition":
-        body = {
-            "properties": {
-                "osType": "Linux",
-                "identifier": {"publisher": args.publisher, "offer": args.offer, "sku": args.sku},
-            }
-        }
-        emit(args, client.call("PUT", base, body))
-        return 0
+        return run_image_definition(client, args)
+    base = client.gallery(args.resource_group, args.gallery_name, args.gallery_image_definition)
     cmd = args.version_command
     if cmd == "list":
         emit(args, client.call("GET", base + "/versions"), "imageversions")
@@ -532,6 +576,31 @@ def run_sig(client: Client, args: argparse.Namespace) -> int:
                 raise CliError(f"--set {item!r}: expected PATH=VALUE")
             set_path(patch, key, parse_value(value))
         emit(args, client.call("PATCH", path, patch), "imageversions")
+    return 0
+
+
+def run_image_definition(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        emit(args, client.call("GET", client.gallery(args.resource_group, args.gallery_name, "").rstrip("/")))
+        return 0
+    if not args.gallery_image_definition:
+        raise CliError(f"sig image-definition {args.action}: --gallery-image-definition/-i is required")
+    base = client.gallery(args.resource_group, args.gallery_name, args.gallery_image_definition)
+    if args.action == "show":
+        emit(args, client.call("GET", base))
+    elif args.action == "delete":
+        client.call("DELETE", base)
+    else:
+        missing = [f"--{k}" for k in ("publisher", "offer", "sku") if not getattr(args, k)]
+        if missing:
+            raise CliError(f"sig image-definition create: {', '.join(missing)} required")
+        body = {
+            "properties": {
+                "osType": "Linux",
+                "identifier": {"publisher": args.publisher, "offer": args.offer, "sku": args.sku},
+            }
+        }
+        emit(args, client.call("PUT", base, body))
     return 0
 
 
@@ -580,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--subscription", help="default: `overhaul configure --defaults subscription=…`, else local")
     common.add_argument("--debug", action="store_true", help="print every request and answer to stderr")
+    common.add_argument("--verbose", action="store_true", help="print each request, its status and duration to stderr")
     common.add_argument(
         "-o", "--output", choices=["json", "jsonc", "table", "tsv", "yaml", "yamlc", "none"], default="json"
     )
@@ -626,6 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--resource-group", "-g", default="")
     scale_set_command("delete", "delete a scale set with its instances and data disks")
     scale_set_command("list-instances", "list instances with health, power state and image version")
+    scale = scale_set_command("scale", "change the number of instances")
+    scale.add_argument("--new-capacity", type=int, required=True, help="the number of instances wanted")
+    view = scale_set_command("get-instance-view", "status counts of the scale set, or one instance's instance view")
+    view.add_argument("--instance-id", help="an instance id, or * for every instance's view")
+    scale_set_command("list-instance-connection-info", "where each instance's ports are published (address:port)")
     reimage = scale_set_command("reimage", "reimage instances (all when none are named)")
     reimage.add_argument("--instance-ids", nargs="*", type=int)
     scale_set_command("get-os-upgrade-history", "OS upgrade history, newest first")
@@ -645,17 +720,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     sig = groups.add_parser("sig", help="the local image gallery").add_subparsers(dest="sig_command", required=True)
-    definition = sig.add_parser("image-definition", help="create an image definition", parents=[common])
-    definition.add_argument("action", choices=["create"])
+    definition = sig.add_parser("image-definition", help="image definitions", parents=[common])
+    definition.add_argument("action", choices=["create", "list", "show", "delete"])
     version = sig.add_parser("image-version", help="image versions", parents=[common])
     version.add_argument("version_command", choices=["create", "list", "show", "update", "delete"])
     for sub in (definition, version):
         sub.add_argument("--resource-group", "-g", help="default: `overhaul configure --defaults group=…`")
         sub.add_argument("--gallery-name", "-r", required=True)
-        sub.add_argument("--gallery-image-definition", "-i", required=True)
-    definition.add_argument("--publisher", required=True)
-    definition.add_argument("--offer", required=True)
-    definition.add_argument("--sku", required=True)
+    version.add_argument("--gallery-image-definition", "-i", required=True)
+    definition.add_argument("--gallery-image-definition", "-i", help="required but for list")
+    definition.add_argument("--publisher", help="with create")
+    definition.add_argument("--offer", help="with create")
+    definition.add_argument("--sku", help="with create")
     version.add_argument("--gallery-image-version", "-e")
     version.add_argument("--container-image", help="the engine image of this version (e.g. localhost/web:2.0.0)")
     version.add_argument("--exclude-from-latest", type=truthy, nargs="?", const=True, default=None)
@@ -698,7 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.group == "configure":
             return configure(args)
         apply_defaults(args, load_defaults())
-        client = Client(args.endpoint, find_token(args), args.subscription, debug=args.debug)
+        client = Client(args.endpoint, find_token(args), args.subscription, debug=args.debug, verbose=args.verbose)
         if args.group == "vmss":
             return run_vmss(client, args)
         if args.group == "sig":

@@ -195,6 +195,19 @@ class Orchestrator:
         await self.store.put_image_definition(definition)
         self.changes.bump()
 
+    async def delete_image_definition(self, gallery: str, image: str) -> None:
+        """As Azure: refused while it has versions (delete them first)."""
+        definition = await self.image_definition(gallery, image)
+        versions = await self.image_versions(definition.gallery, definition.name)
+        if versions:
+            raise Conflict(
+                f"image definition {definition.gallery}/{definition.name} has {len(versions)} version(s): delete them "
+                "first",
+                "CannotDeleteResource",
+            )
+        await self.store.delete_image_definition(definition.gallery, definition.name)
+        self.changes.bump()
+
     async def image_definitions(self) -> list[ImageDefinition]:
         return await self.store.image_definitions()
 

@@ -223,7 +223,7 @@ async def delete_scale_set(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-async def list_instances(request: web.Request) -> web.Response:
+async def instance_docs(request: web.Request) -> tuple[ScaleSet, list[dict[str, Any]]]:
     orchestrator = service(request)
     model = await orchestrator.get_scale_set(ref(request))
     docs = [
@@ -234,10 +234,44 @@ async def list_instances(request: web.Request) -> web.Response:
             ports=info.ports,
             has_previous_os_disk=info.has_previous_os_disk,
             health_detail=info.health_detail,
+            address=info.address,
         )
         for info in await orchestrator.instances_of(model.ref)
     ]
+    return model, docs
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    _, docs = await instance_docs(request)
     return web.json_response({"value": docs})
+
+
+async def scale_set_instance_view(request: web.Request) -> web.Response:
+    model, docs = await instance_docs(request)
+    return web.json_response(arm.scale_set_instance_view(model, docs))
+
+
+async def instance_view(request: web.Request) -> web.Response:
+    _, docs = await instance_docs(request)
+    wanted = request.match_info["instance"]
+    found = next((d for d in docs if d["instanceId"] == wanted), None)
+    if found is None:
+        raise NotFound(f"instance {wanted} does not exist", "NotFound")
+    return web.json_response(found["properties"]["instanceView"])
+
+
+async def list_image_definitions(request: web.Request) -> web.Response:
+    gallery = request.match_info["gallery"]
+    definitions = [d for d in await service(request).image_definitions() if d.gallery.lower() == gallery.lower()]
+    return web.json_response({"value": [image_definition_doc(request, d) for d in definitions]})
+
+
+async def delete_image_definition(request: web.Request) -> web.Response:
+    try:
+        await service(request).delete_image_definition(request.match_info["gallery"], request.match_info["image"])
+    except NotFound:
+        return web.Response(status=204)
+    return web.Response(status=200)
 
 
 INSTANCE_ID = re.compile(r"[0-9]{1,6}")
@@ -516,12 +550,16 @@ def build_app(
     route("GET", VMSS + "/{name}", get_scale_set)
     route("DELETE", VMSS + "/{name}", delete_scale_set)
     route("GET", VMSS + "/{name}/virtualMachines", list_instances)
+    route("GET", VMSS + "/{name}/instanceView", scale_set_instance_view)
+    route("GET", VMSS + "/{name}/virtualMachines/{instance}/instanceView", instance_view)
     route("POST", VMSS + "/{name}/reimage", reimage)
     route("GET", VMSS + "/{name}/osUpgradeHistory", os_upgrade_history)
     route("POST", VMSS + "/{name}/osRollingUpgrade", start_os_rolling_upgrade)
     route("POST", VMSS + "/{name}/rollingUpgrades/cancel", cancel_rolling_upgrade)
     route("GET", VMSS + "/{name}/rollingUpgrades/latest", latest_rolling_upgrade)
+    route("GET", GALLERY + "/images", list_image_definitions)
     route("PUT", GALLERY + "/images/{image}", put_image_definition)
+    route("DELETE", GALLERY + "/images/{image}", delete_image_definition)
     route("GET", GALLERY + "/images/{image}", get_image_definition)
     route("GET", GALLERY + "/images/{image}/versions", list_image_versions)
     route("PUT", GALLERY + "/images/{image}/versions/{version}", put_image_version)

@@ -139,6 +139,7 @@ def instance_doc(
     ports: Mapping[int, int],
     has_previous_os_disk: bool,
     health_detail: str = "",
+    address: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """One entry of ``…/virtualMachines`` with its instanceView (health, image version, power state)."""
     power = "PowerState/running" if running else "PowerState/stopped"
@@ -168,12 +169,36 @@ def instance_doc(
                 },
             },
             "overhaul": {
+                "address": address,
                 "hostPorts": {str(k): v for k, v in ports.items()},
                 "phaseOrderingNumber": view.phase,
                 "skipUpgrade": view.skip_upgrade,
                 "upgradeInProgress": has_previous_os_disk,
             },
         },
+    }
+
+
+def scale_set_instance_view(model: ScaleSet, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    """Azure's VirtualMachineScaleSetInstanceView: counts of the instances' statuses, and of each extension's."""
+    counts: dict[str, int] = {}
+    for doc in instances:
+        for status in doc["properties"]["instanceView"]["statuses"]:
+            counts[status["code"]] = counts.get(status["code"], 0) + 1
+    health: dict[str, int] = {}
+    for doc in instances:
+        code = doc["properties"]["instanceView"]["vmHealth"]["status"]["code"]
+        health[code] = health.get(code, 0) + 1
+    return {
+        "virtualMachine": {"statusesSummary": [{"code": c, "count": n} for c, n in sorted(counts.items())]},
+        "extensions": [
+            {"name": ext.name, "statusesSummary": [{"code": "ProvisioningState/succeeded", "count": len(instances)}]}
+            for ext in model.extensions
+        ],
+        "statuses": [
+            {"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": "Provisioning succeeded"}
+        ],
+        "overhaul": {"healthSummary": [{"code": c, "count": n} for c, n in sorted(health.items())]},
     }
 
 

@@ -182,6 +182,9 @@ class SqliteStore:
             (definition.gallery, definition.name, definition.publisher, definition.offer, definition.sku),
         )
 
+    async def delete_image_definition(self, gallery: str, name: str) -> None:
+        self.db.execute("DELETE FROM image_definitions WHERE gallery = ? AND name = ?", (gallery, name))
+
     async def image_definitions(self) -> list[ImageDefinition]:
         rows = self.db.execute("SELECT * FROM image_definitions ORDER BY gallery, name")
         return [ImageDefinition(r["gallery"], r["name"], r["publisher"], r["offer"], r["sku"]) for r in rows]
