@@ -517,3 +517,38 @@ def test_cli_image_definition_list_show_delete(served: Served) -> None:
     assert served.call("DELETE", f"{GALLERY.rsplit('/', 1)[0]}/other?{API}")[0] == 204  # ARM: nothing to delete
     incomplete = served.cli("sig", "image-definition", "create", *where, "-i", "x", check=False)
     assert incomplete.returncode != 0 and "--publisher, --offer, --sku required" in incomplete.stderr
+
+
+def test_cli_vmss_extension_set_list_show_delete(served: Served, tmp_path: Path) -> None:
+    """The Application Health extension without a JSON file, as `az vmss extension set`."""
+    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    where = ("--vmss-name", "myScaleSet", "-g", "myResourceGroup", "--subscription", "subscription_id")
+    health = '{"protocol": "http", "port": 8080, "requestPath": "/health"}'
+    served.cli("vmss", "extension", "set", *where, "-n", "ApplicationHealthLinux", "--settings", health)
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"commandToExecute": "echo configured"}))
+    served.cli(
+        "vmss", "extension", "set", *where, "-n", "CustomScript", "--extension-instance-name", "setup",
+        "--settings", f"@{script}", "--provision-after-extensions", "ApplicationHealthLinux",
+    )  # fmt: skip
+    names = served.cli("vmss", "extension", "list", *where, "--query", "[].name", "-o", "tsv").stdout.split()
+    assert names == ["ApplicationHealthLinux", "setup"]
+    shown = json.loads(served.cli("vmss", "extension", "show", *where, "-n", "setup").stdout)
+    assert shown["properties"] == {
+        "publisher": "Microsoft.Azure.Extensions",
+        "type": "CustomScript",
+        "typeHandlerVersion": "2.1",
+        "settings": {"commandToExecute": "echo configured"},
+        "provisionAfterExtensions": ["ApplicationHealthLinux"],
+    }
+    _, model, _ = served.call("GET", f"{VMSS}?{API}")
+    extensions = model["properties"]["virtualMachineProfile"]["extensionProfile"]["extensions"]
+    assert extensions[0]["properties"]["publisher"] == "Microsoft.ManagedServices"
+    assert extensions[0]["properties"]["settings"]["port"] == 8080
+    served.cli("vmss", "extension", "delete", *where, "-n", "setup")
+    missing = served.cli("vmss", "extension", "show", *where, "-n", "setup", check=False)
+    assert missing.returncode == 3 and "setup" in missing.stderr
+    bad = served.cli("vmss", "extension", "set", *where, "-n", "CustomScript", "--settings", "{oops", check=False)
+    assert bad.returncode == 2 and "--settings: not valid JSON" in bad.stderr
+    unknown = served.cli("vmss", "extension", "set", *where, "-n", "Other", check=False)
+    assert unknown.returncode == 2 and "--publisher and --version are required" in unknown.stderr

@@ -22,7 +22,7 @@ TERMINAL = ("Completed", "Faulted", "Cancelled")
 
 
 # Exit codes as az's: 1 an error, 2 a usage error (argparse), 3 a resource that does not exist.
-EXIT_ERROR, EXIT_NOT_FOUND = 1, 3
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
 
 
 class CliError(Exception):
@@ -445,8 +445,85 @@ def scale_set_target(client: Client, args: argparse.Namespace) -> None:
         )
 
 
+# Publishers of the extension types overhaul runs, so `vmss extension set` needs no --publisher for them.
+EXTENSION_PUBLISHERS = {
+    "applicationhealthlinux": ("Microsoft.ManagedServices", "2.0"),
+    "customscript": ("Microsoft.Azure.Extensions", "2.1"),
+}
+
+
+def json_argument(flag: str, text: str | None) -> Any:
+    """az's JSON arguments: inline JSON, or @FILE."""
+    if text is None:
+        return None
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise CliError(f"{flag}: cannot read {text[1:]}: {exc.strerror}", EXIT_USAGE) from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{flag}: not valid JSON: {exc}", EXIT_USAGE) from None
+    if not isinstance(value, dict):
+        raise CliError(f"{flag}: must be a JSON object", EXIT_USAGE)
+    return value
+
+
+def run_extension(client: Client, args: argparse.Namespace) -> int:
+    """vmss extension set|list|show|delete: edits the model's extensionProfile, as az does."""
+    base = client.vmss(args.resource_group, args.name)
+    doc = client.call("GET", base)
+    profile = doc.setdefault("properties", {}).setdefault("virtualMachineProfile", {})
+    extensions: list[dict[str, Any]] = profile.setdefault("extensionProfile", {}).setdefault("extensions", [])
+    if args.extension_command == "list":
+        emit(args, extensions)
+        return 0
+    if not args.extension_name:
+        raise CliError(f"vmss extension {args.extension_command}: --name/-n is required", EXIT_USAGE)
+    wanted = (args.extension_instance_name or args.extension_name).lower()
+    index = next((i for i, e in enumerate(extensions) if str(e.get("name", "")).lower() == wanted), None)
+    if args.extension_command in ("show", "delete"):
+        if index is None:
+            raise CliError(f"extension {wanted} is not in the scale set's model", EXIT_NOT_FOUND)
+        if args.extension_command == "show":
+            emit(args, extensions[index])
+            return 0
+        del extensions[index]
+        emit(args, client.call("PUT", base, doc), "vmss")
+        return 0
+    publisher, version = EXTENSION_PUBLISHERS.get(args.extension_name.lower(), (None, None))
+    properties: dict[str, Any] = {
+        "publisher": args.publisher or publisher,
+        "type": args.extension_name,
+        "typeHandlerVersion": args.version or version,
+    }
+    if properties["publisher"] is None or properties["typeHandlerVersion"] is None:
+        raise CliError(f"--publisher and --version are required for extension type {args.extension_name}", EXIT_USAGE)
+    for key, flag, value in (
+        ("settings", "--settings", args.settings),
+        ("protectedSettings", "--protected-settings", args.protected_settings),
+    ):
+        parsed = json_argument(flag, value)
+        if parsed is not None:
+            properties[key] = parsed
+    if args.provision_after_extensions:
+        properties["provisionAfterExtensions"] = args.provision_after_extensions
+    entry = {"name": args.extension_instance_name or args.extension_name, "properties": properties}
+    if index is None:
+        extensions.append(entry)
+    else:
+        extensions[index] = entry
+    emit(args, client.call("PUT", base, doc), "vmss")
+    return 0
+
+
 def run_vmss(client: Client, args: argparse.Namespace) -> int:
+    if args.vmss_command == "extension":
+        args.name = args.vmss_name
     scale_set_target(client, args)
+    if args.vmss_command == "extension":
+        return run_extension(client, args)
     rg, cmd = args.resource_group, args.vmss_command
     if cmd == "create":
         emit(args, client.call("PUT", client.vmss(rg, args.name), model_from_args(args)), "vmss")
@@ -701,6 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     view = scale_set_command("get-instance-view", "status counts of the scale set, or one instance's instance view")
     view.add_argument("--instance-id", help="an instance id, or * for every instance's view")
     scale_set_command("list-instance-connection-info", "where each instance's ports are published (address:port)")
+    add_extension_commands(vmss, common)
+
     reimage = scale_set_command("reimage", "reimage instances (all when none are named)")
     reimage.add_argument("--instance-ids", nargs="*", type=int)
     scale_set_command("get-os-upgrade-history", "OS upgrade history, newest first")
@@ -716,6 +795,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_gallery_commands(groups, common)
     return parser
+
+
+def add_extension_commands(vmss: Any, common: argparse.ArgumentParser) -> None:
+    extension = vmss.add_parser("extension", help="the model's extensions (set, list, show, delete)", parents=[common])
+    extension.add_argument("extension_command", choices=["set", "list", "show", "delete"])
+    extension.add_argument("--vmss-name", required=True)
+    extension.add_argument("--resource-group", "-g")
+    extension.add_argument(
+        "--name", "-n", dest="extension_name", help="the extension type, e.g. ApplicationHealthLinux or CustomScript"
+    )
+    extension.add_argument("--extension-instance-name", help="the extension's name in the model (default: --name)")
+    extension.add_argument("--publisher", help="default for ApplicationHealthLinux and CustomScript")
+    extension.add_argument("--version", help="typeHandlerVersion (default for the two known types)")
+    extension.add_argument("--settings", help='JSON or @FILE, e.g. \'{"protocol": "http", "port": 8080}\'')
+    extension.add_argument("--protected-settings", help="JSON or @FILE")
+    extension.add_argument("--provision-after-extensions", nargs="*", default=[])
 
 
 def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
