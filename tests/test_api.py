@@ -552,3 +552,33 @@ def test_cli_vmss_extension_set_list_show_delete(served: Served, tmp_path: Path)
     assert bad.returncode == 2 and "--settings: not valid JSON" in bad.stderr
     unknown = served.cli("vmss", "extension", "set", *where, "-n", "Other", check=False)
     assert unknown.returncode == 2 and "--publisher and --version are required" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("overhaul vm", {"vm", "vmss"}),
+        ("overhaul vmss rol", {"rolling-upgrade"}),
+        ("overhaul vmss rolling-upgrade --name web st", {"start"}),
+        ("overhaul vmss extension set --settings", {"--settings"}),
+        ("overhaul sig image-version --gallery-image-v", {"--gallery-image-version"}),
+    ],
+)
+def test_bash_completion_completes_commands_and_flags(words: str, expected: set[str], tmp_path: Path) -> None:
+    """`source <(overhaul completion bash)` in a real bash: no server or token needed."""
+    script = subprocess.run(
+        [sys.executable, "-m", "overhaul.cli", "completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OVERHAUL_")},
+    ).stdout
+    (tmp_path / "overhaul.bash").write_text(script)
+    parts = words.split(" ")
+    probe = (
+        f"source {tmp_path / 'overhaul.bash'}; COMP_WORDS=({' '.join(parts)}); COMP_CWORD={len(parts) - 1}; "
+        '_overhaul; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    assert set(result.stdout.split()) == expected, result.stdout + result.stderr

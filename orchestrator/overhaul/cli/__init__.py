@@ -705,14 +705,8 @@ def truthy(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="overhaul",
-        description="Health-gated automatic OS image upgrades for scale sets of local containers (az-shaped).",
-        epilog="Start the service with `overhaul serve`; the other commands talk to it. "
-        "Example: overhaul vmss rolling-upgrade start --name web --resource-group demo --wait",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+def common_arguments() -> argparse.ArgumentParser:
+    """The flags every command takes (az's global arguments)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--endpoint",
@@ -731,12 +725,26 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", choices=["json", "jsonc", "table", "tsv", "yaml", "yamlc", "none"], default="json"
     )
     common.add_argument("--query", help="JMESPath query applied to the result, as az's --query")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="overhaul",
+        description="Health-gated automatic OS image upgrades for scale sets of local containers (az-shaped).",
+        epilog="Start the service with `overhaul serve`; the other commands talk to it. "
+        "Example: overhaul vmss rolling-upgrade start --name web --resource-group demo --wait",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = common_arguments()
     groups = parser.add_subparsers(dest="group", required=True)
 
     configure_parser = groups.add_parser("configure", help="defaults for later commands, as `az configure`")
     configure_parser.add_argument(
         "--defaults", nargs="*", metavar="KEY=VALUE", help="group=NAME subscription=ID location=LOC (empty clears)"
     )
+    shell_help = "print a shell completion script: source <(overhaul completion bash)"
+    groups.add_parser("completion", help=shell_help).add_argument("shell", choices=["bash"])
     # `overhaul serve ...` is handed to the server's own parser before this one runs (see main): the client
     # commands never import the server. Listed here so that `overhaul --help` shows it.
     groups.add_parser("serve", help="run the orchestrator service (overhaul serve --help lists its settings)")
@@ -848,6 +856,46 @@ def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     image_list.add_argument("--all", action="store_true", help="every version, not only the latest")
 
 
+def completion_words(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
+    """Command path ("overhaul", "overhaul vmss rolling-upgrade", ...) -> the words that may follow it."""
+    table: dict[str, list[str]] = {}
+
+    def walk(node: argparse.ArgumentParser, path: list[str]) -> None:
+        words: set[str] = set()
+        for action in node._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    words.add(name)
+                    walk(sub, [*path, name])
+            elif action.option_strings:
+                words.update(o for o in action.option_strings if o.startswith("--"))
+            elif action.choices:
+                words.update(str(c) for c in action.choices)
+        table[" ".join(path)] = sorted(words)
+
+    walk(parser, ["overhaul"])
+    return table
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion script for every command and flag: `source <(overhaul completion bash)`."""
+    entries = "\n".join(f'    ["{path}"]="{" ".join(words)}"' for path, words in completion_words(parser).items())
+    return f"""# bash completion for overhaul: source <(overhaul completion bash)
+declare -gA _overhaul_words=(
+{entries}
+)
+_overhaul() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" path="overhaul" word next
+    for word in "${{COMP_WORDS[@]:1:COMP_CWORD-1}}"; do
+        next="$path $word"
+        [[ $word != -* && -n "${{_overhaul_words[$next]+x}}" ]] && path="$next"
+    done
+    COMPREPLY=($(compgen -W "${{_overhaul_words[$path]}}" -- "$cur"))
+}}
+complete -F _overhaul overhaul
+"""
+
+
 def apply_defaults(args: argparse.Namespace, defaults: dict[str, str]) -> None:
     """What the command leaves out comes from `overhaul configure --defaults`, as az's defaults."""
     if getattr(args, "resource_group", None) in (None, "") and "group" in defaults and args.group != "vm":
@@ -868,6 +916,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.group == "configure":
             return configure(args)
+        if args.group == "completion":
+            print(bash_completion(parser), end="")
+            return 0
         apply_defaults(args, load_defaults())
         client = Client(args.endpoint, find_token(args), args.subscription, debug=args.debug, verbose=args.verbose)
         if args.group == "vmss":
