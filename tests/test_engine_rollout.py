@@ -250,6 +250,19 @@ async def test_manual_start_does_not_roll_back(fleet: Fleet) -> None:
     assert len([c for c in containers("podman", f"{fleet.name}_0")]) == 1  # one OS disk, the new one
 
 
+async def test_a_manual_start_rolls_failed_instances_back_on_a_policy_breach_when_asked(fleet: Fleet) -> None:
+    model = copy.deepcopy(MODEL)
+    model["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["rollbackFailedInstancesOnPolicyBreach"] = True
+    await fleet.create(model)
+    await fleet.publish("3.0.0")
+    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.USER)
+    done = await fleet.service.wait_attempt(attempt.id, 120)
+    assert done.status is AttemptStatus.FAULTED and done.error_code == MAX_UNHEALTHY_UPGRADED
+    assert done.instances[0].step is Step.ROLLED_BACK
+    assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
+    await fleet.all_healthy()
+
+
 async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podman: str) -> None:
     await fleet.create()
     await fleet.publish("2.0.0")

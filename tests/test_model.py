@@ -171,7 +171,6 @@ def test_an_azure_document_comes_back_as_it_was_sent() -> None:
     ("where", "key"),
     [
         ("rollingUpgradePolicy", "maxSurge"),
-        ("rollingUpgradePolicy", "rollbackFailedInstancesOnPolicyBreach"),
         ("rollingUpgradePolicy", "enableCrossZoneUpgrade"),
         ("automaticOSUpgradePolicy", "osRollingUpgradeDeferral"),
     ],

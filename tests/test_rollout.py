@@ -317,6 +317,7 @@ def scenarios(draw: st.DrawFn) -> tuple[World, RollingUpgradePolicy, StartedBy]:
         max_unhealthy_upgraded_instance_percent=draw(st.integers(0, 100)),
         prioritize_unhealthy_instances=draw(st.booleans()),
         pause_time_between_batches=draw(st.sampled_from([0.0, 5.0])),
+        rollback_failed_instances_on_policy_breach=draw(st.booleans()),
     )
     started_by = draw(st.sampled_from(list(StartedBy)))
     return World(versions, healthy_on, phases=phases, skip=skip), pol, started_by
@@ -359,6 +360,9 @@ def test_properties_of_every_attempt(scenario: tuple[World, RollingUpgradePolicy
     if attempt.status is AttemptStatus.COMPLETED:
         assert attempt.pending == 0
         assert attempt.in_progress == 0
+    # An attempt that ends by a breach of the policy leaves no instance on the version that failed when asked to.
+    if pol.rollback_failed_instances_on_policy_breach and attempt.error_code in (MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED):
+        assert all(p.step is not Step.FAILED for p in attempt.instances.values())
 
 
 def test_a_final_verdict_fails_the_instance_at_once_not_at_the_timeout() -> None:
@@ -390,3 +394,29 @@ def test_a_final_verdict_without_rollback_keeps_the_instance_failed() -> None:
     progress = decide(attempt, final, 106.0).attempt.instances[0]
     assert progress.step is Step.KEEPING_FAILED
     assert progress.error == "Unhealthy after the reimage: instance exited"
+
+
+def test_rollback_failed_instances_on_policy_breach() -> None:
+    """A manual start does not roll back; with rollbackFailedInstancesOnPolicyBreach the instances that failed keep
+    their previous OS disk until the attempt ends, and get it back when it ends by a breach of the policy."""
+    world = World(fleet(5), lambda i, v: v != "v3")
+    attempt = run(
+        world, target="v3", started_by=StartedBy.USER, pol=policy(rollback_failed_instances_on_policy_breach=True)
+    )
+    assert attempt.status is AttemptStatus.FAULTED and attempt.error_code == MAX_UNHEALTHY_UPGRADED
+    assert attempt.instances[0].step is Step.ROLLED_BACK
+    assert world.versions == fleet(5)
+    # Without the option the failed instance keeps the version that failed.
+    world = World(fleet(5), lambda i, v: v != "v3")
+    attempt = run(world, target="v3", started_by=StartedBy.USER)
+    assert attempt.instances[0].step is Step.FAILED and world.versions[0] == "v3"
+
+
+def test_held_failures_are_kept_when_the_attempt_completes_within_the_policy() -> None:
+    world = World(fleet(5), lambda i, v: not (i == 2 and v == "v3"))
+    pol = policy(rollback_failed_instances_on_policy_breach=True, max_unhealthy_upgraded_instance_percent=50)
+    attempt = run(world, target="v3", started_by=StartedBy.USER, pol=pol)
+    assert attempt.status is AttemptStatus.COMPLETED
+    assert attempt.instances[2].step is Step.FAILED  # held until the end, then kept: no breach
+    assert world.versions == {0: "v3", 1: "v3", 2: "v3", 3: "v3", 4: "v3"}
+    assert ("commit", 2) in [(k.value, i) for k, i in world.touched]

@@ -110,6 +110,9 @@ class RollingUpgradePolicy:
     max_unhealthy_upgraded_instance_percent: int = 20
     pause_time_between_batches: float = 0.0
     prioritize_unhealthy_instances: bool = False
+    # Instances that failed keep their previous OS disk until the attempt ends, and get it back if it ends by a
+    # breach of the policy (without it, an attempt that does not roll back leaves them as they are).
+    rollback_failed_instances_on_policy_breach: bool = False
     # Ours: how long a reimaged instance has to become Healthy before it counts as failed.
     instance_health_timeout: float = 300.0
 
@@ -120,6 +123,7 @@ class RollingUpgradePolicy:
             "maxUnhealthyUpgradedInstancePercent": self.max_unhealthy_upgraded_instance_percent,
             "pauseTimeBetweenBatches": format_duration(self.pause_time_between_batches),
             "prioritizeUnhealthyInstances": self.prioritize_unhealthy_instances,
+            "rollbackFailedInstancesOnPolicyBreach": self.rollback_failed_instances_on_policy_breach,
             "overhaul": {"instanceHealthTimeout": format_duration(self.instance_health_timeout)},
         }
 
@@ -396,7 +400,6 @@ class ScaleSet:
 # believes an option is on that is not.
 NOT_YET_ROLLING = {
     "maxSurge": "new instances beside the old ones are not supported yet: instances are reimaged in place",
-    "rollbackFailedInstancesOnPolicyBreach": "is not supported yet: instances that failed keep what they run",
     "enableCrossZoneUpgrade": "there are no availability zones here yet",
 }
 NOT_YET_AUTOMATIC = {
@@ -440,6 +443,7 @@ def _rolling_policy(r: _Reader) -> RollingUpgradePolicy:
         max_unhealthy_upgraded_instance_percent=r.integer("maxUnhealthyUpgradedInstancePercent", 20, 0, 100),
         pause_time_between_batches=pause,
         prioritize_unhealthy_instances=r.boolean("prioritizeUnhealthyInstances", False),
+        rollback_failed_instances_on_policy_breach=r.boolean("rollbackFailedInstancesOnPolicyBreach", False),
         instance_health_timeout=timeout,
     )
 

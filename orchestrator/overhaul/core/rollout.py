@@ -53,6 +53,9 @@ class Step(StrEnum):
     KEEP_FAILED = "KeepFailed"
     KEEPING_FAILED = "KeepingFailed"
     FAILED = "Failed"
+    # Unhealthy, no rollback wanted, rollbackFailedInstancesOnPolicyBreach: the previous OS disk is kept until the
+    # attempt ends, then restored if it ended by a breach of the policy, else dropped.
+    FAILED_HELD = "FailedHeld"
 
     @property
     def terminal(self) -> bool:
@@ -64,7 +67,14 @@ class Step(StrEnum):
 
     @property
     def failed(self) -> bool:
-        return self in (Step.ROLLED_BACK, Step.ROLLBACK_FAILED, Step.FAILED, Step.KEEP_FAILED, Step.KEEPING_FAILED)
+        return self in (
+            Step.ROLLED_BACK,
+            Step.ROLLBACK_FAILED,
+            Step.FAILED,
+            Step.KEEP_FAILED,
+            Step.KEEPING_FAILED,
+            Step.FAILED_HELD,
+        )
 
     @property
     def settled(self) -> bool:
@@ -288,6 +298,8 @@ def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
         view = views.get(instance_id)
         fresh = view is not None and view.observed_at >= progress.since
         failed_step = Step.ROLLBACK if attempt.rollback_enabled else Step.KEEP_FAILED
+        if failed_step is Step.KEEP_FAILED and attempt.policy.rollback_failed_instances_on_policy_breach:
+            failed_step = Step.FAILED_HELD
         if view is not None and fresh and view.healthy and view.version == attempt.target_version:
             instances[instance_id] = replace(progress, step=Step.COMMIT, since=now)
         elif view is not None and fresh and view.final and not view.healthy:
@@ -303,6 +315,27 @@ def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
             wake_at = progress.deadline if wake_at is None else min(wake_at, progress.deadline)
     actions = _issue(instances, attempt.batch, now)
     return Decision(replace(attempt, instances=instances), tuple(actions), wake_at)
+
+
+def _end(
+    attempt: Attempt,
+    status: AttemptStatus,
+    now: float,
+    cleanup: tuple[Action, ...],
+    *,
+    code: str | None = None,
+    message: str | None = None,
+) -> Decision:
+    """Ends the attempt; instances held failed get their previous OS disk back if it ended by a breach of the
+    policy (rollbackFailedInstancesOnPolicyBreach), else keep what they run."""
+    breach = status is AttemptStatus.FAULTED and code in (MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED)
+    instances = dict(attempt.instances)
+    held = [i for i, p in instances.items() if p.step is Step.FAILED_HELD]
+    for instance_id in held:
+        instances[instance_id] = replace(instances[instance_id], step=Step.ROLLBACK if breach else Step.KEEP_FAILED)
+    actions = _issue(instances, held, now)
+    ended = replace(attempt, instances=instances).finished(status, now, code, message)
+    return Decision(ended, (*cleanup, *actions))
 
 
 def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> Decision:
@@ -328,14 +361,14 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
                 f"{attempt.failed} of {processed} upgraded instances are unhealthy, more than "
                 f"maxUnhealthyUpgradedInstancePercent ({policy.max_unhealthy_upgraded_instance_percent}%)"
             )
-            return Decision(attempt.finished(AttemptStatus.FAULTED, now, MAX_UNHEALTHY_UPGRADED, message), cleanup)
+            return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=MAX_UNHEALTHY_UPGRADED, message=message)
         pause = policy.pause_time_between_batches
         attempt = replace(attempt, batch=(), pause_until=now + pause if remaining and pause > 0 else None)
     if attempt.cancel_requested:
         message = "the rolling upgrade was cancelled"
-        return Decision(attempt.finished(AttemptStatus.CANCELLED, now, "OperationCancelled", message), cleanup)
+        return _end(attempt, AttemptStatus.CANCELLED, now, cleanup, code="OperationCancelled", message=message)
     if not remaining:
-        return Decision(attempt.finished(AttemptStatus.COMPLETED, now), cleanup)
+        return _end(attempt, AttemptStatus.COMPLETED, now, cleanup)
     if attempt.pause_until is not None and now < attempt.pause_until:
         return Decision(attempt, cleanup, wake_at=attempt.pause_until)
     unhealthy = unhealthy_count(views.values())
@@ -345,7 +378,7 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
             f"maxUnhealthyInstancePercent ({attempt.policy.max_unhealthy_instance_percent}%): "
             "no further batch was started"
         )
-        return Decision(attempt.finished(AttemptStatus.FAULTED, now, MAX_UNHEALTHY, message), cleanup)
+        return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=MAX_UNHEALTHY, message=message)
     batch = remaining[0]
     instances = dict(attempt.instances)
     for instance_id in batch:
