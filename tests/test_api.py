@@ -582,3 +582,58 @@ def test_bash_completion_completes_commands_and_flags(words: str, expected: set[
     )
     result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30, check=True)
     assert set(result.stdout.split()) == expected, result.stdout + result.stderr
+
+
+def contains(whole: Any, part: Any) -> bool:
+    """Every field of ``part`` is in ``whole`` with the same value (lists item by item)."""
+    if isinstance(part, dict):
+        return isinstance(whole, dict) and all(k in whole and contains(whole[k], v) for k, v in part.items())
+    if isinstance(part, list):
+        return isinstance(whole, list) and len(whole) == len(part) and all(map(contains, whole, part))
+    return bool(whole == part)
+
+
+def test_gallery_documents_round_trip(served: Served) -> None:
+    """Azure fields of image definitions and versions with no meaning here come back verbatim, through PATCH too."""
+    definition = {
+        "location": "local",
+        "tags": {"team": "web"},
+        "properties": {
+            "osType": "Linux",
+            "osState": "Generalized",
+            "hyperVGeneration": "V2",
+            "description": "web tier",
+            "endOfLifeDate": "2030-01-01T00:00:00Z",
+            "recommended": {"vCPUs": {"min": 1, "max": 4}, "memory": {"min": 1, "max": 8}},
+            "features": [{"name": "SecurityType", "value": "TrustedLaunch"}],
+            "architecture": "x64",
+            "identifier": {"publisher": "contoso", "offer": "web", "sku": "debian"},
+        },
+    }
+    other = GALLERY.rsplit("/", 1)[0] + "/web"
+    assert served.call("PUT", f"{other}?{API}", definition)[0] == 201
+    assert contains(served.call("GET", f"{other}?{API}")[1], definition)
+    version = {
+        "location": "local",
+        "tags": {"build": "42"},
+        "properties": {
+            "publishingProfile": {
+                "targetRegions": [{"name": "local", "regionalReplicaCount": 2, "storageAccountType": "Standard_ZRS"}],
+                "replicaCount": 1,
+                "excludeFromLatest": False,
+                "endOfLifeDate": "2030-01-01T00:00:00Z",
+                "storageAccountType": "Standard_LRS",
+            },
+            "storageProfile": {"source": {"overhaul": {"containerImage": "localhost/web:2.0.0"}}},
+            "safetyProfile": {"allowDeletionOfReplicatedLocations": False},
+        },
+    }
+    assert served.call("PUT", f"{other}/versions/2.0.0?{API}", version)[0] == 201
+    assert contains(served.call("GET", f"{other}/versions/2.0.0?{API}")[1], version)
+    patched = {"properties": {"publishingProfile": {"excludeFromLatest": True}}}
+    status, doc, _ = served.call("PATCH", f"{other}/versions/2.0.0?{API}", patched)
+    assert status == 200 and doc["properties"]["publishingProfile"]["excludeFromLatest"] is True
+    assert doc["properties"]["publishingProfile"]["replicaCount"] == 1 and doc["tags"] == {"build": "42"}
+    windows = {"properties": {**definition["properties"], "osType": "Windows"}}  # type: ignore[dict-item]
+    status, doc, _ = served.call("PUT", f"{other}2?{API}", windows)
+    assert status == 400 and doc["error"]["target"] == "properties.osType"

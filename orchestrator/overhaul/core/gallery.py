@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from overhaul.core.model import GALLERY_ID, ImageReference, ModelError
+from overhaul.core.model import GALLERY_ID, ImageReference, ModelError, overlay
 
 VERSION_PATTERN = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
@@ -31,6 +31,9 @@ class ImageDefinition:
     publisher: str
     offer: str
     sku: str
+    # The document as sent: Azure fields with no meaning here (description, hyperVGeneration, features, ...) come
+    # back verbatim.
+    sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def matches(self, ref: ImageReference) -> bool:
         if ref.id is not None:
@@ -54,6 +57,9 @@ class ImageVersion:
     tags: Mapping[str, str] = field(default_factory=dict)
     # Why 'latest' skips this version (an attempt Faulted on it, or a person said so); None: it does not.
     quarantine: str | None = None
+    # The document as sent: Azure fields with no meaning here (replica counts, storage account types, end of life
+    # date, ...) come back verbatim.
+    sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def quarantined(self) -> bool:
@@ -63,7 +69,7 @@ class ImageVersion:
         return location.lower() in (loc.lower() for loc in self.target_locations)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        own = {
             "name": self.version,
             "type": "Microsoft.Compute/galleries/images/versions",
             "location": self.target_locations[0] if self.target_locations else "local",
@@ -80,6 +86,18 @@ class ImageVersion:
                 | ({"quarantineReason": self.quarantine} if self.quarantine else {}),
             },
         }
+        doc: dict[str, Any] = overlay(_without_read_only(self.sent), own)
+        return doc
+
+
+def _without_read_only(sent: Mapping[str, Any]) -> dict[str, Any]:
+    """What a client sent, less what only the server says (a reason of a quarantine the client cleared)."""
+    doc = dict(sent)
+    props = doc.get("properties")
+    if isinstance(props, Mapping) and isinstance(props.get("overhaul"), Mapping):
+        own = {k: v for k, v in props["overhaul"].items() if k != "quarantineReason"}
+        doc["properties"] = {**props, "overhaul": own}
+    return doc
 
 
 def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, published_at: float) -> ImageVersion:
@@ -133,6 +151,7 @@ def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, pub
         target_locations=tuple(locations),
         published_at=published_at,
         quarantine=(reason or "quarantined by a person") if quarantined else None,
+        sent=dict(doc),
     )
 
 

@@ -19,7 +19,7 @@ from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.http.openapi import openapi_document
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
 from overhaul.core.gallery import ImageDefinition, ImageVersion, parse_image_version
-from overhaul.core.model import ModelError, ScaleSet, ScaleSetRef, merge_patch
+from overhaul.core.model import ModelError, ScaleSet, ScaleSetRef, merge_patch, overlay
 from overhaul.core.rollout import AttemptStatus, StartedBy
 from overhaul.runtime.service import EngineFailed, Orchestrator
 
@@ -365,8 +365,9 @@ async def latest_rolling_upgrade(request: web.Request) -> web.Response:
 
 
 def image_definition_doc(request: web.Request, definition: ImageDefinition) -> dict[str, Any]:
+    """Its ARM document: what was sent (Azure fields with no meaning here come back verbatim) under ours."""
     sub, rg = request.match_info["sub"], request.match_info["rg"]
-    return {
+    own = {
         "id": f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/galleries/{definition.gallery}"
         f"/images/{definition.name}",
         "name": definition.name,
@@ -377,6 +378,8 @@ def image_definition_doc(request: web.Request, definition: ImageDefinition) -> d
             "identifier": {"publisher": definition.publisher, "offer": definition.offer, "sku": definition.sku},
         },
     }
+    doc: dict[str, Any] = overlay(definition.sent, own)
+    return doc
 
 
 def image_version_doc(request: web.Request, version: ImageVersion) -> dict[str, Any]:
@@ -405,7 +408,13 @@ async def put_image_definition(request: web.Request) -> web.Response:
         if not isinstance(value, str) or not value:
             raise InvalidInput(f"properties.identifier.{key}: is required", target=f"properties.identifier.{key}")
         values[key] = value
-    definition = ImageDefinition(request.match_info["gallery"], request.match_info["image"], **values)
+    os_type = props.get("osType", "Linux") if isinstance(props, Mapping) else "Linux"
+    if not isinstance(os_type, str) or os_type.lower() != "linux":
+        raise InvalidInput(
+            f"properties.osType: must be Linux (instances are Linux containers or VMs), got {os_type!r}",
+            target="properties.osType",
+        )
+    definition = ImageDefinition(request.match_info["gallery"], request.match_info["image"], **values, sent=body)
     orchestrator = service(request)
     try:
         await orchestrator.image_definition(definition.gallery, definition.name)

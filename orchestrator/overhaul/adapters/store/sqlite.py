@@ -74,6 +74,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE image_versions ADD COLUMN quarantine TEXT;
     """,
+    # Gallery documents as sent, so Azure fields with no local meaning round-trip.
+    """
+    ALTER TABLE image_versions ADD COLUMN doc TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE image_definitions ADD COLUMN doc TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 
 
@@ -176,10 +181,17 @@ class SqliteStore:
 
     async def put_image_definition(self, definition: ImageDefinition) -> None:
         self.db.execute(
-            "INSERT INTO image_definitions (gallery, name, publisher, offer, sku) VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO image_definitions (gallery, name, publisher, offer, sku, doc) VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (gallery, name) DO UPDATE SET publisher = excluded.publisher, offer = excluded.offer,"
-            " sku = excluded.sku",
-            (definition.gallery, definition.name, definition.publisher, definition.offer, definition.sku),
+            " sku = excluded.sku, doc = excluded.doc",
+            (
+                definition.gallery,
+                definition.name,
+                definition.publisher,
+                definition.offer,
+                definition.sku,
+                json.dumps(definition.sent),
+            ),
         )
 
     async def delete_image_definition(self, gallery: str, name: str) -> None:
@@ -187,15 +199,18 @@ class SqliteStore:
 
     async def image_definitions(self) -> list[ImageDefinition]:
         rows = self.db.execute("SELECT * FROM image_definitions ORDER BY gallery, name")
-        return [ImageDefinition(r["gallery"], r["name"], r["publisher"], r["offer"], r["sku"]) for r in rows]
+        return [
+            ImageDefinition(r["gallery"], r["name"], r["publisher"], r["offer"], r["sku"], json.loads(r["doc"]))
+            for r in rows
+        ]
 
     async def put_image_version(self, version: ImageVersion) -> None:
         self.db.execute(
             "INSERT INTO image_versions"
-            " (gallery, image, version, artifact, exclude_from_latest, locations, published, quarantine)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gallery, image, version) DO UPDATE SET"
+            " (gallery, image, version, artifact, exclude_from_latest, locations, published, quarantine, doc)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gallery, image, version) DO UPDATE SET"
             " artifact = excluded.artifact, exclude_from_latest = excluded.exclude_from_latest,"
-            " locations = excluded.locations, quarantine = excluded.quarantine",
+            " locations = excluded.locations, quarantine = excluded.quarantine, doc = excluded.doc",
             (
                 version.gallery,
                 version.image,
@@ -205,6 +220,7 @@ class SqliteStore:
                 json.dumps(list(version.target_locations)),
                 version.published_at,
                 version.quarantine,
+                json.dumps(version.sent),
             ),
         )
 
@@ -220,6 +236,7 @@ class SqliteStore:
                 tuple(json.loads(r["locations"])),
                 r["published"],
                 quarantine=r["quarantine"],
+                sent=json.loads(r["doc"]),
             )
             for r in rows
         ]
