@@ -637,3 +637,23 @@ def test_gallery_documents_round_trip(served: Served) -> None:
     windows = {"properties": {**definition["properties"], "osType": "Windows"}}  # type: ignore[dict-item]
     status, doc, _ = served.call("PUT", f"{other}2?{API}", windows)
     assert status == 400 and doc["error"]["target"] == "properties.osType"
+
+
+def test_an_operation_ends_only_when_the_attempt_is_done() -> None:
+    """Faulted with a commit still in flight is InProgress: a client acting at once would get 409 otherwise."""
+    from dataclasses import replace as with_fields  # noqa: PLC0415
+
+    from overhaul.adapters.http.arm import operation_doc  # noqa: PLC0415
+    from overhaul.core.model import RollingUpgradePolicy  # noqa: PLC0415
+    from overhaul.core.rollout import Attempt, AttemptStatus, InstanceProgress, StartedBy, Step  # noqa: PLC0415
+
+    attempt = Attempt("a", "web", "3.0.0", StartedBy.USER, False, RollingUpgradePolicy(), 5, 100.0)
+    ending = attempt.with_instance(InstanceProgress(0, Step.KEEPING_FAILED, 101.0)).finished(
+        AttemptStatus.FAULTED, 102.0, "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade", "1 of 1"
+    )
+    assert operation_doc("op", ending)["status"] == "InProgress"
+    assert operation_doc("op", ending, cancel=True)["status"] == "InProgress"
+    done = ending.with_instance(with_fields(ending.instances[0], step=Step.FAILED))
+    doc = operation_doc("op", done)
+    assert doc["status"] == "Failed" and doc["error"]["message"] == "1 of 1" and "endTime" in doc
+    assert operation_doc("op", done, cancel=True)["status"] == "Succeeded"

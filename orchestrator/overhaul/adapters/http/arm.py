@@ -211,12 +211,15 @@ OPERATION_STATUS = {
 
 
 def operation_doc(name: str, attempt: Attempt, *, cancel: bool = False) -> dict[str, Any]:
-    """ARM's operation resource for a rolling upgrade, or for the cancel of one (done once the attempt ends)."""
-    status = OPERATION_STATUS[attempt.status]
-    if cancel and attempt.status.terminal:
+    """ARM's operation resource for a rolling upgrade, or for the cancel of one (done once the attempt ends).
+
+    InProgress until the attempt is done — ended, and its last driver actions (a commit, a rollback) finished —
+    so a client that acts on the scale set as soon as the operation ends is not refused (409) meanwhile."""
+    status = OPERATION_STATUS[attempt.status] if attempt.done else "InProgress"
+    if cancel and attempt.done:
         status = "Succeeded"
     doc: dict[str, Any] = {"name": name, "status": status, "startTime": iso(attempt.start_time)}
-    if attempt.status.terminal:
+    if attempt.done:
         doc["endTime"] = iso(attempt.end_time)
     if status == "Failed":
         doc["error"] = {"code": attempt.error_code or "RollingUpgradeFailed", "message": attempt.error_message or ""}
