@@ -201,4 +201,7 @@ def test_wait_shows_each_instance_in_flight_with_its_health_reason_and_time_left
     assert (
         "Next: restore instance(s) 0 with `overhaul vmss reimage --resource-group faults --name why" in started.stderr
     )
+    # The CLI returned once the attempt was done (its last commit finished): the scale set takes changes at once.
+    status, doc, _ = served.call("PATCH", f"{vmss('why')}?{API}", {"tags": {"after": "faulted"}})
+    assert status == 200, doc
     served.call("DELETE", f"{GALLERY}/versions/2.0.0?{API}")

@@ -413,7 +413,8 @@ def watch_rolling_upgrade(client: Client, args: argparse.Namespace) -> int:
         if key != last or time.monotonic() - printed_at >= 10:
             print(f"[{time.strftime('%H:%M:%S')}] " + "\n".join([line, *details]), file=sys.stderr, flush=True)
             last, printed_at = key, time.monotonic()
-        if status in TERMINAL:
+        # Ended, and its last commit or rollback finished (older servers do not say: ended is enough).
+        if status in TERMINAL and props.get("overhaul", {}).get("done", True):
             emit(args, doc, "latest")
             error = props.get("error")
             if error:

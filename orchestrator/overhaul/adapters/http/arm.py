@@ -117,6 +117,8 @@ def latest_record(
             "batchesStarted": attempt.batches_started,
             "currentBatch": list(attempt.batch),
             "instances": [in_flight_doc(p, health.get(i), clock) for i, p in attempt.instances.items()],
+            # Ended, and its last commit or rollback finished: the scale set takes changes again.
+            "done": attempt.done,
         },
     }
     error = _error(attempt)
