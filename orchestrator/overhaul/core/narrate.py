@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 from overhaul.core.naming import instance_name
-from overhaul.core.rollout import Attempt, AttemptStatus, InstanceProgress, Step
+from overhaul.core.rollout import IN_FLIGHT, Attempt, AttemptStatus, InstanceProgress, Step
 
 
 class Level(IntEnum):
@@ -19,37 +19,29 @@ class Level(IntEnum):
     ERROR = 40
 
 
-# Steps that say the same thing to a person: one line when an instance enters the group, none within it.
-GROUPS = {
-    Step.COMMIT: "commit",
-    Step.COMMITTING: "commit",
-    Step.ROLLBACK: "rollback",
-    Step.ROLLING_BACK: "rollback",
-    Step.KEEP_FAILED: "keep",
-    Step.KEEPING_FAILED: "keep",
-}
+def _group(progress: InstanceProgress | None) -> Step | None:
+    """A step with a driver action in flight says the same to a person as the step that issued it: one line when
+    an instance enters the group, none within it."""
+    return None if progress is None else IN_FLIGHT.get(progress.step, progress.step)
 
 
 def _instance_line(attempt: Attempt, progress: InstanceProgress) -> tuple[Level, str] | None:
     name = instance_name(attempt.scale_set, progress.instance_id)
     why = f": {progress.error}" if progress.error else ""
+    target = attempt.target_version
     lines = {
-        "commit": (Level.INFO, f"{name}: Healthy on {attempt.target_version}, committing"),
-        "rollback": (Level.WARNING, f"{name}: rolling back to its previous OS disk{why}"),
-        "keep": (Level.WARNING, f"{name}: failed on {attempt.target_version}, kept as it is (no rollback){why}"),
-        Step.FAILED_HELD.value: (
+        Step.COMMIT: (Level.INFO, f"{name}: Healthy on {target}, committing"),
+        Step.ROLLBACK: (Level.WARNING, f"{name}: rolling back to its previous OS disk{why}"),
+        Step.KEEP_FAILED: (Level.WARNING, f"{name}: failed on {target}, kept as it is (no rollback){why}"),
+        Step.FAILED_HELD: (
             Level.WARNING,
-            f"{name}: failed on {attempt.target_version}; its previous OS disk is kept until the attempt ends{why}",
+            f"{name}: failed on {target}; its previous OS disk is kept until the attempt ends{why}",
         ),
-        Step.UPGRADED.value: (Level.INFO, f"{name}: upgraded to {attempt.target_version}"),
-        Step.ROLLED_BACK.value: (Level.INFO, f"{name}: rolled back"),
-        Step.ROLLBACK_FAILED.value: (Level.ERROR, f"{name}: rollback failed{why}"),
+        Step.UPGRADED: (Level.INFO, f"{name}: upgraded to {target}"),
+        Step.ROLLED_BACK: (Level.INFO, f"{name}: rolled back"),
+        Step.ROLLBACK_FAILED: (Level.ERROR, f"{name}: rollback failed{why}"),
     }
-    return lines.get(GROUPS.get(progress.step, progress.step.value))
-
-
-def _group(progress: InstanceProgress | None) -> str | None:
-    return None if progress is None else GROUPS.get(progress.step, progress.step.value)
+    return lines.get(IN_FLIGHT.get(progress.step, progress.step))
 
 
 def describe(before: Attempt | None, after: Attempt) -> list[tuple[Level, str]]:
