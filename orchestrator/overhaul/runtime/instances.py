@@ -28,6 +28,14 @@ def allocate_port(taken: set[int]) -> int:
     raise OverhaulError("no free host port on 127.0.0.1", "PortsExhausted")
 
 
+def where_it_listens(allocated: Mapping[int, int], state: InstanceState | None) -> tuple[str, dict[int, int]]:
+    """The address and host ports of an instance: what the engine reports wins over what was allocated, as it is
+    where the instance really listens."""
+    if state is None:
+        return "127.0.0.1", dict(allocated)
+    return state.address, {**allocated, **state.ports}
+
+
 class Instances:
     def __init__(self, store: Store, health: HealthSource) -> None:
         self.store = store
@@ -111,9 +119,7 @@ class Instances:
         source = model.health_source
         for instance_id in range(model.capacity):
             state = states.get(instance_id) if states else None
-            # What the engine reports wins over what was allocated: it is where the instance really listens.
-            host = {**ports.get(instance_id, {}), **(state.ports if state is not None else {})}
-            address = state.address if state is not None else "127.0.0.1"
+            address, host = where_it_listens(ports.get(instance_id, {}), state)
             key = (model.name, instance_id)
             if source is HealthSourceKind.AGENT and model.engine.agent_port in host:
                 self.health.watch_agent(key, address, host[model.engine.agent_port])

@@ -37,7 +37,7 @@ from overhaul.ports.health import HealthReport, HealthSource
 from overhaul.ports.store import Store, StoredAttempt
 from overhaul.runtime.changes import Changes
 from overhaul.runtime.events import EventBus
-from overhaul.runtime.instances import Instances
+from overhaul.runtime.instances import Instances, where_it_listens
 from overhaul.runtime.reconciler import Reconciler, image_reference_for, instance_views
 from overhaul.runtime.settings import RuntimeSettings
 from overhaul.runtime.supervisor import Supervisor
@@ -409,17 +409,17 @@ class Orchestrator:
         for i in range(model.capacity):
             report = self.health.report((model.name, i))
             state = states.get(i)
+            address, host_ports = where_it_listens(ports.get(i, {}), state)
             infos.append(
                 InstanceInfo(
                     i,
                     model.instance_name(i),
                     views[i],
-                    # What the engine reports wins over what was allocated: it is where the instance listens.
-                    {**ports.get(i, {}), **(state.ports if state is not None else {})},
+                    host_ports,
                     bool(state and state.running),
                     bool(state and state.previous),
                     report.detail if report else "",
-                    state.address if state is not None else "127.0.0.1",
+                    address,
                 )
             )
         return infos
