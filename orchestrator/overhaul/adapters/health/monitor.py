@@ -144,7 +144,10 @@ class HealthMonitor:
             self._outage[key] = "booting"  # a new instance, or the first look after a restart: it may still boot
         self._targets[key] = factory
         if key not in self._tasks or self._tasks[key].done():
-            self._tasks[key] = asyncio.get_running_loop().create_task(factory(), name=f"health-{key[0]}-{key[1]}")
+            self._spawn(key, factory)
+
+    def _spawn(self, key: Key, factory: Callable[[], Any]) -> None:
+        self._tasks[key] = asyncio.get_running_loop().create_task(factory(), name=f"health-{key[0]}-{key[1]}")
 
     def expect_outage(self, key: Key) -> None:
         self._outage[key] = "down"
@@ -158,7 +161,7 @@ class HealthMonitor:
             task.cancel()
         factory = self._targets.get(key)
         if factory is not None:
-            self._tasks[key] = asyncio.get_running_loop().create_task(factory(), name=f"health-{key[0]}-{key[1]}")
+            self._spawn(key, factory)
 
     async def unwatch(self, key: Key) -> None:
         self._outage.pop(key, None)
