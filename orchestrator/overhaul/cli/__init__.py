@@ -164,6 +164,15 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def apply_sets(doc: dict[str, Any], items: list[str] | None) -> None:
+    """Each --set PATH=VALUE (VALUE is JSON, or a bare word) applied to ``doc`` in order."""
+    for item in items or []:
+        path, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--set {item!r}: expected PATH=VALUE")
+        set_path(doc, path, parse_value(value))
+
+
 def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
     """az's --set: dotted path, case-insensitive keys, 'properties' implied as az flattens it."""
     parts = [p for p in path.split(".") if p]
@@ -530,11 +539,7 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
         emit(args, client.call("PUT", client.vmss(rg, args.name), model_from_args(args)), "vmss")
     elif cmd == "update":
         doc = client.call("GET", client.vmss(rg, args.name))
-        for item in args.set or []:
-            path, sep, value = item.partition("=")
-            if not sep:
-                raise CliError(f"--set {item!r}: expected PATH=VALUE")
-            set_path(doc, path, parse_value(value))
+        apply_sets(doc, args.set)
         emit(args, client.call("PUT", client.vmss(rg, args.name), doc), "vmss")
     elif cmd == "show":
         emit(args, client.call("GET", client.vmss(rg, args.name)), "vmss")
@@ -648,11 +653,7 @@ def run_sig(client: Client, args: argparse.Namespace) -> int:
             patch["properties"]["publishingProfile"]["excludeFromLatest"] = args.exclude_from_latest
         if args.target_regions:
             patch["properties"]["publishingProfile"]["targetRegions"] = [{"name": r} for r in args.target_regions]
-        for item in args.set or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise CliError(f"--set {item!r}: expected PATH=VALUE")
-            set_path(patch, key, parse_value(value))
+        apply_sets(patch, args.set)
         emit(args, client.call("PATCH", path, patch), "imageversions")
     return 0
 
