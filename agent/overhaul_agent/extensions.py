@@ -49,11 +49,7 @@ def private_file(path: Path) -> BinaryIO:
 
 def private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
-    for parent in path.parents:
-        if parent.name == "extensions":  # the runner's root, below the state directory
-            parent.chmod(0o700)
-            break
+    path.chmod(0o700)  # also when it existed with a wider mode
 
 
 class ExtensionRunner:
@@ -65,6 +61,13 @@ class ExtensionRunner:
     def _status_path(self, ext: Extension) -> Path:
         return self.root / ext.name / "status.json"
 
+    def _workdir(self, ext: Extension) -> Path:
+        """The extension's own directory (its status, stdout and stderr), owner only, as is the runner's root."""
+        workdir = self.root / ext.name
+        private_dir(self.root)
+        private_dir(workdir)
+        return workdir
+
     def _load(self, ext: Extension) -> ExtensionStatus | None:
         try:
             doc = json.loads(self._status_path(ext).read_text())
@@ -73,8 +76,8 @@ class ExtensionRunner:
             return None
 
     def _save(self, ext: Extension, status: ExtensionStatus) -> None:
+        self._workdir(ext)
         path = self._status_path(ext)
-        private_dir(path.parent)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8", opener=private_opener) as f:
             f.write(json.dumps(status.to_json()))
@@ -140,8 +143,7 @@ class ExtensionRunner:
             self._publish(ext, done)
             return done
         self._publish(ext, status)
-        workdir = self.root / ext.name
-        private_dir(workdir)
+        workdir = self._workdir(ext)
         out_path, err_path = workdir / "stdout", workdir / "stderr"
         log.info("extension %s: running %r", ext.name, ext.command)
         with private_file(out_path) as out, private_file(err_path) as err:

@@ -63,12 +63,10 @@ class GuardedConnection(asyncio.Protocol):
         self.transport: asyncio.BaseTransport | None = None
         self._tail = b""
         self._deadline: asyncio.TimerHandle | None = None
-        self._counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.gate.open += 1
-        self._counted = True
         self.gate.waiting(self, True)
         self._deadline = asyncio.get_running_loop().call_later(self.gate.header_timeout, self._too_slow)
         self.inner.connection_made(transport)
@@ -100,9 +98,7 @@ class GuardedConnection(asyncio.Protocol):
             self._deadline.cancel()
             self._deadline = None
         self.gate.waiting(self, False)
-        if self._counted:
-            self.gate.open -= 1
-            self._counted = False
+        self.gate.open -= 1  # asyncio calls connection_lost once, after connection_made
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
