@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,14 @@ async def fake_app() -> AsyncIterator[FakeApp]:
     yield app_state
     app_state.released.set()
     await runner.cleanup()
+
+
+def agent_argv(port: int, state_dir: Path, *args: str, tcp_port: int = 0) -> list[str]:
+    """The agent as a process serving on 127.0.0.1:``port``; ``args``: its configuration (--settings FILE, ...)."""
+    return [
+        sys.executable, "-m", "overhaul_agent", *args, "--host", "127.0.0.1", "--port", str(port),
+        "--tcp-port", str(tcp_port), "--state-dir", str(state_dir),
+    ]  # fmt: skip
 
 
 def fast_settings(port: int, **overrides: Any) -> dict[str, Any]:

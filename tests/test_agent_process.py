@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import FakeApp, fast_settings, free_port
+from tests.conftest import FakeApp, agent_argv, fast_settings, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,19 +144,7 @@ async def test_sigterm_answers_in_flight_requests_and_exits_0_within_2s(
     port = free_port()
     env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname()}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "overhaul_agent",
-        "--settings",
-        str(settings),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--tcp-port",
-        "0",
-        "--state-dir",
-        str(tmp_path / "state"),
+        *agent_argv(port, tmp_path / "state", "--settings", str(settings)),
         env=env,
     )
     try:
@@ -229,19 +217,7 @@ async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "overhaul_agent",
-        "--settings",
-        str(settings),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--tcp-port",
-        str(free_port()),
-        "--state-dir",
-        str(tmp_path / "state"),
+        *agent_argv(port, tmp_path / "state", "--settings", str(settings), tcp_port=free_port()),
         preexec_fn=limit_files,
     )
     idle: list[socket.socket] = []

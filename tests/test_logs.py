@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,7 +20,7 @@ from overhaul.core.narrate import Level, describe
 from overhaul.core.rollout import StartedBy
 from overhaul.serve import logs as serve_logs
 from overhaul_agent import logs as agent_logs
-from tests.conftest import FakeApp, fast_settings, free_port
+from tests.conftest import FakeApp, agent_argv, fast_settings, free_port
 from tests.serve import API, overhaul_serve
 from tests.test_runtime import Runtime, small
 from tests.test_service_fake import version
@@ -180,21 +179,7 @@ async def test_the_agent_logs_its_verdict_changes_and_extension_runs_for_journal
         st = os.fstat(stderr.fileno())
         env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}  # as systemd sets it
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "overhaul_agent",
-            "--metadata",
-            str(metadata),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--tcp-port",
-            "0",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--log-format",
-            "json",
+            *agent_argv(port, tmp_path / "state", "--metadata", str(metadata), "--log-format", "json"),
             env=env,
             stderr=stderr,
         )
