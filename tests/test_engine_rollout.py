@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import signal
 import stat
 import sys
@@ -17,7 +18,7 @@ import aiohttp
 import pytest
 
 from demo import busybox_images as engine_images
-from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
+from overhaul.adapters.drivers.engine import LABEL_SCALE_SET, EngineDriver, EngineSettings
 from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import ImageDefinition, ImageVersion
@@ -263,6 +264,64 @@ async def test_a_manual_start_rolls_failed_instances_back_on_a_policy_breach_whe
     await fleet.all_healthy()
 
 
+async def healthy_answers(fleet: Fleet) -> int:
+    """How many running containers of the scale set answer their application's /health with 200, asked
+    directly on the ports the engine publishes (not through the orchestrator's view)."""
+    filters = json.dumps({"label": [f"{LABEL_SCALE_SET}={fleet.name}"]})
+    listed = await fleet.driver.docker.containers.list(filters=filters)
+
+    async def healthy(container: Any) -> bool:
+        port = next(
+            (p.get("PublicPort") for p in container._container.get("Ports") or [] if p.get("PrivatePort") == 8080),
+            None,
+        )
+        if not port:
+            return False
+        try:
+            return (await get_text(fleet.http, port, "/health"))[0] == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    return sum(await asyncio.gather(*(healthy(c) for c in listed)))
+
+
+async def sample_during(fleet: Fleet, attempt_id: str) -> tuple[list[int], Any]:
+    """Counts healthy answers over and over until the attempt is done; returns the counts and the attempt."""
+    waiting = asyncio.ensure_future(fleet.service.wait_attempt(attempt_id, 120))
+    counts: list[int] = []
+    while not waiting.done():
+        counts.append(await healthy_answers(fleet))
+        await asyncio.wait({waiting}, timeout=0.1)  # sampling is periodic by nature
+    return counts, waiting.result()
+
+
+async def test_max_surge_never_lowers_the_count_of_healthy_instances(fleet: Fleet) -> None:
+    """maxSurge: each new OS disk starts beside the running one and is health-gated before the old one stops. A
+    good rollout never has fewer than capacity instances answering healthy; a bad version's disks are dropped
+    while the old ones never stopped; data disks are kept."""
+    model = copy.deepcopy(MODEL)
+    model["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["maxSurge"] = True
+    model["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"] = {"useRollingUpgradePolicy": True}
+    await fleet.create(model)
+    await fleet.publish("2.0.0")
+    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    counts, done = await sample_during(fleet, attempt.id)
+    assert done.status is AttemptStatus.COMPLETED, done.error_message
+    assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
+    assert min(counts) >= 5, counts
+    assert max(counts) > 5, counts  # a new OS disk answered beside the old one: the surge was real
+    assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")  # data disks kept, ports followed
+    assert sorted(c["name"] for c in containers("podman", fleet.name)) == [f"{fleet.name}_{i}" for i in range(5)]
+    await fleet.publish("3.0.0")
+    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    counts, done = await sample_during(fleet, attempt.id)
+    assert done.status is AttemptStatus.FAULTED and done.instances[0].step is Step.ROLLED_BACK
+    assert min(counts) >= 5, counts
+    assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
+    assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
+    await fleet.all_healthy()
+
+
 async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podman: str) -> None:
     await fleet.create()
     await fleet.publish("2.0.0")
@@ -358,6 +417,18 @@ async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
     assert (await get_text(fleet.http, (await fleet.store.instance_ports(fleet.name))[0][8080], "/version"))[
         1
     ].strip() == "1.0.0"
+    # maxSurge: the previous OS disk keeps running beside the new one (on host ports of its own) until the commit.
+    surged = await fleet.service.instances.spec(model, 0, "2.0.0", surge=True)
+    assert set(surged.ports.values()).isdisjoint((await fleet.driver.observe(fleet.name))[0].ports.values())
+    await fleet.driver.reimage(surged)
+    await fleet.driver.reimage(surged)
+    state = (await fleet.driver.observe(fleet.name))[0]
+    assert state.version == "2.0.0" and state.running and state.ports == surged.ports
+    assert state.previous is not None and state.previous.version == "1.0.0" and state.previous.running
+    await fleet.driver.commit(surged)
+    await fleet.driver.commit(surged)
+    state = (await fleet.driver.observe(fleet.name))[0]
+    assert state.version == "2.0.0" and state.running and state.previous is None
     # Config drives hold the extensions' protectedSettings: owner only.
     drives = list(fleet.driver.settings.config_root.rglob("metadata.json"))
     assert drives and all(stat.S_IMODE(d.stat().st_mode) == 0o600 for d in drives)

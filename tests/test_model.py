@@ -170,7 +170,6 @@ def test_an_azure_document_comes_back_as_it_was_sent() -> None:
 @pytest.mark.parametrize(
     ("where", "key"),
     [
-        ("rollingUpgradePolicy", "maxSurge"),
         ("rollingUpgradePolicy", "enableCrossZoneUpgrade"),
         ("automaticOSUpgradePolicy", "osRollingUpgradeDeferral"),
     ],
@@ -181,6 +180,18 @@ def test_options_not_carried_out_yet_are_refused_when_on(where: str, key: str) -
     with pytest.raises(ModelError, match="must be false or left out") as caught:
         parse_scale_set(doc, name="web")
     assert caught.value.path == f"properties.upgradePolicy.{where}.{key}"
+
+
+def test_max_surge_is_carried_out_and_round_trips() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"maxSurge": True}
+    model = parse_scale_set(doc, name="web")
+    assert model.upgrade_policy.rolling.max_surge
+    assert model.to_json()["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["maxSurge"] is True
+    doc["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"maxSurge": "yes"}
+    with pytest.raises(ModelError, match="true or false") as caught:
+        parse_scale_set(doc, name="web")
+    assert caught.value.path == "properties.upgradePolicy.rollingUpgradePolicy.maxSurge"
 
 
 RP = "properties.upgradePolicy.rollingUpgradePolicy"

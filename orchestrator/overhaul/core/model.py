@@ -113,6 +113,8 @@ class RollingUpgradePolicy:
     # Instances that failed keep their previous OS disk until the attempt ends, and get it back if it ends by a
     # breach of the policy (without it, an attempt that does not roll back leaves them as they are).
     rollback_failed_instances_on_policy_breach: bool = False
+    # The new OS disk starts beside the running one, which keeps serving until the new one is healthy.
+    max_surge: bool = False
     # Ours: how long a reimaged instance has to become Healthy before it counts as failed.
     instance_health_timeout: float = 300.0
 
@@ -124,6 +126,7 @@ class RollingUpgradePolicy:
             "pauseTimeBetweenBatches": format_duration(self.pause_time_between_batches),
             "prioritizeUnhealthyInstances": self.prioritize_unhealthy_instances,
             "rollbackFailedInstancesOnPolicyBreach": self.rollback_failed_instances_on_policy_breach,
+            "maxSurge": self.max_surge,
             "overhaul": {"instanceHealthTimeout": format_duration(self.instance_health_timeout)},
         }
 
@@ -399,7 +402,6 @@ class ScaleSet:
 # Azure options overhaul does not carry out yet: off (or left out) they round-trip; on, they are refused, so nobody
 # believes an option is on that is not.
 NOT_YET_ROLLING = {
-    "maxSurge": "new instances beside the old ones are not supported yet: instances are reimaged in place",
     "enableCrossZoneUpgrade": "there are no availability zones here yet",
 }
 NOT_YET_AUTOMATIC = {
@@ -444,6 +446,7 @@ def _rolling_policy(r: _Reader) -> RollingUpgradePolicy:
         pause_time_between_batches=pause,
         prioritize_unhealthy_instances=r.boolean("prioritizeUnhealthyInstances", False),
         rollback_failed_instances_on_policy_breach=r.boolean("rollbackFailedInstancesOnPolicyBreach", False),
+        max_surge=r.boolean("maxSurge", False),
         instance_health_timeout=timeout,
     )
 

@@ -42,6 +42,9 @@ class InstanceSpec:
     # Names this OS disk; empty means "the disk of this version". A reimage onto the same version asks for a
     # new disk by giving a new name.
     os_disk: str = ""
+    # maxSurge: the new OS disk starts beside the running one (on ``ports``, host ports of its own) and the
+    # previous one keeps serving until commit stops it; a rollback then costs nothing that ran.
+    surge: bool = False
 
     @property
     def disk(self) -> str:
@@ -98,11 +101,12 @@ class Driver(Protocol):
         ...
 
     async def reimage(self, spec: InstanceSpec) -> None:
-        """Keep the current OS disk as the previous one; make and start a new one from ``spec``."""
+        """Keep the current OS disk as the previous one; make and start a new one from ``spec``. The previous
+        one is stopped first, or with ``spec.surge`` left running beside the new one."""
         ...
 
     async def commit(self, spec: InstanceSpec) -> None:
-        """Drop the previous OS disk."""
+        """Drop the previous OS disk (stopping it first, within ``spec.stop_timeout``, if it still runs)."""
         ...
 
     async def rollback(self, spec: InstanceSpec) -> None:

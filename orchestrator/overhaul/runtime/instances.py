@@ -4,7 +4,7 @@ they keep across reimages, the metadata of their config drive, and the health wa
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from overhaul.core.errors import InvalidInput, OverhaulError
@@ -67,25 +67,43 @@ class Instances:
             "customData": model.custom_data,
         }
 
-    async def ports(self, model: ScaleSet, instance_id: int) -> dict[int, int]:
-        """Container port -> host port; an instance keeps its host ports for life."""
+    async def ports(self, model: ScaleSet, instance_id: int, *, fresh: bool = False) -> dict[int, int]:
+        """Container port -> host port; an instance keeps its host ports across reimages in place. ``fresh``: new
+        ones, for an OS disk that starts while the previous one still holds the old ones (maxSurge)."""
         if not model.published_ports:
             return {}
         known = (await self.store.instance_ports(model.name)).get(instance_id, {})
         taken = await self.store.all_host_ports()
-        ports = {cport: known.get(cport) or allocate_port(taken) for cport in model.published_ports}
+        keep = {} if fresh else known
+        ports = {cport: keep.get(cport) or allocate_port(taken) for cport in model.published_ports}
         if ports != known:
             await self.store.put_instance_ports(model.name, instance_id, ports)
         return ports
+
+    async def adopt_ports(self, model: ScaleSet, states: Mapping[int, InstanceState], ids: Iterable[int]) -> None:
+        """Keeps the engine's word on the host ports of ``ids`` (a surged OS disk, or the one a rollback restored,
+        listens on its own)."""
+        known = await self.store.instance_ports(model.name)
+        for instance_id in ids:
+            state = states.get(instance_id)
+            if state is not None and state.ports and dict(state.ports) != known.get(instance_id):
+                await self.store.put_instance_ports(model.name, instance_id, dict(state.ports))
 
     @staticmethod
     def volumes(model: ScaleSet, instance_id: int) -> tuple[tuple[str, str], ...]:
         return tuple((data_disk_name(model.name, instance_id, d.lun), d.mount_path) for d in model.data_disks)
 
     async def spec(
-        self, model: ScaleSet, instance_id: int, version: str, image: ImageVersion | None = None
+        self,
+        model: ScaleSet,
+        instance_id: int,
+        version: str,
+        image: ImageVersion | None = None,
+        *,
+        surge: bool = False,
     ) -> InstanceSpec:
-        """Everything the driver needs to make this instance's OS disk from ``version``."""
+        """Everything the driver needs to make this instance's OS disk from ``version`` (``surge``: beside the
+        running one)."""
         if image is None or image.version != version:
             image = await self.resolve(model, version)
         return InstanceSpec(
@@ -93,7 +111,8 @@ class Instances:
             instance_id=instance_id,
             image=image.artifact,
             version=image.version,
-            ports=await self.ports(model, instance_id),
+            ports=await self.ports(model, instance_id, fresh=surge),
+            surge=surge,
             volumes=self.volumes(model, instance_id),
             metadata=self.metadata(model, instance_id, image),
             command=model.engine.command,
@@ -101,7 +120,9 @@ class Instances:
             systemd=model.engine.systemd,
         )
 
-    def handle(self, model: ScaleSet, instance_id: int, version: str | None = None) -> InstanceSpec:
+    def handle(
+        self, model: ScaleSet, instance_id: int, version: str | None = None, *, surge: bool = False
+    ) -> InstanceSpec:
         """Enough to name an instance and its disks (commit, rollback, delete): no gallery lookup, which may
         no longer know the version."""
         return InstanceSpec(
@@ -111,6 +132,7 @@ class Instances:
             version=version or "",
             volumes=self.volumes(model, instance_id),
             stop_timeout=model.engine.stop_timeout,
+            surge=surge,
         )
 
     async def watch(self, model: ScaleSet, states: Mapping[int, InstanceState] | None = None) -> None:

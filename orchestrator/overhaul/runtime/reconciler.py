@@ -170,13 +170,14 @@ class Reconciler:
         return result
 
     async def _attempt_action(self, model: ScaleSet, attempt: Attempt, action: Action) -> ActionResult:
+        surge = attempt.policy.max_surge
         if action.kind is ActionKind.REIMAGE:
             try:
-                spec = await self.instances.spec(model, action.instance_id, attempt.target_version)
+                spec = await self.instances.spec(model, action.instance_id, attempt.target_version, surge=surge)
             except OverhaulError as exc:  # the version left the gallery since the attempt started
                 return ActionResult(action, ok=False, error=exc.message)
         else:
-            spec = self.instances.handle(model, action.instance_id, attempt.target_version)
+            spec = self.instances.handle(model, action.instance_id, attempt.target_version, surge=surge)
         error = await self.step(model.name, action.kind, spec)
         return ActionResult(action, ok=error is None, error=error)
 
@@ -261,18 +262,37 @@ class Reconciler:
                     await self.store.journal_end(attempt.id, results, done)
                     before = attempt
                     attempt = apply_results(attempt, results, done)
-                    for result in results:
-                        if result.ok:
-                            states = known_after(states, result, attempt.target_version)
-                        else:
-                            observed_at = float("-inf")
-                        if result.action.kind is not ActionKind.COMMIT:
-                            self.health.reset((model.name, result.action.instance_id))
+                    states, fresh = await self._absorb(model, attempt, results, states)
+                    if fresh is not None:
+                        observed_at = loop.time() if fresh else float("-inf")
                     if await self._save_step(model, before, attempt):
                         return attempt
         finally:
             self._wakeups.pop(attempt.id, None)
             await cancel_and_wait(in_flight)
+
+    async def _absorb(
+        self, model: ScaleSet, attempt: Attempt, results: list[ActionResult], states: dict[int, InstanceState]
+    ) -> tuple[dict[int, InstanceState], bool | None]:
+        """The instance states after actions ended, and whether they are fresh from the engine (True), stale
+        because an action failed (False), or known from what the actions did (None). Instances that got another
+        OS disk are watched afresh."""
+        fresh: bool | None = None
+        for result in results:
+            if result.ok:
+                states = known_after(states, result, attempt.target_version)
+            else:
+                fresh = False
+        moved = [r.action.instance_id for r in results if r.action.kind is not ActionKind.COMMIT]
+        if attempt.policy.max_surge and moved:
+            # A surged OS disk listens on host ports of its own (and a rolled-back one on the old ones): the
+            # store and the health watch follow the engine's word on where.
+            states, fresh = await self.observe(model.name), True
+            await self.instances.adopt_ports(model, states, moved)
+            await self.instances.watch(model, states)
+        for instance_id in moved:
+            self.health.reset((model.name, instance_id))
+        return states, fresh
 
     async def _aftermath(self, model: ScaleSet, attempt: Attempt, states: Mapping[int, InstanceState]) -> Attempt:
         """An attempt that just ended: quarantine the version it Faulted on, and say what to do next."""

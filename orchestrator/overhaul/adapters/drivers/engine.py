@@ -2,7 +2,8 @@
 
 An instance is a container named ``{scaleSet}_{id}``. A reimage stops it and renames it ``{name}.prev`` (the
 previous OS disk), then creates and starts a new container from the target image with the same data volumes,
-host ports and a config drive of its own; commit removes ``.prev``, rollback puts it back. Every method
+host ports and a config drive of its own; commit removes ``.prev``, rollback puts it back. With maxSurge the
+previous container keeps running beside the new one (which has host ports of its own) until the commit. Every method
 inspects the engine first, so repeating a step after a crash finishes or undoes what was half done.
 """
 
@@ -438,6 +439,10 @@ class EngineDriver:
                 # (Trying first saves an engine call on every ordinary reimage.)
                 await self._remove(prev)
                 await self._rename(name, prev)
+            if spec.surge:
+                # Beside the old one, on host ports of its own: the old one serves until the commit.
+                await self._create_and_start(spec, None)
+                return
             # The new container is created while the old one stops; it starts once the old one has let go
             # of the host ports.
             outcomes: tuple[Any, ...] = await asyncio.gather(
@@ -454,13 +459,17 @@ class EngineDriver:
             await self._start(name, None)
             return
         previous = await self._find(prev)
-        if previous is not None:
+        if previous is not None and not spec.surge:
             await self._stop(prev, spec.stop_timeout, previous)  # renamed, then interrupted before it stopped
         await self._require_image(spec)
         await self._create_and_start(spec, None)
 
     async def commit(self, spec: InstanceSpec) -> None:
-        await self._remove(previous_name(spec.scale_set, spec.instance_id))
+        prev = previous_name(spec.scale_set, spec.instance_id)
+        if spec.surge:
+            # It still serves: stopped as a shutdown would stop it, so it can finish what it is doing.
+            await self._stop(prev, spec.stop_timeout, await self._find(prev))
+        await self._remove(prev)
 
     async def rollback(self, spec: InstanceSpec) -> None:
         name, prev = spec.name, previous_name(spec.scale_set, spec.instance_id)

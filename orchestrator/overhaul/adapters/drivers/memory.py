@@ -17,6 +17,7 @@ class MemoryDriver:
     missing_images: set[str] = field(default_factory=set)
     # Images whose instances exit as soon as they start (a broken build).
     exiting_images: set[str] = field(default_factory=set)
+    _previous_ports: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)
 
     async def ping(self) -> None:
         return None
@@ -55,6 +56,11 @@ class MemoryDriver:
             self._set(spec, InstanceState(spec.instance_id, None, previous))
             raise DriverError(f"create {spec.name}: no such image {spec.image}")
         running = spec.image not in self.exiting_images
+        if previous is not None:
+            # Stopped, unless it stays up beside the new one (maxSurge) on the host ports it had.
+            previous = replace(previous, running=spec.surge and previous.running)
+            if state.current is not None:
+                self._previous_ports[(spec.scale_set, spec.instance_id)] = dict(state.ports)
         self._set(
             spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, running), previous, ports=spec.ports)
         )
@@ -62,6 +68,7 @@ class MemoryDriver:
     async def commit(self, spec: InstanceSpec) -> None:
         self.calls.append(("commit", spec.name))
         state = self._get(spec)
+        self._previous_ports.pop((spec.scale_set, spec.instance_id), None)
         if state is not None:
             self._set(spec, InstanceState(spec.instance_id, state.current, None, ports=state.ports))
 
@@ -72,7 +79,8 @@ class MemoryDriver:
             raise DriverError(f"rollback {spec.name}: neither {spec.name} nor its previous OS disk exists")
         if state.previous is not None:
             restored = OsDisk(state.previous.version, state.previous.image, True)
-            self._set(spec, InstanceState(spec.instance_id, restored, None, ports=state.ports))
+            ports = self._previous_ports.pop((spec.scale_set, spec.instance_id), state.ports)
+            self._set(spec, InstanceState(spec.instance_id, restored, None, ports=ports))
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
         self.calls.append(("delete", spec.name))
