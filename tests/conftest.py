@@ -138,6 +138,8 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
         tcp_port: int | None = None,
         state_dir: Path | None = None,
         port: int = 0,
+        *,
+        metadata_path: str | None = None,
     ) -> RunningAgent:
         metadata = metadata or InstanceMetadata()
         if settings is None and metadata.health_settings is not None:
@@ -149,6 +151,7 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
             port=port,
             tcp_port=tcp_port,
             state_dir=state_dir or tmp_path / "state",
+            metadata_path=metadata_path,
         )
         agent = Agent(config)
         task = asyncio.create_task(agent.run(), name="agent-under-test")

@@ -322,6 +322,54 @@ async def test_max_surge_never_lowers_the_count_of_healthy_instances(fleet: Flee
     await fleet.all_healthy()
 
 
+async def config_drive_file(fleet: Fleet, instance_id: int, name: str) -> str | None:
+    """A file of the instance's config drive as the running container sees it (None: absent)."""
+    proc = await asyncio.create_subprocess_exec(
+        "podman",
+        "exec",
+        f"{fleet.name}_{instance_id}",
+        "cat",
+        f"/etc/overhaul/{name}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return out.decode() if proc.returncode == 0 else None
+
+
+async def test_a_deferred_upgrade_tells_the_instance_and_waits_for_approval(fleet: Fleet) -> None:
+    """osRollingUpgradeDeferral: the running instance sees Platform.PendingOSUpgrade on its config drive, and is
+    not touched until approveRollingUpgrade; a cancel withdraws the notice of one still waiting."""
+    model = copy.deepcopy(MODEL)
+    model["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"] = {"osRollingUpgradeDeferral": True}
+    await fleet.create(model)
+    await fleet.publish("2.0.0")
+    awaiting: dict[int, asyncio.Event] = {i: asyncio.Event() for i in range(5)}
+
+    def watch(event: Event) -> None:
+        if isinstance(event, AttemptChanged):
+            for i in event.attempt.awaiting_approval:
+                awaiting[i].set()
+
+    fleet.service.events.subscribe(watch)
+    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    await asyncio.wait_for(awaiting[0].wait(), 30)
+    notice = await config_drive_file(fleet, 0, "platform.json")
+    assert notice is not None and json.loads(notice) == {"tags": {"Platform.PendingOSUpgrade": "2.0.0"}}
+    await asyncio.sleep(1.0)  # time in which an undeferred upgrade would have moved on
+    assert (await fleet.versions())[0] == "1.0.0"
+    await fleet.service.approve(fleet.name, [0, 1])
+    await asyncio.wait_for(awaiting[2].wait(), 60)  # 0 and 1 went ahead; 2 waits
+    versions = await fleet.versions()
+    assert (versions[0], versions[1], versions[2]) == ("2.0.0", "2.0.0", "1.0.0")
+    assert await config_drive_file(fleet, 0, "platform.json") is None  # a new OS disk starts with no notice
+    await fleet.service.cancel(fleet.name)
+    done = await fleet.service.wait_attempt(attempt.id, 60)
+    assert done.status is AttemptStatus.CANCELLED and done.instances[2].step is Step.NOT_UPGRADED
+    assert await config_drive_file(fleet, 2, "platform.json") is None  # withdrawn
+    assert await fleet.versions() == {0: "2.0.0", 1: "2.0.0", 2: "1.0.0", 3: "1.0.0", 4: "1.0.0"}
+
+
 async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podman: str) -> None:
     await fleet.create()
     await fleet.publish("2.0.0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,36 @@ async def test_an_expected_outage_is_not_a_watch_error(
     await until(monitor, key, Health.UNKNOWN)
     await asyncio.sleep(0.3)  # several retries fail meanwhile
     assert monitor.watch_errors == 0
+
+
+async def test_a_pending_os_upgrade_is_shown_to_the_application_and_its_approval_reaches_the_orchestrator(
+    fake_app: FakeApp, start_agent: StartAgent, monitor: HealthMonitor, tmp_path: Path
+) -> None:
+    """osRollingUpgradeDeferral through a real agent: the notice on the config drive appears as Azure IMDS's
+    Platform.PendingOSUpgrade tag; the application approves through the agent; the watch carries the approval."""
+    metadata = tmp_path / "drive" / "metadata.json"
+    metadata.parent.mkdir()
+    agent = await start_agent(fast_settings(fake_app.port), metadata_path=str(metadata))
+    assert agent.agent.http_port is not None
+    key = ("web", 0)
+    monitor.watch_agent(key, "127.0.0.1", agent.agent.http_port)
+    await until(monitor, key, Health.HEALTHY)
+    tags_url = f"{agent.url}/metadata/instance/compute/tagsList"
+    approve_url = f"{agent.url}/platform/approve-os-upgrade"
+    async with agent.session.get(tags_url) as resp:
+        assert await resp.json() == []
+    async with agent.session.post(approve_url) as resp:
+        assert resp.status == 409 and (await resp.json())["error"]["code"] == "NoPendingOSUpgrade"
+    # What the engine driver writes into a running instance's config drive.
+    (metadata.parent / "platform.json").write_text(json.dumps({"tags": {"Platform.PendingOSUpgrade": "2.0.0"}}))
+    async with agent.session.get(tags_url) as resp:
+        assert await resp.json() == [{"name": "Platform.PendingOSUpgrade", "value": "2.0.0"}]
+    report = monitor.report(key)
+    assert report is not None and report.approved is None
+    seen = monitor.version
+    async with agent.session.post(approve_url) as resp:
+        assert resp.status == 200 and await resp.json() == {"approvedOSUpgrade": "2.0.0"}
+    async with asyncio.timeout(10):
+        while (report := monitor.report(key)) is None or report.approved != "2.0.0":
+            await monitor.wait_changed(seen, 5)
+            seen = monitor.version

@@ -171,7 +171,6 @@ def test_an_azure_document_comes_back_as_it_was_sent() -> None:
     ("where", "key"),
     [
         ("rollingUpgradePolicy", "enableCrossZoneUpgrade"),
-        ("automaticOSUpgradePolicy", "osRollingUpgradeDeferral"),
     ],
 )
 def test_options_not_carried_out_yet_are_refused_when_on(where: str, key: str) -> None:

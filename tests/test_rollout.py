@@ -21,6 +21,7 @@ from overhaul.core.rollout import (
     StartedBy,
     Step,
     apply_result,
+    approve,
     attempt_from_json,
     attempt_to_json,
     decide,
@@ -257,7 +258,7 @@ def test_pause_between_batches() -> None:
     assert attempt.end_time is not None and attempt.end_time - attempt.start_time >= 4 * 30
 
 
-def platform_attempt(world: World, now: float) -> Attempt:
+def platform_attempt(world: World, now: float, *, deferred: bool = False) -> Attempt:
     return start(
         attempt_id="a",
         scale_set="s",
@@ -268,6 +269,7 @@ def platform_attempt(world: World, now: float) -> Attempt:
         capacity=len(world.versions),
         views=world.views(),
         now=now,
+        deferred=deferred,
     )
 
 
@@ -420,3 +422,47 @@ def test_held_failures_are_kept_when_the_attempt_completes_within_the_policy() -
     assert attempt.instances[2].step is Step.FAILED  # held until the end, then kept: no breach
     assert world.versions == {0: "v3", 1: "v3", 2: "v3", 3: "v3", 4: "v3"}
     assert ("commit", 2) in [(k.value, i) for k, i in world.touched]
+
+
+def step_once(world: World, attempt: Attempt) -> tuple[Attempt, list[tuple[str, int]]]:
+    decision = decide(attempt, world.views(), world.now)
+    attempt = decision.attempt
+    for action in decision.actions:
+        attempt = apply_result(attempt, world.act(attempt, action.kind, action.instance_id), world.now)
+    return attempt, [(a.kind.value, a.instance_id) for a in decision.actions]
+
+
+def test_a_deferred_upgrade_waits_for_an_approval_from_either_side() -> None:
+    """osRollingUpgradeDeferral: the batch's instance is told first, then nothing happens until it is approved,
+    through its agent (the view) or by approveRollingUpgrade (the attempt's approvals)."""
+    world = World(fleet(5), always)
+    attempt, actions = step_once(world, platform_attempt(world, world.now, deferred=True))
+    assert actions == [("notify", 0)] and attempt.instances[0].step is Step.AWAITING_APPROVAL
+    for _ in range(3):
+        attempt, actions = step_once(world, attempt)
+        assert actions == [] and world.versions[0] == "v1"
+    views = world.views()
+    views[0] = replace(views[0], approved="v1")  # an approval of another version is not one of this
+    assert decide(attempt, views, world.now).actions == ()
+    views[0] = replace(views[0], approved="v2")
+    decision = decide(attempt, views, world.now)
+    assert [(a.kind.value, a.instance_id) for a in decision.actions] == [("reimage", 0)]
+    # approveRollingUpgrade of every instance: each one's batch goes ahead once it was told.
+    attempt = approve(attempt, range(5))
+    for _ in range(100):
+        attempt, _ = step_once(world, attempt)
+        if attempt.done:
+            break
+    assert attempt.status is AttemptStatus.COMPLETED and world.versions == fleet(5, "v2")
+    assert [k for k, i in world.touched if i == 3] == [ActionKind.NOTIFY, ActionKind.REIMAGE, ActionKind.COMMIT]
+    assert attempt_from_json(attempt_to_json(attempt)) == attempt
+
+
+def test_a_cancel_withdraws_the_notice_of_an_instance_awaiting_approval() -> None:
+    world = World(fleet(5), always)
+    attempt, _ = step_once(world, platform_attempt(world, world.now, deferred=True))
+    attempt, _ = step_once(world, request_cancel(attempt, world.now))
+    assert attempt.status is AttemptStatus.CANCELLED and attempt.done
+    assert attempt.instances[0].step is Step.NOT_UPGRADED
+    assert world.touched == [(ActionKind.NOTIFY, 0), (ActionKind.WITHDRAW, 0)]
+    assert world.versions == fleet(5)

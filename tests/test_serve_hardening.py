@@ -83,12 +83,22 @@ def test_gallery_version_shapes_are_refused_naming_the_field(served: Served, sto
 
 
 @pytest.mark.parametrize("ids", [["²"], ["1e3"], [True], ["-1"], "0", [["0"]], ["٣"]])
-def test_odd_instance_ids_get_400(served: Served, ids: object) -> None:
+@pytest.mark.parametrize("call", ["reimage", "approveRollingUpgrade"])
+def test_odd_instance_ids_get_400(served: Served, ids: object, call: str) -> None:
     status, _, _ = served.call("PUT", f"{VMSS}?{API}", MODEL)
     assert status == 201
-    status, doc, _ = served.call("POST", f"{VMSS}/reimage?{API}", {"instanceIds": ids})
+    status, doc, _ = served.call("POST", f"{VMSS}/{call}?{API}", {"instanceIds": ids})
     assert status == 400, doc
     assert doc["error"]["target"] == "instanceIds"
+
+
+def test_an_approval_with_no_deferred_upgrade_is_409_and_an_unknown_instance_400(served: Served) -> None:
+    status, _, _ = served.call("PUT", f"{VMSS}?{API}", MODEL)
+    assert status == 201
+    status, doc, _ = served.call("POST", f"{VMSS}/approveRollingUpgrade?{API}", {"instanceIds": ["99"]})
+    assert status == 400 and doc["error"]["target"] == "instanceIds", doc
+    status, doc, _ = served.call("POST", f"{VMSS}/approveRollingUpgrade?{API}")
+    assert status == 409 and doc["error"]["code"] == "NoDeferredRollingUpgrade", doc
 
 
 def test_a_body_that_never_arrives_gets_408(served: Served) -> None:

@@ -24,6 +24,7 @@ from overhaul_agent.extensions import ExtensionRunner
 from overhaul_agent.gate import BACKLOG, GatedSite
 from overhaul_agent.metadata import InstanceMetadata, load_json_file, parse_metadata
 from overhaul_agent.metrics import AgentMetrics
+from overhaul_agent.platform import PlatformNotices
 from overhaul_agent.probe import ApplicationProbe, probe_forever, tls_context
 from overhaul_agent.probe_body import ProbeResult
 from overhaul_agent.server import TcpHealthPort, build_app
@@ -57,6 +58,8 @@ class AgentConfig:
     state_dir: Path
     max_connections: int = 1000
     header_timeout: float = 10.0
+    # Platform notices (platform.json) sit beside the metadata file on the config drive.
+    metadata_path: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--settings", metavar="FILE.json", help="Application Health extension settings object")
-    parser.add_argument("--metadata", metavar="FILE.json", help="instance metadata document from the orchestrator")
+    parser.add_argument(
+        "--metadata",
+        metavar="FILE.json",
+        help="instance metadata document from the orchestrator (platform.json beside it: platform notices)",
+    )
     parser.add_argument("--probe", metavar="KEY=VALUE", action="append", default=[], help="override one probe setting")
     parser.add_argument("--host", default="0.0.0.0", help="address to serve on (default: %(default)s)")
     parser.add_argument(
@@ -176,6 +183,7 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
         state_dir=args.state_dir,
         max_connections=args.max_connections,
         header_timeout=args.header_timeout,
+        metadata_path=args.metadata,
     )
 
 
@@ -214,7 +222,7 @@ class Agent:
 
     async def start_servers(self) -> None:
         self._runner = web.AppRunner(
-            build_app(self.board, self.metrics),
+            build_app(self.board, self.metrics, PlatformNotices.beside(self.config.metadata_path)),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT,

@@ -56,6 +56,8 @@ class HealthBoard:
         self.version = 1
         # ETags name this agent process too: a restarted or reimaged agent never matches a stale ETag.
         self.epoch = secrets.token_hex(4)
+        # The pending OS upgrade (its version) the application approved (osRollingUpgradeDeferral).
+        self.approved_os_upgrade: str | None = None
         self._key = self._verdict_key()
         self._changed = asyncio.Event()
         self._closed = False
@@ -101,6 +103,12 @@ class HealthBoard:
         self.extensions[status.name] = status
         self._update()
 
+    def approve_os_upgrade(self, version: str) -> None:
+        """The application approved the pending OS upgrade to ``version``: watchers hear it at once."""
+        log.info("the pending OS upgrade to %s was approved", version)
+        self.approved_os_upgrade = version
+        self._update()
+
     def add_listener(self, listener: VerdictListener) -> None:
         self._listeners.append(listener)
 
@@ -128,7 +136,13 @@ class HealthBoard:
     def _verdict_key(self) -> tuple[Any, ...]:
         metrics = self.custom_metrics.to_json() if self.custom_metrics else None
         exts = tuple((e.name, e.state) for e in self.extensions.values())
-        return (self.verdict, json.dumps(metrics, sort_keys=True), self.custom_metrics_error, exts)
+        return (
+            self.verdict,
+            json.dumps(metrics, sort_keys=True),
+            self.custom_metrics_error,
+            exts,
+            self.approved_os_upgrade,
+        )
 
     def _update(self) -> None:
         verdict = combine(self.machine, list(self.extensions.values()))
@@ -181,6 +195,7 @@ class HealthBoard:
             "instanceId": self.metadata.instance_id,
             "scaleSet": self.metadata.scale_set,
             "agentVersion": __version__,
+            "approvedOSUpgrade": self.approved_os_upgrade,
             "resources": self._resources.get(self._monotonic()),
         }
 

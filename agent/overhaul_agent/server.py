@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from overhaul_agent.board import HealthBoard
 from overhaul_agent.metrics import AgentMetrics
+from overhaul_agent.platform import PlatformNotices
 from overhaul_agent.probe_body import HealthState
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ MAX_WAIT_SECONDS = 600.0
 RETRY_SECONDS = 0.5  # the TCP health port's next try after it could not listen or accept
 BOARD_KEY = web.AppKey("board", HealthBoard)
 METRICS_KEY = web.AppKey("metrics", AgentMetrics)
+NOTICES_KEY = web.AppKey("notices", PlatformNotices)
 
 
 def _bad_request(field: str, message: str) -> web.Response:
@@ -67,6 +69,23 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def tags_list(request: web.Request) -> web.Response:
+    """Azure IMDS's ``compute/tagsList``: the platform's tags for this instance (Platform.PendingOSUpgrade)."""
+    tags = request.app[NOTICES_KEY].tags()
+    return web.json_response([{"name": k, "value": v} for k, v in sorted(tags.items())])
+
+
+async def approve_os_upgrade(request: web.Request) -> web.Response:
+    """The application approves the pending OS upgrade (osRollingUpgradeDeferral); the orchestrator hears it
+    through /health."""
+    pending = request.app[NOTICES_KEY].pending_os_upgrade()
+    if pending is None:
+        body = {"error": {"code": "NoPendingOSUpgrade", "message": "no OS upgrade is pending for this instance"}}
+        return web.json_response(body, status=409)
+    request.app[BOARD_KEY].approve_os_upgrade(pending)
+    return web.json_response({"approvedOSUpgrade": pending})
+
+
 async def metrics(request: web.Request) -> web.Response:
     data = request.app[METRICS_KEY].render()
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -77,12 +96,17 @@ async def not_found(request: web.Request) -> web.Response:
     return web.Response(text=json.dumps(body), status=404, content_type="application/json")
 
 
-def build_app(board: HealthBoard, agent_metrics: AgentMetrics) -> web.Application:
+def build_app(
+    board: HealthBoard, agent_metrics: AgentMetrics, notices: PlatformNotices | None = None
+) -> web.Application:
     app = web.Application()
     app[BOARD_KEY] = board
     app[METRICS_KEY] = agent_metrics
+    app[NOTICES_KEY] = notices or PlatformNotices(None)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metadata/instance/compute/tagsList", tags_list)
+    app.router.add_post("/platform/approve-os-upgrade", approve_os_upgrade)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 

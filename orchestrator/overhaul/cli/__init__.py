@@ -559,6 +559,9 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
     elif cmd == "reimage":
         body = {"instanceIds": [str(i) for i in args.instance_ids]} if args.instance_ids else {}
         client.call("POST", client.vmss(rg, args.name) + "/reimage", body)
+    elif cmd == "approve-rolling-upgrade":
+        body = {"instanceIds": [str(i) for i in args.instance_ids]} if args.instance_ids else {}
+        client.call("POST", client.vmss(rg, args.name) + "/approveRollingUpgrade", body)
     elif cmd == "get-os-upgrade-history":
         emit(args, client.call("GET", client.vmss(rg, args.name) + "/osUpgradeHistory"), "history")
     elif cmd == "rolling-upgrade":
@@ -792,6 +795,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     reimage = scale_set_command("reimage", "reimage instances (all when none are named)")
     reimage.add_argument("--instance-ids", nargs="*", type=int)
+    approval = scale_set_command(
+        "approve-rolling-upgrade",
+        "let deferred OS upgrades (osRollingUpgradeDeferral) go ahead (all instances when none are named)",
+    )
+    approval.add_argument("--instance-ids", nargs="*", type=int)
     scale_set_command("get-os-upgrade-history", "OS upgrade history, newest first")
     rolling = scale_set_command("rolling-upgrade", "start, cancel or follow a rolling upgrade")
     rolling.add_argument("upgrade_command", choices=["start", "cancel", "get-latest"])

@@ -136,12 +136,15 @@ class AutomaticOSUpgradePolicy:
     enable_automatic_os_upgrade: bool = False
     disable_automatic_rollback: bool = False
     use_rolling_upgrade_policy: bool = False
+    # Each instance is told its OS upgrade is pending (Platform.PendingOSUpgrade) and waits for an approval.
+    os_rolling_upgrade_deferral: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
             "enableAutomaticOSUpgrade": self.enable_automatic_os_upgrade,
             "disableAutomaticRollback": self.disable_automatic_rollback,
             "useRollingUpgradePolicy": self.use_rolling_upgrade_policy,
+            "osRollingUpgradeDeferral": self.os_rolling_upgrade_deferral,
         }
 
 
@@ -404,9 +407,6 @@ class ScaleSet:
 NOT_YET_ROLLING = {
     "enableCrossZoneUpgrade": "there are no availability zones here yet",
 }
-NOT_YET_AUTOMATIC = {
-    "osRollingUpgradeDeferral": "deferring OS upgrades is not supported yet",
-}
 
 
 def _refuse_unsupported(r: _Reader, options: Mapping[str, str]) -> None:
@@ -461,7 +461,6 @@ def _upgrade_policy(r: _Reader) -> UpgradePolicy:
     if canonical is None:
         raise ModelError(r.at("mode"), f"must be one of {', '.join(UPGRADE_MODES)}, got {mode!r}")
     auto = r.obj("automaticOSUpgradePolicy")
-    _refuse_unsupported(auto, NOT_YET_AUTOMATIC)
     return UpgradePolicy(
         mode=canonical,
         rolling=_rolling_policy(r.obj("rollingUpgradePolicy")),
@@ -469,6 +468,7 @@ def _upgrade_policy(r: _Reader) -> UpgradePolicy:
             enable_automatic_os_upgrade=auto.boolean("enableAutomaticOSUpgrade", False),
             disable_automatic_rollback=auto.boolean("disableAutomaticRollback", False),
             use_rolling_upgrade_policy=auto.boolean("useRollingUpgradePolicy", False),
+            os_rolling_upgrade_deferral=auto.boolean("osRollingUpgradeDeferral", False),
         ),
     )
 

@@ -40,6 +40,11 @@ def _instance_line(attempt: Attempt, progress: InstanceProgress) -> tuple[Level,
         Step.UPGRADED: (Level.INFO, f"{name}: upgraded to {target}"),
         Step.ROLLED_BACK: (Level.INFO, f"{name}: rolled back"),
         Step.ROLLBACK_FAILED: (Level.ERROR, f"{name}: rollback failed{why}"),
+        Step.AWAITING_APPROVAL: (
+            Level.INFO,
+            f"{name}: OS upgrade to {target} pending (Platform.PendingOSUpgrade), awaiting approval{why}",
+        ),
+        Step.NOT_UPGRADED: (Level.INFO, f"{name}: pending OS upgrade withdrawn, not upgraded"),
     }
     return lines.get(IN_FLIGHT.get(progress.step, progress.step))
 

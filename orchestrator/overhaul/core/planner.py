@@ -32,6 +32,8 @@ class InstanceView:
     observed_at: float = 0.0
     final: bool = False
     detail: str = ""
+    # osRollingUpgradeDeferral: the version whose pending OS upgrade the instance's application approved.
+    approved: str | None = None
 
     @property
     def healthy(self) -> bool:

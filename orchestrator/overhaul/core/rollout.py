@@ -56,10 +56,18 @@ class Step(StrEnum):
     # Unhealthy, no rollback wanted, rollbackFailedInstancesOnPolicyBreach: the previous OS disk is kept until the
     # attempt ends, then restored if it ended by a breach of the policy, else dropped.
     FAILED_HELD = "FailedHeld"
+    # osRollingUpgradeDeferral: the instance is told its OS upgrade is pending, then waits for an approval (by
+    # its application through the agent, or by approveRollingUpgrade). A cancel withdraws the notice.
+    NOTIFY = "Notify"
+    NOTIFYING = "Notifying"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    WITHDRAW = "Withdraw"
+    WITHDRAWING = "Withdrawing"
+    NOT_UPGRADED = "NotUpgraded"
 
     @property
     def terminal(self) -> bool:
-        return self in (Step.UPGRADED, Step.ROLLED_BACK, Step.ROLLBACK_FAILED, Step.FAILED)
+        return self in (Step.UPGRADED, Step.ROLLED_BACK, Step.ROLLBACK_FAILED, Step.FAILED, Step.NOT_UPGRADED)
 
     @property
     def succeeded(self) -> bool:
@@ -77,10 +85,16 @@ class Step(StrEnum):
         )
 
     @property
+    def untouched(self) -> bool:
+        """Never reimaged: its upgrade was withdrawn before it was approved."""
+        return self in (Step.WITHDRAW, Step.WITHDRAWING, Step.NOT_UPGRADED)
+
+    @property
     def settled(self) -> bool:
-        """The outcome is known; what may remain is clean-up (dropping a previous OS disk), which the next
-        batch need not wait for. A rollback is not clean-up: it changes what runs, so batches wait for it."""
-        return self.succeeded or self.failed
+        """The outcome is known; what may remain is clean-up (dropping a previous OS disk, withdrawing a notice),
+        which the next batch need not wait for. A rollback is not clean-up: it changes what runs, so batches wait
+        for it."""
+        return self.succeeded or self.failed or self.untouched
 
 
 IN_FLIGHT = {
@@ -88,6 +102,8 @@ IN_FLIGHT = {
     Step.COMMITTING: Step.COMMIT,
     Step.ROLLING_BACK: Step.ROLLBACK,
     Step.KEEPING_FAILED: Step.KEEP_FAILED,
+    Step.NOTIFYING: Step.NOTIFY,
+    Step.WITHDRAWING: Step.WITHDRAW,
 }
 
 
@@ -95,6 +111,8 @@ class ActionKind(StrEnum):
     REIMAGE = "reimage"
     COMMIT = "commit"
     ROLLBACK = "rollback"
+    NOTIFY = "notify"  # tell the instance its OS upgrade is pending
+    WITHDRAW = "withdraw"  # take the notice back
 
 
 @dataclass(frozen=True)
@@ -161,6 +179,9 @@ class Attempt:
     error_message: str | None = None
     last_action: str = "Start"
     last_action_time: float = 0.0
+    # osRollingUpgradeDeferral: each instance waits for an approval before its reimage.
+    deferred: bool = False
+    approved: frozenset[int] = frozenset()
 
     def with_instance(self, progress: InstanceProgress) -> Attempt:
         return replace(self, instances={**self.instances, progress.instance_id: progress})
@@ -194,6 +215,10 @@ class Attempt:
         return sum(1 for p in self.instances.values() if not p.step.settled)
 
     @property
+    def awaiting_approval(self) -> tuple[int, ...]:
+        return tuple(i for i, p in sorted(self.instances.items()) if p.step is Step.AWAITING_APPROVAL)
+
+    @property
     def done(self) -> bool:
         """Ended, and every instance's last driver action finished: exactly one OS disk each."""
         return self.status.terminal and all(p.step.terminal for p in self.instances.values())
@@ -217,9 +242,11 @@ def start(
     capacity: int,
     views: Mapping[int, InstanceView],
     now: float,
+    deferred: bool = False,
 ) -> Attempt:
     """A new attempt; Faulted at once when too much of the scale set is unhealthy to start (rule 2)."""
     attempt = Attempt(
+        deferred=deferred,
         id=attempt_id,
         scale_set=scale_set,
         target_version=target_version,
@@ -241,6 +268,12 @@ def start(
             f"({policy.max_unhealthy_instance_percent}%): the upgrade was not started",
         )
     return replace(attempt, pending=sum(len(b) for b in _remaining(attempt, views)))
+
+
+def approve(attempt: Attempt, instance_ids: Iterable[int]) -> Attempt:
+    """Approvals of deferred OS upgrades (approveRollingUpgrade), as the store has them."""
+    approved = attempt.approved | frozenset(instance_ids)
+    return attempt if approved == attempt.approved else replace(attempt, approved=approved)
 
 
 def request_cancel(attempt: Attempt, now: float) -> Attempt:
@@ -272,6 +305,8 @@ ISSUE = {
     Step.COMMIT: (ActionKind.COMMIT, Step.COMMITTING),
     Step.ROLLBACK: (ActionKind.ROLLBACK, Step.ROLLING_BACK),
     Step.KEEP_FAILED: (ActionKind.COMMIT, Step.KEEPING_FAILED),
+    Step.NOTIFY: (ActionKind.NOTIFY, Step.NOTIFYING),
+    Step.WITHDRAW: (ActionKind.WITHDRAW, Step.WITHDRAWING),
 }
 
 
@@ -293,9 +328,15 @@ def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
     instances = dict(attempt.instances)  # one copy per step, not one per instance: batches may be large
     for instance_id in attempt.batch:
         progress = instances[instance_id]
+        view = views.get(instance_id)
+        if progress.step is Step.AWAITING_APPROVAL:
+            if attempt.cancel_requested:
+                instances[instance_id] = replace(progress, step=Step.WITHDRAW, since=now)
+            elif instance_id in attempt.approved or (view is not None and view.approved == attempt.target_version):
+                instances[instance_id] = replace(progress, step=Step.REIMAGE, since=now)
+            continue
         if progress.step is not Step.WAITING:
             continue
-        view = views.get(instance_id)
         fresh = view is not None and view.observed_at >= progress.since
         failed_step = Step.ROLLBACK if attempt.rollback_enabled else Step.KEEP_FAILED
         if failed_step is Step.KEEP_FAILED and attempt.policy.rollback_failed_instances_on_policy_breach:
@@ -381,8 +422,9 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
         return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=MAX_UNHEALTHY, message=message)
     batch = remaining[0]
     instances = dict(attempt.instances)
+    first = Step.NOTIFY if attempt.deferred else Step.REIMAGE
     for instance_id in batch:
-        instances[instance_id] = InstanceProgress(instance_id, Step.REIMAGE, now)
+        instances[instance_id] = InstanceProgress(instance_id, first, now)
     actions = _issue(instances, batch, now)
     attempt = replace(
         attempt,
@@ -425,6 +467,11 @@ def _after(
             progress = replace(progress, step=Step.ROLLBACK, since=now, error=f"reimage failed: {result.error}")
     elif step is Step.COMMITTING:
         progress = replace(progress, step=Step.UPGRADED, since=now, error=None if result.ok else error)
+    elif step is Step.NOTIFYING:
+        # The notice is a courtesy: an instance that could not be told still waits for an approval.
+        progress = replace(progress, step=Step.AWAITING_APPROVAL, since=now, error=None if result.ok else error)
+    elif step is Step.WITHDRAWING:
+        progress = replace(progress, step=Step.NOT_UPGRADED, since=now, error=None)
     elif step is Step.KEEPING_FAILED:
         progress = replace(progress, step=Step.FAILED, since=now, error=error)
     elif step is Step.ROLLING_BACK:
@@ -457,6 +504,8 @@ def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
         "errorMessage": attempt.error_message,
         "lastAction": attempt.last_action,
         "lastActionTime": attempt.last_action_time,
+        "deferred": attempt.deferred,
+        "approved": sorted(attempt.approved),
     }
 
 
@@ -483,4 +532,6 @@ def attempt_from_json(doc: Mapping[str, Any]) -> Attempt:
         error_message=doc.get("errorMessage"),
         last_action=doc.get("lastAction", "Start"),
         last_action_time=float(doc.get("lastActionTime", 0.0)),
+        deferred=bool(doc.get("deferred", False)),
+        approved=frozenset(int(i) for i in doc.get("approved", ())),
     )

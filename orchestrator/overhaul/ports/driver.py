@@ -8,6 +8,9 @@ from typing import Any, Protocol
 
 from overhaul.core.naming import instance_name
 
+# Azure's IMDS tag telling an instance an OS upgrade is coming (osRollingUpgradeDeferral); its value is the version.
+PENDING_OS_UPGRADE = "Platform.PendingOSUpgrade"
+
 
 class DriverError(RuntimeError):
     """An engine call failed; the message says which call and why.
@@ -111,6 +114,11 @@ class Driver(Protocol):
 
     async def rollback(self, spec: InstanceSpec) -> None:
         """Drop the new OS disk and start the previous one again."""
+        ...
+
+    async def notify(self, spec: InstanceSpec, tags: Mapping[str, str]) -> None:
+        """Platform tags the instance sees from now on (its agent reads them from the config drive), replacing
+        those it had; none withdraws them. A new OS disk starts with none."""
         ...
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:

@@ -23,6 +23,8 @@ class HealthReport:
     # False while the source could not reach the instance at all: it may have exited, which only the
     # engine can tell.
     reachable: bool = True
+    # osRollingUpgradeDeferral: the version whose pending OS upgrade the application approved.
+    approved: str | None = None
 
 
 class HealthSource(Protocol):

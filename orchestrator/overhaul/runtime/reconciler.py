@@ -26,12 +26,13 @@ from overhaul.core.rollout import (
     Attempt,
     Step,
     apply_results,
+    approve,
     decide,
     request_cancel,
     resume,
 )
 from overhaul.ports.clock import Clock
-from overhaul.ports.driver import Driver, DriverError, InstanceSpec, InstanceState, OsDisk
+from overhaul.ports.driver import PENDING_OS_UPGRADE, Driver, DriverError, InstanceSpec, InstanceState, OsDisk
 from overhaul.ports.events import ActionFinished, AttemptChanged, AttemptEnded, Events, TransientError
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
@@ -77,6 +78,7 @@ def instance_views(
             report.observed_at,
             report.final,
             report.detail,
+            report.approved,
         )
     return views
 
@@ -184,28 +186,34 @@ class Reconciler:
     async def step(self, scale_set: str, kind: ActionKind, spec: InstanceSpec) -> str | None:
         """One driver step, retried through transient engine errors (a commit through any error: dropping a
         previous OS disk changes nothing that runs). Returns the permanent error, or None when it is done."""
-        call = {
-            ActionKind.REIMAGE: self.driver.reimage,
-            ActionKind.COMMIT: self.driver.commit,
-            ActionKind.ROLLBACK: self.driver.rollback,
-        }[kind]
-        if kind is not ActionKind.COMMIT:
+        if kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK):
             # The instance's agent goes away with its OS disk: failed watch requests until it answers are expected.
             self.health.expect_outage((scale_set, spec.instance_id))
         delay = self.settings.retry_min
         while True:
             try:
                 async with asyncio.timeout(self.settings.action_timeout):
-                    await call(spec)
+                    await self._driver_call(kind, spec)
                 return None
             except (DriverError, TimeoutError) as exc:
                 error = str(exc) or f"no answer within {self.settings.action_timeout:g}s"
                 transient = isinstance(exc, TimeoutError) or exc.transient
-                if not transient and kind is not ActionKind.COMMIT:
+                if not transient and kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK, ActionKind.NOTIFY):
                     return error
                 log.warning("%s %s failed, retrying in %.2fs: %s", kind.value, spec.name, delay, error)
                 self.events.emit(TransientError(scale_set, f"{kind.value} {spec.name}", error))
                 delay = await self._backoff(delay)
+
+    async def _driver_call(self, kind: ActionKind, spec: InstanceSpec) -> None:
+        if kind is ActionKind.REIMAGE:
+            await self.driver.reimage(spec)
+        elif kind is ActionKind.COMMIT:
+            await self.driver.commit(spec)
+        elif kind is ActionKind.ROLLBACK:
+            await self.driver.rollback(spec)
+        else:
+            tags = {PENDING_OS_UPGRADE: spec.version} if kind is ActionKind.NOTIFY else {}
+            await self.driver.notify(spec, tags)
 
     async def run(
         self, model: ScaleSet, attempt: Attempt, observed: Mapping[int, InstanceState] | None = None
@@ -230,6 +238,8 @@ class Reconciler:
                 wake.clear()
                 if not attempt.cancel_requested and await self.store.cancel_requested(attempt.id):
                     attempt = request_cancel(attempt, self.clock())
+                if attempt.deferred:
+                    attempt = approve(attempt, await self.store.approvals(attempt.id))
                 if power_state_only or loop.time() - observed_at >= self._observe_every(model, attempt):
                     states = await self.observe(model.name)
                     observed_at = loop.time()
@@ -283,7 +293,7 @@ class Reconciler:
                 states = known_after(states, result, attempt.target_version)
             else:
                 fresh = False
-        moved = [r.action.instance_id for r in results if r.action.kind is not ActionKind.COMMIT]
+        moved = [r.action.instance_id for r in results if r.action.kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK)]
         if attempt.policy.max_surge and moved:
             # A surged OS disk listens on host ports of its own (and a rolled-back one on the old ones): the
             # store and the health watch follow the engine's word on where.

@@ -495,6 +495,8 @@ class Orchestrator:
             capacity=model.capacity,
             views=instance_views(model, states, self.health, now),
             now=now,
+            # Azure defers automatic OS upgrades only: a person starting one has approved it.
+            deferred=started_by is StartedBy.PLATFORM and model.upgrade_policy.automatic.os_rolling_upgrade_deferral,
         )
         busy = await self.store.start_attempt(attempt, image_reference_for(model, attempt))
         if busy is not None:
@@ -562,6 +564,26 @@ class Orchestrator:
             raise Conflict(f"no rolling upgrade of {model.name} is in progress", "NoRollingUpgradeInProgress")
         self.reconciler.wake(running[0].id)
         return request_cancel(running[0], self.clock())
+
+    async def approve(self, ref: ScaleSetRef | str, instance_ids: list[int] | None = None) -> Attempt:
+        """approveRollingUpgrade: the deferred OS upgrades of ``instance_ids`` (default: every instance) may go
+        ahead, now for those awaiting approval, at once when their batch comes for the others."""
+        model = await self.get_scale_set(ref)
+        ids = list(range(model.capacity)) if instance_ids is None else instance_ids
+        unknown = [i for i in ids if not 0 <= i < model.capacity]
+        if unknown:
+            raise InvalidInput(
+                f"instanceIds: no instance {unknown[0]} in {model.name} (0..{model.capacity - 1})", target="instanceIds"
+            )
+        running = [a for a in await self._active(model.name) if not a.status.terminal]
+        if not running or not running[0].deferred or not await self.store.approve(running[0].id, ids):
+            raise Conflict(
+                f"no rolling upgrade of {model.name} awaits approval (osRollingUpgradeDeferral defers automatic "
+                "OS upgrades only)",
+                "NoDeferredRollingUpgrade",
+            )
+        self.reconciler.wake(running[0].id)
+        return running[0]
 
     async def latest(self, ref: ScaleSetRef | str) -> StoredAttempt | None:
         model = await self.get_scale_set(ref)

@@ -36,6 +36,7 @@ LABEL_INSTANCE = "overhaul.instance-id"
 LABEL_VERSION = "overhaul.image-version"
 LABEL_OS_DISK = "overhaul.os-disk"
 CONFIG_MOUNT = "/etc/overhaul"
+PLATFORM_FILE = "platform.json"  # platform notices beside metadata.json; the agent reads them
 
 
 @dataclass(frozen=True)
@@ -314,18 +315,25 @@ class EngineDriver:
     async def _rename(self, name: str, new_name: str) -> None:
         await self._call(f"rename {name} to {new_name}", self.docker.containers.container(name).rename(new_name))
 
+    @staticmethod
+    def _write_private(directory: Path, name: str, doc: Any) -> None:
+        """Atomically, readable by the owner only (root in the instance): a live config drive sees the whole file
+        or the previous one."""
+        target = directory / name
+        tmp = directory / f"{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(json.dumps(doc, indent=2))
+        os.replace(tmp, target)
+
     def _config_dir(self, spec: InstanceSpec) -> Path:
         """Each OS disk gets a config drive of its own: a rolled-back disk keeps the metadata it had."""
         directory = self.settings.config_root / spec.scale_set / str(spec.instance_id) / spec.disk
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        target = directory / "metadata.json"
-        tmp = directory / "metadata.json.tmp"
-        # Extensions' protectedSettings are in it: readable by the owner only (root in the instance).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(json.dumps(spec.metadata, indent=2))
-        os.replace(tmp, target)
+        # Extensions' protectedSettings are in it.
+        self._write_private(directory, "metadata.json", spec.metadata)
+        (directory / PLATFORM_FILE).unlink(missing_ok=True)  # a new OS disk starts with no notice
         return directory
 
     def _create_config(self, spec: InstanceSpec) -> dict[str, Any]:
@@ -480,10 +488,20 @@ class EngineDriver:
                 raise DriverError(f"rollback {name}: neither {name} nor {prev} exists")
             await self._start(name, current)  # already rolled back
             return
+        await self.notify(spec, {})  # the restored OS disk's upgrade is over: no notice of it is left
         await self._remove(name)
         await self._rename(prev, name)
         # Asked afresh: what was read before the rename may be stale (a stop that an engine restart delivered late).
         await self._start(name, await self._find(name))
+
+    async def notify(self, spec: InstanceSpec, tags: Mapping[str, str]) -> None:
+        # Every OS disk of the instance (the current one, and one a rollback may restore) sees the same notice:
+        # the config drive is a bind-mounted directory, so a running instance sees the change.
+        for directory in (self.settings.config_root / spec.scale_set / str(spec.instance_id)).glob("*/"):
+            if tags:
+                self._write_private(directory, PLATFORM_FILE, {"tags": dict(tags)})
+            else:
+                (directory / PLATFORM_FILE).unlink(missing_ok=True)
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
         await self._remove(previous_name(spec.scale_set, spec.instance_id))

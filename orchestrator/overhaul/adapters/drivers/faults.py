@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec, InstanceState
@@ -78,6 +79,11 @@ class FaultyDriver:
         await self._before(f"rollback {spec.name}")
         await self.inner.rollback(spec)
         self._after(f"rollback {spec.name}")
+
+    async def notify(self, spec: InstanceSpec, tags: Mapping[str, str]) -> None:
+        await self._before(f"notify {spec.name}")
+        await self.inner.notify(spec, tags)
+        self._after(f"notify {spec.name}")
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
         await self._before(f"delete {spec.name}")

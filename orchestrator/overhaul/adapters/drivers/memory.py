@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from overhaul.ports.driver import DriverError, InstanceSpec, InstanceState, OsDisk
@@ -18,6 +18,8 @@ class MemoryDriver:
     # Images whose instances exit as soon as they start (a broken build).
     exiting_images: set[str] = field(default_factory=set)
     _previous_ports: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)
+    # The platform tags each instance's current OS disk sees.
+    tags: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
 
     async def ping(self) -> None:
         return None
@@ -56,6 +58,7 @@ class MemoryDriver:
             self._set(spec, InstanceState(spec.instance_id, None, previous))
             raise DriverError(f"create {spec.name}: no such image {spec.image}")
         running = spec.image not in self.exiting_images
+        self.tags.pop((spec.scale_set, spec.instance_id), None)  # a new OS disk: a new config drive
         if previous is not None:
             # Stopped, unless it stays up beside the new one (maxSurge) on the host ports it had.
             previous = replace(previous, running=spec.surge and previous.running)
@@ -78,9 +81,14 @@ class MemoryDriver:
         if state is None or (state.previous is None and state.current is None):
             raise DriverError(f"rollback {spec.name}: neither {spec.name} nor its previous OS disk exists")
         if state.previous is not None:
+            self.tags.pop((spec.scale_set, spec.instance_id), None)
             restored = OsDisk(state.previous.version, state.previous.image, True)
             ports = self._previous_ports.pop((spec.scale_set, spec.instance_id), state.ports)
             self._set(spec, InstanceState(spec.instance_id, restored, None, ports=ports))
+
+    async def notify(self, spec: InstanceSpec, tags: Mapping[str, str]) -> None:
+        self.calls.append(("notify", spec.name))
+        self.tags[(spec.scale_set, spec.instance_id)] = dict(tags)
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
         self.calls.append(("delete", spec.name))

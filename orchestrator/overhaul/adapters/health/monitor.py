@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -116,10 +116,11 @@ class HealthMonitor:
             was = old.health.value if old is not None else "unwatched"
             why = f": {report.detail}" if report.detail else ""
             log.info("%s health: %s -> %s%s", instance_name(*key), was, report.health.value, why)
-        if old is None or (old.health, old.phase, old.skip_upgrade) != (
+        if old is None or (old.health, old.phase, old.skip_upgrade, old.approved) != (
             report.health,
             report.phase,
             report.skip_upgrade,
+            report.approved,
         ):
             self.changes.bump()
 
@@ -209,7 +210,9 @@ class HealthMonitor:
             health, phase, skip, reason = parse_agent_health(doc)
             # The agent commits Unhealthy or Unknown only after its grace period (Initializing before it).
             final = health in (Health.UNHEALTHY, Health.UNKNOWN)
-            self._update(key, HealthReport(health, self.clock(), reason, phase, skip, final))
+            approved = doc.get("approvedOSUpgrade") if isinstance(doc, Mapping) else None
+            report = HealthReport(health, self.clock(), reason, phase, skip, final)
+            self._update(key, replace(report, approved=approved if isinstance(approved, str) else None))
 
     async def _probe_loop(self, key: Key, probe: HealthProbe, address: str, port: int) -> None:
         loop = asyncio.get_running_loop()

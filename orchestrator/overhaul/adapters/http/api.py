@@ -277,21 +277,32 @@ async def delete_image_definition(request: web.Request) -> web.Response:
 INSTANCE_ID = re.compile(r"[0-9]{1,6}")
 
 
-async def reimage(request: web.Request) -> web.Response:
-    orchestrator = service(request)
-    model = await orchestrator.get_scale_set(ref(request))
+async def instance_ids(request: web.Request, model: ScaleSet) -> list[int]:
+    """The body's ``instanceIds`` (Azure's VirtualMachineScaleSetVMInstanceIDs); none means every instance."""
     body = await body_json(request)
     raw_ids = body.get("instanceIds") if isinstance(body, Mapping) else None
     if raw_ids is None:
-        ids = list(range(model.capacity))
-    elif isinstance(raw_ids, list) and all(
+        return list(range(model.capacity))
+    if isinstance(raw_ids, list) and all(
         (isinstance(i, int) and not isinstance(i, bool)) or (isinstance(i, str) and INSTANCE_ID.fullmatch(i))
         for i in raw_ids
     ):
-        ids = [int(i) for i in raw_ids]
-    else:
-        raise InvalidInput('instanceIds: must be a list of instance ids such as ["0", "3"]', target="instanceIds")
-    await orchestrator.reimage_instances(model.ref, ids)
+        return [int(i) for i in raw_ids]
+    raise InvalidInput('instanceIds: must be a list of instance ids such as ["0", "3"]', target="instanceIds")
+
+
+async def reimage(request: web.Request) -> web.Response:
+    orchestrator = service(request)
+    model = await orchestrator.get_scale_set(ref(request))
+    await orchestrator.reimage_instances(model.ref, await instance_ids(request, model))
+    return web.Response(status=200)
+
+
+async def approve_rolling_upgrade(request: web.Request) -> web.Response:
+    """approveRollingUpgrade: deferred OS upgrades of the instances (all when none are named) may go ahead."""
+    orchestrator = service(request)
+    model = await orchestrator.get_scale_set(ref(request))
+    await orchestrator.approve(model.ref, await instance_ids(request, model))
     return web.Response(status=200)
 
 
@@ -565,6 +576,7 @@ def build_app(
     route("GET", VMSS + "/{name}/osUpgradeHistory", os_upgrade_history)
     route("POST", VMSS + "/{name}/osRollingUpgrade", start_os_rolling_upgrade)
     route("POST", VMSS + "/{name}/rollingUpgrades/cancel", cancel_rolling_upgrade)
+    route("POST", VMSS + "/{name}/approveRollingUpgrade", approve_rolling_upgrade)
     route("GET", VMSS + "/{name}/rollingUpgrades/latest", latest_rolling_upgrade)
     route("GET", GALLERY + "/images", list_image_definitions)
     route("PUT", GALLERY + "/images/{image}", put_image_definition)

@@ -72,6 +72,13 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
     ("delete", VMSS + "/{name}", "Delete a scale set, its instances and data disks", None, (200,)),
     ("get", VMSS + "/{name}/virtualMachines", "List instances with their instanceView", None, (200,)),
     ("post", VMSS + "/{name}/reimage", "Reimage chosen instances (all when none are named)", REIMAGE_BODY, (200,)),
+    (
+        "post",
+        VMSS + "/{name}/approveRollingUpgrade",
+        "Let deferred OS upgrades of chosen instances go ahead (all when none are named)",
+        REIMAGE_BODY,
+        (200,),
+    ),
     ("get", VMSS + "/{name}/osUpgradeHistory", "OS upgrade history, newest first", None, (200,)),
     ("post", VMSS + "/{name}/osRollingUpgrade", "Start a rolling OS upgrade", None, (202,)),
     (

@@ -79,6 +79,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE image_versions ADD COLUMN doc TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE image_definitions ADD COLUMN doc TEXT NOT NULL DEFAULT '{}';
     """,
+    # Approvals of deferred OS upgrades (approveRollingUpgrade), read by the attempt's reconciler as a cancel is.
+    """
+    CREATE TABLE approvals (
+        attempt_id TEXT NOT NULL, instance_id INTEGER NOT NULL, PRIMARY KEY (attempt_id, instance_id)
+    );
+    """,
 )
 
 
@@ -295,6 +301,21 @@ class SqliteStore:
         row = self.db.execute("SELECT cancel FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
         return bool(row and row["cancel"])
 
+    async def approve(self, attempt_id: str, instance_ids: Iterable[int]) -> bool:
+        """Records approvals for an active attempt; False when it is not active."""
+        row = self.db.execute("SELECT 1 FROM attempts WHERE id = ? AND active = 1", (attempt_id,)).fetchone()
+        if row is None:
+            return False
+        self.db.executemany(
+            "INSERT OR IGNORE INTO approvals (attempt_id, instance_id) VALUES (?, ?)",
+            [(attempt_id, i) for i in instance_ids],
+        )
+        return True
+
+    async def approvals(self, attempt_id: str) -> frozenset[int]:
+        rows = self.db.execute("SELECT instance_id FROM approvals WHERE attempt_id = ?", (attempt_id,)).fetchall()
+        return frozenset(int(r["instance_id"]) for r in rows)
+
     async def unfinished_attempts(self) -> list[StoredAttempt]:
         """Every attempt with work left (a crash or an error stopped it), oldest first."""
         rows = self.db.execute("SELECT * FROM attempts WHERE active = 1 ORDER BY start_time, rowid").fetchall()
@@ -334,6 +355,7 @@ class SqliteStore:
             with self.transaction() as db:
                 db.execute(f"DELETE FROM attempts WHERE id IN ({marks})", doomed)
                 db.execute(f"DELETE FROM journal WHERE attempt_id IN ({marks})", doomed)
+                db.execute(f"DELETE FROM approvals WHERE attempt_id IN ({marks})", doomed)
 
     async def journal_begin(self, attempt_id: str, actions: Iterable[Action], now: float) -> None:
         """Recorded (and committed) before the actions run."""
