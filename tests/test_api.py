@@ -657,3 +657,33 @@ def test_an_operation_ends_only_when_the_attempt_is_done() -> None:
     doc = operation_doc("op", done)
     assert doc["status"] == "Failed" and doc["error"]["message"] == "1 of 1" and "endTime" in doc
     assert operation_doc("op", done, cancel=True)["status"] == "Succeeded"
+
+
+def test_galleries_are_resources(served: Served) -> None:
+    """az sig create / list / show / delete; a gallery an image definition names exists with it; a gallery that
+    holds definitions is not deleted; names are case-insensitive and unique on the host."""
+    base = "/subscriptions/subscription_id/resourceGroups/myResourceGroup/providers/Microsoft.Compute/galleries"
+    sub = ("--subscription", "subscription_id")
+    created = json.loads(
+        served.cli("sig", "create", "-g", "myResourceGroup", "-r", "team", "--description", "ours", *sub).stdout
+    )
+    assert created["id"] == f"{base}/team" and created["type"] == "Microsoft.Compute/galleries"
+    assert created["properties"]["description"] == "ours"
+    assert created["properties"]["provisioningState"] == "Succeeded"
+    status, again, _ = served.call("PUT", f"{base}/TEAM?{API}", {"location": "local", "tags": {"a": "b"}})
+    assert status == 200 and again["name"] == "team" and again["tags"] == {"a": "b"}
+    # myGallery exists because the fixture made an image definition in it.
+    names = served.cli("sig", "list", "-g", "myResourceGroup", *sub, "--query", "[].name", "-o", "tsv").stdout.split()
+    assert sorted(names) == ["myGallery", "team"]
+    assert served.cli("sig", "list", *sub, "--query", "length(@)", "-o", "tsv").stdout.strip() == "2"
+    shown = json.loads(served.cli("sig", "show", "-g", "myResourceGroup", "-r", "myGallery", *sub).stdout)
+    assert shown["id"].endswith("/galleries/myGallery")
+    other_group = served.call("PUT", base.replace("myResourceGroup", "other") + f"/team?{API}", {"location": "local"})
+    assert other_group[0] == 409 and other_group[1]["error"]["code"] == "GalleryNameTaken"
+    status, doc, _ = served.call("PUT", f"{base}/bad%20name?{API}", {})
+    assert status == 400 and doc["error"]["target"] == "name"
+    refused = served.cli("sig", "delete", "-g", "myResourceGroup", "-r", "myGallery", *sub, check=False)
+    assert refused.returncode == 1 and "holds image definition(s) myImage" in refused.stderr
+    served.cli("sig", "delete", "-g", "myResourceGroup", "-r", "team", *sub)
+    assert served.cli("sig", "show", "-g", "myResourceGroup", "-r", "team", *sub, check=False).returncode == 3
+    assert served.call("DELETE", f"{base}/team?{API}")[0] == 204

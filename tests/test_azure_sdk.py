@@ -123,6 +123,12 @@ def scale_set() -> m.VirtualMachineScaleSet:
 
 
 def test_the_azure_sdk_drives_a_rolling_upgrade_end_to_end(client: ComputeManagementClient, served: Served) -> None:
+    gallery = client.galleries.begin_create_or_update(
+        RG, GALLERY, m.Gallery(location="local", properties=m.GalleryProperties(description="the SDK's"))
+    ).result()
+    assert gallery.name == GALLERY and gallery.properties is not None
+    assert gallery.properties.description == "the SDK's" and gallery.properties.provisioning_state == "Succeeded"
+    assert [g.name for g in client.galleries.list_by_resource_group(RG)] == [GALLERY]
     identifier = m.GalleryImageIdentifier(publisher="overhaul", offer="sdk", sku="tiny")
     definition = client.gallery_images.begin_create_or_update(
         RG,

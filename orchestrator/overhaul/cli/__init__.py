@@ -622,9 +622,31 @@ def sig_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def run_gallery(client: Client, args: argparse.Namespace) -> int:
+    """sig create / list / show / delete: galleries themselves."""
+    provider = "providers/Microsoft.Compute/galleries"
+    if args.sig_command == "list":
+        scope = f"/resourceGroups/{args.resource_group}" if args.resource_group else ""
+        emit(args, client.call("GET", f"/subscriptions/{client.subscription}{scope}/{provider}"))
+        return 0
+    path = f"/subscriptions/{client.subscription}/resourceGroups/{args.resource_group}/{provider}/{args.gallery_name}"
+    if args.sig_command == "create":
+        body: dict[str, Any] = {"location": args.location, "properties": {}}
+        if args.description:
+            body["properties"]["description"] = args.description
+        emit(args, client.call("PUT", path, body))
+    elif args.sig_command == "show":
+        emit(args, client.call("GET", path))
+    else:
+        client.call("DELETE", path)
+    return 0
+
+
 def run_sig(client: Client, args: argparse.Namespace) -> int:
     if args.sig_command == "image-definition":
         return run_image_definition(client, args)
+    if args.sig_command in GALLERY_ACTIONS:
+        return run_gallery(client, args)
     base = client.gallery(args.resource_group, args.gallery_name, args.gallery_image_definition)
     cmd = args.version_command
     if cmd == "list":
@@ -831,8 +853,23 @@ def add_extension_commands(vmss: Any, common: argparse.ArgumentParser) -> None:
     extension.add_argument("--provision-after-extensions", nargs="*", default=[])
 
 
+GALLERY_ACTIONS = {
+    "create": "create a gallery (or update its location and description)",
+    "list": "list galleries (of a resource group with -g)",
+    "show": "show a gallery",
+    "delete": "delete a gallery (it must hold no image definitions)",
+}
+
+
 def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     sig = groups.add_parser("sig", help="the local image gallery").add_subparsers(dest="sig_command", required=True)
+    for action, text in GALLERY_ACTIONS.items():
+        sub = sig.add_parser(action, help=text, parents=[common])
+        sub.add_argument("--resource-group", "-g", help="default: `overhaul configure --defaults group=…`")
+        if action != "list":
+            sub.add_argument("--gallery-name", "-r", required=True)
+    sig.choices["create"].add_argument("--location", "-l", default="local")
+    sig.choices["create"].add_argument("--description")
     definition = sig.add_parser("image-definition", help="image definitions", parents=[common])
     definition.add_argument("action", choices=["create", "list", "show", "delete"])
     version = sig.add_parser("image-version", help="image versions", parents=[common])
@@ -912,7 +949,7 @@ def apply_defaults(args: argparse.Namespace, defaults: dict[str, str]) -> None:
         args.resource_group = defaults["group"]
     if getattr(args, "subscription", None) is None:
         args.subscription = defaults.get("subscription", "local")
-    if args.group == "sig" and not args.resource_group:
+    if args.group == "sig" and not args.resource_group and args.sig_command != "list":
         raise CliError("--resource-group/-g is required (or `overhaul configure --defaults group=NAME`)")
 
 

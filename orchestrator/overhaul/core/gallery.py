@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from overhaul.core.model import GALLERY_ID, ImageReference, ModelError, overlay
+from overhaul.core.model import GALLERY_ID, NAME_PATTERN, ImageReference, ModelError, overlay
+from overhaul.core.naming import gallery_id
 
 VERSION_PATTERN = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
@@ -22,6 +23,47 @@ def semver_key(version: str) -> tuple[int, int, int]:
         raise ModelError("version", f"must be MAJOR.MINOR.PATCH, got {version!r}")
     major, minor, patch = (int(x) for x in match.groups())
     return major, minor, patch
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """An image gallery (Azure Compute Gallery): a named home for image definitions. Its name is unique on the
+    host, as a scale set's is."""
+
+    name: str
+    resource_group: str = "default"
+    subscription: str = "local"
+    location: str = "local"
+    # The document as sent: description, tags, sharing profiles... come back verbatim.
+    sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        own = {
+            "id": gallery_id(self.subscription, self.resource_group, self.name),
+            "name": self.name,
+            "type": "Microsoft.Compute/galleries",
+            "location": self.location,
+            "properties": {
+                "identifier": {"uniqueName": f"{self.subscription}-{self.name.upper()}"},
+                "provisioningState": "Succeeded",
+            },
+        }
+        doc: dict[str, Any] = overlay(self.sent, own)
+        return doc
+
+
+def parse_gallery(doc: Any, *, name: str, resource_group: str, subscription: str) -> Gallery:
+    if not NAME_PATTERN.match(name):
+        raise ModelError("name", f"must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
+    if not isinstance(doc, Mapping):
+        raise ModelError("", "must be a JSON object")
+    location = doc.get("location", "local")
+    if not isinstance(location, str) or not location:
+        raise ModelError("location", f"must be a location name, got {location!r}")
+    props = doc.get("properties", {})
+    if props is not None and not isinstance(props, Mapping):
+        raise ModelError("properties", "must be a JSON object")
+    return Gallery(name, resource_group, subscription, location, dict(doc))
 
 
 @dataclass(frozen=True)

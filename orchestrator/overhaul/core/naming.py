@@ -18,6 +18,10 @@ def data_disk_name(scale_set: str, instance_id: int, lun: int) -> str:
     return f"{instance_name(scale_set, instance_id)}_lun{lun}"
 
 
+def gallery_id(subscription: str, resource_group: str, name: str) -> str:
+    return f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/galleries/{name}"
+
+
 def scale_set_id(subscription: str, resource_group: str, name: str) -> str:
     return (
         f"/subscriptions/{subscription}/resourceGroups/{resource_group}"

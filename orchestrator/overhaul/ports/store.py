@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
 from overhaul.core.model import ScaleSet
 from overhaul.core.rollout import Action, ActionResult, Attempt
 
@@ -54,6 +54,12 @@ class ScaleSetStore(Protocol):
 
 
 class GalleryStore(Protocol):
+    async def put_gallery(self, gallery: Gallery) -> None:
+        """Creates it, or updates its location and document (its resource group stays)."""
+        ...
+
+    async def galleries(self) -> list[Gallery]: ...
+    async def delete_gallery(self, name: str) -> None: ...
     async def put_image_definition(self, definition: ImageDefinition) -> None: ...
     async def image_definitions(self) -> list[ImageDefinition]: ...
     async def delete_image_definition(self, gallery: str, name: str) -> None: ...

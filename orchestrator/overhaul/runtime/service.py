@@ -18,7 +18,7 @@ from typing import Any
 
 from overhaul.core.auto_upgrade import AutoUpgradeSettings, due_upgrade
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
-from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
 from overhaul.core.model import (
     ModelError,
     RollingUpgradePolicy,
@@ -69,6 +69,10 @@ class InstanceInfo:
     has_previous_os_disk: bool
     health_detail: str = ""
     address: str = "127.0.0.1"  # where its ports are published
+
+
+# Gallery writes are serialised under a name no scale set can have.
+GALLERY_LOCK = "/galleries"
 
 
 def attempt_policy(model: ScaleSet, started_by: StartedBy) -> RollingUpgradePolicy:
@@ -191,7 +195,57 @@ class Orchestrator:
 
     # --- gallery ------------------------------------------------------------------------------------------
 
-    async def put_image_definition(self, definition: ImageDefinition) -> None:
+    async def put_gallery(self, gallery: Gallery) -> bool:
+        """Creates or updates a gallery; True when it was created. Its name is unique on the host."""
+        async with self._writing(GALLERY_LOCK):
+            existing = await self._find_gallery(gallery.name)
+            if existing is not None and (existing.resource_group.lower(), existing.subscription.lower()) != (
+                gallery.resource_group.lower(),
+                gallery.subscription.lower(),
+            ):
+                raise Conflict(
+                    f"a gallery named {existing.name} exists in resource group {existing.resource_group}: gallery "
+                    "names are unique on this host",
+                    "GalleryNameTaken",
+                )
+            if existing is not None:
+                gallery = replace(gallery, name=existing.name)
+            await self.store.put_gallery(gallery)
+            return existing is None
+
+    async def _find_gallery(self, name: str) -> Gallery | None:
+        return next((g for g in await self.store.galleries() if g.name.lower() == name.lower()), None)
+
+    async def gallery(self, name: str) -> Gallery:
+        found = await self._find_gallery(name)
+        if found is None:
+            raise NotFound(f"gallery {name} does not exist", "GalleryNotFound")
+        return found
+
+    async def galleries(self, resource_group: str | None = None) -> list[Gallery]:
+        found = await self.store.galleries()
+        if resource_group is None:
+            return found
+        return [g for g in found if g.resource_group.lower() == resource_group.lower()]
+
+    async def delete_gallery(self, name: str) -> None:
+        """As Azure: refused while it holds image definitions (delete them first)."""
+        async with self._writing(GALLERY_LOCK):
+            gallery = await self.gallery(name)
+            held = [d.name for d in await self.store.image_definitions() if d.gallery.lower() == name.lower()]
+            if held:
+                raise Conflict(
+                    f"gallery {gallery.name} holds image definition(s) {', '.join(held)}: delete them first",
+                    "CannotDeleteResource",
+                )
+            await self.store.delete_gallery(gallery.name)
+
+    async def put_image_definition(
+        self, definition: ImageDefinition, *, resource_group: str = "default", subscription: str = "local"
+    ) -> None:
+        """Creates or updates an image definition; its gallery is made with it when it does not exist yet."""
+        if await self._find_gallery(definition.gallery) is None:
+            await self.put_gallery(Gallery(definition.gallery, resource_group, subscription))
         await self.store.put_image_definition(definition)
         self.changes.bump()
 

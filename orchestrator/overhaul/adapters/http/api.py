@@ -18,7 +18,7 @@ from overhaul.adapters.http import arm
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.http.openapi import openapi_document
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
-from overhaul.core.gallery import ImageDefinition, ImageVersion, parse_image_version
+from overhaul.core.gallery import ImageDefinition, ImageVersion, parse_gallery, parse_image_version
 from overhaul.core.model import ModelError, ScaleSet, ScaleSetRef, merge_patch, overlay
 from overhaul.core.rollout import AttemptStatus, StartedBy
 from overhaul.runtime.service import EngineFailed, Orchestrator
@@ -260,6 +260,34 @@ async def instance_view(request: web.Request) -> web.Response:
     return web.json_response(found["properties"]["instanceView"])
 
 
+# --- galleries ----------------------------------------------------------------------------------------------
+
+
+async def put_gallery(request: web.Request) -> web.Response:
+    m = request.match_info
+    gallery = parse_gallery(await body_json(request), name=m["gallery"], resource_group=m["rg"], subscription=m["sub"])
+    orchestrator = service(request)
+    created = await orchestrator.put_gallery(gallery)
+    return web.json_response((await orchestrator.gallery(gallery.name)).to_json(), status=201 if created else 200)
+
+
+async def get_gallery(request: web.Request) -> web.Response:
+    return web.json_response((await service(request).gallery(request.match_info["gallery"])).to_json())
+
+
+async def list_galleries(request: web.Request) -> web.Response:
+    galleries = await service(request).galleries(request.match_info.get("rg"))
+    return web.json_response({"value": [g.to_json() for g in galleries]})
+
+
+async def delete_gallery(request: web.Request) -> web.Response:
+    try:
+        await service(request).delete_gallery(request.match_info["gallery"])
+    except NotFound:
+        return web.Response(status=204)
+    return web.Response(status=200)
+
+
 async def list_image_definitions(request: web.Request) -> web.Response:
     gallery = request.match_info["gallery"]
     definitions = [d for d in await service(request).image_definitions() if d.gallery.lower() == gallery.lower()]
@@ -432,7 +460,8 @@ async def put_image_definition(request: web.Request) -> web.Response:
         created = False
     except NotFound:
         created = True
-    await orchestrator.put_image_definition(definition)
+    m = request.match_info
+    await orchestrator.put_image_definition(definition, resource_group=m["rg"], subscription=m["sub"])
     return web.json_response(image_definition_doc(request, definition), status=201 if created else 200)
 
 
@@ -578,6 +607,11 @@ def build_app(
     route("POST", VMSS + "/{name}/rollingUpgrades/cancel", cancel_rolling_upgrade)
     route("POST", VMSS + "/{name}/approveRollingUpgrade", approve_rolling_upgrade)
     route("GET", VMSS + "/{name}/rollingUpgrades/latest", latest_rolling_upgrade)
+    route("GET", SUB + "/providers/Microsoft.Compute/galleries", list_galleries)
+    route("GET", SUB + "/resourceGroups/{rg}/providers/Microsoft.Compute/galleries", list_galleries)
+    route("PUT", GALLERY, put_gallery)
+    route("GET", GALLERY, get_gallery)
+    route("DELETE", GALLERY, delete_gallery)
     route("GET", GALLERY + "/images", list_image_definitions)
     route("PUT", GALLERY + "/images/{image}", put_image_definition)
     route("DELETE", GALLERY + "/images/{image}", delete_image_definition)

@@ -71,6 +71,9 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
     ("get", VMSS + "/{name}", "Get a scale set", None, (200,)),
     ("delete", VMSS + "/{name}", "Delete a scale set, its instances and data disks", None, (200,)),
     ("get", VMSS + "/{name}/virtualMachines", "List instances with their instanceView", None, (200,)),
+    ("put", GALLERY, "Create or update a gallery", {"type": "object"}, (200, 201)),
+    ("get", GALLERY, "Get a gallery", None, (200,)),
+    ("delete", GALLERY, "Delete a gallery (409 while it holds image definitions)", None, (200, 204)),
     ("post", VMSS + "/{name}/reimage", "Reimage chosen instances (all when none are named)", REIMAGE_BODY, (200,)),
     (
         "post",

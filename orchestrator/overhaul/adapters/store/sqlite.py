@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
 from overhaul.core.model import ScaleSet, parse_scale_set
 from overhaul.core.rollout import (
     Action,
@@ -84,6 +84,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE approvals (
         attempt_id TEXT NOT NULL, instance_id INTEGER NOT NULL, PRIMARY KEY (attempt_id, instance_id)
     );
+    """,
+    # Galleries as resources; those that image definitions already name are kept as galleries of their own.
+    """
+    CREATE TABLE galleries (
+        name TEXT PRIMARY KEY COLLATE NOCASE, resource_group TEXT NOT NULL, subscription TEXT NOT NULL,
+        location TEXT NOT NULL, doc TEXT NOT NULL
+    );
+    INSERT OR IGNORE INTO galleries SELECT DISTINCT gallery, 'default', 'local', 'local', '{}' FROM image_definitions;
     """,
 )
 
@@ -202,6 +210,23 @@ class SqliteStore:
 
     async def delete_image_definition(self, gallery: str, name: str) -> None:
         self.db.execute("DELETE FROM image_definitions WHERE gallery = ? AND name = ?", (gallery, name))
+
+    async def put_gallery(self, gallery: Gallery) -> None:
+        self.db.execute(
+            "INSERT INTO galleries (name, resource_group, subscription, location, doc) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET location = excluded.location, doc = excluded.doc",
+            (gallery.name, gallery.resource_group, gallery.subscription, gallery.location, json.dumps(gallery.sent)),
+        )
+
+    async def galleries(self) -> list[Gallery]:
+        rows = self.db.execute("SELECT * FROM galleries ORDER BY name")
+        return [
+            Gallery(r["name"], r["resource_group"], r["subscription"], r["location"], json.loads(r["doc"]))
+            for r in rows
+        ]
+
+    async def delete_gallery(self, name: str) -> None:
+        self.db.execute("DELETE FROM galleries WHERE name = ?", (name,))
 
     async def image_definitions(self) -> list[ImageDefinition]:
         rows = self.db.execute("SELECT * FROM image_definitions ORDER BY gallery, name")
