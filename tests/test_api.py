@@ -687,3 +687,75 @@ def test_galleries_are_resources(served: Served) -> None:
     served.cli("sig", "delete", "-g", "myResourceGroup", "-r", "team", *sub)
     assert served.cli("sig", "show", "-g", "myResourceGroup", "-r", "team", *sub, check=False).returncode == 3
     assert served.call("DELETE", f"{base}/team?{API}")[0] == 204
+
+
+def test_a_load_balancer_probe_named_by_id_is_the_health_source(served: Served) -> None:
+    """`az network lb create` + `az network lb probe create`, then Azure's documented healthProbe.id, verbatim: the
+    probe's settings act, a probe in use keeps its port and stays, a missing one is a 400 naming the field."""
+    lb_id = RG + "/providers/Microsoft.Network/loadBalancers/myLoadBalancer"
+    where = ("-g", "myResourceGroup", "--subscription", "subscription_id")
+    served.cli("network", "lb", "create", *where, "-n", "myLoadBalancer")
+    probe = json.loads(
+        served.cli(
+            "network",
+            "lb",
+            "probe",
+            "create",
+            *where,
+            "--lb-name",
+            "myLoadBalancer",
+            "-n",
+            "myHealthProbe",
+            "--protocol",
+            "http",
+            "--port",
+            "8080",
+            "--path",
+            "/health",
+            "--interval",
+            "5",
+            "--threshold",
+            "2",
+        ).stdout
+    )
+    assert probe["id"] == f"{lb_id}/probes/myHealthProbe"
+    assert probe["properties"] == {
+        "protocol": "Http",
+        "port": 8080,
+        "requestPath": "/health",
+        "intervalInSeconds": 5,
+        "numberOfProbes": 2,
+        "provisioningState": "Succeeded",
+    }
+    model = json.loads(json.dumps(MODEL))
+    profile = model["properties"]["virtualMachineProfile"]
+    del profile["overhaul"]
+    profile["networkProfile"] = {"healthProbe": {"id": f"{lb_id}/probes/myHealthProbe"}}
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", model)
+    assert status == 201, doc
+    assert doc["properties"]["virtualMachineProfile"]["networkProfile"]["healthProbe"]["id"] == probe["id"]
+    # The probe's port is published by every instance, as an inline probe's is.
+    info = json.loads(served.cli("vmss", "list-instance-connection-info", *where, "-n", "myScaleSet").stdout)
+    assert all("8080" in ports for ports in info.values()), info
+    # A new path applies; a new port, or deleting the probe or the load balancer, is refused while in use.
+    lb_args = ("network", "lb", "probe", "update", *where, "--lb-name", "myLoadBalancer", "-n", "myHealthProbe")
+    served.cli(*lb_args, "--path", "/ready")
+    status, doc, _ = served.call("GET", f"{VMSS}?{API}")
+    assert (
+        doc["properties"]["virtualMachineProfile"]["networkProfile"]["healthProbe"]["properties"]["requestPath"]
+        == "/ready"
+    )
+    moved = served.cli(*lb_args, "--port", "9090", check=False)
+    assert moved.returncode == 1 and "InUseProbeCannotChange" in moved.stderr, moved.stderr
+    deleted = served.cli("network", "lb", "probe", "delete", *lb_args[4:], check=False)
+    assert deleted.returncode == 1 and "InUseProbeCannotBeDeleted" in deleted.stderr, deleted.stderr
+    gone = served.cli("network", "lb", "delete", *where, "-n", "myLoadBalancer", check=False)
+    assert gone.returncode == 1 and "in use by scale set(s) myScaleSet" in gone.stderr
+    # Naming a probe that does not exist, or something that is not a probe id, is 400 naming the field.
+    field = "properties.virtualMachineProfile.networkProfile.healthProbe.id"
+    for bad in (f"{lb_id}/probes/nope", RG + "/providers/Microsoft.Network/loadBalancers/nolb/probes/p", "junk"):
+        profile["networkProfile"] = {"healthProbe": {"id": bad}}
+        status, doc, _ = served.call("PUT", f"{VMSS}?{API}", model)
+        assert status == 400 and doc["error"]["target"] == field, (bad, doc)
+    listed = served.cli("network", "lb", "list", "--subscription", "subscription_id", "--query", "[].name", "-o", "tsv")
+    assert listed.stdout.split() == ["myLoadBalancer"]

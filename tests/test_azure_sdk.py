@@ -98,8 +98,12 @@ def wait_healthy(client: ComputeManagementClient, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+LB_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/loadBalancers/sdk-lb"
+
+
 def scale_set() -> m.VirtualMachineScaleSet:
-    probe = {"healthProbe": {"protocol": "Http", "port": 8080, "requestPath": "/health"}}
+    # Azure's documented shape: the scale set names a probe of a load balancer.
+    probe = m.ApiEntityReference(id=f"{LB_ID}/probes/app-health")
     return m.VirtualMachineScaleSet(
         location="local",
         sku=m.Sku(name="Standard_Container", capacity=3),
@@ -116,7 +120,7 @@ def scale_set() -> m.VirtualMachineScaleSet:
                     image_reference=m.ImageReference(publisher="overhaul", offer="sdk", sku="tiny", version="latest"),
                     data_disks=[m.VirtualMachineScaleSetDataDisk(lun=0, create_option="Empty", disk_size_gb=1)],
                 ),
-                network_profile=m.VirtualMachineScaleSetNetworkProfile(probe),
+                network_profile=m.VirtualMachineScaleSetNetworkProfile(health_probe=probe),
             ),
         ),
     )
@@ -141,10 +145,38 @@ def test_the_azure_sdk_drives_a_rolling_upgrade_end_to_end(client: ComputeManage
     ).result()
     assert definition.identifier is not None and definition.identifier.sku == "tiny"
     assert publish(client, "1.0.0").name == "1.0.0"
+    # The load balancer as `az network lb create` + `az network lb probe create` write it (azure-mgmt-network is
+    # not a dependency: its REST call, verbatim).
+    balancer = {
+        "location": "local",
+        "sku": {"name": "Standard"},
+        "properties": {
+            "probes": [
+                {
+                    "name": "app-health",
+                    "properties": {
+                        "protocol": "Http",
+                        "port": 8080,
+                        "requestPath": "/health",
+                        "intervalInSeconds": 5,
+                        "numberOfProbes": 1,
+                    },
+                }
+            ]
+        },
+    }
+    status, doc, _ = served.call("PUT", f"{LB_ID}?api-version=2023-09-01", balancer)
+    assert status == 201, doc
 
     created = client.virtual_machine_scale_sets.begin_create_or_update(RG, NAME, scale_set()).result()
     assert created.sku is not None and created.sku.capacity == 3
     assert created.provisioning_state == "Succeeded"
+    profile = created.virtual_machine_profile
+    assert profile is not None and profile.network_profile is not None
+    assert profile.network_profile.health_probe is not None
+    assert profile.network_profile.health_probe.id == f"{LB_ID}/probes/app-health"
+    in_use = served.call("DELETE", f"{LB_ID}?api-version=2023-09-01")
+    assert in_use[0] == 409 and in_use[1]["error"]["code"] == "LoadBalancerInUseByVirtualMachineScaleSet", in_use
     assert client.virtual_machine_scale_sets.get(RG, NAME).name == NAME
     assert [s.name for s in client.virtual_machine_scale_sets.list(RG)] == [NAME]
     assert len(list(client.virtual_machine_scale_set_vms.list(RG, NAME))) == 3

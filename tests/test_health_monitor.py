@@ -169,3 +169,18 @@ async def test_a_pending_os_upgrade_is_shown_to_the_application_and_its_approval
         while (report := monitor.report(key)) is None or report.approved != "2.0.0":
             await monitor.wait_changed(seen, 5)
             seen = monitor.version
+
+
+async def test_a_probes_number_of_probes_failures_in_a_row_make_a_healthy_instance_unhealthy(
+    fake_app: FakeApp, monitor: HealthMonitor
+) -> None:
+    """Azure's load balancer probe semantics for numberOfProbes: one failed probe of three is not a verdict."""
+    key = ("web", 1)
+    monitor.watch_probe(key, HealthProbe("Http", 8080, "/health", number_of_probes=3), "127.0.0.1", fake_app.port)
+    await until(monitor, key, Health.HEALTHY)
+    fake_app.status = 500
+    failed_at = fake_app.requests
+    await until(monitor, key, Health.UNHEALTHY)
+    assert fake_app.requests - failed_at >= 3  # it took three failed probes, not one
+    fake_app.status = 200
+    await until(monitor, key, Health.HEALTHY)

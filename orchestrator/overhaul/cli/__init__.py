@@ -834,6 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     rolling.add_argument("--no-wait", action="store_true", help="with start: return once it has started")
 
     add_gallery_commands(groups, common)
+    add_network_commands(groups, common)
     return parser
 
 
@@ -859,6 +860,95 @@ GALLERY_ACTIONS = {
     "show": "show a gallery",
     "delete": "delete a gallery (it must hold no image definitions)",
 }
+
+
+def add_network_commands(groups: Any, common: argparse.ArgumentParser) -> None:
+    """az network lb create|list|show|delete and az network lb probe create|list|show|delete."""
+    network = groups.add_parser("network", help="load balancers, for the health probes scale sets name")
+    lb = network.add_subparsers(dest="network_group", required=True).add_parser("lb", help="load balancers")
+    lb_commands = lb.add_subparsers(dest="lb_command", required=True)
+    for action in ("create", "list", "show", "delete"):
+        sub = lb_commands.add_parser(action, help=f"{action} load balancers", parents=[common])
+        sub.add_argument("--resource-group", "-g", help="default: `overhaul configure --defaults group=…`")
+        if action != "list":
+            sub.add_argument("--name", "-n", required=True)
+    lb_commands.choices["create"].add_argument("--location", "-l", default="local")
+    probe = lb_commands.add_parser("probe", help="a load balancer's health probes", parents=[common])
+    probe.add_argument("probe_command", choices=["create", "update", "list", "show", "delete"])
+    probe.add_argument("--resource-group", "-g", help="default: `overhaul configure --defaults group=…`")
+    probe.add_argument("--lb-name", required=True)
+    probe.add_argument("--name", "-n", help="the probe's name (all but list)")
+    probe.add_argument("--protocol", choices=["Http", "Tcp", "http", "tcp"])
+    probe.add_argument("--port", type=int, help="the application's container port")
+    probe.add_argument("--path", help="with Http: the request path (default /)")
+    probe.add_argument("--interval", type=int, help="seconds between probes (default: the orchestrator's)")
+    probe.add_argument(
+        "--threshold",
+        "--number-of-probes",
+        dest="threshold",
+        type=int,
+        help="failed probes in a row that make a Healthy instance Unhealthy (default 1)",
+    )
+
+
+def run_network(client: Client, args: argparse.Namespace) -> int:
+    provider = "providers/Microsoft.Network/loadBalancers"
+    group = f"/resourceGroups/{args.resource_group}" if args.resource_group else ""
+    if args.lb_command == "list":
+        emit(args, client.call("GET", f"/subscriptions/{client.subscription}{group}/{provider}"))
+        return 0
+    name = args.lb_name if args.lb_command == "probe" else args.name
+    path = f"/subscriptions/{client.subscription}{group}/{provider}/{name}"
+    if args.lb_command == "create":
+        emit(args, client.call("PUT", path, {"location": args.location, "properties": {"probes": []}}))
+    elif args.lb_command == "show":
+        emit(args, client.call("GET", path))
+    elif args.lb_command == "delete":
+        client.call("DELETE", path)
+    else:
+        run_probe(client, args, path)
+    return 0
+
+
+def run_probe(client: Client, args: argparse.Namespace, lb_path: str) -> None:
+    """As az: the load balancer is read, its probes changed, and the whole written back."""
+    if args.probe_command == "list":
+        emit(args, client.list(lb_path + "/probes"))
+        return
+    if not args.name:
+        raise CliError(f"network lb probe {args.probe_command}: --name/-n is required", EXIT_USAGE)
+    if args.probe_command == "show":
+        emit(args, client.call("GET", f"{lb_path}/probes/{args.name}"))
+        return
+    doc = client.call("GET", lb_path)
+    probes: list[dict[str, Any]] = doc.setdefault("properties", {}).setdefault("probes", [])
+    found = next((p for p in probes if str(p.get("name", "")).lower() == args.name.lower()), None)
+    if args.probe_command == "delete":
+        if found is not None:
+            probes.remove(found)
+            client.call("PUT", lb_path, doc)
+        return
+    if args.probe_command == "create":
+        if found is not None:
+            raise CliError(f"probe {args.name} exists in load balancer {args.lb_name} (use update)", EXIT_USAGE)
+        if args.protocol is None or args.port is None:
+            raise CliError("network lb probe create: --protocol and --port are required", EXIT_USAGE)
+        found = {"name": args.name, "properties": {}}
+        probes.append(found)
+    elif found is None:
+        raise CliError(f"load balancer {args.lb_name} has no probe {args.name}", EXIT_NOT_FOUND)
+    settings = found.setdefault("properties", {})
+    for key, value in (
+        ("protocol", args.protocol.capitalize() if args.protocol else None),
+        ("port", args.port),
+        ("requestPath", args.path),
+        ("intervalInSeconds", args.interval),
+        ("numberOfProbes", args.threshold),
+    ):
+        if value is not None:
+            settings[key] = value
+    written = client.call("PUT", lb_path, doc)
+    emit(args, next(p for p in written["properties"]["probes"] if p["name"].lower() == args.name.lower()))
 
 
 def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
@@ -949,7 +1039,8 @@ def apply_defaults(args: argparse.Namespace, defaults: dict[str, str]) -> None:
         args.resource_group = defaults["group"]
     if getattr(args, "subscription", None) is None:
         args.subscription = defaults.get("subscription", "local")
-    if args.group == "sig" and not args.resource_group and args.sig_command != "list":
+    listing = getattr(args, "sig_command", None) == "list" or getattr(args, "lb_command", None) == "list"
+    if args.group in ("sig", "network") and not args.resource_group and not listing:
         raise CliError("--resource-group/-g is required (or `overhaul configure --defaults group=NAME`)")
 
 
@@ -972,6 +1063,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_vmss(client, args)
         if args.group == "sig":
             return run_sig(client, sig_defaults(args))
+        if args.group == "network":
+            return run_network(client, args)
         return run_vm_image(client, args)
     except CliError as exc:
         print(f"overhaul: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from overhaul.core.model import GALLERY_ID, NAME_PATTERN, ImageReference, ModelError, overlay
+from overhaul.core.model import GALLERY_ID, ImageReference, ModelError, overlay, resource_envelope
 from overhaul.core.naming import gallery_id
 
 VERSION_PATTERN = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
@@ -53,16 +53,7 @@ class Gallery:
 
 
 def parse_gallery(doc: Any, *, name: str, resource_group: str, subscription: str) -> Gallery:
-    if not NAME_PATTERN.match(name):
-        raise ModelError("name", f"must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
-    if not isinstance(doc, Mapping):
-        raise ModelError("", "must be a JSON object")
-    location = doc.get("location", "local")
-    if not isinstance(location, str) or not location:
-        raise ModelError("location", f"must be a location name, got {location!r}")
-    props = doc.get("properties", {})
-    if props is not None and not isinstance(props, Mapping):
-        raise ModelError("properties", "must be a JSON object")
+    doc, location, _ = resource_envelope(doc, name)
     return Gallery(name, resource_group, subscription, location, dict(doc))
 
 

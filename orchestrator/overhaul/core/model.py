@@ -237,17 +237,37 @@ class DataDisk:
 
 @dataclass(frozen=True)
 class HealthProbe:
-    """A load-balancer style probe straight to the application's published port."""
+    """A load-balancer style probe straight to the application's published port: written inline (ours), or a
+    load balancer's probe that ``id`` names (Azure's), whose settings are copied here when the model is written."""
 
     protocol: str  # "Http" or "Tcp"
     port: int
     request_path: str = "/"
+    # Azure's intervalInSeconds (None: the orchestrator's health.probe_interval) and numberOfProbes (consecutive
+    # failures of a Healthy instance before it counts as Unhealthy).
+    interval: float | None = None
+    number_of_probes: int = 1
+    id: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    @property
+    def resolved(self) -> bool:
+        return self.port > 0
+
+    def settings_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"protocol": self.protocol, "port": self.port}
         if self.protocol == "Http":
             doc["requestPath"] = self.request_path
+        if self.interval is not None:
+            doc["intervalInSeconds"] = int(self.interval)
+        if self.number_of_probes != 1:
+            doc["numberOfProbes"] = self.number_of_probes
         return doc
+
+    def to_json(self) -> dict[str, Any]:
+        if self.id is None:
+            return self.settings_json()
+        # The settings it was written with ride along (read-only), so a reload needs no load balancer lookup.
+        return {"id": self.id, "properties": self.settings_json() if self.resolved else {}}
 
 
 @dataclass(frozen=True)
@@ -510,15 +530,49 @@ def _extensions(raw: Any, path: str) -> tuple[Extension, ...]:
     return tuple(extensions)
 
 
-def _health_probe(r: _Reader) -> HealthProbe | None:
-    if not r.doc:
-        return None
+LB_PROBE_ID = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Network/loadBalancers/[^/]+/probes/[^/]+$",
+    re.IGNORECASE,
+)
+
+
+def _probe_settings(r: _Reader) -> HealthProbe:
     protocol = (r.text("protocol", "Http") or "Http").capitalize()
     if protocol not in ("Http", "Tcp"):
         raise ModelError(r.at("protocol"), f"must be Http or Tcp, got {r.doc.get('protocol')!r}")
     port = r.integer("port", None, 1, 65535)
     path = r.text("requestPath", "/") or "/"
-    return HealthProbe(protocol=protocol, port=port, request_path=path if path.startswith("/") else "/" + path)
+    interval = r.integer("intervalInSeconds", 0, 0, 3600) or None  # Azure's minimum is 5; 0 or none: ours
+    return HealthProbe(
+        protocol=protocol,
+        port=port,
+        request_path=path if path.startswith("/") else "/" + path,
+        interval=float(interval) if interval is not None else None,
+        number_of_probes=r.integer("numberOfProbes", 1, 1, 100),
+    )
+
+
+def parse_health_probe_settings(doc: Any, path: str) -> HealthProbe:
+    """A probe's settings (a load balancer probe's ``properties``, or our inline ``healthProbe``)."""
+    return _probe_settings(_Reader(doc, path))
+
+
+def _health_probe(r: _Reader) -> HealthProbe | None:
+    if not r.doc:
+        return None
+    if "id" not in r.doc:
+        return _probe_settings(r)
+    probe_id = r.required_text("id")
+    if not LB_PROBE_ID.match(probe_id):
+        raise ModelError(
+            r.at("id"),
+            "must be a load balancer probe id: /subscriptions/S/resourceGroups/G/providers/Microsoft.Network/"
+            f"loadBalancers/LB/probes/PROBE, got {probe_id!r}",
+        )
+    cached = r.obj("properties")
+    if cached.doc.get("port"):  # written by overhaul when the model was stored: the probe's settings then
+        return replace(_probe_settings(cached), id=probe_id)
+    return HealthProbe(protocol="Tcp", port=0, id=probe_id)  # resolved when the model is written
 
 
 def _engine(r: _Reader) -> EngineOptions:
@@ -595,6 +649,21 @@ def check_new_model(model: ScaleSet) -> None:
             "healthProbe) or the Application Health extension (virtualMachineProfile.extensionProfile); to upgrade "
             "on power state alone, set virtualMachineProfile.overhaul.healthFromPowerState to true",
         )
+
+
+def resource_envelope(doc: Any, name: str) -> tuple[Mapping[str, Any], str, Mapping[str, Any]]:
+    """A top-level resource's body checked as ARM checks every one: (the body, its location, its properties)."""
+    if not NAME_PATTERN.match(name):
+        raise ModelError("name", f"must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
+    if not isinstance(doc, Mapping):
+        raise ModelError("", "must be a JSON object")
+    location = doc.get("location", "local")
+    if not isinstance(location, str) or not location:
+        raise ModelError("location", f"must be a location name, got {location!r}")
+    props = doc.get("properties") or {}
+    if not isinstance(props, Mapping):
+        raise ModelError("properties", "must be a JSON object")
+    return doc, location, props
 
 
 def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:

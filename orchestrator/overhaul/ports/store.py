@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
 from overhaul.core.model import ScaleSet
+from overhaul.core.network import LoadBalancer
 from overhaul.core.rollout import Action, ActionResult, Attempt
 
 
@@ -51,6 +52,12 @@ class ScaleSetStore(Protocol):
     async def all_host_ports(self) -> set[int]: ...
     async def put_instance_ports(self, scale_set: str, instance_id: int, ports: Mapping[int, int]) -> None: ...
     async def delete_instance(self, scale_set: str, instance_id: int) -> None: ...
+
+
+class NetworkStore(Protocol):
+    async def put_load_balancer(self, balancer: LoadBalancer) -> None: ...
+    async def load_balancers(self) -> list[LoadBalancer]: ...
+    async def delete_load_balancer(self, name: str) -> None: ...
 
 
 class GalleryStore(Protocol):
@@ -94,5 +101,5 @@ class AttemptStore(Protocol):
     async def journal(self, attempt_id: str) -> list[JournalEntry]: ...
 
 
-class Store(ScaleSetStore, GalleryStore, AttemptStore, Protocol):
+class Store(ScaleSetStore, GalleryStore, NetworkStore, AttemptStore, Protocol):
     async def close(self) -> None: ...

@@ -12,9 +12,9 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from overhaul.core.auto_upgrade import AutoUpgradeSettings, due_upgrade
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
@@ -28,7 +28,9 @@ from overhaul.core.model import (
     merge_patch,
     parse_scale_set,
 )
+from overhaul.core.network import LoadBalancer
 from overhaul.core.planner import InstanceView
+from overhaul.core.probes import check_probe_change, probe_name, resolve_probe
 from overhaul.core.rollout import ActionKind, Attempt, StartedBy, request_cancel, start
 from overhaul.ports.clock import Clock
 from overhaul.ports.driver import Driver, DriverError, InstanceState
@@ -71,8 +73,31 @@ class InstanceInfo:
     address: str = "127.0.0.1"  # where its ports are published
 
 
-# Gallery writes are serialised under a name no scale set can have.
+# Gallery and load balancer writes are serialised under names no scale set can have.
 GALLERY_LOCK = "/galleries"
+LB_LOCK = "/loadBalancers"
+
+
+class Resource(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def resource_group(self) -> str: ...
+
+
+R = TypeVar("R", bound=Resource)
+
+
+def named(resources: Iterable[R], name: str) -> R | None:
+    """The one of that name; ARM compares names case-insensitively."""
+    return next((r for r in resources if r.name.lower() == name.lower()), None)
+
+
+def in_group(resources: list[R], resource_group: str | None) -> list[R]:
+    """Those of a resource group (all of them for None)."""
+    if resource_group is None:
+        return resources
+    return [r for r in resources if r.resource_group.lower() == resource_group.lower()]
 
 
 def attempt_policy(model: ScaleSet, started_by: StartedBy) -> RollingUpgradePolicy:
@@ -214,7 +239,7 @@ class Orchestrator:
             return existing is None
 
     async def _find_gallery(self, name: str) -> Gallery | None:
-        return next((g for g in await self.store.galleries() if g.name.lower() == name.lower()), None)
+        return named(await self.store.galleries(), name)
 
     async def gallery(self, name: str) -> Gallery:
         found = await self._find_gallery(name)
@@ -223,10 +248,7 @@ class Orchestrator:
         return found
 
     async def galleries(self, resource_group: str | None = None) -> list[Gallery]:
-        found = await self.store.galleries()
-        if resource_group is None:
-            return found
-        return [g for g in found if g.resource_group.lower() == resource_group.lower()]
+        return in_group(await self.store.galleries(), resource_group)
 
     async def delete_gallery(self, name: str) -> None:
         """As Azure: refused while it holds image definitions (delete them first)."""
@@ -239,6 +261,63 @@ class Orchestrator:
                     "CannotDeleteResource",
                 )
             await self.store.delete_gallery(gallery.name)
+
+    async def put_load_balancer(self, balancer: LoadBalancer) -> bool:
+        """Creates or updates a load balancer; True when it was created. Scale sets that use one of its probes
+        follow a new path, interval or count at once; a probe in use keeps its port and protocol."""
+        async with self._writing(LB_LOCK):
+            existing = await self._find_load_balancer(balancer.name)
+            if existing is not None and existing.id.lower() != balancer.id.lower():
+                raise Conflict(
+                    f"a load balancer named {existing.name} exists in resource group {existing.resource_group}: load "
+                    "balancer names are unique on this host",
+                    "LoadBalancerNameTaken",
+                )
+            if existing is not None:
+                balancer = replace(balancer, name=existing.name)
+            users = [m for m in await self.store.list_scale_sets() if probe_name(m, balancer) is not None]
+            check_probe_change(balancer, users)
+            await self.store.put_load_balancer(balancer)
+            for user in users:
+                async with self._writing(user.name):
+                    current = await self.store.get_scale_set(user.name)
+                    if current is None or probe_name(current, balancer) is None:
+                        continue
+                    resolved = resolve_probe(current, [balancer])
+                    if resolved.health_probe != current.health_probe:
+                        await self.store.put_scale_set(resolved, self.clock())
+                        await self._watch_afresh(resolved)
+            return existing is None
+
+    async def _watch_afresh(self, model: ScaleSet) -> None:
+        """Its health source's settings changed: every instance is watched again with the new ones."""
+        for instance_id in range(model.capacity):
+            await self.health.unwatch((model.name, instance_id))
+        await self.instances.watch(model, await self._observe(model.name))
+
+    async def _find_load_balancer(self, name: str) -> LoadBalancer | None:
+        return named(await self.store.load_balancers(), name)
+
+    async def load_balancer(self, name: str) -> LoadBalancer:
+        found = await self._find_load_balancer(name)
+        if found is None:
+            raise NotFound(f"load balancer {name} does not exist", "ResourceNotFound")
+        return found
+
+    async def load_balancers(self, resource_group: str | None = None) -> list[LoadBalancer]:
+        return in_group(await self.store.load_balancers(), resource_group)
+
+    async def delete_load_balancer(self, name: str) -> None:
+        """Refused while a scale set uses one of its probes, as Azure refuses it."""
+        async with self._writing(LB_LOCK):
+            balancer = await self.load_balancer(name)
+            users = [m.name for m in await self.store.list_scale_sets() if probe_name(m, balancer) is not None]
+            if users:
+                raise Conflict(
+                    f"load balancer {balancer.name} is in use by scale set(s) {', '.join(users)}",
+                    "LoadBalancerInUseByVirtualMachineScaleSet",
+                )
+            await self.store.delete_load_balancer(balancer.name)
 
     async def put_image_definition(
         self, definition: ImageDefinition, *, resource_group: str = "default", subscription: str = "local"
@@ -378,6 +457,7 @@ class Orchestrator:
         name, resource_group, subscription = ref.name, ref.resource_group, ref.subscription
         try:
             model = parse_scale_set(doc, name=name, resource_group=resource_group, subscription=subscription)
+            model = resolve_probe(model, await self.store.load_balancers())
             check_new_model(model)
         except ModelError as exc:
             raise InvalidInput(str(exc), target=exc.path) from exc

@@ -219,11 +219,17 @@ class HealthMonitor:
         next_at = loop.time()
         grace_ends = self.clock() + self.settings.probe_grace_period
         eager = True  # from a (re)start until the first Healthy
+        interval = probe.interval or self.settings.probe_interval
+        misses = 0  # consecutive failures since the last success (numberOfProbes of them make it Unhealthy)
         while True:
             health, detail, reachable = await self._probe_once(probe, address, port)
             now = self.clock()
+            misses = 0 if health is Health.HEALTHY else misses + 1
             if health is Health.HEALTHY:
                 grace_ends = now  # the application is up: from now on a failure is its verdict
+            elif not eager and misses < probe.number_of_probes:
+                # A Healthy instance stays so until numberOfProbes probes in a row failed, as a load balancer's.
+                health, detail = Health.HEALTHY, f"{detail} ({misses} of {probe.number_of_probes} failed probes)"
             if now >= grace_ends:
                 final = health is not Health.HEALTHY
                 self._update(key, HealthReport(health, now, detail, final=final, reachable=reachable))
@@ -231,11 +237,7 @@ class HealthMonitor:
                 detail = f"{detail}; grace period: {grace_ends - now:.0f}s left"
                 self._update(key, HealthReport(Health.INITIALIZING, now, detail, reachable=reachable))
             eager = eager and health is not Health.HEALTHY
-            next_at += (
-                min(self.settings.reprobe_interval, self.settings.probe_interval)
-                if eager
-                else self.settings.probe_interval
-            )
+            next_at += min(self.settings.reprobe_interval, interval) if eager else interval
             await asyncio.sleep(max(0.0, next_at - loop.time()))  # a fixed probe period, as a load balancer's
 
     async def _probe_once(self, probe: HealthProbe, address: str, port: int) -> tuple[Health, str, bool]:

@@ -20,6 +20,7 @@ from overhaul.adapters.http.openapi import openapi_document
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
 from overhaul.core.gallery import ImageDefinition, ImageVersion, parse_gallery, parse_image_version
 from overhaul.core.model import ModelError, ScaleSet, ScaleSetRef, merge_patch, overlay
+from overhaul.core.network import parse_load_balancer
 from overhaul.core.rollout import AttemptStatus, StartedBy
 from overhaul.runtime.service import EngineFailed, Orchestrator
 
@@ -60,6 +61,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SUB = "/subscriptions/{sub}"
 VMSS = SUB + "/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"
 GALLERY = SUB + "/resourceGroups/{rg}/providers/Microsoft.Compute/galleries/{gallery}"
+LB = SUB + "/resourceGroups/{rg}/providers/Microsoft.Network/loadBalancers/{lb}"
 OPERATIONS = SUB + "/providers/Microsoft.Compute/locations/{location}/operations/{operation}"
 IMAGE_VERSIONS = (
     SUB + "/providers/Microsoft.Compute/locations/{location}/publishers/{publisher}"
@@ -258,6 +260,52 @@ async def instance_view(request: web.Request) -> web.Response:
     if found is None:
         raise NotFound(f"instance {wanted} does not exist", "NotFound")
     return web.json_response(found["properties"]["instanceView"])
+
+
+# --- load balancers (their probes) -----------------------------------------------------------------------
+
+
+async def put_load_balancer(request: web.Request) -> web.Response:
+    m = request.match_info
+    balancer = parse_load_balancer(
+        await body_json(request), name=m["lb"], resource_group=m["rg"], subscription=m["sub"]
+    )
+    orchestrator = service(request)
+    created = await orchestrator.put_load_balancer(balancer)
+    return web.json_response(
+        (await orchestrator.load_balancer(balancer.name)).to_json(), status=201 if created else 200
+    )
+
+
+async def get_load_balancer(request: web.Request) -> web.Response:
+    return web.json_response((await service(request).load_balancer(request.match_info["lb"])).to_json())
+
+
+async def list_load_balancers(request: web.Request) -> web.Response:
+    balancers = await service(request).load_balancers(request.match_info.get("rg"))
+    return web.json_response({"value": [b.to_json() for b in balancers]})
+
+
+async def delete_load_balancer(request: web.Request) -> web.Response:
+    try:
+        await service(request).delete_load_balancer(request.match_info["lb"])
+    except NotFound:
+        return web.Response(status=204)
+    return web.Response(status=200)
+
+
+async def list_probes(request: web.Request) -> web.Response:
+    doc = (await service(request).load_balancer(request.match_info["lb"])).to_json()
+    return web.json_response({"value": doc["properties"]["probes"]})
+
+
+async def get_probe(request: web.Request) -> web.Response:
+    doc = (await service(request).load_balancer(request.match_info["lb"])).to_json()
+    wanted = request.match_info["probe"].lower()
+    found = next((p for p in doc["properties"]["probes"] if p["name"].lower() == wanted), None)
+    if found is None:
+        raise NotFound(f"load balancer {doc['name']} has no probe {request.match_info['probe']}", "NotFound")
+    return web.json_response(found)
 
 
 # --- galleries ----------------------------------------------------------------------------------------------
@@ -607,6 +655,13 @@ def build_app(
     route("POST", VMSS + "/{name}/rollingUpgrades/cancel", cancel_rolling_upgrade)
     route("POST", VMSS + "/{name}/approveRollingUpgrade", approve_rolling_upgrade)
     route("GET", VMSS + "/{name}/rollingUpgrades/latest", latest_rolling_upgrade)
+    route("GET", SUB + "/providers/Microsoft.Network/loadBalancers", list_load_balancers)
+    route("GET", SUB + "/resourceGroups/{rg}/providers/Microsoft.Network/loadBalancers", list_load_balancers)
+    route("PUT", LB, put_load_balancer)
+    route("GET", LB, get_load_balancer)
+    route("DELETE", LB, delete_load_balancer)
+    route("GET", LB + "/probes", list_probes)
+    route("GET", LB + "/probes/{probe}", get_probe)
     route("GET", SUB + "/providers/Microsoft.Compute/galleries", list_galleries)
     route("GET", SUB + "/resourceGroups/{rg}/providers/Microsoft.Compute/galleries", list_galleries)
     route("PUT", GALLERY, put_gallery)

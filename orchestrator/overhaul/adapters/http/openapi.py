@@ -8,6 +8,7 @@ from overhaul import __version__
 
 VMSS = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"
 GALLERY = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/galleries/{gallery}"
+LB = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/loadBalancers/{lb}"
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 ERROR = {
     "type": "object",
@@ -71,6 +72,16 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
     ("get", VMSS + "/{name}", "Get a scale set", None, (200,)),
     ("delete", VMSS + "/{name}", "Delete a scale set, its instances and data disks", None, (200,)),
     ("get", VMSS + "/{name}/virtualMachines", "List instances with their instanceView", None, (200,)),
+    (
+        "put",
+        LB,
+        "Create or update a load balancer (its probes are what scale sets use)",
+        {"type": "object"},
+        (200, 201),
+    ),
+    ("get", LB, "Get a load balancer", None, (200,)),
+    ("delete", LB, "Delete a load balancer (409 while a scale set uses one of its probes)", None, (200, 204)),
+    ("get", LB + "/probes/{probe}", "Get a load balancer probe", None, (200,)),
     ("put", GALLERY, "Create or update a gallery", {"type": "object"}, (200, 201)),
     ("get", GALLERY, "Get a gallery", None, (200,)),
     ("delete", GALLERY, "Delete a gallery (409 while it holds image definitions)", None, (200, 204)),
@@ -117,7 +128,7 @@ def _parameters(path: str) -> list[dict[str, Any]]:
             "name": n,
             "in": "path",
             "required": True,
-            "schema": NAME if n in ("name", "gallery", "image") else {"type": "string", "minLength": 1},
+            "schema": NAME if n in ("name", "gallery", "image", "lb", "probe") else {"type": "string", "minLength": 1},
         }
         for n in names
     ]

@@ -16,6 +16,7 @@ from typing import Any
 
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
 from overhaul.core.model import ScaleSet, parse_scale_set
+from overhaul.core.network import LoadBalancer, parse_load_balancer
 from overhaul.core.rollout import (
     Action,
     ActionResult,
@@ -92,6 +93,13 @@ MIGRATIONS: tuple[str, ...] = (
         location TEXT NOT NULL, doc TEXT NOT NULL
     );
     INSERT OR IGNORE INTO galleries SELECT DISTINCT gallery, 'default', 'local', 'local', '{}' FROM image_definitions;
+    """,
+    # Load balancers, for the health probes scale sets name.
+    """
+    CREATE TABLE load_balancers (
+        name TEXT PRIMARY KEY COLLATE NOCASE, resource_group TEXT NOT NULL, subscription TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
     """,
 )
 
@@ -227,6 +235,25 @@ class SqliteStore:
 
     async def delete_gallery(self, name: str) -> None:
         self.db.execute("DELETE FROM galleries WHERE name = ?", (name,))
+
+    async def put_load_balancer(self, balancer: LoadBalancer) -> None:
+        self.db.execute(
+            "INSERT INTO load_balancers (name, resource_group, subscription, doc) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+            (balancer.name, balancer.resource_group, balancer.subscription, json.dumps(balancer.sent)),
+        )
+
+    async def load_balancers(self) -> list[LoadBalancer]:
+        rows = self.db.execute("SELECT * FROM load_balancers ORDER BY name")
+        return [
+            parse_load_balancer(
+                json.loads(r["doc"]), name=r["name"], resource_group=r["resource_group"], subscription=r["subscription"]
+            )
+            for r in rows
+        ]
+
+    async def delete_load_balancer(self, name: str) -> None:
+        self.db.execute("DELETE FROM load_balancers WHERE name = ?", (name,))
 
     async def image_definitions(self) -> list[ImageDefinition]:
         rows = self.db.execute("SELECT * FROM image_definitions ORDER BY gallery, name")
