@@ -759,3 +759,24 @@ def test_a_load_balancer_probe_named_by_id_is_the_health_source(served: Served) 
         assert status == 400 and doc["error"]["target"] == field, (bad, doc)
     listed = served.cli("network", "lb", "list", "--subscription", "subscription_id", "--query", "[].name", "-o", "tsv")
     assert listed.stdout.split() == ["myLoadBalancer"]
+
+
+def test_update_instances_applies_the_latest_model_and_latest_model_applied_is_honest(served: Served) -> None:
+    """Manual mode: a new customData leaves instances on the old model (latestModelApplied false) until
+    `az vmss update-instances` (POST …/manualupgrade), which waits for the end as az does."""
+    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    where = ("-g", "myResourceGroup", "-n", "myScaleSet", "--subscription", "subscription_id")
+
+    def applied() -> list[bool]:
+        listed = served.cli("vmss", "list-instances", *where, "--query", "[].properties.latestModelApplied")
+        return [bool(x) for x in json.loads(listed.stdout)]
+
+    assert applied() == [True] * 5
+    served.cli("vmss", "update", *where, "--set", "virtualMachineProfile.osProfile.customData=bmV3")
+    assert applied() == [False] * 5
+    served.cli("vmss", "update-instances", *where, "--instance-ids", "0", "2")
+    assert applied() == [True, False, True, False, False]
+    served.cli("vmss", "update-instances", *where, "--instance-ids", "*")
+    assert applied() == [True] * 5
+    status, doc, _ = served.call("POST", f"{VMSS}/manualupgrade?{API}", {})
+    assert status == 400 and doc["error"]["target"] == "instanceIds", doc

@@ -220,3 +220,36 @@ def test_the_azure_sdk_drives_a_rolling_upgrade_end_to_end(client: ComputeManage
     # A reimage takes the model's image ('latest'), not health-gated, as in Azure; 'latest' skips 3.0.0, which
     # the attempt above quarantined.
     assert versions == {"2.1.0"}
+    model_upgrades(client)
+
+
+def model_upgrades(client: ComputeManagementClient) -> None:
+    # Model upgrades: the mode is Rolling, so a new customData rolls out by itself, health-gated; an instance whose
+    # OS disk has the latest model needs nothing from update_instances.
+    wait_healthy(client)
+    client.virtual_machine_scale_sets.begin_update(
+        RG,
+        NAME,
+        m.VirtualMachineScaleSetUpdate(
+            properties=m.VirtualMachineScaleSetUpdateProperties(
+                virtual_machine_profile=m.VirtualMachineScaleSetUpdateVMProfile(
+                    os_profile=m.VirtualMachineScaleSetUpdateOSProfile(custom_data="bmV3")
+                )
+            )
+        ),
+    ).result()
+    deadline = time.monotonic() + 120
+    while (status := rolling_status(client)) == "RollingForward":
+        assert time.monotonic() < deadline, "the model upgrade did not end"
+        time.sleep(0.2)
+    assert status == "Completed"
+    assert all(vm.latest_model_applied for vm in client.virtual_machine_scale_set_vms.list(RG, NAME))
+    client.virtual_machine_scale_sets.begin_update_instances(
+        RG, NAME, m.VirtualMachineScaleSetVMInstanceRequiredIDs(instance_ids=["0"])
+    ).result()
+    assert rolling_status(client) == "Completed"
+
+
+def rolling_status(client: ComputeManagementClient) -> str | None:
+    latest = client.virtual_machine_scale_set_rolling_upgrades.get_latest(RG, NAME)
+    return latest.running_status.code if latest.running_status is not None else None

@@ -22,6 +22,7 @@ from overhaul.adapters.drivers.engine import LABEL_SCALE_SET, EngineDriver, Engi
 from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.model import model_digest
 from overhaul.core.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, AttemptStatus, StartedBy, Step
 from overhaul.ports.events import AttemptChanged, Event
 from overhaul.runtime.service import Orchestrator
@@ -368,6 +369,32 @@ async def test_a_deferred_upgrade_tells_the_instance_and_waits_for_approval(flee
     assert done.status is AttemptStatus.CANCELLED and done.instances[2].step is Step.NOT_UPGRADED
     assert await config_drive_file(fleet, 2, "platform.json") is None  # withdrawn
     assert await fleet.versions() == {0: "2.0.0", 1: "2.0.0", 2: "1.0.0", 3: "1.0.0", 4: "1.0.0"}
+
+
+async def test_a_model_change_rolls_out_health_gated_in_rolling_mode(fleet: Fleet) -> None:
+    """upgradePolicy.mode Rolling: a new customData reaches every instance on a new OS disk, batch by batch and
+    health-gated, on the version it runs; data disks stay; latestModelApplied is true again at the end."""
+    model = copy.deepcopy(MODEL)
+    model["properties"]["upgradePolicy"]["mode"] = "Rolling"
+    model["properties"]["virtualMachineProfile"]["osProfile"] = {"customData": "first"}
+    await fleet.create(model)
+    await fleet.publish("2.0.0")  # 'latest' moves on: a model upgrade keeps the version instances run
+    model["properties"]["virtualMachineProfile"]["osProfile"] = {"customData": "second"}
+    await fleet.service.create_or_update(model, name=fleet.name)
+    (stored,) = await fleet.service.history(fleet.name)
+    done = await fleet.service.wait_attempt(stored.attempt.id, 120)
+    assert done.status is AttemptStatus.COMPLETED, done.error_message
+    assert done.batches_started == 5 and (done.successful, done.failed) == (5, 0)
+    assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
+    for i in range(5):
+        drive = await config_drive_file(fleet, i, "metadata.json")
+        assert drive is not None and json.loads(drive)["customData"] == "second", i
+    assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
+    digest = model_digest(await fleet.service.get_scale_set(fleet.name))
+    assert all(i.view.model == digest for i in await fleet.service.instances_of(fleet.name))
+    journal = [(e.action, e.phase, e.instance_id) for e in await fleet.store.journal(done.id)]
+    for i in range(1, 5):  # health-gated: each batch began after the previous instance was healthy
+        assert journal.index(("reimage", "begin", i)) > journal.index(("commit", "begin", i - 1))
 
 
 async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podman: str) -> None:

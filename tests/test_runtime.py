@@ -18,7 +18,7 @@ from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.gallery import ImageDefinition
-from overhaul.core.model import ScaleSetRef
+from overhaul.core.model import ScaleSetRef, model_digest
 from overhaul.core.rollout import AttemptStatus, StartedBy, Step, start
 from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec
 from overhaul.runtime.service import Orchestrator
@@ -379,3 +379,52 @@ async def test_publishing_a_version_whose_image_the_engine_lacks_is_refused(runt
     with pytest.raises(InvalidInput, match=r"containerImage: the engine has no image 'localhost/tiny:2\.0\.0'"):
         await runtime.service.publish_version(version("2.0.0"))
     assert [v.version for v in await runtime.service.all_image_versions()] == ["1.0.0"]
+
+
+def with_mode(mode: str, custom_data: str, capacity: int = 4) -> dict[str, Any]:
+    doc = small(capacity)
+    doc["properties"]["upgradePolicy"] = {"mode": mode, "rollingUpgradePolicy": {"maxBatchInstancePercent": 50}}
+    doc["properties"]["virtualMachineProfile"]["osProfile"] = {"customData": custom_data}
+    return doc
+
+
+async def models_applied(runtime: Runtime, name: str) -> dict[int, bool]:
+    """Each instance's latestModelApplied, as the instance listing says it."""
+    model = await runtime.service.get_scale_set(name)
+    digest = model_digest(model)
+    return {i.instance_id: i.view.model == digest for i in await runtime.service.instances_of(name)}
+
+
+async def test_a_model_change_waits_in_manual_mode_until_update_instances(runtime: Runtime) -> None:
+    """Azure's upgradePolicy.mode for model changes: Manual waits, latestModelApplied says so honestly, and
+    `update-instances` gives the chosen instances new OS disks with the new model on the version they run."""
+    await runtime.service.create_or_update(with_mode("Manual", "v1 data"), name="web")
+    assert await models_applied(runtime, "web") == dict.fromkeys(range(4), True)
+    await runtime.service.publish_version(version("2.0.0"))  # the model's 'latest' moves on; instances stay
+    await runtime.service.create_or_update(with_mode("Manual", "v2 data"), name="web")
+    assert await runtime.service.history("web") == []  # nothing started
+    assert await models_applied(runtime, "web") == dict.fromkeys(range(4), False)
+    attempt = await runtime.service.manual_upgrade("web", [1, 3])
+    done = await runtime.service.wait_attempt(attempt.id, 30)
+    assert done.status is AttemptStatus.COMPLETED, done.error_message
+    assert await models_applied(runtime, "web") == {0: False, 1: True, 2: False, 3: True}
+    states = await runtime.driver.observe("web")
+    assert {i: s.version for i, s in states.items()} == dict.fromkeys(range(4), "1.0.0")  # the OS image stayed
+    with pytest.raises(InvalidInput, match="no instance 9"):
+        await runtime.service.manual_upgrade("web", [9])
+
+
+@pytest.mark.parametrize("mode", ["Automatic", "Rolling"])
+async def test_a_model_change_is_applied_at_once_or_in_batches(runtime: Runtime, mode: str) -> None:
+    await runtime.service.create_or_update(with_mode(mode, "v1 data"), name="web")
+    await runtime.service.create_or_update(with_mode(mode, "v2 data"), name="web")
+    (stored,) = await runtime.service.history("web")
+    done = await runtime.service.wait_attempt(stored.attempt.id, 30)
+    assert done.status is AttemptStatus.COMPLETED, done.error_message
+    assert done.batches_started == (1 if mode == "Automatic" else 2)  # all at once, or maxBatchInstancePercent 50
+    assert await models_applied(runtime, "web") == dict.fromkeys(range(4), True)
+    # A change that makes the same instances (the policy, the capacity) is no model upgrade.
+    policy_only = with_mode(mode, "v2 data")
+    policy_only["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["maxBatchInstancePercent"] = 25
+    await runtime.service.create_or_update(policy_only, name="web")
+    assert len(await runtime.service.history("web")) == 1

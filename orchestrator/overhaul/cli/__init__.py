@@ -559,6 +559,16 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
     elif cmd == "reimage":
         body = {"instanceIds": [str(i) for i in args.instance_ids]} if args.instance_ids else {}
         client.call("POST", client.vmss(rg, args.name) + "/reimage", body)
+    elif cmd == "update-instances":
+        base = client.vmss(rg, args.name)
+        if args.instance_ids == ["*"]:  # az: every instance
+            ids = [str(vm["instanceId"]) for vm in client.list(base + "/virtualMachines")]
+        else:
+            ids = args.instance_ids  # checked by the server, which names the field
+        started = client.call("POST", base + "/manualupgrade", {"instanceIds": ids})
+        if not args.no_wait:  # az waits for the end of a long-running operation unless told not to
+            return watch_rolling_upgrade(client, args)
+        emit(args, started, "latest")
     elif cmd == "approve-rolling-upgrade":
         body = {"instanceIds": [str(i) for i in args.instance_ids]} if args.instance_ids else {}
         client.call("POST", client.vmss(rg, args.name) + "/approveRollingUpgrade", body)
@@ -776,10 +786,42 @@ def build_parser() -> argparse.ArgumentParser:
     # commands never import the server. Listed here so that `overhaul --help` shows it.
     groups.add_parser("serve", help="run the orchestrator service (overhaul serve --help lists its settings)")
 
+    add_vmss_commands(groups, common)
+    add_gallery_commands(groups, common)
+    add_network_commands(groups, common)
+    return parser
+
+
+def add_extension_commands(vmss: Any, common: argparse.ArgumentParser) -> None:
+    extension = vmss.add_parser("extension", help="the model's extensions (set, list, show, delete)", parents=[common])
+    extension.add_argument("extension_command", choices=["set", "list", "show", "delete"])
+    extension.add_argument("--vmss-name", required=True)
+    extension.add_argument("--resource-group", "-g")
+    extension.add_argument(
+        "--name", "-n", dest="extension_name", help="the extension type, e.g. ApplicationHealthLinux or CustomScript"
+    )
+    extension.add_argument("--extension-instance-name", help="the extension's name in the model (default: --name)")
+    extension.add_argument("--publisher", help="default for ApplicationHealthLinux and CustomScript")
+    extension.add_argument("--version", help="typeHandlerVersion (default for the two known types)")
+    extension.add_argument("--settings", help='JSON or @FILE, e.g. \'{"protocol": "http", "port": 8080}\'')
+    extension.add_argument("--protected-settings", help="JSON or @FILE")
+    extension.add_argument("--provision-after-extensions", nargs="*", default=[])
+
+
+GALLERY_ACTIONS = {
+    "create": "create a gallery (or update its location and description)",
+    "list": "list galleries (of a resource group with -g)",
+    "show": "show a gallery",
+    "delete": "delete a gallery (it must hold no image definitions)",
+}
+
+
+def add_vmss_commands(groups: Any, common: argparse.ArgumentParser) -> None:
+    """az vmss …: scale sets, their instances, extensions and rolling upgrades."""
     vmss = groups.add_parser("vmss", help="scale sets").add_subparsers(dest="vmss_command", required=True)
 
     def scale_set_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = vmss.add_parser(name, help=help_text, parents=[common])
+        sub: argparse.ArgumentParser = vmss.add_parser(name, help=help_text, parents=[common])
         sub.add_argument("--name", "-n")
         sub.add_argument("--resource-group", "-g")
         sub.add_argument(
@@ -817,6 +859,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     reimage = scale_set_command("reimage", "reimage instances (all when none are named)")
     reimage.add_argument("--instance-ids", nargs="*", type=int)
+    update_instances = scale_set_command(
+        "update-instances", "give instances new OS disks made with the latest model (their version stays)"
+    )
+    update_instances.add_argument("--instance-ids", nargs="+", required=True, help="instance ids, or * for all")
+    update_instances.add_argument("--no-wait", action="store_true", help="return once it has started")
     approval = scale_set_command(
         "approve-rolling-upgrade",
         "let deferred OS upgrades (osRollingUpgradeDeferral) go ahead (all instances when none are named)",
@@ -832,34 +879,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(start always follows it unless --no-wait)",
     )
     rolling.add_argument("--no-wait", action="store_true", help="with start: return once it has started")
-
-    add_gallery_commands(groups, common)
-    add_network_commands(groups, common)
-    return parser
-
-
-def add_extension_commands(vmss: Any, common: argparse.ArgumentParser) -> None:
-    extension = vmss.add_parser("extension", help="the model's extensions (set, list, show, delete)", parents=[common])
-    extension.add_argument("extension_command", choices=["set", "list", "show", "delete"])
-    extension.add_argument("--vmss-name", required=True)
-    extension.add_argument("--resource-group", "-g")
-    extension.add_argument(
-        "--name", "-n", dest="extension_name", help="the extension type, e.g. ApplicationHealthLinux or CustomScript"
-    )
-    extension.add_argument("--extension-instance-name", help="the extension's name in the model (default: --name)")
-    extension.add_argument("--publisher", help="default for ApplicationHealthLinux and CustomScript")
-    extension.add_argument("--version", help="typeHandlerVersion (default for the two known types)")
-    extension.add_argument("--settings", help='JSON or @FILE, e.g. \'{"protocol": "http", "port": 8080}\'')
-    extension.add_argument("--protected-settings", help="JSON or @FILE")
-    extension.add_argument("--provision-after-extensions", nargs="*", default=[])
-
-
-GALLERY_ACTIONS = {
-    "create": "create a gallery (or update its location and description)",
-    "list": "list galleries (of a resource group with -g)",
-    "show": "show a gallery",
-    "delete": "delete a gallery (it must hold no image definitions)",
-}
 
 
 def add_network_commands(groups: Any, common: argparse.ArgumentParser) -> None:

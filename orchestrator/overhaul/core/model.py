@@ -7,6 +7,8 @@ for Azure's own.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -627,6 +629,20 @@ def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", sub
         tags=dict(tags),
         sent=copy.deepcopy(dict(root.doc)),
     )
+
+
+def model_digest(model: ScaleSet) -> str:
+    """Names what an OS disk is made from besides its image: extensions, customData, data disks and how the instance
+    runs. Two models with the same digest make the same instances; a changed one calls for a model upgrade
+    (``latestModelApplied`` is whether an instance's OS disk was made with the current digest)."""
+    what = {
+        "extensions": [dict(e.raw) for e in model.extensions],
+        "customData": model.custom_data,
+        "dataDisks": [d.to_json() for d in model.data_disks],
+        "engine": model.engine.to_json(),
+        "ports": list(model.published_ports),
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def check_new_model(model: ScaleSet) -> None:

@@ -34,6 +34,12 @@ class InstanceView:
     detail: str = ""
     # osRollingUpgradeDeferral: the version whose pending OS upgrade the instance's application approved.
     approved: str | None = None
+    # The model digest its OS disk was made with (None: not known).
+    model: str | None = None
+
+    def on(self, target: str, target_model: str | None) -> bool:
+        """Runs the target version (and the target model, when there is one)."""
+        return self.version == target and (target_model is None or self.model == target_model)
 
     @property
     def healthy(self) -> bool:
@@ -54,9 +60,10 @@ def unhealthy_count(views: Iterable[InstanceView]) -> int:
     return sum(1 for v in views if not v.healthy)
 
 
-def needs_upgrade(view: InstanceView, target: str) -> bool:
-    """Rule 1: instances on the target, or asking to be skipped, are left alone."""
-    return view.version != target and not view.skip_upgrade
+def needs_upgrade(view: InstanceView, target: str, target_model: str | None = None) -> bool:
+    """Rule 1: instances on the target (version, and model for a model upgrade), or asking to be skipped, are left
+    alone."""
+    return not view.on(target, target_model) and not view.skip_upgrade
 
 
 def order(views: Iterable[InstanceView], prioritize_unhealthy: bool) -> list[InstanceView]:
@@ -79,11 +86,21 @@ def plan_batches(
     policy: RollingUpgradePolicy,
     capacity: int,
     exclude: Collection[int] = (),
+    *,
+    target_model: str | None = None,
+    scope: Collection[int] | None = None,
 ) -> list[tuple[int, ...]]:
-    """All batches still to run; a batch never mixes phases (a phase finishes before the next starts)."""
+    """All batches still to run; a batch never mixes phases (a phase finishes before the next starts). ``scope``:
+    only these instances (a manual upgrade of chosen ones)."""
     size = batch_size(capacity, policy.max_batch_instance_percent)
     todo = order(
-        (v for v in views if needs_upgrade(v, target) and v.instance_id not in exclude),
+        (
+            v
+            for v in views
+            if needs_upgrade(v, target, target_model)
+            and v.instance_id not in exclude
+            and (scope is None or v.instance_id in scope)
+        ),
         policy.prioritize_unhealthy_instances,
     )
     batches: list[tuple[int, ...]] = []

@@ -45,13 +45,18 @@ class InstanceSpec:
     # Names this OS disk; empty means "the disk of this version". A reimage onto the same version asks for a
     # new disk by giving a new name.
     os_disk: str = ""
+    # The digest of the model it is made with (model_digest): whether an instance runs the latest model.
+    model: str = ""
     # maxSurge: the new OS disk starts beside the running one (on ``ports``, host ports of its own) and the
     # previous one keeps serving until commit stops it; a rollback then costs nothing that ran.
     surge: bool = False
 
     @property
     def disk(self) -> str:
-        return self.os_disk or self.version
+        """The OS disk's name: one per version and model, unless a reimage asked for a new one."""
+        if self.os_disk:
+            return self.os_disk
+        return f"{self.version}+{self.model}" if self.model else self.version
 
     @property
     def name(self) -> str:
@@ -63,6 +68,7 @@ class OsDisk:
     version: str | None
     image: str
     running: bool
+    model: str | None = None  # the model digest it was made with (None: not known)
 
 
 @dataclass(frozen=True)

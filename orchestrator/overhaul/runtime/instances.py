@@ -9,7 +9,7 @@ from typing import Any
 
 from overhaul.core.errors import InvalidInput, OverhaulError
 from overhaul.core.gallery import ImageVersion, resolve
-from overhaul.core.model import HealthSourceKind, ModelError, ScaleSet
+from overhaul.core.model import HealthSourceKind, ModelError, ScaleSet, model_digest
 from overhaul.core.naming import data_disk_name
 from overhaul.ports.driver import InstanceSpec, InstanceState
 from overhaul.ports.health import HealthSource
@@ -113,6 +113,7 @@ class Instances:
             version=image.version,
             ports=await self.ports(model, instance_id, fresh=surge),
             surge=surge,
+            model=model_digest(model),
             volumes=self.volumes(model, instance_id),
             metadata=self.metadata(model, instance_id, image),
             command=model.engine.command,

@@ -62,12 +62,17 @@ def instance_views(
                 detail=detail,
             )
             continue
+        disk_model = state.current.model if state.current else None
         if not watched:
-            views[instance_id] = InstanceView(instance_id, state.version, Health.HEALTHY, observed_at=now)
+            views[instance_id] = InstanceView(
+                instance_id, state.version, Health.HEALTHY, observed_at=now, model=disk_model
+            )
             continue
         report = health.report((model.name, instance_id))
         if report is None:
-            views[instance_id] = InstanceView(instance_id, state.version, Health.UNKNOWN, observed_at=0.0)
+            views[instance_id] = InstanceView(
+                instance_id, state.version, Health.UNKNOWN, observed_at=0.0, model=disk_model
+            )
             continue
         views[instance_id] = InstanceView(
             instance_id,
@@ -79,22 +84,26 @@ def instance_views(
             report.final,
             report.detail,
             report.approved,
+            disk_model,
         )
     return views
 
 
-def known_after(states: Mapping[int, InstanceState], result: ActionResult, target: str) -> dict[int, InstanceState]:
+def known_after(
+    states: Mapping[int, InstanceState], result: ActionResult, target: str, target_model: str | None = None
+) -> dict[int, InstanceState]:
     """The instance states after a successful driver action, without asking the engine (pure)."""
     updated = dict(states)
     instance_id = result.action.instance_id
     state = states.get(instance_id, InstanceState(instance_id, None))
     if result.action.kind is ActionKind.REIMAGE:
-        previous = state.current if state.version != target else state.previous
-        updated[instance_id] = InstanceState(
-            instance_id, OsDisk(target, "", True), previous, state.address, state.ports
-        )
+        current = state.current
+        already = current is not None and current.version == target and target_model in (None, current.model)
+        previous = state.previous if already else current
+        disk = OsDisk(target, "", True, target_model)
+        updated[instance_id] = InstanceState(instance_id, disk, previous, state.address, state.ports)
     elif result.action.kind is ActionKind.ROLLBACK and state.previous is not None:
-        restored = OsDisk(state.previous.version, state.previous.image, True)
+        restored = OsDisk(state.previous.version, state.previous.image, True, state.previous.model)
         updated[instance_id] = InstanceState(instance_id, restored, None, state.address, state.ports)
     elif result.action.kind is ActionKind.COMMIT:
         updated[instance_id] = InstanceState(instance_id, state.current, None, state.address, state.ports)
@@ -290,7 +299,7 @@ class Reconciler:
         fresh: bool | None = None
         for result in results:
             if result.ok:
-                states = known_after(states, result, attempt.target_version)
+                states = known_after(states, result, attempt.target_version, attempt.target_model)
             else:
                 fresh = False
         moved = [r.action.instance_id for r in results if r.action.kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK)]

@@ -26,6 +26,7 @@ from overhaul.core.model import (
     ScaleSetRef,
     check_new_model,
     merge_patch,
+    model_digest,
     parse_scale_set,
 )
 from overhaul.core.network import LoadBalancer
@@ -516,7 +517,51 @@ class Orchestrator:
             raise engine_error(exc) from exc
         await self.instances.watch(model, states)
         self.changes.bump()
+        changed = previous is not None and model_digest(model) != model_digest(previous)
+        if changed and model.capacity > 0 and model.upgrade_policy.mode != "Manual":
+            # Azure's upgradePolicy.mode for model changes: Automatic applies it to every instance at once,
+            # Rolling in health-gated batches; Manual waits for `vmss update-instances`.
+            await self._start_model_upgrade(model, states, None)
         return model, previous is None
+
+    async def manual_upgrade(self, ref: ScaleSetRef | str, instance_ids: list[int]) -> Attempt:
+        """Azure's manualupgrade (`az vmss update-instances`): the chosen instances, failed ones included, get new
+        OS disks made with the current model, keeping the version they run; health-gated in batches when the mode
+        is Rolling, all at once otherwise."""
+        ref = as_ref(ref)
+        async with self._writing(ref.name):
+            model = await self.get_scale_set(ref)
+            await self._settle(model.name)
+            unknown = [i for i in instance_ids if not 0 <= i < model.capacity]
+            if unknown or not instance_ids:
+                raise InvalidInput(
+                    f"instanceIds: no instance {unknown[0]} in {model.name} (0..{model.capacity - 1})"
+                    if unknown
+                    else "instanceIds: name at least one instance",
+                    target="instanceIds",
+                )
+            return await self._start_model_upgrade(model, await self._observe(model.name), tuple(sorted(instance_ids)))
+
+    async def _start_model_upgrade(
+        self, model: ScaleSet, states: dict[int, InstanceState], scope: tuple[int, ...] | None
+    ) -> Attempt:
+        """An attempt that moves instances onto the current model; their OS image stays the one they all run (the
+        model's image when they differ)."""
+        versions = {s.version for i, s in states.items() if s.version and (scope is None or i in scope)}
+        rolling = model.upgrade_policy.rolling
+        policy = rolling
+        if model.upgrade_policy.mode != "Rolling":
+            policy = RollingUpgradePolicy(
+                max_batch_instance_percent=100,
+                max_unhealthy_instance_percent=100,
+                max_unhealthy_upgraded_instance_percent=100,
+                instance_health_timeout=rolling.instance_health_timeout,
+            )
+        version = versions.pop() if len(versions) == 1 else None
+        log.info("model upgrade of %s (%s mode)", model.name, model.upgrade_policy.mode)
+        return await self._start(
+            model, StartedBy.USER, version, states, target_model=model_digest(model), scope=scope, policy=policy
+        )
 
     async def delete_scale_set(self, ref: ScaleSetRef | str) -> None:
         ref = as_ref(ref)
@@ -613,6 +658,10 @@ class Orchestrator:
         started_by: StartedBy,
         version: str | None,
         states: dict[int, InstanceState] | None,
+        *,
+        target_model: str | None = None,
+        scope: tuple[int, ...] | None = None,
+        policy: RollingUpgradePolicy | None = None,
     ) -> Attempt:
         target = await self.instances.resolve(model, version)
         await self._require_image(target.artifact, f"image version {target.version}")
@@ -625,12 +674,14 @@ class Orchestrator:
             target_version=target.version,
             started_by=started_by,
             disable_automatic_rollback=model.upgrade_policy.automatic.disable_automatic_rollback,
-            policy=attempt_policy(model, started_by),
+            policy=policy or attempt_policy(model, started_by),
             capacity=model.capacity,
             views=instance_views(model, states, self.health, now),
             now=now,
             # Azure defers automatic OS upgrades only: a person starting one has approved it.
             deferred=started_by is StartedBy.PLATFORM and model.upgrade_policy.automatic.os_rolling_upgrade_deferral,
+            target_model=target_model,
+            scope=scope,
         )
         busy = await self.store.start_attempt(attempt, image_reference_for(model, attempt))
         if busy is not None:

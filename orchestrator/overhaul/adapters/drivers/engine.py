@@ -35,6 +35,7 @@ LABEL_SCALE_SET = "overhaul.scale-set"
 LABEL_INSTANCE = "overhaul.instance-id"
 LABEL_VERSION = "overhaul.image-version"
 LABEL_OS_DISK = "overhaul.os-disk"
+LABEL_MODEL = "overhaul.model"
 CONFIG_MOUNT = "/etc/overhaul"
 PLATFORM_FILE = "platform.json"  # platform notices beside metadata.json; the agent reads them
 
@@ -354,6 +355,7 @@ class EngineDriver:
                 LABEL_INSTANCE: str(spec.instance_id),
                 LABEL_VERSION: spec.version,
                 LABEL_OS_DISK: spec.disk,
+                LABEL_MODEL: spec.model,
             },
             "ExposedPorts": {f"{cport}/tcp": {} for cport in spec.ports},
             "StopTimeout": spec.stop_timeout,
@@ -415,7 +417,12 @@ class EngineDriver:
                 instance_id = int(labels.get(LABEL_INSTANCE, ""))
             except ValueError:
                 continue
-            disk = OsDisk(labels.get(LABEL_VERSION), str(info.get("Image", "")), info.get("State") == "running")
+            disk = OsDisk(
+                labels.get(LABEL_VERSION),
+                str(info.get("Image", "")),
+                info.get("State") == "running",
+                labels.get(LABEL_MODEL) or None,
+            )
             name = _name(info)
             if name == instance_name(scale_set, instance_id):
                 current[instance_id] = disk

@@ -42,14 +42,17 @@ class MemoryDriver:
         if state is None or state.current is None:
             if spec.image in self.missing_images:
                 raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
-            self._set(spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, True), ports=spec.ports))
+            disk = OsDisk(spec.version, spec.image, True, spec.model or None)
+            self._set(spec, InstanceState(spec.instance_id, disk, ports=spec.ports))
         elif not state.current.running:
             self._set(spec, replace(state, current=replace(state.current, running=True)))
 
     async def reimage(self, spec: InstanceSpec) -> None:
         self.calls.append(("reimage", spec.name))
         state = self._get(spec) or InstanceState(spec.instance_id, None)
-        if state.current is not None and state.current.version == spec.version and not spec.os_disk:
+        current = state.current
+        same = current is not None and current.version == spec.version and current.model == (spec.model or None)
+        if same and not spec.os_disk:
             return
         previous = state.current or state.previous
         if spec.image in self.missing_images:
@@ -64,9 +67,8 @@ class MemoryDriver:
             previous = replace(previous, running=spec.surge and previous.running)
             if state.current is not None:
                 self._previous_ports[(spec.scale_set, spec.instance_id)] = dict(state.ports)
-        self._set(
-            spec, InstanceState(spec.instance_id, OsDisk(spec.version, spec.image, running), previous, ports=spec.ports)
-        )
+        disk = OsDisk(spec.version, spec.image, running, spec.model or None)
+        self._set(spec, InstanceState(spec.instance_id, disk, previous, ports=spec.ports))
 
     async def commit(self, spec: InstanceSpec) -> None:
         self.calls.append(("commit", spec.name))
@@ -82,7 +84,7 @@ class MemoryDriver:
             raise DriverError(f"rollback {spec.name}: neither {spec.name} nor its previous OS disk exists")
         if state.previous is not None:
             self.tags.pop((spec.scale_set, spec.instance_id), None)
-            restored = OsDisk(state.previous.version, state.previous.image, True)
+            restored = replace(state.previous, running=True)
             ports = self._previous_ports.pop((spec.scale_set, spec.instance_id), state.ports)
             self._set(spec, InstanceState(spec.instance_id, restored, None, ports=ports))
 

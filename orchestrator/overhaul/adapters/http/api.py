@@ -374,6 +374,21 @@ async def reimage(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def manual_upgrade(request: web.Request) -> web.Response:
+    """manualupgrade (`az vmss update-instances`): the instances get the latest model; an operation to follow."""
+    orchestrator = service(request)
+    model = await orchestrator.get_scale_set(ref(request))
+    body = await body_json(request)
+    if not isinstance(body, Mapping) or body.get("instanceIds") is None:
+        raise InvalidInput('instanceIds: is required, e.g. ["0", "3"]', target="instanceIds")
+    attempt = await orchestrator.manual_upgrade(model.ref, await instance_ids(request, model))
+    if attempt.status is AttemptStatus.FAULTED and attempt.error_code:
+        return error(409, attempt.error_code, attempt.error_message or attempt.error_code)
+    return web.json_response(
+        arm.latest_record(attempt, model), status=202, headers=operation_headers(request, model, attempt.id)
+    )
+
+
 async def approve_rolling_upgrade(request: web.Request) -> web.Response:
     """approveRollingUpgrade: deferred OS upgrades of the instances (all when none are named) may go ahead."""
     orchestrator = service(request)
@@ -618,6 +633,50 @@ def arm_path(template: str) -> str:
     return "/".join(segments)
 
 
+# (method, ARM path template, handler): the Azure-shaped REST API.
+ARM_ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", SUB + "/providers/Microsoft.Compute/virtualMachineScaleSets", list_scale_sets),
+    ("GET", VMSS, list_scale_sets),
+    ("PUT", VMSS + "/{name}", put_scale_set),
+    ("PATCH", VMSS + "/{name}", patch_scale_set),
+    ("GET", VMSS + "/{name}", get_scale_set),
+    ("DELETE", VMSS + "/{name}", delete_scale_set),
+    ("GET", VMSS + "/{name}/virtualMachines", list_instances),
+    ("GET", VMSS + "/{name}/instanceView", scale_set_instance_view),
+    ("GET", VMSS + "/{name}/virtualMachines/{instance}/instanceView", instance_view),
+    ("POST", VMSS + "/{name}/reimage", reimage),
+    ("GET", VMSS + "/{name}/osUpgradeHistory", os_upgrade_history),
+    ("POST", VMSS + "/{name}/osRollingUpgrade", start_os_rolling_upgrade),
+    ("POST", VMSS + "/{name}/rollingUpgrades/cancel", cancel_rolling_upgrade),
+    ("POST", VMSS + "/{name}/approveRollingUpgrade", approve_rolling_upgrade),
+    ("POST", VMSS + "/{name}/manualupgrade", manual_upgrade),
+    ("GET", VMSS + "/{name}/rollingUpgrades/latest", latest_rolling_upgrade),
+    ("GET", SUB + "/providers/Microsoft.Network/loadBalancers", list_load_balancers),
+    ("GET", SUB + "/resourceGroups/{rg}/providers/Microsoft.Network/loadBalancers", list_load_balancers),
+    ("PUT", LB, put_load_balancer),
+    ("GET", LB, get_load_balancer),
+    ("DELETE", LB, delete_load_balancer),
+    ("GET", LB + "/probes", list_probes),
+    ("GET", LB + "/probes/{probe}", get_probe),
+    ("GET", SUB + "/providers/Microsoft.Compute/galleries", list_galleries),
+    ("GET", SUB + "/resourceGroups/{rg}/providers/Microsoft.Compute/galleries", list_galleries),
+    ("PUT", GALLERY, put_gallery),
+    ("GET", GALLERY, get_gallery),
+    ("DELETE", GALLERY, delete_gallery),
+    ("GET", GALLERY + "/images", list_image_definitions),
+    ("PUT", GALLERY + "/images/{image}", put_image_definition),
+    ("DELETE", GALLERY + "/images/{image}", delete_image_definition),
+    ("GET", GALLERY + "/images/{image}", get_image_definition),
+    ("GET", GALLERY + "/images/{image}/versions", list_image_versions),
+    ("PUT", GALLERY + "/images/{image}/versions/{version}", put_image_version),
+    ("PATCH", GALLERY + "/images/{image}/versions/{version}", patch_image_version),
+    ("GET", GALLERY + "/images/{image}/versions/{version}", get_image_version),
+    ("DELETE", GALLERY + "/images/{image}/versions/{version}", delete_image_version),
+    ("GET", IMAGE_VERSIONS, list_vm_image_versions),
+    ("GET", OPERATIONS, get_operation),
+]
+
+
 def build_app(
     orchestrator: Orchestrator,
     token: str,
@@ -640,42 +699,6 @@ def build_app(
     r.add_get("/prometheus/targets", prometheus_targets)
     r.add_get("/metrics", metrics)
     r.add_get("/openapi.json", openapi)
-    route("GET", SUB + "/providers/Microsoft.Compute/virtualMachineScaleSets", list_scale_sets)
-    route("GET", VMSS, list_scale_sets)
-    route("PUT", VMSS + "/{name}", put_scale_set)
-    route("PATCH", VMSS + "/{name}", patch_scale_set)
-    route("GET", VMSS + "/{name}", get_scale_set)
-    route("DELETE", VMSS + "/{name}", delete_scale_set)
-    route("GET", VMSS + "/{name}/virtualMachines", list_instances)
-    route("GET", VMSS + "/{name}/instanceView", scale_set_instance_view)
-    route("GET", VMSS + "/{name}/virtualMachines/{instance}/instanceView", instance_view)
-    route("POST", VMSS + "/{name}/reimage", reimage)
-    route("GET", VMSS + "/{name}/osUpgradeHistory", os_upgrade_history)
-    route("POST", VMSS + "/{name}/osRollingUpgrade", start_os_rolling_upgrade)
-    route("POST", VMSS + "/{name}/rollingUpgrades/cancel", cancel_rolling_upgrade)
-    route("POST", VMSS + "/{name}/approveRollingUpgrade", approve_rolling_upgrade)
-    route("GET", VMSS + "/{name}/rollingUpgrades/latest", latest_rolling_upgrade)
-    route("GET", SUB + "/providers/Microsoft.Network/loadBalancers", list_load_balancers)
-    route("GET", SUB + "/resourceGroups/{rg}/providers/Microsoft.Network/loadBalancers", list_load_balancers)
-    route("PUT", LB, put_load_balancer)
-    route("GET", LB, get_load_balancer)
-    route("DELETE", LB, delete_load_balancer)
-    route("GET", LB + "/probes", list_probes)
-    route("GET", LB + "/probes/{probe}", get_probe)
-    route("GET", SUB + "/providers/Microsoft.Compute/galleries", list_galleries)
-    route("GET", SUB + "/resourceGroups/{rg}/providers/Microsoft.Compute/galleries", list_galleries)
-    route("PUT", GALLERY, put_gallery)
-    route("GET", GALLERY, get_gallery)
-    route("DELETE", GALLERY, delete_gallery)
-    route("GET", GALLERY + "/images", list_image_definitions)
-    route("PUT", GALLERY + "/images/{image}", put_image_definition)
-    route("DELETE", GALLERY + "/images/{image}", delete_image_definition)
-    route("GET", GALLERY + "/images/{image}", get_image_definition)
-    route("GET", GALLERY + "/images/{image}/versions", list_image_versions)
-    route("PUT", GALLERY + "/images/{image}/versions/{version}", put_image_version)
-    route("PATCH", GALLERY + "/images/{image}/versions/{version}", patch_image_version)
-    route("GET", GALLERY + "/images/{image}/versions/{version}", get_image_version)
-    route("DELETE", GALLERY + "/images/{image}/versions/{version}", delete_image_version)
-    route("GET", IMAGE_VERSIONS, list_vm_image_versions)
-    route("GET", OPERATIONS, get_operation)
+    for method, path, handler in ARM_ROUTES:
+        route(method, path, handler)
     return app

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from overhaul.core.model import ScaleSet
+from overhaul.core.model import ScaleSet, model_digest
 from overhaul.core.planner import InstanceView
 from overhaul.core.rollout import Attempt, AttemptStatus, InstanceProgress, Step
 from overhaul.ports.health import HealthReport
@@ -154,7 +154,8 @@ def instance_doc(
         "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
         "location": model.location,
         "properties": {
-            "latestModelApplied": True,
+            # Whether its OS disk was made with the model as it is now (a model change shows here until upgraded).
+            "latestModelApplied": view.model == model_digest(model),
             "storageProfile": {"imageReference": image},
             "instanceView": {
                 "statuses": [

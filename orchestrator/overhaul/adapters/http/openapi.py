@@ -88,6 +88,13 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
     ("post", VMSS + "/{name}/reimage", "Reimage chosen instances (all when none are named)", REIMAGE_BODY, (200,)),
     (
         "post",
+        VMSS + "/{name}/manualupgrade",
+        "Give chosen instances new OS disks made with the latest model (an operation to follow)",
+        REIMAGE_BODY,
+        (202,),
+    ),
+    (
+        "post",
         VMSS + "/{name}/approveRollingUpgrade",
         "Let deferred OS upgrades of chosen instances go ahead (all when none are named)",
         REIMAGE_BODY,
