@@ -370,7 +370,7 @@ def test_cli_speaks_az(served: Served) -> None:
     followed = served.cli("vmss", "rolling-upgrade", "get-latest", "--ids", VMSS, "--wait", "-o", "none")
     assert followed.returncode == 0
     wrong = served.cli("vmss", "show", "--ids", "/subscriptions/x/oops", check=False)
-    assert wrong.returncode == 1 and "--ids" in wrong.stderr
+    assert wrong.returncode == 2 and "--ids" in wrong.stderr  # a usage error, as az
     bad_query = served.cli("vmss", "show", "--ids", VMSS, "--query", "[[", check=False)
     assert bad_query.returncode == 1 and "--query" in bad_query.stderr
 
@@ -440,7 +440,7 @@ def test_cli_defaults_exit_codes_and_debug(served: Served, tmp_path: Path) -> No
     assert missing.returncode == 3 and "ResourceNotFound" in missing.stderr
     assert cli("configure", "--defaults", "group=").returncode == 0  # an empty value clears it, as az
     unset = cli("vmss", "show", "-n", "myScaleSet")
-    assert unset.returncode == 1 and "configure --defaults group" in unset.stderr
+    assert unset.returncode == 2 and "configure --defaults group" in unset.stderr
 
 
 def test_quarantine_is_shown_set_and_cleared_from_the_cli(served: Served) -> None:
@@ -678,6 +678,9 @@ def test_galleries_are_resources(served: Served) -> None:
     assert served.cli("sig", "list", *sub, "--query", "length(@)", "-o", "tsv").stdout.strip() == "2"
     shown = json.loads(served.cli("sig", "show", "-g", "myResourceGroup", "-r", "myGallery", *sub).stdout)
     assert shown["id"].endswith("/galleries/myGallery")
+    assert json.loads(served.cli("sig", "show", "--ids", f"{base}/team").stdout)["name"] == "team"
+    wrong = served.cli("sig", "show", "--ids", VMSS, check=False)
+    assert wrong.returncode == 2 and "Microsoft.Compute/galleries/NAME" in wrong.stderr
     other_group = served.call("PUT", base.replace("myResourceGroup", "other") + f"/team?{API}", {"location": "local"})
     assert other_group[0] == 409 and other_group[1]["error"]["code"] == "GalleryNameTaken"
     status, doc, _ = served.call("PUT", f"{base}/bad%20name?{API}", {})
@@ -759,6 +762,7 @@ def test_a_load_balancer_probe_named_by_id_is_the_health_source(served: Served) 
         assert status == 400 and doc["error"]["target"] == field, (bad, doc)
     listed = served.cli("network", "lb", "list", "--subscription", "subscription_id", "--query", "[].name", "-o", "tsv")
     assert listed.stdout.split() == ["myLoadBalancer"]
+    assert json.loads(served.cli("network", "lb", "show", "--ids", lb_id).stdout)["id"] == lb_id
 
 
 def test_update_instances_applies_the_latest_model_and_latest_model_applied_is_honest(served: Served) -> None:

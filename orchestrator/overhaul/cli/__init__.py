@@ -432,8 +432,9 @@ def watch_rolling_upgrade(client: Client, args: argparse.Namespace) -> int:
         time.sleep(0.5)  # the CLI follows the REST API as az does
 
 
-def scale_set_target(client: Client, args: argparse.Namespace) -> None:
-    """-n/-g, or --ids with a full resource id (which names the subscription too), as az takes them."""
+def target_from_ids(client: Client, args: argparse.Namespace, provider: str, name_attr: str, flag: str) -> None:
+    """The resource a command is about: the name flag and -g, or --ids with a full resource id (which names the
+    subscription too), as az takes them. ``provider``: e.g. Microsoft.Compute/galleries."""
     if getattr(args, "ids", None):
         parts = args.ids.strip("/").split("/")
         lowered = [p.lower() for p in parts]
@@ -441,18 +442,25 @@ def scale_set_target(client: Client, args: argparse.Namespace) -> None:
             len(parts) != 8
             or lowered[0] != "subscriptions"
             or lowered[2] != "resourcegroups"
-            or lowered[6] != "virtualmachinescalesets"
+            or "/".join(lowered[5:7]) != provider.lower()
         ):
             raise CliError(
-                f"--ids {args.ids!r}: expected /subscriptions/SUB/resourceGroups/GROUP/providers/"
-                "Microsoft.Compute/virtualMachineScaleSets/NAME"
+                f"--ids {args.ids!r}: expected /subscriptions/SUB/resourceGroups/GROUP/providers/{provider}/NAME",
+                EXIT_USAGE,
             )
-        client.subscription, args.resource_group, args.name = parts[1], parts[3], parts[7]
-    elif args.vmss_command != "list" and not (args.name and args.resource_group):
+        client.subscription, args.resource_group = parts[1], parts[3]
+        setattr(args, name_attr, parts[7])
+    elif not (getattr(args, name_attr) and args.resource_group):
         raise CliError(
-            "--name/-n and --resource-group/-g are required (or --ids; a default group comes from "
-            "`overhaul configure --defaults group=NAME`)"
+            f"{flag} and --resource-group/-g are required (or --ids; a default group comes from "
+            "`overhaul configure --defaults group=NAME`)",
+            EXIT_USAGE,
         )
+
+
+def scale_set_target(client: Client, args: argparse.Namespace) -> None:
+    if args.vmss_command != "list" or getattr(args, "ids", None):
+        target_from_ids(client, args, "Microsoft.Compute/virtualMachineScaleSets", "name", "--name/-n")
 
 
 # Publishers of the extension types overhaul runs, so `vmss extension set` needs no --publisher for them.
@@ -639,6 +647,7 @@ def run_gallery(client: Client, args: argparse.Namespace) -> int:
         scope = f"/resourceGroups/{args.resource_group}" if args.resource_group else ""
         emit(args, client.call("GET", f"/subscriptions/{client.subscription}{scope}/{provider}"))
         return 0
+    target_from_ids(client, args, "Microsoft.Compute/galleries", "gallery_name", "--gallery-name/-r")
     path = f"/subscriptions/{client.subscription}/resourceGroups/{args.resource_group}/{provider}/{args.gallery_name}"
     if args.sig_command == "create":
         body: dict[str, Any] = {"location": args.location, "properties": {}}
@@ -890,7 +899,8 @@ def add_network_commands(groups: Any, common: argparse.ArgumentParser) -> None:
         sub = lb_commands.add_parser(action, help=f"{action} load balancers", parents=[common])
         sub.add_argument("--resource-group", "-g", help="default: `overhaul configure --defaults group=…`")
         if action != "list":
-            sub.add_argument("--name", "-n", required=True)
+            sub.add_argument("--name", "-n")
+            sub.add_argument("--ids", help="the load balancer's resource id instead of -n/-g")
     lb_commands.choices["create"].add_argument("--location", "-l", default="local")
     probe = lb_commands.add_parser("probe", help="a load balancer's health probes", parents=[common])
     probe.add_argument("probe_command", choices=["create", "update", "list", "show", "delete"])
@@ -916,7 +926,11 @@ def run_network(client: Client, args: argparse.Namespace) -> int:
     if args.lb_command == "list":
         emit(args, client.call("GET", f"/subscriptions/{client.subscription}{group}/{provider}"))
         return 0
-    name = args.lb_name if args.lb_command == "probe" else args.name
+    if args.lb_command == "probe":
+        name = args.lb_name
+    else:
+        target_from_ids(client, args, "Microsoft.Network/loadBalancers", "name", "--name/-n")
+        name, group = args.name, f"/resourceGroups/{args.resource_group}"
     path = f"/subscriptions/{client.subscription}{group}/{provider}/{name}"
     if args.lb_command == "create":
         emit(args, client.call("PUT", path, {"location": args.location, "properties": {"probes": []}}))
@@ -976,7 +990,8 @@ def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
         sub = sig.add_parser(action, help=text, parents=[common])
         sub.add_argument("--resource-group", "-g", help="default: `overhaul configure --defaults group=…`")
         if action != "list":
-            sub.add_argument("--gallery-name", "-r", required=True)
+            sub.add_argument("--gallery-name", "-r")
+            sub.add_argument("--ids", help="the gallery's resource id instead of -r/-g")
     sig.choices["create"].add_argument("--location", "-l", default="local")
     sig.choices["create"].add_argument("--description")
     definition = sig.add_parser("image-definition", help="image definitions", parents=[common])
@@ -1059,8 +1074,8 @@ def apply_defaults(args: argparse.Namespace, defaults: dict[str, str]) -> None:
     if getattr(args, "subscription", None) is None:
         args.subscription = defaults.get("subscription", "local")
     listing = getattr(args, "sig_command", None) == "list" or getattr(args, "lb_command", None) == "list"
-    if args.group in ("sig", "network") and not args.resource_group and not listing:
-        raise CliError("--resource-group/-g is required (or `overhaul configure --defaults group=NAME`)")
+    if args.group in ("sig", "network") and not args.resource_group and not listing and not getattr(args, "ids", None):
+        raise CliError("--resource-group/-g is required (or `overhaul configure --defaults group=NAME`)", EXIT_USAGE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
