@@ -7,8 +7,17 @@ from typing import Any
 
 import pytest
 
+from overhaul.core.auto_upgrade import AutoUpgradeSettings, DueUpgrade, due_upgrade
 from overhaul.core.gallery import ImageDefinition, ImageVersion, latest_version, parse_image_version, resolve
-from overhaul.core.model import ModelError, check_new_model, format_duration, parse_duration, parse_scale_set
+from overhaul.core.model import (
+    ModelError,
+    RollingUpgradePolicy,
+    check_new_model,
+    format_duration,
+    parse_duration,
+    parse_scale_set,
+)
+from overhaul.core.rollout import Attempt, AttemptStatus, StartedBy, start
 
 BASE: dict[str, Any] = {
     "location": "local",
@@ -346,3 +355,42 @@ def test_automatic_os_upgrades_need_a_health_source_or_the_explicit_opt_out() ->
     assert caught.value.path == "properties.upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade"
     doc["properties"]["virtualMachineProfile"]["overhaul"] = {"healthFromPowerState": True}
     check_new_model(parse_scale_set(doc, name="web"))
+
+
+def test_a_model_upgrade_onto_the_latest_version_is_no_try_of_it() -> None:
+    """Automatic OS upgrades do not retry a version an OS upgrade already tried; a model upgrade that happened to
+    target the same version was not such a try."""
+    doc = copy.deepcopy(BASE)
+    doc["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"] = {"enableAutomaticOSUpgrade": True}
+    doc["properties"]["virtualMachineProfile"]["overhaul"] = {"healthFromPowerState": True}
+    model = parse_scale_set(doc, name="web")
+    definition = ImageDefinition("g", "demo", "overhaul", "demo", "base")
+
+    def tried(target_model: str | None) -> Attempt:
+        attempt = start(
+            attempt_id="a",
+            scale_set="web",
+            target_version="2.0.0",
+            started_by=StartedBy.USER,
+            disable_automatic_rollback=False,
+            policy=RollingUpgradePolicy(),
+            capacity=5,
+            views={},
+            now=0.0,
+            target_model=target_model,
+        )
+        return attempt.finished(AttemptStatus.FAULTED, 1.0)
+
+    def due(attempt: Attempt) -> DueUpgrade | None:
+        return due_upgrade(
+            model,
+            definitions=[definition],
+            versions=[version("1.0.0"), version("2.0.0")],
+            instance_versions=["1.0.0"] * 5,
+            attempts=[attempt],
+            settings=AutoUpgradeSettings(),
+        )
+
+    assert due(tried(None)) is None
+    found = due(tried("digest"))
+    assert found is not None and found.target.version == "2.0.0"

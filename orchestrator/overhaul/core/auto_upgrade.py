@@ -50,9 +50,10 @@ def due_upgrade(
         return None
     if any(not a.status.terminal for a in attempts):
         return None
-    if any(a.target_version == latest.version for a in attempts):
+    if any(a.target_version == latest.version and a.target_model is None for a in attempts):
         # Already tried: a Faulted target is not retried by itself, nor one a person cancelled, nor one that
         # completed with some instances rolled back. A newer version, or a person, starts the next attempt.
+        # (A model upgrade onto that version was no try of it.)
         return None
     had_automatic = any(a.started_by is StartedBy.PLATFORM for a in attempts)
     delay = settings.delay if had_automatic else settings.first_delay
