@@ -3,7 +3,9 @@ sometimes, its private Podman service first). After every kill it restarts the s
 invariants: every instance ends with exactly one running OS disk and no previous one, its data disk still holds
 what the first OS disk wrote, every attempt ends with a true history record, and no Podman service is leaked.
 
-    python bench/chaos_podman.py [--kills 100] [--seed 1]
+    python bench/chaos_podman.py [--kills 100] [--seed 1] [--surge]
+
+``--surge`` rolls out with maxSurge: kills then land while a new OS disk runs beside the old one.
 """
 
 from __future__ import annotations
@@ -263,7 +265,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--surge", action="store_true", help="maxSurge: new OS disks start beside the old ones")
     args = parser.parse_args()
+    model = json.loads(json.dumps(MODEL))
+    model["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["maxSurge"] = args.surge
     rng = random.Random(args.seed)
     engine_images.build("podman", f"{REPO}:good", "good")
     engine_images.build("podman", f"{REPO}:bad", "bad", healthy=False)
@@ -273,7 +278,7 @@ def main() -> int:
     identifier = {"publisher": "overhaul", "offer": "chaos", "sku": "tiny"}
     assert server.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] in (200, 201)
     publish(server, 1, good=True)
-    status, doc = server.call("PUT", f"{VMSS}?{API}", MODEL)
+    status, doc = server.call("PUT", f"{VMSS}?{API}", model)
     assert status == 201, doc
     wait(lambda: len(containers()) == CAPACITY, 60, "the scale set")
     counts: Counter[str] = Counter()
