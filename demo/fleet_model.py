@@ -9,6 +9,19 @@ EXTENSION_MARKER = "/var/lib/overhaul-demo-extension"
 DATA_MARKER = "/datadisks/lun0/first"
 
 
+def health_extension(settings: dict[str, Any]) -> dict[str, Any]:
+    """Azure's Application Health extension with ``settings``: the agent probes the application as they say."""
+    return {
+        "name": "health",
+        "properties": {
+            "publisher": "Microsoft.ManagedServices",
+            "type": "ApplicationHealthLinux",
+            "typeHandlerVersion": "2.0",
+            "settings": settings,
+        },
+    }
+
+
 def os_fleet_model(capacity: int, *, health_timeout: str = "PT30S") -> dict[str, Any]:
     health = {
         "protocol": "http",
@@ -42,15 +55,7 @@ def os_fleet_model(capacity: int, *, health_timeout: str = "PT30S") -> dict[str,
                 },
                 "extensionProfile": {
                     "extensions": [
-                        {
-                            "name": "health",
-                            "properties": {
-                                "publisher": "Microsoft.ManagedServices",
-                                "type": "ApplicationHealthLinux",
-                                "typeHandlerVersion": "2.0",
-                                "settings": health,
-                            },
-                        },
+                        health_extension(health),
                         {
                             "name": "setup",
                             "properties": {

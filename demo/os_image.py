@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 REPO = "localhost/overhaul-os"
 BASE_REPO = "localhost/overhaul-os-base"
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "ca-certificates", "iproute2", "procps"]
+# What the same root file system needs to boot as a VM too (a container ignores the kernel and the initrd).
+VM_PACKAGES = ["linux-image-cloud-amd64", "initramfs-tools", "udev"]
+# Drivers the VM's initrd loads before it mounts the root file system (virtio disks, ext4).
+INITRD_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "ext4"]
 SAMPLE_APP_UNIT = """\
 [Unit]
 Description=overhaul sample application (a rich health endpoint on :8080)
@@ -77,7 +81,7 @@ def recipe_inputs() -> list[Path]:
 
 
 def base_key() -> str:
-    digest = hashlib.sha256(" ".join(PACKAGES).encode())
+    digest = hashlib.sha256(" ".join(PACKAGES + VM_PACKAGES + INITRD_MODULES).encode())
     for path in recipe_inputs():
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -86,6 +90,17 @@ def base_key() -> str:
 
 def image_exists(reference: str) -> bool:
     return subprocess.run(["podman", "image", "exists", reference], check=False, timeout=60).returncode == 0
+
+
+def inspect_image(reference: str, template: str) -> str:
+    """One field of an image (a Go template of `podman image inspect`); empty when there is no such image."""
+    return subprocess.run(
+        ["podman", "image", "inspect", "--format", template, reference],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    ).stdout.strip()
 
 
 def build_base() -> str:
@@ -120,8 +135,11 @@ def build_base() -> str:
         'ln -s /etc/systemd/system/overhaul-agent.service "$1/etc/systemd/system/multi-user.target.wants/"',
         'ln -s /etc/systemd/system/sample-app.service "$1/etc/systemd/system/multi-user.target.wants/"',
         *[f'ln -sf /dev/null "$1/etc/systemd/system/{unit}"' for unit in MASKED],
+        # For the VM artefacts made from the same root file system: an initrd that finds virtio disks.
+        'printf "%s\\n" ' + " ".join(INITRD_MODULES) + ' >> "$1/etc/initramfs-tools/modules"',
+        'chroot "$1" update-initramfs -u -k all',
     ]
-    args = ["mmdebstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "--quiet"]
+    args = ["mmdebstrap", "--variant=minbase", f"--include={','.join(PACKAGES + VM_PACKAGES)}", "--quiet"]
     for hook in hooks:
         args.append(f"--customize-hook={hook}")
     args += ["bookworm", str(tarball)]
@@ -151,17 +169,9 @@ def build(version: str, *, bad: bool, silent: bool = False) -> str:
     base = build_base()
     reference = f"{REPO}:{version}"
     label = f"{base}{' bad' if bad else ''}{' silent' if silent else ''}"
-    if image_exists(reference):
-        found = subprocess.run(
-            ["podman", "image", "inspect", "--format", '{{index .Labels "overhaul.recipe"}}', reference],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        ).stdout.strip()
-        if found == label:
-            say(f"reusing {reference}")
-            return reference
+    if inspect_image(reference, '{{index .Labels "overhaul.recipe"}}') == label:
+        say(f"reusing {reference}")
+        return reference
     work = Path(tempfile.mkdtemp(prefix="overhaul-os-version-"))
     (work / "release").write_text(f"{version}\n")
     app_args = f"--version-label {version}" + (" --state Unhealthy" if bad else "")
@@ -179,6 +189,79 @@ def build(version: str, *, bad: bool, silent: bool = False) -> str:
     shutil.rmtree(work, ignore_errors=True)
     say(f"built {reference}{' (its application never becomes healthy)' if bad or silent else ''}")
     return reference
+
+
+VM_FSTAB = """\
+LABEL=rootfs    /              ext4  defaults,errors=remount-ro  0 1
+LABEL=CFGDRIVE  /etc/overhaul  vfat  ro,nofail,umask=0077        0 0
+"""
+VM_NETWORK = "[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\n"
+VM_KERNEL_ARGS = "root=LABEL=rootfs rw console=ttyS0 quiet"
+# Units the container image masks that a VM needs (device nodes come from udev there).
+VM_UNMASKED = ["systemd-udevd.service", "systemd-udev-trigger.service"]
+
+
+def vm_dir(version: str) -> Path:
+    return cache_dir() / "vm" / version
+
+
+def build_vm(version: str, *, bad: bool, silent: bool = False) -> Path:
+    """The VM artefacts of a version, made from its container image's root file system: an immutable qcow2 base
+    (``base.qcow2``, read-only), the kernel (``vmlinuz``) and the initrd (``initrd.img``). The instance's config
+    drive is a vfat disk labelled CFGDRIVE, mounted where containers get theirs (/etc/overhaul)."""
+    reference = build(version, bad=bad, silent=silent)
+    image_id = inspect_image(reference, "{{.Id}}")
+    target = vm_dir(version)
+    if (target / "recipe").exists() and (target / "recipe").read_text() == image_id:
+        say(f"reusing the VM artefacts of {version} in {target}")
+        return target
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="overhaul-vm-"))
+    root = work / "root"
+    root.mkdir()
+    container = f"overhaul-vm-export-{os.getpid()}"
+    try:
+        run("podman", "create", "--name", container, reference, stdout=subprocess.DEVNULL)
+        run("podman", "export", "-o", str(work / "rootfs.tar"), container)
+    finally:
+        subprocess.run(["podman", "rm", "-f", container], check=False, timeout=60, stdout=subprocess.DEVNULL)
+    run("tar", "-xf", str(work / "rootfs.tar"), "-C", str(root), "--numeric-owner")
+    (work / "rootfs.tar").unlink()
+    (root / "etc" / "fstab").write_text(VM_FSTAB)
+    (root / "etc" / "overhaul").mkdir(exist_ok=True)
+    (root / "etc" / "hostname").write_text("overhaul-vm\n")
+    (root / "etc" / "systemd" / "network" / "20-wired.network").write_text(VM_NETWORK)
+    for unit in VM_UNMASKED:
+        (root / "etc" / "systemd" / "system" / unit).unlink(missing_ok=True)
+    run("chroot", str(root), "systemctl", "enable", "--quiet", "systemd-networkd", stdout=subprocess.DEVNULL)
+    fresh = work / "out"
+    fresh.mkdir()
+    run(
+        "mke2fs",
+        "-q",
+        "-t",
+        "ext4",
+        "-L",
+        "rootfs",
+        "-d",
+        str(root),
+        str(work / "disk.raw"),
+        "2G",
+        stdout=subprocess.DEVNULL,
+    )
+    run("qemu-img", "convert", "-O", "qcow2", str(work / "disk.raw"), str(fresh / "base.qcow2"))
+    shutil.copyfile(next((root / "boot").glob("vmlinuz-*")), fresh / "vmlinuz")
+    shutil.copyfile(next((root / "boot").glob("initrd.img-*")), fresh / "initrd.img")
+    (fresh / "cmdline").write_text(VM_KERNEL_ARGS + "\n")
+    (fresh / "recipe").write_text(image_id)
+    for artefact in fresh.iterdir():
+        artefact.chmod(0o444)  # immutable once published: overlays name the base by its path
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fresh.rename(target)
+    shutil.rmtree(work, ignore_errors=True)
+    say(f"VM artefacts of {version} in {target} ({time.monotonic() - started:.0f}s)")
+    return target
 
 
 def publish(version: str, resource_group: str, gallery: str, image: str) -> None:
@@ -212,6 +295,7 @@ def main() -> int:
     build_cmd.add_argument("version")
     build_cmd.add_argument("--bad", action="store_true", help="a version whose application never becomes healthy")
     build_cmd.add_argument("--silent", action="store_true", help="a version whose application never answers")
+    build_cmd.add_argument("--vm", action="store_true", help="also the VM artefacts (qcow2 base, kernel, initrd)")
     publish_cmd = commands.add_parser("publish", help="publish a built version into the orchestrator's gallery")
     publish_cmd.add_argument("version")
     publish_cmd.add_argument("-g", "--resource-group", required=True)
@@ -220,6 +304,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.command == "build":
         print(build(args.version, bad=args.bad, silent=args.silent))
+        if args.vm:
+            print(build_vm(args.version, bad=args.bad, silent=args.silent))
     else:
         publish(args.version, args.resource_group, args.gallery_name, args.gallery_image_definition)
     return 0
