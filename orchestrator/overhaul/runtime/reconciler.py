@@ -193,8 +193,8 @@ class Reconciler:
         return ActionResult(action, ok=error is None, error=error)
 
     async def step(self, scale_set: str, kind: ActionKind, spec: InstanceSpec) -> str | None:
-        """One driver step, retried through transient engine errors (a commit through any error: dropping a
-        previous OS disk changes nothing that runs). Returns the permanent error, or None when it is done."""
+        """One driver step, retried through transient engine errors (a commit or a withdrawn notice through any
+        error: they change nothing that runs). Returns the permanent error, or None when it is done."""
         if kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK):
             # The instance's agent goes away with its OS disk: failed watch requests until it answers are expected.
             self.health.expect_outage((scale_set, spec.instance_id))
