@@ -1,9 +1,10 @@
-"""The VM artefacts of an OS image version (the same root file system as its container image) boot under QEMU, and
-the agent inside answers on a forwarded port with what its config drive told it. Bare QEMU: the first step towards
-VM instances; the driver comes on top of these artefacts."""
+"""The VM artefacts of an OS image version (the same root file system as its container image) boot under QEMU, the
+agent inside answers on a forwarded port with what its config drive told it, and QMP powers the VM off gracefully.
+Bare QEMU: the first steps towards VM instances; the driver comes on top of these artefacts and of QMP."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 
 from demo import os_image
 from demo.fleet_model import health_extension
+from overhaul.adapters.drivers.qmp import Qmp, power_off
 
 # The first build of the image recipe (mmdebstrap) and a TCG boot take minutes, not the usual two.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -63,6 +65,7 @@ def booted(artefacts: Path, work: Path, forwards: dict[int, int]) -> Iterator[in
             "-drive", f"file={overlay},if=virtio,format=qcow2",
             "-drive", f"file={work / 'cfg.img'},if=virtio,format=raw,readonly=on",
             "-netdev", f"user,id=n0,{hostfwd}", "-device", "virtio-net-pci,netdev=n0",
+            "-qmp", f"unix:{work / 'qmp.sock'},server=on,wait=off",
             "-daemonize", "-pidfile", str(pidfile),
         ],
         check=True,
@@ -95,7 +98,7 @@ def test_a_version_boots_as_a_vm_and_its_agent_answers(tmp_path: Path) -> None:
     }
     config_drive(tmp_path / "cfg.img", metadata)
     agent, app = free_port(), free_port()
-    with booted(artefacts, tmp_path, {8090: agent, 8080: app}):
+    with booted(artefacts, tmp_path, {8090: agent, 8080: app}) as pid:
         deadline = time.monotonic() + BOOT_TIMEOUT
         doc: Any = None
         while doc is None or doc.get("applicationHealthState") != "Healthy":
@@ -107,3 +110,14 @@ def test_a_version_boots_as_a_vm_and_its_agent_answers(tmp_path: Path) -> None:
         assert doc["instanceId"] == "0" and doc["imageReference"]["exactVersion"] == "1.0.0"
         with urllib.request.urlopen(f"http://127.0.0.1:{app}/", timeout=5) as resp:
             assert resp.read().decode().strip() == "hello from sample app 1.0.0"
+        # QMP, as the VM driver speaks it: the VM runs, and a power-off is the guest's own shutdown.
+        assert asyncio.run(query_status(tmp_path / "qmp.sock"))["status"] == "running"
+        started = time.monotonic()
+        assert asyncio.run(power_off(tmp_path / "qmp.sock", pid, stop_timeout=120))
+        print(f"graceful power-off in {time.monotonic() - started:.1f}s")
+        assert "reboot: Power down" in (tmp_path / "serial.log").read_text()
+
+
+async def query_status(path: Path) -> Any:
+    async with Qmp(path) as qmp:
+        return await qmp.execute("query-status")
