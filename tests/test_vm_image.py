@@ -121,3 +121,23 @@ def test_a_version_boots_as_a_vm_and_its_agent_answers(tmp_path: Path) -> None:
 async def query_status(path: Path) -> Any:
     async with Qmp(path) as qmp:
         return await qmp.execute("query-status")
+
+
+def test_a_guest_that_cannot_shut_down_in_time_is_ended(tmp_path: Path) -> None:
+    """Early in its boot a guest drops the power button: after the stop timeout QEMU is told to quit."""
+    artefacts = os_image.build_vm("1.0.0", bad=False)
+    config_drive(tmp_path / "cfg.img", {"instanceId": "0"})
+    with booted(artefacts, tmp_path, {8090: free_port()}) as pid:
+        started = time.monotonic()
+        assert not asyncio.run(power_off(tmp_path / "qmp.sock", pid, stop_timeout=2, retry_every=0.5))
+        assert time.monotonic() - started < 30
+        assert ended(pid)
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie its new parent has not reaped yet (QEMU daemonizes, so it is not ours to reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
