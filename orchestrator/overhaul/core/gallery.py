@@ -37,9 +37,13 @@ class Gallery:
     # The document as sent: description, tags, sharing profiles... come back verbatim.
     sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
+    @property
+    def id(self) -> str:
+        return gallery_id(self.subscription, self.resource_group, self.name)
+
     def to_json(self) -> dict[str, Any]:
         own = {
-            "id": gallery_id(self.subscription, self.resource_group, self.name),
+            "id": self.id,
             "name": self.name,
             "type": "Microsoft.Compute/galleries",
             "location": self.location,

@@ -532,8 +532,9 @@ def _extensions(raw: Any, path: str) -> tuple[Extension, ...]:
     return tuple(extensions)
 
 
-LB_PROBE_ID = re.compile(
-    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Network/loadBalancers/[^/]+/probes/[^/]+$",
+PROBE_ID = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Network/loadBalancers/"
+    r"(?P<lb>[^/]+)/probes/(?P<probe>[^/]+)$",
     re.IGNORECASE,
 )
 
@@ -565,7 +566,7 @@ def _health_probe(r: _Reader) -> HealthProbe | None:
     if "id" not in r.doc:
         return _probe_settings(r)
     probe_id = r.required_text("id")
-    if not LB_PROBE_ID.match(probe_id):
+    if not PROBE_ID.match(probe_id):
         raise ModelError(
             r.at("id"),
             "must be a load balancer probe id: /subscriptions/S/resourceGroups/G/providers/Microsoft.Network/"

@@ -5,7 +5,6 @@ Only the probes act; every other field (frontends, rules, SKU, ...) round-trips 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +16,6 @@ from overhaul.core.model import (
     overlay,
     parse_health_probe_settings,
     resource_envelope,
-)
-
-PROBE_ID = re.compile(
-    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Network/loadBalancers/"
-    r"(?P<lb>[^/]+)/probes/(?P<probe>[^/]+)$",
-    re.IGNORECASE,
 )
 
 

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from overhaul.core.errors import Conflict, InvalidInput
-from overhaul.core.model import ScaleSet
-from overhaul.core.network import PROBE_ID, LoadBalancer
+from overhaul.core.model import PROBE_ID, ScaleSet
+from overhaul.core.network import LoadBalancer
 
 PROBE_FIELD = "properties.virtualMachineProfile.networkProfile.healthProbe.id"
 

@@ -101,6 +101,15 @@ def in_group(resources: list[R], resource_group: str | None) -> list[R]:
     return [r for r in resources if r.resource_group.lower() == resource_group.lower()]
 
 
+def check_instance_ids(model: ScaleSet, instance_ids: Iterable[int]) -> None:
+    """Every id names an instance of the model (400 naming ``instanceIds`` otherwise)."""
+    unknown = [i for i in instance_ids if not 0 <= i < model.capacity]
+    if unknown:
+        raise InvalidInput(
+            f"instanceIds: no instance {unknown[0]} in {model.name} (0..{model.capacity - 1})", target="instanceIds"
+        )
+
+
 def attempt_policy(model: ScaleSet, started_by: StartedBy) -> RollingUpgradePolicy:
     """Azure: automatic OS upgrades use the scale set's rolling upgrade policy only with useRollingUpgradePolicy;
     otherwise the default policy (overhaul's own health deadline is kept either way)."""
@@ -225,10 +234,7 @@ class Orchestrator:
         """Creates or updates a gallery; True when it was created. Its name is unique on the host."""
         async with self._writing(GALLERY_LOCK):
             existing = await self._find_gallery(gallery.name)
-            if existing is not None and (existing.resource_group.lower(), existing.subscription.lower()) != (
-                gallery.resource_group.lower(),
-                gallery.subscription.lower(),
-            ):
+            if existing is not None and existing.id.lower() != gallery.id.lower():
                 raise Conflict(
                     f"a gallery named {existing.name} exists in resource group {existing.resource_group}: gallery "
                     "names are unique on this host",
@@ -532,14 +538,9 @@ class Orchestrator:
         async with self._writing(ref.name):
             model = await self.get_scale_set(ref)
             await self._settle(model.name)
-            unknown = [i for i in instance_ids if not 0 <= i < model.capacity]
-            if unknown or not instance_ids:
-                raise InvalidInput(
-                    f"instanceIds: no instance {unknown[0]} in {model.name} (0..{model.capacity - 1})"
-                    if unknown
-                    else "instanceIds: name at least one instance",
-                    target="instanceIds",
-                )
+            check_instance_ids(model, instance_ids)
+            if not instance_ids:
+                raise InvalidInput("instanceIds: name at least one instance", target="instanceIds")
             return await self._start_model_upgrade(model, await self._observe(model.name), tuple(sorted(instance_ids)))
 
     async def _start_model_upgrade(
@@ -699,12 +700,7 @@ class Orchestrator:
         async with self._writing(ref.name):
             model = await self.get_scale_set(ref)
             await self._settle(model.name)
-            unknown = [i for i in instance_ids if not 0 <= i < model.capacity]
-            if unknown:
-                raise InvalidInput(
-                    f"instanceIds: no instance {unknown[0]} in {model.name} (0..{model.capacity - 1})",
-                    target="instanceIds",
-                )
+            check_instance_ids(model, instance_ids)
             image = await self.instances.resolve(model)
             await self._require_image(image.artifact, f"image version {image.version}")
             disk = uuid.uuid4().hex[:8]
@@ -755,11 +751,7 @@ class Orchestrator:
         ahead, now for those awaiting approval, at once when their batch comes for the others."""
         model = await self.get_scale_set(ref)
         ids = list(range(model.capacity)) if instance_ids is None else instance_ids
-        unknown = [i for i in ids if not 0 <= i < model.capacity]
-        if unknown:
-            raise InvalidInput(
-                f"instanceIds: no instance {unknown[0]} in {model.name} (0..{model.capacity - 1})", target="instanceIds"
-            )
+        check_instance_ids(model, ids)
         running = [a for a in await self._active(model.name) if not a.status.terminal]
         if not running or not running[0].deferred or not await self.store.approve(running[0].id, ids):
             raise Conflict(

@@ -353,10 +353,13 @@ async def delete_image_definition(request: web.Request) -> web.Response:
 INSTANCE_ID = re.compile(r"[0-9]{1,6}")
 
 
-async def instance_ids(request: web.Request, model: ScaleSet) -> list[int]:
-    """The body's ``instanceIds`` (Azure's VirtualMachineScaleSetVMInstanceIDs); none means every instance."""
+async def instance_ids(request: web.Request, model: ScaleSet, *, required: bool = False) -> list[int]:
+    """The body's ``instanceIds`` (Azure's VirtualMachineScaleSetVMInstanceIDs); none means every instance, unless
+    they are ``required`` (VirtualMachineScaleSetVMInstanceRequiredIDs)."""
     body = await body_json(request)
     raw_ids = body.get("instanceIds") if isinstance(body, Mapping) else None
+    if raw_ids is None and required:
+        raise InvalidInput('instanceIds: is required, e.g. ["0", "3"]', target="instanceIds")
     if raw_ids is None:
         return list(range(model.capacity))
     if isinstance(raw_ids, list) and all(
@@ -378,10 +381,7 @@ async def manual_upgrade(request: web.Request) -> web.Response:
     """manualupgrade (`az vmss update-instances`): the instances get the latest model; an operation to follow."""
     orchestrator = service(request)
     model = await orchestrator.get_scale_set(ref(request))
-    body = await body_json(request)
-    if not isinstance(body, Mapping) or body.get("instanceIds") is None:
-        raise InvalidInput('instanceIds: is required, e.g. ["0", "3"]', target="instanceIds")
-    attempt = await orchestrator.manual_upgrade(model.ref, await instance_ids(request, model))
+    attempt = await orchestrator.manual_upgrade(model.ref, await instance_ids(request, model, required=True))
     if attempt.status is AttemptStatus.FAULTED and attempt.error_code:
         return error(409, attempt.error_code, attempt.error_message or attempt.error_code)
     return web.json_response(
