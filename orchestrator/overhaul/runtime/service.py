@@ -84,6 +84,8 @@ class Resource(Protocol):
     def name(self) -> str: ...
     @property
     def resource_group(self) -> str: ...
+    @property
+    def id(self) -> str: ...
 
 
 R = TypeVar("R", bound=Resource)
@@ -92,6 +94,20 @@ R = TypeVar("R", bound=Resource)
 def named(resources: Iterable[R], name: str) -> R | None:
     """The one of that name; ARM compares names case-insensitively."""
     return next((r for r in resources if r.name.lower() == name.lower()), None)
+
+
+def same_name(existing: R | None, wanted: R, kind: str, code: str) -> str:
+    """The name ``wanted`` is stored under: the first spelling of an existing one, as ARM keeps it. Names are unique
+    on the host, so one held by a resource of another group is a conflict."""
+    if existing is None:
+        return wanted.name
+    if existing.id.lower() != wanted.id.lower():
+        raise Conflict(
+            f"a {kind} named {existing.name} exists in resource group {existing.resource_group}: {kind} names are "
+            "unique on this host",
+            code,
+        )
+    return existing.name
 
 
 def in_group(resources: list[R], resource_group: str | None) -> list[R]:
@@ -234,14 +250,7 @@ class Orchestrator:
         """Creates or updates a gallery; True when it was created. Its name is unique on the host."""
         async with self._writing(GALLERY_LOCK):
             existing = await self._find_gallery(gallery.name)
-            if existing is not None and existing.id.lower() != gallery.id.lower():
-                raise Conflict(
-                    f"a gallery named {existing.name} exists in resource group {existing.resource_group}: gallery "
-                    "names are unique on this host",
-                    "GalleryNameTaken",
-                )
-            if existing is not None:
-                gallery = replace(gallery, name=existing.name)
+            gallery = replace(gallery, name=same_name(existing, gallery, "gallery", "GalleryNameTaken"))
             await self.store.put_gallery(gallery)
             return existing is None
 
@@ -274,14 +283,7 @@ class Orchestrator:
         follow a new path, interval or count at once; a probe in use keeps its port and protocol."""
         async with self._writing(LB_LOCK):
             existing = await self._find_load_balancer(balancer.name)
-            if existing is not None and existing.id.lower() != balancer.id.lower():
-                raise Conflict(
-                    f"a load balancer named {existing.name} exists in resource group {existing.resource_group}: load "
-                    "balancer names are unique on this host",
-                    "LoadBalancerNameTaken",
-                )
-            if existing is not None:
-                balancer = replace(balancer, name=existing.name)
+            balancer = replace(balancer, name=same_name(existing, balancer, "load balancer", "LoadBalancerNameTaken"))
             users = [m for m in await self.store.list_scale_sets() if probe_name(m, balancer) is not None]
             check_probe_change(balancer, users)
             await self.store.put_load_balancer(balancer)
