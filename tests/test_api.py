@@ -784,3 +784,48 @@ def test_update_instances_applies_the_latest_model_and_latest_model_applied_is_h
     assert applied() == [True] * 5
     status, doc, _ = served.call("POST", f"{VMSS}/manualupgrade?{API}", {})
     assert status == 400 and doc["error"]["target"] == "instanceIds", doc
+
+
+def test_vm_scale_set_from_the_cli(served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version with VM artefacts (a relative --disk-image is made absolute) and a scale set of VMs whose size
+    `vmss show` reports; a scale set cannot turn into VMs, and VMs need a version with a disk image."""
+    where = ("-g", "myResourceGroup", "-r", "myGallery", "-i", "myImage")
+    (tmp_path / "vm-2.0.0").mkdir()
+    monkeypatch.chdir(tmp_path)
+    created = served.cli("sig", "image-version", "create", *where, "-e", "2.0.0", "--disk-image", "vm-2.0.0")
+    source = json.loads(created.stdout)["properties"]["storageProfile"]["source"]["overhaul"]
+    assert source == {"diskImage": str(tmp_path / "vm-2.0.0")}
+    table = served.cli("sig", "image-version", "list", *where, "-o", "table").stdout
+    assert "DiskImage" in table and str(tmp_path / "vm-2.0.0") in table
+    neither = served.cli("sig", "image-version", "create", *where, "-e", "2.0.1", check=False)
+    assert neither.returncode != 0 and "--disk-image" in neither.stderr
+
+    image = "Canonical:0001-com-ubuntu-server-jammy:22_04-lts:latest"
+    vm = ("--vm", "--vm-memory", "384", "--vm-cpus", "1")
+    served.cli("vmss", "create", "-g", "myResourceGroup", "-n", "vms", "--image", image, "--instance-count", "2", *vm)
+    shown = json.loads(served.cli("vmss", "show", "-g", "myResourceGroup", "-n", "vms").stdout)
+    profile = shown["properties"]["virtualMachineProfile"]
+    assert profile["overhaul"]["vm"] == {"memoryMB": 384, "vCPUs": 1, "accel": "auto"}
+    assert shown["sku"]["name"] == "Standard_VM"
+    views = json.loads(served.cli("vmss", "list-instances", "-g", "myResourceGroup", "-n", "vms").stdout)
+    versions = {v["properties"]["storageProfile"]["imageReference"]["exactVersion"] for v in views}
+    assert versions == {"2.0.0"}  # 'latest' for VMs: 1.0.0 has no disk image
+
+    served.cli("vmss", "create", "-g", "myResourceGroup", "-n", "web", "--image", image, "--instance-count", "1")
+    changed = served.cli(
+        "vmss",
+        "update",
+        "-g",
+        "myResourceGroup",
+        "-n",
+        "web",
+        "--set",
+        "virtualMachineProfile.overhaul.vm={}",
+        check=False,
+    )
+    assert changed.returncode != 0 and "properties.virtualMachineProfile.overhaul.vm" in changed.stderr
+    pinned = served.cli(
+        "vmss", "create", "-g", "myResourceGroup", "-n", "old", "--image", image.replace("latest", "1.0.0"), "--vm",
+        check=False,
+    )  # fmt: skip
+    assert pinned.returncode != 0 and "names no diskImage" in pinned.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from overhaul.cli.client import (
@@ -62,8 +63,14 @@ def run_sig(client: Client, args: argparse.Namespace) -> int:
     elif cmd == "delete":
         client.call("DELETE", path)
     elif cmd == "create":
-        if not args.container_image:
-            raise CliError("--container-image is required: the engine image this version is made from")
+        if not args.container_image and not args.disk_image:
+            raise CliError(
+                "--container-image (the engine image this version is made from) or --disk-image (the directory of "
+                "its VM artefacts) is required"
+            )
+        source = ({"containerImage": args.container_image} if args.container_image else {}) | (
+            {"diskImage": str(Path(args.disk_image).resolve())} if args.disk_image else {}
+        )
         publishing = {
             "excludeFromLatest": args.exclude_from_latest,
             "targetRegions": [{"name": r} for r in args.target_regions],
@@ -72,7 +79,7 @@ def run_sig(client: Client, args: argparse.Namespace) -> int:
             "location": args.target_regions[0],
             "properties": {
                 "publishingProfile": publishing,
-                "storageProfile": {"source": {"overhaul": {"containerImage": args.container_image}}},
+                "storageProfile": {"source": {"overhaul": source}},
             },
         }
         emit(args, client.call("PUT", path, body), "imageversions")
@@ -160,6 +167,10 @@ def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     definition.add_argument("--sku", help="with create")
     version.add_argument("--gallery-image-version", "-e")
     version.add_argument("--container-image", help="the engine image of this version (e.g. localhost/web:2.0.0)")
+    version.add_argument(
+        "--disk-image",
+        help="the directory of this version's VM artefacts: base.qcow2, vmlinuz, initrd.img (for VM scale sets)",
+    )
     version.add_argument("--exclude-from-latest", type=truthy, nargs="?", const=True, default=None)
     version.add_argument("--target-regions", nargs="*", default=[])
     version.add_argument(

@@ -51,6 +51,7 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("Name", "name"),
         ("ExcludeFromLatest", "properties.publishingProfile.excludeFromLatest"),
         ("ContainerImage", "properties.storageProfile.source.overhaul.containerImage"),
+        ("DiskImage", "properties.storageProfile.source.overhaul.diskImage"),
     ],
 }
 

@@ -42,13 +42,16 @@ def model_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "dataDisks": [{"lun": i, "diskSizeGB": size} for i, size in enumerate(args.data_disk_sizes_gb or [])],
         }
     }
+    if args.vm:
+        vm = {"memoryMB": args.vm_memory, "vCPUs": args.vm_cpus, "accel": args.vm_accel}
+        profile["overhaul"] = {"vm": {k: v for k, v in vm.items() if v is not None}}
     if args.health_probe_port:
         profile["networkProfile"] = {
             "healthProbe": {"protocol": "Http", "port": args.health_probe_port, "requestPath": args.health_probe_path}
         }
     return {
         "location": args.location,
-        "sku": {"name": "Standard_Container", "capacity": args.instance_count},
+        "sku": {"name": "Standard_VM" if args.vm else "Standard_Container", "capacity": args.instance_count},
         "properties": {"upgradePolicy": {"mode": args.upgrade_policy_mode}, "virtualMachineProfile": profile},
     }
 
@@ -282,6 +285,10 @@ def add_vmss_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--location", default="local")
     create.add_argument("--health-probe-port", type=int, help="container port of an HTTP health endpoint")
     create.add_argument("--health-probe-path", default="/health")
+    create.add_argument("--vm", action="store_true", help="QEMU VMs, not containers (versions need a diskImage)")
+    create.add_argument("--vm-memory", type=int, metavar="MB", help="with --vm: memory per VM (512)")
+    create.add_argument("--vm-cpus", type=int, metavar="N", help="with --vm: vCPUs per VM (2)")
+    create.add_argument("--vm-accel", choices=["auto", "kvm", "tcg"], help="with --vm: KVM, TCG, or KVM if it works")
     create.add_argument("--file", help="the whole model as Azure JSON (instead of the flags above)")
     update = scale_set_command("update", "update a scale set")
     update.add_argument(

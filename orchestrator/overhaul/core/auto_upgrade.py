@@ -43,7 +43,7 @@ def due_upgrade(
     if not model.upgrade_policy.automatic.enable_automatic_os_upgrade or not model.image_reference.is_latest:
         return None
     try:
-        latest = resolve(model.image_reference, definitions, versions, model.location)
+        latest = resolve(model.image_reference, definitions, versions, model.location, vm=model.is_vm)
     except ModelError:
         return None
     if len(instance_versions) >= model.capacity and all(v == latest.version for v in instance_versions):

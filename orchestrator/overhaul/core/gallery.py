@@ -1,7 +1,8 @@
 """The local image gallery: image definitions and their semver versions (pure).
 
 An image definition is found either by Azure's publisher/offer/sku or by its gallery and image name. A
-version points to the engine artifact an instance is made from (a container image reference).
+version points to the artefacts an instance is made from: a container image reference for container scale sets,
+a directory of VM artefacts (a qcow2 base, kernel and initrd) for VM scale sets, or both.
 """
 
 from __future__ import annotations
@@ -97,6 +98,18 @@ class ImageVersion:
     # The document as sent: Azure fields with no meaning here (replica counts, storage account types, end of life
     # date, ...) come back verbatim.
     sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # The directory of its VM artefacts (base.qcow2, vmlinuz, initrd.img); empty: containers only.
+    disk_image: str = ""
+
+    def source(self) -> dict[str, str]:
+        """``storageProfile.source.overhaul``: the artefacts it names."""
+        return ({"containerImage": self.artifact} if self.artifact else {}) | (
+            {"diskImage": self.disk_image} if self.disk_image else {}
+        )
+
+    def artefact(self, vm: bool) -> str:
+        """What an instance is made from: the disk image for a VM, the container image otherwise ("": none)."""
+        return self.disk_image if vm else self.artifact
 
     @property
     def quarantined(self) -> bool:
@@ -117,7 +130,7 @@ class ImageVersion:
                     "targetRegions": [{"name": loc} for loc in self.target_locations],
                     "publishedDate": self.published_at,
                 },
-                "storageProfile": {"source": {"overhaul": {"containerImage": self.artifact}}},
+                "storageProfile": {"source": {"overhaul": self.source()}},
                 "provisioningState": "Succeeded",
                 "overhaul": {"quarantined": self.quarantined}
                 | ({"quarantineReason": self.quarantine} if self.quarantine else {}),
@@ -167,9 +180,17 @@ def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, pub
         path += f".{key}"
         if not isinstance(source, Mapping):
             raise ModelError(path, "must be a JSON object")
-    artifact = source.get("containerImage")
-    if not isinstance(artifact, str) or not artifact:
-        raise ModelError("properties.storageProfile.source.overhaul.containerImage", "is required")
+    artifact = source.get("containerImage") or ""
+    disk_image = source.get("diskImage") or ""
+    if not isinstance(artifact, str):
+        raise ModelError(f"{path}.containerImage", "must be a container image reference")
+    if not isinstance(disk_image, str) or (disk_image and not disk_image.startswith("/")):
+        raise ModelError(f"{path}.diskImage", "must be the absolute path of a directory of VM artefacts")
+    if not artifact and not disk_image:
+        raise ModelError(
+            f"{path}.containerImage",
+            "is required (or diskImage, the directory of VM artefacts, for VM scale sets)",
+        )
     own = props.get("overhaul") or {}
     if not isinstance(own, Mapping):
         raise ModelError("properties.overhaul", "must be a JSON object")
@@ -184,6 +205,7 @@ def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, pub
         image=image,
         version=version,
         artifact=artifact,
+        disk_image=disk_image,
         exclude_from_latest=exclude,
         target_locations=tuple(locations),
         published_at=published_at,
@@ -204,22 +226,27 @@ def resolve(
     definitions: Iterable[ImageDefinition],
     versions: Iterable[ImageVersion],
     location: str,
+    *,
+    vm: bool = False,
 ) -> ImageVersion:
-    """The version a reference means in a location; ModelError naming what is missing."""
+    """The version a reference means in a location, for container or (``vm``) VM instances; ModelError naming
+    what is missing. 'latest' skips versions without the artefact the instances are made from."""
     definition = next((d for d in definitions if d.matches(ref)), None)
     if definition is None:
         raise ModelError(
             "properties.virtualMachineProfile.storageProfile.imageReference", "no such image in the gallery"
         )
     mine = [v for v in versions if (v.gallery, v.image) == (definition.gallery, definition.name)]
+    source = "diskImage (VM artefacts)" if vm else "containerImage"
     if ref.is_latest:
-        found = latest_version(mine, location)
+        found = latest_version([v for v in mine if v.artefact(vm)], location)
         if found is None:
             quarantined = ", ".join(v.version for v in mine if v.quarantined)
             why = f" (quarantined: {quarantined})" if quarantined else ""
             raise ModelError(
                 "properties.virtualMachineProfile.storageProfile.imageReference.version",
-                f"no version of {definition.gallery}/{definition.name} is available as latest in {location}{why}",
+                f"no version of {definition.gallery}/{definition.name} with a {source} is available as latest in "
+                f"{location}{why}",
             )
         return found
     exact = next((v for v in mine if v.version == ref.version), None)
@@ -227,5 +254,11 @@ def resolve(
         raise ModelError(
             "properties.virtualMachineProfile.storageProfile.imageReference.version",
             f"version {ref.version} of {definition.gallery}/{definition.name} is not available in {location}",
+        )
+    if not exact.artefact(vm):
+        raise ModelError(
+            "properties.virtualMachineProfile.storageProfile.imageReference.version",
+            f"version {ref.version} of {definition.gallery}/{definition.name} names no {source}: "
+            f"{'a VM' if vm else 'a container'} scale set is made from one",
         )
     return exact

@@ -283,9 +283,29 @@ class Extension:
         return self.type.lower() in ("applicationhealthlinux", "applicationhealthwindows")
 
 
+class Accel(StrEnum):
+    """How a VM's CPU runs: KVM, TCG (QEMU's emulator), or KVM when the host's works and TCG otherwise."""
+
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+@dataclass(frozen=True)
+class VmOptions:
+    """Ours (``virtualMachineProfile.overhaul.vm``): the instances are QEMU VMs, not containers."""
+
+    memory_mb: int = 512
+    vcpus: int = 2
+    accel: Accel = Accel.AUTO
+
+    def to_json(self) -> dict[str, Any]:
+        return {"memoryMB": self.memory_mb, "vCPUs": self.vcpus, "accel": self.accel.value}
+
+
 @dataclass(frozen=True)
 class EngineOptions:
-    """Ours (``virtualMachineProfile.overhaul``): how an instance runs on a container engine."""
+    """Ours (``virtualMachineProfile.overhaul``): how an instance runs — a container on an engine, or a VM."""
 
     command: tuple[str, ...] | None = None
     stop_timeout: int = 10
@@ -295,9 +315,11 @@ class EngineOptions:
     # Ours: the explicit opt-out of Azure's rule that automatic upgrades need a health probe or the Application
     # Health extension; "running" is then the only health there is.
     health_from_power_state: bool = False
+    vm: VmOptions | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "vm": self.vm.to_json() if self.vm is not None else None,
             "command": list(self.command) if self.command is not None else None,
             "stopTimeoutInSeconds": self.stop_timeout,
             "agentPort": self.agent_port,
@@ -355,6 +377,10 @@ class ScaleSet:
     # The document as it was sent: Azure fields with no meaning here (osDisk.caching, adminUsername,
     # networkInterfaceConfigurations, ...) round-trip from it verbatim.
     sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_vm(self) -> bool:
+        return self.engine.vm is not None
 
     @property
     def uses_agent(self) -> bool:
@@ -578,6 +604,17 @@ def _health_probe(r: _Reader) -> HealthProbe | None:
     return HealthProbe(protocol="Tcp", port=0, id=probe_id)  # resolved when the model is written
 
 
+def _vm(r: _Reader) -> VmOptions:
+    accel = r.text("accel", "auto") or "auto"
+    if accel.lower() not in {a.value for a in Accel}:
+        raise ModelError(r.at("accel"), f"must be auto, kvm or tcg, got {accel!r}")
+    return VmOptions(
+        memory_mb=r.integer("memoryMB", 512, 128, 65536),
+        vcpus=r.integer("vCPUs", 2, 1, 64),
+        accel=Accel(accel.lower()),
+    )
+
+
 def _engine(r: _Reader) -> EngineOptions:
     command = r.doc.get("command")
     if command is not None and (not isinstance(command, list) or not all(isinstance(c, str) for c in command)):
@@ -588,7 +625,13 @@ def _engine(r: _Reader) -> EngineOptions:
     for i, port in enumerate(ports):
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ModelError(f"{r.at('ports')}[{i}]", f"must be a port 1..65535, got {port!r}")
+    vm = _vm(r.obj("vm")) if r.doc.get("vm") is not None else None
+    if vm is not None:
+        for key in ("command", "systemd"):
+            if r.doc.get(key):
+                raise ModelError(r.at(key), "has no meaning for a VM (virtualMachineProfile.overhaul.vm): leave it out")
     return EngineOptions(
+        vm=vm,
         command=tuple(command) if command is not None else None,
         stop_timeout=r.integer("stopTimeoutInSeconds", 10, 0, 600),
         agent_port=r.integer("agentPort", 8090, 1, 65535),
@@ -648,6 +691,8 @@ def model_digest(model: ScaleSet) -> str:
 
 def check_new_model(model: ScaleSet) -> None:
     """Azure's rules for a model being written (not for one read back from the store, which was checked then)."""
+    if model.is_vm:
+        _check_vm_model(model)
     if model.upgrade_policy.automatic.enable_automatic_os_upgrade and not model.image_reference.is_latest:
         # A fixed version never has a newer one to move to: Azure refuses it rather than never upgrading.
         raise ModelError(
@@ -694,3 +739,28 @@ def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, A
         else:
             result[key] = copy.deepcopy(value)
     return result
+
+
+def _check_vm_model(model: ScaleSet) -> None:
+    """What VM instances cannot do (yet), refused rather than silently not done."""
+    if model.upgrade_policy.automatic.os_rolling_upgrade_deferral:
+        raise ModelError(
+            "properties.upgradePolicy.automaticOSUpgradePolicy.osRollingUpgradeDeferral",
+            "must be false for a VM scale set (virtualMachineProfile.overhaul.vm): a VM's config drive cannot carry "
+            "a live notice yet",
+        )
+    if model.upgrade_policy.rolling.max_surge and model.data_disks:
+        raise ModelError(
+            "properties.upgradePolicy.rollingUpgradePolicy.maxSurge",
+            "must be false for a VM scale set with data disks: a data disk is attached to one VM at a time",
+        )
+
+
+def check_kind_change(old: ScaleSet, new: ScaleSet) -> None:
+    """A scale set stays made of containers or of VMs: its instances cannot change what they are."""
+    if old.is_vm != new.is_vm:
+        raise ModelError(
+            "properties.virtualMachineProfile.overhaul.vm",
+            f"cannot be {'removed from' if old.is_vm else 'added to'} an existing scale set: its instances are "
+            f"{'VMs' if old.is_vm else 'containers'}; make a new scale set",
+        )

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from overhaul.core.model import VmOptions
 from overhaul.core.naming import instance_name
 
 # Azure's IMDS tag telling an instance an OS upgrade is coming (osRollingUpgradeDeferral); its value is the version.
@@ -50,6 +51,10 @@ class InstanceSpec:
     # maxSurge: the new OS disk starts beside the running one (on ``ports``, host ports of its own) and the
     # previous one keeps serving until commit stops it; a rollback then costs nothing that ran.
     surge: bool = False
+    # A VM (QEMU) rather than a container: its size and accelerator. ``image`` is then the directory of the
+    # version's VM artefacts.
+    vm: VmOptions | None = None
+    data_disk_gb: Mapping[str, int] = field(default_factory=dict)  # data disk (volume) name -> size, when given
 
     @property
     def disk(self) -> str:
@@ -97,8 +102,9 @@ class Driver(Protocol):
         """Returns when the engine answers; EngineUnavailable when it does not."""
         ...
 
-    async def image_present(self, image: str) -> bool:
-        """Whether the engine has ``image`` (checked before an instance is touched)."""
+    async def image_present(self, image: str, *, vm: bool = False) -> bool:
+        """Whether the engine has ``image`` (checked before an instance is touched); ``vm``: the directory of a
+        version's VM artefacts."""
         ...
 
     async def observe(self, scale_set: str) -> dict[int, InstanceState]:

@@ -45,7 +45,13 @@ class Instances:
         """The gallery version the model's image reference (or ``version`` of it) stands for."""
         ref = model.image_reference if version is None else model.image_reference.with_version(version)
         try:
-            return resolve(ref, await self.store.image_definitions(), await self.store.image_versions(), model.location)
+            return resolve(
+                ref,
+                await self.store.image_definitions(),
+                await self.store.image_versions(),
+                model.location,
+                vm=model.is_vm,
+            )
         except ModelError as exc:
             raise InvalidInput(str(exc), target=exc.path) from exc
 
@@ -93,6 +99,14 @@ class Instances:
     def volumes(model: ScaleSet, instance_id: int) -> tuple[tuple[str, str], ...]:
         return tuple((data_disk_name(model.name, instance_id, d.lun), d.mount_path) for d in model.data_disks)
 
+    @staticmethod
+    def data_disk_sizes(model: ScaleSet, instance_id: int) -> dict[str, int]:
+        return {
+            data_disk_name(model.name, instance_id, d.lun): d.disk_size_gb
+            for d in model.data_disks
+            if d.disk_size_gb is not None
+        }
+
     async def spec(
         self,
         model: ScaleSet,
@@ -109,7 +123,7 @@ class Instances:
         return InstanceSpec(
             scale_set=model.name,
             instance_id=instance_id,
-            image=image.artifact,
+            image=image.artefact(model.is_vm),
             version=image.version,
             ports=await self.ports(model, instance_id, fresh=surge),
             surge=surge,
@@ -119,6 +133,8 @@ class Instances:
             command=model.engine.command,
             stop_timeout=model.engine.stop_timeout,
             systemd=model.engine.systemd,
+            vm=model.engine.vm,
+            data_disk_gb=self.data_disk_sizes(model, instance_id),
         )
 
     def handle(
@@ -134,6 +150,7 @@ class Instances:
             volumes=self.volumes(model, instance_id),
             stop_timeout=model.engine.stop_timeout,
             surge=surge,
+            vm=model.engine.vm,
         )
 
     async def watch(self, model: ScaleSet, states: Mapping[int, InstanceState] | None = None) -> None:

@@ -24,6 +24,7 @@ from overhaul.core.model import (
     RollingUpgradePolicy,
     ScaleSet,
     ScaleSetRef,
+    check_kind_change,
     check_new_model,
     merge_patch,
     model_digest,
@@ -236,13 +237,16 @@ class Orchestrator:
             return f"the engine did not answer within {timeout:g}s"
         return None
 
-    async def _require_image(self, image: str, target: str) -> None:
+    async def _require_image(self, version: ImageVersion, target: str, *, vm: bool = False) -> None:
+        """The artefact instances are made from, present before any instance is touched."""
+        image = version.artefact(vm)
         try:
-            present = await self.driver.image_present(image)
+            present = await self.driver.image_present(image, vm=vm)
         except DriverError as exc:
             raise engine_error(exc) from exc
         if not present:
-            raise InvalidInput(f"{target}: the engine has no image {image!r}", "ImageNotFound", target)
+            what = f"no VM artefacts (base.qcow2, vmlinuz, initrd.img) in {image!r}" if vm else f"no image {image!r}"
+            raise InvalidInput(f"{target}: the engine has {what}", "ImageNotFound", target)
 
     # --- gallery ------------------------------------------------------------------------------------------
 
@@ -368,8 +372,11 @@ class Orchestrator:
 
     async def publish_version(self, version: ImageVersion) -> None:
         await self.image_definition(version.gallery, version.image)
-        # A misspelt image would otherwise become 'latest' and fail every instance it reaches.
-        await self._require_image(version.artifact, "properties.storageProfile.source.overhaul.containerImage")
+        # A misspelt artefact would otherwise become 'latest' and fail every instance it reaches.
+        if version.artifact:
+            await self._require_image(version, "properties.storageProfile.source.overhaul.containerImage")
+        if version.disk_image:
+            await self._require_image(version, "properties.storageProfile.source.overhaul.diskImage", vm=True)
         await self.store.put_image_version(version)
         self.changes.bump()
 
@@ -480,6 +487,10 @@ class Orchestrator:
                 "name",
             )
         if previous is not None:
+            try:
+                check_kind_change(previous, model)
+            except ModelError as exc:
+                raise InvalidInput(str(exc), target=exc.path) from exc
             # The first spelling of a name stays its canonical one, as ARM keeps it.
             model = replace(
                 model,
@@ -509,7 +520,9 @@ class Orchestrator:
             existing = known.get(state.version or "") if state is not None else None
             plans.append((instance_id, existing or image))
         if any(i not in states for i in range(model.capacity)):
-            await self._require_image(image.artifact, "properties.virtualMachineProfile.storageProfile.imageReference")
+            await self._require_image(
+                image, "properties.virtualMachineProfile.storageProfile.imageReference", vm=model.is_vm
+            )
         await self.store.put_scale_set(model, self.clock())
         try:
             for instance_id, version in plans:
@@ -667,7 +680,7 @@ class Orchestrator:
         policy: RollingUpgradePolicy | None = None,
     ) -> Attempt:
         target = await self.instances.resolve(model, version)
-        await self._require_image(target.artifact, f"image version {target.version}")
+        await self._require_image(target, f"image version {target.version}", vm=model.is_vm)
         if states is None:
             states = await self._observe(model.name)
         now = self.clock()
@@ -704,7 +717,7 @@ class Orchestrator:
             await self._settle(model.name)
             check_instance_ids(model, instance_ids)
             image = await self.instances.resolve(model)
-            await self._require_image(image.artifact, f"image version {image.version}")
+            await self._require_image(image, f"image version {image.version}", vm=model.is_vm)
             disk = uuid.uuid4().hex[:8]
 
             async def one(instance_id: int) -> str | None:

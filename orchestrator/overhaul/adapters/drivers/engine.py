@@ -388,7 +388,9 @@ class EngineDriver:
             raise EngineUnavailable("the private podman service is down (it is being restarted)")
         await self._call("ping the engine", self.docker.version(), timeout=min(5.0, self.settings.call_timeout))
 
-    async def image_present(self, image: str) -> bool:
+    async def image_present(self, image: str, *, vm: bool = False) -> bool:
+        if vm:
+            return False  # VM artefacts are not the engine's
         try:
             await self._call(f"inspect image {image}", self.docker.images.inspect(image))
         except DriverError as exc:

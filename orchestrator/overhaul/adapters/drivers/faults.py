@@ -47,9 +47,9 @@ class FaultyDriver:
         await self._before("ping")
         await self.inner.ping()
 
-    async def image_present(self, image: str) -> bool:
+    async def image_present(self, image: str, *, vm: bool = False) -> bool:
         await self._before(f"inspect image {image}")
-        return await self.inner.image_present(image)
+        return await self.inner.image_present(image, vm=vm)
 
     async def observe(self, scale_set: str) -> dict[int, InstanceState]:
         await self._before(f"list {scale_set}")

@@ -24,7 +24,7 @@ class MemoryDriver:
     async def ping(self) -> None:
         return None
 
-    async def image_present(self, image: str) -> bool:
+    async def image_present(self, image: str, *, vm: bool = False) -> bool:
         return image not in self.missing_images
 
     def _set(self, spec: InstanceSpec, state: InstanceState) -> None:

@@ -598,7 +598,7 @@ async def list_vm_image_versions(request: web.Request) -> web.Response:
             "name": v.version,
             "id": f"/Subscriptions/{m['sub']}/Providers/Microsoft.Compute/Locations/{m['location']}/Publishers/"
             f"{m['publisher']}/ArtifactTypes/VMImage/Offers/{m['offer']}/Skus/{m['sku']}/Versions/{v.version}",
-            "properties": {"excludeFromLatest": v.exclude_from_latest, "containerImage": v.artifact},
+            "properties": {"excludeFromLatest": v.exclude_from_latest} | v.source(),
         }
         for v in versions
     ]

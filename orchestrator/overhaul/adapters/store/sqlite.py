@@ -101,6 +101,10 @@ MIGRATIONS: tuple[str, ...] = (
         doc TEXT NOT NULL
     );
     """,
+    # VM artefacts of an image version (storageProfile.source.overhaul.diskImage) beside its container image.
+    """
+    ALTER TABLE image_versions ADD COLUMN disk_image TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 
@@ -265,9 +269,11 @@ class SqliteStore:
     async def put_image_version(self, version: ImageVersion) -> None:
         self.db.execute(
             "INSERT INTO image_versions"
-            " (gallery, image, version, artifact, exclude_from_latest, locations, published, quarantine, doc)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gallery, image, version) DO UPDATE SET"
-            " artifact = excluded.artifact, exclude_from_latest = excluded.exclude_from_latest,"
+            " (gallery, image, version, artifact, exclude_from_latest, locations, published, quarantine, doc,"
+            " disk_image)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gallery, image, version) DO UPDATE SET"
+            " artifact = excluded.artifact, disk_image = excluded.disk_image,"
+            " exclude_from_latest = excluded.exclude_from_latest,"
             " locations = excluded.locations, quarantine = excluded.quarantine, doc = excluded.doc",
             (
                 version.gallery,
@@ -279,6 +285,7 @@ class SqliteStore:
                 version.published_at,
                 version.quarantine,
                 json.dumps(version.sent),
+                version.disk_image,
             ),
         )
 
@@ -295,6 +302,7 @@ class SqliteStore:
                 r["published"],
                 quarantine=r["quarantine"],
                 sent=json.loads(r["doc"]),
+                disk_image=r["disk_image"],
             )
             for r in rows
         ]
