@@ -195,6 +195,24 @@ VM_FSTAB = """\
 LABEL=rootfs    /              ext4  defaults,errors=remount-ro  0 1
 LABEL=CFGDRIVE  /etc/overhaul  vfat  ro,nofail,umask=0077        0 0
 """
+# The data disks the config drive lists ("LABEL MOUNTPATH" per line), mounted before the agent and the application
+# start: a VM's data disks are block devices, found by the label the orchestrator gave them (lunN).
+VM_DATA_DISKS_UNIT = """\
+[Unit]
+Description=overhaul data disks, mounted by label where the config drive says
+RequiresMountsFor=/etc/overhaul
+Before=overhaul-agent.service sample-app.service
+ConditionPathExists=/etc/overhaul/datadisks
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'while read -r label path; do mkdir -p "$path" && mount LABEL="$label" "$path"; done \
+< /etc/overhaul/datadisks'
+
+[Install]
+WantedBy=multi-user.target
+"""
 VM_NETWORK = "[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\n"
 VM_KERNEL_ARGS = "root=LABEL=rootfs rw console=ttyS0 quiet"
 # Units the container image masks that a VM needs (device nodes come from udev there).
@@ -208,7 +226,8 @@ def vm_dir(version: str) -> Path:
 def build_vm(version: str, *, bad: bool, silent: bool = False) -> Path:
     """The VM artefacts of a version, made from its container image's root file system: an immutable qcow2 base
     (``base.qcow2``, read-only), the kernel (``vmlinuz``) and the initrd (``initrd.img``). The instance's config
-    drive is a vfat disk labelled CFGDRIVE, mounted where containers get theirs (/etc/overhaul)."""
+    drive is a vfat disk labelled CFGDRIVE, mounted where containers get theirs (/etc/overhaul); the data disks it
+    lists are mounted by label."""
     reference = build(version, bad=bad, silent=silent)
     image_id = inspect_image(reference, "{{.Id}}")
     target = vm_dir(version)
@@ -233,7 +252,9 @@ def build_vm(version: str, *, bad: bool, silent: bool = False) -> Path:
     (root / "etc" / "systemd" / "network" / "20-wired.network").write_text(VM_NETWORK)
     for unit in VM_UNMASKED:
         (root / "etc" / "systemd" / "system" / unit).unlink(missing_ok=True)
-    run("chroot", str(root), "systemctl", "enable", "--quiet", "systemd-networkd", stdout=subprocess.DEVNULL)
+    (root / "etc" / "systemd" / "system" / "overhaul-data-disks.service").write_text(VM_DATA_DISKS_UNIT)
+    for unit in ("systemd-networkd", "overhaul-data-disks"):
+        run("chroot", str(root), "systemctl", "enable", "--quiet", unit, stdout=subprocess.DEVNULL)
     fresh = work / "out"
     fresh.mkdir()
     run(
@@ -265,7 +286,8 @@ def build_vm(version: str, *, bad: bool, silent: bool = False) -> Path:
 
 
 def publish(version: str, resource_group: str, gallery: str, image: str) -> None:
-    """Publishes a built version into the running orchestrator's gallery (the `overhaul` CLI does the call)."""
+    """Publishes a built version into the running orchestrator's gallery (the `overhaul` CLI does the call), with its
+    VM artefacts when they were built."""
     run(
         sys.executable,
         "-m",
@@ -283,6 +305,7 @@ def publish(version: str, resource_group: str, gallery: str, image: str) -> None
         version,
         "--container-image",
         f"{REPO}:{version}",
+        *(["--disk-image", str(vm_dir(version))] if (vm_dir(version) / "base.qcow2").exists() else []),
         "-o",
         "table",
     )

@@ -53,6 +53,27 @@ class Served:
             return status, json.loads(payload), headers
         return status, payload.decode() if payload.strip() else None, headers
 
+    def instances(self, vmss: str) -> list[dict[str, Any]]:
+        """The scale set's instances (``vmss``: its resource id), as `GET …/virtualMachines` lists them."""
+        status, doc, _ = self.call("GET", f"{vmss}/virtualMachines?{API}")
+        assert status == 200, doc
+        return list(doc["value"])
+
+    def versions_and_health(self, vmss: str) -> list[tuple[str, str]]:
+        """(exact version, health) of each instance."""
+        return [
+            (
+                vm["properties"]["storageProfile"]["imageReference"]["exactVersion"],
+                vm["properties"]["instanceView"]["vmHealth"]["status"]["displayStatus"],
+            )
+            for vm in self.instances(vmss)
+        ]
+
+    def latest_code(self, vmss: str) -> str:
+        """The latest rolling upgrade's status code ("" when there was none)."""
+        status, doc, _ = self.call("GET", f"{vmss}/rollingUpgrades/latest?{API}")
+        return str(doc["properties"]["runningStatus"]["code"]) if status == 200 else ""
+
     def cli(
         self, *args: str, check: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:

@@ -65,22 +65,6 @@ def read_file(instance: str, path: str) -> str:
         return extracted.read().decode().strip()
 
 
-def instances(served: Served) -> list[dict[str, Any]]:
-    status, doc, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
-    assert status == 200, doc
-    return list(doc["value"])
-
-
-def versions_and_health(served: Served) -> list[tuple[str, str]]:
-    return [
-        (
-            vm["properties"]["storageProfile"]["imageReference"]["exactVersion"],
-            vm["properties"]["instanceView"]["vmHealth"]["status"]["displayStatus"],
-        )
-        for vm in instances(served)
-    ]
-
-
 def wait_for(predicate: Any, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -88,13 +72,8 @@ def wait_for(predicate: Any, timeout: float = 240) -> None:
         time.sleep(0.5)
 
 
-def latest_code(served: Served) -> str:
-    status, doc, _ = served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")
-    return str(doc["properties"]["runningStatus"]["code"]) if status == 200 else ""
-
-
 def agent_health(served: Served, instance_id: int) -> dict[str, Any]:
-    vm = instances(served)[instance_id]
+    vm = served.instances(VMSS)[instance_id]
     port = vm["properties"]["overhaul"]["hostPorts"]["8090"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
         doc: dict[str, Any] = json.load(resp)
@@ -107,14 +86,14 @@ def test_demo_story_with_five_system_containers(served: Served) -> None:
     publish(served, "1.0.0")
     status, doc, _ = served.call("PUT", f"{VMSS}?{API}", os_fleet_model(5, health_timeout="PT20S"))
     assert status == 201, doc
-    wait_for(lambda: versions_and_health(served) == [("1.0.0", "Healthy")] * 5)
+    wait_for(lambda: served.versions_and_health(VMSS) == [("1.0.0", "Healthy")] * 5)
     names = [f"os_{i}" for i in range(5)]
     first_markers = {n: read_file(n, EXTENSION_MARKER) for n in names}
     assert {read_file(n, DATA_MARKER) for n in names} == {"1.0.0"}
 
     publish(served, "2.0.0")  # automatic: no other call
-    wait_for(lambda: versions_and_health(served) == [("2.0.0", "Healthy")] * 5)
-    wait_for(lambda: latest_code(served) == "Completed")
+    wait_for(lambda: served.versions_and_health(VMSS) == [("2.0.0", "Healthy")] * 5)
+    wait_for(lambda: served.latest_code(VMSS) == "Completed")
     for name in names:
         marker = read_file(name, EXTENSION_MARKER)
         assert marker and marker != first_markers[name], f"the extension did not run again on {name}"
@@ -134,8 +113,8 @@ def test_demo_story_with_five_system_containers(served: Served) -> None:
             assert at[(i + 1, "reimage", "begin")] >= at[(i, "commit", "begin")]
 
     publish(served, "3.0.0")  # its application never becomes healthy
-    wait_for(lambda: latest_code(served) == "Faulted")
-    wait_for(lambda: versions_and_health(served) == [("2.0.0", "Healthy")] * 5)
+    wait_for(lambda: served.latest_code(VMSS) == "Faulted")
+    wait_for(lambda: served.versions_and_health(VMSS) == [("2.0.0", "Healthy")] * 5)
     status, doc, _ = served.call("GET", f"{VMSS}/osUpgradeHistory?{API}")
     newest, oldest = doc["value"]
     assert newest["properties"]["runningStatus"]["code"] == "Faulted"

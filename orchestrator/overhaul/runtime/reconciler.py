@@ -303,9 +303,9 @@ class Reconciler:
             else:
                 fresh = False
         moved = [r.action.instance_id for r in results if r.action.kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK)]
-        if attempt.policy.max_surge and moved:
-            # A surged OS disk listens on host ports of its own (and a rolled-back one on the old ones): the
-            # store and the health watch follow the engine's word on where.
+        if (attempt.policy.max_surge or model.is_vm) and moved:
+            # A surged OS disk listens on host ports of its own (and a rolled-back one on the old ones), a VM on
+            # others when one was taken at boot: the store and the health watch follow the engine's word on where.
             states, fresh = await self.observe(model.name), True
             await self.instances.adopt_ports(model, states, moved)
             await self.instances.watch(model, states)

@@ -20,6 +20,8 @@ from aiohttp import web
 
 from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings, Ulimit
 from overhaul.adapters.drivers.memory import MemoryDriver
+from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
+from overhaul.adapters.drivers.router import KindRouter
 from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.http.api import build_app
 from overhaul.adapters.http.metrics import OrchestratorMetrics
@@ -95,7 +97,8 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event) -> int:
             await engine.close()
             await store.close()
             return 1
-        driver = engine
+        vms = QemuDriver(QemuSettings(root=state_dir / "vms", publish_address=settings.engine.publish_address))
+        driver = KindRouter(engine, vms)
     service = Orchestrator(store, driver, HealthMonitor(settings.health), settings=settings.rollout)
     metrics = OrchestratorMetrics(service)
     app = build_app(
