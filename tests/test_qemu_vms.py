@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from demo.fleet_model import vm_fleet_model
 from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.core.model import Accel, VmOptions
 from overhaul.core.naming import data_disk_name
-from overhaul.ports.driver import InstanceSpec
+from overhaul.ports.driver import DriverError, InstanceSpec
 from tests.conftest import free_port
 from tests.serve import API, Served, overhaul_serve
 
@@ -78,15 +80,20 @@ async def test_each_driver_step_is_idempotent_and_observe_keeps_scale_sets_apart
     driver = QemuDriver(QemuSettings(root=root))
     v1, v2 = spec("idem", artefacts["1.0.0"], "1.0.0"), spec("idem", artefacts["2.0.0"], "2.0.0")
     other = spec("idem_0", artefacts["1.0.0"], "1.0.0")  # named like idem's instance 0: never confused with it
+    blocker = socket.socket()  # the host port chosen for v1 is taken before it boots: QEMU cannot forward it
+    blocker.bind(("127.0.0.1", v1.ports[8090]))
+    blocker.listen()
     try:
         await driver.ensure_running(v1)
         await driver.ensure_running(v1)
         await driver.ensure_running(other)
+        moved = (await driver.observe("idem"))[0].ports
+        assert set(moved) == {8090} and moved[8090] != v1.ports[8090]  # booted on another port, reported
         assert set(vm_processes("idem/")) == {"overhaul:idem/0/1.0.0"}
         assert set(vm_processes("idem_0/")) == {"overhaul:idem_0/0/1.0.0"}
         state = (await driver.observe("idem"))[0]
         assert state.version == "1.0.0" and state.running and state.previous is None
-        assert state.ports == v1.ports and set(await driver.observe("idem_0")) == {0}
+        assert state.ports == moved and set(await driver.observe("idem_0")) == {0}
         data = root / "idem" / "0" / "data" / f"{data_disk_name('idem', 0, 0)}.qcow2"
         assert data.exists()
 
@@ -121,10 +128,34 @@ async def test_each_driver_step_is_idempotent_and_observe_keeps_scale_sets_apart
         assert set(vm_processes("idem/")) == {"overhaul:idem/0/1.0.0+again"}
         assert data.exists()  # no step touched the data disk
     finally:
+        blocker.close()
         await driver.delete(v1, keep_data=False)
         await driver.delete(other, keep_data=False)
     assert vm_processes("idem/") == {} and vm_processes("idem_0/") == {}
     assert list(root.iterdir()) == []
+
+
+async def test_max_surge_boots_the_new_os_disk_beside_the_old_one(artefacts: dict[str, Path], tmp_path: Path) -> None:
+    driver = QemuDriver(QemuSettings(root=tmp_path / "vms"))
+    v1 = replace(spec("surge", artefacts["1.0.0"], "1.0.0"), volumes=())
+    v2 = replace(spec("surge", artefacts["2.0.0"], "2.0.0"), volumes=(), surge=True)
+    try:
+        await driver.ensure_running(v1)
+        with pytest.raises(DriverError, match="no maxSurge with data disks"):
+            await driver.reimage(replace(spec("surge", artefacts["2.0.0"], "2.0.0"), surge=True))
+        await driver.reimage(v2)
+        state = (await driver.observe("surge"))[0]
+        assert state.running and state.previous is not None and state.previous.running  # both serve
+        assert state.ports == v2.ports  # the new one, on host ports of its own
+        assert set(vm_processes("surge/")) == {"overhaul:surge/0/1.0.0", "overhaul:surge/0/2.0.0"}
+        await driver.commit(v2)
+        assert set(vm_processes("surge/")) == {"overhaul:surge/0/2.0.0"}
+        await driver.reimage(replace(v1, surge=True))
+        await driver.rollback(replace(v1, surge=True))  # the surged disk goes; the old one never stopped
+        assert set(vm_processes("surge/")) == {"overhaul:surge/0/2.0.0"}
+    finally:
+        await driver.delete(v1, keep_data=False)
+    assert vm_processes("surge/") == {}
 
 
 # --- the story through `overhaul serve` ------------------------------------------------------------------------------

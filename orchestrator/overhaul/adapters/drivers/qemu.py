@@ -480,6 +480,8 @@ class QemuDriver:
     async def reimage(self, spec: InstanceSpec) -> None:
         instance = self._instance_dir(spec.scale_set, spec.instance_id)
         current, previous = self._state(instance)
+        if spec.surge and spec.volumes:
+            raise DriverError(f"reimage {spec.name}: no maxSurge with data disks (attached to one VM at a time)")
         if current != spec.disk:  # else a repeated step: what follows finds each part done
             await self._require_image(spec)
             if current is not None and self._os_disk(instance, current) is not None:
