@@ -152,6 +152,7 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
             tcp_port=tcp_port,
             state_dir=state_dir or tmp_path / "state",
             metadata_path=metadata_path,
+            runtime_dir=tmp_path / "run",
         )
         agent = Agent(config)
         task = asyncio.create_task(agent.run(), name="agent-under-test")

@@ -7,11 +7,13 @@ import json
 import re
 import socket
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from overhaul_agent.metadata import InstanceMetadata
 from overhaul_agent.probe_body import HealthState
 from overhaul_agent.server import TcpHealthPort
 from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
@@ -220,3 +222,39 @@ async def test_custom_metrics_are_the_latest_probes_only(fake_app: FakeApp, star
     async with asyncio.timeout(10):
         while doc["customMetrics"] is not None:
             _, doc, etag = await agent.health(f"?wait=5&etag={etag.strip(chr(34))}")  # the next change
+
+
+async def test_pushed_platform_notices_need_the_platform_token(
+    fake_app: FakeApp, start_agent: StartAgent, tmp_path: Path
+) -> None:
+    """A VM's config drive cannot change: the orchestrator pushes the notice with the instance's platformToken."""
+    metadata = InstanceMetadata(instance_id="0", platform_token="s3cret")
+    agent = await start_agent(fast_settings(fake_app.port), metadata=metadata)
+    push = f"{agent.url}/platform/tags"
+    tags_url = f"{agent.url}/metadata/instance/compute/tagsList"
+    notice = {"tags": {"Platform.PendingOSUpgrade": "2.0.0"}}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        async with agent.session.put(push, json=notice, headers=headers) as resp:
+            assert resp.status == 401
+    async with agent.session.get(tags_url) as resp:
+        assert await resp.json() == []
+    auth = {"Authorization": "Bearer s3cret"}
+    async with agent.session.put(push, json={"tags": {"a": 1}}, headers=auth) as resp:
+        assert resp.status == 400 and (await resp.json())["error"]["target"] == "tags"
+    async with agent.session.put(push, json=notice, headers=auth) as resp:
+        assert resp.status == 200
+    async with agent.session.get(tags_url) as resp:
+        assert await resp.json() == [{"name": "Platform.PendingOSUpgrade", "value": "2.0.0"}]
+    async with agent.session.post(f"{agent.url}/platform/approve-os-upgrade") as resp:
+        assert resp.status == 200 and await resp.json() == {"approvedOSUpgrade": "2.0.0"}
+    async with agent.session.put(push, json={"tags": {}}, headers=auth) as resp:  # withdrawn
+        assert resp.status == 200
+    async with agent.session.get(tags_url) as resp:
+        assert await resp.json() == []
+    assert (tmp_path / "run" / "platform.json").exists()  # kept in the runtime directory, not on the OS disk
+
+
+async def test_without_a_platform_token_nothing_can_be_pushed(fake_app: FakeApp, start_agent: StartAgent) -> None:
+    agent = await start_agent(fast_settings(fake_app.port))
+    async with agent.session.put(f"{agent.url}/platform/tags", json={"tags": {}}) as resp:
+        assert resp.status == 404

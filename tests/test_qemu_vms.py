@@ -5,6 +5,7 @@ resumed, and a delete leaves nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from demo import os_image
-from demo.fleet_model import vm_fleet_model
+from demo.fleet_model import health_extension, vm_fleet_model
 from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.core.model import Accel, VmOptions
 from overhaul.core.naming import data_disk_name
@@ -32,6 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 RG = "/subscriptions/local/resourceGroups/vms"
 VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/vmos"
 GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/os"
+BOOT_TIMEOUT = 300  # TCG on 2 cores: 30-50 s, with room for a loaded machine
 MARKER = re.compile(r"marker=(\d+) data=(\S+)")
 
 
@@ -156,6 +158,37 @@ async def test_max_surge_boots_the_new_os_disk_beside_the_old_one(artefacts: dic
     finally:
         await driver.delete(v1, keep_data=False)
     assert vm_processes("surge/") == {}
+
+
+async def test_a_running_vm_hears_of_a_pending_os_upgrade_through_its_agent(
+    artefacts: dict[str, Path], tmp_path: Path
+) -> None:
+    """osRollingUpgradeDeferral on a VM: the notice is pushed to the agent inside (its config drive cannot change),
+    which shows it where Azure's IMDS has it; withdrawn, it is gone."""
+    driver = QemuDriver(QemuSettings(root=tmp_path / "vms", notice_timeout=BOOT_TIMEOUT))
+    health = {"protocol": "http", "port": 8080, "requestPath": "/health", "intervalInSeconds": 5}
+    v1 = replace(
+        spec("notice", artefacts["1.0.0"], "1.0.0"),
+        metadata={
+            "instanceId": "0",
+            "scaleSet": "notice",
+            "extensionProfile": {"extensions": [health_extension(health)]},
+        },
+    )
+    tags_url = f"http://127.0.0.1:{v1.ports[8090]}/metadata/instance/compute/tagsList"
+
+    def tags() -> Any:
+        with urllib.request.urlopen(tags_url, timeout=10) as resp:
+            return json.load(resp)
+
+    try:
+        await driver.ensure_running(v1)
+        await driver.notify(v1, {"Platform.PendingOSUpgrade": "2.0.0"})  # waits for the agent to answer
+        assert await asyncio.to_thread(tags) == [{"name": "Platform.PendingOSUpgrade", "value": "2.0.0"}]
+        await driver.notify(v1, {})
+        assert await asyncio.to_thread(tags) == []
+    finally:
+        await driver.delete(v1, keep_data=False)
 
 
 # --- the story through `overhaul serve` ------------------------------------------------------------------------------

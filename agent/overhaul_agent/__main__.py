@@ -60,6 +60,8 @@ class AgentConfig:
     header_timeout: float = 10.0
     # Platform notices (platform.json) sit beside the metadata file on the config drive.
     metadata_path: str | None = None
+    # Notices the orchestrator pushes (a VM's config drive cannot change): they live as long as the instance runs.
+    runtime_dir: Path | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="/var/lib/overhaul-agent",
         type=Path,
         help="where extension states and logs are kept, on the OS disk (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--runtime-dir",
+        default="/run/overhaul-agent",
+        type=Path,
+        help="where platform notices pushed by the orchestrator are kept until the instance stops "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-connections",
@@ -184,6 +193,7 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
         max_connections=args.max_connections,
         header_timeout=args.header_timeout,
         metadata_path=args.metadata,
+        runtime_dir=args.runtime_dir,
     )
 
 
@@ -222,7 +232,15 @@ class Agent:
 
     async def start_servers(self) -> None:
         self._runner = web.AppRunner(
-            build_app(self.board, self.metrics, PlatformNotices.beside(self.config.metadata_path)),
+            build_app(
+                self.board,
+                self.metrics,
+                PlatformNotices.beside(
+                    self.config.metadata_path,
+                    runtime_dir=self.config.runtime_dir,
+                    token=self.config.metadata.platform_token,
+                ),
+            ),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT,

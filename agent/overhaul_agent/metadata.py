@@ -18,6 +18,8 @@ class InstanceMetadata:
     image_reference: Mapping[str, Any] = field(default_factory=dict)
     extensions: tuple[Extension, ...] = ()
     custom_data: str | None = None
+    # What the orchestrator shows when it pushes platform notices (PUT /platform/tags); none: it does not push.
+    platform_token: str | None = None
 
     @property
     def health_settings(self) -> Mapping[str, Any] | None:
@@ -49,6 +51,7 @@ def parse_metadata(doc: Any) -> InstanceMetadata:
         image_reference=dict(image),
         extensions=tuple(parse_extensions(doc.get("extensionProfile"), field="metadata.extensionProfile")),
         custom_data=text("customData"),
+        platform_token=text("platformToken"),
     )
 
 

@@ -86,6 +86,26 @@ async def approve_os_upgrade(request: web.Request) -> web.Response:
     return web.json_response({"approvedOSUpgrade": pending})
 
 
+async def push_tags(request: web.Request) -> web.Response:
+    """The orchestrator's platform notices for an instance whose config drive cannot change (a VM): the same
+    document as platform.json, with the instance's platformToken."""
+    notices = request.app[NOTICES_KEY]
+    if not notices.token:
+        return await not_found(request)  # notices come from the config drive here
+    if not notices.may_push(request.headers.get("Authorization")):
+        body = {"error": {"code": "Unauthorized", "message": "the platform token is missing or wrong"}}
+        return web.json_response(body, status=401)
+    try:
+        doc = await request.json()
+    except ValueError:
+        return _bad_request("body", "must be a JSON object")
+    tags = doc.get("tags") if isinstance(doc, dict) else None
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        return _bad_request("tags", "must be an object of strings")
+    notices.push(tags)
+    return web.json_response({"tags": tags})
+
+
 async def metrics(request: web.Request) -> web.Response:
     data = request.app[METRICS_KEY].render()
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -107,6 +127,7 @@ def build_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/metadata/instance/compute/tagsList", tags_list)
     app.router.add_post("/platform/approve-os-upgrade", approve_os_upgrade)
+    app.router.add_put("/platform/tags", push_tags)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 

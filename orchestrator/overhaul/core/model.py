@@ -743,12 +743,6 @@ def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, A
 
 def _check_vm_model(model: ScaleSet) -> None:
     """What VM instances cannot do (yet), refused rather than silently not done."""
-    if model.upgrade_policy.automatic.os_rolling_upgrade_deferral:
-        raise ModelError(
-            "properties.upgradePolicy.automaticOSUpgradePolicy.osRollingUpgradeDeferral",
-            "must be false for a VM scale set (virtualMachineProfile.overhaul.vm): a VM's config drive cannot carry "
-            "a live notice yet",
-        )
     if model.upgrade_policy.rolling.max_surge and model.data_disks:
         raise ModelError(
             "properties.upgradePolicy.rollingUpgradePolicy.maxSurge",

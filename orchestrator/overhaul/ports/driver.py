@@ -55,6 +55,7 @@ class InstanceSpec:
     # version's VM artefacts.
     vm: VmOptions | None = None
     data_disk_gb: Mapping[str, int] = field(default_factory=dict)  # data disk (volume) name -> size, when given
+    agent_port: int = 8090  # where the agent inside listens (a VM's platform notices are pushed to it)
 
     @property
     def disk(self) -> str:

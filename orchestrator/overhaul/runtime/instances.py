@@ -135,6 +135,7 @@ class Instances:
             systemd=model.engine.systemd,
             vm=model.engine.vm,
             data_disk_gb=self.data_disk_sizes(model, instance_id),
+            agent_port=model.engine.agent_port,
         )
 
     def handle(
@@ -151,6 +152,7 @@ class Instances:
             stop_timeout=model.engine.stop_timeout,
             surge=surge,
             vm=model.engine.vm,
+            agent_port=model.engine.agent_port,
         )
 
     async def watch(self, model: ScaleSet, states: Mapping[int, InstanceState] | None = None) -> None:

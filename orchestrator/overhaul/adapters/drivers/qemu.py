@@ -9,6 +9,10 @@ An instance is a directory of its own under the driver's root::
                                 config drive: metadata.json and the data disks' mount paths on vfat CFGDRIVE),
                                 qemu.pid, qmp.sock, serial.log
 
+The config drive cannot change while the VM runs, so platform notices (osRollingUpgradeDeferral) are pushed to the
+agent inside (``PUT /platform/tags`` on its forwarded port, with the OS disk's own ``platformToken`` from its
+metadata); they live as long as that VM does.
+
 A reimage powers the current VM off (ACPI, then ``quit`` after the stop timeout), names it the previous OS disk,
 makes a new overlay on the target base and boots it; commit drops the previous one, rollback drops the new one and
 boots the previous one again. With maxSurge the previous VM keeps running until the commit. VMs outlive
@@ -24,12 +28,15 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from overhaul.core.model import Accel, VmOptions
 from overhaul.ports.driver import DriverError, InstanceSpec, InstanceState, OsDisk
@@ -60,6 +67,7 @@ class QemuSettings:
     kvm_probe_timeout: float = 5.0  # a kernel under working KVM panics (no root) in well under a second
     publish_address: str = "127.0.0.1"
     port_retries: int = 5
+    notice_timeout: float = 30.0  # a platform notice waits this long for an agent that is not answering yet
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class DiskRecord:
     memory_mb: int
     vcpus: int
     accel: str
+    token: str = ""  # the platformToken its agent accepts notices with
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +94,7 @@ class DiskRecord:
             "memoryMB": self.memory_mb,
             "vCPUs": self.vcpus,
             "accel": self.accel,
+            "token": self.token,
         }
 
     @classmethod
@@ -98,6 +108,7 @@ class DiskRecord:
             memory_mb=int(doc["memoryMB"]),
             vcpus=int(doc["vCPUs"]),
             accel=str(doc["accel"]),
+            token=str(doc.get("token", "")),
         )
 
 
@@ -278,12 +289,15 @@ class QemuDriver:
         os.replace(tmp, target)
         return target.name
 
-    async def _config_drive(self, directory: Path, spec: InstanceSpec, data: tuple[tuple[str, str], ...]) -> None:
-        """A small vfat disk labelled CFGDRIVE: the metadata.json containers get, and where to mount data disks."""
+    async def _config_drive(
+        self, directory: Path, spec: InstanceSpec, data: tuple[tuple[str, str], ...], token: str
+    ) -> None:
+        """A small vfat disk labelled CFGDRIVE: the metadata.json containers get (with the token platform notices
+        are pushed with), and where to mount data disks."""
         drive = directory / "cfg.img"
         drive.unlink(missing_ok=True)
         await self._run("make config drive", "mkfs.vfat", "-n", CONFIG_LABEL, "-C", str(drive), "2048")
-        files = {"metadata.json": json.dumps(spec.metadata, indent=2)}
+        files = {"metadata.json": json.dumps({**spec.metadata, "platformToken": token}, indent=2)}
         mounts = dict(spec.volumes)
         files[DATA_DISKS_FILE] = "".join(f"{label} {mounts[f.removesuffix('.qcow2')]}\n" for f, label in data)
         for name, text in files.items():
@@ -314,7 +328,8 @@ class QemuDriver:
             self.settings.qemu_img, "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
             str(tmp / "os.qcow2"),
         )  # fmt: skip
-        await self._config_drive(tmp, spec, data)
+        token = secrets.token_urlsafe(24)
+        await self._config_drive(tmp, spec, data, token)
         record = DiskRecord(
             version=spec.version,
             image=spec.image,
@@ -324,6 +339,7 @@ class QemuDriver:
             memory_mb=vm.memory_mb,
             vcpus=vm.vcpus,
             accel=vm.accel.value,
+            token=token,
         )
         _write_json(tmp / DISK_RECORD, record.to_json())
         shutil.rmtree(directory, ignore_errors=True)  # half made by a step that was interrupted
@@ -519,8 +535,42 @@ class QemuDriver:
         await self._boot(instance / "disks" / previous)
 
     async def notify(self, spec: InstanceSpec, tags: Mapping[str, str]) -> None:
-        if tags:  # the model refuses osRollingUpgradeDeferral for VMs; a notice must not vanish unsaid
-            raise DriverError(f"notify {spec.name}: a VM's config drive cannot carry a live notice")
+        instance = self._instance_dir(spec.scale_set, spec.instance_id)
+        for disk in dict.fromkeys(d for d in self._state(instance) if d is not None):
+            directory = instance / "disks" / disk
+            doc = _read_json(directory / DISK_RECORD)
+            if doc is None or self._pid(directory) is None:
+                continue  # a VM that does not run has no notice: it boots with none
+            record = DiskRecord.from_json(doc)
+            port = record.ports.get(spec.agent_port)
+            if port is None or not record.token:
+                raise DriverError(f"notify {spec.name}: its agent's port {spec.agent_port} is not forwarded")
+            try:
+                await self._push(port, record.token, tags)
+            except DriverError as exc:
+                if tags:
+                    raise
+                # A notice withdrawn from an agent that cannot be reached: it goes with the VM (nothing is
+                # approved by it meanwhile, as the upgrade it named is over).
+                log.warning("withdraw the notice of %s: %s", spec.name, exc)
+
+    async def _push(self, port: int, token: str, tags: Mapping[str, str]) -> None:
+        """PUT /platform/tags to the agent, retried for ``notice_timeout`` while it does not answer yet."""
+        url = f"http://{self.settings.publish_address}:{port}/platform/tags"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.notice_timeout
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            while True:
+                try:
+                    async with session.put(url, json={"tags": dict(tags)}, headers=headers) as resp:
+                        if resp.status == 200:
+                            return
+                        raise DriverError(f"the agent answered the notice with {resp.status}: {await resp.text()}")
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    if loop.time() >= deadline:
+                        raise DriverError(f"the agent on {port} did not take the notice: {exc}") from exc
+                await asyncio.sleep(1)  # an agent still starting: nothing to wait on but time
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
         instance = self._instance_dir(spec.scale_set, spec.instance_id)
