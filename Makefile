@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup machine test lint unit demo demo-agent bench chaos clean
+.PHONY: all setup machine test lint unit demo demo-vm demo-agent bench chaos clean
 
 all: test
 
@@ -36,6 +36,10 @@ test: lint unit
 demo: setup machine
 	$(PY) demo/rollout_demo.py
 
+# The same story on 3 QEMU VMs (TCG here: a few minutes).
+demo-vm: setup machine
+	$(PY) demo/rollout_demo.py --vm
+
 demo-agent: setup machine
 	$(PY) demo/agent_demo.py
 
@@ -44,6 +48,7 @@ bench: setup machine
 	$(PY) bench/agent_bench.py
 	$(PY) bench/orchestrator_bench.py
 	$(PY) bench/decide_bench.py
+	$(PY) bench/vm_bench.py
 
 # Real rollouts on Podman with `overhaul serve` SIGKILLed (and sometimes its Podman service) at random moments;
 # checks the invariants after each restart. KILLS=20 make chaos for a shorter run.

@@ -8,10 +8,15 @@ boot like VMs, each with a data disk, the Application Health extension and a Cus
 automatic OS upgrades on. Publishing 2.0.0 rolls it out by itself, batch by batch, each batch gated on the agents'
 Healthy; publishing 3.0.0 fails its first batch, which is rolled back, and the attempt is Faulted with the fleet
 still on 2.0.0. Everything is removed at the end.
+
+With --vm (`make demo-vm`) the same story runs on 3 QEMU VMs, one per batch, made from the same images' VM
+artefacts; what the CustomScript extension wrote on each OS disk and on the data disk is shown as the agent inside
+each VM reports it, before and after each upgrade.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -29,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from demo import os_image  # noqa: E402
-from demo.fleet_model import os_fleet_model  # noqa: E402
+from demo.fleet_model import os_fleet_model, vm_fleet_model  # noqa: E402
 
 GROUP, GALLERY, IMAGE, NAME = "demo", "gallery", "os", "web"
 START = time.monotonic()
@@ -46,7 +51,9 @@ def free_port() -> int:
 
 
 class Demo:
-    def __init__(self, state_dir: Path, port: int) -> None:
+    def __init__(self, state_dir: Path, port: int, *, vms: bool = False) -> None:
+        self.vms = vms
+        self.name = "vms" if vms else NAME
         self.state_dir = state_dir
         self.endpoint = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "OVERHAUL_ENDPOINT": self.endpoint, "OVERHAUL_STATE_DIR": str(state_dir)}
@@ -69,7 +76,7 @@ class Demo:
     def latest_id(self) -> str | None:
         token = (self.state_dir / "token").read_text().strip()
         path = (
-            f"/subscriptions/local/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachineScaleSets/{NAME}"
+            f"/subscriptions/local/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachineScaleSets/{self.name}"
             "/rollingUpgrades/latest?api-version=2024-07-01"
         )
         request = urllib.request.Request(self.endpoint + path, headers={"Authorization": f"Bearer {token}"})
@@ -96,6 +103,7 @@ class Demo:
             version,
             "--container-image",
             f"{os_image.REPO}:{version}",
+            *(["--disk-image", str(os_image.vm_dir(version))] if self.vms else []),
             "-o",
             "table",
         )
@@ -108,11 +116,11 @@ class Demo:
 
     def wait_all_healthy(self) -> None:
         path = (
-            f"/subscriptions/local/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachineScaleSets/{NAME}"
+            f"/subscriptions/local/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachineScaleSets/{self.name}"
             "/virtualMachines?api-version=2024-07-01"
         )
         say("waiting for the instances to boot (systemd, the agent, the extensions, the application)")
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + (420 if self.vms else 180)
         while True:
             health = [
                 vm["properties"]["instanceView"]["vmHealth"]["status"]["displayStatus"]
@@ -124,6 +132,20 @@ class Demo:
                 raise SystemExit(f"the instances did not become healthy: {health}")
             time.sleep(1)
 
+    def show_setup(self) -> None:
+        """What the CustomScript extension said on each instance (a new marker per OS disk, the data disk's first
+        version), as the agent inside serves it."""
+        path = (
+            f"/subscriptions/local/resourceGroups/{GROUP}/providers/Microsoft.Compute/virtualMachineScaleSets/{self.name}"
+            "/virtualMachines?api-version=2024-07-01"
+        )
+        for vm in self.call(path)["value"]:
+            port = vm["properties"]["overhaul"]["hostPorts"]["8090"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
+                extensions = json.load(resp)["extensions"]
+            said = next((e["stdoutTail"].strip() for e in extensions if e["name"] == "setup"), "?")
+            print(f"  {vm['name']}: {said}", flush=True)
+
     def follow_automatic_upgrade(self, before: str | None) -> None:
         deadline = time.monotonic() + 60
         while self.latest_id() == before:
@@ -131,7 +153,7 @@ class Demo:
                 raise SystemExit("the platform did not start an automatic upgrade")
             time.sleep(0.2)
         self.overhaul(
-            "vmss", "rolling-upgrade", "get-latest", "-n", NAME, "-g", GROUP, "--wait", "-o", "table", check=False
+            "vmss", "rolling-upgrade", "get-latest", "-n", self.name, "-g", GROUP, "--wait", "-o", "table", check=False
         )
 
 
@@ -147,13 +169,75 @@ def wait_until_serving(demo: Demo, server: subprocess.Popen[bytes], log: Path) -
             time.sleep(0.1)
 
 
+def story(demo: Demo, work: Path) -> None:
+    """The user's part: only `overhaul` commands."""
+    name, vms = demo.name, demo.vms
+    gallery = ["-g", GROUP, "-r", GALLERY, "-i", IMAGE]
+    say("a gallery image and its first version")
+    demo.overhaul(
+        "sig",
+        "image-definition",
+        "create",
+        *gallery,
+        "--publisher",
+        "contoso",
+        "--offer",
+        "os",
+        "--sku",
+        "bookworm",
+    )
+    demo.publish("1.0.0")
+    what = "3 QEMU VMs (TCG: 30-50 s to boot)" if vms else "10 system containers"
+    say(
+        f"a scale set of {what} on 'latest': data disk, Application Health and CustomScript extensions, "
+        "automatic OS upgrades on"
+    )
+    model = vm_fleet_model(3) if vms else os_fleet_model(10, health_timeout="PT20S")
+    (work / "model.json").write_text(json.dumps(model, indent=2))
+    demo.overhaul("vmss", "create", "-n", name, "-g", GROUP, "--file", str(work / "model.json"), "-o", "table")
+    demo.wait_all_healthy()
+    demo.overhaul("vmss", "list-instances", "-n", name, "-g", GROUP, "-o", "table")
+    if vms:
+        say("what the CustomScript extension said on each VM: its OS disk's marker, and the data disk's version")
+        demo.show_setup()
+    per_batch = "1 VM" if vms else "2 instances (20 %)"
+    say(
+        f"publishing 2.0.0: the platform rolls it out by itself, {per_batch} per batch, each batch "
+        "waiting for the agents' Healthy"
+    )
+    before = demo.latest_id()
+    demo.publish("2.0.0")
+    demo.follow_automatic_upgrade(before)
+    if vms:
+        say("the extension ran again on each new OS disk (new markers); the data disks kept 1.0.0's file")
+        demo.show_setup()
+    say("publishing 3.0.0, whose application never becomes healthy")
+    before = demo.latest_id()
+    demo.publish("3.0.0")
+    demo.follow_automatic_upgrade(before)
+    say("the first batch was rolled back to 2.0.0 (its previous OS disk, booting again)")
+    demo.wait_all_healthy()
+    demo.overhaul("vmss", "list-instances", "-n", name, "-g", GROUP, "-o", "table")
+    say("the OS upgrade history, as `az vmss get-os-upgrade-history` shows it")
+    demo.overhaul("vmss", "get-os-upgrade-history", "-n", name, "-g", GROUP, "-o", "table")
+    what = "VMs" if vms else "containers"
+    say(f"cleaning up: deleting the scale set ({what} and data disks) and stopping the service")
+    demo.overhaul("vmss", "delete", "-n", name, "-g", GROUP)
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vm", action="store_true", help="3 QEMU VMs instead of 10 system containers")
+    vms = parser.parse_args().vm
     work = Path(tempfile.mkdtemp(prefix="overhaul-demo-"))
     say("OS images (built once, then cached): 1.0.0 and 2.0.0 good, 3.0.0 whose application never gets healthy")
     for version in ("1.0.0", "2.0.0", "3.0.0"):
-        os_image.build(version, bad=version == "3.0.0")
+        if vms:
+            os_image.build_vm(version, bad=version == "3.0.0")
+        else:
+            os_image.build(version, bad=version == "3.0.0")
     port = free_port()
-    demo = Demo(work / "state", port)
+    demo = Demo(work / "state", port, vms=vms)
     say(f"starting `overhaul serve` on 127.0.0.1:{port} (state in {demo.state_dir}, a private podman service)")
     log = (work / "serve.log").open("wb")
     server = subprocess.Popen(
@@ -177,47 +261,7 @@ def main() -> int:
     )
     try:
         wait_until_serving(demo, server, work / "serve.log")
-        gallery = ["-g", GROUP, "-r", GALLERY, "-i", IMAGE]
-        say("a gallery image and its first version")
-        demo.overhaul(
-            "sig",
-            "image-definition",
-            "create",
-            *gallery,
-            "--publisher",
-            "contoso",
-            "--offer",
-            "os",
-            "--sku",
-            "bookworm",
-        )
-        demo.publish("1.0.0")
-        say(
-            "a scale set of 10 system containers on 'latest': data disk, Application Health and CustomScript "
-            "extensions, automatic OS upgrades on"
-        )
-        (work / "web.json").write_text(json.dumps(os_fleet_model(10, health_timeout="PT20S"), indent=2))
-        demo.overhaul("vmss", "create", "-n", NAME, "-g", GROUP, "--file", str(work / "web.json"), "-o", "table")
-        demo.wait_all_healthy()
-        demo.overhaul("vmss", "list-instances", "-n", NAME, "-g", GROUP, "-o", "table")
-        say(
-            "publishing 2.0.0: the platform rolls it out by itself, 2 instances (20 %) per batch, each batch "
-            "waiting for the agents' Healthy"
-        )
-        before = demo.latest_id()
-        demo.publish("2.0.0")
-        demo.follow_automatic_upgrade(before)
-        say("publishing 3.0.0, whose application never becomes healthy")
-        before = demo.latest_id()
-        demo.publish("3.0.0")
-        demo.follow_automatic_upgrade(before)
-        say("the first batch was rolled back to 2.0.0 (its previous OS disk, booting again)")
-        demo.wait_all_healthy()
-        demo.overhaul("vmss", "list-instances", "-n", NAME, "-g", GROUP, "-o", "table")
-        say("the OS upgrade history, as `az vmss get-os-upgrade-history` shows it")
-        demo.overhaul("vmss", "get-os-upgrade-history", "-n", NAME, "-g", GROUP, "-o", "table")
-        say("cleaning up: deleting the scale set (containers and data disks) and stopping the service")
-        demo.overhaul("vmss", "delete", "-n", NAME, "-g", GROUP)
+        story(demo, work)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
