@@ -528,6 +528,8 @@ class QemuDriver:
                 raise DriverError(f"rollback {spec.name}: it has neither a new nor a previous OS disk")
             await self._boot(instance / "disks" / current)  # already rolled back
             return
+        # A previous VM still running (maxSurge) was told of the upgrade that is now over.
+        await self._notify_disk(spec, instance / "disks" / previous, {})
         if current is not None and current != previous:
             await self._drop(instance, current)
         self._set_state(instance, previous, None)
@@ -537,28 +539,31 @@ class QemuDriver:
     async def notify(self, spec: InstanceSpec, tags: Mapping[str, str]) -> None:
         instance = self._instance_dir(spec.scale_set, spec.instance_id)
         for disk in dict.fromkeys(d for d in self._state(instance) if d is not None):
-            directory = instance / "disks" / disk
-            doc = _read_json(directory / DISK_RECORD)
-            if doc is None or self._pid(directory) is None:
-                continue  # a VM that does not run has no notice: it boots with none
-            record = DiskRecord.from_json(doc)
-            port = record.ports.get(spec.agent_port)
-            if port is None or not record.token:
-                raise DriverError(f"notify {spec.name}: its agent's port {spec.agent_port} is not forwarded")
-            try:
-                await self._push(port, record.token, tags)
-            except DriverError as exc:
-                if tags:
-                    raise
-                # A notice withdrawn from an agent that cannot be reached: it goes with the VM (nothing is
-                # approved by it meanwhile, as the upgrade it named is over).
-                log.warning("withdraw the notice of %s: %s", spec.name, exc)
+            await self._notify_disk(spec, instance / "disks" / disk, tags)
+
+    async def _notify_disk(self, spec: InstanceSpec, directory: Path, tags: Mapping[str, str]) -> None:
+        doc = _read_json(directory / DISK_RECORD)
+        if doc is None or self._pid(directory) is None:
+            return  # a VM that does not run has no notice: it boots with none
+        record = DiskRecord.from_json(doc)
+        port = record.ports.get(spec.agent_port)
+        if port is None or not record.token:
+            raise DriverError(f"notify {spec.name}: its agent's port {spec.agent_port} is not forwarded")
+        try:
+            await self._push(port, record.token, tags)
+        except DriverError as exc:
+            if tags:
+                raise
+            # A notice withdrawn from an agent that cannot be reached: it goes with the VM (nothing is approved
+            # by it meanwhile, as the upgrade it named is over).
+            log.warning("withdraw the notice of %s: %s", spec.name, exc)
 
     async def _push(self, port: int, token: str, tags: Mapping[str, str]) -> None:
-        """PUT /platform/tags to the agent, retried for ``notice_timeout`` while it does not answer yet."""
+        """PUT /platform/tags to the agent. A notice is retried for ``notice_timeout`` while the agent does not
+        answer yet; a withdrawal is tried once (an agent not answering has nobody to approve with)."""
         url = f"http://{self.settings.publish_address}:{port}/platform/tags"
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.notice_timeout
+        deadline = loop.time() + (self.settings.notice_timeout if tags else 0)
         headers = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             while True:
