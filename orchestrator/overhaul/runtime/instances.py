@@ -86,14 +86,15 @@ class Instances:
             await self.store.put_instance_ports(model.name, instance_id, ports)
         return ports
 
-    async def adopt_ports(self, model: ScaleSet, states: Mapping[int, InstanceState], ids: Iterable[int]) -> None:
-        """Keeps the engine's word on the host ports of ``ids`` (a surged OS disk, or the one a rollback restored,
-        listens on its own)."""
+    async def follow(self, model: ScaleSet, states: Mapping[int, InstanceState], ids: Iterable[int]) -> None:
+        """The store and the health watch follow the engine's word on the host ports of ``ids`` (a surged OS disk,
+        or the one a rollback restored, listens on its own; a VM on others when one was taken at boot)."""
         known = await self.store.instance_ports(model.name)
         for instance_id in ids:
             state = states.get(instance_id)
             if state is not None and state.ports and dict(state.ports) != known.get(instance_id):
                 await self.store.put_instance_ports(model.name, instance_id, dict(state.ports))
+        await self.watch(model, states)
 
     @staticmethod
     def volumes(model: ScaleSet, instance_id: int) -> tuple[tuple[str, str], ...]:

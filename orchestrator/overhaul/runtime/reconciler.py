@@ -307,8 +307,7 @@ class Reconciler:
             # A surged OS disk listens on host ports of its own (and a rolled-back one on the old ones), a VM on
             # others when one was taken at boot: the store and the health watch follow the engine's word on where.
             states, fresh = await self.observe(model.name), True
-            await self.instances.adopt_ports(model, states, moved)
-            await self.instances.watch(model, states)
+            await self.instances.follow(model, states, moved)
         for instance_id in moved:
             self.health.reset((model.name, instance_id))
         return states, fresh

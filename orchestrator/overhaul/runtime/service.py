@@ -237,13 +237,6 @@ class Orchestrator:
             return f"the engine did not answer within {timeout:g}s"
         return None
 
-    async def _follow_ports(self, model: ScaleSet, ids: Iterable[int]) -> dict[int, InstanceState]:
-        """A VM whose host port was taken when it booted listens on another one: the store keeps the driver's word
-        (the health watch then follows it). The instances as observed now."""
-        states = await self._observe(model.name)
-        await self.instances.adopt_ports(model, states, ids)
-        return states
-
     async def _require_image(self, version: ImageVersion, target: str, *, vm: bool = False) -> None:
         """The artefact instances are made from, present before any instance is touched."""
         image = version.artefact(vm)
@@ -544,8 +537,11 @@ class Orchestrator:
         except DriverError as exc:
             raise engine_error(exc) from exc
         if model.is_vm:
-            states = await self._follow_ports(model, range(model.capacity))
-        await self.instances.watch(model, states)
+            # A VM whose host port was taken when it booted listens on another one.
+            states = await self._observe(model.name)
+            await self.instances.follow(model, states, range(model.capacity))
+        else:
+            await self.instances.watch(model, states)
         self.changes.bump()
         changed = previous is not None and model_digest(model) != model_digest(previous)
         if changed and model.capacity > 0 and model.upgrade_policy.mode != "Manual":
@@ -734,7 +730,7 @@ class Orchestrator:
                 spec = replace(spec, os_disk=f"{image.version}+{disk}")
                 error = await self.reconciler.step(model.name, ActionKind.REIMAGE, spec)
                 if model.is_vm and error is None:
-                    await self.instances.watch(model, await self._follow_ports(model, [instance_id]))
+                    await self.instances.follow(model, await self._observe(model.name), [instance_id])
                 self.health.reset((model.name, instance_id))
                 if error is not None:
                     # The new OS disk could not be made: the previous one runs again.

@@ -438,15 +438,18 @@ class QemuDriver:
             if directory.name not in keep:
                 await self._drop(instance, directory.name)
 
+    @staticmethod
+    def _record(instance: Path, disk: str | None) -> DiskRecord | None:
+        """How an OS disk boots; None while it is not made."""
+        doc = _read_json(instance / "disks" / disk / DISK_RECORD) if disk is not None else None
+        return DiskRecord.from_json(doc) if doc is not None else None
+
     def _os_disk(self, instance: Path, disk: str | None) -> OsDisk | None:
-        if disk is None:
+        record = self._record(instance, disk)
+        if record is None or disk is None:
             return None
-        directory = instance / "disks" / disk
-        doc = _read_json(directory / DISK_RECORD)
-        if doc is None:
-            return None
-        record = DiskRecord.from_json(doc)
-        return OsDisk(record.version, record.image, self._pid(directory) is not None, record.model or None)
+        running = self._pid(instance / "disks" / disk) is not None
+        return OsDisk(record.version, record.image, running, record.model or None)
 
     # --- the driver protocol ------------------------------------------------------------------------------------
 
@@ -475,10 +478,8 @@ class QemuDriver:
             previous = self._os_disk(instance, previous_disk)
             if current is None and previous is None:
                 continue
-            ports: dict[int, int] = {}
-            if current is not None and current_disk is not None:
-                doc = _read_json(instance / "disks" / current_disk / DISK_RECORD)
-                ports = DiskRecord.from_json(doc).ports if doc else {}
+            record = self._record(instance, current_disk) if current is not None else None
+            ports = record.ports if record is not None else {}
             i = int(instance.name)
             states[i] = InstanceState(i, current, previous, self.settings.publish_address, ports)
         return dict(sorted(states.items()))
