@@ -91,14 +91,26 @@ class Served:
         return result
 
 
+def with_umask(umask: int | None) -> list[str]:
+    """The start of a command line that runs the rest under ``umask`` (none: as it is)."""
+    return [] if umask is None else ["sh", "-c", f'umask {umask:03o} && exec "$0" "$@"']
+
+
 @contextmanager
-def overhaul_serve(state_dir: Path, *extra: str) -> Iterator[Served]:
+def overhaul_serve(
+    state_dir: Path, *extra: str, umask: int | None = None, nofile: int | None = None
+) -> Iterator[Served]:
+    """``umask``: the one serve starts with (an operator's shell may have any); ``nofile``: its open-files limit
+    (systemd's default is 1,024)."""
     port = free_port()
-    log = state_dir / "serve.log"
-    state_dir.mkdir(parents=True, exist_ok=True)
+    log = state_dir.parent / f"{state_dir.name}.serve.log"
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
+                *with_umask(umask),
+                *([] if nofile is None else ["prlimit", f"--nofile={nofile}:{nofile}"]),
                 sys.executable,
                 "-m",
                 "overhaul.cli",

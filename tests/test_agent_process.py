@@ -202,6 +202,21 @@ async def wait_for_health(session: aiohttp.ClientSession, port: int, status: int
             await asyncio.sleep(0.1)
 
 
+async def fresh_health_timings(port: int, times: int = 7) -> list[float]:
+    """Seconds each of ``times`` GET /health took on a new connection (each must answer 200)."""
+    timings = []
+    for _ in range(times):
+        started = time.perf_counter()
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as fresh,
+            fresh.get(f"http://127.0.0.1:{port}/health") as resp,
+        ):
+            await resp.read()
+            assert resp.status == 200
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
 async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
     fake_app: FakeApp, tmp_path: Path
 ) -> None:
@@ -235,20 +250,66 @@ async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
             await asyncio.sleep(1)  # the agent accepts them, closing the oldest beyond its cap
             fake_app.set_state("Healthy")  # ... and must open again
             await wait_for_health(session, port, 200)
-            timings = []
-            for _ in range(7):
-                started = time.perf_counter()
-                async with (
-                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as fresh,
-                    fresh.get(f"http://127.0.0.1:{port}/health") as resp,
-                ):
-                    await resp.read()
-                    assert resp.status == 200
-                timings.append(time.perf_counter() - started)
+            timings = await fresh_health_timings(port)
             assert proc.returncode is None, "the agent died"
             assert statistics.median(timings) < 0.05, timings
     finally:
         for sock in idle:
+            sock.close()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_1100_blocking_queries_leave_health_and_the_watch_answering(fake_app: FakeApp, tmp_path: Path) -> None:
+    """Blocking queries hold their connection (a request is in flight, so the gate cannot evict it): beyond a cap
+    the oldest is answered at once (as a blocking query may be), which leaves room for /health and a new watch."""
+    settings = tmp_path / "s.json"
+    settings.write_text(json.dumps(fast_settings(fake_app.port)))
+    port = free_port()
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    proc = await asyncio.create_subprocess_exec(
+        *agent_argv(port, tmp_path / "state", "--settings", str(settings)), preexec_fn=limit_files
+    )
+    held: list[socket.socket] = []
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            await wait_for_health(session, port, 200)
+            async with session.get(f"http://127.0.0.1:{port}/health") as resp:
+                etag = resp.headers["ETag"]
+            query = f"GET /health?wait=600&etag={etag.strip(chr(34))} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+            def flood() -> None:  # in a thread: the application the agent probes answers meanwhile
+                for _ in range(1100):
+                    sock = socket.socket()
+                    sock.settimeout(5)
+                    try:
+                        sock.connect(("127.0.0.1", port))
+                        sock.sendall(query)
+                    except OSError:
+                        sock.close()  # refused or reset: the agent is full, which is what the next lines check
+                        continue
+                    held.append(sock)
+
+            await asyncio.to_thread(flood)
+            await asyncio.sleep(1)
+            timings = await fresh_health_timings(port)
+            # The orchestrator's watch, after the flood: it still hears the change.
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as fresh:
+                watch = asyncio.ensure_future(fresh.get(f"http://127.0.0.1:{port}/health?wait=25&etag={etag}"))
+                await asyncio.sleep(0.5)
+                fake_app.set_state("Unhealthy")
+                resp = await watch
+                async with resp:
+                    doc = await resp.json()
+                assert doc["applicationHealthState"] in ("Healthy", "Unhealthy")  # answered: early, or at the change
+            assert proc.returncode is None, "the agent died"
+            assert statistics.median(timings) < 0.1, timings
+    finally:
+        for sock in held:
             sock.close()
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

@@ -234,8 +234,15 @@ def test_wrong_json_404_409_413_and_api_version(served: Served) -> None:
     assert doc["properties"]["progress"]["successfulInstanceCount"] == 1
 
 
-def test_seed_cli_commands(served: Served) -> None:
+def in_the_fixtures_subscription(served: Served, config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's default subscription made the one the fixture's gallery is in (`az account set`'s role)."""
+    monkeypatch.setenv("OVERHAUL_CONFIG_DIR", str(config_dir))
+    served.cli("configure", "--defaults", "subscription=subscription_id")
+
+
+def test_seed_cli_commands(served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The seed's az commands with `overhaul` in place of `az`."""
+    in_the_fixtures_subscription(served, tmp_path / "config", monkeypatch)
     served.cli(
         "sig",
         "image-version",
@@ -789,6 +796,7 @@ def test_update_instances_applies_the_latest_model_and_latest_model_applied_is_h
 def test_vm_scale_set_from_the_cli(served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A version with VM artefacts (a relative --disk-image is made absolute) and a scale set of VMs whose size
     `vmss show` reports; a scale set cannot turn into VMs, and VMs need a version with a disk image."""
+    in_the_fixtures_subscription(served, tmp_path / "config", monkeypatch)
     where = ("-g", "myResourceGroup", "-r", "myGallery", "-i", "myImage")
     (tmp_path / "vm-2.0.0").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -231,6 +231,7 @@ class Agent:
         self.board.record_probe(result)
 
     async def start_servers(self) -> None:
+        limit = connection_limit(self.config.max_connections)
         self._runner = web.AppRunner(
             build_app(
                 self.board,
@@ -240,6 +241,7 @@ class Agent:
                     runtime_dir=self.config.runtime_dir,
                     token=self.config.metadata.platform_token,
                 ),
+                connection_limit=limit,
             ),
             handle_signals=False,
             access_log=None,
@@ -251,7 +253,7 @@ class Agent:
             self._runner,
             self.config.host,
             self.config.port,
-            limit=connection_limit(self.config.max_connections),
+            limit=limit,
             header_timeout=self.config.header_timeout,
         )
         await self.site.start()

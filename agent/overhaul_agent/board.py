@@ -171,14 +171,19 @@ class HealthBoard:
         for listener in self._listeners:
             listener(self)
 
-    async def wait_for_change(self, seen_etag: str, timeout: float) -> None:
-        """Return when the ETag differs from ``seen_etag``, the timeout passes, or on shutdown."""
-        if seen_etag != self.etag or self._closed or timeout <= 0:
+    async def wait_for_change(self, seen_etag: str, timeout: float, release: asyncio.Event | None = None) -> None:
+        """Return when the ETag differs from ``seen_etag``, the timeout passes, ``release`` is set (the server
+        makes room for other queries), or on shutdown."""
+        if seen_etag != self.etag or self._closed or timeout <= 0 or (release is not None and release.is_set()):
             return
-        event = self._changed
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await event.wait()
+        waits = [asyncio.ensure_future(self._changed.wait())]
+        if release is not None:
+            waits.append(asyncio.ensure_future(release.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,16 +1,18 @@
 """The agent's front door: a cap on open connections and a deadline for each request head.
 
 Idle connections must never starve the one client that matters (the orchestrator's health query), nor exhaust
-the process' file descriptors. So at the cap the oldest connection that has not yet sent a request head is closed
-to make room (only when every open connection has a request in flight is a new one refused), and a connection
-that has not sent its request head within ``header_timeout`` is closed."""
+the process' file descriptors. So at the cap the oldest idle connection — one that has not yet sent a request
+head, or whose requests have all been answered (keep-alive) — is closed to make room (only when every open
+connection has a request in flight is a new one refused), and a connection that has not sent its request head
+within ``header_timeout`` is closed. The application tells the gate when a request ends (``gate_middleware``);
+requests that may last (blocking queries) are capped by the application itself, below the gate's limit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -29,7 +31,8 @@ class ConnectionGate:
         self.open = 0
         self.evicted = 0
         self.refused = 0
-        self._waiting: OrderedDict[GuardedConnection, None] = OrderedDict()  # no request head yet, oldest first
+        self._waiting: OrderedDict[GuardedConnection, None] = OrderedDict()  # idle, oldest first
+        self._by_transport: dict[asyncio.BaseTransport, GuardedConnection] = {}
 
     def __call__(self) -> asyncio.Protocol:
         if self.open >= self.limit:
@@ -45,8 +48,35 @@ class ConnectionGate:
     def waiting(self, conn: GuardedConnection, waiting: bool) -> None:
         if waiting:
             self._waiting[conn] = None
+            self._waiting.move_to_end(conn)
         else:
             self._waiting.pop(conn, None)
+
+    def opened(self, conn: GuardedConnection, transport: asyncio.BaseTransport) -> None:
+        self.open += 1
+        self._by_transport[transport] = conn
+        self.waiting(conn, True)
+
+    def closed(self, conn: GuardedConnection) -> None:
+        self.waiting(conn, False)
+        if conn.transport is not None:
+            self._by_transport.pop(conn.transport, None)
+        self.open -= 1  # asyncio calls connection_lost once, after connection_made
+
+    def request_ended(self, transport: asyncio.BaseTransport | None) -> None:
+        """The connection's request was answered: until its next one it is idle, so it may make room."""
+        conn = self._by_transport.get(transport) if transport is not None else None
+        if conn is not None and conn.head_seen:
+            conn.in_flight -= 1
+            if conn.in_flight <= 0:
+                conn.in_flight = 0
+                self.waiting(conn, True)
+
+    def request_started(self, transport: asyncio.BaseTransport | None) -> None:
+        conn = self._by_transport.get(transport) if transport is not None else None
+        if conn is not None:
+            conn.in_flight += 1
+            self.waiting(conn, False)
 
 
 class _Refused(asyncio.Protocol):
@@ -63,11 +93,12 @@ class GuardedConnection(asyncio.Protocol):
         self.transport: asyncio.BaseTransport | None = None
         self._tail = b""
         self._deadline: asyncio.TimerHandle | None = None
+        self.head_seen = False
+        self.in_flight = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.gate.open += 1
-        self.gate.waiting(self, True)
+        self.gate.opened(self, transport)
         self._deadline = asyncio.get_running_loop().call_later(self.gate.header_timeout, self._too_slow)
         self.inner.connection_made(transport)
 
@@ -85,6 +116,7 @@ class GuardedConnection(asyncio.Protocol):
             if HEAD_END in seen:
                 self._deadline.cancel()
                 self._deadline = None
+                self.head_seen = True
                 self.gate.waiting(self, False)
             else:
                 self._tail = seen[-(len(HEAD_END) - 1) :]
@@ -97,8 +129,7 @@ class GuardedConnection(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        self.gate.waiting(self, False)
-        self.gate.open -= 1  # asyncio calls connection_lost once, after connection_made
+        self.gate.closed(self)
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -106,6 +137,32 @@ class GuardedConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.inner.resume_writing()
+
+
+class GateHolder:
+    """The application's handle on the gate of the site that serves it (the site is made after the app)."""
+
+    def __init__(self) -> None:
+        self.gate: ConnectionGate | None = None
+
+
+GATE_KEY = web.AppKey("gate", GateHolder)
+
+
+@web.middleware
+async def gate_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tells the site's gate when a request starts and ends, so an answered keep-alive connection can make room."""
+    holder = request.app.get(GATE_KEY)
+    gate = holder.gate if holder is not None else None
+    if gate is None:
+        return await handler(request)
+    gate.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        gate.request_ended(request.transport)
 
 
 class GatedSite(web.TCPSite):
@@ -124,6 +181,10 @@ class GatedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         self.gate = ConnectionGate(server, self._limit, self._header_timeout)
+        app = getattr(self._runner, "app", None)
+        holder = app.get(GATE_KEY) if isinstance(app, web.Application) else None
+        if holder is not None:
+            holder.gate = self.gate
         self._server = await asyncio.get_running_loop().create_server(
             self.gate, self._host, self._port, backlog=self._backlog, reuse_address=True
         )

@@ -8,11 +8,13 @@ import json
 import logging
 import re
 import socket
+from collections import OrderedDict
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from overhaul_agent.board import HealthBoard
+from overhaul_agent.gate import GATE_KEY, GateHolder, gate_middleware
 from overhaul_agent.metrics import AgentMetrics
 from overhaul_agent.platform import PlatformNotices
 from overhaul_agent.probe_body import HealthState
@@ -23,6 +25,37 @@ RETRY_SECONDS = 0.5  # the TCP health port's next try after it could not listen 
 BOARD_KEY = web.AppKey("board", HealthBoard)
 METRICS_KEY = web.AppKey("metrics", AgentMetrics)
 NOTICES_KEY = web.AppKey("notices", PlatformNotices)
+
+
+class BlockingQueries:
+    """Blocking queries hold a connection with a request in flight, which the connection gate cannot evict. So at
+    most ``cap`` wait at once (below the gate's limit, leaving a reserve for /health, /metrics and new watches): a
+    new one beyond it answers the oldest at once, as a blocking query may always be answered early."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = max(1, cap)
+        self.released = 0
+        self._waiting: OrderedDict[asyncio.Event, None] = OrderedDict()
+
+    async def wait(self, board: HealthBoard, etag: str, timeout: float) -> None:
+        while len(self._waiting) >= self.cap:
+            oldest, _ = self._waiting.popitem(last=False)
+            oldest.set()
+            self.released += 1
+        release = asyncio.Event()
+        self._waiting[release] = None
+        try:
+            await board.wait_for_change(etag, timeout, release)
+        finally:
+            self._waiting.pop(release, None)
+
+
+BLOCKING_KEY = web.AppKey("blocking", BlockingQueries)
+
+
+def blocking_cap(connection_limit: int) -> int:
+    """Of the gate's connections, those blocking queries may hold: all but a reserve of an eighth (at least 16)."""
+    return max(1, connection_limit - max(16, connection_limit // 8))
 
 
 def _bad_request(field: str, message: str) -> web.Response:
@@ -59,7 +92,7 @@ async def health(request: web.Request) -> web.Response:
             etag = _parse_etag(seen)
             if etag is None:
                 return _bad_request("etag", f"must be an ETag this agent returned, got {seen!r}")
-            await board.wait_for_change(etag, wait)
+            await request.app[BLOCKING_KEY].wait(board, etag, wait)
     status = 200 if board.state is HealthState.HEALTHY else 503
     return web.Response(
         body=board.body(),
@@ -117,9 +150,15 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def build_app(
-    board: HealthBoard, agent_metrics: AgentMetrics, notices: PlatformNotices | None = None
+    board: HealthBoard,
+    agent_metrics: AgentMetrics,
+    notices: PlatformNotices | None = None,
+    *,
+    connection_limit: int = 1000,
 ) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[gate_middleware])
+    app[GATE_KEY] = GateHolder()
+    app[BLOCKING_KEY] = BlockingQueries(blocking_cap(connection_limit))
     app[BOARD_KEY] = board
     app[METRICS_KEY] = agent_metrics
     app[NOTICES_KEY] = notices or PlatformNotices(None)

@@ -758,3 +758,44 @@ def check_kind_change(old: ScaleSet, new: ScaleSet) -> None:
             f"cannot be {'removed from' if old.is_vm else 'added to'} an existing scale set: its instances are "
             f"{'VMs' if old.is_vm else 'containers'}; make a new scale set",
         )
+
+
+# Azure writes these and never reads them back: an extension's secrets.
+WRITE_ONLY = "protectedSettings"
+
+
+def _extension_list(doc: Any) -> list[Any]:
+    """The document's extensions (``[]`` when it has none, or not in Azure's shape: the parser names that)."""
+    profile = doc.get("properties", {}) if isinstance(doc, Mapping) else {}
+    for key in ("virtualMachineProfile", "extensionProfile", "extensions"):
+        profile = profile.get(key) if isinstance(profile, Mapping) else None
+    return profile if isinstance(profile, list) else []
+
+
+def without_secrets(doc: dict[str, Any]) -> dict[str, Any]:
+    """A scale set's document as the API answers it: every extension's protectedSettings left out."""
+    public = copy.deepcopy(doc)
+    for extension in _extension_list(public):
+        props = extension.get("properties") if isinstance(extension, dict) else None
+        if isinstance(props, dict):
+            props.pop(WRITE_ONLY, None)
+    return public
+
+
+def keep_secrets(previous: Mapping[str, Any], doc: Any) -> Any:
+    """``doc`` with the protectedSettings of ``previous``'s extensions of the same name where it sends none: a
+    document read back (which never holds them) and written again keeps them, as in Azure."""
+    kept = {
+        str(e.get("name", "")).lower(): e["properties"][WRITE_ONLY]
+        for e in _extension_list(previous)
+        if isinstance(e, Mapping) and isinstance(e.get("properties"), Mapping) and WRITE_ONLY in e["properties"]
+    }
+    if not kept:
+        return doc
+    doc = copy.deepcopy(doc)
+    for extension in _extension_list(doc):
+        props = extension.get("properties") if isinstance(extension, dict) else None
+        name = str(extension.get("name", "")).lower() if isinstance(extension, dict) else ""
+        if isinstance(props, dict) and WRITE_ONLY not in props and name in kept:
+            props[WRITE_ONLY] = copy.deepcopy(kept[name])
+    return doc

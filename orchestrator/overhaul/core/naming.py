@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 PREVIOUS_SUFFIX = ".prev"
 
 
@@ -27,3 +30,24 @@ def scale_set_id(subscription: str, resource_group: str, name: str) -> str:
         f"/subscriptions/{subscription}/resourceGroups/{resource_group}"
         f"/providers/Microsoft.Compute/virtualMachineScaleSets/{name}"
     )
+
+
+class Scoped(Protocol):
+    @property
+    def subscription(self) -> str: ...
+    @property
+    def resource_group(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a request reaches resources: a subscription, and one of its resource groups (None: all of them).
+    ARM compares both case-insensitively; a resource outside the scope does not exist for that request."""
+
+    subscription: str
+    resource_group: str | None = None
+
+    def contains(self, resource: Scoped) -> bool:
+        if resource.subscription.lower() != self.subscription.lower():
+            return False
+        return self.resource_group is None or resource.resource_group.lower() == self.resource_group.lower()

@@ -26,10 +26,12 @@ from overhaul.core.model import (
     ScaleSetRef,
     check_kind_change,
     check_new_model,
+    keep_secrets,
     merge_patch,
     model_digest,
     parse_scale_set,
 )
+from overhaul.core.naming import Scope
 from overhaul.core.network import LoadBalancer
 from overhaul.core.planner import InstanceView
 from overhaul.core.probes import check_probe_change, probe_name, resolve_probe
@@ -86,15 +88,18 @@ class Resource(Protocol):
     @property
     def resource_group(self) -> str: ...
     @property
+    def subscription(self) -> str: ...
+    @property
     def id(self) -> str: ...
 
 
 R = TypeVar("R", bound=Resource)
 
 
-def named(resources: Iterable[R], name: str) -> R | None:
-    """The one of that name; ARM compares names case-insensitively."""
-    return next((r for r in resources if r.name.lower() == name.lower()), None)
+def named(resources: Iterable[R], name: str, scope: Scope | None = None) -> R | None:
+    """The one of that name (ARM compares names case-insensitively) within ``scope`` (anywhere for None: the
+    Python API's shorthand; the REST API always gives the request's scope)."""
+    return next((r for r in resources if r.name.lower() == name.lower() and (scope is None or scope.contains(r))), None)
 
 
 def same_name(existing: R | None, wanted: R, kind: str, code: str) -> str:
@@ -111,11 +116,16 @@ def same_name(existing: R | None, wanted: R, kind: str, code: str) -> str:
     return existing.name
 
 
-def in_group(resources: list[R], resource_group: str | None) -> list[R]:
-    """Those of a resource group (all of them for None)."""
-    if resource_group is None:
-        return resources
-    return [r for r in resources if r.resource_group.lower() == resource_group.lower()]
+def in_scope(resources: list[R], scope: Scope | None) -> list[R]:
+    """Those within ``scope`` (all of them for None)."""
+    return resources if scope is None else [r for r in resources if scope.contains(r)]
+
+
+def where(scope: Scope | None) -> str:
+    if scope is None:
+        return ""
+    group = f" in resource group {scope.resource_group}" if scope.resource_group else ""
+    return f"{group} of subscription {scope.subscription}"
 
 
 def check_instance_ids(model: ScaleSet, instance_ids: Iterable[int]) -> None:
@@ -258,22 +268,22 @@ class Orchestrator:
             await self.store.put_gallery(gallery)
             return existing is None
 
-    async def _find_gallery(self, name: str) -> Gallery | None:
-        return named(await self.store.galleries(), name)
+    async def _find_gallery(self, name: str, scope: Scope | None = None) -> Gallery | None:
+        return named(await self.store.galleries(), name, scope)
 
-    async def gallery(self, name: str) -> Gallery:
-        found = await self._find_gallery(name)
+    async def gallery(self, name: str, scope: Scope | None = None) -> Gallery:
+        found = await self._find_gallery(name, scope)
         if found is None:
-            raise NotFound(f"gallery {name} does not exist", "GalleryNotFound")
+            raise NotFound(f"gallery {name} does not exist{where(scope)}", "GalleryNotFound")
         return found
 
-    async def galleries(self, resource_group: str | None = None) -> list[Gallery]:
-        return in_group(await self.store.galleries(), resource_group)
+    async def galleries(self, scope: Scope | None = None) -> list[Gallery]:
+        return in_scope(await self.store.galleries(), scope)
 
-    async def delete_gallery(self, name: str) -> None:
+    async def delete_gallery(self, name: str, scope: Scope | None = None) -> None:
         """As Azure: refused while it holds image definitions (delete them first)."""
         async with self._writing(GALLERY_LOCK):
-            gallery = await self.gallery(name)
+            gallery = await self.gallery(name, scope)
             held = [d.name for d in await self.store.image_definitions() if d.gallery.lower() == name.lower()]
             if held:
                 raise Conflict(
@@ -308,22 +318,22 @@ class Orchestrator:
             await self.health.unwatch((model.name, instance_id))
         await self.instances.watch(model, await self._observe(model.name))
 
-    async def _find_load_balancer(self, name: str) -> LoadBalancer | None:
-        return named(await self.store.load_balancers(), name)
+    async def _find_load_balancer(self, name: str, scope: Scope | None = None) -> LoadBalancer | None:
+        return named(await self.store.load_balancers(), name, scope)
 
-    async def load_balancer(self, name: str) -> LoadBalancer:
-        found = await self._find_load_balancer(name)
+    async def load_balancer(self, name: str, scope: Scope | None = None) -> LoadBalancer:
+        found = await self._find_load_balancer(name, scope)
         if found is None:
-            raise NotFound(f"load balancer {name} does not exist", "ResourceNotFound")
+            raise NotFound(f"load balancer {name} does not exist{where(scope)}", "ResourceNotFound")
         return found
 
-    async def load_balancers(self, resource_group: str | None = None) -> list[LoadBalancer]:
-        return in_group(await self.store.load_balancers(), resource_group)
+    async def load_balancers(self, scope: Scope | None = None) -> list[LoadBalancer]:
+        return in_scope(await self.store.load_balancers(), scope)
 
-    async def delete_load_balancer(self, name: str) -> None:
+    async def delete_load_balancer(self, name: str, scope: Scope | None = None) -> None:
         """Refused while a scale set uses one of its probes, as Azure refuses it."""
         async with self._writing(LB_LOCK):
-            balancer = await self.load_balancer(name)
+            balancer = await self.load_balancer(name, scope)
             users = [m.name for m in await self.store.list_scale_sets() if probe_name(m, balancer) is not None]
             if users:
                 raise Conflict(
@@ -335,15 +345,20 @@ class Orchestrator:
     async def put_image_definition(
         self, definition: ImageDefinition, *, resource_group: str = "default", subscription: str = "local"
     ) -> None:
-        """Creates or updates an image definition; its gallery is made with it when it does not exist yet."""
-        if await self._find_gallery(definition.gallery) is None:
-            await self.put_gallery(Gallery(definition.gallery, resource_group, subscription))
+        """Creates or updates an image definition; its gallery is made with it when it does not exist yet (a gallery
+        of that name in another group is a conflict, as for any gallery name)."""
+        wanted = Gallery(definition.gallery, resource_group, subscription)
+        existing = await self._find_gallery(definition.gallery)
+        if existing is None:
+            await self.put_gallery(wanted)
+        else:
+            same_name(existing, wanted, "gallery", "GalleryNameTaken")
         await self.store.put_image_definition(definition)
         self.changes.bump()
 
-    async def delete_image_definition(self, gallery: str, image: str) -> None:
+    async def delete_image_definition(self, gallery: str, image: str, scope: Scope | None = None) -> None:
         """As Azure: refused while it has versions (delete them first)."""
-        definition = await self.image_definition(gallery, image)
+        definition = await self.image_definition(gallery, image, scope)
         versions = await self.image_versions(definition.gallery, definition.name)
         if versions:
             raise Conflict(
@@ -354,10 +369,16 @@ class Orchestrator:
         await self.store.delete_image_definition(definition.gallery, definition.name)
         self.changes.bump()
 
-    async def image_definitions(self) -> list[ImageDefinition]:
+    async def all_image_definitions(self) -> list[ImageDefinition]:
         return await self.store.image_definitions()
 
-    async def image_definition(self, gallery: str, image: str) -> ImageDefinition:
+    async def image_definitions(self, gallery: str, scope: Scope | None = None) -> list[ImageDefinition]:
+        found = await self.gallery(gallery, scope)
+        return [d for d in await self.store.image_definitions() if d.gallery.lower() == found.name.lower()]
+
+    async def image_definition(self, gallery: str, image: str, scope: Scope | None = None) -> ImageDefinition:
+        if scope is not None:
+            await self.gallery(gallery, scope)
         found = next(
             (
                 d
@@ -370,8 +391,8 @@ class Orchestrator:
             raise NotFound(f"image definition {gallery}/{image} does not exist", "GalleryImageNotFound")
         return found
 
-    async def publish_version(self, version: ImageVersion) -> None:
-        await self.image_definition(version.gallery, version.image)
+    async def publish_version(self, version: ImageVersion, scope: Scope | None = None) -> None:
+        await self.image_definition(version.gallery, version.image, scope)
         # A misspelt artefact would otherwise become 'latest' and fail every instance it reaches.
         if version.artifact:
             await self._require_image(version, "properties.storageProfile.source.overhaul.containerImage")
@@ -383,22 +404,22 @@ class Orchestrator:
     async def all_image_versions(self) -> list[ImageVersion]:
         return await self.store.image_versions()
 
-    async def image_versions(self, gallery: str, image: str) -> list[ImageVersion]:
-        definition = await self.image_definition(gallery, image)
+    async def image_versions(self, gallery: str, image: str, scope: Scope | None = None) -> list[ImageVersion]:
+        definition = await self.image_definition(gallery, image, scope)
         return [
             v
             for v in await self.store.image_versions()
             if (v.gallery, v.image) == (definition.gallery, definition.name)
         ]
 
-    async def image_version(self, gallery: str, image: str, version: str) -> ImageVersion:
-        found = next((v for v in await self.image_versions(gallery, image) if v.version == version), None)
+    async def image_version(self, gallery: str, image: str, version: str, scope: Scope | None = None) -> ImageVersion:
+        found = next((v for v in await self.image_versions(gallery, image, scope) if v.version == version), None)
         if found is None:
             raise NotFound(f"image version {gallery}/{image}/{version} does not exist", "GalleryImageVersionNotFound")
         return found
 
-    async def delete_image_version(self, gallery: str, image: str, version: str) -> None:
-        found = await self.image_version(gallery, image, version)
+    async def delete_image_version(self, gallery: str, image: str, version: str, scope: Scope | None = None) -> None:
+        found = await self.image_version(gallery, image, version, scope)
         await self.store.delete_image_version(found.gallery, found.image, found.version)
         self.changes.bump()
 
@@ -466,7 +487,8 @@ class Orchestrator:
             if current is not None:
                 if not isinstance(body, Mapping):
                     raise InvalidInput("the request body must be a JSON object", target="")
-                body = merge_patch(current.to_json(), body)
+                previous = current.to_json()
+                body = keep_secrets(previous, merge_patch(previous, body))
             return await self._create_or_update(ref, body)
 
     async def _create_or_update(self, ref: ScaleSetRef, doc: Any) -> tuple[ScaleSet, bool]:

@@ -9,11 +9,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
+import resource
 import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -24,9 +24,10 @@ from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.adapters.drivers.router import KindRouter
 from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.http.api import build_app
+from overhaul.adapters.http.gate import BACKLOG, GatedSite
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.lease import StateDirLease
-from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
 from overhaul.ports.driver import Driver, DriverError
 from overhaul.ports.lease import LeaseHeld
 from overhaul.runtime.auto_upgrader import AutoUpgrader
@@ -35,19 +36,22 @@ from overhaul.runtime.supervisor import restarting
 from overhaul.runtime.tasks import cancel_and_wait
 from overhaul.serve import logs
 from overhaul.serve.settings import ServeSettings, SettingsError, add_arguments, load_settings, parse_ulimits
+from overhaul.serve.state_dir import StateDirError, ensure_token, make_private
 
 log = logging.getLogger("overhaul.serve")
 
 
-def ensure_token(state_dir: Path) -> Path:
-    """The API token, made on first start in a file only its owner can read."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "token"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-    return path
+# Open files serve needs besides API connections: the database, engine and agent-watch connections (one per
+# watched instance up to this many), the private Podman service's pipes, the listening sockets' backlogs.
+RESERVED_FILES = 512 + 2 * BACKLOG
+
+
+def connection_limit(wanted: int) -> int:
+    """The API's connection cap: what was asked, within the open-files limit less what serve itself needs."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - RESERVED_FILES))
 
 
 def engine_settings(settings: ServeSettings) -> EngineSettings:
@@ -68,6 +72,11 @@ def engine_settings(settings: ServeSettings) -> EngineSettings:
 
 async def serve(settings: ServeSettings, stop: asyncio.Event) -> int:
     state_dir = settings.state_path
+    try:
+        make_private(state_dir)
+    except (StateDirError, OSError) as exc:
+        print(f"overhaul serve: {exc}", file=sys.stderr)
+        return 2
     lease = StateDirLease(state_dir)
     try:
         lease.acquire()
@@ -75,15 +84,24 @@ async def serve(settings: ServeSettings, stop: asyncio.Event) -> int:
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 1
     try:
-        return await _serve(settings, stop)
+        token = ensure_token(state_dir)
+    except (StateDirError, OSError) as exc:
+        lease.release()
+        print(f"overhaul serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return await _serve(settings, stop, token)
     finally:
         lease.release()
 
 
-async def _serve(settings: ServeSettings, stop: asyncio.Event) -> int:
+async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str) -> int:
     state_dir = settings.state_path
-    token = ensure_token(state_dir).read_text().strip()
-    store = SqliteStore(state_dir / "overhaul.db", settings.history)
+    try:
+        store = SqliteStore(state_dir / "overhaul.db", settings.history)
+    except (StoreDamaged, sqlite3.DatabaseError, OSError) as exc:
+        print(f"overhaul serve: {exc}", file=sys.stderr)
+        return 2
     driver: Driver
     engine: EngineDriver | None = None
     if settings.engine.engine == "memory":
@@ -111,7 +129,13 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event) -> int:
         await service.start()
         await runner.setup()
         try:
-            await web.TCPSite(runner, settings.http.host, settings.http.port, reuse_address=True).start()
+            await GatedSite(
+                runner,
+                settings.http.host,
+                settings.http.port,
+                limit=connection_limit(settings.http.max_connections),
+                header_timeout=settings.http.header_timeout,
+            ).start()
         except OSError as exc:
             print(f"overhaul serve: cannot listen on {settings.http.host}:{settings.http.port}: {exc}", file=sys.stderr)
             return 1

@@ -30,6 +30,8 @@ class HttpSettings:
     port: int = DEFAULT_PORT
     body_timeout: float = 30.0
     max_body_bytes: int = 1024 * 1024
+    max_connections: int = 1000
+    header_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ HELP = {
     "http.port": "port the REST API listens on",
     "http.body_timeout": "seconds a request body may take to arrive (then 408)",
     "http.max_body_bytes": "largest request body accepted (then 413)",
+    "http.max_connections": "open API connections at most (the oldest idle one makes room; within the open-files "
+    "limit)",
+    "http.header_timeout": "seconds a connection may take to send its request head (then it is closed)",
     "engine.engine": "podman (a private podman system service), a unix:// or tcp:// URL of a Docker or Podman "
     "engine, or memory (no containers, for trying the API)",
     "engine.runtime": "OCI runtime of the private podman service ('' keeps podman's default)",
@@ -226,6 +231,12 @@ def check(settings: ServeSettings) -> None:
         raise SettingsError(f"log_format: must be text or json, got {settings.log_format!r}")
     if not 0 <= settings.http.port < 65536:
         raise SettingsError(f"http.port: must be 0..65535 (0: any free port), got {settings.http.port}")
+    if settings.http.max_connections < 1:
+        raise SettingsError(f"http.max_connections: must be at least 1, got {settings.http.max_connections}")
+    if not 0 < settings.http.header_timeout <= 3600:
+        raise SettingsError(
+            f"http.header_timeout: must be above 0 and at most 3600, got {settings.http.header_timeout}"
+        )
     parse_ulimits(settings.engine.ulimits)
 
 

@@ -15,11 +15,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from overhaul.adapters.http import arm
+from overhaul.adapters.http.gate import GATE_KEY, GateHolder, gate_middleware
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.http.openapi import openapi_document
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
 from overhaul.core.gallery import ImageDefinition, ImageVersion, parse_gallery, parse_image_version
-from overhaul.core.model import ModelError, ScaleSet, ScaleSetRef, merge_patch, overlay
+from overhaul.core.model import ModelError, ScaleSet, ScaleSetRef, merge_patch, overlay, without_secrets
+from overhaul.core.naming import Scope
 from overhaul.core.network import parse_load_balancer
 from overhaul.core.rollout import AttemptStatus, StartedBy
 from overhaul.runtime.service import EngineFailed, Orchestrator
@@ -148,7 +150,9 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     scheme, _, token = header.partition(" ")
     # Bytes, so a token of any characters is compared (compare_digest refuses non-ASCII str).
     presented = token.strip().encode("utf-8", "surrogateescape")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented, request.app[TOKEN_KEY].encode()):
+    expected = request.app[TOKEN_KEY].encode()
+    # An empty credential never matches, whatever the server holds (serve refuses an empty token file anyway).
+    if scheme.lower() != "bearer" or not presented or not expected or not hmac.compare_digest(presented, expected):
         response = error(401, "AuthenticationFailed", "a valid 'Authorization: Bearer <token>' header is required")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
@@ -184,8 +188,21 @@ async def body_json(request: web.Request) -> Any:
         raise InvalidInput(f"the request body is not valid JSON: {str(exc)[:200]}", "InvalidRequestContent") from exc
 
 
+async def body_object(request: web.Request) -> Mapping[str, Any]:
+    """A body Azure sends as a JSON object (or none at all): anything else is a 400 naming the body."""
+    body = await body_json(request)
+    if not isinstance(body, Mapping):
+        raise InvalidInput(f"the request body must be a JSON object, got {type(body).__name__}", target="")
+    return body
+
+
 def service(request: web.Request) -> Orchestrator:
     return request.app[SERVICE_KEY]
+
+
+def scope(request: web.Request) -> Scope:
+    """The subscription and resource group (when the path names one) a request reaches resources through."""
+    return Scope(request.match_info["sub"], request.match_info.get("rg"))
 
 
 def ref(request: web.Request) -> ScaleSetRef:
@@ -198,22 +215,22 @@ def ref(request: web.Request) -> ScaleSetRef:
 
 async def list_scale_sets(request: web.Request) -> web.Response:
     models = await service(request).list_scale_sets(request.match_info["sub"], request.match_info.get("rg"))
-    return web.json_response({"value": [m.to_json() for m in models]})
+    return web.json_response({"value": [without_secrets(m.to_json()) for m in models]})
 
 
 async def put_scale_set(request: web.Request) -> web.Response:
     """Create, or update an existing scale set: as Azure's PUT, properties left out keep their values."""
-    model, created = await service(request).put_scale_set(ref(request), await body_json(request))
-    return web.json_response(model.to_json(), status=201 if created else 200)
+    model, created = await service(request).put_scale_set(ref(request), await body_object(request))
+    return web.json_response(without_secrets(model.to_json()), status=201 if created else 200)
 
 
 async def patch_scale_set(request: web.Request) -> web.Response:
-    model, _ = await service(request).put_scale_set(ref(request), await body_json(request), patch=True)
-    return web.json_response(model.to_json())
+    model, _ = await service(request).put_scale_set(ref(request), await body_object(request), patch=True)
+    return web.json_response(without_secrets(model.to_json()))
 
 
 async def get_scale_set(request: web.Request) -> web.Response:
-    return web.json_response((await service(request).get_scale_set(ref(request))).to_json())
+    return web.json_response(without_secrets((await service(request).get_scale_set(ref(request))).to_json()))
 
 
 async def delete_scale_set(request: web.Request) -> web.Response:
@@ -268,39 +285,39 @@ async def instance_view(request: web.Request) -> web.Response:
 async def put_load_balancer(request: web.Request) -> web.Response:
     m = request.match_info
     balancer = parse_load_balancer(
-        await body_json(request), name=m["lb"], resource_group=m["rg"], subscription=m["sub"]
+        await body_object(request), name=m["lb"], resource_group=m["rg"], subscription=m["sub"]
     )
     orchestrator = service(request)
     created = await orchestrator.put_load_balancer(balancer)
     return web.json_response(
-        (await orchestrator.load_balancer(balancer.name)).to_json(), status=201 if created else 200
+        (await orchestrator.load_balancer(balancer.name, scope(request))).to_json(), status=201 if created else 200
     )
 
 
 async def get_load_balancer(request: web.Request) -> web.Response:
-    return web.json_response((await service(request).load_balancer(request.match_info["lb"])).to_json())
+    return web.json_response((await service(request).load_balancer(request.match_info["lb"], scope(request))).to_json())
 
 
 async def list_load_balancers(request: web.Request) -> web.Response:
-    balancers = await service(request).load_balancers(request.match_info.get("rg"))
+    balancers = await service(request).load_balancers(scope(request))
     return web.json_response({"value": [b.to_json() for b in balancers]})
 
 
 async def delete_load_balancer(request: web.Request) -> web.Response:
     try:
-        await service(request).delete_load_balancer(request.match_info["lb"])
+        await service(request).delete_load_balancer(request.match_info["lb"], scope(request))
     except NotFound:
         return web.Response(status=204)
     return web.Response(status=200)
 
 
 async def list_probes(request: web.Request) -> web.Response:
-    doc = (await service(request).load_balancer(request.match_info["lb"])).to_json()
+    doc = (await service(request).load_balancer(request.match_info["lb"], scope(request))).to_json()
     return web.json_response({"value": doc["properties"]["probes"]})
 
 
 async def get_probe(request: web.Request) -> web.Response:
-    doc = (await service(request).load_balancer(request.match_info["lb"])).to_json()
+    doc = (await service(request).load_balancer(request.match_info["lb"], scope(request))).to_json()
     wanted = request.match_info["probe"].lower()
     found = next((p for p in doc["properties"]["probes"] if p["name"].lower() == wanted), None)
     if found is None:
@@ -313,38 +330,42 @@ async def get_probe(request: web.Request) -> web.Response:
 
 async def put_gallery(request: web.Request) -> web.Response:
     m = request.match_info
-    gallery = parse_gallery(await body_json(request), name=m["gallery"], resource_group=m["rg"], subscription=m["sub"])
+    gallery = parse_gallery(
+        await body_object(request), name=m["gallery"], resource_group=m["rg"], subscription=m["sub"]
+    )
     orchestrator = service(request)
     created = await orchestrator.put_gallery(gallery)
-    return web.json_response((await orchestrator.gallery(gallery.name)).to_json(), status=201 if created else 200)
+    found = await orchestrator.gallery(gallery.name, scope(request))
+    return web.json_response(found.to_json(), status=201 if created else 200)
 
 
 async def get_gallery(request: web.Request) -> web.Response:
-    return web.json_response((await service(request).gallery(request.match_info["gallery"])).to_json())
+    return web.json_response((await service(request).gallery(request.match_info["gallery"], scope(request))).to_json())
 
 
 async def list_galleries(request: web.Request) -> web.Response:
-    galleries = await service(request).galleries(request.match_info.get("rg"))
+    galleries = await service(request).galleries(scope(request))
     return web.json_response({"value": [g.to_json() for g in galleries]})
 
 
 async def delete_gallery(request: web.Request) -> web.Response:
     try:
-        await service(request).delete_gallery(request.match_info["gallery"])
+        await service(request).delete_gallery(request.match_info["gallery"], scope(request))
     except NotFound:
         return web.Response(status=204)
     return web.Response(status=200)
 
 
 async def list_image_definitions(request: web.Request) -> web.Response:
-    gallery = request.match_info["gallery"]
-    definitions = [d for d in await service(request).image_definitions() if d.gallery.lower() == gallery.lower()]
+    definitions = await service(request).image_definitions(request.match_info["gallery"], scope(request))
     return web.json_response({"value": [image_definition_doc(request, d) for d in definitions]})
 
 
 async def delete_image_definition(request: web.Request) -> web.Response:
     try:
-        await service(request).delete_image_definition(request.match_info["gallery"], request.match_info["image"])
+        await service(request).delete_image_definition(
+            request.match_info["gallery"], request.match_info["image"], scope(request)
+        )
     except NotFound:
         return web.Response(status=204)
     return web.Response(status=200)
@@ -356,8 +377,8 @@ INSTANCE_ID = re.compile(r"[0-9]{1,6}")
 async def instance_ids(request: web.Request, model: ScaleSet, *, required: bool = False) -> list[int]:
     """The body's ``instanceIds`` (Azure's VirtualMachineScaleSetVMInstanceIDs); none means every instance, unless
     they are ``required`` (VirtualMachineScaleSetVMInstanceRequiredIDs)."""
-    body = await body_json(request)
-    raw_ids = body.get("instanceIds") if isinstance(body, Mapping) else None
+    body = await body_object(request)
+    raw_ids = body.get("instanceIds")
     if raw_ids is None and required:
         raise InvalidInput('instanceIds: is required, e.g. ["0", "3"]', target="instanceIds")
     if raw_ids is None:
@@ -497,7 +518,7 @@ def image_version_doc(request: web.Request, version: ImageVersion) -> dict[str, 
 
 
 async def put_image_definition(request: web.Request) -> web.Response:
-    body = await body_json(request)
+    body = await body_object(request)
     props = body.get("properties") if isinstance(body, Mapping) else None
     identifier = props.get("identifier") if isinstance(props, Mapping) else None
     if not isinstance(identifier, Mapping):
@@ -519,7 +540,7 @@ async def put_image_definition(request: web.Request) -> web.Response:
     definition = ImageDefinition(request.match_info["gallery"], request.match_info["image"], **values, sent=body)
     orchestrator = service(request)
     try:
-        await orchestrator.image_definition(definition.gallery, definition.name)
+        await orchestrator.image_definition(definition.gallery, definition.name, scope(request))
         created = False
     except NotFound:
         created = True
@@ -529,32 +550,38 @@ async def put_image_definition(request: web.Request) -> web.Response:
 
 
 async def get_image_definition(request: web.Request) -> web.Response:
-    definition = await service(request).image_definition(request.match_info["gallery"], request.match_info["image"])
+    definition = await service(request).image_definition(
+        request.match_info["gallery"], request.match_info["image"], scope(request)
+    )
     return web.json_response(image_definition_doc(request, definition))
 
 
 async def list_image_versions(request: web.Request) -> web.Response:
-    versions = await service(request).image_versions(request.match_info["gallery"], request.match_info["image"])
+    versions = await service(request).image_versions(
+        request.match_info["gallery"], request.match_info["image"], scope(request)
+    )
     return web.json_response({"value": [image_version_doc(request, v) for v in versions]})
 
 
 async def put_image_version(request: web.Request, *, patch: bool = False) -> web.Response:
     orchestrator = service(request)
     gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
-    body = await body_json(request)
+    body = await body_object(request)
     if patch:
-        current = await orchestrator.image_version(gallery, image, version)
+        current = await orchestrator.image_version(gallery, image, version, scope(request))
         if not isinstance(body, Mapping):
             raise InvalidInput("the request body must be a JSON object", target="")
         body = merge_patch(current.to_json(), body)
         published = current.published_at
         created = False
     else:
-        existing = [v for v in await orchestrator.image_versions(gallery, image) if v.version == version]
+        existing = [
+            v for v in await orchestrator.image_versions(gallery, image, scope(request)) if v.version == version
+        ]
         published = existing[0].published_at if existing else time.time()
         created = not existing
     parsed = parse_image_version(body, gallery=gallery, image=image, version=version, published_at=published)
-    await orchestrator.publish_version(parsed)
+    await orchestrator.publish_version(parsed, scope(request))
     return web.json_response(image_version_doc(request, parsed), status=201 if created else 200)
 
 
@@ -564,13 +591,14 @@ async def patch_image_version(request: web.Request) -> web.Response:
 
 async def get_image_version(request: web.Request) -> web.Response:
     gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
-    return web.json_response(image_version_doc(request, await service(request).image_version(gallery, image, version)))
+    found = await service(request).image_version(gallery, image, version, scope(request))
+    return web.json_response(image_version_doc(request, found))
 
 
 async def delete_image_version(request: web.Request) -> web.Response:
     gallery, image, version = (request.match_info[k] for k in ("gallery", "image", "version"))
     try:
-        await service(request).delete_image_version(gallery, image, version)
+        await service(request).delete_image_version(gallery, image, version, scope(request))
     except NotFound:
         return web.Response(status=204)
     return web.Response(status=200)
@@ -580,10 +608,12 @@ async def list_vm_image_versions(request: web.Request) -> web.Response:
     """Azure's `vm image list` source: the versions of an offer's sku present in a location."""
     orchestrator = service(request)
     m = request.match_info
+    galleries = {g.name.lower() for g in await orchestrator.galleries(scope(request))}
     definitions = [
         d
-        for d in await orchestrator.image_definitions()
-        if (d.publisher.lower(), d.offer.lower(), d.sku.lower())
+        for d in await orchestrator.all_image_definitions()
+        if d.gallery.lower() in galleries
+        and (d.publisher.lower(), d.offer.lower(), d.sku.lower())
         == (m["publisher"].lower(), m["offer"].lower(), m["sku"].lower())
     ]
     keys = {(d.gallery, d.name) for d in definitions}
@@ -685,7 +715,8 @@ def build_app(
     body_timeout: float = BODY_TIMEOUT,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> web.Application:
-    app = web.Application(middlewares=[audit, arm_errors, bearer_auth], client_max_size=max_body_bytes)
+    app = web.Application(middlewares=[gate_middleware, audit, arm_errors, bearer_auth], client_max_size=max_body_bytes)
+    app[GATE_KEY] = GateHolder()
     app[SERVICE_KEY] = orchestrator
     app[BODY_TIMEOUT_KEY] = body_timeout
     app[TOKEN_KEY] = token

@@ -1,0 +1,322 @@
+"""The doors around `overhaul serve` (the threat model in docs/security.md): the token, secrets at rest and in
+answers, bodies that are not what Azure sends, resources reached through another group or subscription.
+Each test reproduces a way in that was found open."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.serve import API, Served, overhaul_serve, with_umask
+from tests.test_api import GALLERY, MODEL, RG, VMSS, publish
+from tests.test_serve_hardening import raw_request
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with overhaul_serve(tmp_path / "state", "--engine", "memory") as running:
+        identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
+        status, _, _ = running.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})
+        assert status == 201
+        publish(running, "1.0.0")
+        yield running
+
+
+def serve_once(state_dir: Path, umask: int | None = None) -> subprocess.CompletedProcess[str]:
+    """`overhaul serve` that must refuse to start (it would otherwise run until killed by the timeout)."""
+
+    return subprocess.run(
+        [
+            *with_umask(umask),
+            sys.executable,
+            "-m",
+            "overhaul.cli",
+            "serve",
+            "--engine",
+            "memory",
+            "--state-dir",
+            str(state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+# --- 1. the token ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "why"),
+    [
+        ("", 0o600, "empty"),
+        ("\n", 0o600, "empty"),
+        ("short\n", 0o600, "at least 32"),
+        ("x" * 43 + "\n", 0o644, "0600"),
+        ("x" * 43 + "\n", 0o640, "0600"),
+    ],
+)
+def test_a_weak_or_exposed_token_file_is_refused_at_start(tmp_path: Path, content: str, mode: int, why: str) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    token = state / "token"
+    token.write_text(content)
+    token.chmod(mode)
+    result = serve_once(state)
+    assert result.returncode == 2, result.stderr
+    assert str(token) in result.stderr and why in result.stderr
+    assert "Traceback" not in result.stderr
+    assert token.read_text() == content  # nothing of the operator's is overwritten
+
+
+def test_a_token_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    token = state / "token"
+    token.write_text("x" * 43 + "\n")
+    token.chmod(0o600)
+    os.chown(token, 65534, 65534)
+    result = serve_once(state)
+    assert result.returncode == 2 and "owned by" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Bearer  ", "bearer\t", "Basic Zm9vOmJhcg==", ""])
+def test_an_empty_or_malformed_bearer_is_401(served: Served, header: str) -> None:
+    lines = [f"GET {VMSS}?{API} HTTP/1.1", "Host: x", "Connection: close"]
+    if header:
+        lines.append(f"Authorization: {header}")
+    assert raw_request(served, lines).startswith(b"HTTP/1.1 401")
+    put = [f"PUT {RG}/providers/Microsoft.Compute/galleries/sneaky?{API} HTTP/1.1", "Host: x", "Connection: close"]
+    put += [f"Authorization: {header}", "Content-Type: application/json", "Content-Length: 2"]
+    assert raw_request(served, put, b"{}").startswith(b"HTTP/1.1 401")
+    status, doc, _ = served.call("GET", f"{RG}/providers/Microsoft.Compute/galleries/sneaky?{API}")
+    assert status == 404, doc
+
+
+def test_the_first_token_is_written_whole_and_private_whatever_the_umask(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with overhaul_serve(state, "--engine", "memory", umask=0o000) as running:
+        token = state / "token"
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600
+        assert len(running.token) >= 32
+        assert not list(state.glob("token.*"))  # no temporary file left beside it
+
+
+# --- 3. secrets at rest and in answers -------------------------------------------------------------------
+
+
+def secret_model() -> dict[str, object]:
+    model: dict[str, object] = {**MODEL}
+    profile = {**MODEL["properties"]["virtualMachineProfile"]}
+    profile["extensionProfile"] = {
+        "extensions": [
+            {
+                "name": "hello",
+                "properties": {
+                    "publisher": "Microsoft.Azure.Extensions",
+                    "type": "CustomScript",
+                    "typeHandlerVersion": "2.1",
+                    "settings": {"commandToExecute": "true"},
+                    "protectedSettings": {"commandToExecute": "echo s3cr3t-value"},
+                },
+            }
+        ]
+    }
+    model["properties"] = {**MODEL["properties"], "virtualMachineProfile": profile}
+    return model
+
+
+def test_protected_settings_are_never_read_back(served: Served) -> None:
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", secret_model())
+    assert status == 201, doc
+    assert "s3cr3t" not in str(doc)
+    extension = doc["properties"]["virtualMachineProfile"]["extensionProfile"]["extensions"][0]
+    assert "protectedSettings" not in extension["properties"]
+    assert extension["properties"]["settings"] == {"commandToExecute": "true"}
+    for method, path in [("GET", VMSS), ("GET", VMSS.rsplit("/", 1)[0]), ("PATCH", VMSS)]:
+        status, answer, _ = served.call(method, f"{path}?{API}", {} if method == "PATCH" else None)
+        assert status == 200 and "s3cr3t" not in str(answer), (method, path)
+    assert (
+        "s3cr3t"
+        not in served.cli(
+            "vmss", "show", "-n", "myScaleSet", "-g", "myResourceGroup", "--subscription", "subscription_id"
+        ).stdout
+    )
+    # Written, not read back, yet kept: a PATCH that leaves the extension alone does not drop it.
+    status, _, _ = served.call("PATCH", f"{VMSS}?{API}", {"tags": {"a": "b"}})
+    assert status == 200
+    assert b"s3cr3t-value" in (served.state_dir / "overhaul.db").read_bytes() + wal_bytes(served.state_dir)
+
+
+def wal_bytes(state: Path) -> bytes:
+    wal = state / "overhaul.db-wal"
+    return wal.read_bytes() if wal.exists() else b""
+
+
+def test_the_state_directory_and_database_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with overhaul_serve(state, "--engine", "memory", umask=0o000) as running:
+        assert running.call("PUT", f"{VMSS}?{API}", secret_model())[0] == 400  # no gallery: still a write attempt
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        for name in ("overhaul.db", "overhaul.db-wal", "overhaul.db-shm", "token", "serve.lock"):
+            path = state / name
+            if path.exists():
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+
+
+def test_an_existing_open_state_directory_is_closed_at_start(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o755)
+    with overhaul_serve(state, "--engine", "memory"):
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+# --- 7. bodies that are not what Azure sends ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [b"[1]", b'"0"', b"7", b"null", b"true", b'[{"instanceIds": ["0"]}]'])
+@pytest.mark.parametrize("call", ["reimage", "approveRollingUpgrade", "manualupgrade"])
+def test_a_body_that_is_not_an_object_is_400_and_touches_nothing(served: Served, body: bytes, call: str) -> None:
+    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    before = [vm["properties"]["latestModelApplied"] for vm in served.instances(VMSS)]
+    status, doc, _ = served.call("POST", f"{VMSS}/{call}?{API}", raw=body)
+    assert status == 400, doc
+    assert "JSON object" in doc["error"]["message"]
+    status, doc, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
+    assert [vm["properties"]["latestModelApplied"] for vm in doc["value"]] == before
+    assert served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[0] == 404  # nothing was started
+
+
+def test_a_reimage_body_with_a_wrong_instance_ids_shape_is_400(served: Served) -> None:
+    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    status, doc, _ = served.call("POST", f"{VMSS}/reimage?{API}", {"instanceIds": "0"})
+    assert status == 400 and doc["error"]["target"] == "instanceIds", doc
+
+
+# --- 8. load balancers and galleries belong to their group and subscription --------------------------------
+
+LB = RG + "/providers/Microsoft.Network/loadBalancers/lbA"
+LB_BODY = {
+    "location": "local",
+    "properties": {
+        "probes": [{"name": "p", "properties": {"protocol": "Http", "port": 8080, "requestPath": "/"}}],
+    },
+}
+GALLERY_ONLY = RG + "/providers/Microsoft.Compute/galleries/myGallery"
+
+
+def elsewhere(path: str) -> list[str]:
+    return [
+        path.replace("myResourceGroup", "OTHER"),
+        path.replace("subscription_id", "other_sub"),
+    ]
+
+
+@pytest.mark.parametrize("path", [LB, GALLERY_ONLY, GALLERY, GALLERY + "/versions/1.0.0"])
+def test_a_resource_is_not_reached_through_another_group_or_subscription(served: Served, path: str) -> None:
+    assert served.call("PUT", f"{LB}?{API}", LB_BODY)[0] == 201
+    for other in elsewhere(path):
+        status, doc, _ = served.call("GET", f"{other}?{API}")
+        assert status == 404, (other, doc)
+        assert served.call("DELETE", f"{other}?{API}")[0] == 204, other  # nothing there to delete
+    for sub_path in (LB + "/probes", LB + "/probes/p"):
+        for other in elsewhere(sub_path):
+            assert served.call("GET", f"{other}?{API}")[0] == 404, other
+    assert served.call("GET", f"{path}?{API}")[0] == 200  # the real one is still there
+    shouting = path.replace("myResourceGroup", "MYRESOURCEGROUP")
+    assert served.call("GET", f"{shouting}?{API}")[0] == 200  # ARM names compare case-blind
+
+
+def test_lists_show_only_their_group_and_subscription(served: Served) -> None:
+    assert served.call("PUT", f"{LB}?{API}", LB_BODY)[0] == 201
+    for kind, own in [("Microsoft.Network/loadBalancers", "lbA"), ("Microsoft.Compute/galleries", "myGallery")]:
+        status, doc, _ = served.call("GET", f"/subscriptions/subscription_id/providers/{kind}?{API}")
+        assert status == 200 and [r["name"] for r in doc["value"]] == [own]
+        status, doc, _ = served.call("GET", f"/subscriptions/other_sub/providers/{kind}?{API}")
+        assert status == 200 and doc["value"] == [], kind
+        status, doc, _ = served.call(
+            "GET", f"/subscriptions/other_sub/resourceGroups/myResourceGroup/providers/{kind}?{API}"
+        )
+        assert status == 200 and doc["value"] == [], kind
+    status, doc, _ = served.call("GET", f"{GALLERY_ONLY.replace('myResourceGroup', 'OTHER')}/images?{API}")
+    assert status == 404, doc
+
+
+def test_writes_through_another_group_do_not_land_in_the_first(served: Served) -> None:
+    identifier = {"publisher": "p", "offer": "o", "sku": "s"}
+    other = GALLERY_ONLY.replace("myResourceGroup", "OTHER") + "/images/sneaky"
+    status, doc, _ = served.call("PUT", f"{other}?{API}", {"properties": {"identifier": identifier}})
+    assert status == 409 and doc["error"]["code"] == "GalleryNameTaken", doc
+    status, doc, _ = served.call("GET", f"{GALLERY_ONLY}/images?{API}")
+    assert [d["name"] for d in doc["value"]] == ["myImage"]
+    version = {
+        "location": "local",
+        "properties": {"storageProfile": {"source": {"overhaul": {"containerImage": "x:2"}}}},
+    }
+    status, doc, _ = served.call("PUT", f"{GALLERY.replace('myResourceGroup', 'OTHER')}/versions/2.0.0?{API}", version)
+    assert status == 404, doc
+    assert served.call("PUT", f"{LB}?{API}", LB_BODY)[0] == 201
+    status, doc, _ = served.call("PUT", f"{LB.replace('myResourceGroup', 'OTHER')}?{API}", LB_BODY)
+    assert status == 409 and doc["error"]["code"] == "LoadBalancerNameTaken", doc
+
+
+# --- 5. connections: a cap, a header deadline, one log line -----------------------------------------------
+
+
+def test_idle_and_slow_connections_leave_serve_answering(tmp_path: Path) -> None:
+    """1,100 idle connections and slowloris heads under systemd's default of 1,024 open files: /healthz and the
+    API keep answering, slow heads are closed at the header deadline, and the log holds no traceback."""
+    with overhaul_serve(tmp_path / "state", "--engine", "memory", "--header-timeout", "2", nofile=1024) as running:
+        host, port = running.url.removeprefix("http://").split(":")
+        held: list[socket.socket] = []
+        slow: list[socket.socket] = []
+        try:
+            for number in range(1150):
+                sock = socket.socket()
+                sock.settimeout(5)
+                try:
+                    sock.connect((host, int(port)))
+                    if number % 23 == 0:
+                        sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")  # a head that never ends
+                        slow.append(sock)
+                except OSError:
+                    sock.close()
+                    continue
+                held.append(sock)
+            timings = []
+            for _ in range(5):
+                started = time.perf_counter()
+                status, doc, _ = running.call("GET", "/healthz", token="")
+                assert status == 200, doc
+                assert running.call("GET", f"{VMSS.rsplit('/', 1)[0]}?{API}")[0] == 200
+                timings.append(time.perf_counter() - started)
+            assert statistics.median(timings) < 1.0, timings
+            time.sleep(3)  # past the header deadline: the slow heads were closed
+            closed = 0
+            for sock in slow:
+                sock.settimeout(2)
+                try:
+                    closed += sock.recv(1) == b""
+                except OSError:
+                    closed += 1
+            assert closed == len(slow), (closed, len(slow))
+        finally:
+            for sock in held:
+                sock.close()
+        assert running.process.poll() is None
+    log = running.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert len(log.splitlines()) < 50, log[-3000:]
