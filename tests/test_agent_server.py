@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import socket
+import stat
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -245,8 +246,15 @@ async def test_pushed_platform_notices_need_the_platform_token(
         assert resp.status == 200
     async with agent.session.get(tags_url) as resp:
         assert await resp.json() == [{"name": "Platform.PendingOSUpgrade", "value": "2.0.0"}]
-    async with agent.session.post(f"{agent.url}/platform/approve-os-upgrade") as resp:
+    approve = f"{agent.url}/platform/approve-os-upgrade"
+    for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        async with agent.session.post(approve, headers=headers) as resp:
+            assert resp.status == 401 and resp.headers["WWW-Authenticate"] == "Bearer", headers
+    async with agent.session.get(f"{agent.url}/health") as resp:
+        assert (await resp.json())["approvedOSUpgrade"] is None  # nothing was approved by those
+    async with agent.session.post(approve, headers=auth) as resp:
         assert resp.status == 200 and await resp.json() == {"approvedOSUpgrade": "2.0.0"}
+    assert stat.S_IMODE((tmp_path / "run" / "platform.json").stat().st_mode) == 0o600
     async with agent.session.put(push, json={"tags": {}}, headers=auth) as resp:  # withdrawn
         assert resp.status == 200
     async with agent.session.get(tags_url) as resp:
@@ -258,3 +266,21 @@ async def test_without_a_platform_token_nothing_can_be_pushed(fake_app: FakeApp,
     agent = await start_agent(fast_settings(fake_app.port))
     async with agent.session.put(f"{agent.url}/platform/tags", json={"tags": {}}) as resp:
         assert resp.status == 404
+    async with agent.session.post(f"{agent.url}/platform/approve-os-upgrade") as resp:
+        assert resp.status == 403  # no token in the metadata: nobody may approve through the network
+
+
+async def test_an_undecodable_platform_credential_is_401_not_a_crash(
+    fake_app: FakeApp, start_agent: StartAgent
+) -> None:
+    agent = await start_agent(fast_settings(fake_app.port), metadata=InstanceMetadata(platform_token="s3cret"))
+    host, port = agent.url.removeprefix("http://").split(":")
+    for path in ("/platform/tags", "/platform/approve-os-upgrade"):
+        method = "PUT" if path.endswith("tags") else "POST"
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n"
+        raw = head.encode() + b"Authorization: Bearer \xff\xfe\r\n\r\n{}"
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(raw)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]

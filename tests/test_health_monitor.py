@@ -12,6 +12,7 @@ import pytest
 from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings, parse_agent_health
 from overhaul.core.model import HealthProbe
 from overhaul.core.planner import Health
+from overhaul_agent.metadata import InstanceMetadata
 from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
 
 
@@ -145,7 +146,10 @@ async def test_a_pending_os_upgrade_is_shown_to_the_application_and_its_approval
     Platform.PendingOSUpgrade tag; the application approves through the agent; the watch carries the approval."""
     metadata = tmp_path / "drive" / "metadata.json"
     metadata.parent.mkdir()
-    agent = await start_agent(fast_settings(fake_app.port), metadata_path=str(metadata))
+    agent = await start_agent(
+        fast_settings(fake_app.port), InstanceMetadata(platform_token="s3cret"), metadata_path=str(metadata)
+    )
+    auth = {"Authorization": "Bearer s3cret"}  # the application reads it from its metadata
     assert agent.agent.http_port is not None
     key = ("web", 0)
     monitor.watch_agent(key, "127.0.0.1", agent.agent.http_port)
@@ -154,7 +158,7 @@ async def test_a_pending_os_upgrade_is_shown_to_the_application_and_its_approval
     approve_url = f"{agent.url}/platform/approve-os-upgrade"
     async with agent.session.get(tags_url) as resp:
         assert await resp.json() == []
-    async with agent.session.post(approve_url) as resp:
+    async with agent.session.post(approve_url, headers=auth) as resp:
         assert resp.status == 409 and (await resp.json())["error"]["code"] == "NoPendingOSUpgrade"
     # What the engine driver writes into a running instance's config drive.
     (metadata.parent / "platform.json").write_text(json.dumps({"tags": {"Platform.PendingOSUpgrade": "2.0.0"}}))
@@ -164,6 +168,8 @@ async def test_a_pending_os_upgrade_is_shown_to_the_application_and_its_approval
     assert report is not None and report.approved is None
     seen = monitor.version
     async with agent.session.post(approve_url) as resp:
+        assert resp.status == 401  # a neighbour that only reaches the port
+    async with agent.session.post(approve_url, headers=auth) as resp:
         assert resp.status == 200 and await resp.json() == {"approvedOSUpgrade": "2.0.0"}
     async with asyncio.timeout(10):
         while (report := monitor.report(key)) is None or report.approved != "2.0.0":

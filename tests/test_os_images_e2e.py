@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import tarfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,3 +129,79 @@ def test_demo_story_with_five_system_containers(served: Served) -> None:
     with urllib.request.urlopen(f"{served.url}/metrics", timeout=5) as resp:
         metrics = resp.read().decode()
     assert "\noverhaul_health_watch_errors_total 0.0\n" in metrics, metrics
+
+
+APPROVE = (
+    "import json, sys, urllib.request, urllib.error\n"
+    "headers = {}\n"
+    "if len(sys.argv) > 2:\n"
+    "    token = json.load(open('/etc/overhaul/metadata.json'))['platformToken']\n"
+    "    headers['Authorization'] = 'Bearer ' + token\n"
+    "request = urllib.request.Request(sys.argv[1], data=b'', headers=headers, method='POST')\n"
+    "try:\n"
+    "    print(urllib.request.urlopen(request, timeout=10).status)\n"
+    "except urllib.error.HTTPError as exc:\n"
+    "    print(exc.code)\n"
+)
+
+
+def test_only_the_instance_itself_approves_its_deferred_upgrade(served: Served) -> None:
+    """osRollingUpgradeDeferral: a neighbour container on the engine's bridge and a local user on the published
+    port are refused (401); the application inside, with the platformToken of its metadata, approves."""
+    identifier = {"publisher": "contoso", "offer": "os", "sku": "bookworm"}
+    assert served.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] in (200, 201)
+    publish(served, "1.0.0")
+    model = os_fleet_model(2)
+    model["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"]["osRollingUpgradeDeferral"] = True
+    assert served.call("PUT", f"{VMSS}?{API}", model)[0] == 201
+    wait_for(lambda: served.versions_and_health(VMSS) == [("1.0.0", "Healthy")] * 2)
+    publish(served, "2.0.0")
+    wait_for(lambda: agent_health(served, 0)["approvedOSUpgrade"] is None and pending_notice("os_0") == "2.0.0")
+
+    port = served.instances(VMSS)[0]["properties"]["overhaul"]["hostPorts"]["8090"]
+    local_user = approve_from_host(f"http://127.0.0.1:{port}/platform/approve-os-upgrade")
+    address = subprocess.run(
+        ["podman", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", "os_0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    neighbour_url = f"http://{address}:8090/platform/approve-os-upgrade"
+    neighbour = subprocess.run(
+        ["podman", "run", "--rm", "--entrypoint", "python3", f"{os_image.REPO}:1.0.0", "-c", APPROVE, neighbour_url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.strip()
+    assert (local_user, neighbour) == (401, "401")
+    time.sleep(2)  # time in which an approved instance would have moved on
+    assert served.versions_and_health(VMSS)[0] == ("1.0.0", "Healthy")
+
+    itself = subprocess.run(
+        ["podman", "exec", "os_0", "python3", "-c", APPROVE, "http://127.0.0.1:8090/platform/approve-os-upgrade", "t"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    assert itself == "200"
+    wait_for(lambda: served.versions_and_health(VMSS)[0] == ("2.0.0", "Healthy"))
+
+
+def pending_notice(instance: str) -> str | None:
+    try:
+        doc = json.loads(read_file(instance, "/etc/overhaul/platform.json"))
+    except subprocess.CalledProcessError:
+        return None
+    pending = doc.get("tags", {}).get("Platform.PendingOSUpgrade")
+    return str(pending) if pending is not None else None
+
+
+def approve_from_host(url: str) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)

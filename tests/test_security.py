@@ -5,6 +5,7 @@ Each test reproduces a way in that was found open."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import statistics
@@ -320,3 +321,115 @@ def test_idle_and_slow_connections_leave_serve_answering(tmp_path: Path) -> None
     log = running.log.read_text()
     assert "Traceback" not in log, log[-3000:]
     assert len(log.splitlines()) < 50, log[-3000:]
+
+
+# --- 4. the state directory removed or replaced underneath ------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_state_directory_removed_or_replaced_stops_writes_and_a_second_serve(tmp_path: Path, how: str) -> None:
+    state = tmp_path / "state"
+    with overhaul_serve(state, "--engine", "memory") as running:
+        token = running.token
+        assert running.call("PUT", f"{GALLERY_ONLY}?{API}", {"location": "local"})[0] == 201
+        if how == "removed":
+            shutil.rmtree(state)
+        else:
+            state.rename(tmp_path / "moved-away")
+            state.mkdir()
+        status, doc, headers = running.call("GET", "/healthz", token="")
+        assert status == 503 and str(state) in doc["storage"], doc
+        assert headers["Retry-After"].isdigit()
+        other = GALLERY_ONLY.replace("myGallery", "another")
+        status, doc, headers = running.call("PUT", f"{other}?{API}", {"location": "local"}, token=token)
+        assert status == 503 and doc["error"]["code"] == "StorageUnavailable", doc
+        assert str(state) in doc["error"]["message"] and headers["Retry-After"].isdigit()
+        second = serve_once(state)
+        assert second.returncode == 1 and "in use by another overhaul serve" in second.stderr, second.stderr
+        assert running.process.poll() is None
+    assert "Traceback" not in running.log.read_text()
+
+
+# --- 9. no 5xx for any input --------------------------------------------------------------------------------
+
+
+def nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [65, 500, 5000, 100_000])
+def test_deep_bodies_are_400_not_500(served: Served, depth: int) -> None:
+    body = '{"location": "local", "properties": ' + nested(depth) + "}"
+    for method, path in [("PUT", VMSS), ("PATCH", VMSS), ("PUT", GALLERY_ONLY), ("PUT", LB)]:
+        status, doc, _ = served.call(method, f"{path}?{API}", raw=body.encode())
+        assert status in (400, 404), (method, path, doc)  # 404: PATCH of nothing
+    assert "Traceback" not in served.log.read_text()
+
+
+def test_a_client_leaving_mid_body_is_no_error(served: Served) -> None:
+    host, port = served.url.removeprefix("http://").split(":")
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            head = [f"PUT {VMSS}?{API} HTTP/1.1", "Host: x", f"Authorization: Bearer {served.token}"]
+            head += ["Content-Type: application/json", "Content-Length: 5000"]
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + b'{"location": ')
+            time.sleep(0.2)
+    time.sleep(0.5)
+    assert served.call("GET", "/healthz", token="")[0] == 200
+    log = served.log.read_text()
+    assert "Traceback" not in log and " 500" not in log, log[-2000:]
+
+
+# --- 10. acknowledged writes survive a file system error -----------------------------------------------------
+
+
+@pytest.fixture
+def small_ext4(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A real ext4 file system on a loop device, mounted with errors=remount-ro (what a failing disk does)."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        pytest.skip("needs root and e2fsprogs for a loop-mounted file system")
+    image, mount = tmp_path / "fs.img", tmp_path / "mnt"
+    mount.mkdir()
+    with image.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, timeout=60)
+    subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(image), str(mount)], check=True, timeout=60)
+    try:
+        yield image, mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=60)
+
+
+def trigger_fs_error(mount: Path) -> None:
+    """The kernel's own way to make ext4 record an error: with errors=remount-ro it turns read-only at once."""
+    device = subprocess.run(
+        ["findmnt", "-n", "-o", "SOURCE", str(mount)], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+    Path(f"/sys/fs/ext4/{Path(device).name}/trigger_fs_error").write_text("1")
+
+
+def test_acknowledged_writes_survive_a_file_system_turning_read_only(small_ext4: tuple[Path, Path]) -> None:
+    image, mount = small_ext4
+    state = mount / "state"
+    names = [f"g{i}" for i in range(20)]
+    with overhaul_serve(state, "--engine", "memory") as running:
+        for name in names:
+            path = GALLERY_ONLY.replace("myGallery", name)
+            assert running.call("PUT", f"{path}?{API}", {"location": "local"})[0] == 201
+        trigger_fs_error(mount)
+        status, doc, headers = running.call("PUT", f"{GALLERY_ONLY.replace('myGallery', 'late')}?{API}", {})
+        assert status == 503 and doc["error"]["code"] == "StorageUnavailable", doc
+        assert "Retry-After" in headers
+        status, doc, _ = running.call("GET", "/healthz", token="")
+        assert status == 503 and doc["storage"] != "ok", doc
+        running.process.kill()  # as a crash would, with the file system in error
+        running.process.wait(10)
+    subprocess.run(["umount", str(mount)], check=True, timeout=60)
+    subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True, check=False, timeout=120)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True, timeout=60)
+    with overhaul_serve(state, "--engine", "memory") as running:
+        status, doc, _ = running.call(
+            "GET", f"/subscriptions/subscription_id/providers/Microsoft.Compute/galleries?{API}"
+        )
+        assert status == 200
+        assert sorted(g["name"] for g in doc["value"]) == sorted(names)  # every acknowledged write is there

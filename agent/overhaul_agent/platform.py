@@ -60,10 +60,15 @@ class PlatformNotices:
             return {}  # half-written or damaged: no notice is the safe reading (nothing gets approved)
 
     def may_push(self, authorization: str | None) -> bool:
-        """Whether a push carries this instance's platform token (compared in constant time)."""
-        if not self.token or authorization is None or not authorization.startswith("Bearer "):
+        """Whether a request carries this instance's platform token (compared in constant time, as bytes: a header
+        of any characters is refused, never an error)."""
+        if not self.token or authorization is None:
             return False
-        return hmac.compare_digest(authorization.removeprefix("Bearer ").encode(), self.token.encode())
+        scheme, _, presented = authorization.partition(" ")
+        given = presented.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not given:
+            return False
+        return hmac.compare_digest(given, self.token.encode("utf-8", "surrogateescape"))
 
     def push(self, tags: Mapping[str, str]) -> None:
         """Replaces the pushed notices, atomically; none withdraws them."""
@@ -71,7 +76,10 @@ class PlatformNotices:
             raise OSError("no runtime directory for platform notices")
         self.pushed.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.pushed.with_name(FILE_NAME + ".tmp")
-        tmp.write_text(json.dumps({"tags": dict(tags)}), encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)  # whatever the umask: only root in the instance reads it
+            f.write(json.dumps({"tags": dict(tags)}))
         os.replace(tmp, self.pushed)
 
     def pending_os_upgrade(self) -> str | None:

@@ -108,10 +108,37 @@ async def tags_list(request: web.Request) -> web.Response:
     return web.json_response([{"name": k, "value": v} for k, v in sorted(tags.items())])
 
 
+def _platform_refusal(notices: PlatformNotices, request: web.Request) -> web.Response | None:
+    """Platform endpoints change what the platform does: they need this OS disk's platformToken (in the metadata
+    on its config drive, which only root inside the instance reads), never just a route to the port."""
+    if not notices.token:
+        body = {
+            "error": {
+                "code": "Forbidden",
+                "message": "this instance's metadata holds no platformToken: its platform endpoints are closed",
+            }
+        }
+        return web.json_response(body, status=403)
+    if not notices.may_push(request.headers.get("Authorization")):
+        body = {
+            "error": {
+                "code": "Unauthorized",
+                "message": "the platform token is missing or wrong: send 'Authorization: Bearer <platformToken>' "
+                "from the instance's metadata",
+            }
+        }
+        return web.json_response(body, status=401, headers={"WWW-Authenticate": "Bearer"})
+    return None
+
+
 async def approve_os_upgrade(request: web.Request) -> web.Response:
-    """The application approves the pending OS upgrade (osRollingUpgradeDeferral); the orchestrator hears it
-    through /health."""
-    pending = request.app[NOTICES_KEY].pending_os_upgrade()
+    """The application approves the pending OS upgrade (osRollingUpgradeDeferral) with its platformToken; the
+    orchestrator hears it through /health."""
+    notices = request.app[NOTICES_KEY]
+    refusal = _platform_refusal(notices, request)
+    if refusal is not None:
+        return refusal
+    pending = notices.pending_os_upgrade()
     if pending is None:
         body = {"error": {"code": "NoPendingOSUpgrade", "message": "no OS upgrade is pending for this instance"}}
         return web.json_response(body, status=409)
@@ -125,13 +152,13 @@ async def push_tags(request: web.Request) -> web.Response:
     notices = request.app[NOTICES_KEY]
     if not notices.token:
         return await not_found(request)  # notices come from the config drive here
-    if not notices.may_push(request.headers.get("Authorization")):
-        body = {"error": {"code": "Unauthorized", "message": "the platform token is missing or wrong"}}
-        return web.json_response(body, status=401)
+    refusal = _platform_refusal(notices, request)
+    if refusal is not None:
+        return refusal
     try:
         doc = await request.json()
-    except ValueError:
-        return _bad_request("body", "must be a JSON object")
+    except (ValueError, RecursionError):
+        return _bad_request("body", "must be a JSON object of tags (no deeper than its tags)")
     tags = doc.get("tags") if isinstance(doc, dict) else None
     if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
         return _bad_request("tags", "must be an object of strings")

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from overhaul.core.errors import Unavailable
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
 from overhaul.core.model import ScaleSet
 from overhaul.core.network import LoadBalancer
@@ -101,5 +102,15 @@ class AttemptStore(Protocol):
     async def journal(self, attempt_id: str) -> list[JournalEntry]: ...
 
 
+class StoreUnavailable(Unavailable):
+    """The store cannot take writes now (disk full, a read-only or failing file system, its directory removed):
+    nothing was written; trying again later may work."""
+
+    code = "StorageUnavailable"
+
+
 class Store(ScaleSetStore, GalleryStore, NetworkStore, AttemptStore, Protocol):
     async def close(self) -> None: ...
+    def problem(self) -> str | None:
+        """What keeps the store from taking writes, as far as it knows now (None: nothing)."""
+        ...

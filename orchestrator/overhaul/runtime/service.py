@@ -236,6 +236,10 @@ class Orchestrator:
         except TimeoutError as exc:
             raise Unavailable("the container engine did not answer", "EngineUnavailable") from exc
 
+    def storage_problem(self) -> str | None:
+        """None while the store takes writes, as far as it knows; else why it does not."""
+        return self.store.problem()
+
     async def engine_problem(self, timeout: float = 5.0) -> str | None:
         """None when the engine answers now; else what is wrong."""
         try:

@@ -90,15 +90,16 @@ async def serve(settings: ServeSettings, stop: asyncio.Event) -> int:
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
     try:
-        return await _serve(settings, stop, token)
+        return await _serve(settings, stop, token, lease)
     finally:
         lease.release()
 
 
-async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str) -> int:
+async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease: StateDirLease) -> int:
     state_dir = settings.state_path
     try:
-        store = SqliteStore(state_dir / "overhaul.db", settings.history)
+        store = SqliteStore(lease.database, settings.history, guard=lease.check)
+        lease.database_opened()
     except (StoreDamaged, sqlite3.DatabaseError, OSError) as exc:
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2

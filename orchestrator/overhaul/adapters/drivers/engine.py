@@ -15,6 +15,7 @@ import ctypes
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -220,6 +221,16 @@ def _name(container: Mapping[str, Any]) -> str:
     return str(names[0]).lstrip("/")
 
 
+def platform_token(metadata: Path) -> str:
+    """The platformToken of the OS disk whose metadata this is: the one it has, or a new one."""
+    try:
+        doc = json.loads(metadata.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        doc = None
+    token = doc.get("platformToken") if isinstance(doc, dict) else None
+    return token if isinstance(token, str) and token else secrets.token_urlsafe(32)
+
+
 class EngineDriver:
     """Driver over the Docker Engine API; works with Docker and with Podman's compatible API."""
 
@@ -332,8 +343,10 @@ class EngineDriver:
         """Each OS disk gets a config drive of its own: a rolled-back disk keeps the metadata it had."""
         directory = self.settings.config_root / spec.scale_set / str(spec.instance_id) / spec.disk
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Extensions' protectedSettings are in it.
-        self._write_private(directory, "metadata.json", spec.metadata)
+        # Extensions' protectedSettings are in it, and the token the agent's platform endpoints want (the same for
+        # the life of this OS disk: a step run again keeps it).
+        token = platform_token(directory / "metadata.json")
+        self._write_private(directory, "metadata.json", {**spec.metadata, "platformToken": token})
         (directory / PLATFORM_FILE).unlink(missing_ok=True)  # a new OS disk starts with no notice
         return directory
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientConnectionError, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from overhaul.adapters.http import arm
@@ -38,6 +38,33 @@ API_VERSION = re.compile(r"20[0-9]{2}-[01][0-9]-[0-3][0-9](-preview)?")
 
 class RequestTimeout(OverhaulError):
     code = "RequestTimeout"
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request body was on the way."""
+
+
+# What a 503 tells a client to wait before trying again (the engine restarting, storage failing).
+RETRY_AFTER_SECONDS = 5
+# ARM documents nest a dozen levels at most; deeper ones are refused before anything walks them.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth_exceeds(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests deeper than ``limit`` (walked without recursion)."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 STATUS: dict[type[OverhaulError], int] = {
@@ -80,8 +107,15 @@ async def arm_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     """Every failure answers in ARM's shape: {"error": {"code", "message", "target"}}."""
     try:
         return await handler(request)
+    except ClientGone:
+        # Nobody is left to answer: one debug line, no traceback, no 5xx counted.
+        log.debug("%s %s: the client went away before its body arrived", request.method, request.path)
+        return web.Response(status=499)
     except OverhaulError as exc:
-        return error(status_of(exc), exc.code, exc.message, exc.target)
+        response = error(status_of(exc), exc.code, exc.message, exc.target)
+        if response.status == 503:
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     except ModelError as exc:
         return error(400, "InvalidParameter", str(exc), exc.path)
     except web.HTTPRequestEntityTooLarge:
@@ -180,12 +214,20 @@ async def body_json(request: web.Request) -> Any:
             raw = await request.read()
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout:g}s") from None
+    except (ConnectionError, ClientConnectionError) as exc:
+        raise ClientGone from exc
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise InvalidInput(f"the request body is not valid JSON: {str(exc)[:200]}", "InvalidRequestContent") from exc
+    if json_depth_exceeds(doc, MAX_JSON_DEPTH):
+        raise InvalidInput(
+            f"the request body nests deeper than {MAX_JSON_DEPTH} levels: it is not an ARM document",
+            "InvalidRequestContent",
+        )
+    return doc
 
 
 async def body_object(request: web.Request) -> Mapping[str, Any]:
@@ -639,11 +681,16 @@ async def list_vm_image_versions(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while the orchestrator can act; 503 naming the problem while its engine is down."""
-    problem = await service(request).engine_problem()
-    if problem is not None:
-        return web.json_response({"status": "unavailable", "engine": problem}, status=503)
-    return web.json_response({"status": "ok", "engine": "ok"})
+    """200 while the orchestrator can act; 503 naming the problem while its engine is down or its storage takes no
+    writes."""
+    orchestrator = service(request)
+    engine = await orchestrator.engine_problem()
+    storage = orchestrator.storage_problem()
+    doc = {"status": "ok" if engine is None and storage is None else "unavailable"}
+    doc |= {"engine": engine or "ok", "storage": storage or "ok"}
+    if engine is None and storage is None:
+        return web.json_response(doc)
+    return web.json_response(doc, status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from overhaul.core.rollout import (
     attempt_from_json,
     attempt_to_json,
 )
-from overhaul.ports.store import HistoryRetention, JournalEntry, StoredAttempt
+from overhaul.ports.store import HistoryRetention, JournalEntry, StoredAttempt, StoreUnavailable
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -110,6 +110,71 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+# Statements that write nothing (a ROLLBACK undoes): every other one is a write, checked against the guard first.
+READS = ("SELECT", "PRAGMA", "ROLLBACK")
+
+
+class GuardedConnection(sqlite3.Connection):
+    """A connection whose writes first ask ``guard`` (None: go ahead; else why not: the state directory was removed
+    or replaced) and whose storage failures (disk full, read-only or failing file system) become StoreUnavailable,
+    which the API answers with 503 and Retry-After. The last such problem is kept for /healthz until a write
+    succeeds again."""
+
+    guard: Callable[[], str | None] | None = None
+    problem: str | None = None
+
+    def _check(self, sql: str) -> None:
+        if self.guard is not None and not sql.lstrip().upper().startswith(READS):
+            problem = self.guard()
+            if problem is not None:
+                self.problem = problem
+                raise StoreUnavailable(f"the store takes no writes: {problem}")
+
+    def _failed(self, exc: sqlite3.Error) -> StoreUnavailable:
+        self.problem = f"the database cannot be written: {exc}"
+        return StoreUnavailable(f"the store takes no writes: {self.problem}")
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        self._check(sql)
+        try:
+            cursor = super().execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            if not storage_failure(exc):
+                raise
+            raise self._failed(exc) from exc
+        if sql == "COMMIT":
+            self.problem = None
+        return cursor
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        self._check(sql)
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            if not storage_failure(exc):
+                raise
+            raise self._failed(exc) from exc
+
+
+def storage_failure(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite says the storage failed (rather than that a statement is wrong, which is our bug)."""
+    text = str(exc).lower()
+    return (
+        any(
+            words in text
+            for words in ("disk i/o", "readonly", "read-only", "full", "unable to open", "locked", "no such table")
+        )
+        or getattr(exc, "sqlite_errorcode", None) in STORAGE_CODES
+    )
+
+
+STORAGE_CODES = {
+    getattr(sqlite3, name)
+    for name in ("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_BUSY", "SQLITE_LOCKED")
+    if hasattr(sqlite3, name)
+}
+
+
 class StoreDamaged(Exception):
     """The database file cannot be trusted; it is left as it is for a person to look at."""
 
@@ -120,8 +185,15 @@ DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 def make_private_files(path: Path) -> None:
     """The database and its companions are the service user's alone (they hold protectedSettings and customData),
     whatever the umask: SQLite gives the companions the database file's mode, so that file is made 0600 first."""
+    existed = path.exists()
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.close(fd)
+    if not existed:  # the new file's name is on disk before anything is written in it
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     for suffix in DB_SUFFIXES:
         with contextlib.suppress(FileNotFoundError):
             os.chmod(f"{path}{suffix}", 0o600)
@@ -147,11 +219,21 @@ def check_intact(db: sqlite3.Connection, path: str) -> None:
 class SqliteStore:
     """The embedded store: one SQLite file in WAL mode."""
 
-    def __init__(self, path: Path | str, retention: HistoryRetention | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        retention: HistoryRetention | None = None,
+        *,
+        guard: Callable[[], str | None] | None = None,
+    ) -> None:
+        """``guard``: asked before every write; what it returns (None: nothing) keeps the write from happening."""
         self.path = str(path)
         self.retention = retention or HistoryRetention()
         make_private_files(Path(self.path))
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db: GuardedConnection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, factory=GuardedConnection
+        )
+        self.db.guard = guard
         try:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -168,13 +250,20 @@ class SqliteStore:
     async def close(self) -> None:
         self.db.close()
 
+    def problem(self) -> str | None:
+        if self.db.guard is not None and (problem := self.db.guard()) is not None:
+            return problem
+        return self.db.problem
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a failed write may have ended it already
+                with contextlib.suppress(sqlite3.Error, StoreUnavailable):
+                    self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
