@@ -25,6 +25,17 @@ def socket_name(state_dir: Path) -> bytes:
     return b"\0overhaul-serve-" + digest.encode()
 
 
+def changed(path: Path, identity: tuple[int, int], what: str, kind: str) -> str | None:
+    """Why ``path`` is no longer the file system object ``identity`` named (None: it still is)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return f"{what} {path} is gone ({exc.strerror})"
+    if (info.st_dev, info.st_ino) != identity:
+        return f"{what} {path} was replaced by another {kind}"
+    return None
+
+
 class StateDirLease:
     def __init__(self, state_dir: Path, database: str = "overhaul.db") -> None:
         self.state_dir = state_dir
@@ -83,20 +94,10 @@ class StateDirLease:
         """None while the state directory (and the database, once opened) are the ones this serve holds."""
         if self._identity is None:
             return None
-        try:
-            info = os.stat(self.state_dir)
-        except OSError as exc:
-            return f"the state directory {self.state_dir} is gone ({exc.strerror})"
-        if (info.st_dev, info.st_ino) != self._identity:
-            return f"the state directory {self.state_dir} was replaced by another directory"
-        if self._database_identity is not None:
-            try:
-                db = os.stat(self.database)
-            except OSError as exc:
-                return f"the database {self.database} is gone ({exc.strerror})"
-            if (db.st_dev, db.st_ino) != self._database_identity:
-                return f"the database {self.database} was replaced by another file"
-        return None
+        problem = changed(self.state_dir, self._identity, "the state directory", "directory")
+        if problem is None and self._database_identity is not None:
+            problem = changed(self.database, self._database_identity, "the database", "file")
+        return problem
 
     def release(self) -> None:
         for fd in (self._fd, self._dir_fd):
