@@ -7,6 +7,7 @@ import copy
 import json
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -507,3 +508,24 @@ async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
     # Config drives hold the extensions' protectedSettings: owner only.
     drives = list(fleet.driver.settings.config_root.rglob("metadata.json"))
     assert drives and all(stat.S_IMODE(d.stat().st_mode) == 0o600 for d in drives)
+
+
+def volumes(engine: str, scale_set: str) -> list[str]:
+    out = subprocess.run(
+        [engine, "volume", "ls", "--format", "{{.Name}}"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    return sorted(n for n in out.split() if n.startswith(f"{scale_set}_"))
+
+
+async def test_deleting_a_scale_set_removes_the_data_disks_of_instances_scaled_in_before(fleet: Fleet) -> None:
+    await fleet.create()
+    assert volumes("podman", fleet.name) == [f"{fleet.name}_{i}_lun0" for i in range(5)]
+    smaller = copy.deepcopy(MODEL)
+    smaller["sku"]["capacity"] = 2
+    await fleet.service.create_or_update(smaller, name=fleet.name)
+    # Scaled in: the removed instances' data disks are kept (a scale-out may bring them back) ...
+    assert volumes("podman", fleet.name) == [f"{fleet.name}_{i}_lun0" for i in range(5)]
+    await fleet.service.delete_scale_set(fleet.name)
+    # ... until the scale set goes: then every data disk it ever made goes with it.
+    assert volumes("podman", fleet.name) == []
+    assert containers("podman", fleet.name) == []

@@ -433,3 +433,43 @@ def test_acknowledged_writes_survive_a_file_system_turning_read_only(small_ext4:
         )
         assert status == 200
         assert sorted(g["name"] for g in doc["value"]) == sorted(names)  # every acknowledged write is there
+
+
+# --- 11. accepted without checks ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["01.0.0", "1.00.0", "1.0.01", "99999999999999999999999.0.0", "2147483648.0.0"])
+def test_versions_are_strict_and_bounded(served: Served, version: str) -> None:
+    body = {"properties": {"storageProfile": {"source": {"overhaul": {"containerImage": "localhost/jammy:x"}}}}}
+    status, doc, _ = served.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)
+    assert status == 400 and doc["error"]["target"] == "version", doc
+    status, doc, _ = served.call("GET", f"{GALLERY}/versions?{API}")
+    assert [v["name"] for v in doc["value"]] == ["1.0.0"]
+
+
+@pytest.mark.parametrize(
+    "image", ["a b\nc", "UPPER/case:1", "x:", ":tag", "a//b", "a:" + "t" * 200, "-x", "a@sha256:zz"]
+)
+def test_container_images_follow_the_reference_grammar(served: Served, image: str) -> None:
+    body = {"properties": {"storageProfile": {"source": {"overhaul": {"containerImage": image}}}}}
+    status, doc, _ = served.call("PUT", f"{GALLERY}/versions/2.0.0?{API}", body)
+    assert status == 400, doc
+    assert doc["error"]["target"] == "properties.storageProfile.source.overhaul.containerImage", doc
+
+
+@pytest.mark.parametrize("name", ["x.prev", "X.PREV", "web.prev"])
+def test_a_scale_set_name_with_our_own_suffix_is_refused(served: Served, name: str) -> None:
+    status, doc, _ = served.call("PUT", f"{VMSS.replace('myScaleSet', name)}?{API}", MODEL)
+    assert status == 400 and doc["error"]["target"] == "name", doc
+    assert ".prev" in doc["error"]["message"]
+
+
+def test_set_on_a_path_the_model_does_not_have_is_an_error(served: Served) -> None:
+    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    where = ("-n", "myScaleSet", "-g", "myResourceGroup", "--subscription", "subscription_id")
+    result = served.cli("vmss", "update", *where, "--set", "a.b.c=1", check=False)
+    assert result.returncode != 0 and "Couldn't find 'a'" in result.stderr, result.stderr
+    result = served.cli("vmss", "update", *where, "--set", "upgradePolicy.nope.deeper=1", check=False)
+    assert result.returncode != 0 and "Couldn't find 'nope'" in result.stderr, result.stderr
+    _, doc, _ = served.call("GET", f"{VMSS}?{API}")
+    assert "a" not in doc and "nope" not in doc["properties"]["upgradePolicy"]

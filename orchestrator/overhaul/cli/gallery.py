@@ -84,13 +84,16 @@ def run_sig(client: Client, args: argparse.Namespace) -> int:
         }
         emit(args, client.call("PUT", path, body), "imageversions")
     elif cmd == "update":
-        patch: dict[str, Any] = {"properties": {"publishingProfile": {}}}
+        # As az's generic update: the version as it is, with the flags and each --set applied (a path it does not
+        # have is an error), written back.
+        doc = client.call("GET", path)
+        publishing = doc.setdefault("properties", {}).setdefault("publishingProfile", {})
         if args.exclude_from_latest is not None:
-            patch["properties"]["publishingProfile"]["excludeFromLatest"] = args.exclude_from_latest
+            publishing["excludeFromLatest"] = args.exclude_from_latest
         if args.target_regions:
-            patch["properties"]["publishingProfile"]["targetRegions"] = [{"name": r} for r in args.target_regions]
-        apply_sets(patch, args.set)
-        emit(args, client.call("PATCH", path, patch), "imageversions")
+            publishing["targetRegions"] = [{"name": r} for r in args.target_regions]
+        apply_sets(doc, args.set)
+        emit(args, client.call("PATCH", path, doc), "imageversions")
     return 0
 
 

@@ -40,14 +40,15 @@ def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
         target = doc["properties"]
     for i, part in enumerate(parts):
         key = next((k for k in target if k.lower() == part.lower()), None)
-        if key is None:
-            key = part[0].lower() + part[1:]  # new keys in Azure's camelCase
         if i == len(parts) - 1:
-            target[key] = value
+            target[key or part[0].lower() + part[1:]] = value  # a new last key in Azure's camelCase
             return
-        child = target.get(key)
-        if child is None:
-            child = target[key] = {}
+        if key is None or target[key] is None:
+            # az: a path through properties the resource does not have is a mistake, not a new object.
+            where = ".".join(parts[:i]) or "the resource"
+            options = ", ".join(sorted(k for k in target if target[k] is not None)) if key is None else "none"
+            raise CliError(f"--set {path}: Couldn't find '{part}' in '{where}'. Available options: {options}")
+        child = target[key]
         if not isinstance(child, dict):
             raise CliError(f"--set {path}: {key} is not an object")
         target = child

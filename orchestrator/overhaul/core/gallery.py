@@ -15,15 +15,53 @@ from typing import Any
 from overhaul.core.model import GALLERY_ID, ImageReference, ModelError, overlay, resource_envelope
 from overhaul.core.naming import gallery_id
 
-VERSION_PATTERN = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+# Azure's gallery image versions: MAJOR.MINOR.PATCH, each a 32-bit integer; no leading zeros, so that one version
+# has one spelling ("01.0.0" beside "1.0.0" would be two names for one place in the order).
+VERSION_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,9})\.(0|[1-9][0-9]{0,9})\.(0|[1-9][0-9]{0,9})$")
+MAX_VERSION_PART = 2**31 - 1
 
 
 def semver_key(version: str) -> tuple[int, int, int]:
     match = VERSION_PATTERN.match(version)
-    if match is None:
-        raise ModelError("version", f"must be MAJOR.MINOR.PATCH, got {version!r}")
-    major, minor, patch = (int(x) for x in match.groups())
+    parts = tuple(int(x) for x in match.groups()) if match is not None else ()
+    if len(parts) != 3 or max(parts) > MAX_VERSION_PART:
+        raise ModelError(
+            "version",
+            f"must be MAJOR.MINOR.PATCH, each 0..{MAX_VERSION_PART} without leading zeros, got {version[:64]!r}",
+        )
+    major, minor, patch = parts
     return major, minor, patch
+
+
+# The container engines' image reference grammar (distribution/reference): [domain/]path[:tag][@digest].
+_ALNUM = r"[a-z0-9]+"
+_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_NAME = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::[\w][\w.-]{{0,127}})?(?:@{_DIGEST})?")
+IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]{64}")
+
+
+def _engine_name(name: str) -> bool:
+    """As the engines read a name: its first part is a registry only with a '.' or ':' in it or as localhost;
+    otherwise it is a path component, which is lower case."""
+    first, _, rest = name.partition("/")
+    registry = bool(rest) and ("." in first or ":" in first or first == "localhost")
+    return len(name) <= 255 and (registry or re.fullmatch(_COMPONENT, first) is not None)
+
+
+def check_image_reference(reference: str, path: str) -> None:
+    """A container image reference as the engines parse it (or an image id), else a ModelError naming ``path``."""
+    match = IMAGE_REFERENCE.fullmatch(reference)
+    if IMAGE_ID.fullmatch(reference) or (match is not None and _engine_name(match.group("name"))):
+        return
+    raise ModelError(
+        path,
+        f"must be a container image reference such as localhost/os:1.0.0 ([registry/]name[:tag][@digest], name in "
+        f"lower case), got {reference[:300]!r}",
+    )
 
 
 @dataclass(frozen=True)
@@ -184,6 +222,8 @@ def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, pub
     disk_image = source.get("diskImage") or ""
     if not isinstance(artifact, str):
         raise ModelError(f"{path}.containerImage", "must be a container image reference")
+    if artifact:
+        check_image_reference(artifact, f"{path}.containerImage")
     if not isinstance(disk_image, str) or (disk_image and not disk_image.startswith("/")):
         raise ModelError(f"{path}.diskImage", "must be the absolute path of a directory of VM artefacts")
     if not artifact and not disk_image:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from overhaul.core.naming import instance_name, scale_set_id
+from overhaul.core.naming import PREVIOUS_SUFFIX, instance_name, scale_set_id
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 UPGRADE_MODES = ("Automatic", "Manual", "Rolling")
@@ -645,6 +645,8 @@ def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", sub
     """Parse an Azure-shaped scale set document (the body of a PUT)."""
     if not NAME_PATTERN.match(name):
         raise ModelError("name", f"must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
+    if name.lower().endswith(PREVIOUS_SUFFIX):
+        raise ModelError("name", f"must not end in {PREVIOUS_SUFFIX!r}: instances' previous OS disks are named with it")
     root = _Reader(doc, "")
     location = root.text("location", "local") or "local"
     sku = root.obj("sku")

@@ -21,6 +21,13 @@ def data_disk_name(scale_set: str, instance_id: int, lun: int) -> str:
     return f"{instance_name(scale_set, instance_id)}_lun{lun}"
 
 
+def is_data_disk_of(scale_set: str, name: str) -> bool:
+    """Whether ``name`` is a data disk ``data_disk_name`` made for an instance of ``scale_set`` (any id, any LUN)."""
+    head, sep, lun = name.rpartition("_lun")
+    owner, _, instance = head.rpartition("_")
+    return bool(sep) and lun.isdigit() and instance.isdigit() and owner.lower() == scale_set.lower()
+
+
 def gallery_id(subscription: str, resource_group: str, name: str) -> str:
     return f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/galleries/{name}"
 

@@ -616,9 +616,12 @@ class Orchestrator:
             model = await self.get_scale_set(ref)
             await self._settle(model.name)
             states = await self._observe(model.name)
+            # With no instance left (scaled in to 0), instance 0 still stands for the scale set: deleting it is
+            # how a driver hears to remove the data disks of instances scaled in before.
+            leftover: dict[int, str | None] = {i: s.version for i, s in states.items()} or {0: None}
             try:
-                for instance_id, state in states.items():
-                    await self.driver.delete(self.instances.handle(model, instance_id, state.version), keep_data=False)
+                for instance_id, version in leftover.items():
+                    await self.driver.delete(self.instances.handle(model, instance_id, version), keep_data=False)
             except DriverError as exc:
                 raise engine_error(exc) from exc
             for instance_id in set(range(model.capacity)) | set(states):

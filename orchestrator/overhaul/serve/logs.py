@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import IO, Any
 
 FORMATS = ("text", "json")
@@ -61,11 +63,48 @@ class LineFormatter(logging.Formatter):
         return text
 
 
+class QuietPeers(logging.Filter):
+    """A peer's malformed request, or a connection the process could not take, is the peer's or the moment's
+    problem, not ours: one line without a traceback, at most one per ``every`` seconds (the others are counted in
+    the next one), however many arrive."""
+
+    LOGGERS = frozenset({"aiohttp.server", "asyncio"})
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every = every
+        self.clock = clock
+        self._last = -float("inf")
+        self._dropped = 0
+
+    @staticmethod
+    def from_peer(exc: BaseException | None) -> bool:
+        names = {kind.__name__ for kind in type(exc).__mro__} if exc is not None else set()
+        return isinstance(exc, OSError) or "HttpProcessingError" in names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.name not in self.LOGGERS or not self.from_peer(exc):
+            return True
+        now = self.clock()
+        if now - self._last < self.every:
+            self._dropped += 1
+            return False
+        more = f" ({self._dropped} more like it since the last)" if self._dropped else ""
+        record.msg = f"{record.getMessage()}: {type(exc).__name__}: {str(exc).strip()[:200]}{more}"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        self._last, self._dropped = now, 0
+        return True
+
+
 def setup(level: str, log_format: str = "text", stream: IO[str] | None = None) -> None:
     """Replaces the root logger's handlers with one writing ``log_format`` lines to ``stream`` (stderr)."""
     out = stream or sys.stderr
     handler = logging.StreamHandler(out)
     handler.setFormatter(LineFormatter(json_lines=log_format == "json", journald=under_journald(out)))
+    handler.addFilter(QuietPeers())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

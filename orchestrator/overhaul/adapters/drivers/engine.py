@@ -27,7 +27,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
-from overhaul.core.naming import instance_name, previous_name
+from overhaul.core.naming import instance_name, is_data_disk_of, previous_name
 from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec, InstanceState, OsDisk
 
 log = logging.getLogger(__name__)
@@ -530,7 +530,17 @@ class EngineDriver:
         await self._remove(spec.name)
         if not keep_data:
             for volume, _ in spec.volumes:
-                with contextlib.suppress(DriverError):
-                    vol = aiodocker.docker.DockerVolume(self.docker, volume)  # type: ignore[no-untyped-call]
-                    await self._call(f"remove volume {volume}", vol.delete())  # type: ignore[no-untyped-call]
+                await self._remove_volume(volume)
+            if not await self.observe(spec.scale_set):
+                # The scale set's last instance: data disks of instances scaled in before go with it.
+                listed = await self._call("list volumes", self.docker.volumes.list())  # type: ignore[no-untyped-call]
+                for volume in (listed or {}).get("Volumes") or []:
+                    name = str(volume.get("Name", ""))
+                    if is_data_disk_of(spec.scale_set, name):
+                        await self._remove_volume(name)
         shutil.rmtree(self.settings.config_root / spec.scale_set / str(spec.instance_id), ignore_errors=True)
+
+    async def _remove_volume(self, volume: str) -> None:
+        with contextlib.suppress(DriverError):
+            vol = aiodocker.docker.DockerVolume(self.docker, volume)  # type: ignore[no-untyped-call]
+            await self._call(f"remove volume {volume}", vol.delete())  # type: ignore[no-untyped-call]
