@@ -284,3 +284,7 @@ async def test_an_undecodable_platform_credential_is_401_not_a_crash(
         answer = await asyncio.wait_for(reader.read(), 10)
         writer.close()
         assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    deep = b'{"tags": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    auth = {"Authorization": "Bearer s3cret", "Content-Type": "application/json"}
+    async with agent.session.put(f"{agent.url}/platform/tags", data=deep, headers=auth) as resp:
+        assert resp.status == 400 and (await resp.json())["error"]["target"] == "body"

@@ -464,6 +464,15 @@ async def test_v1_to_v2_on_docker(docker: str, tmp_path: Path) -> None:
         assert await fleet.store.instance_ports(fleet.name) == ports
         assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
         assert sorted(c["name"] for c in containers("docker", fleet.name)) == [f"tdocker_{i}" for i in range(5)]
+        # Isolated by default: Docker has no network stack per container, so the scale set has a bridge of its
+        # own with inter-container traffic off (the busybox images have wget: instance 1 cannot reach instance 0).
+        network = inspect("docker", "network", "overhaul-tdocker")
+        assert network["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+        assert sorted(c["Name"] for c in network["Containers"].values()) == [f"tdocker_{i}" for i in range(5)]
+        address = network["Containers"][inspect("docker", "container", "tdocker_0")["Id"]]["IPv4Address"]
+        assert not reaches("docker", "tdocker_1", f"http://{address.split('/')[0]}:8080/")
+        await fleet.service.delete_scale_set(fleet.name)
+        assert not exists("docker", "network", "overhaul-tdocker")
 
 
 async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
@@ -508,6 +517,43 @@ async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
     # Config drives hold the extensions' protectedSettings: owner only.
     drives = list(fleet.driver.settings.config_root.rglob("metadata.json"))
     assert drives and all(stat.S_IMODE(d.stat().st_mode) == 0o600 for d in drives)
+
+
+def reaches(engine: str, container: str, url: str) -> bool:
+    """Whether ``container`` gets an answer from ``url`` (busybox's wget inside it)."""
+    command = [engine, "exec", container, "wget", "-q", "-T", "3", "-O-", url]
+    return subprocess.run(command, capture_output=True, timeout=60, check=False).returncode == 0
+
+
+def exists(engine: str, kind: str, name: str) -> bool:
+    return subprocess.run([engine, kind, "inspect", name], capture_output=True, timeout=30, check=False).returncode == 0
+
+
+def inspect(engine: str, kind: str, name: str) -> dict[str, Any]:
+    out = subprocess.run([engine, kind, "inspect", name], capture_output=True, text=True, check=True, timeout=30)
+    found: dict[str, Any] = json.loads(out.stdout)[0]
+    return found
+
+
+async def test_instances_are_isolated_unless_the_model_shares_the_bridge(fleet: Fleet) -> None:
+    """Podman: each container a network stack of its own (nothing but its published ports reaches it); with
+    overhaul.network shared, the engine's bridge as before."""
+    model = copy.deepcopy(MODEL)
+    model["sku"]["capacity"] = 2
+    await fleet.create(model)
+    isolated = inspect("podman", "container", f"{fleet.name}_0")
+    assert isolated["HostConfig"]["NetworkMode"] == "slirp4netns"
+    assert not isolated["NetworkSettings"]["IPAddress"]  # no address another container could reach
+    assert (await get_text(fleet.http, (await fleet.store.instance_ports(fleet.name))[0][8080], "/version"))[0] == 200
+    model["properties"]["virtualMachineProfile"]["overhaul"]["network"] = "shared"
+    model["properties"]["upgradePolicy"]["mode"] = "Automatic"  # the model change reaches both at once
+    await fleet.service.create_or_update(model, name=fleet.name)
+    latest = await fleet.service.latest(fleet.name)
+    assert latest is not None
+    done = await fleet.service.wait_attempt(latest.attempt.id, 120)
+    assert done.status is AttemptStatus.COMPLETED, done.error_message
+    shared = inspect("podman", "container", f"{fleet.name}_1")
+    assert shared["NetworkSettings"]["IPAddress"], shared["NetworkSettings"]
 
 
 def volumes(engine: str, scale_set: str) -> list[str]:

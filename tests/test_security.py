@@ -4,6 +4,7 @@ Each test reproduces a way in that was found open."""
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import socket
@@ -473,3 +474,25 @@ def test_set_on_a_path_the_model_does_not_have_is_an_error(served: Served) -> No
     assert result.returncode != 0 and "Couldn't find 'nope'" in result.stderr, result.stderr
     _, doc, _ = served.call("GET", f"{VMSS}?{API}")
     assert "a" not in doc and "nope" not in doc["properties"]["upgradePolicy"]
+
+
+# --- 2. instances are isolated from each other unless the model says otherwise ---------------------------------
+
+
+def with_overhaul(**fields: object) -> dict[str, object]:
+    model = copy.deepcopy(MODEL)
+    model["properties"]["virtualMachineProfile"]["overhaul"].update(fields)
+    return model
+
+
+def test_instance_networks_are_isolated_by_default_and_checked(served: Served) -> None:
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", MODEL)
+    assert status == 201 and doc["properties"]["virtualMachineProfile"]["overhaul"]["network"] == "isolated"
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", with_overhaul(network="bridge"))
+    assert status == 400, doc
+    assert doc["error"]["target"] == "properties.virtualMachineProfile.overhaul.network"
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", with_overhaul(network="Shared"))
+    assert status == 200 and doc["properties"]["virtualMachineProfile"]["overhaul"]["network"] == "shared"
+    vm = with_overhaul(network="shared", vm={"memoryMB": 256})
+    status, doc, _ = served.call("PUT", f"{VMSS.replace('myScaleSet', 'vms')}?{API}", vm)
+    assert status == 400 and doc["error"]["target"] == "properties.virtualMachineProfile.overhaul.network", doc

@@ -303,6 +303,15 @@ class VmOptions:
         return {"memoryMB": self.memory_mb, "vCPUs": self.vcpus, "accel": self.accel.value}
 
 
+class InstanceNetwork(StrEnum):
+    """Whom an instance's network reaches besides the host's published ports (ours: Azure names a VNet instead).
+    ``isolated``: nobody — each container has a network stack of its own, so neither another instance of its scale
+    set nor of another reaches it; ``shared``: the engine's default bridge, which every container on it shares."""
+
+    ISOLATED = "isolated"
+    SHARED = "shared"
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Ours (``virtualMachineProfile.overhaul``): how an instance runs — a container on an engine, or a VM."""
@@ -316,10 +325,12 @@ class EngineOptions:
     # Health extension; "running" is then the only health there is.
     health_from_power_state: bool = False
     vm: VmOptions | None = None
+    network: InstanceNetwork = InstanceNetwork.ISOLATED
 
     def to_json(self) -> dict[str, Any]:
         return {
             "vm": self.vm.to_json() if self.vm is not None else None,
+            "network": self.network.value,
             "command": list(self.command) if self.command is not None else None,
             "stopTimeoutInSeconds": self.stop_timeout,
             "agentPort": self.agent_port,
@@ -626,10 +637,16 @@ def _engine(r: _Reader) -> EngineOptions:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ModelError(f"{r.at('ports')}[{i}]", f"must be a port 1..65535, got {port!r}")
     vm = _vm(r.obj("vm")) if r.doc.get("vm") is not None else None
+    network_name = (r.text("network", InstanceNetwork.ISOLATED.value) or InstanceNetwork.ISOLATED.value).lower()
+    if network_name not in {n.value for n in InstanceNetwork}:
+        raise ModelError(r.at("network"), f"must be isolated or shared, got {network_name!r}")
+    network = InstanceNetwork(network_name)
     if vm is not None:
         for key in ("command", "systemd"):
             if r.doc.get(key):
                 raise ModelError(r.at(key), "has no meaning for a VM (virtualMachineProfile.overhaul.vm): leave it out")
+        if network is InstanceNetwork.SHARED:
+            raise ModelError(r.at("network"), "must be isolated for a VM: each VM has a user-mode network of its own")
     return EngineOptions(
         vm=vm,
         command=tuple(command) if command is not None else None,
@@ -638,6 +655,7 @@ def _engine(r: _Reader) -> EngineOptions:
         ports=tuple(ports),
         systemd=r.boolean("systemd", False),
         health_from_power_state=r.boolean("healthFromPowerState", False),
+        network=network,
     )
 
 
@@ -681,11 +699,14 @@ def model_digest(model: ScaleSet) -> str:
     """Names what an OS disk is made from besides its image: extensions, customData, data disks and how the instance
     runs. Two models with the same digest make the same instances; a changed one calls for a model upgrade
     (``latestModelApplied`` is whether an instance's OS disk was made with the current digest)."""
+    engine = model.engine.to_json()
+    if engine["network"] == InstanceNetwork.ISOLATED:
+        del engine["network"]  # the default leaves digests as they were before the setting existed
     what = {
         "extensions": [dict(e.raw) for e in model.extensions],
         "customData": model.custom_data,
         "dataDisks": [d.to_json() for d in model.data_disks],
-        "engine": model.engine.to_json(),
+        "engine": engine,
         "ports": list(model.published_ports),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]

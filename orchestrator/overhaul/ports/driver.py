@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from overhaul.core.model import VmOptions
+from overhaul.core.model import InstanceNetwork, VmOptions
 from overhaul.core.naming import instance_name
 
 # Azure's IMDS tag telling an instance an OS upgrade is coming (osRollingUpgradeDeferral); its value is the version.
@@ -56,6 +56,7 @@ class InstanceSpec:
     vm: VmOptions | None = None
     data_disk_gb: Mapping[str, int] = field(default_factory=dict)  # data disk (volume) name -> size, when given
     agent_port: int = 8090  # where the agent inside listens (a VM's platform notices are pushed to it)
+    network: InstanceNetwork = InstanceNetwork.ISOLATED  # whom it reaches besides its published ports
 
     @property
     def disk(self) -> str:

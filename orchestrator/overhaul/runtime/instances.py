@@ -137,6 +137,7 @@ class Instances:
             vm=model.engine.vm,
             data_disk_gb=self.data_disk_sizes(model, instance_id),
             agent_port=model.engine.agent_port,
+            network=model.engine.network,
         )
 
     def handle(

@@ -27,6 +27,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from overhaul.core.model import InstanceNetwork
 from overhaul.core.naming import instance_name, is_data_disk_of, previous_name
 from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec, InstanceState, OsDisk
 
@@ -231,6 +232,10 @@ def platform_token(metadata: Path) -> str:
     return token if isinstance(token, str) and token else secrets.token_urlsafe(32)
 
 
+def isolated_network_name(scale_set: str) -> str:
+    return f"overhaul-{scale_set}"
+
+
 class EngineDriver:
     """Driver over the Docker Engine API; works with Docker and with Podman's compatible API."""
 
@@ -238,6 +243,7 @@ class EngineDriver:
         self.settings = settings or EngineSettings()
         self._docker: aiodocker.Docker | None = None
         self._service: PodmanService | None = None
+        self._podman: bool | None = None  # what the engine is, once asked
 
     async def start(self) -> None:
         url = self.settings.url
@@ -350,7 +356,7 @@ class EngineDriver:
         (directory / PLATFORM_FILE).unlink(missing_ok=True)  # a new OS disk starts with no notice
         return directory
 
-    def _create_config(self, spec: InstanceSpec) -> dict[str, Any]:
+    def _create_config(self, spec: InstanceSpec, network_mode: str | None = None) -> dict[str, Any]:
         host_config: dict[str, Any] = {
             "PortBindings": {
                 f"{cport}/tcp": [{"HostIp": self.settings.publish_address, "HostPort": str(hport)}]
@@ -360,6 +366,8 @@ class EngineDriver:
             "Binds": [f"{self._config_dir(spec)}:{CONFIG_MOUNT}:ro"],
             "Ulimits": [u.to_api() for u in self.settings.ulimits],
         }
+        if network_mode is not None:
+            host_config["NetworkMode"] = network_mode
         config: dict[str, Any] = {
             "Image": spec.image,
             "Hostname": spec.name.replace("_", "-"),
@@ -388,11 +396,44 @@ class EngineDriver:
     async def _create_and_start(self, spec: InstanceSpec, info: Mapping[str, Any] | None) -> None:
         """Create (when ``info`` says there is no container yet) and start."""
         if info is None:
+            config = self._create_config(spec, await self._network_mode(spec))
             await self._call(
-                f"create {spec.name} from {spec.image}",
-                self.docker.containers.create(self._create_config(spec), name=spec.name),
+                f"create {spec.name} from {spec.image}", self.docker.containers.create(config, name=spec.name)
             )
         await self._start(spec.name, info)
+
+    async def _network_mode(self, spec: InstanceSpec) -> str | None:
+        """Where the container's network is (None: the engine's default bridge, which all its containers share).
+        Isolated, on Podman each container gets a user-mode network stack of its own (slirp4netns: nothing else
+        reaches it but its published ports); Docker has no such mode, so there each scale set gets a bridge of its
+        own on which its containers cannot reach each other (inter-container traffic off)."""
+        if spec.network is InstanceNetwork.SHARED:
+            return None
+        if await self._is_podman():
+            return "slirp4netns"
+        name = isolated_network_name(spec.scale_set)
+        networks = await self._call("list networks", self.docker.networks.list(filters={"name": [name]}))
+        if not any(n.get("Name") == name for n in networks or []):
+            config = {
+                "Name": name,
+                "Driver": "bridge",
+                "Options": {"com.docker.network.bridge.enable_icc": "false"},
+                "Labels": {LABEL_SCALE_SET: spec.scale_set},
+            }
+            try:
+                await self._call(f"create network {name}", self.docker.networks.create(config))
+            except DriverError:
+                networks = await self._call("list networks", self.docker.networks.list(filters={"name": [name]}))
+                if not any(n.get("Name") == name for n in networks or []):
+                    raise  # not a create that lost a race: a real failure
+        return name
+
+    async def _is_podman(self) -> bool:
+        if self._podman is None:
+            version = await self._call("version", self.docker.version())
+            components = version.get("Components") or [] if isinstance(version, dict) else []
+            self._podman = any("podman" in str(c.get("Name", "")).lower() for c in components)
+        return self._podman
 
     # --- the driver protocol ------------------------------------------------------------------------------
 
@@ -479,7 +520,9 @@ class EngineDriver:
                 self._stop(prev, spec.stop_timeout, current),
                 self._call(
                     f"create {spec.name} from {spec.image}",
-                    self.docker.containers.create(self._create_config(spec), name=spec.name),
+                    self.docker.containers.create(
+                        self._create_config(spec, await self._network_mode(spec)), name=spec.name
+                    ),
                 ),
                 return_exceptions=True,
             )
@@ -538,7 +581,17 @@ class EngineDriver:
                     name = str(volume.get("Name", ""))
                     if is_data_disk_of(spec.scale_set, name):
                         await self._remove_volume(name)
+                await self._remove_network(isolated_network_name(spec.scale_set))
         shutil.rmtree(self.settings.config_root / spec.scale_set / str(spec.instance_id), ignore_errors=True)
+
+    async def _remove_network(self, name: str) -> None:
+        """The scale set's own bridge (Docker, isolated instances), once no container is on it."""
+        networks = await self._call("list networks", self.docker.networks.list(filters={"name": [name]}))
+        for network in networks or []:
+            if network.get("Name") == name:
+                with contextlib.suppress(DriverError):
+                    net = aiodocker.networks.DockerNetwork(self.docker, name)  # type: ignore[no-untyped-call]
+                    await self._call(f"remove network {name}", net.delete())
 
     async def _remove_volume(self, volume: str) -> None:
         with contextlib.suppress(DriverError):
