@@ -496,3 +496,21 @@ def test_instance_networks_are_isolated_by_default_and_checked(served: Served) -
     vm = with_overhaul(network="shared", vm={"memoryMB": 256})
     status, doc, _ = served.call("PUT", f"{VMSS.replace('myScaleSet', 'vms')}?{API}", vm)
     assert status == 400 and doc["error"]["target"] == "properties.virtualMachineProfile.overhaul.network", doc
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_database_is_refused_at_start_not_recreated(tmp_path: Path, damage: str) -> None:
+    state = tmp_path / "state"
+    with overhaul_serve(state, "--engine", "memory") as running:
+        assert running.call("PUT", f"{GALLERY_ONLY}?{API}", {"location": "local"})[0] == 201
+    database = state / "overhaul.db"
+    original = database.read_bytes()
+    if damage == "garbage":
+        database.write_bytes(b"this is not a database" * 500)
+    else:
+        database.write_bytes(original[: len(original) // 3])
+    damaged = database.read_bytes()
+    result = serve_once(state)
+    assert result.returncode == 2 and str(database) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert database.read_bytes() == damaged  # left for a person to look at

@@ -7,6 +7,7 @@ import concurrent.futures
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,7 +79,7 @@ def served(images: None, tmp_path: Path) -> Iterator[Served]:
         try:
             yield running
         finally:
-            for name in ("conc", "puts", "missing", "outage", "why"):
+            for name in ("conc", "puts", "missing", "outage", "why", "bodies"):
                 running.call("DELETE", f"{vmss(name)}?{API}")
 
 
@@ -205,3 +206,64 @@ def test_wait_shows_each_instance_in_flight_with_its_health_reason_and_time_left
     status, doc, _ = served.call("PATCH", f"{vmss('why')}?{API}", {"tags": {"after": "faulted"}})
     assert status == 200, doc
     served.call("DELETE", f"{GALLERY}/versions/2.0.0?{API}")
+
+
+def container_ids(prefix: str) -> list[str]:
+    out = subprocess.run(
+        ["podman", "ps", "-a", "--filter", f"name={prefix}_", "--format", "{{.ID}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return sorted(out.split())
+
+
+def test_a_reimage_body_that_is_not_an_object_touches_no_container(served: Served) -> None:
+    """`[1]`, `"0"` or `7` once reimaged every instance at once, not health-gated."""
+    assert served.call("PUT", f"{vmss('bodies')}?{API}", model(2))[0] == 201
+    wait_for(lambda: containers("bodies") == {"bodies_0": "running", "bodies_1": "running"})
+    before = container_ids("bodies")
+    for body in (b"[1]", b'"0"', b"7", b"null"):
+        status, doc, _ = served.call("POST", f"{vmss('bodies')}/reimage?{API}", raw=body)
+        assert status == 400 and "JSON object" in doc["error"]["message"], (body, doc)
+    time.sleep(1)  # time in which a reimage would have made new containers
+    assert container_ids("bodies") == before
+
+
+def podman_services_of(state: Path) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and "system" in p.info["cmdline"] and str(state) in " ".join(p.info["cmdline"])
+    ]
+
+
+def test_a_state_directory_removed_under_serve_on_podman(images: None, tmp_path: Path) -> None:
+    """Writes are refused and /healthz says so; a second serve on the path still refuses, so no second Podman
+    service starts beside the first (which once left containers nobody managed)."""
+    state = tmp_path / "state"
+    with overhaul_serve(state, "--engine", "podman", "--probe-interval", "0.2") as running:
+        identifier = {"publisher": "overhaul", "offer": "faults", "sku": "tiny"}
+        assert running.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] in (200, 201)
+        publish(running, "1.0.0")
+        assert running.call("PUT", f"{vmss('gone')}?{API}", model(1))[0] == 201
+        token = running.token
+        try:
+            subprocess.run(["rm", "-rf", str(state)], check=True, timeout=60)
+            status, doc, headers = running.call("PUT", f"{vmss('gone')}?{API}", model(2), token=token)
+            assert status == 503 and doc["error"]["code"] == "StorageUnavailable" and "Retry-After" in headers
+            assert running.call("GET", "/healthz", token="")[0] == 503
+            second = subprocess.run(
+                [sys.executable, "-m", "overhaul.cli", "serve", "--engine", "podman", "--state-dir", str(state)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert second.returncode == 1 and "in use" in second.stderr, second.stderr
+            assert len(podman_services_of(state)) == 1
+            assert containers("gone") == {"gone_0": "running"}  # untouched by the refused write
+        finally:
+            subprocess.run(["podman", "rm", "-f", "-t", "0", "gone_0"], capture_output=True, timeout=60, check=False)
+            subprocess.run(["podman", "volume", "rm", "gone_0_lun0"], capture_output=True, timeout=60, check=False)

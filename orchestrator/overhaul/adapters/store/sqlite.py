@@ -243,6 +243,13 @@ class SqliteStore:
             self.db.execute("PRAGMA foreign_keys=ON")
             check_intact(self.db, self.path)
             self.migrate()
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            if isinstance(exc, sqlite3.OperationalError) and storage_failure(exc):
+                raise  # the storage fails, not the file: said as it is
+            raise StoreDamaged(
+                f"the database {self.path} is damaged ({exc}); restore it from a backup or move it away"
+            ) from exc
         except BaseException:
             self.db.close()
             raise
