@@ -48,6 +48,7 @@ bench: setup machine
 	$(PY) bench/agent_bench.py
 	$(PY) bench/orchestrator_bench.py
 	$(PY) bench/decide_bench.py
+	$(PY) bench/store_bench.py
 	$(PY) bench/vm_bench.py
 
 # Real rollouts on Podman with `overhaul serve` SIGKILLed (and sometimes its Podman service) at random moments;
