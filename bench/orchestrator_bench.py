@@ -101,6 +101,8 @@ def container_config(image: str, port: int) -> dict[str, Any]:
         "HostConfig": {
             "PortBindings": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]},
             "Ulimits": [u.to_api() for u in EngineSettings().ulimits],
+            # As overhaul's instances are by default (overhaul.network isolated): a network stack of their own.
+            "NetworkMode": "slirp4netns",
         },
     }
 
