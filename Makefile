@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup machine test lint unit demo demo-vm demo-agent bench chaos clean
+.PHONY: all setup machine test check lint unit demo demo-vm demo-agent bench chaos clean
 
 all: test
 
@@ -32,6 +32,10 @@ unit: setup machine
 	$(PY) -m pytest -q
 
 test: lint unit
+
+# The fast lane while working: lint and every test that needs no container engine or VM (no system packages).
+check: setup lint
+	$(PY) -m pytest -q -m "not engine"
 
 demo: setup machine
 	$(PY) demo/rollout_demo.py

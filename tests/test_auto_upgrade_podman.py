@@ -12,7 +12,7 @@ import pytest
 from demo import busybox_images as engine_images
 from tests.serve import API, Served, overhaul_serve
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
 REPO = "localhost/overhaul-auto"
 RG = "/subscriptions/local/resourceGroups/auto"
 VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/auto"

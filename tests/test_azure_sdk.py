@@ -19,7 +19,7 @@ from azure.mgmt.compute import models as m
 from demo import busybox_images as engine_images
 from tests.serve import Served, overhaul_serve
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
 REPO = "localhost/overhaul-sdk"
 SUB, RG, GALLERY, IMAGE, NAME = "sdk-sub", "sdk-rg", "gallery", "tiny", "sdkset"
 

@@ -29,7 +29,7 @@ from overhaul.ports.events import AttemptChanged, Event
 from overhaul.runtime.service import Orchestrator
 from tests.engines import containers, docker_daemon, get_text, podman_service
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
 REPO = "localhost/overhaul-test"
 VERSIONS = {"1.0.0": True, "2.0.0": True, "3.0.0": False}  # 3.0.0 never becomes healthy
 MODEL: dict[str, Any] = {

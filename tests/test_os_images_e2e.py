@@ -20,7 +20,7 @@ from demo import os_image
 from demo.fleet_model import DATA_MARKER, EXTENSION_MARKER, os_fleet_model
 from tests.serve import API, Served, overhaul_serve
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
 RG = "/subscriptions/local/resourceGroups/e2e"
 VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/os"
 GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/os"

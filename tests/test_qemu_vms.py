@@ -29,7 +29,7 @@ from overhaul.ports.driver import DriverError, InstanceSpec
 from tests.conftest import free_port
 from tests.serve import API, Served, overhaul_serve
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(1800)]
 RG = "/subscriptions/local/resourceGroups/vms"
 VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/vmos"
 GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/os"

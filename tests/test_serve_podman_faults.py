@@ -20,7 +20,7 @@ from demo import busybox_images as engine_images
 from tests.engines import containers as engine_containers
 from tests.serve import API, Served, overhaul_serve
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
 REPO = "localhost/overhaul-faults"
 RG = "/subscriptions/local/resourceGroups/faults"
 GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/tiny"

@@ -24,7 +24,7 @@ from demo.fleet_model import health_extension
 from overhaul.adapters.drivers.qmp import Qmp, power_off
 
 # The first build of the image recipe (mmdebstrap) and a TCG boot take minutes, not the usual two.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(900)]
 BOOT_TIMEOUT = 300  # TCG on 2 cores: 31-52 s measured, with room for a loaded machine
 
 

@@ -225,8 +225,11 @@ class SqliteStore:
         retention: HistoryRetention | None = None,
         *,
         guard: Callable[[], str | None] | None = None,
+        durable: bool = True,
     ) -> None:
-        """``guard``: asked before every write; what it returns (None: nothing) keeps the write from happening."""
+        """``guard``: asked before every write; what it returns (None: nothing) keeps the write from happening.
+        ``durable``: every commit synced (FULL); False (NORMAL) still survives the process dying, not the file
+        system failing — for tests and benchmarks whose subject is not durability."""
         self.path = str(path)
         self.retention = retention or HistoryRetention()
         make_private_files(Path(self.path))
@@ -239,7 +242,7 @@ class SqliteStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             # FULL: a write acknowledged to a client is on disk (the WAL is synced at every commit), whatever
             # happens to the process or the file system next.
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self.db.execute("PRAGMA foreign_keys=ON")
             check_intact(self.db, self.path)
             self.migrate()
