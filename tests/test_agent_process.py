@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -217,13 +217,12 @@ async def fresh_health_timings(port: int, times: int = 7) -> list[float]:
     return timings
 
 
-async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
-    fake_app: FakeApp, tmp_path: Path
-) -> None:
-    """Under systemd's default of 1,024 open files: idle connections are capped (the oldest idle one makes room)
-    and closed when they send no request head in time, so /health keeps answering fast, and the verdict can still
-    change (the TCP health port, closed while Unhealthy, opens again: it needs a file descriptor) with the agent
-    alive."""
+@contextlib.asynccontextmanager
+async def agent_with_1024_files(
+    fake_app: FakeApp, tmp_path: Path, *, tcp_port: int = 0
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """The agent as a process under systemd's default open-files limit, probing ``fake_app``: (process, port);
+    ``tcp_port`` 0: no TCP health port. It must still be alive at the end, and stop cleanly on SIGTERM."""
     settings = tmp_path / "s.json"
     settings.write_text(json.dumps(fast_settings(fake_app.port)))
     port = free_port()
@@ -232,12 +231,30 @@ async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
     proc = await asyncio.create_subprocess_exec(
-        *agent_argv(port, tmp_path / "state", "--settings", str(settings), tcp_port=free_port()),
-        preexec_fn=limit_files,
+        *agent_argv(port, tmp_path / "state", "--settings", str(settings), tcp_port=tcp_port), preexec_fn=limit_files
     )
+    try:
+        yield proc, port
+        assert proc.returncode is None, "the agent died"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
+    fake_app: FakeApp, tmp_path: Path
+) -> None:
+    """Under systemd's default of 1,024 open files: idle connections are capped (the oldest idle one makes room)
+    and closed when they send no request head in time, so /health keeps answering fast, and the verdict can still
+    change (the TCP health port, closed while Unhealthy, opens again: it needs a file descriptor) with the agent
+    alive."""
     idle: list[socket.socket] = []
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with (
+            agent_with_1024_files(fake_app, tmp_path, tcp_port=free_port()) as (_, port),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        ):
             await wait_for_health(session, port, 200)
             fake_app.set_state("Unhealthy")  # the TCP health port closes...
             await wait_for_health(session, port, 503)
@@ -251,32 +268,21 @@ async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
             fake_app.set_state("Healthy")  # ... and must open again
             await wait_for_health(session, port, 200)
             timings = await fresh_health_timings(port)
-            assert proc.returncode is None, "the agent died"
             assert statistics.median(timings) < 0.05, timings
     finally:
         for sock in idle:
             sock.close()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
 async def test_1100_blocking_queries_leave_health_and_the_watch_answering(fake_app: FakeApp, tmp_path: Path) -> None:
     """Blocking queries hold their connection (a request is in flight, so the gate cannot evict it): beyond a cap
     the oldest is answered at once (as a blocking query may be), which leaves room for /health and a new watch."""
-    settings = tmp_path / "s.json"
-    settings.write_text(json.dumps(fast_settings(fake_app.port)))
-    port = free_port()
-
-    def limit_files() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-
-    proc = await asyncio.create_subprocess_exec(
-        *agent_argv(port, tmp_path / "state", "--settings", str(settings)), preexec_fn=limit_files
-    )
     held: list[socket.socket] = []
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with (
+            agent_with_1024_files(fake_app, tmp_path) as (_, port),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        ):
             await wait_for_health(session, port, 200)
             async with session.get(f"http://127.0.0.1:{port}/health") as resp:
                 etag = resp.headers["ETag"]
@@ -297,24 +303,19 @@ async def test_1100_blocking_queries_leave_health_and_the_watch_answering(fake_a
             await asyncio.to_thread(flood)
             await asyncio.sleep(1)
             timings = await fresh_health_timings(port)
-            # The orchestrator's watch, after the flood: it still hears the change.
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as fresh:
-                watch = asyncio.ensure_future(fresh.get(f"http://127.0.0.1:{port}/health?wait=25&etag={etag}"))
-                await asyncio.sleep(0.5)
-                fake_app.set_state("Unhealthy")
-                resp = await watch
-                async with resp:
-                    doc = await resp.json()
-                assert doc["applicationHealthState"] in ("Healthy", "Unhealthy")  # answered: early, or at the change
-            assert proc.returncode is None, "the agent died"
+            # The orchestrator's watch, after the flood: blocking queries on new connections, each with the last
+            # ETag (an early answer is allowed), hear the change.
+            fake_app.set_state("Unhealthy")
+            async with asyncio.timeout(20), aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as fresh:
+                state = "Healthy"
+                while state != "Unhealthy":
+                    async with fresh.get(f"http://127.0.0.1:{port}/health?wait=25&etag={etag}") as resp:
+                        state, etag = (await resp.json())["applicationHealthState"], resp.headers["ETag"]
             print(f"/health under 1,100 blocking queries: {sorted(timings)}")
             assert statistics.median(timings) < 0.1, timings
     finally:
         for sock in held:
             sock.close()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
 def test_a_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
