@@ -412,8 +412,7 @@ class EngineDriver:
         if await self._is_podman():
             return "slirp4netns"
         name = isolated_network_name(spec.scale_set)
-        networks = await self._call("list networks", self.docker.networks.list(filters={"name": [name]}))
-        if not any(n.get("Name") == name for n in networks or []):
+        if not await self._has_network(name):
             config = {
                 "Name": name,
                 "Driver": "bridge",
@@ -423,10 +422,14 @@ class EngineDriver:
             try:
                 await self._call(f"create network {name}", self.docker.networks.create(config))
             except DriverError:
-                networks = await self._call("list networks", self.docker.networks.list(filters={"name": [name]}))
-                if not any(n.get("Name") == name for n in networks or []):
+                if not await self._has_network(name):
                     raise  # not a create that lost a race: a real failure
         return name
+
+    async def _has_network(self, name: str) -> bool:
+        """Whether the engine has a network of exactly that name (its filter matches parts of names)."""
+        networks = await self._call("list networks", self.docker.networks.list(filters={"name": [name]}))
+        return any(n.get("Name") == name for n in networks or [])
 
     async def _is_podman(self) -> bool:
         if self._podman is None:
@@ -586,12 +589,10 @@ class EngineDriver:
 
     async def _remove_network(self, name: str) -> None:
         """The scale set's own bridge (Docker, isolated instances), once no container is on it."""
-        networks = await self._call("list networks", self.docker.networks.list(filters={"name": [name]}))
-        for network in networks or []:
-            if network.get("Name") == name:
-                with contextlib.suppress(DriverError):
-                    net = aiodocker.networks.DockerNetwork(self.docker, name)  # type: ignore[no-untyped-call]
-                    await self._call(f"remove network {name}", net.delete())
+        if await self._has_network(name):
+            with contextlib.suppress(DriverError):
+                net = aiodocker.networks.DockerNetwork(self.docker, name)  # type: ignore[no-untyped-call]
+                await self._call(f"remove network {name}", net.delete())
 
     async def _remove_volume(self, volume: str) -> None:
         with contextlib.suppress(DriverError):

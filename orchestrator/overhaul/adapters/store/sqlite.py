@@ -134,10 +134,10 @@ class GuardedConnection(sqlite3.Connection):
         self.problem = f"the database cannot be written: {exc}"
         return StoreUnavailable(f"the store takes no writes: {self.problem}")
 
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+    def _guarded(self, sql: str, run: Callable[[], sqlite3.Cursor]) -> sqlite3.Cursor:
         self._check(sql)
         try:
-            cursor = super().execute(sql, parameters)
+            cursor = run()
         except sqlite3.OperationalError as exc:
             if not storage_failure(exc):
                 raise
@@ -146,14 +146,11 @@ class GuardedConnection(sqlite3.Connection):
             self.problem = None
         return cursor
 
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        return self._guarded(sql, lambda: super(GuardedConnection, self).execute(sql, parameters))
+
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
-        self._check(sql)
-        try:
-            return super().executemany(sql, parameters)
-        except sqlite3.OperationalError as exc:
-            if not storage_failure(exc):
-                raise
-            raise self._failed(exc) from exc
+        return self._guarded(sql, lambda: super(GuardedConnection, self).executemany(sql, parameters))
 
 
 def storage_failure(exc: sqlite3.OperationalError) -> bool:
