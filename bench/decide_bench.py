@@ -30,7 +30,7 @@ from overhaul.adapters.store.sqlite import SqliteStore  # noqa: E402
 from overhaul.core.gallery import ImageDefinition, ImageVersion  # noqa: E402
 from overhaul.core.rollout import ActionKind, AttemptStatus, StartedBy, Step  # noqa: E402
 from overhaul.ports.events import ActionFinished, AttemptChanged, Event  # noqa: E402
-from overhaul.runtime.service import Orchestrator  # noqa: E402
+from overhaul.runtime.orchestrator import Orchestrator  # noqa: E402
 
 ROUNDS = 3
 GRACE, INTERVAL = 5.0, 5.0  # the agent's defaults for an http probe
@@ -70,21 +70,21 @@ async def all_healthy(service: Orchestrator, timeout: float = 300) -> None:
     async with asyncio.timeout(timeout):
         while True:
             seen = service.health.version
-            if all(i.view.healthy for i in await service.instances_of(NAME)):
+            if all(i.view.healthy for i in await service.scale_sets.instances(NAME)):
                 return
             await service.health.wait_changed(seen, 5.0)
 
 
 async def one_round(service: Orchestrator, version: str) -> tuple[float, str]:
     # 'latest' is this version alone: the others are excluded, and the previous round's quarantine is cleared.
-    for other in await service.image_versions("g", "os"):
+    for other in await service.galleries.versions("g", "os"):
         if other.version != "1.0.0":
             chosen = other.version == version
-            await service.publish_version(replace(other, quarantine=None, exclude_from_latest=not chosen))
+            await service.galleries.publish(replace(other, quarantine=None, exclude_from_latest=not chosen))
     timeline = Timeline()
     service.events.subscribe(timeline)
-    attempt = await service.start_rolling_upgrade(NAME, started_by=StartedBy.PLATFORM)
-    done = await service.wait_attempt(attempt.id, 600)
+    attempt = await service.upgrades.start(NAME, started_by=StartedBy.PLATFORM)
+    done = await service.upgrades.wait(attempt.id, 600)
     assert done.status is AttemptStatus.FAULTED, (version, done.status)
     assert timeline.reimaged is not None and timeline.decided is not None
     await all_healthy(service)
@@ -104,12 +104,12 @@ async def main() -> int:
     results: dict[str, list[float]] = {kind: [] for kind in KINDS}
     reasons: dict[str, str] = {}
     try:
-        await service.put_image_definition(ImageDefinition("g", "os", "contoso", "os", "bookworm"))
+        await service.galleries.put_definition(ImageDefinition("g", "os", "contoso", "os", "bookworm"))
         for version in ("1.0.0", *(v for v, _ in KINDS.values())):
             reference = f"{os_image.REPO}:{version}"
             image = ImageVersion("g", "os", version, reference, version != "1.0.0", published_at=time.time())
-            await service.publish_version(image)  # the bad ones excluded from 'latest' until their round
-        await service.create_or_update(bench_model(), name=NAME)
+            await service.galleries.publish(image)  # the bad ones excluded from 'latest' until their round
+        await service.scale_sets.put(NAME, bench_model())
         await all_healthy(service)
         for _ in range(ROUNDS):
             for kind, (version, _) in KINDS.items():
@@ -117,7 +117,7 @@ async def main() -> int:
                 results[kind].append(seconds)
     finally:
         if await store.get_scale_set(NAME) is not None:
-            await service.delete_scale_set(NAME)
+            await service.scale_sets.delete(NAME)
         await service.close()
         await driver.close()
         await store.close()

@@ -30,7 +30,7 @@ from overhaul.adapters.store.sqlite import SqliteStore  # noqa: E402
 from overhaul.core.gallery import ImageDefinition, ImageVersion  # noqa: E402
 from overhaul.core.rollout import AttemptStatus, StartedBy  # noqa: E402
 from overhaul.runtime.instances import allocate_port  # noqa: E402
-from overhaul.runtime.service import Orchestrator  # noqa: E402
+from overhaul.runtime.orchestrator import Orchestrator  # noqa: E402
 
 REPO = "localhost/overhaul-bench"
 ROUNDS = 5
@@ -52,7 +52,7 @@ def model(capacity: int, *, probe: bool) -> dict[str, Any]:
 
 
 async def publish(service: Orchestrator, version: str, artifact: str) -> None:
-    await service.publish_version(ImageVersion("g", "tiny", version, artifact, published_at=time.time()))
+    await service.galleries.publish(ImageVersion("g", "tiny", version, artifact, published_at=time.time()))
 
 
 async def fake_rollout(work: Path, capacity: int = 10_000) -> None:
@@ -60,13 +60,13 @@ async def fake_rollout(work: Path, capacity: int = 10_000) -> None:
     driver = MemoryDriver()
     service = Orchestrator(store, driver, HealthMonitor())
     await service.start()
-    await service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
+    await service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
     await publish(service, "1.0.0", "fake:1")
-    await service.create_or_update(model(capacity, probe=False), name="big")
+    await service.scale_sets.put("big", model(capacity, probe=False))
     await publish(service, "2.0.0", "fake:2")
     wall, cpu = time.perf_counter(), time.process_time()
-    attempt = await service.start_rolling_upgrade("big", started_by=StartedBy.PLATFORM)
-    done = await service.wait_attempt(attempt.id, 3600)
+    attempt = await service.upgrades.start("big", started_by=StartedBy.PLATFORM)
+    done = await service.upgrades.wait(attempt.id, 3600)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     journal_rows = store.db.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
     await service.close()
@@ -136,23 +136,23 @@ async def real_rollout(driver: EngineDriver, work: Path, count: int, round_no: i
     store = SqliteStore(work / f"real-{round_no}.db")
     service = Orchestrator(store, driver, HealthMonitor(HealthSettings(probe_timeout=1.0)))
     await service.start()
-    await service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
+    await service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
     await publish(service, "1.0.0", f"{REPO}:1.0.0")
     name = f"bench{round_no}"
-    await service.create_or_update(model(count, probe=True), name=name)
+    await service.scale_sets.put(name, model(count, probe=True))
     async with asyncio.timeout(60):
         while True:
             seen = service.health.version
-            if all(i.view.healthy for i in await service.instances_of(name)):
+            if all(i.view.healthy for i in await service.scale_sets.instances(name)):
                 break
             await service.health.wait_changed(seen, 5.0)
     await publish(service, "2.0.0", f"{REPO}:2.0.0")
-    attempt = await service.start_rolling_upgrade(name, started_by=StartedBy.PLATFORM)
-    done = await service.wait_attempt(attempt.id, 600)
+    attempt = await service.upgrades.start(name, started_by=StartedBy.PLATFORM)
+    done = await service.upgrades.wait(attempt.id, 600)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     assert done.end_time is not None
     makespan = done.end_time - done.start_time
-    await service.delete_scale_set(name)
+    await service.scale_sets.delete(name)
     await service.close()
     await store.close()
     return makespan

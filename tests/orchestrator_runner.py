@@ -11,7 +11,7 @@ from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
 from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.rollout import StartedBy
-from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.orchestrator import Orchestrator
 
 
 async def main() -> int:
@@ -29,11 +29,11 @@ async def main() -> int:
     try:
         await service.start()  # resumes what a crash left running
         if args.start:
-            await service.start_rolling_upgrade(args.scale_set, started_by=StartedBy.PLATFORM)
-        latest = await service.latest(args.scale_set)
+            await service.upgrades.start(args.scale_set, started_by=StartedBy.PLATFORM)
+        latest = await service.upgrades.latest(args.scale_set)
         if latest is None:
             return 1
-        done = await service.wait_attempt(latest.attempt.id, 150)
+        done = await service.upgrades.wait(latest.attempt.id, 150)
         print(done.status.value)
         return 0
     finally:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from overhaul.adapters.http.api import ARM_ROUTES
+from overhaul.adapters.http.app import ARM_ROUTES
 from tests.serve import Served, overhaul_serve
 from tests.test_api import GALLERY, MODEL, VMSS, publish
 

@@ -29,7 +29,7 @@ from overhaul.ports.events import AttemptChanged, Event
 from overhaul.ports.health import HealthReport, Key
 from overhaul.ports.store import HistoryRetention
 from overhaul.runtime.changes import Changes
-from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.orchestrator import Orchestrator
 from overhaul.runtime.settings import RuntimeSettings
 
 RUNS = 500
@@ -146,18 +146,18 @@ async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, 
     service = runtime()
     try:
         await retrying(service.start)
-        await service.put_image_definition(ImageDefinition("g", "img", "p", "o", "s"))
+        await service.galleries.put_definition(ImageDefinition("g", "img", "p", "o", "s"))
         await retrying(
             functools.partial(
-                service.publish_version, ImageVersion("g", "img", "1.0.0", "repo:1.0.0", published_at=1.0)
+                service.galleries.publish, ImageVersion("g", "img", "1.0.0", "repo:1.0.0", published_at=1.0)
             )
         )
-        await retrying(functools.partial(service.create_or_update, model(rng), name="web"))
+        await retrying(functools.partial(service.scale_sets.put, "web", model(rng)))
         for number, version in enumerate(VERSIONS[1:], start=2):
             image = ImageVersion("g", "img", version, f"repo:{version}", published_at=float(number))
-            await retrying(functools.partial(service.publish_version, image))
+            await retrying(functools.partial(service.galleries.publish, image))
             by = rng.choice([StartedBy.USER, StartedBy.PLATFORM])
-            begin = functools.partial(service.start_rolling_upgrade, "web", started_by=by)
+            begin = functools.partial(service.upgrades.start, "web", started_by=by)
             results = await asyncio.gather(retrying(begin), retrying(begin), return_exceptions=True)
             attempts = [r for r in results if not isinstance(r, BaseException)]
             # Of two concurrent starts, at most one runs; the other is refused (409), or both were refused to begin
@@ -169,9 +169,9 @@ async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, 
             while True:
                 if rng.random() < 0.1:
                     with contextlib.suppress(Conflict):
-                        await service.cancel("web")
+                        await service.upgrades.cancel("web")
                 try:
-                    await asyncio.wait_for(service.wait_attempt(attempt.id, 5), rng.uniform(0.0, 0.01))
+                    await asyncio.wait_for(service.upgrades.wait(attempt.id, 5), rng.uniform(0.0, 0.01))
                     break
                 except TimeoutError:
                     pass
@@ -187,7 +187,7 @@ async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, 
         service = runtime()
         await service.start()
         for stored in await store.attempts("web"):
-            await service.wait_attempt(stored.attempt.id, 5)
+            await service.upgrades.wait(stored.attempt.id, 5)
     finally:
         await service.close()
 

@@ -26,7 +26,7 @@ from overhaul.core.gallery import ImageDefinition, ImageVersion
 from overhaul.core.model import model_digest
 from overhaul.core.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, AttemptStatus, StartedBy, Step
 from overhaul.ports.events import AttemptChanged, Event
-from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.orchestrator import Orchestrator
 from tests.engines import containers, docker_daemon, get_text, podman_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -81,11 +81,11 @@ class Fleet:
     http: aiohttp.ClientSession
 
     async def create(self, model: dict[str, Any] | None = None) -> None:
-        await self.service.create_or_update(model or MODEL, name=self.name)
+        await self.service.scale_sets.put(self.name, model or MODEL)
         await self.all_healthy()
 
     async def publish(self, version: str) -> None:
-        await self.service.publish_version(
+        await self.service.galleries.publish(
             ImageVersion("g", "tiny", version, f"{REPO}:{version}", published_at=time.time())
         )
 
@@ -93,7 +93,7 @@ class Fleet:
         async with asyncio.timeout(timeout):
             while True:
                 seen = self.service.health.version
-                if all(i.view.healthy for i in await self.service.instances_of(self.name)):
+                if all(i.view.healthy for i in await self.service.scale_sets.instances(self.name)):
                     break
                 await self.service.health.wait_changed(seen, 5.0)
 
@@ -120,7 +120,7 @@ async def make_fleet(tmp_path: Path, url: str, name: str, engine: str) -> AsyncI
     await driver.start()
     service = Orchestrator(store, driver, HealthMonitor(HEALTH))
     await service.start()
-    await service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+    await service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
     async with aiohttp.ClientSession() as http:
         fleet = Fleet(service, store, driver, name, engine, http)
         await fleet.publish("1.0.0")
@@ -130,7 +130,7 @@ async def make_fleet(tmp_path: Path, url: str, name: str, engine: str) -> AsyncI
             if await store.get_scale_set(name) is not None:
                 await service.close()
                 service = Orchestrator(store, driver, HealthMonitor(HEALTH))
-                await service.delete_scale_set(name)
+                await service.scale_sets.delete(name)
             await service.close()
             await driver.close()
             await store.close()
@@ -148,8 +148,8 @@ async def test_v1_to_v2_batches_of_one_data_and_ports_kept(fleet: Fleet) -> None
     ports = await fleet.store.instance_ports(fleet.name)
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
     await fleet.publish("2.0.0")
-    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
-    done = await fleet.service.wait_attempt(attempt.id, 120)
+    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+    done = await fleet.service.upgrades.wait(attempt.id, 120)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     assert done.batches_started == 5  # 5 x 20 % = batches of 1
     assert (done.successful, done.failed) == (5, 0)
@@ -173,18 +173,18 @@ async def test_v1_to_v2_batches_of_one_data_and_ports_kept(fleet: Fleet) -> None
 async def test_failing_version_rolls_back_and_faults(fleet: Fleet) -> None:
     await fleet.create()
     await fleet.publish("2.0.0")
-    first = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
-    assert (await fleet.service.wait_attempt(first.id, 120)).status is AttemptStatus.COMPLETED
+    first = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+    assert (await fleet.service.upgrades.wait(first.id, 120)).status is AttemptStatus.COMPLETED
     await fleet.publish("3.0.0")
-    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
-    done = await fleet.service.wait_attempt(attempt.id, 120)
+    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+    done = await fleet.service.upgrades.wait(attempt.id, 120)
     assert done.status is AttemptStatus.FAULTED
     assert done.error_code == MAX_UNHEALTHY_UPGRADED
     assert done.instances[0].step is Step.ROLLED_BACK
     assert set(done.instances) == {0}  # the others were never touched
     assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
     await fleet.all_healthy()  # the restored instance is healthy again
-    history = await fleet.service.history(fleet.name)
+    history = await fleet.service.upgrades.history(fleet.name)
     assert [h.attempt.status for h in history] == [AttemptStatus.FAULTED, AttemptStatus.COMPLETED]
     assert (history[0].attempt.successful, history[0].attempt.failed) == (0, 1)
     assert history[0].attempt.count(Step.ROLLED_BACK) == 1
@@ -199,8 +199,8 @@ async def test_a_known_verdict_is_acted_on_at_once_not_at_the_health_timeout(fle
     await fleet.create(model)
     for version, why in (("3.0.0", "Unhealthy after the reimage: HTTP 404"), (EXITS, "not running (it exited)")):
         await fleet.publish(version)
-        attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
-        done = await fleet.service.wait_attempt(attempt.id, 120)
+        attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+        done = await fleet.service.upgrades.wait(attempt.id, 120)
         assert done.status is AttemptStatus.FAULTED
         assert done.instances[0].step is Step.ROLLED_BACK
         assert why in (done.instances[0].error or ""), done.instances[0].error
@@ -213,12 +213,12 @@ async def test_too_many_unhealthy_before_start(fleet: Fleet) -> None:
     for i in (1, 3):
         await run_command("podman", "stop", "-t", "1", f"{fleet.name}_{i}")
     await fleet.publish("2.0.0")
-    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
     assert attempt.status is AttemptStatus.FAULTED
     assert attempt.error_code == MAX_UNHEALTHY
     assert "2 of 5 instances are unhealthy" in (attempt.error_message or "")
     assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
-    assert await fleet.service.latest(fleet.name) is not None
+    assert await fleet.service.upgrades.latest(fleet.name) is not None
 
 
 async def test_cancel_stops_after_the_batch_in_flight(fleet: Fleet) -> None:
@@ -231,10 +231,10 @@ async def test_cancel_stops_after_the_batch_in_flight(fleet: Fleet) -> None:
             in_flight.set()
 
     fleet.service.events.subscribe(watch)
-    attempt = await fleet.service.start_rolling_upgrade(fleet.name)
+    attempt = await fleet.service.upgrades.start(fleet.name)
     await asyncio.wait_for(in_flight.wait(), 30)  # the first batch is in flight
-    await fleet.service.cancel(fleet.name)
-    done = await fleet.service.wait_attempt(attempt.id, 120)
+    await fleet.service.upgrades.cancel(fleet.name)
+    done = await fleet.service.upgrades.wait(attempt.id, 120)
     assert done.status is AttemptStatus.CANCELLED
     assert done.last_action == "Cancel"
     assert done.successful == 1
@@ -244,8 +244,8 @@ async def test_cancel_stops_after_the_batch_in_flight(fleet: Fleet) -> None:
 async def test_manual_start_does_not_roll_back(fleet: Fleet) -> None:
     await fleet.create()
     await fleet.publish("3.0.0")
-    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.USER)
-    done = await fleet.service.wait_attempt(attempt.id, 120)
+    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.USER)
+    done = await fleet.service.upgrades.wait(attempt.id, 120)
     assert done.status is AttemptStatus.FAULTED
     assert done.instances[0].step is Step.FAILED
     versions = await fleet.versions()
@@ -258,8 +258,8 @@ async def test_a_manual_start_rolls_failed_instances_back_on_a_policy_breach_whe
     model["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["rollbackFailedInstancesOnPolicyBreach"] = True
     await fleet.create(model)
     await fleet.publish("3.0.0")
-    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.USER)
-    done = await fleet.service.wait_attempt(attempt.id, 120)
+    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.USER)
+    done = await fleet.service.upgrades.wait(attempt.id, 120)
     assert done.status is AttemptStatus.FAULTED and done.error_code == MAX_UNHEALTHY_UPGRADED
     assert done.instances[0].step is Step.ROLLED_BACK
     assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
@@ -289,7 +289,7 @@ async def healthy_answers(fleet: Fleet) -> int:
 
 async def sample_during(fleet: Fleet, attempt_id: str) -> tuple[list[int], Any]:
     """Counts healthy answers over and over until the attempt is done; returns the counts and the attempt."""
-    waiting = asyncio.ensure_future(fleet.service.wait_attempt(attempt_id, 120))
+    waiting = asyncio.ensure_future(fleet.service.upgrades.wait(attempt_id, 120))
     counts: list[int] = []
     while not waiting.done():
         counts.append(await healthy_answers(fleet))
@@ -306,7 +306,7 @@ async def test_max_surge_never_lowers_the_count_of_healthy_instances(fleet: Flee
     model["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"] = {"useRollingUpgradePolicy": True}
     await fleet.create(model)
     await fleet.publish("2.0.0")
-    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
     counts, done = await sample_during(fleet, attempt.id)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
@@ -315,7 +315,7 @@ async def test_max_surge_never_lowers_the_count_of_healthy_instances(fleet: Flee
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")  # data disks kept, ports followed
     assert sorted(c["name"] for c in containers("podman", fleet.name)) == [f"{fleet.name}_{i}" for i in range(5)]
     await fleet.publish("3.0.0")
-    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
     counts, done = await sample_during(fleet, attempt.id)
     assert done.status is AttemptStatus.FAULTED and done.instances[0].step is Step.ROLLED_BACK
     assert min(counts) >= 5, counts
@@ -354,19 +354,19 @@ async def test_a_deferred_upgrade_tells_the_instance_and_waits_for_approval(flee
                 awaiting[i].set()
 
     fleet.service.events.subscribe(watch)
-    attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
+    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
     await asyncio.wait_for(awaiting[0].wait(), 30)
     notice = await config_drive_file(fleet, 0, "platform.json")
     assert notice is not None and json.loads(notice) == {"tags": {"Platform.PendingOSUpgrade": "2.0.0"}}
     await asyncio.sleep(1.0)  # time in which an undeferred upgrade would have moved on
     assert (await fleet.versions())[0] == "1.0.0"
-    await fleet.service.approve(fleet.name, [0, 1])
+    await fleet.service.upgrades.approve(fleet.name, [0, 1])
     await asyncio.wait_for(awaiting[2].wait(), 60)  # 0 and 1 went ahead; 2 waits
     versions = await fleet.versions()
     assert (versions[0], versions[1], versions[2]) == ("2.0.0", "2.0.0", "1.0.0")
     assert await config_drive_file(fleet, 0, "platform.json") is None  # a new OS disk starts with no notice
-    await fleet.service.cancel(fleet.name)
-    done = await fleet.service.wait_attempt(attempt.id, 60)
+    await fleet.service.upgrades.cancel(fleet.name)
+    done = await fleet.service.upgrades.wait(attempt.id, 60)
     assert done.status is AttemptStatus.CANCELLED and done.instances[2].step is Step.NOT_UPGRADED
     assert await config_drive_file(fleet, 2, "platform.json") is None  # withdrawn
     assert await fleet.versions() == {0: "2.0.0", 1: "2.0.0", 2: "1.0.0", 3: "1.0.0", 4: "1.0.0"}
@@ -381,9 +381,9 @@ async def test_a_model_change_rolls_out_health_gated_in_rolling_mode(fleet: Flee
     await fleet.create(model)
     await fleet.publish("2.0.0")  # 'latest' moves on: a model upgrade keeps the version instances run
     model["properties"]["virtualMachineProfile"]["osProfile"] = {"customData": "second"}
-    await fleet.service.create_or_update(model, name=fleet.name)
-    (stored,) = await fleet.service.history(fleet.name)
-    done = await fleet.service.wait_attempt(stored.attempt.id, 120)
+    await fleet.service.scale_sets.put(fleet.name, model)
+    (stored,) = await fleet.service.upgrades.history(fleet.name)
+    done = await fleet.service.upgrades.wait(stored.attempt.id, 120)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     assert done.batches_started == 5 and (done.successful, done.failed) == (5, 0)
     assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
@@ -391,8 +391,8 @@ async def test_a_model_change_rolls_out_health_gated_in_rolling_mode(fleet: Flee
         drive = await config_drive_file(fleet, i, "metadata.json")
         assert drive is not None and json.loads(drive)["customData"] == "second", i
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
-    digest = model_digest(await fleet.service.get_scale_set(fleet.name))
-    assert all(i.view.model == digest for i in await fleet.service.instances_of(fleet.name))
+    digest = model_digest(await fleet.service.scale_sets.get(fleet.name))
+    assert all(i.view.model == digest for i in await fleet.service.scale_sets.instances(fleet.name))
     journal = [(e.action, e.phase, e.instance_id) for e in await fleet.store.journal(done.id)]
     for i in range(1, 5):  # health-gated: each batch began after the previous instance was healthy
         assert journal.index(("reimage", "begin", i)) > journal.index(("commit", "begin", i - 1))
@@ -429,12 +429,12 @@ async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podma
         if killed.returncode is None:
             killed.kill()
             await killed.wait()
-    latest = await fleet.service.latest(fleet.name)
+    latest = await fleet.service.upgrades.latest(fleet.name)
     assert latest is not None and latest.attempt.status is AttemptStatus.ROLLING_FORWARD
     resumed = await asyncio.create_subprocess_exec(*args, stderr=asyncio.subprocess.PIPE)
     _, stderr = await asyncio.wait_for(resumed.communicate(), 180)
     assert resumed.returncode == 0, stderr.decode()
-    latest = await fleet.service.latest(fleet.name)
+    latest = await fleet.service.upgrades.latest(fleet.name)
     assert latest is not None and latest.attempt.status is AttemptStatus.COMPLETED
     assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
     rows = containers("podman", fleet.name)
@@ -457,8 +457,8 @@ async def test_v1_to_v2_on_docker(docker: str, tmp_path: Path) -> None:
         await fleet.create()
         ports = await fleet.store.instance_ports(fleet.name)
         await fleet.publish("2.0.0")
-        attempt = await fleet.service.start_rolling_upgrade(fleet.name, started_by=StartedBy.PLATFORM)
-        done = await fleet.service.wait_attempt(attempt.id, 120)
+        attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+        done = await fleet.service.upgrades.wait(attempt.id, 120)
         assert done.status is AttemptStatus.COMPLETED, done.error_message
         assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
         assert await fleet.store.instance_ports(fleet.name) == ports
@@ -472,14 +472,14 @@ async def test_v1_to_v2_on_docker(docker: str, tmp_path: Path) -> None:
         address = network["Containers"][inspect("docker", "container", "tdocker_0")["Id"]]["IPv4Address"]
         assert reaches("docker", "tdocker_1", "127.0.0.1")  # the way of asking works in there
         assert not reaches("docker", "tdocker_1", address.split("/")[0])
-        await fleet.service.delete_scale_set(fleet.name)
+        await fleet.service.scale_sets.delete(fleet.name)
         assert not exists("docker", "network", "overhaul-tdocker")
 
 
 async def test_driver_steps_are_idempotent(fleet: Fleet) -> None:
     """Each step, repeated as after a crash, finishes or keeps what the first try did."""
     await fleet.create()
-    model = await fleet.service.get_scale_set(fleet.name)
+    model = await fleet.service.scale_sets.get(fleet.name)
     await fleet.publish("2.0.0")
     v2 = await fleet.service.instances.spec(model, 0, "2.0.0")
     await fleet.driver.reimage(v2)
@@ -551,10 +551,10 @@ async def test_instances_are_isolated_unless_the_model_shares_the_bridge(fleet: 
     assert (await get_text(fleet.http, (await fleet.store.instance_ports(fleet.name))[0][8080], "/version"))[0] == 200
     model["properties"]["virtualMachineProfile"]["overhaul"]["network"] = "shared"
     model["properties"]["upgradePolicy"]["mode"] = "Automatic"  # the model change reaches both at once
-    await fleet.service.create_or_update(model, name=fleet.name)
-    latest = await fleet.service.latest(fleet.name)
+    await fleet.service.scale_sets.put(fleet.name, model)
+    latest = await fleet.service.upgrades.latest(fleet.name)
     assert latest is not None
-    done = await fleet.service.wait_attempt(latest.attempt.id, 120)
+    done = await fleet.service.upgrades.wait(latest.attempt.id, 120)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     shared = inspect("podman", "container", f"{fleet.name}_0")
     address = shared["NetworkSettings"]["IPAddress"]
@@ -574,10 +574,10 @@ async def test_deleting_a_scale_set_removes_the_data_disks_of_instances_scaled_i
     assert volumes("podman", fleet.name) == [f"{fleet.name}_{i}_lun0" for i in range(5)]
     smaller = copy.deepcopy(MODEL)
     smaller["sku"]["capacity"] = 2
-    await fleet.service.create_or_update(smaller, name=fleet.name)
+    await fleet.service.scale_sets.put(fleet.name, smaller)
     # Scaled in: the removed instances' data disks are kept (a scale-out may bring them back) ...
     assert volumes("podman", fleet.name) == [f"{fleet.name}_{i}_lun0" for i in range(5)]
-    await fleet.service.delete_scale_set(fleet.name)
+    await fleet.service.scale_sets.delete(fleet.name)
     # ... until the scale set goes: then every data disk it ever made goes with it.
     assert volumes("podman", fleet.name) == []
     assert containers("podman", fleet.name) == []

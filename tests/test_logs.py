@@ -113,14 +113,14 @@ async def test_a_rollout_logs_each_attempt_batch_and_instance_step(
     try:
         from overhaul.core.gallery import ImageDefinition  # noqa: PLC0415
 
-        await runtime.service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
-        await runtime.service.publish_version(version("1.0.0"))
-        await runtime.service.create_or_update(small(2), name="web")
-        await runtime.service.publish_version(version("2.0.0"))
+        await runtime.service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+        await runtime.service.galleries.publish(version("1.0.0"))
+        await runtime.service.scale_sets.put("web", small(2))
+        await runtime.service.galleries.publish(version("2.0.0"))
         runtime.driver.exiting_images.add("localhost/tiny:2.0.0")
         caplog.set_level(logging.INFO)
-        attempt = await runtime.service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
-        await runtime.service.wait_attempt(attempt.id, 10)
+        attempt = await runtime.service.upgrades.start("web", started_by=StartedBy.PLATFORM)
+        await runtime.service.upgrades.wait(attempt.id, 10)
     finally:
         await runtime.service.close()
         await runtime.store.close()

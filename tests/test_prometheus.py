@@ -193,26 +193,26 @@ async def test_the_rolling_upgrade_counters_agree_with_history(tmp_path: Path) -
     try:
         from overhaul.core.gallery import ImageDefinition  # noqa: PLC0415
 
-        await service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
-        await service.publish_version(version("1.0.0"))
-        await service.create_or_update(small(5), name="web")
+        await service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+        await service.galleries.publish(version("1.0.0"))
+        await service.scale_sets.put("web", small(5))
         for number, exits in (("2.0.0", False), ("3.0.0", True), ("4.0.0", False)):
-            await service.publish_version(version(number))
+            await service.galleries.publish(version(number))
             if exits:
                 runtime.driver.exiting_images.add(f"localhost/tiny:{number}")
-            attempt = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
+            attempt = await service.upgrades.start("web", started_by=StartedBy.PLATFORM)
             if number == "4.0.0":
-                await service.cancel("web")
-            await service.wait_attempt(attempt.id, 10)
+                await service.upgrades.cancel("web")
+            await service.upgrades.wait(attempt.id, 10)
         for instance_id in (1, 2):  # two of five stopped: the next attempt Faults before it begins
             state = runtime.driver.instances["web"][instance_id]
             assert state.current is not None
             runtime.driver.instances["web"][instance_id] = type(state)(
                 instance_id, type(state.current)(state.current.version, state.current.image, False), state.previous
             )
-        refused = await service.start_rolling_upgrade("web", started_by=StartedBy.USER)
+        refused = await service.upgrades.start("web", started_by=StartedBy.USER)
         assert refused.status is AttemptStatus.FAULTED
-        history = await service.history("web")
+        history = await service.upgrades.history("web")
         text = (await metrics.render()).decode()
     finally:
         await service.close()

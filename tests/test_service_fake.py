@@ -15,7 +15,7 @@ from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.gallery import ImageDefinition, ImageVersion
 from overhaul.core.rollout import AttemptStatus, StartedBy, Step
-from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.orchestrator import Orchestrator
 
 MODEL: dict[str, Any] = {
     "location": "local",
@@ -46,8 +46,8 @@ async def orchestrator(tmp_path: Path) -> AsyncIterator[Setup]:
     driver = MemoryDriver()
     service = Orchestrator(store, driver, HealthMonitor())
     await service.start()
-    await service.put_image_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
-    await service.publish_version(version("1.0.0"))
+    await service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+    await service.galleries.publish(version("1.0.0"))
     yield service, driver, store
     await service.close()
     await store.close()
@@ -55,13 +55,13 @@ async def orchestrator(tmp_path: Path) -> AsyncIterator[Setup]:
 
 async def test_create_then_upgrade_in_batches(orchestrator: Setup) -> None:
     service, driver, store = orchestrator
-    await service.create_or_update(MODEL, name="web")
+    await service.scale_sets.put("web", MODEL)
     ports_before = await store.instance_ports("web")
     assert len(ports_before) == 10 and all(8080 in p for p in ports_before.values())
     assert {s.version for s in (await driver.observe("web")).values()} == {"1.0.0"}
-    await service.publish_version(version("2.0.0"))
-    attempt = await service.start_rolling_upgrade("web")
-    done = await service.wait_attempt(attempt.id, 10)
+    await service.galleries.publish(version("2.0.0"))
+    attempt = await service.upgrades.start("web")
+    done = await service.upgrades.wait(attempt.id, 10)
     assert done.status is AttemptStatus.COMPLETED
     assert done.batches_started == 5  # 20 % of 10
     assert {s.version for s in (await driver.observe("web")).values()} == {"2.0.0"}
@@ -74,7 +74,7 @@ async def test_create_then_upgrade_in_batches(orchestrator: Setup) -> None:
         ("reimage", "end"),
     ]
     assert all(e.ok for e in journal if e.phase == "end")
-    history = await service.history("web")
+    history = await service.upgrades.history("web")
     assert history[0].attempt.id == attempt.id
     assert history[0].image_reference == {"publisher": "overhaul", "offer": "test", "sku": "tiny", "version": "2.0.0"}
 
@@ -83,11 +83,11 @@ async def test_failed_reimage_rolls_back_and_faults(
     orchestrator: Setup,
 ) -> None:
     service, driver, _ = orchestrator
-    await service.create_or_update(MODEL, name="web")
-    await service.publish_version(version("2.0.0"))
+    await service.scale_sets.put("web", MODEL)
+    await service.galleries.publish(version("2.0.0"))
     driver.fail_reimage = lambda spec: spec.instance_id == 0
-    attempt = await service.start_rolling_upgrade("web", started_by=StartedBy.PLATFORM)
-    done = await service.wait_attempt(attempt.id, 10)
+    attempt = await service.upgrades.start("web", started_by=StartedBy.PLATFORM)
+    done = await service.upgrades.wait(attempt.id, 10)
     assert done.status is AttemptStatus.FAULTED
     assert done.instances[0].step is Step.ROLLED_BACK
     states = await driver.observe("web")
@@ -97,29 +97,29 @@ async def test_failed_reimage_rolls_back_and_faults(
 async def test_conflict_and_errors(orchestrator: Setup) -> None:
     service, _, _ = orchestrator
     with pytest.raises(NotFound):
-        await service.start_rolling_upgrade("nope")
+        await service.upgrades.start("nope")
     bad = copy.deepcopy(MODEL)
     bad["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"maxBatchInstancePercent": 101}
     with pytest.raises(InvalidInput, match=r"maxBatchInstancePercent: must be 5\.\.100"):
-        await service.create_or_update(bad, name="web")
-    await service.create_or_update(MODEL, name="web")
-    await service.publish_version(version("2.0.0"))
-    attempt = await service.start_rolling_upgrade("web")
+        await service.scale_sets.put("web", bad)
+    await service.scale_sets.put("web", MODEL)
+    await service.galleries.publish(version("2.0.0"))
+    attempt = await service.upgrades.start("web")
     with pytest.raises(Conflict):
-        await service.start_rolling_upgrade("web")
-    await service.wait_attempt(attempt.id, 10)
+        await service.upgrades.start("web")
+    await service.upgrades.wait(attempt.id, 10)
     with pytest.raises(Conflict):
-        await service.cancel("web")
+        await service.upgrades.cancel("web")
 
 
 async def test_scale_in_keeps_data_and_frees_ports(
     orchestrator: Setup,
 ) -> None:
     service, driver, store = orchestrator
-    await service.create_or_update(MODEL, name="web")
+    await service.scale_sets.put("web", MODEL)
     smaller = copy.deepcopy(MODEL)
     smaller["sku"]["capacity"] = 3
-    await service.create_or_update(smaller, name="web")
+    await service.scale_sets.put("web", smaller)
     assert sorted(await driver.observe("web")) == [0, 1, 2]
     assert sorted(await store.instance_ports("web")) == [0, 1, 2]
     assert ("delete", "web_9") in driver.calls
@@ -127,12 +127,12 @@ async def test_scale_in_keeps_data_and_frees_ports(
 
 async def test_history_keeps_the_last_five(orchestrator: Setup) -> None:
     service, _, store = orchestrator
-    await service.create_or_update(MODEL, name="web")
+    await service.scale_sets.put("web", MODEL)
     for minor in range(1, 8):
-        await service.publish_version(version(f"1.{minor}.0"))
-        attempt = await service.start_rolling_upgrade("web")
-        await service.wait_attempt(attempt.id, 10)
-    history = await service.history("web")
+        await service.galleries.publish(version(f"1.{minor}.0"))
+        attempt = await service.upgrades.start("web")
+        await service.upgrades.wait(attempt.id, 10)
+    history = await service.upgrades.history("web")
     assert [h.attempt.target_version for h in history] == [f"1.{m}.0" for m in range(7, 2, -1)]
     assert all(h.attempt.status is AttemptStatus.COMPLETED for h in history)
     assert store.db.execute("SELECT COUNT(DISTINCT attempt_id) FROM journal").fetchone()[0] == 5

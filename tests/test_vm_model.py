@@ -18,7 +18,7 @@ from overhaul.core.errors import InvalidInput
 from overhaul.core.gallery import ImageDefinition, ImageVersion, parse_image_version, resolve
 from overhaul.core.model import Accel, ModelError, VmOptions, check_new_model, parse_scale_set
 from overhaul.ports.driver import InstanceSpec, InstanceState, OsDisk
-from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.orchestrator import Orchestrator
 from tests.test_model import BASE
 
 
@@ -114,9 +114,9 @@ async def service(tmp_path: Path) -> AsyncIterator[tuple[Orchestrator, MemoryDri
     driver = MemoryDriver()
     service = Orchestrator(store, driver, HealthMonitor())
     await service.start()
-    await service.put_image_definition(ImageDefinition("g", "demo", "overhaul", "demo", "base"))
-    await service.publish_version(image_version("1.0.0", "localhost/os:1.0.0", "/vm/1.0.0"))
-    await service.publish_version(image_version("2.0.0", "localhost/os:2.0.0"))
+    await service.galleries.put_definition(ImageDefinition("g", "demo", "overhaul", "demo", "base"))
+    await service.galleries.publish(image_version("1.0.0", "localhost/os:1.0.0", "/vm/1.0.0"))
+    await service.galleries.publish(image_version("2.0.0", "localhost/os:2.0.0"))
     yield service, driver
     await service.close()
     await store.close()
@@ -128,17 +128,19 @@ async def test_a_vm_scale_set_is_made_from_the_disk_image_and_stays_a_vm(
     orchestrator, driver = service
     doc = vm_model()
     doc["properties"]["upgradePolicy"] = {"mode": "Manual"}
-    await orchestrator.create_or_update(doc, name="vms")
+    await orchestrator.scale_sets.put("vms", doc)
     # 2.0.0 has no VM artefacts: the VMs are made from 1.0.0's disk image.
     assert {s.current.image for s in driver.instances["vms"].values() if s.current} == {"/vm/1.0.0"}
+    as_container = copy.deepcopy(BASE)  # a PUT keeps what it leaves out: removing the VM takes an explicit null
+    as_container["properties"]["virtualMachineProfile"].setdefault("overhaul", {})["vm"] = None
     with pytest.raises(InvalidInput, match="cannot be removed") as err:
-        await orchestrator.create_or_update(copy.deepcopy(BASE), name="vms")
+        await orchestrator.scale_sets.put("vms", as_container)
     assert err.value.target == "properties.virtualMachineProfile.overhaul.vm"
-    await orchestrator.create_or_update(copy.deepcopy(BASE), name="web")
+    await orchestrator.scale_sets.put("web", copy.deepcopy(BASE))
     with pytest.raises(InvalidInput, match="cannot be added"):
-        await orchestrator.create_or_update(vm_model(), name="web")
+        await orchestrator.scale_sets.put("web", vm_model())
     with pytest.raises(InvalidInput, match="names no diskImage") as err:
-        await orchestrator.start_rolling_upgrade("vms", version="2.0.0")
+        await orchestrator.upgrades.start("vms", version="2.0.0")
     assert err.value.target == "properties.virtualMachineProfile.storageProfile.imageReference.version"
 
 
@@ -146,7 +148,7 @@ async def test_publishing_checks_each_artefact_it_names(service: tuple[Orchestra
     orchestrator, driver = service
     driver.missing_images.add("/vm/missing")
     with pytest.raises(InvalidInput, match="no VM artefacts") as err:
-        await orchestrator.publish_version(image_version("3.0.0", "localhost/os:3.0.0", "/vm/missing"))
+        await orchestrator.galleries.publish(image_version("3.0.0", "localhost/os:3.0.0", "/vm/missing"))
     assert err.value.target == "properties.storageProfile.source.overhaul.diskImage"
 
 

@@ -121,6 +121,24 @@ class ImageDefinition:
         return tuple(x.lower() for x in key) == (self.publisher.lower(), self.offer.lower(), self.sku.lower())
 
 
+def parse_image_definition(doc: Any, *, gallery: str, image: str) -> ImageDefinition:
+    """An image definition's document: its identifier (publisher, offer, sku) is required; its OS is Linux."""
+    props = doc.get("properties") if isinstance(doc, Mapping) else None
+    identifier = props.get("identifier") if isinstance(props, Mapping) else None
+    if not isinstance(identifier, Mapping):
+        raise ModelError("properties.identifier", "is required ({publisher, offer, sku})")
+    values = {}
+    for key in ("publisher", "offer", "sku"):
+        value = identifier.get(key)
+        if not isinstance(value, str) or not value:
+            raise ModelError(f"properties.identifier.{key}", "is required")
+        values[key] = value
+    os_type = props.get("osType", "Linux") if isinstance(props, Mapping) else "Linux"
+    if not isinstance(os_type, str) or os_type.lower() != "linux":
+        raise ModelError("properties.osType", f"must be Linux (instances are Linux containers or VMs), got {os_type!r}")
+    return ImageDefinition(gallery, image, **values, sent=doc)
+
+
 @dataclass(frozen=True)
 class ImageVersion:
     gallery: str

@@ -8,7 +8,7 @@ import logging
 
 from overhaul.core.auto_upgrade import AutoUpgradeSettings
 from overhaul.core.errors import OverhaulError, Unavailable
-from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
 # A scale set whose engine could not be asked is looked at again after this long.
@@ -23,9 +23,9 @@ class AutoUpgrader:
     async def check(self) -> float | None:
         """Starts what is due; returns when something next becomes due (None: nothing waits)."""
         next_due: float | None = None
-        for model in await self.service.list_scale_sets():
+        for model in await self.service.scale_sets.list():
             try:
-                due_at = await self.service.start_due_upgrade(model.ref, self.settings)
+                due_at = await self.service.upgrades.start_due(model.ref, self.settings)
             except OverhaulError as exc:
                 log.warning("automatic OS upgrade of %s not started: %s", model.name, exc.message)
                 # The engine may be back soon; anything else waits for the next change.

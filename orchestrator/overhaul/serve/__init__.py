@@ -23,7 +23,7 @@ from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.adapters.drivers.router import KindRouter
 from overhaul.adapters.health.monitor import HealthMonitor
-from overhaul.adapters.http.api import build_app
+from overhaul.adapters.http.app import build_app
 from overhaul.adapters.http.gate import BACKLOG, GatedSite
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.lease import StateDirLease
@@ -31,7 +31,7 @@ from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
 from overhaul.ports.driver import Driver, DriverError
 from overhaul.ports.lease import LeaseHeld
 from overhaul.runtime.auto_upgrader import AutoUpgrader
-from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.orchestrator import Orchestrator
 from overhaul.runtime.supervisor import restarting
 from overhaul.runtime.tasks import cancel_and_wait
 from overhaul.serve import logs

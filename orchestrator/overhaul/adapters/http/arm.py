@@ -1,4 +1,5 @@
-"""Pure: Azure Resource Manager shaped documents of attempts, instances and errors, as Azure's API returns them."""
+"""Pure: Azure Resource Manager shaped documents of attempts, instances, gallery images and errors, as Azure's API
+returns them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from overhaul.core.model import ScaleSet, model_digest
+from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.model import ScaleSet, model_digest, overlay
+from overhaul.core.naming import image_definition_id, image_version_id, vm_image_version_id
 from overhaul.core.planner import InstanceView
 from overhaul.core.rollout import Attempt, AttemptStatus, InstanceProgress, Step
 from overhaul.ports.health import HealthReport
@@ -227,3 +230,40 @@ def operation_doc(name: str, attempt: Attempt, *, cancel: bool = False) -> dict[
     if status == "Failed":
         doc["error"] = {"code": attempt.error_code or "RollingUpgradeFailed", "message": attempt.error_message or ""}
     return doc
+
+
+def image_definition_doc(subscription: str, resource_group: str, definition: ImageDefinition) -> dict[str, Any]:
+    """Its ARM document: what was sent (Azure fields with no meaning here come back verbatim) under ours."""
+    own = {
+        "id": image_definition_id(subscription, resource_group, definition.gallery, definition.name),
+        "name": definition.name,
+        "type": "Microsoft.Compute/galleries/images",
+        "properties": {
+            "provisioningState": "Succeeded",
+            "osType": "Linux",
+            "identifier": {"publisher": definition.publisher, "offer": definition.offer, "sku": definition.sku},
+        },
+    }
+    doc: dict[str, Any] = overlay(definition.sent, own)
+    return doc
+
+
+def image_version_doc(subscription: str, resource_group: str, version: ImageVersion) -> dict[str, Any]:
+    """The ARM document of an image version: its full id and an ISO 8601 publishedDate."""
+    doc = version.to_json()
+    doc["id"] = image_version_id(subscription, resource_group, version.gallery, version.image, version.version)
+    doc["properties"]["publishingProfile"]["publishedDate"] = iso(version.published_at)
+    return doc
+
+
+def vm_image_version_doc(
+    subscription: str, location: str, sku: tuple[str, str, str], version: ImageVersion
+) -> dict[str, Any]:
+    """A version as `vm image list` shows a platform image's (Azure's VirtualMachineImageResource); ``sku`` is
+    (publisher, offer, sku) as the request spelt them."""
+    return {
+        "location": location,
+        "name": version.version,
+        "id": vm_image_version_id(subscription, location, sku, version.version),
+        "properties": {"excludeFromLatest": version.exclude_from_latest} | version.source(),
+    }

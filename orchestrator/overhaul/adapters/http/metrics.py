@@ -25,7 +25,7 @@ from overhaul.core.model import HealthSourceKind, ScaleSet
 from overhaul.core.planner import Health
 from overhaul.core.rollout import ActionKind, Attempt
 from overhaul.ports.events import ActionFinished, AttemptEnded, Event, TransientError
-from overhaul.runtime.service import Orchestrator
+from overhaul.runtime.orchestrator import Orchestrator
 
 REIMAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -54,13 +54,13 @@ class _StateCollector(Collector):
     async def refresh(self) -> None:
         state: list[_ScaleSetState] = []
         self.engine_up = await self.service.engine_problem(ENGINE_WAIT) is None
-        for model in await self.service.list_scale_sets():
-            latest = await self.service.latest(model.ref)
+        for model in await self.service.scale_sets.list():
+            latest = await self.service.upgrades.latest(model.ref)
             versions: dict[int, str] = {}
             if self.engine_up:
                 try:
                     async with asyncio.timeout(ENGINE_WAIT):
-                        infos = await self.service.instances_of(model.ref)
+                        infos = await self.service.scale_sets.instances(model.ref)
                     versions = {i.instance_id: i.view.version for i in infos if i.view.version}
                 except (OverhaulError, TimeoutError):
                     versions = {}
@@ -117,7 +117,7 @@ class _StateCollector(Collector):
         watched = model.health_source is not HealthSourceKind.POWER
         counts: Tally[tuple[str, str]] = Tally()
         for instance_id in range(model.capacity):
-            report = self.service.health_report(model.name, instance_id)
+            report = self.service.scale_sets.health_report(model.name, instance_id)
             known = report.health.value if report else Health.UNKNOWN.value
             state = known if watched else "Unmonitored"
             counts[(versions.get(instance_id, "unknown"), state)] += 1

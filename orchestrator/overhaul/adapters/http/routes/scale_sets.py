@@ -1,0 +1,106 @@
+"""Microsoft.Compute/virtualMachineScaleSets: the scale sets, their instances and views, reimage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from overhaul.adapters.http import arm
+from overhaul.adapters.http.requests import (
+    RG,
+    SUB,
+    Route,
+    body_object,
+    deleted,
+    instance_ids,
+    orchestrator_of,
+    ref,
+    written,
+)
+from overhaul.core.errors import NotFound
+from overhaul.core.model import ScaleSet, without_secrets
+
+VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets"
+
+
+async def list_scale_sets(request: web.Request) -> web.Response:
+    models = await orchestrator_of(request).scale_sets.list(request.match_info["sub"], request.match_info.get("rg"))
+    return web.json_response({"value": [without_secrets(m.to_json()) for m in models]})
+
+
+async def put_scale_set(request: web.Request) -> web.Response:
+    """Create, or update an existing scale set: as Azure's PUT, properties left out keep their values."""
+    model, created = await orchestrator_of(request).scale_sets.put(ref(request), await body_object(request))
+    return written(without_secrets(model.to_json()), created)
+
+
+async def patch_scale_set(request: web.Request) -> web.Response:
+    model, _ = await orchestrator_of(request).scale_sets.put(ref(request), await body_object(request), patch=True)
+    return web.json_response(without_secrets(model.to_json()))
+
+
+async def get_scale_set(request: web.Request) -> web.Response:
+    return web.json_response(without_secrets((await orchestrator_of(request).scale_sets.get(ref(request))).to_json()))
+
+
+async def delete_scale_set(request: web.Request) -> web.Response:
+    return await deleted(orchestrator_of(request).scale_sets.delete(ref(request)))
+
+
+async def instance_docs(request: web.Request) -> tuple[ScaleSet, list[dict[str, Any]]]:
+    scale_sets = orchestrator_of(request).scale_sets
+    model = await scale_sets.get(ref(request))
+    docs = [
+        arm.instance_doc(
+            model,
+            info.view,
+            running=info.running,
+            ports=info.ports,
+            has_previous_os_disk=info.has_previous_os_disk,
+            health_detail=info.health_detail,
+            address=info.address,
+        )
+        for info in await scale_sets.instances(model.ref)
+    ]
+    return model, docs
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    _, docs = await instance_docs(request)
+    return web.json_response({"value": docs})
+
+
+async def scale_set_instance_view(request: web.Request) -> web.Response:
+    model, docs = await instance_docs(request)
+    return web.json_response(arm.scale_set_instance_view(model, docs))
+
+
+async def instance_view(request: web.Request) -> web.Response:
+    _, docs = await instance_docs(request)
+    wanted = request.match_info["instance"]
+    found = next((d for d in docs if d["instanceId"] == wanted), None)
+    if found is None:
+        raise NotFound(f"instance {wanted} does not exist", "NotFound")
+    return web.json_response(found["properties"]["instanceView"])
+
+
+async def reimage(request: web.Request) -> web.Response:
+    scale_sets = orchestrator_of(request).scale_sets
+    model = await scale_sets.get(ref(request))
+    await scale_sets.reimage(model.ref, await instance_ids(request, model))
+    return web.Response(status=200)
+
+
+ROUTES: list[Route] = [
+    ("GET", SUB + "/providers/Microsoft.Compute/virtualMachineScaleSets", list_scale_sets),
+    ("GET", VMSS, list_scale_sets),
+    ("PUT", VMSS + "/{name}", put_scale_set),
+    ("PATCH", VMSS + "/{name}", patch_scale_set),
+    ("GET", VMSS + "/{name}", get_scale_set),
+    ("DELETE", VMSS + "/{name}", delete_scale_set),
+    ("GET", VMSS + "/{name}/virtualMachines", list_instances),
+    ("GET", VMSS + "/{name}/instanceView", scale_set_instance_view),
+    ("GET", VMSS + "/{name}/virtualMachines/{instance}/instanceView", instance_view),
+    ("POST", VMSS + "/{name}/reimage", reimage),
+]

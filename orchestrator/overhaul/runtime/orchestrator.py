@@ -1,0 +1,86 @@
+"""The orchestrator's commands and queries, one attribute per aggregate: ``scale_sets``, ``upgrades``,
+``galleries`` and ``load_balancers``.
+
+The REST API and the tests use this and nothing below it. Writes to one name are serialised (``Parts.writing``);
+"one active attempt per scale set" is the store's compare-and-set; attempts run under the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from overhaul.ports.clock import Clock
+from overhaul.ports.driver import Driver, DriverError, InstanceState
+from overhaul.ports.health import HealthSource
+from overhaul.ports.store import Store
+from overhaul.runtime.galleries import Galleries
+from overhaul.runtime.network import LoadBalancers
+from overhaul.runtime.parts import Parts
+from overhaul.runtime.scale_sets import ScaleSets
+from overhaul.runtime.settings import RuntimeSettings
+from overhaul.runtime.upgrades import Upgrades
+
+log = logging.getLogger(__name__)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        store: Store,
+        driver: Driver,
+        health: HealthSource,
+        *,
+        clock: Clock = time.time,
+        settings: RuntimeSettings | None = None,
+    ) -> None:
+        self.parts = Parts.assemble(store, driver, health, clock, settings or RuntimeSettings())
+        self.upgrades = Upgrades(self.parts)
+        self.scale_sets = ScaleSets(self.parts, self.upgrades)
+        self.galleries = Galleries(self.parts)
+        self.load_balancers = LoadBalancers(self.parts)
+        # What the serve layer, metrics and tests reach directly.
+        self.store, self.driver, self.health, self.clock = store, driver, health, clock
+        self.settings = self.parts.settings
+        self.events = self.parts.events
+        self.changes = self.parts.changes
+        self.supervisor = self.parts.supervisor
+        self.reconciler = self.parts.reconciler
+        self.instances = self.parts.instances
+
+    async def start(self) -> None:
+        """Watches every instance, repairs what a crash left half done, and resumes every unfinished attempt."""
+        active = {s.attempt.scale_set.lower() for s in await self.store.unfinished_attempts()}
+        for model in await self.store.list_scale_sets():
+            states: dict[int, InstanceState] | None = None
+            if model.name.lower() not in active:
+                try:
+                    states = await self.scale_sets.repair(model)
+                except DriverError as exc:
+                    log.warning("could not check %s's instances at start: %s", model.name, exc)
+            await self.instances.watch(model, states)
+        await self.supervisor.start()
+
+    async def close(self) -> None:
+        await self.supervisor.close()
+        await self.health.close()
+
+    def storage_problem(self) -> str | None:
+        """None while the store takes writes, as far as it knows; else why it does not."""
+        return self.store.problem()
+
+    async def engine_problem(self, timeout: float = 5.0) -> str | None:
+        """None when the engine answers now; else what is wrong."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.driver.ping()
+        except DriverError as exc:
+            return str(exc)
+        except TimeoutError:
+            return f"the engine did not answer within {timeout:g}s"
+        return None
+
+    @property
+    def watch_errors(self) -> int:
+        return self.health.watch_errors

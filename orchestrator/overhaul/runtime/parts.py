@@ -1,0 +1,129 @@
+"""What every aggregate of the runtime shares: the ports, the background machinery, one write lock per name, and
+the engine calls made on behalf of a request (observe, the image check) with their errors in the API's words."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
+from overhaul.core.gallery import ImageVersion
+from overhaul.core.model import ScaleSet, ScaleSetRef
+from overhaul.core.rollout import Attempt
+from overhaul.ports.clock import Clock
+from overhaul.ports.driver import Driver, DriverError, InstanceState
+from overhaul.ports.health import HealthSource
+from overhaul.ports.store import Store
+from overhaul.runtime.changes import Changes
+from overhaul.runtime.events import EventBus
+from overhaul.runtime.instances import Instances
+from overhaul.runtime.reconciler import Reconciler
+from overhaul.runtime.settings import RuntimeSettings
+from overhaul.runtime.supervisor import Supervisor
+
+DEFAULT_SUBSCRIPTION = "local"
+DEFAULT_RESOURCE_GROUP = "default"
+
+
+class EngineFailed(OverhaulError):
+    """The engine refused a call for a reason that is not the request's (the message has the engine's words)."""
+
+    code = "EngineError"
+
+
+def engine_error(exc: DriverError) -> OverhaulError:
+    if exc.transient:
+        return Unavailable(f"the container engine is unavailable: {exc}", "EngineUnavailable")
+    return EngineFailed(str(exc))
+
+
+def as_ref(ref: ScaleSetRef | str) -> ScaleSetRef:
+    """A bare name means the default subscription and resource group (the Python API's shorthand)."""
+    return ref if isinstance(ref, ScaleSetRef) else ScaleSetRef(DEFAULT_SUBSCRIPTION, DEFAULT_RESOURCE_GROUP, ref)
+
+
+@dataclass
+class Parts:
+    store: Store
+    driver: Driver
+    health: HealthSource
+    clock: Clock
+    settings: RuntimeSettings
+    events: EventBus
+    instances: Instances
+    reconciler: Reconciler
+    supervisor: Supervisor
+    changes: Changes  # bumped when the gallery, a model or an attempt's end changes
+    _locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
+
+    @classmethod
+    def assemble(
+        cls, store: Store, driver: Driver, health: HealthSource, clock: Clock, settings: RuntimeSettings
+    ) -> Parts:
+        events = EventBus()
+        instances = Instances(store, health)
+        reconciler = Reconciler(store, driver, health, instances, events, clock, settings)
+        supervisor = Supervisor(store, reconciler, settings)
+        return cls(store, driver, health, clock, settings, events, instances, reconciler, supervisor, Changes())
+
+    @contextlib.asynccontextmanager
+    async def writing(self, name: str) -> AsyncIterator[None]:
+        """One writer per name at a time (a scale set's create, update, delete, reimage, start; the gallery; the
+        load balancers)."""
+        # A lock lives as long as a writer holds or waits for it (the dictionary's references are weak).
+        lock = self._locks.get(name.lower())
+        if lock is None:
+            lock = self._locks[name.lower()] = asyncio.Lock()
+        async with lock:
+            yield
+
+    async def observe(self, name: str) -> dict[int, InstanceState]:
+        try:
+            async with asyncio.timeout(self.settings.action_timeout):
+                return await self.driver.observe(name)
+        except DriverError as exc:
+            raise engine_error(exc) from exc
+        except TimeoutError as exc:
+            raise Unavailable("the container engine did not answer", "EngineUnavailable") from exc
+
+    async def require_image(self, version: ImageVersion, target: str, *, vm: bool = False) -> None:
+        """The artefact instances are made from, present before any instance is touched."""
+        image = version.artefact(vm)
+        try:
+            present = await self.driver.image_present(image, vm=vm)
+        except DriverError as exc:
+            raise engine_error(exc) from exc
+        if not present:
+            what = f"no VM artefacts (base.qcow2, vmlinuz, initrd.img) in {image!r}" if vm else f"no image {image!r}"
+            raise InvalidInput(f"{target}: the engine has {what}", "ImageNotFound", target)
+
+    async def find_scale_set(self, ref: ScaleSetRef | str) -> ScaleSet | None:
+        ref = as_ref(ref)
+        model = await self.store.get_scale_set(ref.name)
+        return model if model is not None and ref.matches(model) else None
+
+    async def scale_set(self, ref: ScaleSetRef | str) -> ScaleSet:
+        ref = as_ref(ref)
+        model = await self.find_scale_set(ref)
+        if model is None:
+            raise NotFound(
+                f"scale set {ref.name} does not exist in resource group {ref.resource_group}", "ResourceNotFound"
+            )
+        return model
+
+    async def active(self, name: str) -> list[Attempt]:
+        return [s.attempt for s in await self.store.attempts(name) if not s.attempt.done]
+
+    async def settle(self, name: str) -> None:
+        """Conflict while an attempt rolls forward; waits out one that is only finishing its clean-up."""
+        active = await self.active(name)
+        if any(not a.status.terminal for a in active):
+            raise Conflict(f"a rolling upgrade of {name} is in progress", "RollingUpgradeInProgress")
+        if active:
+            self.supervisor.ensure(name)
+            await self.supervisor.wait_idle(name, self.settings.action_timeout)
+            if await self.active(name):
+                raise Conflict(f"a rolling upgrade of {name} is still finishing", "RollingUpgradeInProgress")
