@@ -28,14 +28,16 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# Three workers on two cores: most tests wait on I/O; the real-engine modules are grouped (tests/conftest.py).
+WORKERS ?= 3
 unit: setup machine
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup
 
 test: lint unit
 
 # The fast lane while working: lint and every test that needs no container engine or VM (no system packages).
 check: setup lint
-	$(PY) -m pytest -q -m "not engine"
+	$(PY) -m pytest -q -m "not engine" -n 4
 
 demo: setup machine
 	$(PY) demo/rollout_demo.py
@@ -55,10 +57,12 @@ bench: setup machine
 	$(PY) bench/store_bench.py
 	$(PY) bench/vm_bench.py
 
-# Real rollouts on Podman with `overhaul serve` SIGKILLed (and sometimes its Podman service) at random moments;
-# checks the invariants after each restart. KILLS=20 make chaos for a shorter run.
+# Every seed of the in-memory chaos test (make test runs a sample), then real rollouts on Podman with `overhaul
+# serve` SIGKILLed (and sometimes its Podman service) at random moments; checks the invariants after each restart.
+# KILLS=20 make chaos for a shorter run.
 KILLS ?= 100
 chaos: setup machine
+	OVERHAUL_CHAOS_RUNS=500 $(PY) -m pytest -q -n 2 tests/test_chaos_memory.py
 	$(PY) bench/chaos_podman.py --kills $(KILLS)
 
 clean:

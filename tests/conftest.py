@@ -166,3 +166,17 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
         running.agent.stop.set()
         assert await asyncio.wait_for(running.task, 5) == 0
     await session.close()
+
+
+# Tests that drive a real engine share its namespaces (container, network and volume names such as `web_0`), so
+# under pytest-xdist every module on Podman or Docker runs on one worker, in order; each QEMU module (VMs under
+# directories of their own) is a group of its own, beside them. Everything else is spread over the workers.
+QEMU_MODULES = frozenset({"test_qemu_vms", "test_vm_image"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("engine") is None:
+            continue
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group(module if module in QEMU_MODULES else "container-engine"))

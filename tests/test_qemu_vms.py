@@ -1,7 +1,8 @@
 """VM scale sets on real QEMU VMs (TCG here): the driver's steps are idempotent and its VMs outlive it, and through
-`overhaul serve` three VMs move v1 -> v2 health-gated on the agent inside each, a bad v3 is rolled back to the
-previous overlay, the data disk and the extension's work are seen from inside, a SIGKILL of `serve` mid-batch is
-resumed, and a delete leaves nothing behind."""
+`overhaul serve` three VMs move v1 -> v2 health-gated on the agent inside each, the data disk and the extension's
+work are seen from inside, a SIGKILL of `serve` mid-batch is resumed, and a delete leaves nothing behind. A rollback
+restores the previous overlay (the driver's steps here); that a bad version is rolled back is the runtime's rule,
+proven over every driver in the runtime and Podman tests."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ MARKER = re.compile(r"marker=(\d+) data=(\S+)")
 
 @pytest.fixture(scope="module")
 def artefacts() -> dict[str, Path]:
-    return {v: os_image.build_vm(v, bad=v == "3.0.0") for v in ("1.0.0", "2.0.0", "3.0.0")}
+    return {v: os_image.build_vm(v, bad=False) for v in ("1.0.0", "2.0.0")}
 
 
 def vm_processes(prefix: str) -> dict[str, int]:
@@ -261,9 +262,7 @@ def state_dir(artefacts: dict[str, Path], tmp_path: Path) -> Iterator[Path]:
 SERVE = ("--engine", "podman", "--auto-upgrade-first-delay", "0", "--auto-upgrade-delay", "0")
 
 
-def test_three_vms_upgraded_health_gated_rolled_back_and_resumed_after_sigkill(
-    artefacts: dict[str, Path], state_dir: Path
-) -> None:
+def test_three_vms_upgraded_health_gated_and_resumed_after_sigkill(artefacts: dict[str, Path], state_dir: Path) -> None:
     with overhaul_serve(state_dir, *SERVE) as served:
         identifier = {"publisher": "contoso", "offer": "os", "sku": "bookworm"}
         assert served.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] in (200, 201)
@@ -303,14 +302,6 @@ def test_three_vms_upgraded_health_gated_rolled_back_and_resumed_after_sigkill(
     with overhaul_serve(state_dir, *SERVE) as served:
         # Seen again from the instance directories; their agents answer the new watch at once.
         wait_for(lambda: served.versions_and_health(VMSS) == [("2.0.0", "Healthy")] * 3, timeout=60)
-        publish(served, "3.0.0", artefacts["3.0.0"])  # its application never becomes healthy
-        wait_for(lambda: served.latest_code(VMSS) == "Faulted")
-        wait_for(lambda: served.versions_and_health(VMSS) == [("2.0.0", "Healthy")] * 3)
-        assert any(action == "rollback" for _, action, _ in journal(served))
-        third = setup_output(served)
-        rolled_back = [i for i, (a, b) in enumerate(zip(second, third, strict=True)) if a != b]
-        # The rolled-back instance booted its previous overlay again: the extension had run on it already.
-        assert rolled_back == [] and {data for _, data in third} == {"1.0.0"}
         for i in range(3):  # what is on each data disk now, read from the host
             assert data_disk_file(state_dir / "vms" / "vmos" / str(i), DATA_FILE) == "1.0.0"
 
