@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup machine test check lint unit demo demo-vm demo-agent bench chaos clean
+.PHONY: all setup machine test check lint docs unit demo demo-vm demo-agent bench chaos clean
 
 all: test
 
@@ -27,6 +27,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# The documentation site (docs/, mkdocs-material) into site/; `make docs` then open site/index.html.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # Three workers on two cores: most tests wait on I/O; the real-engine modules are grouped (tests/conftest.py).
 WORKERS ?= 3
@@ -66,4 +71,4 @@ chaos: setup machine
 	$(PY) bench/chaos_podman.py --kills $(KILLS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis site

@@ -250,7 +250,8 @@ def start(
     target_model: str | None = None,
     scope: tuple[int, ...] | None = None,
 ) -> Attempt:
-    """A new attempt; Faulted at once when too much of the scale set is unhealthy to start (rule 2)."""
+    """A new attempt; Faulted at once when too much of the scale set is unhealthy to start (the upgrade rule "Too
+    unhealthy to start", docs/upgrade-rules.md)."""
     attempt = Attempt(
         deferred=deferred,
         target_model=target_model,
@@ -390,7 +391,7 @@ def _end(
 
 
 def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> Decision:
-    """One step of the attempt: rules 2-7 of the design, in order."""
+    """One step of the attempt: the upgrade rules (docs/upgrade-rules.md), in order."""
     if attempt.status.terminal:
         # Only clean-up is left (and only after a crash in the middle of it): finish it.
         instances = dict(attempt.instances)
@@ -404,7 +405,7 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
         return replace(decision, attempt=attempt)
     cleanup = decision.actions  # commits of the batch that just settled run alongside what comes next
     if attempt.batch:
-        # The batch has ended: rule 6, then the pause of rule 7.
+        # The batch has ended: "Fault and quarantine", then the pause of "Pause, then the next batch".
         processed = attempt.successful + attempt.failed
         policy = attempt.policy
         if exceeds(attempt.failed, processed, policy.max_unhealthy_upgraded_instance_percent):
