@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from overhaul_agent.__main__ import Agent, AgentConfig
+from overhaul_agent.agent import Agent
+from overhaul_agent.config import AgentConfig
 from overhaul_agent.metadata import InstanceMetadata
 from overhaul_agent.settings import parse_settings
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -80,8 +79,7 @@ class HealthBoard:
             fallback=fallback,
             now=self._monotonic(),
         )
-        with contextlib.suppress(RuntimeError):  # no running loop: tests drive tick() by hand
-            self._grace_timer = asyncio.get_running_loop().call_later(s.grace_period, self.tick)
+        self._grace_timer = asyncio.get_running_loop().call_later(s.grace_period, self.tick)
         self._update()
 
     def tick(self) -> None:
