@@ -51,8 +51,8 @@ def model(capacity: int, *, probe: bool) -> dict[str, Any]:
     }
 
 
-async def publish(service: Orchestrator, version: str, artifact: str) -> None:
-    await service.galleries.publish(ImageVersion("g", "tiny", version, artifact, published_at=time.time()))
+async def publish(service: Orchestrator, version: str, container_image: str) -> None:
+    await service.galleries.publish(ImageVersion("g", "tiny", version, container_image, published_at=time.time()))
 
 
 async def fake_rollout(work: Path, capacity: int = 10_000) -> None:

@@ -12,6 +12,8 @@ version and the sample application's behaviour. A second build of the same versi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +81,16 @@ def recipe_inputs() -> list[Path]:
     ]
     files += [ROOT / "agent" / "pyproject.toml", *sorted((ROOT / "agent" / "overhaul_agent").glob("*.py"))]
     return files
+
+
+@contextlib.contextmanager
+def build_lock() -> Iterator[None]:
+    """One builder per cache at a time: the test workers (and a demo beside them) that need the same image wait for
+    the one building it, then reuse it. Taken by build and build_vm only (they do not nest)."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with (cache_dir() / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def base_key() -> str:
@@ -166,6 +179,11 @@ def build(version: str, *, bad: bool, silent: bool = False) -> str:
 
     ``bad``: the sample application answers Unhealthy; ``silent``: it listens on another port, so the agent's
     probe gets no answer at all (Unknown once the grace period is over)."""
+    with build_lock():
+        return _build(version, bad=bad, silent=silent)
+
+
+def _build(version: str, *, bad: bool, silent: bool) -> str:
     base = build_base()
     reference = f"{REPO}:{version}"
     label = f"{base}{' bad' if bad else ''}{' silent' if silent else ''}"
@@ -228,7 +246,12 @@ def build_vm(version: str, *, bad: bool, silent: bool = False) -> Path:
     (``base.qcow2``, read-only), the kernel (``vmlinuz``) and the initrd (``initrd.img``). The instance's config
     drive is a vfat disk labelled CFGDRIVE, mounted where containers get theirs (/etc/overhaul); the data disks it
     lists are mounted by label."""
-    reference = build(version, bad=bad, silent=silent)
+    with build_lock():
+        return _build_vm(version, bad=bad, silent=silent)
+
+
+def _build_vm(version: str, *, bad: bool, silent: bool) -> Path:
+    reference = _build(version, bad=bad, silent=silent)
     image_id = inspect_image(reference, "{{.Id}}")
     target = vm_dir(version)
     if (target / "recipe").exists() and (target / "recipe").read_text() == image_id:

@@ -392,7 +392,7 @@ async def test_a_model_change_rolls_out_health_gated_in_rolling_mode(fleet: Flee
         assert drive is not None and json.loads(drive)["customData"] == "second", i
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
     digest = model_digest(await fleet.service.scale_sets.get(fleet.name))
-    assert all(i.view.model == digest for i in await fleet.service.scale_sets.instances(fleet.name))
+    assert all(i.view.model_digest == digest for i in await fleet.service.scale_sets.instances(fleet.name))
     journal = [(e.action, e.phase, e.instance_id) for e in await fleet.store.journal(done.id)]
     for i in range(1, 5):  # health-gated: each batch began after the previous instance was healthy
         assert journal.index(("reimage", "begin", i)) > journal.index(("commit", "begin", i - 1))

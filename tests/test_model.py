@@ -366,7 +366,7 @@ def test_a_model_upgrade_onto_the_latest_version_is_no_try_of_it() -> None:
     model = parse_scale_set(doc, name="web")
     definition = ImageDefinition("g", "demo", "overhaul", "demo", "base")
 
-    def tried(target_model: str | None) -> Attempt:
+    def tried(target_model_digest: str | None) -> Attempt:
         attempt = start(
             attempt_id="a",
             scale_set="web",
@@ -377,7 +377,7 @@ def test_a_model_upgrade_onto_the_latest_version_is_no_try_of_it() -> None:
             capacity=5,
             views={},
             now=0.0,
-            target_model=target_model,
+            target_model_digest=target_model_digest,
         )
         return attempt.finished(AttemptStatus.FAULTED, 1.0)
 

@@ -20,7 +20,8 @@ from demo import os_image
 from demo.fleet_model import DATA_MARKER, EXTENSION_MARKER, os_fleet_model
 from tests.serve import API, Served, overhaul_serve
 
-pytestmark = [pytest.mark.slow, pytest.mark.engine]
+# The first test may build the OS images (or wait for another worker building them): minutes, not the usual two.
+pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(900)]
 RG = "/subscriptions/local/resourceGroups/e2e"
 VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/os"
 GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/os"

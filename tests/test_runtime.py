@@ -395,7 +395,7 @@ async def models_applied(runtime: Runtime, name: str) -> dict[int, bool]:
     """Each instance's latestModelApplied, as the instance listing says it."""
     model = await runtime.service.scale_sets.get(name)
     digest = model_digest(model)
-    return {i.instance_id: i.view.model == digest for i in await runtime.service.scale_sets.instances(name)}
+    return {i.instance_id: i.view.model_digest == digest for i in await runtime.service.scale_sets.instances(name)}
 
 
 async def test_a_model_change_waits_in_manual_mode_until_update_instances(runtime: Runtime) -> None:

@@ -83,12 +83,12 @@ def test_a_gallery_version_names_a_container_image_a_disk_image_or_both() -> Non
         return parse_image_version(doc, gallery="g", image="demo", version="1.0.0", published_at=1.0)
 
     both = parse({"containerImage": "localhost/os:1", "diskImage": "/images/vm/1.0.0"})
-    assert (both.artefact(vm=False), both.artefact(vm=True)) == ("localhost/os:1", "/images/vm/1.0.0")
+    assert (both.source_for(vm=False), both.source_for(vm=True)) == ("localhost/os:1", "/images/vm/1.0.0")
     assert both.to_json()["properties"]["storageProfile"]["source"]["overhaul"] == {
         "containerImage": "localhost/os:1",
         "diskImage": "/images/vm/1.0.0",
     }
-    assert parse({"diskImage": "/images/vm/1.0.0"}).artefact(vm=False) == ""
+    assert parse({"diskImage": "/images/vm/1.0.0"}).source_for(vm=False) == ""
     with pytest.raises(ModelError, match="absolute path") as err:
         parse({"diskImage": "images/vm"})
     assert err.value.path == "properties.storageProfile.source.overhaul.diskImage"

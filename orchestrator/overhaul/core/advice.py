@@ -19,7 +19,7 @@ def quarantine_reason(attempt: Attempt) -> str | None:
     """Why the target version should leave 'latest': the attempt Faulted with instances that failed on it. (Not a
     model upgrade's: its instances failed on a new model, not on a new version.)"""
     failed = failed_on_target(attempt)
-    if attempt.status is not AttemptStatus.FAULTED or not failed or attempt.target_model is not None:
+    if attempt.status is not AttemptStatus.FAULTED or not failed or attempt.target_model_digest is not None:
         return None
     first = attempt.instances[failed[0]]
     return (
@@ -43,7 +43,7 @@ def next_steps(
     if attempt.status is not AttemptStatus.FAULTED:
         return None
     target = f"--resource-group {resource_group} --name {attempt.scale_set}"
-    if attempt.target_model is not None:
+    if attempt.target_model_digest is not None:
         return (
             "Next: fix the model (`overhaul vmss show " + target + "`), then `overhaul vmss update-instances "
             f"{target} --instance-ids ...` for the instances that did not take it."

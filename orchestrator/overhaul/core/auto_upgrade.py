@@ -50,7 +50,7 @@ def due_upgrade(
         return None
     if any(not a.status.terminal for a in attempts):
         return None
-    if any(a.target_version == latest.version and a.target_model is None for a in attempts):
+    if any(a.target_version == latest.version and a.target_model_digest is None for a in attempts):
         # Already tried: a Faulted target is not retried by itself, nor one a person cancelled, nor one that
         # completed with some instances rolled back. A newer version, or a person, starts the next attempt.
         # (A model upgrade onto that version was no try of it.)

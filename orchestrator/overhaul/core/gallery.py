@@ -144,7 +144,7 @@ class ImageVersion:
     gallery: str
     image: str
     version: str
-    artifact: str
+    container_image: str
     exclude_from_latest: bool = False
     target_locations: tuple[str, ...] = ("local",)
     published_at: float = 0.0
@@ -159,13 +159,13 @@ class ImageVersion:
 
     def source(self) -> dict[str, str]:
         """``storageProfile.source.overhaul``: the artefacts it names."""
-        return ({"containerImage": self.artifact} if self.artifact else {}) | (
+        return ({"containerImage": self.container_image} if self.container_image else {}) | (
             {"diskImage": self.disk_image} if self.disk_image else {}
         )
 
-    def artefact(self, vm: bool) -> str:
+    def source_for(self, vm: bool) -> str:
         """What an instance is made from: the disk image for a VM, the container image otherwise ("": none)."""
-        return self.disk_image if vm else self.artifact
+        return self.disk_image if vm else self.container_image
 
     @property
     def quarantined(self) -> bool:
@@ -236,15 +236,15 @@ def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, pub
         path += f".{key}"
         if not isinstance(source, Mapping):
             raise ModelError(path, "must be a JSON object")
-    artifact = source.get("containerImage") or ""
+    container_image = source.get("containerImage") or ""
     disk_image = source.get("diskImage") or ""
-    if not isinstance(artifact, str):
+    if not isinstance(container_image, str):
         raise ModelError(f"{path}.containerImage", "must be a container image reference")
-    if artifact:
-        check_image_reference(artifact, f"{path}.containerImage")
+    if container_image:
+        check_image_reference(container_image, f"{path}.containerImage")
     if not isinstance(disk_image, str) or (disk_image and not disk_image.startswith("/")):
         raise ModelError(f"{path}.diskImage", "must be the absolute path of a directory of VM artefacts")
-    if not artifact and not disk_image:
+    if not container_image and not disk_image:
         raise ModelError(
             f"{path}.containerImage",
             "is required (or diskImage, the directory of VM artefacts, for VM scale sets)",
@@ -262,7 +262,7 @@ def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, pub
         gallery=gallery,
         image=image,
         version=version,
-        artifact=artifact,
+        container_image=container_image,
         disk_image=disk_image,
         exclude_from_latest=exclude,
         target_locations=tuple(locations),
@@ -297,7 +297,7 @@ def resolve(
     mine = [v for v in versions if (v.gallery, v.image) == (definition.gallery, definition.name)]
     source = "diskImage (VM artefacts)" if vm else "containerImage"
     if ref.is_latest:
-        found = latest_version([v for v in mine if v.artefact(vm)], location)
+        found = latest_version([v for v in mine if v.source_for(vm)], location)
         if found is None:
             quarantined = ", ".join(v.version for v in mine if v.quarantined)
             why = f" (quarantined: {quarantined})" if quarantined else ""
@@ -313,7 +313,7 @@ def resolve(
             "properties.virtualMachineProfile.storageProfile.imageReference.version",
             f"version {ref.version} of {definition.gallery}/{definition.name} is not available in {location}",
         )
-    if not exact.artefact(vm):
+    if not exact.source_for(vm):
         raise ModelError(
             "properties.virtualMachineProfile.storageProfile.imageReference.version",
             f"version {ref.version} of {definition.gallery}/{definition.name} names no {source}: "

@@ -35,11 +35,11 @@ class InstanceView:
     # osRollingUpgradeDeferral: the version whose pending OS upgrade the instance's application approved.
     approved: str | None = None
     # The model digest its OS disk was made with (None: not known).
-    model: str | None = None
+    model_digest: str | None = None
 
-    def on(self, target: str, target_model: str | None) -> bool:
+    def on(self, target: str, target_model_digest: str | None) -> bool:
         """Runs the target version (and the target model, when there is one)."""
-        return self.version == target and (target_model is None or self.model == target_model)
+        return self.version == target and (target_model_digest is None or self.model_digest == target_model_digest)
 
     @property
     def healthy(self) -> bool:
@@ -60,10 +60,10 @@ def unhealthy_count(views: Iterable[InstanceView]) -> int:
     return sum(1 for v in views if not v.healthy)
 
 
-def needs_upgrade(view: InstanceView, target: str, target_model: str | None = None) -> bool:
+def needs_upgrade(view: InstanceView, target: str, target_model_digest: str | None = None) -> bool:
     """Rule 1: instances on the target (version, and model for a model upgrade), or asking to be skipped, are left
     alone."""
-    return not view.on(target, target_model) and not view.skip_upgrade
+    return not view.on(target, target_model_digest) and not view.skip_upgrade
 
 
 def order(views: Iterable[InstanceView], prioritize_unhealthy: bool) -> list[InstanceView]:
@@ -87,7 +87,7 @@ def plan_batches(
     capacity: int,
     exclude: Collection[int] = (),
     *,
-    target_model: str | None = None,
+    target_model_digest: str | None = None,
     scope: Collection[int] | None = None,
 ) -> list[tuple[int, ...]]:
     """All batches still to run; a batch never mixes phases (a phase finishes before the next starts). ``scope``:
@@ -97,7 +97,7 @@ def plan_batches(
         (
             v
             for v in views
-            if needs_upgrade(v, target, target_model)
+            if needs_upgrade(v, target, target_model_digest)
             and v.instance_id not in exclude
             and (scope is None or v.instance_id in scope)
         ),

@@ -183,7 +183,7 @@ class Attempt:
     deferred: bool = False
     approved: frozenset[int] = frozenset()
     # A model upgrade: instances move onto this model digest too (None: an OS upgrade, the version alone).
-    target_model: str | None = None
+    target_model_digest: str | None = None
     # Only these instances (a manual upgrade of chosen ones); None: every instance.
     scope: tuple[int, ...] | None = None
 
@@ -247,14 +247,14 @@ def start(
     views: Mapping[int, InstanceView],
     now: float,
     deferred: bool = False,
-    target_model: str | None = None,
+    target_model_digest: str | None = None,
     scope: tuple[int, ...] | None = None,
 ) -> Attempt:
     """A new attempt; Faulted at once when too much of the scale set is unhealthy to start (the upgrade rule "Too
     unhealthy to start", docs/upgrade-rules.md)."""
     attempt = Attempt(
         deferred=deferred,
-        target_model=target_model,
+        target_model_digest=target_model_digest,
         scope=scope,
         id=attempt_id,
         scale_set=scale_set,
@@ -306,7 +306,7 @@ def _remaining(attempt: Attempt, views: Mapping[int, InstanceView]) -> list[tupl
         attempt.policy,
         attempt.capacity,
         exclude=attempt.instances,
-        target_model=attempt.target_model,
+        target_model_digest=attempt.target_model_digest,
         scope=attempt.scope,
     )
 
@@ -352,7 +352,7 @@ def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
         failed_step = Step.ROLLBACK if attempt.rollback_enabled else Step.KEEP_FAILED
         if failed_step is Step.KEEP_FAILED and attempt.policy.rollback_failed_instances_on_policy_breach:
             failed_step = Step.FAILED_HELD
-        if view is not None and fresh and view.healthy and view.on(attempt.target_version, attempt.target_model):
+        if view is not None and fresh and view.healthy and view.on(attempt.target_version, attempt.target_model_digest):
             instances[instance_id] = replace(progress, step=Step.COMMIT, since=now)
         elif view is not None and fresh and view.final and not view.healthy:
             # Decided as soon as the answer is known: waiting out the timeout would change nothing.
@@ -517,7 +517,7 @@ def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
         "lastActionTime": attempt.last_action_time,
         "deferred": attempt.deferred,
         "approved": sorted(attempt.approved),
-        "targetModel": attempt.target_model,
+        "targetModel": attempt.target_model_digest,
         "scope": list(attempt.scope) if attempt.scope is not None else None,
     }
 
@@ -547,6 +547,6 @@ def attempt_from_json(doc: Mapping[str, Any]) -> Attempt:
         last_action_time=float(doc.get("lastActionTime", 0.0)),
         deferred=bool(doc.get("deferred", False)),
         approved=frozenset(int(i) for i in doc.get("approved", ())),
-        target_model=doc.get("targetModel"),
+        target_model_digest=doc.get("targetModel"),
         scope=tuple(int(i) for i in doc["scope"]) if doc.get("scope") is not None else None,
     )

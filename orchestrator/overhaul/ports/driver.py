@@ -47,7 +47,7 @@ class InstanceSpec:
     # new disk by giving a new name.
     os_disk: str = ""
     # The digest of the model it is made with (model_digest): whether an instance runs the latest model.
-    model: str = ""
+    model_digest: str = ""
     # maxSurge: the new OS disk starts beside the running one (on ``ports``, host ports of its own) and the
     # previous one keeps serving until commit stops it; a rollback then costs nothing that ran.
     surge: bool = False
@@ -63,7 +63,7 @@ class InstanceSpec:
         """The OS disk's name: one per version and model, unless a reimage asked for a new one."""
         if self.os_disk:
             return self.os_disk
-        return f"{self.version}+{self.model}" if self.model else self.version
+        return f"{self.version}+{self.model_digest}" if self.model_digest else self.version
 
     @property
     def name(self) -> str:
@@ -75,7 +75,7 @@ class OsDisk:
     version: str | None
     image: str
     running: bool
-    model: str | None = None  # the model digest it was made with (None: not known)
+    model_digest: str | None = None  # the model digest it was made with (None: not known)
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ class Galleries(NamedResources[Gallery]):
     async def publish(self, version: ImageVersion, scope: Scope | None = None) -> None:
         await self.definition(version.gallery, version.image, scope)
         # A misspelt artefact would otherwise become 'latest' and fail every instance it reaches.
-        if version.artifact:
+        if version.container_image:
             await self.parts.require_image(version, f"{SOURCE}.containerImage")
         if version.disk_image:
             await self.parts.require_image(version, f"{SOURCE}.diskImage", vm=True)

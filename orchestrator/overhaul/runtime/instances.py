@@ -124,11 +124,11 @@ class Instances:
         return InstanceSpec(
             scale_set=model.name,
             instance_id=instance_id,
-            image=image.artefact(model.is_vm),
+            image=image.source_for(model.is_vm),
             version=image.version,
             ports=await self.ports(model, instance_id, fresh=surge),
             surge=surge,
-            model=model_digest(model),
+            model_digest=model_digest(model),
             volumes=self.volumes(model, instance_id),
             metadata=self.metadata(model, instance_id, image),
             command=model.engine.command,

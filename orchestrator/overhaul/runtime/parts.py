@@ -91,7 +91,7 @@ class Parts:
 
     async def require_image(self, version: ImageVersion, target: str, *, vm: bool = False) -> None:
         """The artefact instances are made from, present before any instance is touched."""
-        image = version.artefact(vm)
+        image = version.source_for(vm)
         try:
             present = await self.driver.image_present(image, vm=vm)
         except DriverError as exc:

@@ -62,16 +62,16 @@ def instance_views(
                 detail=detail,
             )
             continue
-        disk_model = state.current.model if state.current else None
+        disk_model = state.current.model_digest if state.current else None
         if not watched:
             views[instance_id] = InstanceView(
-                instance_id, state.version, Health.HEALTHY, observed_at=now, model=disk_model
+                instance_id, state.version, Health.HEALTHY, observed_at=now, model_digest=disk_model
             )
             continue
         report = health.report((model.name, instance_id))
         if report is None:
             views[instance_id] = InstanceView(
-                instance_id, state.version, Health.UNKNOWN, observed_at=0.0, model=disk_model
+                instance_id, state.version, Health.UNKNOWN, observed_at=0.0, model_digest=disk_model
             )
             continue
         views[instance_id] = InstanceView(
@@ -90,7 +90,7 @@ def instance_views(
 
 
 def known_after(
-    states: Mapping[int, InstanceState], result: ActionResult, target: str, target_model: str | None = None
+    states: Mapping[int, InstanceState], result: ActionResult, target: str, target_model_digest: str | None = None
 ) -> dict[int, InstanceState]:
     """The instance states after a successful driver action, without asking the engine (pure)."""
     updated = dict(states)
@@ -98,12 +98,14 @@ def known_after(
     state = states.get(instance_id, InstanceState(instance_id, None))
     if result.action.kind is ActionKind.REIMAGE:
         current = state.current
-        already = current is not None and current.version == target and target_model in (None, current.model)
+        already = (
+            current is not None and current.version == target and target_model_digest in (None, current.model_digest)
+        )
         previous = state.previous if already else current
-        disk = OsDisk(target, "", True, target_model)
+        disk = OsDisk(target, "", True, target_model_digest)
         updated[instance_id] = InstanceState(instance_id, disk, previous, state.address, state.ports)
     elif result.action.kind is ActionKind.ROLLBACK and state.previous is not None:
-        restored = OsDisk(state.previous.version, state.previous.image, True, state.previous.model)
+        restored = OsDisk(state.previous.version, state.previous.image, True, state.previous.model_digest)
         updated[instance_id] = InstanceState(instance_id, restored, None, state.address, state.ports)
     elif result.action.kind is ActionKind.COMMIT:
         updated[instance_id] = InstanceState(instance_id, state.current, None, state.address, state.ports)
@@ -299,7 +301,7 @@ class Reconciler:
         fresh: bool | None = None
         for result in results:
             if result.ok:
-                states = known_after(states, result, attempt.target_version, attempt.target_model)
+                states = known_after(states, result, attempt.target_version, attempt.target_model_digest)
             else:
                 fresh = False
         moved = [r.action.instance_id for r in results if r.action.kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK)]

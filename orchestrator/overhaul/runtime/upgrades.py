@@ -101,7 +101,7 @@ class Upgrades:
             StartedBy.USER,
             version,
             states,
-            target_model=model_digest(model),
+            target_model_digest=model_digest(model),
             scope=scope,
             policy=model_upgrade_policy(model),
         )
@@ -113,7 +113,7 @@ class Upgrades:
         version: str | None,
         states: dict[int, InstanceState] | None,
         *,
-        target_model: str | None = None,
+        target_model_digest: str | None = None,
         scope: tuple[int, ...] | None = None,
         policy: RollingUpgradePolicy | None = None,
     ) -> Attempt:
@@ -136,7 +136,7 @@ class Upgrades:
             now=now,
             # Azure defers automatic OS upgrades only: a person starting one has approved it.
             deferred=started_by is StartedBy.PLATFORM and model.upgrade_policy.automatic.os_rolling_upgrade_deferral,
-            target_model=target_model,
+            target_model_digest=target_model_digest,
             scope=scope,
         )
         busy = await parts.store.start_attempt(attempt, image_reference_for(model, attempt))

@@ -376,7 +376,7 @@ class EngineDriver:
                 LABEL_INSTANCE: str(spec.instance_id),
                 LABEL_VERSION: spec.version,
                 LABEL_OS_DISK: spec.disk,
-                LABEL_MODEL: spec.model,
+                LABEL_MODEL: spec.model_digest,
             },
             "ExposedPorts": {f"{cport}/tcp": {} for cport in spec.ports},
             "StopTimeout": spec.stop_timeout,

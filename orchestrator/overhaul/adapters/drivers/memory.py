@@ -42,7 +42,7 @@ class MemoryDriver:
         if state is None or state.current is None:
             if spec.image in self.missing_images:
                 raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
-            disk = OsDisk(spec.version, spec.image, True, spec.model or None)
+            disk = OsDisk(spec.version, spec.image, True, spec.model_digest or None)
             self._set(spec, InstanceState(spec.instance_id, disk, ports=spec.ports))
         elif not state.current.running:
             self._set(spec, replace(state, current=replace(state.current, running=True)))
@@ -51,7 +51,11 @@ class MemoryDriver:
         self.calls.append(("reimage", spec.name))
         state = self._get(spec) or InstanceState(spec.instance_id, None)
         current = state.current
-        same = current is not None and current.version == spec.version and current.model == (spec.model or None)
+        same = (
+            current is not None
+            and current.version == spec.version
+            and current.model_digest == (spec.model_digest or None)
+        )
         if same and not spec.os_disk:
             return
         previous = state.current or state.previous
@@ -67,7 +71,7 @@ class MemoryDriver:
             previous = replace(previous, running=spec.surge and previous.running)
             if state.current is not None:
                 self._previous_ports[(spec.scale_set, spec.instance_id)] = dict(state.ports)
-        disk = OsDisk(spec.version, spec.image, running, spec.model or None)
+        disk = OsDisk(spec.version, spec.image, running, spec.model_digest or None)
         self._set(spec, InstanceState(spec.instance_id, disk, previous, ports=spec.ports))
 
     async def commit(self, spec: InstanceSpec) -> None:

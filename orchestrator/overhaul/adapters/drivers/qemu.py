@@ -76,7 +76,7 @@ class DiskRecord:
 
     version: str
     image: str  # the version's artefact directory
-    model: str
+    model_digest: str
     ports: dict[int, int]  # guest port -> host port
     data: tuple[tuple[str, str], ...]  # (data disk file name, its label)
     memory_mb: int
@@ -88,7 +88,7 @@ class DiskRecord:
         return {
             "version": self.version,
             "image": self.image,
-            "model": self.model,
+            "model": self.model_digest,
             "ports": {str(k): v for k, v in self.ports.items()},
             "data": [list(d) for d in self.data],
             "memoryMB": self.memory_mb,
@@ -102,7 +102,7 @@ class DiskRecord:
         return cls(
             version=str(doc["version"]),
             image=str(doc["image"]),
-            model=str(doc.get("model", "")),
+            model_digest=str(doc.get("model", "")),
             ports={int(k): int(v) for k, v in doc.get("ports", {}).items()},
             data=tuple((str(f), str(label)) for f, label in doc.get("data", [])),
             memory_mb=int(doc["memoryMB"]),
@@ -333,7 +333,7 @@ class QemuDriver:
         record = DiskRecord(
             version=spec.version,
             image=spec.image,
-            model=spec.model,
+            model_digest=spec.model_digest,
             ports=dict(spec.ports),
             data=data,
             memory_mb=vm.memory_mb,
@@ -449,7 +449,7 @@ class QemuDriver:
         if record is None or disk is None:
             return None
         running = self._pid(instance / "disks" / disk) is not None
-        return OsDisk(record.version, record.image, running, record.model or None)
+        return OsDisk(record.version, record.image, running, record.model_digest or None)
 
     # --- the driver protocol ------------------------------------------------------------------------------------
 

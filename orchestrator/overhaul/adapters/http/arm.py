@@ -158,7 +158,7 @@ def instance_doc(
         "location": model.location,
         "properties": {
             # Whether its OS disk was made with the model as it is now (a model change shows here until upgraded).
-            "latestModelApplied": view.model == model_digest(model),
+            "latestModelApplied": view.model_digest == model_digest(model),
             "storageProfile": {"imageReference": image},
             "instanceView": {
                 "statuses": [

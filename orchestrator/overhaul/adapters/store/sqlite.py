@@ -419,7 +419,7 @@ class SqliteStore:
                 version.gallery,
                 version.image,
                 version.version,
-                version.artifact,
+                version.container_image,
                 int(version.exclude_from_latest),
                 json.dumps(list(version.target_locations)),
                 version.published_at,
