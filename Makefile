@@ -67,7 +67,7 @@ bench: setup machine
 # KILLS=20 make chaos for a shorter run.
 KILLS ?= 100
 chaos: setup machine
-	OVERHAUL_CHAOS_RUNS=500 $(PY) -m pytest -q -n 2 tests/test_chaos_memory.py
+	OVERHAUL_CHAOS_RUNS=500 $(PY) -m pytest -q -n 2 tests/runtime/test_chaos_memory.py
 	$(PY) bench/chaos_podman.py --kills $(KILLS)
 
 clean:

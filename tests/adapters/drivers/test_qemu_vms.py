@@ -7,12 +7,12 @@ proven over every driver in the runtime and Podman tests."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import socket
 import sqlite3
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,6 +27,7 @@ from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.core.model import Accel, VmOptions
 from overhaul.core.naming import data_disk_name
 from overhaul.ports.driver import DriverError, InstanceSpec
+from tests import builders
 from tests.conftest import free_port
 from tests.serve import API, Served, overhaul_serve
 
@@ -209,11 +210,7 @@ def publish(served: Served, version: str, artefact: Path) -> None:
     assert status in (200, 201), doc
 
 
-def wait_for(predicate: Any, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(1)
+wait_for = functools.partial(builders.wait_for, timeout=600, every=1)
 
 
 def setup_output(served: Served) -> list[tuple[str, str]]:

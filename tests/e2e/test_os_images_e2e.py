@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import sqlite3
@@ -18,6 +19,7 @@ import pytest
 
 from demo import os_image
 from demo.fleet_model import DATA_MARKER, EXTENSION_MARKER, os_fleet_model
+from tests import builders
 from tests.serve import API, Served, overhaul_serve
 
 # The first test may build the OS images (or wait for another worker building them): minutes, not the usual two.
@@ -49,7 +51,7 @@ def remove_scale_set(served: Served) -> None:
     """What a test made goes, so the next one starts from nothing: an attempt still running (one waiting for an
     approval, say) is cancelled first, since a scale set is not deleted under one."""
     if served.call("POST", f"{VMSS}/rollingUpgrades/cancel?{API}")[0] == 202:
-        wait_for(lambda: served.latest_code(VMSS) != "RollingForward", 120)
+        wait_for(lambda: served.latest_code(VMSS) != "RollingForward", timeout=120)
     status, doc, _ = served.call("DELETE", f"{VMSS}?{API}")
     assert status in (200, 204), doc
 
@@ -76,11 +78,7 @@ def read_file(instance: str, path: str) -> str:
         return extracted.read().decode().strip()
 
 
-def wait_for(predicate: Any, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.5)
+wait_for = functools.partial(builders.wait_for, timeout=240, every=0.5)
 
 
 def agent_health(served: Served, instance_id: int) -> dict[str, Any]:

@@ -18,29 +18,11 @@ from overhaul.core.model import (
     parse_scale_set,
 )
 from overhaul.core.rollout import Attempt, AttemptStatus, StartedBy, start
-
-BASE: dict[str, Any] = {
-    "location": "local",
-    "sku": {"name": "Standard_Container", "capacity": 5},
-    "properties": {
-        "upgradePolicy": {"mode": "Automatic"},
-        "virtualMachineProfile": {
-            "storageProfile": {
-                "imageReference": {
-                    "publisher": "overhaul",
-                    "offer": "demo",
-                    "sku": "base",
-                    "version": "latest",
-                },
-                "dataDisks": [{"lun": 0, "diskSizeGB": 1}],
-            },
-        },
-    },
-}
+from tests.builders import MODEL_BASE
 
 
 def with_path(path: str, value: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(BASE)
+    doc = copy.deepcopy(MODEL_BASE)
     *parents, leaf = path.split(".")
     target = doc
     for part in parents:
@@ -50,7 +32,7 @@ def with_path(path: str, value: Any) -> dict[str, Any]:
 
 
 def test_azure_defaults() -> None:
-    model = parse_scale_set(BASE, name="web")
+    model = parse_scale_set(MODEL_BASE, name="web")
     rolling = model.upgrade_policy.rolling
     assert (rolling.max_batch_instance_percent, rolling.max_unhealthy_instance_percent) == (20, 20)
     assert rolling.max_unhealthy_upgraded_instance_percent == 20
@@ -65,7 +47,7 @@ def test_azure_defaults() -> None:
 
 
 def test_round_trip() -> None:
-    model = parse_scale_set(BASE, name="web")
+    model = parse_scale_set(MODEL_BASE, name="web")
     again = parse_scale_set(model.to_json(), name="web")
     assert again == model and again.to_json() == model.to_json()
 
@@ -183,7 +165,7 @@ def test_an_azure_document_comes_back_as_it_was_sent() -> None:
     ],
 )
 def test_options_not_carried_out_yet_are_refused_when_on(where: str, key: str) -> None:
-    doc = copy.deepcopy(BASE)
+    doc = copy.deepcopy(MODEL_BASE)
     doc["properties"]["upgradePolicy"][where] = {key: True}
     with pytest.raises(ModelError, match="must be false or left out") as caught:
         parse_scale_set(doc, name="web")
@@ -191,7 +173,7 @@ def test_options_not_carried_out_yet_are_refused_when_on(where: str, key: str) -
 
 
 def test_max_surge_is_carried_out_and_round_trips() -> None:
-    doc = copy.deepcopy(BASE)
+    doc = copy.deepcopy(MODEL_BASE)
     doc["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"maxSurge": True}
     model = parse_scale_set(doc, name="web")
     assert model.upgrade_policy.rolling.max_surge
@@ -259,7 +241,7 @@ def test_errors_name_the_field(path: str, value: Any, error_path: str, text: str
 
 def test_bad_name() -> None:
     with pytest.raises(ModelError, match="name:"):
-        parse_scale_set(BASE, name="no spaces")
+        parse_scale_set(MODEL_BASE, name="no spaces")
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("PT0S", 0), ("PT5M", 300), ("PT1H30M", 5400), ("P1D", 86400)])
@@ -286,7 +268,7 @@ def test_latest_is_highest_semver_not_excluded_in_location() -> None:
 
 def test_resolve_by_publisher_or_gallery_id() -> None:
     definition = ImageDefinition("g", "demo", "overhaul", "demo", "base")
-    model = parse_scale_set(BASE, name="web")
+    model = parse_scale_set(MODEL_BASE, name="web")
     assert resolve(model.image_reference, [definition], [version("1.0.0")], "local").version == "1.0.0"
     by_id = with_path(
         "properties.virtualMachineProfile.storageProfile.imageReference",
@@ -360,7 +342,7 @@ def test_automatic_os_upgrades_need_a_health_source_or_the_explicit_opt_out() ->
 def test_a_model_upgrade_onto_the_latest_version_is_no_try_of_it() -> None:
     """Automatic OS upgrades do not retry a version an OS upgrade already tried; a model upgrade that happened to
     target the same version was not such a try."""
-    doc = copy.deepcopy(BASE)
+    doc = copy.deepcopy(MODEL_BASE)
     doc["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"] = {"enableAutomaticOSUpgrade": True}
     doc["properties"]["virtualMachineProfile"]["overhaul"] = {"healthFromPowerState": True}
     model = parse_scale_set(doc, name="web")

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overhaul.core.model import RollingUpgradePolicy
+from overhaul.core.narrate import Level, describe
 from overhaul.core.planner import Health, InstanceView, batch_size, exceeds, plan_batches
 from overhaul.core.rollout import (
     MAX_UNHEALTHY,
@@ -466,3 +467,37 @@ def test_a_cancel_withdraws_the_notice_of_an_instance_awaiting_approval() -> Non
     assert attempt.instances[0].step is Step.NOT_UPGRADED
     assert world.touched == [(ActionKind.NOTIFY, 0), (ActionKind.WITHDRAW, 0)]
     assert world.versions == fleet(5)
+
+
+def test_describe_names_each_step_once() -> None:
+    world = World(fleet(2), lambda i, v: v != "v2")
+    attempt = start(
+        attempt_id="a",
+        scale_set="web",
+        target_version="v2",
+        started_by=StartedBy.PLATFORM,
+        disable_automatic_rollback=False,
+        policy=policy(max_batch_instance_percent=50),
+        capacity=2,
+        views=world.views(),
+        now=0.0,
+    )
+    lines = describe(None, attempt)
+    before = attempt
+    while not attempt.done:
+        decision = decide(attempt, world.views(), world.now)
+        attempt = decision.attempt
+        lines += describe(before, attempt)  # saved as the runtime saves it: after deciding, after acting
+        before = attempt
+        for action in decision.actions:
+            attempt = apply_result(attempt, world.act(attempt, action.kind, action.instance_id), world.now)
+        lines += describe(before, attempt)
+        before = attempt
+        world.now = decision.wake_at or world.now + 1
+    text = [line for _, line in lines]
+    assert text[0] == "rolling upgrade a of web started by Platform: to v2, 2 instance(s) to upgrade, rollback on"
+    assert text[1] == "rolling upgrade a of web: batch 1 started: instance(s) 0"
+    assert text[2].startswith("web_0: rolling back to its previous OS disk: not Healthy within 60s")
+    assert text[3] == "web_0: rolled back"
+    assert text[4].startswith("rolling upgrade a of web Faulted: 0 upgraded, 1 failed: 1 of 1 upgraded")
+    assert [level for level, _ in lines] == [Level.INFO, Level.INFO, Level.WARNING, Level.INFO, Level.ERROR]

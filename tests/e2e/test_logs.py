@@ -16,14 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from overhaul.core.narrate import Level, describe
 from overhaul.core.rollout import StartedBy
 from overhaul.serve import logs as serve_logs
 from overhaul_agent import logs as agent_logs
+from tests.builders import Runtime, small, version
 from tests.conftest import FakeApp, agent_argv, fast_settings, free_port
 from tests.serve import API, overhaul_serve
-from tests.test_runtime import Runtime, small
-from tests.test_service_fake import version
 
 BOTH = pytest.mark.parametrize("logs", [agent_logs, serve_logs], ids=["agent", "orchestrator"])
 
@@ -66,43 +64,6 @@ def test_journald_is_recognised_by_the_stream_systemd_names(logs: ModuleType, tm
             assert not logs.under_journald(stream)  # a child whose stderr was redirected elsewhere
         finally:
             del os.environ["JOURNAL_STREAM"]
-
-
-def test_describe_names_each_step_once() -> None:
-    from overhaul.core.rollout import apply_result, decide, start  # noqa: PLC0415
-    from tests.test_rollout import World, fleet, policy  # noqa: PLC0415 (the simulated fleet of the rollout tests)
-
-    world = World(fleet(2), lambda i, v: v != "v2")
-    attempt = start(
-        attempt_id="a",
-        scale_set="web",
-        target_version="v2",
-        started_by=StartedBy.PLATFORM,
-        disable_automatic_rollback=False,
-        policy=policy(max_batch_instance_percent=50),
-        capacity=2,
-        views=world.views(),
-        now=0.0,
-    )
-    lines = describe(None, attempt)
-    before = attempt
-    while not attempt.done:
-        decision = decide(attempt, world.views(), world.now)
-        attempt = decision.attempt
-        lines += describe(before, attempt)  # saved as the runtime saves it: after deciding, after acting
-        before = attempt
-        for action in decision.actions:
-            attempt = apply_result(attempt, world.act(attempt, action.kind, action.instance_id), world.now)
-        lines += describe(before, attempt)
-        before = attempt
-        world.now = decision.wake_at or world.now + 1
-    text = [line for _, line in lines]
-    assert text[0] == "rolling upgrade a of web started by Platform: to v2, 2 instance(s) to upgrade, rollback on"
-    assert text[1] == "rolling upgrade a of web: batch 1 started: instance(s) 0"
-    assert text[2].startswith("web_0: rolling back to its previous OS disk: not Healthy within 60s")
-    assert text[3] == "web_0: rolled back"
-    assert text[4].startswith("rolling upgrade a of web Faulted: 0 upgraded, 1 failed: 1 of 1 upgraded")
-    assert [level for level, _ in lines] == [Level.INFO, Level.INFO, Level.WARNING, Level.INFO, Level.ERROR]
 
 
 async def test_a_rollout_logs_each_attempt_batch_and_instance_step(

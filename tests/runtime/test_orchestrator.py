@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,29 +12,10 @@ from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
-from overhaul.core.gallery import ImageDefinition, ImageVersion
+from overhaul.core.gallery import ImageDefinition
 from overhaul.core.rollout import AttemptStatus, StartedBy, Step
 from overhaul.runtime.orchestrator import Orchestrator
-
-MODEL: dict[str, Any] = {
-    "location": "local",
-    "sku": {"capacity": 10},
-    "properties": {
-        "upgradePolicy": {"mode": "Automatic"},
-        "virtualMachineProfile": {
-            "storageProfile": {
-                "imageReference": {"publisher": "overhaul", "offer": "test", "sku": "tiny", "version": "latest"},
-                "dataDisks": [{"lun": 0}],
-            },
-            "overhaul": {"ports": [8080]},
-        },
-    },
-}
-
-
-def version(v: str) -> ImageVersion:
-    return ImageVersion("g", "tiny", v, f"localhost/tiny:{v}", published_at=float(v.split(".", maxsplit=1)[0]))
-
+from tests.builders import RUNTIME_MODEL, version
 
 Setup = tuple[Orchestrator, MemoryDriver, SqliteStore]
 
@@ -55,7 +35,7 @@ async def orchestrator(tmp_path: Path) -> AsyncIterator[Setup]:
 
 async def test_create_then_upgrade_in_batches(orchestrator: Setup) -> None:
     service, driver, store = orchestrator
-    await service.scale_sets.put("web", MODEL)
+    await service.scale_sets.put("web", RUNTIME_MODEL)
     ports_before = await store.instance_ports("web")
     assert len(ports_before) == 10 and all(8080 in p for p in ports_before.values())
     assert {s.version for s in (await driver.observe("web")).values()} == {"1.0.0"}
@@ -83,7 +63,7 @@ async def test_failed_reimage_rolls_back_and_faults(
     orchestrator: Setup,
 ) -> None:
     service, driver, _ = orchestrator
-    await service.scale_sets.put("web", MODEL)
+    await service.scale_sets.put("web", RUNTIME_MODEL)
     await service.galleries.publish(version("2.0.0"))
     driver.fail_reimage = lambda spec: spec.instance_id == 0
     attempt = await service.upgrades.start("web", started_by=StartedBy.PLATFORM)
@@ -98,11 +78,11 @@ async def test_conflict_and_errors(orchestrator: Setup) -> None:
     service, _, _ = orchestrator
     with pytest.raises(NotFound):
         await service.upgrades.start("nope")
-    bad = copy.deepcopy(MODEL)
+    bad = copy.deepcopy(RUNTIME_MODEL)
     bad["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"maxBatchInstancePercent": 101}
     with pytest.raises(InvalidInput, match=r"maxBatchInstancePercent: must be 5\.\.100"):
         await service.scale_sets.put("web", bad)
-    await service.scale_sets.put("web", MODEL)
+    await service.scale_sets.put("web", RUNTIME_MODEL)
     await service.galleries.publish(version("2.0.0"))
     attempt = await service.upgrades.start("web")
     with pytest.raises(Conflict):
@@ -116,8 +96,8 @@ async def test_scale_in_keeps_data_and_frees_ports(
     orchestrator: Setup,
 ) -> None:
     service, driver, store = orchestrator
-    await service.scale_sets.put("web", MODEL)
-    smaller = copy.deepcopy(MODEL)
+    await service.scale_sets.put("web", RUNTIME_MODEL)
+    smaller = copy.deepcopy(RUNTIME_MODEL)
     smaller["sku"]["capacity"] = 3
     await service.scale_sets.put("web", smaller)
     assert sorted(await driver.observe("web")) == [0, 1, 2]
@@ -127,7 +107,7 @@ async def test_scale_in_keeps_data_and_frees_ports(
 
 async def test_history_keeps_the_last_five(orchestrator: Setup) -> None:
     service, _, store = orchestrator
-    await service.scale_sets.put("web", MODEL)
+    await service.scale_sets.put("web", RUNTIME_MODEL)
     for minor in range(1, 8):
         await service.galleries.publish(version(f"1.{minor}.0"))
         attempt = await service.upgrades.start("web")

@@ -5,7 +5,6 @@ cancels through the store, images checked before an instance is touched, and res
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,62 +12,12 @@ from typing import Any
 
 import pytest
 
-from overhaul.adapters.drivers.memory import MemoryDriver
-from overhaul.adapters.health.monitor import HealthMonitor
-from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.gallery import ImageDefinition
 from overhaul.core.model import ScaleSetRef, model_digest
 from overhaul.core.rollout import AttemptStatus, StartedBy, Step, start
 from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec
-from overhaul.runtime.orchestrator import Orchestrator
-from overhaul.runtime.settings import RuntimeSettings
-from tests.test_service_fake import MODEL, version
-
-FAST = RuntimeSettings(retry_min=0.001, retry_max=0.01, restart_min=0.001, restart_max=0.01)
-
-
-class FlakyDriver(MemoryDriver):
-    """Fails chosen calls a given number of times, transiently or for good."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.failures: dict[str, list[DriverError]] = {}
-
-    def fail(self, call: str, *errors: DriverError) -> None:
-        self.failures.setdefault(call, []).extend(errors)
-
-    def _next_failure(self, call: str) -> None:
-        queue = self.failures.get(call)
-        if queue:
-            raise queue.pop(0)
-
-    async def observe(self, scale_set: str) -> dict[int, Any]:
-        self._next_failure("observe")
-        return await super().observe(scale_set)
-
-    async def reimage(self, spec: InstanceSpec) -> None:
-        self._next_failure("reimage")
-        await super().reimage(spec)
-
-    async def commit(self, spec: InstanceSpec) -> None:
-        self._next_failure("commit")
-        await super().commit(spec)
-
-
-class Runtime:
-    def __init__(self, path: Path) -> None:
-        self.store = SqliteStore(path)
-        self.driver = FlakyDriver()
-        self.service = self.new_service()
-
-    def new_service(self) -> Orchestrator:
-        return Orchestrator(self.store, self.driver, HealthMonitor(), settings=FAST)
-
-    async def restart(self) -> None:
-        await self.service.close()
-        self.service = self.new_service()
-        await self.service.start()
+from tests.builders import Runtime, small, version
 
 
 @pytest.fixture
@@ -80,12 +29,6 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     yield rt
     await rt.service.close()
     await rt.store.close()
-
-
-def small(capacity: int = 4) -> dict[str, Any]:
-    doc = copy.deepcopy(MODEL)
-    doc["sku"]["capacity"] = capacity
-    return doc
 
 
 async def test_concurrent_starts_give_one_attempt(runtime: Runtime) -> None:

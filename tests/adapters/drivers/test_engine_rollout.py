@@ -54,7 +54,7 @@ HEALTH = HealthSettings(probe_interval=0.2, probe_timeout=1.0, probe_grace_perio
 EXITS = "9.0.0"  # a version whose container exits at once
 
 
-RUNNER = Path(__file__).with_name("orchestrator_runner.py")
+RUNNER = Path(__file__).resolve().parents[2] / "orchestrator_runner.py"
 
 
 async def run_command(*args: str) -> None:

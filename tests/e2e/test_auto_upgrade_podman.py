@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from demo import busybox_images as engine_images
+from tests import builders
 from tests.serve import API, Served, overhaul_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -81,11 +83,7 @@ def instances(served: Served) -> list[tuple[str, str]]:
     ]
 
 
-def wait_for(predicate: Any, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.2)
+wait_for = functools.partial(builders.wait_for, timeout=90, every=0.2)
 
 
 def test_publishing_rolls_the_scale_set_and_excluded_versions_do_not(served: Served) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +16,8 @@ import pytest
 
 from overhaul.serve import build_parser
 from overhaul.serve.settings import ServeSettings, load_settings, options
-from tests.serve import API, Served, overhaul_serve
-from tests.test_api import GALLERY, MODEL, VMSS, publish
+from tests.builders import API_MODEL, GALLERY, VMSS, publish
+from tests.serve import API, Served, overhaul_serve, raw_request
 
 
 @pytest.fixture
@@ -41,24 +40,6 @@ def overhaul(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
         timeout=60,
         check=False,
     )
-
-
-def raw_request(served: Served, lines: list[str], body: bytes = b"", wait: float = 10) -> bytes:
-    host, port = served.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=wait) as sock:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if b"\r\n\r\n" in b"".join(chunks):
-                break
-        return b"".join(chunks)
 
 
 def test_a_non_ascii_token_is_refused_not_crashed(served: Served) -> None:
@@ -85,7 +66,7 @@ def test_gallery_version_shapes_are_refused_naming_the_field(served: Served, sto
 @pytest.mark.parametrize("ids", [["²"], ["1e3"], [True], ["-1"], "0", [["0"]], ["٣"]])
 @pytest.mark.parametrize("call", ["reimage", "approveRollingUpgrade"])
 def test_odd_instance_ids_get_400(served: Served, ids: object, call: str) -> None:
-    status, _, _ = served.call("PUT", f"{VMSS}?{API}", MODEL)
+    status, _, _ = served.call("PUT", f"{VMSS}?{API}", API_MODEL)
     assert status == 201
     status, doc, _ = served.call("POST", f"{VMSS}/{call}?{API}", {"instanceIds": ids})
     assert status == 400, doc
@@ -93,7 +74,7 @@ def test_odd_instance_ids_get_400(served: Served, ids: object, call: str) -> Non
 
 
 def test_an_approval_with_no_deferred_upgrade_is_409_and_an_unknown_instance_400(served: Served) -> None:
-    status, _, _ = served.call("PUT", f"{VMSS}?{API}", MODEL)
+    status, _, _ = served.call("PUT", f"{VMSS}?{API}", API_MODEL)
     assert status == 201
     status, doc, _ = served.call("POST", f"{VMSS}/approveRollingUpgrade?{API}", {"instanceIds": ["99"]})
     assert status == 400 and doc["error"]["target"] == "instanceIds", doc
@@ -119,13 +100,13 @@ def test_a_body_that_never_arrives_gets_408(served: Served) -> None:
 
 
 def test_other_groups_and_subscriptions_do_not_see_a_scale_set(served: Served) -> None:
-    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    assert served.call("PUT", f"{VMSS}?{API}", API_MODEL)[0] == 201
     other_group = VMSS.replace("myResourceGroup", "otherGroup")
     other_sub = VMSS.replace("subscription_id", "other_sub")
     assert served.call("GET", f"{other_group}?{API}")[0] == 404
     assert served.call("GET", f"{other_sub}?{API}")[0] == 404
     assert served.call("DELETE", f"{other_group}?{API}")[0] == 204  # ARM: nothing there to delete
-    status, doc, _ = served.call("PUT", f"{other_group}?{API}", MODEL)
+    status, doc, _ = served.call("PUT", f"{other_group}?{API}", API_MODEL)
     assert status == 409 and doc["error"]["code"] == "ScaleSetNameInUse"
     shouting = VMSS.replace("myResourceGroup", "MYRESOURCEGROUP").replace("myScaleSet", "MYSCALESET")
     assert served.call("GET", f"{shouting}?{API}")[0] == 200  # ARM names compare case-blind
@@ -254,7 +235,7 @@ def test_a_wrong_engine_socket_is_found_at_start(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_while_following_stops_only_the_cli(served: Served) -> None:
-    slow = json.loads(json.dumps(MODEL))
+    slow = json.loads(json.dumps(API_MODEL))
     slow["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"pauseTimeBetweenBatches": "PT1M"}
     assert served.call("PUT", f"{VMSS}?{API}", slow)[0] == 201
     publish(served, "1.5.0")

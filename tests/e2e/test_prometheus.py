@@ -19,12 +19,11 @@ import pytest
 
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.core.rollout import AttemptStatus, StartedBy
+from tests.builders import Runtime, small, version
 from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
 from tests.serve import API, Served, overhaul_serve
-from tests.test_runtime import Runtime, small
-from tests.test_service_fake import version
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTRIB = ROOT / "contrib"
 RG = "/subscriptions/local/resourceGroups/rg/providers/Microsoft.Compute"
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import FakeApp, agent_argv, fast_settings, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve import API, Served, overhaul_serve, with_umask
-from tests.test_api import GALLERY, MODEL, RG, VMSS, publish
-from tests.test_serve_hardening import raw_request
+from tests.builders import API_MODEL, GALLERY, RG, VMSS, publish
+from tests.serve import API, Served, overhaul_serve, raw_request, with_umask
 
 
 @pytest.fixture
@@ -120,8 +119,8 @@ def test_the_first_token_is_written_whole_and_private_whatever_the_umask(tmp_pat
 
 
 def secret_model() -> dict[str, object]:
-    model: dict[str, object] = {**MODEL}
-    profile = {**MODEL["properties"]["virtualMachineProfile"]}
+    model: dict[str, object] = {**API_MODEL}
+    profile = {**API_MODEL["properties"]["virtualMachineProfile"]}
     profile["extensionProfile"] = {
         "extensions": [
             {
@@ -136,7 +135,7 @@ def secret_model() -> dict[str, object]:
             }
         ]
     }
-    model["properties"] = {**MODEL["properties"], "virtualMachineProfile": profile}
+    model["properties"] = {**API_MODEL["properties"], "virtualMachineProfile": profile}
     return model
 
 
@@ -192,7 +191,7 @@ def test_an_existing_open_state_directory_is_closed_at_start(tmp_path: Path) -> 
 @pytest.mark.parametrize("body", [b"[1]", b'"0"', b"7", b"null", b"true", b'[{"instanceIds": ["0"]}]'])
 @pytest.mark.parametrize("call", ["reimage", "approveRollingUpgrade", "manualupgrade"])
 def test_a_body_that_is_not_an_object_is_400_and_touches_nothing(served: Served, body: bytes, call: str) -> None:
-    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    assert served.call("PUT", f"{VMSS}?{API}", API_MODEL)[0] == 201
     before = [vm["properties"]["latestModelApplied"] for vm in served.instances(VMSS)]
     status, doc, _ = served.call("POST", f"{VMSS}/{call}?{API}", raw=body)
     assert status == 400, doc
@@ -203,7 +202,7 @@ def test_a_body_that_is_not_an_object_is_400_and_touches_nothing(served: Served,
 
 
 def test_a_reimage_body_with_a_wrong_instance_ids_shape_is_400(served: Served) -> None:
-    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    assert served.call("PUT", f"{VMSS}?{API}", API_MODEL)[0] == 201
     status, doc, _ = served.call("POST", f"{VMSS}/reimage?{API}", {"instanceIds": "0"})
     assert status == 400 and doc["error"]["target"] == "instanceIds", doc
 
@@ -461,13 +460,13 @@ def test_container_images_follow_the_reference_grammar(served: Served, image: st
 
 @pytest.mark.parametrize("name", ["x.prev", "X.PREV", "web.prev"])
 def test_a_scale_set_name_with_our_own_suffix_is_refused(served: Served, name: str) -> None:
-    status, doc, _ = served.call("PUT", f"{VMSS.replace('myScaleSet', name)}?{API}", MODEL)
+    status, doc, _ = served.call("PUT", f"{VMSS.replace('myScaleSet', name)}?{API}", API_MODEL)
     assert status == 400 and doc["error"]["target"] == "name", doc
     assert ".prev" in doc["error"]["message"]
 
 
 def test_set_on_a_path_the_model_does_not_have_is_an_error(served: Served) -> None:
-    assert served.call("PUT", f"{VMSS}?{API}", MODEL)[0] == 201
+    assert served.call("PUT", f"{VMSS}?{API}", API_MODEL)[0] == 201
     where = ("-n", "myScaleSet", "-g", "myResourceGroup", "--subscription", "subscription_id")
     result = served.cli("vmss", "update", *where, "--set", "a.b.c=1", check=False)
     assert result.returncode != 0 and "Couldn't find 'a'" in result.stderr, result.stderr
@@ -481,13 +480,13 @@ def test_set_on_a_path_the_model_does_not_have_is_an_error(served: Served) -> No
 
 
 def with_overhaul(**fields: object) -> dict[str, object]:
-    model = copy.deepcopy(MODEL)
+    model = copy.deepcopy(API_MODEL)
     model["properties"]["virtualMachineProfile"]["overhaul"].update(fields)
     return model
 
 
 def test_instance_networks_are_isolated_by_default_and_checked(served: Served) -> None:
-    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", MODEL)
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", API_MODEL)
     assert status == 201 and doc["properties"]["virtualMachineProfile"]["overhaul"]["network"] == "isolated"
     status, doc, _ = served.call("PUT", f"{VMSS}?{API}", with_overhaul(network="bridge"))
     assert status == 400, doc

@@ -4,6 +4,7 @@ private Podman service killed mid-attempt, and `overhaul serve` itself killed.""
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import psutil
 import pytest
 
 from demo import busybox_images as engine_images
+from tests import builders
 from tests.engines import containers as engine_containers
 from tests.serve import API, Served, overhaul_serve
 
@@ -90,11 +92,7 @@ def publish(served: Served, version: str, image: str | None = None) -> None:
     assert status in (200, 201), doc
 
 
-def wait_for(predicate: Any, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.2)
+wait_for = functools.partial(builders.wait_for, timeout=90, every=0.2)
 
 
 def latest(served: Served, name: str) -> dict[str, Any]:
@@ -160,15 +158,15 @@ def test_the_private_podman_service_is_restarted_and_the_attempt_goes_on(served:
     wait_for(lambda: len(containers("outage")) == 4)
     publish(served, "2.0.0")
     assert served.call("POST", f"{vmss('outage')}/osRollingUpgrade?{API}")[0] == 202
-    wait_for(lambda: latest(served, "outage")["progress"]["inProgressInstanceCount"] > 0, 30)
+    wait_for(lambda: latest(served, "outage")["progress"]["inProgressInstanceCount"] > 0, timeout=30)
     first = podman_service_pid(served)
     os.kill(first, signal.SIGKILL)
-    wait_for(lambda: served.call("GET", "/healthz", token="")[0] == 503, 10)
+    wait_for(lambda: served.call("GET", "/healthz", token="")[0] == 503, timeout=10)
     status, doc, _ = served.call("GET", "/healthz", token="")
     assert status == 503 and "podman" in doc["engine"], doc
-    wait_for(lambda: served.call("GET", "/healthz", token="")[0] == 200, 60)
+    wait_for(lambda: served.call("GET", "/healthz", token="")[0] == 200, timeout=60)
     assert podman_service_pid(served) != first
-    wait_for(lambda: latest(served, "outage")["runningStatus"]["code"] != "RollingForward", 120)
+    wait_for(lambda: latest(served, "outage")["runningStatus"]["code"] != "RollingForward", timeout=120)
     done = latest(served, "outage")
     assert done["runningStatus"]["code"] == "Completed", done
     assert done["progress"]["failedInstanceCount"] == 0, done  # the outage is not the instances' fault
@@ -181,10 +179,10 @@ def test_a_killed_serve_takes_its_podman_service_along(images: None, tmp_path: P
         pid = podman_service_pid(running)
         running.process.kill()
         running.process.wait(10)
-        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 15)
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=15)
     with overhaul_serve(tmp_path / "state", "--engine", "podman") as again:
         pid = podman_service_pid(again)
-    wait_for(lambda: not psutil.pid_exists(pid), 15)  # a clean stop stops it too
+    wait_for(lambda: not psutil.pid_exists(pid), timeout=15)  # a clean stop stops it too
     assert set(Path("/tmp").glob("overhaul-podman-*")) == temp_before
     assert not (tmp_path / "state" / "podman" / "podman.sock").exists()
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from overhaul.adapters.http.app import ARM_ROUTES
+from tests.builders import API_MODEL, GALLERY, VMSS, publish
 from tests.serve import Served, overhaul_serve
-from tests.test_api import GALLERY, MODEL, VMSS, publish
 
 API_VERSIONS = ["2021-03-01", "2024-07-01", "", "1999-01-01", "2021-13-99", "x" * 300, "2021-03-01-preview"]
 METHODS = ["GET", "PUT", "PATCH", "POST", "DELETE", "HEAD", "OPTIONS", "TRACE", "FOO"]
@@ -114,7 +114,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
         running.call("PUT", f"{GALLERY}?api-version=2021-03-01", {"properties": {"identifier": identifier}})
         publish(running, "1.0.0")
-        running.call("PUT", f"{VMSS}?api-version=2021-03-01", MODEL)
+        running.call("PUT", f"{VMSS}?api-version=2021-03-01", API_MODEL)
         yield running
     log = Path(running.log).read_text()
     assert "Traceback" not in log, log[-4000:]

@@ -19,11 +19,11 @@ from overhaul.core.gallery import ImageDefinition, ImageVersion, parse_image_ver
 from overhaul.core.model import Accel, ModelError, VmOptions, check_new_model, parse_scale_set
 from overhaul.ports.driver import InstanceSpec, InstanceState, OsDisk
 from overhaul.runtime.orchestrator import Orchestrator
-from tests.test_model import BASE
+from tests.builders import MODEL_BASE
 
 
 def vm_model(vm: Any = None, **profile: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(BASE)
+    doc = copy.deepcopy(MODEL_BASE)
     doc["properties"]["virtualMachineProfile"]["overhaul"] = {"vm": {} if vm is None else vm}
     doc["properties"]["virtualMachineProfile"].update(profile)
     return doc
@@ -38,7 +38,7 @@ def test_vm_options_have_defaults_and_round_trip() -> None:
     assert parse_scale_set(doc, name="vms") == model
     sized = parse_scale_set(vm_model({"memoryMB": 1024, "vCPUs": 1, "accel": "TCG"}), name="vms")
     assert sized.engine.vm == VmOptions(1024, 1, Accel.TCG)
-    assert not parse_scale_set(BASE, name="web").is_vm
+    assert not parse_scale_set(MODEL_BASE, name="web").is_vm
 
 
 @pytest.mark.parametrize(
@@ -131,12 +131,12 @@ async def test_a_vm_scale_set_is_made_from_the_disk_image_and_stays_a_vm(
     await orchestrator.scale_sets.put("vms", doc)
     # 2.0.0 has no VM artefacts: the VMs are made from 1.0.0's disk image.
     assert {s.current.image for s in driver.instances["vms"].values() if s.current} == {"/vm/1.0.0"}
-    as_container = copy.deepcopy(BASE)  # a PUT keeps what it leaves out: removing the VM takes an explicit null
+    as_container = copy.deepcopy(MODEL_BASE)  # a PUT keeps what it leaves out: removing the VM takes an explicit null
     as_container["properties"]["virtualMachineProfile"].setdefault("overhaul", {})["vm"] = None
     with pytest.raises(InvalidInput, match="cannot be removed") as err:
         await orchestrator.scale_sets.put("vms", as_container)
     assert err.value.target == "properties.virtualMachineProfile.overhaul.vm"
-    await orchestrator.scale_sets.put("web", copy.deepcopy(BASE))
+    await orchestrator.scale_sets.put("web", copy.deepcopy(MODEL_BASE))
     with pytest.raises(InvalidInput, match="cannot be added"):
         await orchestrator.scale_sets.put("web", vm_model())
     with pytest.raises(InvalidInput, match="names no diskImage") as err:
