@@ -77,7 +77,7 @@ def spec(scale_set: str, image: Path, version: str, **changes: Any) -> InstanceS
     )
 
 
-async def test_each_driver_step_is_idempotent_and_observe_keeps_scale_sets_apart(
+async def test_a_vm_boots_on_another_port_when_its_own_is_taken_and_an_interrupted_reimage_finishes(
     artefacts: dict[str, Path], tmp_path: Path
 ) -> None:
     root = tmp_path / "a-state-directory-deep-enough-that-a-qmp-socket-path-would-pass-108-bytes" / "vms"
@@ -101,25 +101,9 @@ async def test_each_driver_step_is_idempotent_and_observe_keeps_scale_sets_apart
         data = root / "idem" / "0" / "data" / f"{data_disk_name('idem', 0, 0)}.qcow2"
         assert data.exists()
 
-        for _ in range(2):  # a repeated step finds each part done
-            await driver.reimage(v2)
-            state = (await driver.observe("idem"))[0]
-            assert state.version == "2.0.0" and state.running
-            assert state.previous is not None and state.previous.version == "1.0.0" and not state.previous.running
-        assert set(vm_processes("idem/")) == {"overhaul:idem/0/2.0.0"}
-
-        for _ in range(2):
-            await driver.rollback(v2)
-            state = (await driver.observe("idem"))[0]
-            assert state.version == "1.0.0" and state.running and state.previous is None
-        assert set(vm_processes("idem/")) == {"overhaul:idem/0/1.0.0"}
-        assert sorted(p.name for p in (root / "idem" / "0" / "disks").iterdir()) == ["1.0.0"]
-
+        # The steps themselves, each repeated, are the driver contract's (test_driver_contract.py).
         await driver.reimage(v2)
-        for _ in range(2):
-            await driver.commit(v2)
-        state = (await driver.observe("idem"))[0]
-        assert state.version == "2.0.0" and state.previous is None
+        await driver.commit(v2)
         assert sorted(p.name for p in (root / "idem" / "0" / "disks").iterdir()) == ["2.0.0"]
 
         # A reimage interrupted after it named the new OS disk, before it made it: repeated, it finishes.

@@ -1,0 +1,240 @@
+"""The Driver port's contract, the same assertions over every driver: the in-memory one, the same under the fault
+injector (a call may fail before or after it took effect, and is then tried again, as the reconciler does),
+Podman through the engine API, and QEMU. Each step, repeated as after a crash, ends where one would have.
+
+A new driver joins with one entry in KITS."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from demo import busybox_images
+from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
+from overhaul.adapters.drivers.faults import FaultPlan, FaultyDriver
+from overhaul.adapters.drivers.memory import MemoryDriver
+from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
+from overhaul.core.model import Accel, VmOptions
+from overhaul.core.naming import data_disk_name
+from overhaul.ports.driver import Driver, EngineUnavailable, InstanceSpec, InstanceState
+from tests.conftest import free_port
+from tests.engines import podman_service
+
+REPO = "localhost/overhaul-contract"
+VERSIONS = ("1.0.0", "2.0.0")
+
+
+@dataclass
+class Kit:
+    """A driver under test and what its instances are made from."""
+
+    driver: Driver
+    source: Callable[[str], str]  # version -> image reference or VM artefact directory
+    vm: VmOptions | None = None
+    ports: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)
+
+    def spec(
+        self, scale_set: str, version: str, instance_id: int = 0, *, data: bool = True, **changes: Any
+    ) -> InstanceSpec:
+        """The spec the runtime would give: the instance keeps its host ports; a surged disk gets new ones."""
+        key = (scale_set, instance_id)
+        if changes.get("surge") or key not in self.ports:
+            self.ports[key] = {8080: free_port(), 8090: free_port()}  # the application and the agent
+        return InstanceSpec(
+            scale_set=scale_set,
+            instance_id=instance_id,
+            image=self.source(version),
+            version=version,
+            ports=self.ports[key],
+            volumes=((data_disk_name(scale_set, instance_id, 0), "/datadisks/lun0"),) if data else (),
+            metadata={"instanceId": str(instance_id), "scaleSet": scale_set},
+            stop_timeout=1,
+            vm=self.vm,
+            **changes,
+        )
+
+    async def twice(self, step: Callable[[InstanceSpec], Awaitable[None]], spec: InstanceSpec) -> None:
+        """The step, then the step again (as after a crash that lost its outcome); a transient error is tried
+        again, as the reconciler does."""
+        for _ in range(2):
+            for _ in range(50):
+                try:
+                    await step(spec)
+                    break
+                except EngineUnavailable:
+                    continue
+            else:
+                raise AssertionError(f"{step.__name__} stayed unavailable")
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        for _ in range(50):
+            try:
+                return await self.driver.observe(scale_set)
+            except EngineUnavailable:
+                continue
+        raise AssertionError("observe stayed unavailable")
+
+    async def state(self, scale_set: str, instance_id: int = 0) -> InstanceState:
+        return (await self.observe(scale_set))[instance_id]
+
+
+@asynccontextmanager
+async def memory_kit(tmp_path: Path) -> AsyncIterator[Kit]:
+    yield Kit(MemoryDriver(), lambda v: f"{REPO}:{v}")
+
+
+@asynccontextmanager
+async def faulty_kit(tmp_path: Path) -> AsyncIterator[Kit]:
+    # Half the calls fail, half of those after they took effect: every step meets an interruption.
+    plan = FaultPlan(transient=0.5, permanent_reimage=0.0, latency=0.0)
+    yield Kit(FaultyDriver(MemoryDriver(), random.Random(7), plan), lambda v: f"{REPO}:{v}")
+
+
+@pytest.fixture(scope="module")
+def podman_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Podman service for the module, with the busybox versions imported."""
+    for version in VERSIONS:
+        busybox_images.build("podman", f"{REPO}:{version}", version)
+    with podman_service(tmp_path_factory.mktemp("podman")) as url:
+        yield url
+
+
+def podman_kit(url: str) -> Callable[[Path], AbstractAsyncContextManager[Kit]]:
+    @asynccontextmanager
+    async def made(tmp_path: Path) -> AsyncIterator[Kit]:
+        driver = EngineDriver(EngineSettings(url=url, config_root=tmp_path / "config"))
+        await driver.start()
+        try:
+            yield Kit(driver, lambda v: f"{REPO}:{v}")
+        finally:
+            await driver.close()
+
+    return made
+
+
+@asynccontextmanager
+async def qemu_kit(tmp_path: Path) -> AsyncIterator[Kit]:
+    from demo import os_image  # noqa: PLC0415 (the VM artefacts are built only where QEMU is tested)
+
+    artefacts = {v: os_image.build_vm(v, bad=False) for v in VERSIONS}
+    driver = QemuDriver(QemuSettings(root=tmp_path / "vms"))
+    try:
+        yield Kit(driver, lambda v: str(artefacts[v]), vm=VmOptions(memory_mb=256, vcpus=1, accel=Accel.TCG))
+    finally:
+        await driver.close()
+
+
+KITS: dict[str, Callable[[pytest.FixtureRequest], Callable[[Path], AbstractAsyncContextManager[Kit]]]] = {
+    "memory": lambda _: memory_kit,
+    "faults": lambda _: faulty_kit,
+    "podman": lambda request: podman_kit(request.getfixturevalue("podman_url")),
+    "qemu": lambda _: qemu_kit,
+}
+REAL = {"podman", "qemu"}  # they need an engine: `make check` leaves them out
+
+
+@pytest.fixture(
+    params=[pytest.param(name, marks=[pytest.mark.engine, pytest.mark.slow] if name in REAL else []) for name in KITS]
+)
+async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
+    if request.param == "qemu" and shutil.which("qemu-system-x86_64") is None:
+        pytest.fail("QEMU is not installed: make machine installs it")
+    async with KITS[request.param](request)(tmp_path) as made:
+        yield made
+
+
+async def remove(kit: Kit, *specs: InstanceSpec) -> None:
+    for spec in specs:
+        await kit.twice(lambda s: kit.driver.delete(s, keep_data=False), spec)
+
+
+async def test_each_step_repeated_ends_where_one_would(kit: Kit) -> None:
+    v1, v2 = kit.spec("cx", "1.0.0"), kit.spec("cx", "2.0.0")
+    try:
+        await kit.twice(kit.driver.ensure_running, v1)
+        state = await kit.state("cx")
+        assert (state.version, state.running, state.previous) == ("1.0.0", True, None)
+
+        await kit.twice(kit.driver.reimage, v2)
+        state = await kit.state("cx")
+        assert state.version == "2.0.0" and state.running
+        assert state.previous is not None and state.previous.version == "1.0.0" and not state.previous.running
+
+        await kit.twice(kit.driver.rollback, v2)
+        state = await kit.state("cx")
+        assert (state.version, state.running, state.previous) == ("1.0.0", True, None)
+
+        await kit.twice(kit.driver.reimage, v2)
+        await kit.twice(kit.driver.commit, v2)
+        state = await kit.state("cx")
+        assert (state.version, state.running, state.previous) == ("2.0.0", True, None)
+
+        # A reimage onto the same version with a new OS disk name (Azure's reimage) makes a fresh disk.
+        again = replace(v2, os_disk="2.0.0+again")
+        await kit.twice(kit.driver.reimage, again)
+        state = await kit.state("cx")
+        assert state.version == "2.0.0" and state.running and state.previous is not None
+        await kit.twice(kit.driver.commit, again)
+        assert (await kit.state("cx")).previous is None
+    finally:
+        await remove(kit, v1)
+    assert await kit.observe("cx") == {}
+
+
+async def test_a_previous_os_disk_left_by_an_interrupted_attempt_does_not_block_the_next_reimage(kit: Kit) -> None:
+    v1, v2 = kit.spec("cy", "1.0.0"), kit.spec("cy", "2.0.0")
+    try:
+        await kit.twice(kit.driver.ensure_running, v1)
+        await kit.twice(kit.driver.reimage, v2)  # never committed nor rolled back
+        await kit.twice(kit.driver.reimage, v1)
+        state = await kit.state("cy")
+        assert state.version == "1.0.0" and state.running
+        assert state.previous is not None and state.previous.version == "2.0.0"
+        await kit.twice(kit.driver.commit, v1)
+        assert (await kit.state("cy")).previous is None
+    finally:
+        await remove(kit, v1)
+
+
+async def test_a_surged_os_disk_runs_beside_the_old_one_until_the_commit_or_rollback(kit: Kit) -> None:
+    v1 = kit.spec("cz", "1.0.0", data=False)
+    try:
+        await kit.twice(kit.driver.ensure_running, v1)
+        old_ports = (await kit.state("cz")).ports
+        surged = kit.spec("cz", "2.0.0", data=False, surge=True)
+        await kit.twice(kit.driver.reimage, surged)
+        state = await kit.state("cz")
+        assert state.version == "2.0.0" and state.running and state.ports == surged.ports
+        assert state.previous is not None and state.previous.version == "1.0.0" and state.previous.running
+        assert set(old_ports.values()).isdisjoint(surged.ports.values())
+        await kit.twice(kit.driver.commit, surged)
+        state = await kit.state("cz")
+        assert (state.version, state.running, state.previous) == ("2.0.0", True, None)
+
+        back = kit.spec("cz", "1.0.0", data=False, surge=True)
+        await kit.twice(kit.driver.reimage, back)
+        await kit.twice(kit.driver.rollback, back)  # the surged disk goes; the running one never stopped
+        state = await kit.state("cz")
+        assert (state.version, state.running, state.previous) == ("2.0.0", True, None)
+    finally:
+        await remove(kit, v1)
+
+
+async def test_observe_keeps_scale_sets_apart(kit: Kit) -> None:
+    """A scale set named like another's instance (``cw`` and ``cw_0``) never sees the other's."""
+    mine, other = kit.spec("cw", "1.0.0"), kit.spec("cw_0", "1.0.0")
+    try:
+        await kit.twice(kit.driver.ensure_running, mine)
+        await kit.twice(kit.driver.ensure_running, other)
+        assert set(await kit.observe("cw")) == {0} and set(await kit.observe("cw_0")) == {0}
+        await remove(kit, other)
+        assert set(await kit.observe("cw")) == {0} and await kit.observe("cw_0") == {}
+    finally:
+        await remove(kit, mine, other)
