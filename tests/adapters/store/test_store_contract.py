@@ -1,0 +1,177 @@
+"""The Store port's contract, the same assertions over every store (SQLite today; PostgreSQL joins with one entry
+in STORES): what is written reads back, after a reopen too; names compare case-insensitively; "one active attempt
+per scale set" holds under concurrent starts; cancels and approvals reach only an active attempt; the journal keeps
+its order; history keeps what the retention says."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
+from overhaul.core.model import RollingUpgradePolicy, parse_scale_set
+from overhaul.core.network import parse_load_balancer
+from overhaul.core.planner import Health, InstanceView
+from overhaul.core.rollout import Action, ActionKind, ActionResult, Attempt, AttemptStatus, StartedBy, start
+from overhaul.ports.store import HistoryRetention, Store
+from tests.builders import RUNTIME_MODEL
+
+STORES: dict[str, Callable[[Path, HistoryRetention], Store]] = {
+    "sqlite": lambda directory, retention: SqliteStore(directory / "overhaul.db", retention),
+}
+
+
+@dataclass
+class Opened:
+    """A store, and how to open it again on the same data (as a restarted orchestrator does)."""
+
+    store: Store
+    reopen: Callable[[], Store]
+
+
+@pytest.fixture(params=list(STORES))
+async def opened(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opened]:
+    def make() -> Store:
+        return STORES[request.param](tmp_path, HistoryRetention(keep=3))
+
+    handle = Opened(make(), make)
+    yield handle
+    await handle.store.close()
+
+
+async def reopened(handle: Opened) -> Store:
+    await handle.store.close()
+    handle.store = handle.reopen()
+    return handle.store
+
+
+def attempt(scale_set: str, attempt_id: str, now: float = 100.0) -> Attempt:
+    views = {i: InstanceView(i, "1.0.0", Health.HEALTHY, observed_at=now) for i in range(2)}
+    return start(
+        attempt_id=attempt_id,
+        scale_set=scale_set,
+        target_version="2.0.0",
+        started_by=StartedBy.USER,
+        disable_automatic_rollback=False,
+        policy=RollingUpgradePolicy(),
+        capacity=2,
+        views=views,
+        now=now,
+    )
+
+
+PROBE = {"protocol": "Http", "port": 80, "requestPath": "/"}
+REFERENCE = {"publisher": "p", "offer": "o", "sku": "s", "version": "2.0.0"}
+
+
+async def test_scale_sets_read_back_by_any_spelling_and_after_a_reopen(opened: Opened) -> None:
+    model = parse_scale_set(RUNTIME_MODEL, name="Web", resource_group="rg", subscription="sub")
+    await opened.store.put_scale_set(model, 1.0)
+    assert await opened.store.get_scale_set("WEB") == model
+    store = await reopened(opened)
+    assert await store.get_scale_set("web") == model
+    assert [m.name for m in await store.list_scale_sets()] == ["Web"]
+    await store.delete_scale_set("web")
+    assert await store.get_scale_set("Web") is None and await store.list_scale_sets() == []
+
+
+async def test_the_gallery_and_load_balancers_read_back(opened: Opened) -> None:
+    store = opened.store
+    await store.put_gallery(Gallery("g", "rg", "sub"))
+    await store.put_image_definition(ImageDefinition("g", "os", "p", "o", "s"))
+    version = ImageVersion("g", "os", "1.0.0", "localhost/os:1.0.0", published_at=5.0)
+    await store.put_image_version(version)
+    balancer = parse_load_balancer(
+        {
+            "properties": {
+                "probes": [{"name": "http", "properties": {"protocol": "Http", "port": 80, "requestPath": "/"}}]
+            }
+        },
+        name="lb",
+        resource_group="rg",
+        subscription="sub",
+    )
+    await store.put_load_balancer(balancer)
+    store = await reopened(opened)
+    assert [g.name for g in await store.galleries()] == ["g"]
+    assert [(d.gallery, d.name) for d in await store.image_definitions()] == [("g", "os")]
+    assert await store.image_versions() == [version]
+    assert await store.load_balancers() == [balancer]
+    await store.delete_image_version("g", "os", "1.0.0")
+    await store.delete_image_definition("g", "os")
+    await store.delete_gallery("g")
+    await store.delete_load_balancer("lb")
+    assert (await store.galleries(), await store.image_versions(), await store.load_balancers()) == ([], [], [])
+
+
+async def test_one_active_attempt_per_scale_set_under_concurrent_starts(opened: Opened) -> None:
+    store = opened.store
+    outcomes = await asyncio.gather(*(store.start_attempt(attempt("web", f"a{i}"), REFERENCE) for i in range(20)))
+    winners = [f"a{i}" for i, busy in enumerate(outcomes) if busy is None]
+    assert len(winners) == 1
+    assert {busy for busy in outcomes if busy is not None} == set(winners)  # the losers are told the winner
+    assert await store.start_attempt(attempt("api", "other"), REFERENCE) is None  # another scale set: free
+    assert {s.attempt.id for s in await store.unfinished_attempts()} == {winners[0], "other"}
+
+    ended = attempt("web", winners[0]).finished(AttemptStatus.COMPLETED, 200.0)
+    await store.save_attempt(ended, REFERENCE)
+    assert await store.start_attempt(attempt("web", "next", now=300.0), REFERENCE) is None
+    store = await reopened(opened)
+    stored = await store.get_attempt(winners[0])
+    assert stored is not None and stored.attempt == ended and stored.image_reference == REFERENCE
+
+
+async def test_cancels_and_approvals_reach_only_an_active_attempt(opened: Opened) -> None:
+    store = opened.store
+    assert not await store.request_cancel("nobody")
+    assert not await store.approve("nobody", [0])
+    await store.start_attempt(attempt("web", "a"), REFERENCE)
+    assert await store.approve("a", [0]) and await store.approve("a", [1])
+    assert await store.request_cancel("a")
+    store = await reopened(opened)
+    assert await store.cancel_requested("a")
+    assert await store.approvals("a") == frozenset({0, 1})
+    await store.save_attempt(attempt("web", "a").finished(AttemptStatus.CANCELLED, 200.0), REFERENCE)
+    assert not await store.request_cancel("a") and not await store.approve("a", [0])
+
+
+async def test_the_journal_keeps_its_order(opened: Opened) -> None:
+    store = opened.store
+    await store.start_attempt(attempt("web", "a"), REFERENCE)
+    reimage, commit = Action(ActionKind.REIMAGE, 1), Action(ActionKind.COMMIT, 0)
+    await store.journal_begin("a", [reimage, commit], 1.0)
+    await store.journal_end("a", [ActionResult(commit, ok=True), ActionResult(reimage, ok=False, error="no")], 2.0)
+    store = await reopened(opened)
+    entries = [(e.instance_id, e.action, e.phase, e.ok, e.error) for e in await store.journal("a")]
+    assert entries == [
+        (1, "reimage", "begin", None, None),
+        (0, "commit", "begin", None, None),
+        (0, "commit", "end", True, None),
+        (1, "reimage", "end", False, "no"),
+    ]
+
+
+async def test_history_keeps_what_the_retention_says_newest_first(opened: Opened) -> None:
+    store = opened.store
+    for number in range(5):
+        begun = attempt("web", f"a{number}", now=100.0 * (number + 1))
+        assert await store.start_attempt(begun, REFERENCE) is None
+        await store.save_attempt(begun.finished(AttemptStatus.COMPLETED, begun.start_time + 1), REFERENCE)
+    assert [s.attempt.id for s in await store.attempts("web")] == ["a4", "a3", "a2"]  # keep=3
+
+
+async def test_instance_ports_are_kept_per_instance(opened: Opened) -> None:
+    store = opened.store
+    await store.put_instance_ports("web", 0, {8080: 40000})
+    await store.put_instance_ports("web", 1, {8080: 40001, 8090: 40002})
+    await store.put_instance_ports("api", 0, {8080: 40003})
+    store = await reopened(opened)
+    assert await store.instance_ports("web") == {0: {8080: 40000}, 1: {8080: 40001, 8090: 40002}}
+    assert await store.all_host_ports() == {40000, 40001, 40002, 40003}
+    await store.delete_instance("web", 1)
+    assert await store.instance_ports("web") == {0: {8080: 40000}}
