@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,16 +26,12 @@ from pathlib import Path
 
 import psutil
 
+from overhaul.localhost import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SOAK_SECONDS = float(os.environ.get("OVERHAUL_BENCH_SOAK_SECONDS", "300"))
 ROUNDS = 3
 ROUND_SECONDS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 15) -> None:

@@ -35,8 +35,8 @@ from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings  # noqa: E40
 from overhaul.adapters.drivers.qmp import power_off  # noqa: E402
 from overhaul.core.model import Accel, VmOptions  # noqa: E402
 from overhaul.core.naming import data_disk_name  # noqa: E402
+from overhaul.localhost import free_port  # noqa: E402
 from overhaul.ports.driver import InstanceSpec  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 from tests.serve import API, overhaul_serve  # noqa: E402
 
 ROUNDS = 5

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -20,14 +19,10 @@ from typing import Any
 
 import aiohttp
 
+from overhaul.localhost import free_port
+
 HERE = Path(__file__).resolve().parent
 START = time.monotonic()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def say(text: str) -> None:

@@ -21,7 +21,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from demo import os_image  # noqa: E402
 from demo.fleet_model import os_fleet_model, vm_fleet_model  # noqa: E402
+from overhaul.localhost import free_port  # noqa: E402
 
 GROUP, GALLERY, IMAGE, NAME = "demo", "gallery", "os", "web"
 START = time.monotonic()
@@ -42,12 +42,6 @@ START = time.monotonic()
 
 def say(text: str) -> None:
     print(f"\n[{time.monotonic() - START:5.1f}s] {text}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Demo:

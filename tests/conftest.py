@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from overhaul.localhost import free_port
 from overhaul_agent.agent import Agent
 from overhaul_agent.config import AgentConfig
 from overhaul_agent.metadata import InstanceMetadata
@@ -32,12 +32,6 @@ async def no_leftover_tasks() -> AsyncIterator[None]:
             return
         await asyncio.sleep(0.01)
     pytest.fail(f"tasks left running: {[t.get_name() for t in leftover]}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

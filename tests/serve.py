@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import free_port
+from overhaul.localhost import free_port
 
 API = "api-version=2021-03-01"
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import FakeApp, agent_argv, fast_settings, free_port
+from overhaul.localhost import free_port
+from tests.conftest import FakeApp, agent_argv, fast_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,10 +14,11 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from overhaul.localhost import free_port
 from overhaul_agent.metadata import InstanceMetadata
 from overhaul_agent.probe_body import HealthState
 from overhaul_agent.server import TcpHealthPort
-from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
+from tests.conftest import FakeApp, StartAgent, fast_settings
 
 
 async def test_health_follows_the_application(fake_app: FakeApp, start_agent: StartAgent) -> None:

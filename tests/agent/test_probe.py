@@ -12,10 +12,11 @@ import pytest
 import trustme
 from aiohttp import web
 
+from overhaul.localhost import free_port
 from overhaul_agent.probe import ApplicationProbe
 from overhaul_agent.probe_body import MAX_BODY_BYTES, HealthState
 from overhaul_agent.settings import parse_settings
-from tests.conftest import FakeApp, fast_settings, free_port
+from tests.conftest import FakeApp, fast_settings
 
 H, U, K = HealthState.HEALTHY, HealthState.UNHEALTHY, HealthState.UNKNOWN
 

@@ -7,16 +7,10 @@ from typing import Any
 
 import pytest
 
+from overhaul.core.arm_json import ModelError, format_duration, parse_duration
 from overhaul.core.auto_upgrade import AutoUpgradeSettings, DueUpgrade, due_upgrade
 from overhaul.core.gallery import ImageDefinition, ImageVersion, latest_version, parse_image_version, resolve
-from overhaul.core.model import (
-    ModelError,
-    RollingUpgradePolicy,
-    check_new_model,
-    format_duration,
-    parse_duration,
-    parse_scale_set,
-)
+from overhaul.core.model import RollingUpgradePolicy, check_new_model, parse_scale_set
 from overhaul.core.rollout import Attempt, AttemptStatus, StartedBy, start
 from tests.builders import MODEL_BASE
 

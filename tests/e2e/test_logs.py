@@ -17,10 +17,11 @@ import aiohttp
 import pytest
 
 from overhaul.core.rollout import StartedBy
+from overhaul.localhost import free_port
 from overhaul.serve import logs as serve_logs
 from overhaul_agent import logs as agent_logs
 from tests.builders import Runtime, small, version
-from tests.conftest import FakeApp, agent_argv, fast_settings, free_port
+from tests.conftest import FakeApp, agent_argv, fast_settings
 from tests.serve import API, overhaul_serve
 
 BOTH = pytest.mark.parametrize("logs", [agent_logs, serve_logs], ids=["agent", "orchestrator"])

@@ -19,8 +19,9 @@ import pytest
 
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.core.rollout import AttemptStatus, StartedBy
+from overhaul.localhost import free_port
 from tests.builders import Runtime, small, version
-from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
+from tests.conftest import FakeApp, StartAgent, fast_settings
 from tests.serve import API, Served, overhaul_serve
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,16 +21,11 @@ import pytest
 from demo import os_image
 from demo.fleet_model import health_extension
 from overhaul.adapters.drivers.qmp import Qmp, power_off
+from overhaul.localhost import free_port
 
 # The first build of the image recipe (mmdebstrap) and a TCG boot take minutes, not the usual two.
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(900)]
 BOOT_TIMEOUT = 300  # TCG on 2 cores: 31-52 s measured, with room for a loaded machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config_drive(path: Path, metadata: dict[str, Any]) -> None:

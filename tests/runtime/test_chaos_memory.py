@@ -21,6 +21,7 @@ from overhaul.adapters.drivers.faults import FaultPlan, FaultyDriver
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.aio import Changes
 from overhaul.core.errors import Conflict, Unavailable
 from overhaul.core.gallery import ImageDefinition, ImageVersion
 from overhaul.core.model import HealthProbe
@@ -29,7 +30,6 @@ from overhaul.core.rollout import Attempt, StartedBy
 from overhaul.ports.events import AttemptChanged, Event
 from overhaul.ports.health import HealthReport, Key
 from overhaul.ports.store import HistoryRetention
-from overhaul.runtime.changes import Changes
 from overhaul.runtime.orchestrator import Orchestrator
 from overhaul.runtime.settings import RuntimeSettings
 

@@ -14,9 +14,10 @@ from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.drivers.router import KindRouter
 from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import InvalidInput
 from overhaul.core.gallery import ImageDefinition, ImageVersion, parse_image_version, resolve
-from overhaul.core.model import Accel, ModelError, VmOptions, check_new_model, parse_scale_set
+from overhaul.core.model import Accel, VmOptions, check_new_model, parse_scale_set
 from overhaul.ports.driver import InstanceSpec, InstanceState, OsDisk
 from overhaul.runtime.orchestrator import Orchestrator
 from tests.builders import MODEL_BASE

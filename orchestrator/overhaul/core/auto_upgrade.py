@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from overhaul.core.arm_json import ModelError
 from overhaul.core.gallery import ImageDefinition, ImageVersion, resolve
-from overhaul.core.model import ModelError, ScaleSet
+from overhaul.core.model import ScaleSet
 from overhaul.core.rollout import Attempt, StartedBy
 
 

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from overhaul.core.model import GALLERY_ID, ImageReference, ModelError, overlay, resource_envelope
+from overhaul.core.arm_json import ModelError, overlay, resource_envelope
+from overhaul.core.model import GALLERY_ID, ImageReference
 from overhaul.core.naming import gallery_id
 
 # Azure's gallery image versions: MAJOR.MINOR.PATCH, each a 32-bit integer; no leading zeros, so that one version

@@ -15,94 +15,18 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from overhaul.core.arm_json import (
+    NAME_PATTERN,
+    ModelError,
+    Reader,
+    format_duration,
+    overlay,
+    parse_duration,
+)
 from overhaul.core.naming import PREVIOUS_SUFFIX, instance_name, scale_set_id
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 UPGRADE_MODES = ("Automatic", "Manual", "Rolling")
 MAX_CAPACITY = 10000
-DURATION_PATTERN = re.compile(
-    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
-)
-
-
-class ModelError(ValueError):
-    """Invalid model. ``path`` is the JSON path of the offending field."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.message = message
-
-
-def parse_duration(text: Any, path: str) -> float:
-    """ISO 8601 duration (Azure's ``PT5M``) to seconds."""
-    if not isinstance(text, str):
-        raise ModelError(path, f"must be an ISO 8601 duration such as PT30S, got {text!r}")
-    match = DURATION_PATTERN.match(text.strip().upper())
-    if match is None or text.strip().upper() in ("P", "PT"):
-        raise ModelError(path, f"must be an ISO 8601 duration such as PT30S, got {text!r}")
-    parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
-    return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
-
-
-def format_duration(seconds: float) -> str:
-    whole = int(seconds)
-    if whole != seconds:
-        return f"PT{seconds:g}S"
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    text = "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (f"{secs}S" if secs else "")
-    return text if text != "PT" else "PT0S"
-
-
-class _Reader:
-    """Typed access to one JSON object with paths in every error."""
-
-    def __init__(self, doc: Any, path: str) -> None:
-        if doc is None:
-            doc = {}
-        if not isinstance(doc, Mapping):
-            raise ModelError(path, "must be a JSON object")
-        self.doc = doc
-        self.path = path
-
-    def at(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def obj(self, key: str) -> _Reader:
-        return _Reader(self.doc.get(key), self.at(key))
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.doc.get(key, default)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise ModelError(self.at(key), f"must be true or false, got {value!r}")
-        return value
-
-    def integer(self, key: str, default: int | None, low: int, high: int) -> int:
-        value = self.doc.get(key, default)
-        if value is None:
-            raise ModelError(self.at(key), "is required")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ModelError(self.at(key), f"must be a whole number, got {value!r}")
-        if not low <= value <= high:
-            raise ModelError(self.at(key), f"must be {low}..{high}, got {value}")
-        return value
-
-    def text(self, key: str, default: str | None = None) -> str | None:
-        value = self.doc.get(key, default)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise ModelError(self.at(key), f"must be a string, got {type(value).__name__}")
-        return value
-
-    def required_text(self, key: str) -> str:
-        value = self.text(key)
-        if not value:
-            raise ModelError(self.at(key), "is required")
-        return value
 
 
 @dataclass(frozen=True)
@@ -194,7 +118,7 @@ GALLERY_ID = re.compile(
 )
 
 
-def _image_reference(r: _Reader) -> ImageReference:
+def _image_reference(r: Reader) -> ImageReference:
     image_id = r.text("id")
     if image_id is not None:
         match = GALLERY_ID.match(image_id)
@@ -468,26 +392,13 @@ NOT_YET_ROLLING = {
 }
 
 
-def _refuse_unsupported(r: _Reader, options: Mapping[str, str]) -> None:
+def _refuse_unsupported(r: Reader, options: Mapping[str, str]) -> None:
     for key, why in options.items():
         if r.boolean(key, False):
             raise ModelError(r.at(key), f"must be false or left out: {why}")
 
 
-def overlay(base: Any, top: Any) -> Any:
-    """``top`` laid over ``base``: objects merge key by key, lists of objects item by item, anything else is
-    ``top``'s. What the model acts on comes from ``top``; every other field of ``base`` stays as it was sent."""
-    if isinstance(base, Mapping) and isinstance(top, Mapping):
-        merged = {key: copy.deepcopy(value) for key, value in base.items()}
-        for key, value in top.items():
-            merged[key] = overlay(base[key], value) if key in base else value
-        return merged
-    if isinstance(base, list) and isinstance(top, list) and len(base) == len(top):
-        return [overlay(b, t) if isinstance(b, Mapping) else t for b, t in zip(base, top, strict=True)]
-    return top
-
-
-def _rolling_policy(r: _Reader) -> RollingUpgradePolicy:
+def _rolling_policy(r: Reader) -> RollingUpgradePolicy:
     ours = r.obj("overhaul")
     timeout_text = ours.text("instanceHealthTimeout")
     pause_text = r.text("pauseTimeBetweenBatches")
@@ -511,10 +422,10 @@ def _rolling_policy(r: _Reader) -> RollingUpgradePolicy:
 
 
 def parse_rolling_policy(doc: Any, path: str = "rollingUpgradePolicy") -> RollingUpgradePolicy:
-    return _rolling_policy(_Reader(doc, path))
+    return _rolling_policy(Reader(doc, path))
 
 
-def _upgrade_policy(r: _Reader) -> UpgradePolicy:
+def _upgrade_policy(r: Reader) -> UpgradePolicy:
     mode = r.text("mode", "Manual") or "Manual"
     canonical = next((m for m in UPGRADE_MODES if m.lower() == mode.lower()), None)
     if canonical is None:
@@ -539,7 +450,7 @@ def _data_disks(raw: Any, path: str) -> tuple[DataDisk, ...]:
         raise ModelError(path, "must be a list")
     disks: list[DataDisk] = []
     for i, item in enumerate(raw):
-        r = _Reader(item, f"{path}[{i}]")
+        r = Reader(item, f"{path}[{i}]")
         lun = r.integer("lun", None, 0, 63)
         if any(d.lun == lun for d in disks):
             raise ModelError(r.at("lun"), f"duplicate lun {lun}")
@@ -554,13 +465,13 @@ def _data_disks(raw: Any, path: str) -> tuple[DataDisk, ...]:
 
 
 def _extensions(raw: Any, path: str) -> tuple[Extension, ...]:
-    r = _Reader(raw, path)
+    r = Reader(raw, path)
     items = r.doc.get("extensions", [])
     if not isinstance(items, list):
         raise ModelError(r.at("extensions"), "must be a list")
     extensions: list[Extension] = []
     for i, item in enumerate(items):
-        er = _Reader(item, f"{r.at('extensions')}[{i}]")
+        er = Reader(item, f"{r.at('extensions')}[{i}]")
         name = er.required_text("name")
         ext_type = er.obj("properties").required_text("type")
         if any(e.name == name for e in extensions):
@@ -576,7 +487,7 @@ PROBE_ID = re.compile(
 )
 
 
-def _probe_settings(r: _Reader) -> HealthProbe:
+def _probe_settings(r: Reader) -> HealthProbe:
     protocol = (r.text("protocol", "Http") or "Http").capitalize()
     if protocol not in ("Http", "Tcp"):
         raise ModelError(r.at("protocol"), f"must be Http or Tcp, got {r.doc.get('protocol')!r}")
@@ -594,10 +505,10 @@ def _probe_settings(r: _Reader) -> HealthProbe:
 
 def parse_health_probe_settings(doc: Any, path: str) -> HealthProbe:
     """A probe's settings (a load balancer probe's ``properties``, or our inline ``healthProbe``)."""
-    return _probe_settings(_Reader(doc, path))
+    return _probe_settings(Reader(doc, path))
 
 
-def _health_probe(r: _Reader) -> HealthProbe | None:
+def _health_probe(r: Reader) -> HealthProbe | None:
     if not r.doc:
         return None
     if "id" not in r.doc:
@@ -615,7 +526,7 @@ def _health_probe(r: _Reader) -> HealthProbe | None:
     return HealthProbe(protocol="Tcp", port=0, id=probe_id)  # resolved when the model is written
 
 
-def _vm(r: _Reader) -> VmOptions:
+def _vm(r: Reader) -> VmOptions:
     accel = r.text("accel", "auto") or "auto"
     if accel.lower() not in {a.value for a in Accel}:
         raise ModelError(r.at("accel"), f"must be auto, kvm or tcg, got {accel!r}")
@@ -626,7 +537,7 @@ def _vm(r: _Reader) -> VmOptions:
     )
 
 
-def _engine(r: _Reader) -> EngineOptions:
+def _engine(r: Reader) -> EngineOptions:
     command = r.doc.get("command")
     if command is not None and (not isinstance(command, list) or not all(isinstance(c, str) for c in command)):
         raise ModelError(r.at("command"), "must be a list of strings")
@@ -665,7 +576,7 @@ def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", sub
         raise ModelError("name", f"must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
     if name.lower().endswith(PREVIOUS_SUFFIX):
         raise ModelError("name", f"must not end in {PREVIOUS_SUFFIX!r}: instances' previous OS disks are named with it")
-    root = _Reader(doc, "")
+    root = Reader(doc, "")
     location = root.text("location", "local") or "local"
     sku = root.obj("sku")
     props = root.obj("properties")
@@ -734,34 +645,6 @@ def check_new_model(model: ScaleSet) -> None:
             "healthProbe) or the Application Health extension (virtualMachineProfile.extensionProfile); to upgrade "
             "on power state alone, set virtualMachineProfile.overhaul.healthFromPowerState to true",
         )
-
-
-def resource_envelope(doc: Any, name: str) -> tuple[Mapping[str, Any], str, Mapping[str, Any]]:
-    """A top-level resource's body checked as ARM checks every one: (the body, its location, its properties)."""
-    if not NAME_PATTERN.match(name):
-        raise ModelError("name", f"must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
-    if not isinstance(doc, Mapping):
-        raise ModelError("", "must be a JSON object")
-    location = doc.get("location", "local")
-    if not isinstance(location, str) or not location:
-        raise ModelError("location", f"must be a location name, got {location!r}")
-    props = doc.get("properties") or {}
-    if not isinstance(props, Mapping):
-        raise ModelError("properties", "must be a JSON object")
-    return doc, location, props
-
-
-def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON merge patch (RFC 7386), as Azure's PATCH applies it."""
-    result = copy.deepcopy(target)
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(result.get(key), dict):
-            result[key] = merge_patch(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
 
 
 def _check_vm_model(model: ScaleSet) -> None:

@@ -9,14 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from overhaul.core.model import (
-    NAME_PATTERN,
-    HealthProbe,
-    ModelError,
-    overlay,
-    parse_health_probe_settings,
-    resource_envelope,
-)
+from overhaul.core.arm_json import NAME_PATTERN, ModelError, overlay, resource_envelope
+from overhaul.core.model import HealthProbe, parse_health_probe_settings
 
 
 def load_balancer_id(subscription: str, resource_group: str, name: str) -> str:

@@ -29,6 +29,10 @@ class EngineUnavailable(DriverError):
     transient = True
 
 
+class NotFound(DriverError):
+    """The engine has no such object (a container, an image): permanent, and often what the caller hoped."""
+
+
 @dataclass(frozen=True)
 class InstanceSpec:
     """Everything needed to make an instance's OS disk from an image version."""

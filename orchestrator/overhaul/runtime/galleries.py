@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from overhaul.core.arm_json import ModelError, merge_patch
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion, parse_image_version
-from overhaul.core.model import ModelError, merge_patch
 from overhaul.core.naming import Scope, same_name
 from overhaul.runtime.parts import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION, Parts
 from overhaul.runtime.resources import Kind, NamedResources

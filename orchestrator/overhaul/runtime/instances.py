@@ -3,29 +3,28 @@ they keep across reimages, the metadata of their config drive, and the health wa
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import InvalidInput, OverhaulError
 from overhaul.core.gallery import ImageVersion, resolve
-from overhaul.core.model import HealthSourceKind, ModelError, ScaleSet, model_digest
+from overhaul.core.model import HealthSourceKind, ScaleSet, model_digest
 from overhaul.core.naming import data_disk_name
+from overhaul.localhost import PortsExhausted, free_port
 from overhaul.ports.driver import InstanceSpec, InstanceState
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 
 
 def allocate_port(taken: set[int]) -> int:
-    """A free 127.0.0.1 port that no other instance holds."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in taken:
-            taken.add(port)
-            return port
-    raise OverhaulError("no free host port on 127.0.0.1", "PortsExhausted")
+    """A free 127.0.0.1 port that no other instance holds; it joins ``taken``."""
+    try:
+        port = free_port(taken)
+    except PortsExhausted as exc:
+        raise OverhaulError(str(exc), "PortsExhausted") from exc
+    taken.add(port)
+    return port
 
 
 def where_it_listens(allocated: Mapping[int, int], state: InstanceState | None) -> tuple[str, dict[int, int]]:

@@ -9,6 +9,7 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from overhaul.aio import Changes
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
 from overhaul.core.gallery import ImageVersion
 from overhaul.core.model import ScaleSet, ScaleSetRef
@@ -17,7 +18,6 @@ from overhaul.ports.clock import Clock
 from overhaul.ports.driver import Driver, DriverError, InstanceState
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
-from overhaul.runtime.changes import Changes
 from overhaul.runtime.events import EventBus
 from overhaul.runtime.instances import Instances
 from overhaul.runtime.reconciler import Reconciler

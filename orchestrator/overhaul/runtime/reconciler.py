@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from overhaul.aio import Backoff, cancel_and_wait
 from overhaul.core.advice import next_steps, quarantine_reason
 from overhaul.core.errors import OverhaulError
 from overhaul.core.model import HealthSourceKind, ScaleSet
@@ -38,7 +39,6 @@ from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.instances import Instances
 from overhaul.runtime.settings import RuntimeSettings
-from overhaul.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -151,22 +151,21 @@ class Reconciler:
         if attempt.status.terminal and (before is None or not before.status.terminal):
             self.events.emit(AttemptEnded(attempt))
 
-    async def _backoff(self, delay: float) -> float:
-        await asyncio.sleep(delay)
-        return min(delay * 2, self.settings.retry_max)
+    def _backoff(self) -> Backoff:
+        return Backoff(self.settings.retry_min, self.settings.retry_max)
 
     async def observe(self, scale_set: str) -> dict[int, InstanceState]:
         """The engine's view of the scale set, retried until the engine answers: listing only reads."""
-        delay = self.settings.retry_min
+        backoff = self._backoff()
         while True:
             try:
                 async with asyncio.timeout(self.settings.action_timeout):
                     return await self.driver.observe(scale_set)
             except (DriverError, TimeoutError) as exc:
                 error = str(exc) or type(exc).__name__
-                log.warning("listing %s failed, retrying in %.2fs: %s", scale_set, delay, error)
+                log.warning("listing %s failed, retrying in %.2fs: %s", scale_set, backoff.delay, error)
                 self.events.emit(TransientError(scale_set, "observe", error))
-                delay = await self._backoff(delay)
+                await backoff.wait()
 
     async def _act(self, model: ScaleSet, attempt: Attempt, action: Action) -> ActionResult:
         started = time.monotonic()
@@ -200,7 +199,7 @@ class Reconciler:
         if kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK):
             # The instance's agent goes away with its OS disk: failed watch requests until it answers are expected.
             self.health.expect_outage((scale_set, spec.instance_id))
-        delay = self.settings.retry_min
+        backoff = self._backoff()
         while True:
             try:
                 async with asyncio.timeout(self.settings.action_timeout):
@@ -211,9 +210,9 @@ class Reconciler:
                 transient = isinstance(exc, TimeoutError) or exc.transient
                 if not transient and kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK, ActionKind.NOTIFY):
                     return error
-                log.warning("%s %s failed, retrying in %.2fs: %s", kind.value, spec.name, delay, error)
+                log.warning("%s %s failed, retrying in %.2fs: %s", kind.value, spec.name, backoff.delay, error)
                 self.events.emit(TransientError(scale_set, f"{kind.value} {spec.name}", error))
-                delay = await self._backoff(delay)
+                await backoff.wait()
 
     async def _driver_call(self, kind: ActionKind, spec: InstanceSpec) -> None:
         if kind is ActionKind.REIMAGE:

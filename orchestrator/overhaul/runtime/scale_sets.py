@@ -11,16 +11,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from overhaul.core.arm_json import ModelError, merge_patch
 from overhaul.core.errors import Conflict, InvalidInput, Unavailable
 from overhaul.core.gallery import ImageVersion
 from overhaul.core.model import (
-    ModelError,
     ScaleSet,
     ScaleSetRef,
     check_kind_change,
     check_new_model,
     keep_secrets,
-    merge_patch,
     model_digest,
     parse_scale_set,
 )

@@ -8,30 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
+from overhaul.aio import Backoff, cancel_and_wait
 from overhaul.ports.driver import InstanceState
 from overhaul.ports.store import Store
 from overhaul.runtime.reconciler import Reconciler
 from overhaul.runtime.settings import RuntimeSettings
-from overhaul.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
-
-
-async def restarting(name: str, factory: Callable[[], Awaitable[None]], restart_min: float, restart_max: float) -> None:
-    """Runs ``factory()`` until it returns; restarts it with back-off when it raises."""
-    delay = restart_min
-    while True:
-        try:
-            await factory()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s stopped on an error; restarting it in %.1fs", name, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, restart_max)
 
 
 class Supervisor:
@@ -67,7 +52,7 @@ class Supervisor:
         return bool(done)
 
     async def _run(self, scale_set: str, observed: Mapping[int, InstanceState] | None) -> None:
-        delay = self.settings.restart_min
+        backoff = Backoff(self.settings.restart_min, self.settings.restart_max)
         while True:
             pending = [
                 s.attempt
@@ -83,16 +68,15 @@ class Supervisor:
                 return
             try:
                 await self.reconciler.run(model, attempt, observed)
-                delay = self.settings.restart_min
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.restarts += 1
                 log.exception(
-                    "attempt %s of %s stopped on an error; resuming it in %.1fs", attempt.id, scale_set, delay
+                    "attempt %s of %s stopped on an error; resuming it in %.1fs", attempt.id, scale_set, backoff.delay
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.restart_max)
+                await backoff.wait()
             observed = None  # from here on the engine is asked afresh
 
     async def close(self) -> None:

@@ -28,12 +28,11 @@ from overhaul.adapters.http.gate import BACKLOG, GatedSite
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.lease import StateDirLease
 from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
+from overhaul.aio import Backoff, cancel_and_wait, restarting
 from overhaul.ports.driver import Driver, DriverError
 from overhaul.ports.lease import LeaseHeld
 from overhaul.runtime.auto_upgrader import AutoUpgrader
 from overhaul.runtime.orchestrator import Orchestrator
-from overhaul.runtime.supervisor import restarting
-from overhaul.runtime.tasks import cancel_and_wait
 from overhaul.serve import logs
 from overhaul.serve.settings import ServeSettings, SettingsError, add_arguments, load_settings, parse_ulimits
 from overhaul.serve.state_dir import StateDirError, ensure_token, make_private
@@ -142,7 +141,9 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
             return 1
         tasks.append(
             asyncio.create_task(
-                restarting("automatic upgrades", auto.run, settings.rollout.restart_min, settings.rollout.restart_max),
+                restarting(
+                    "automatic upgrades", auto.run, Backoff(settings.rollout.restart_min, settings.rollout.restart_max)
+                ),
                 name="auto-upgrade",
             )
         )

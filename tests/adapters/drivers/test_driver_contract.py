@@ -23,8 +23,8 @@ from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.core.model import Accel, VmOptions
 from overhaul.core.naming import data_disk_name
+from overhaul.localhost import free_port
 from overhaul.ports.driver import Driver, EngineUnavailable, InstanceSpec, InstanceState
-from tests.conftest import free_port
 from tests.engines import podman_service
 
 REPO = "localhost/overhaul-contract"

@@ -26,9 +26,9 @@ from demo.fleet_model import health_extension, vm_fleet_model
 from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.core.model import Accel, VmOptions
 from overhaul.core.naming import data_disk_name
+from overhaul.localhost import free_port
 from overhaul.ports.driver import DriverError, InstanceSpec
 from tests import builders
-from tests.conftest import free_port
 from tests.serve import API, Served, overhaul_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(1800)]

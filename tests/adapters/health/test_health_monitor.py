@@ -12,8 +12,9 @@ import pytest
 from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings, parse_agent_health
 from overhaul.core.model import HealthProbe
 from overhaul.core.planner import Health
+from overhaul.localhost import free_port
 from overhaul_agent.metadata import InstanceMetadata
-from tests.conftest import FakeApp, StartAgent, fast_settings, free_port
+from tests.conftest import FakeApp, StartAgent, fast_settings
 
 
 @pytest.fixture

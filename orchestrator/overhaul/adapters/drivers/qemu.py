@@ -30,7 +30,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 import aiohttp
 
 from overhaul.core.model import Accel, VmOptions
+from overhaul.localhost import free_port
 from overhaul.ports.driver import DriverError, InstanceSpec, InstanceState, OsDisk
 
 from .qmp import exited, power_off
@@ -130,12 +130,6 @@ def _read_json(path: Path) -> Any:
         return None
     except (OSError, ValueError) as exc:
         raise DriverError(f"read {path}: {exc}") from exc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _label(volume: str) -> str:
@@ -412,7 +406,7 @@ class QemuDriver:
             if proc.returncode == 0 and self._pid(directory) is not None:
                 return
             if HOSTFWD_FAILED in message and attempt < self.settings.port_retries:
-                record = replace(record, ports={guest: _free_port() for guest in record.ports})
+                record = replace(record, ports={guest: free_port() for guest in record.ports})
                 _write_json(directory / DISK_RECORD, record.to_json())
                 log.info("boot %s: a host port was taken; forwarding %s instead", directory, record.ports)
                 continue

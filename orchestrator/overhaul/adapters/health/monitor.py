@@ -18,12 +18,11 @@ from typing import Any
 
 import aiohttp
 
+from overhaul.aio import Changes, cancel_and_wait
 from overhaul.core.model import HealthProbe
 from overhaul.core.naming import instance_name
 from overhaul.core.planner import Health
 from overhaul.ports.health import HealthReport, Key
-from overhaul.runtime.changes import Changes
-from overhaul.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from overhaul.adapters.http.requests import (
     orchestrator_of,
 )
 from overhaul.adapters.http.routes import gallery, network, scale_sets, upgrades
+from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
-from overhaul.core.model import ModelError
 from overhaul.runtime.orchestrator import Orchestrator
 from overhaul.runtime.parts import EngineFailed
 

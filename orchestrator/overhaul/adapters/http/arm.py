@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from overhaul.core.arm_json import overlay
 from overhaul.core.gallery import ImageDefinition, ImageVersion
-from overhaul.core.model import ScaleSet, model_digest, overlay
+from overhaul.core.model import ScaleSet, model_digest
 from overhaul.core.naming import image_definition_id, image_version_id, vm_image_version_id
 from overhaul.core.planner import InstanceView
 from overhaul.core.rollout import Attempt, AttemptStatus, InstanceProgress, Step
