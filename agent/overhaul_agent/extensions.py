@@ -127,25 +127,9 @@ class ExtensionRunner:
             if status.state is ProvisioningState.FAILED:
                 failed.add(ext.name)
 
-    async def _run_one(self, ext: Extension) -> ExtensionStatus:
-        started = time.time()
-        status = ExtensionStatus(
-            ext.name,
-            ext.type,
-            ProvisioningState.TRANSITIONING,
-            ext.fingerprint,
-            message="running",
-            started_at=started,
-        )
-        if ext.command is None:
-            # Not a script (e.g. ApplicationHealthLinux, which is this agent): configured by being read.
-            done = replace(status, state=ProvisioningState.SUCCEEDED, message="configured", finished_at=started)
-            self._publish(ext, done)
-            return done
-        self._publish(ext, status)
-        workdir = self._workdir(ext)
-        out_path, err_path = workdir / "stdout", workdir / "stderr"
-        log.info("extension %s: running %r", ext.name, ext.command)
+    async def _execute(self, ext: Extension, workdir: Path, out_path: Path, err_path: Path) -> tuple[int | None, str]:
+        """Runs the script in its own process group, its output to private files; (exit code or None, message)."""
+        assert ext.command is not None
         with private_file(out_path) as out, private_file(err_path) as err:
             proc = await asyncio.create_subprocess_exec(
                 "/bin/sh",
@@ -172,6 +156,28 @@ class ExtensionRunner:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(5):
                             await proc.wait()
+        return code, message
+
+    async def _run_one(self, ext: Extension) -> ExtensionStatus:
+        started = time.time()
+        status = ExtensionStatus(
+            ext.name,
+            ext.type,
+            ProvisioningState.TRANSITIONING,
+            ext.fingerprint,
+            message="running",
+            started_at=started,
+        )
+        if ext.command is None:
+            # Not a script (e.g. ApplicationHealthLinux, which is this agent): configured by being read.
+            done = replace(status, state=ProvisioningState.SUCCEEDED, message="configured", finished_at=started)
+            self._publish(ext, done)
+            return done
+        self._publish(ext, status)
+        workdir = self._workdir(ext)
+        out_path, err_path = workdir / "stdout", workdir / "stderr"
+        log.info("extension %s: running %r", ext.name, ext.command)
+        code, message = await self._execute(ext, workdir, out_path, err_path)
         state = ProvisioningState.SUCCEEDED if code == 0 else ProvisioningState.FAILED
         done = replace(
             status,

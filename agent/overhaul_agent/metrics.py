@@ -74,6 +74,11 @@ class AgentMetrics:
             "1 when the application asks to be skipped by rolling upgrades.",
             registry=r,
         )
+        self._extension_metrics(r)
+        self.phase.set(-1)
+        self._last_state: HealthState | None = None
+
+    def _extension_metrics(self, r: CollectorRegistry) -> None:
         self.extension_state = Gauge(
             "overhaul_agent_extension_state",
             "1 for each extension's current provisioning state.",
@@ -86,8 +91,6 @@ class AgentMetrics:
             ["extension"],
             registry=r,
         )
-        self.phase.set(-1)
-        self._last_state: HealthState | None = None
 
     def bind(self, board: HealthBoard) -> None:
         image = board.metadata.image_reference.get("version", "")

@@ -264,6 +264,22 @@ def add_extension_commands(vmss: Any, common: argparse.ArgumentParser) -> None:
     extension.add_argument("--provision-after-extensions", nargs="*", default=[])
 
 
+def add_create_flags(create: argparse.ArgumentParser) -> None:
+    """`vmss create`'s flags (az's names where az has them)."""
+    create.add_argument("--image", help="publisher:offer:sku:version (version may be latest) or a gallery image id")
+    create.add_argument("--instance-count", type=int, default=2)
+    create.add_argument("--upgrade-policy-mode", default="Automatic", choices=["Automatic", "Manual", "Rolling"])
+    create.add_argument("--data-disk-sizes-gb", type=int, nargs="*")
+    create.add_argument("--location", default="local")
+    create.add_argument("--health-probe-port", type=int, help="container port of an HTTP health endpoint")
+    create.add_argument("--health-probe-path", default="/health")
+    create.add_argument("--vm", action="store_true", help="QEMU VMs, not containers (versions need a diskImage)")
+    create.add_argument("--vm-memory", type=int, metavar="MB", help="with --vm: memory per VM (512)")
+    create.add_argument("--vm-cpus", type=int, metavar="N", help="with --vm: vCPUs per VM (2)")
+    create.add_argument("--vm-accel", choices=["auto", "kvm", "tcg"], help="with --vm: KVM, TCG, or KVM if it works")
+    create.add_argument("--file", help="the whole model as Azure JSON (instead of the flags above)")
+
+
 def add_vmss_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     """az vmss …: scale sets, their instances, extensions and rolling upgrades."""
     vmss = groups.add_parser("vmss", help="scale sets").add_subparsers(dest="vmss_command", required=True)
@@ -277,19 +293,7 @@ def add_vmss_commands(groups: Any, common: argparse.ArgumentParser) -> None:
         )
         return sub
 
-    create = scale_set_command("create", "create a scale set")
-    create.add_argument("--image", help="publisher:offer:sku:version (version may be latest) or a gallery image id")
-    create.add_argument("--instance-count", type=int, default=2)
-    create.add_argument("--upgrade-policy-mode", default="Automatic", choices=["Automatic", "Manual", "Rolling"])
-    create.add_argument("--data-disk-sizes-gb", type=int, nargs="*")
-    create.add_argument("--location", default="local")
-    create.add_argument("--health-probe-port", type=int, help="container port of an HTTP health endpoint")
-    create.add_argument("--health-probe-path", default="/health")
-    create.add_argument("--vm", action="store_true", help="QEMU VMs, not containers (versions need a diskImage)")
-    create.add_argument("--vm-memory", type=int, metavar="MB", help="with --vm: memory per VM (512)")
-    create.add_argument("--vm-cpus", type=int, metavar="N", help="with --vm: vCPUs per VM (2)")
-    create.add_argument("--vm-accel", choices=["auto", "kvm", "tcg"], help="with --vm: KVM, TCG, or KVM if it works")
-    create.add_argument("--file", help="the whole model as Azure JSON (instead of the flags above)")
+    add_create_flags(scale_set_command("create", "create a scale set"))
     update = scale_set_command("update", "update a scale set")
     update.add_argument(
         "--set",

@@ -207,6 +207,31 @@ def _without_read_only(sent: Mapping[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _source(props: Mapping[str, Any]) -> tuple[str, str]:
+    """properties.storageProfile.source.overhaul: (the container image, the directory of VM artefacts)."""
+    source: Any = props
+    path = "properties"
+    for key in ("storageProfile", "source", "overhaul"):
+        source = source.get(key) or {}
+        path += f".{key}"
+        if not isinstance(source, Mapping):
+            raise ModelError(path, "must be a JSON object")
+    container_image = source.get("containerImage") or ""
+    disk_image = source.get("diskImage") or ""
+    if not isinstance(container_image, str):
+        raise ModelError(f"{path}.containerImage", "must be a container image reference")
+    if container_image:
+        check_image_reference(container_image, f"{path}.containerImage")
+    if not isinstance(disk_image, str) or (disk_image and not disk_image.startswith("/")):
+        raise ModelError(f"{path}.diskImage", "must be the absolute path of a directory of VM artefacts")
+    if not container_image and not disk_image:
+        raise ModelError(
+            f"{path}.containerImage",
+            "is required (or diskImage, the directory of VM artefacts, for VM scale sets)",
+        )
+    return container_image, disk_image
+
+
 def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, published_at: float) -> ImageVersion:
     """Parse the body of a gallery image version PUT (Azure's shape plus the container image)."""
     semver_key(version)
@@ -230,26 +255,7 @@ def parse_image_version(doc: Any, *, gallery: str, image: str, version: str, pub
         if not isinstance(name, str) or not name:
             raise ModelError(f"properties.publishingProfile.targetRegions[{i}].name", "is required")
         locations.append(name)
-    source: Any = props
-    path = "properties"
-    for key in ("storageProfile", "source", "overhaul"):
-        source = source.get(key) or {}
-        path += f".{key}"
-        if not isinstance(source, Mapping):
-            raise ModelError(path, "must be a JSON object")
-    container_image = source.get("containerImage") or ""
-    disk_image = source.get("diskImage") or ""
-    if not isinstance(container_image, str):
-        raise ModelError(f"{path}.containerImage", "must be a container image reference")
-    if container_image:
-        check_image_reference(container_image, f"{path}.containerImage")
-    if not isinstance(disk_image, str) or (disk_image and not disk_image.startswith("/")):
-        raise ModelError(f"{path}.diskImage", "must be the absolute path of a directory of VM artefacts")
-    if not container_image and not disk_image:
-        raise ModelError(
-            f"{path}.containerImage",
-            "is required (or diskImage, the directory of VM artefacts, for VM scale sets)",
-        )
+    container_image, disk_image = _source(props)
     own = props.get("overhaul") or {}
     if not isinstance(own, Mapping):
         raise ModelError("properties.overhaul", "must be a JSON object")

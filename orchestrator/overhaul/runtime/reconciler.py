@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from overhaul.aio import Backoff, cancel_and_wait
 from overhaul.core.advice import next_steps, quarantine_reason
@@ -19,7 +18,6 @@ from overhaul.core.errors import OverhaulError
 from overhaul.core.model import HealthSourceKind, ScaleSet
 from overhaul.core.naming import instance_name
 from overhaul.core.narrate import describe
-from overhaul.core.planner import Health, InstanceView
 from overhaul.core.rollout import (
     Action,
     ActionKind,
@@ -33,93 +31,15 @@ from overhaul.core.rollout import (
     resume,
 )
 from overhaul.ports.clock import Clock
-from overhaul.ports.driver import PENDING_OS_UPGRADE, Driver, DriverError, InstanceSpec, InstanceState, OsDisk
+from overhaul.ports.driver import PENDING_OS_UPGRADE, Driver, DriverError, InstanceSpec, InstanceState
 from overhaul.ports.events import ActionFinished, AttemptChanged, AttemptEnded, Events, TransientError
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.instances import Instances
 from overhaul.runtime.settings import RuntimeSettings
+from overhaul.runtime.views import image_reference_for, instance_views, known_after
 
 log = logging.getLogger(__name__)
-
-
-def instance_views(
-    model: ScaleSet, states: Mapping[int, InstanceState], health: HealthSource, now: float
-) -> dict[int, InstanceView]:
-    """One view per instance id of the model: the engine's version and power state, the health source's word."""
-    views: dict[int, InstanceView] = {}
-    watched = model.health_source is not HealthSourceKind.POWER
-    for instance_id in range(model.capacity):
-        state = states.get(instance_id)
-        if state is None or not state.running:
-            detail = "the instance does not exist" if state is None else "the instance is not running (it exited)"
-            views[instance_id] = InstanceView(
-                instance_id,
-                state.version if state else None,
-                Health.UNHEALTHY,
-                observed_at=now,
-                final=True,
-                detail=detail,
-            )
-            continue
-        disk_model = state.current.model_digest if state.current else None
-        if not watched:
-            views[instance_id] = InstanceView(
-                instance_id, state.version, Health.HEALTHY, observed_at=now, model_digest=disk_model
-            )
-            continue
-        report = health.report((model.name, instance_id))
-        if report is None:
-            views[instance_id] = InstanceView(
-                instance_id, state.version, Health.UNKNOWN, observed_at=0.0, model_digest=disk_model
-            )
-            continue
-        views[instance_id] = InstanceView(
-            instance_id,
-            state.version,
-            report.health,
-            report.phase,
-            report.skip_upgrade,
-            report.observed_at,
-            report.final,
-            report.detail,
-            report.approved,
-            disk_model,
-        )
-    return views
-
-
-def known_after(
-    states: Mapping[int, InstanceState], result: ActionResult, target: str, target_model_digest: str | None = None
-) -> dict[int, InstanceState]:
-    """The instance states after a successful driver action, without asking the engine (pure)."""
-    updated = dict(states)
-    instance_id = result.action.instance_id
-    state = states.get(instance_id, InstanceState(instance_id, None))
-    if result.action.kind is ActionKind.REIMAGE:
-        current = state.current
-        already = (
-            current is not None and current.version == target and target_model_digest in (None, current.model_digest)
-        )
-        previous = state.previous if already else current
-        disk = OsDisk(target, "", True, target_model_digest)
-        updated[instance_id] = InstanceState(instance_id, disk, previous, state.address, state.ports)
-    elif result.action.kind is ActionKind.ROLLBACK and state.previous is not None:
-        restored = OsDisk(state.previous.version, state.previous.image, True, state.previous.model_digest)
-        updated[instance_id] = InstanceState(instance_id, restored, None, state.address, state.ports)
-    elif result.action.kind is ActionKind.COMMIT:
-        updated[instance_id] = InstanceState(instance_id, state.current, None, state.address, state.ports)
-    return updated
-
-
-def image_reference_for(model: ScaleSet | None, attempt: Attempt) -> dict[str, Any]:
-    """The attempt's target as Azure's history shows it: the model's reference with the exact version."""
-    ref = model.image_reference.to_json() if model else {}
-    if "id" in ref:
-        ref["id"] = ref["id"].split("/versions/")[0] + f"/versions/{attempt.target_version}"
-    else:
-        ref["version"] = attempt.target_version
-    return ref
 
 
 @dataclass
@@ -246,10 +166,7 @@ class Reconciler:
         try:
             while True:
                 wake.clear()
-                if not attempt.cancel_requested and await self.store.cancel_requested(attempt.id):
-                    attempt = request_cancel(attempt, self.clock())
-                if attempt.deferred:
-                    attempt = approve(attempt, await self.store.approvals(attempt.id))
+                attempt = await self._with_requests(attempt)
                 if power_state_only or loop.time() - observed_at >= self._observe_every(model, attempt):
                     states = await self.observe(model.name)
                     observed_at = loop.time()
@@ -262,11 +179,7 @@ class Reconciler:
                     attempt = await self._aftermath(model, attempt, states)
                 if decision.actions:
                     await self.store.journal_begin(attempt.id, decision.actions, now)
-                    for action in decision.actions:
-                        task = asyncio.create_task(
-                            self._act(model, attempt, action), name=f"{action.kind}-{model.name}-{action.instance_id}"
-                        )
-                        in_flight[task] = action
+                    in_flight |= self._start(model, attempt, decision.actions)
                 # Actions in flight are persisted before anything else happens.
                 if await self._save_step(model, before, attempt):
                     return attempt
@@ -290,6 +203,25 @@ class Reconciler:
         finally:
             self._wakeups.pop(attempt.id, None)
             await cancel_and_wait(in_flight)
+
+    async def _with_requests(self, attempt: Attempt) -> Attempt:
+        """What was asked of the attempt from outside, read from the store: a cancel, approvals."""
+        if not attempt.cancel_requested and await self.store.cancel_requested(attempt.id):
+            attempt = request_cancel(attempt, self.clock())
+        if attempt.deferred:
+            attempt = approve(attempt, await self.store.approvals(attempt.id))
+        return attempt
+
+    def _start(
+        self, model: ScaleSet, attempt: Attempt, actions: Iterable[Action]
+    ) -> dict[asyncio.Task[ActionResult], Action]:
+        """Each action as a task of its own (journaled before: the caller did)."""
+        return {
+            asyncio.create_task(
+                self._act(model, attempt, action), name=f"{action.kind}-{model.name}-{action.instance_id}"
+            ): action
+            for action in actions
+        }
 
     async def _absorb(
         self, model: ScaleSet, attempt: Attempt, results: list[ActionResult], states: dict[int, InstanceState]

@@ -31,8 +31,8 @@ from overhaul.ports.driver import DriverError, InstanceState
 from overhaul.ports.health import HealthReport
 from overhaul.runtime.instances import where_it_listens
 from overhaul.runtime.parts import EngineFailed, Parts, as_ref, engine_error
-from overhaul.runtime.reconciler import instance_views
 from overhaul.runtime.upgrades import Upgrades
+from overhaul.runtime.views import instance_views
 
 log = logging.getLogger(__name__)
 IMAGE_REFERENCE = "properties.virtualMachineProfile.storageProfile.imageReference"

@@ -16,7 +16,7 @@ from overhaul.ports.driver import InstanceState
 from overhaul.ports.events import AttemptChanged, Event
 from overhaul.ports.store import StoredAttempt
 from overhaul.runtime.parts import Parts, as_ref
-from overhaul.runtime.reconciler import image_reference_for, instance_views
+from overhaul.runtime.views import image_reference_for, instance_views
 
 log = logging.getLogger(__name__)
 

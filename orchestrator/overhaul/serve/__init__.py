@@ -13,7 +13,8 @@ import resource
 import signal
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -56,7 +57,7 @@ def connection_limit(wanted: int) -> int:
 def engine_settings(settings: ServeSettings) -> EngineSettings:
     section = settings.engine
     return EngineSettings(
-        url=None if section.engine == "podman" else section.engine,
+        url=section.url,
         runtime=section.runtime or None,
         ulimits=tuple(Ulimit(name, soft, hard) for name, soft, hard in parse_ulimits(section.ulimits)),
         config_root=settings.state_path / "config",
@@ -67,6 +68,42 @@ def engine_settings(settings: ServeSettings) -> EngineSettings:
         service_restart_min=section.service_restart_min,
         service_restart_max=section.service_restart_max,
     )
+
+
+@dataclass
+class Drivers:
+    """What a driver factory made: the driver the runtime uses, and what serve must close at the end."""
+
+    driver: Driver
+    closing: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for close in self.closing:
+            await close()
+
+
+async def engine_and_vms(settings: ServeSettings) -> Drivers:
+    """Containers through the engine API (a private Podman service, or the engine at the URL), VMs through QEMU."""
+    engine = EngineDriver(engine_settings(settings))
+    try:
+        await engine.start()
+    except DriverError:
+        await engine.close()
+        raise
+    vms = QemuDriver(QemuSettings(root=settings.state_path / "vms", publish_address=settings.engine.publish_address))
+    return Drivers(KindRouter(engine, vms), [engine.close])
+
+
+async def memory(settings: ServeSettings) -> Drivers:
+    return Drivers(MemoryDriver())
+
+
+# settings.engine.kind -> the factory of its drivers.
+DRIVERS: dict[str, Callable[[ServeSettings], Awaitable[Drivers]]] = {
+    "podman": engine_and_vms,
+    "url": engine_and_vms,
+    "memory": memory,
+}
 
 
 async def serve(settings: ServeSettings, stop: asyncio.Event) -> int:
@@ -94,30 +131,28 @@ async def serve(settings: ServeSettings, stop: asyncio.Event) -> int:
         lease.release()
 
 
+def announce(settings: ServeSettings) -> None:
+    http, state_dir = settings.http, settings.state_path
+    log.info(
+        "serving on http://%s:%d (state in %s, engine %s)", http.host, http.port, state_dir, settings.engine.engine
+    )
+    print(f"overhaul: serving on http://{http.host}:{http.port}; token in {state_dir / 'token'}", flush=True)
+
+
 async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease: StateDirLease) -> int:
-    state_dir = settings.state_path
     try:
         store = SqliteStore(lease.database, settings.history, guard=lease.check)
         lease.database_opened()
     except (StoreDamaged, sqlite3.DatabaseError, OSError) as exc:
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
-    driver: Driver
-    engine: EngineDriver | None = None
-    if settings.engine.engine == "memory":
-        driver = MemoryDriver()
-    else:
-        engine = EngineDriver(engine_settings(settings))
-        try:
-            await engine.start()
-        except DriverError as exc:
-            print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
-            await engine.close()
-            await store.close()
-            return 1
-        vms = QemuDriver(QemuSettings(root=state_dir / "vms", publish_address=settings.engine.publish_address))
-        driver = KindRouter(engine, vms)
-    service = Orchestrator(store, driver, HealthMonitor(settings.health), settings=settings.rollout)
+    try:
+        drivers = await DRIVERS[settings.engine.kind](settings)
+    except DriverError as exc:
+        print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
+        await store.close()
+        return 1
+    service = Orchestrator(store, drivers.driver, HealthMonitor(settings.health), settings=settings.rollout)
     metrics = OrchestratorMetrics(service)
     app = build_app(
         service, token, metrics, body_timeout=settings.http.body_timeout, max_body_bytes=settings.http.max_body_bytes
@@ -147,17 +182,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
                 name="auto-upgrade",
             )
         )
-        log.info(
-            "serving on http://%s:%d (state in %s, engine %s)",
-            settings.http.host,
-            settings.http.port,
-            state_dir,
-            settings.engine.engine,
-        )
-        print(
-            f"overhaul: serving on http://{settings.http.host}:{settings.http.port}; token in {state_dir / 'token'}",
-            flush=True,
-        )
+        announce(settings)
         await stop.wait()
         return 0
     finally:
@@ -165,8 +190,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
             await cancel_and_wait(tasks)
             await runner.cleanup()
             await service.close()
-            if engine is not None:
-                await engine.close()
+            await drivers.close()
         await store.close()
 
 

@@ -36,6 +36,7 @@ class HttpSettings:
 
 @dataclass(frozen=True)
 class EngineSection:
+    # What --engine / OVERHAUL_ENGINE / {"engine": {"engine": ...}} says: podman, memory, or an engine's URL.
     engine: str = "podman"
     runtime: str = "runc"
     ulimits: str = "nofile=20000:20000,nproc=1000:1000"
@@ -44,6 +45,16 @@ class EngineSection:
     publish_address: str = "127.0.0.1"
     service_restart_min: float = 0.2
     service_restart_max: float = 10.0
+
+    @property
+    def kind(self) -> str:
+        """Which driver factory serves (serve.DRIVERS): podman (a private service), memory, or url (an engine)."""
+        return self.engine if self.engine in ENGINE_KINDS else "url"
+
+    @property
+    def url(self) -> str | None:
+        """The engine's URL when one was given."""
+        return self.engine if self.kind == "url" else None
 
 
 @dataclass(frozen=True)
