@@ -24,7 +24,7 @@ from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import ImageDefinition, ImageVersion
 from overhaul.core.model import model_digest
-from overhaul.core.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, AttemptStatus, StartedBy, Step
+from overhaul.core.rollout import MAX_UNHEALTHY_UPGRADED, AttemptStatus, StartedBy, Step
 from overhaul.ports.events import AttemptChanged, Event
 from overhaul.runtime.orchestrator import Orchestrator
 from tests.engines import containers, docker_daemon, get_text, podman_service
@@ -206,64 +206,6 @@ async def test_a_known_verdict_is_acted_on_at_once_not_at_the_health_timeout(fle
         assert why in (done.instances[0].error or ""), done.instances[0].error
         assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
         await fleet.all_healthy()
-
-
-async def test_too_many_unhealthy_before_start(fleet: Fleet) -> None:
-    await fleet.create()
-    for i in (1, 3):
-        await run_command("podman", "stop", "-t", "1", f"{fleet.name}_{i}")
-    await fleet.publish("2.0.0")
-    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
-    assert attempt.status is AttemptStatus.FAULTED
-    assert attempt.error_code == MAX_UNHEALTHY
-    assert "2 of 5 instances are unhealthy" in (attempt.error_message or "")
-    assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
-    assert await fleet.service.upgrades.latest(fleet.name) is not None
-
-
-async def test_cancel_stops_after_the_batch_in_flight(fleet: Fleet) -> None:
-    await fleet.create()
-    await fleet.publish("2.0.0")
-    in_flight = asyncio.Event()
-
-    def watch(event: Event) -> None:
-        if isinstance(event, AttemptChanged) and event.attempt.batch:
-            in_flight.set()
-
-    fleet.service.events.subscribe(watch)
-    attempt = await fleet.service.upgrades.start(fleet.name)
-    await asyncio.wait_for(in_flight.wait(), 30)  # the first batch is in flight
-    await fleet.service.upgrades.cancel(fleet.name)
-    done = await fleet.service.upgrades.wait(attempt.id, 120)
-    assert done.status is AttemptStatus.CANCELLED
-    assert done.last_action == "Cancel"
-    assert done.successful == 1
-    assert await fleet.versions() == {0: "2.0.0", 1: "1.0.0", 2: "1.0.0", 3: "1.0.0", 4: "1.0.0"}
-
-
-async def test_manual_start_does_not_roll_back(fleet: Fleet) -> None:
-    await fleet.create()
-    await fleet.publish("3.0.0")
-    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.USER)
-    done = await fleet.service.upgrades.wait(attempt.id, 120)
-    assert done.status is AttemptStatus.FAULTED
-    assert done.instances[0].step is Step.FAILED
-    versions = await fleet.versions()
-    assert versions[0] == "3.0.0" and all(versions[i] == "1.0.0" for i in range(1, 5))
-    assert len([c for c in containers("podman", f"{fleet.name}_0")]) == 1  # one OS disk, the new one
-
-
-async def test_a_manual_start_rolls_failed_instances_back_on_a_policy_breach_when_asked(fleet: Fleet) -> None:
-    model = copy.deepcopy(MODEL)
-    model["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["rollbackFailedInstancesOnPolicyBreach"] = True
-    await fleet.create(model)
-    await fleet.publish("3.0.0")
-    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.USER)
-    done = await fleet.service.upgrades.wait(attempt.id, 120)
-    assert done.status is AttemptStatus.FAULTED and done.error_code == MAX_UNHEALTHY_UPGRADED
-    assert done.instances[0].step is Step.ROLLED_BACK
-    assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
-    await fleet.all_healthy()
 
 
 async def healthy_answers(fleet: Fleet) -> int:
