@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +14,7 @@ from aiohttp import web
 from overhaul_agent.board import HealthBoard
 from overhaul_agent.config import AgentConfig
 from overhaul_agent.extensions import ExtensionRunner
-from overhaul_agent.gate import BACKLOG, GatedSite
+from overhaul_agent.gate import BACKLOG, GatedSite, connection_limit
 from overhaul_agent.metrics import AgentMetrics
 from overhaul_agent.platform import PlatformNotices
 from overhaul_agent.probe import ApplicationProbe, probe_forever
@@ -32,14 +31,6 @@ KEEPALIVE_TIMEOUT = 15.0
 # File descriptors kept free of client connections: probes, extension scripts, /proc reads, logs; and twice the
 # listen backlog, as one loop iteration may accept a backlog's worth of connections and close as many evicted ones.
 RESERVED_FILES = 128 + 2 * BACKLOG
-
-
-def connection_limit(wanted: int) -> int:
-    """The connection cap: what was asked, within the open-files limit less what the agent itself needs."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    return max(1, min(wanted, soft - RESERVED_FILES))
 
 
 class Agent:
@@ -63,7 +54,7 @@ class Agent:
         self.board.record_probe(result)
 
     async def start_servers(self) -> None:
-        limit = connection_limit(self.config.max_connections)
+        limit = connection_limit(self.config.max_connections, RESERVED_FILES)
         self._runner = web.AppRunner(
             build_app(
                 self.board,

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import signal
 import sqlite3
 import sys
@@ -25,7 +24,7 @@ from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.adapters.drivers.router import KindRouter
 from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.http.app import build_app
-from overhaul.adapters.http.gate import BACKLOG, GatedSite
+from overhaul.adapters.http.gate import BACKLOG, GatedSite, connection_limit
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.lease import StateDirLease
 from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
@@ -44,14 +43,6 @@ log = logging.getLogger("overhaul.serve")
 # Open files serve needs besides API connections: the database, engine and agent-watch connections (one per
 # watched instance up to this many), the private Podman service's pipes, the listening sockets' backlogs.
 RESERVED_FILES = 512 + 2 * BACKLOG
-
-
-def connection_limit(wanted: int) -> int:
-    """The API's connection cap: what was asked, within the open-files limit less what serve itself needs."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    return max(16, min(wanted, soft - RESERVED_FILES))
 
 
 def engine_settings(settings: ServeSettings) -> EngineSettings:
@@ -168,7 +159,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
                 runner,
                 settings.http.host,
                 settings.http.port,
-                limit=connection_limit(settings.http.max_connections),
+                limit=connection_limit(settings.http.max_connections, RESERVED_FILES, floor=16),
                 header_timeout=settings.http.header_timeout,
             ).start()
         except OSError as exc:

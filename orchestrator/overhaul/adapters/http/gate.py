@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -191,3 +192,12 @@ class GatedSite(web.TCPSite):
         )
         if self._server.sockets:
             self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+def connection_limit(wanted: int, reserved: int, floor: int = 1) -> int:
+    """The connection cap: what was asked, within the open-files limit less the ``reserved`` files the program
+    itself needs (never below ``floor``)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(floor, min(wanted, soft - reserved))
