@@ -66,28 +66,28 @@ class Timeline:
                 self.decided = time.monotonic()
 
 
-async def all_healthy(service: Orchestrator, timeout: float = 300) -> None:
+async def all_healthy(orchestrator: Orchestrator, timeout: float = 300) -> None:
     async with asyncio.timeout(timeout):
         while True:
-            seen = service.health.version
-            if all(i.view.healthy for i in await service.scale_sets.instances(NAME)):
+            seen = orchestrator.health.version
+            if all(i.view.healthy for i in await orchestrator.scale_sets.instances(NAME)):
                 return
-            await service.health.wait_changed(seen, 5.0)
+            await orchestrator.health.wait_changed(seen, 5.0)
 
 
-async def one_round(service: Orchestrator, version: str) -> tuple[float, str]:
+async def one_round(orchestrator: Orchestrator, version: str) -> tuple[float, str]:
     # 'latest' is this version alone: the others are excluded, and the previous round's quarantine is cleared.
-    for other in await service.galleries.versions("g", "os"):
+    for other in await orchestrator.galleries.versions("g", "os"):
         if other.version != "1.0.0":
             chosen = other.version == version
-            await service.galleries.publish(replace(other, quarantine=None, exclude_from_latest=not chosen))
+            await orchestrator.galleries.publish(replace(other, quarantine=None, exclude_from_latest=not chosen))
     timeline = Timeline()
-    service.events.subscribe(timeline)
-    attempt = await service.upgrades.start(NAME, started_by=StartedBy.PLATFORM)
-    done = await service.upgrades.wait(attempt.id, 600)
+    orchestrator.events.subscribe(timeline)
+    attempt = await orchestrator.upgrades.start(NAME, started_by=StartedBy.PLATFORM)
+    done = await orchestrator.upgrades.wait(attempt.id, 600)
     assert done.status is AttemptStatus.FAULTED, (version, done.status)
     assert timeline.reimaged is not None and timeline.decided is not None
-    await all_healthy(service)
+    await all_healthy(orchestrator)
     return timeline.decided - timeline.reimaged, done.instances[0].error or ""
 
 
@@ -99,26 +99,26 @@ async def main() -> int:
     store = SqliteStore(work / "overhaul.db")
     driver = EngineDriver(EngineSettings(config_root=work / "config", service_dir=work / "podman"))
     await driver.start()
-    service = Orchestrator(store, driver, HealthMonitor())
-    await service.start()
+    orchestrator = Orchestrator(store, driver, HealthMonitor())
+    await orchestrator.start()
     results: dict[str, list[float]] = {kind: [] for kind in KINDS}
     reasons: dict[str, str] = {}
     try:
-        await service.galleries.put_definition(ImageDefinition("g", "os", "contoso", "os", "bookworm"))
+        await orchestrator.galleries.put_definition(ImageDefinition("g", "os", "contoso", "os", "bookworm"))
         for version in ("1.0.0", *(v for v, _ in KINDS.values())):
             reference = f"{os_image.REPO}:{version}"
             image = ImageVersion("g", "os", version, reference, version != "1.0.0", published_at=time.time())
-            await service.galleries.publish(image)  # the bad ones excluded from 'latest' until their round
-        await service.scale_sets.put(NAME, bench_model())
-        await all_healthy(service)
+            await orchestrator.galleries.publish(image)  # the bad ones excluded from 'latest' until their round
+        await orchestrator.scale_sets.put(NAME, bench_model())
+        await all_healthy(orchestrator)
         for _ in range(ROUNDS):
             for kind, (version, _) in KINDS.items():
-                seconds, reasons[kind] = await one_round(service, version)
+                seconds, reasons[kind] = await one_round(orchestrator, version)
                 results[kind].append(seconds)
     finally:
         if await store.get_scale_set(NAME) is not None:
-            await service.scale_sets.delete(NAME)
-        await service.close()
+            await orchestrator.scale_sets.delete(NAME)
+        await orchestrator.close()
         await driver.close()
         await store.close()
     print(

@@ -51,25 +51,25 @@ def model(capacity: int, *, probe: bool) -> dict[str, Any]:
     }
 
 
-async def publish(service: Orchestrator, version: str, container_image: str) -> None:
-    await service.galleries.publish(ImageVersion("g", "tiny", version, container_image, published_at=time.time()))
+async def publish(orchestrator: Orchestrator, version: str, container_image: str) -> None:
+    await orchestrator.galleries.publish(ImageVersion("g", "tiny", version, container_image, published_at=time.time()))
 
 
 async def fake_rollout(work: Path, capacity: int = 10_000) -> None:
     store = SqliteStore(work / "fake.db")
     driver = MemoryDriver()
-    service = Orchestrator(store, driver, HealthMonitor())
-    await service.start()
-    await service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
-    await publish(service, "1.0.0", "fake:1")
-    await service.scale_sets.put("big", model(capacity, probe=False))
-    await publish(service, "2.0.0", "fake:2")
+    orchestrator = Orchestrator(store, driver, HealthMonitor())
+    await orchestrator.start()
+    await orchestrator.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
+    await publish(orchestrator, "1.0.0", "fake:1")
+    await orchestrator.scale_sets.put("big", model(capacity, probe=False))
+    await publish(orchestrator, "2.0.0", "fake:2")
     wall, cpu = time.perf_counter(), time.process_time()
-    attempt = await service.upgrades.start("big", started_by=StartedBy.PLATFORM)
-    done = await service.upgrades.wait(attempt.id, 3600)
+    attempt = await orchestrator.upgrades.start("big", started_by=StartedBy.PLATFORM)
+    done = await orchestrator.upgrades.wait(attempt.id, 3600)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     journal_rows = store.db.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
-    await service.close()
+    await orchestrator.close()
     await store.close()
     assert done.status is AttemptStatus.COMPLETED and done.successful == capacity
     print(f"\n{capacity:,}-instance rolling upgrade, in-memory driver, instant health, SQLite journal")
@@ -134,26 +134,26 @@ async def floor_rollout(docker: aiodocker.Docker, http: aiohttp.ClientSession, c
 
 async def real_rollout(driver: EngineDriver, work: Path, count: int, round_no: int) -> float:
     store = SqliteStore(work / f"real-{round_no}.db")
-    service = Orchestrator(store, driver, HealthMonitor(HealthSettings(probe_timeout=1.0)))
-    await service.start()
-    await service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
-    await publish(service, "1.0.0", f"{REPO}:1.0.0")
+    orchestrator = Orchestrator(store, driver, HealthMonitor(HealthSettings(probe_timeout=1.0)))
+    await orchestrator.start()
+    await orchestrator.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "bench", "tiny"))
+    await publish(orchestrator, "1.0.0", f"{REPO}:1.0.0")
     name = f"bench{round_no}"
-    await service.scale_sets.put(name, model(count, probe=True))
+    await orchestrator.scale_sets.put(name, model(count, probe=True))
     async with asyncio.timeout(60):
         while True:
-            seen = service.health.version
-            if all(i.view.healthy for i in await service.scale_sets.instances(name)):
+            seen = orchestrator.health.version
+            if all(i.view.healthy for i in await orchestrator.scale_sets.instances(name)):
                 break
-            await service.health.wait_changed(seen, 5.0)
-    await publish(service, "2.0.0", f"{REPO}:2.0.0")
-    attempt = await service.upgrades.start(name, started_by=StartedBy.PLATFORM)
-    done = await service.upgrades.wait(attempt.id, 600)
+            await orchestrator.health.wait_changed(seen, 5.0)
+    await publish(orchestrator, "2.0.0", f"{REPO}:2.0.0")
+    attempt = await orchestrator.upgrades.start(name, started_by=StartedBy.PLATFORM)
+    done = await orchestrator.upgrades.wait(attempt.id, 600)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     assert done.end_time is not None
     makespan = done.end_time - done.start_time
-    await service.scale_sets.delete(name)
-    await service.close()
+    await orchestrator.scale_sets.delete(name)
+    await orchestrator.close()
     await store.close()
     return makespan
 
@@ -162,7 +162,7 @@ async def podman_rollout(work: Path, count: int = 20) -> None:
     for version in ("1.0.0", "2.0.0"):
         engine_images.build("podman", f"{REPO}:{version}", version)
     driver = EngineDriver(EngineSettings(config_root=work / "config"))
-    await driver.start()  # a private podman system service
+    await driver.start()  # a private podman system orchestrator
     for leftover in await driver.docker.containers.list(all=True):  # from an interrupted earlier run
         name = str((leftover._container.get("Names") or [""])[0]).lstrip("/")
         if name.startswith(("bench", "floor_")):

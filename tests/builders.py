@@ -141,15 +141,15 @@ class Runtime:
     def __init__(self, path: Path) -> None:
         self.store = SqliteStore(path)
         self.driver = FlakyDriver()
-        self.service = self.new_service()
+        self.orchestrator = self.new_orchestrator()
 
-    def new_service(self) -> Orchestrator:
+    def new_orchestrator(self) -> Orchestrator:
         return Orchestrator(self.store, self.driver, HealthMonitor(), settings=FAST)
 
     async def restart(self) -> None:
-        await self.service.close()
-        self.service = self.new_service()
-        await self.service.start()
+        await self.orchestrator.close()
+        self.orchestrator = self.new_orchestrator()
+        await self.orchestrator.start()
 
 
 def small(capacity: int = 4) -> dict[str, Any]:

@@ -164,14 +164,19 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
 
 
 # Tests that drive a real engine share its namespaces (container, network and volume names such as `web_0`), so
-# under pytest-xdist every module on Podman or Docker runs on one worker, in order; each QEMU module (VMs under
-# directories of their own) is a group of its own, beside them. Everything else is spread over the workers.
-QEMU_MODULES = frozenset({"test_qemu_vms", "test_vm_image"})
+# under pytest-xdist every Podman or Docker test runs on one worker, in order. QEMU tests (VMs under directories of
+# their own) run beside them: the VM module on one worker, the VM image module on another, and the QEMU variant of
+# the driver contract with the VM module (they share the VM artefacts, built once).
+QEMU_GROUPS = {"test_qemu_vms": "qemu", "test_vm_image": "vm-image"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("engine") is None:
             continue
-        module = item.path.stem
-        item.add_marker(pytest.mark.xdist_group(module if module in QEMU_MODULES else "container-engine"))
+        params = getattr(item, "callspec", None)
+        if params is not None and params.params.get("kit") == "qemu":
+            group = "qemu"
+        else:
+            group = QEMU_GROUPS.get(item.path.stem, "container-engine")
+        item.add_marker(pytest.mark.xdist_group(group))

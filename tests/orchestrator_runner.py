@@ -25,19 +25,19 @@ async def main() -> int:
     store = SqliteStore(args.db)
     driver = EngineDriver(EngineSettings(url=args.engine, config_root=Path(args.config)))
     await driver.start()
-    service = Orchestrator(store, driver, HealthMonitor(HealthSettings(probe_interval=0.2, probe_timeout=1.0)))
+    orchestrator = Orchestrator(store, driver, HealthMonitor(HealthSettings(probe_interval=0.2, probe_timeout=1.0)))
     try:
-        await service.start()  # resumes what a crash left running
+        await orchestrator.start()  # resumes what a crash left running
         if args.start:
-            await service.upgrades.start(args.scale_set, started_by=StartedBy.PLATFORM)
-        latest = await service.upgrades.latest(args.scale_set)
+            await orchestrator.upgrades.start(args.scale_set, started_by=StartedBy.PLATFORM)
+        latest = await orchestrator.upgrades.latest(args.scale_set)
         if latest is None:
             return 1
-        done = await service.upgrades.wait(latest.attempt.id, 150)
+        done = await orchestrator.upgrades.wait(latest.attempt.id, 150)
         print(done.status.value)
         return 0
     finally:
-        await service.close()
+        await orchestrator.close()
         await driver.close()
         await store.close()
 

@@ -71,20 +71,20 @@ async def test_a_rollout_logs_each_attempt_batch_and_instance_step(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     runtime = Runtime(tmp_path / "overhaul.db")
-    await runtime.service.start()
+    await runtime.orchestrator.start()
     try:
         from overhaul.core.gallery import ImageDefinition  # noqa: PLC0415
 
-        await runtime.service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
-        await runtime.service.galleries.publish(version("1.0.0"))
-        await runtime.service.scale_sets.put("web", small(2))
-        await runtime.service.galleries.publish(version("2.0.0"))
+        await runtime.orchestrator.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+        await runtime.orchestrator.galleries.publish(version("1.0.0"))
+        await runtime.orchestrator.scale_sets.put("web", small(2))
+        await runtime.orchestrator.galleries.publish(version("2.0.0"))
         runtime.driver.exiting_images.add("localhost/tiny:2.0.0")
         caplog.set_level(logging.INFO)
-        attempt = await runtime.service.upgrades.start("web", started_by=StartedBy.PLATFORM)
-        await runtime.service.upgrades.wait(attempt.id, 10)
+        attempt = await runtime.orchestrator.upgrades.start("web", started_by=StartedBy.PLATFORM)
+        await runtime.orchestrator.upgrades.wait(attempt.id, 10)
     finally:
-        await runtime.service.close()
+        await runtime.orchestrator.close()
         await runtime.store.close()
     messages = [r.getMessage() for r in caplog.records]
     wanted = [

@@ -187,35 +187,35 @@ async def test_the_rolling_upgrade_counters_agree_with_history(tmp_path: Path) -
     """Completed, Faulted on the way, Faulted before it began (too many unhealthy), Cancelled: each ended attempt
     is counted once under its final status, as history records it."""
     runtime = Runtime(tmp_path / "overhaul.db")
-    service = runtime.service
-    metrics = OrchestratorMetrics(service)
-    await service.start()
+    orchestrator = runtime.orchestrator
+    metrics = OrchestratorMetrics(orchestrator)
+    await orchestrator.start()
     try:
         from overhaul.core.gallery import ImageDefinition  # noqa: PLC0415
 
-        await service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
-        await service.galleries.publish(version("1.0.0"))
-        await service.scale_sets.put("web", small(5))
+        await orchestrator.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+        await orchestrator.galleries.publish(version("1.0.0"))
+        await orchestrator.scale_sets.put("web", small(5))
         for number, exits in (("2.0.0", False), ("3.0.0", True), ("4.0.0", False)):
-            await service.galleries.publish(version(number))
+            await orchestrator.galleries.publish(version(number))
             if exits:
                 runtime.driver.exiting_images.add(f"localhost/tiny:{number}")
-            attempt = await service.upgrades.start("web", started_by=StartedBy.PLATFORM)
+            attempt = await orchestrator.upgrades.start("web", started_by=StartedBy.PLATFORM)
             if number == "4.0.0":
-                await service.upgrades.cancel("web")
-            await service.upgrades.wait(attempt.id, 10)
+                await orchestrator.upgrades.cancel("web")
+            await orchestrator.upgrades.wait(attempt.id, 10)
         for instance_id in (1, 2):  # two of five stopped: the next attempt Faults before it begins
             state = runtime.driver.instances["web"][instance_id]
             assert state.current is not None
             runtime.driver.instances["web"][instance_id] = type(state)(
                 instance_id, type(state.current)(state.current.version, state.current.image, False), state.previous
             )
-        refused = await service.upgrades.start("web", started_by=StartedBy.USER)
+        refused = await orchestrator.upgrades.start("web", started_by=StartedBy.USER)
         assert refused.status is AttemptStatus.FAULTED
-        history = await service.upgrades.history("web")
+        history = await orchestrator.upgrades.history("web")
         text = (await metrics.render()).decode()
     finally:
-        await service.close()
+        await orchestrator.close()
         await runtime.store.close()
     counted = {
         m.group(1): float(m.group(2))

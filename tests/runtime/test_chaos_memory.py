@@ -141,26 +141,26 @@ async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, 
                 violations.append(f"two attempts roll forward at once: {sorted(rolling)}")
 
     def runtime() -> Orchestrator:
-        service = Orchestrator(store, driver, health, settings=FAST)
-        service.events.subscribe(check)
-        incarnations.append(OrchestratorMetrics(service))  # what /metrics would count, one process at a time
-        return service
+        orchestrator = Orchestrator(store, driver, health, settings=FAST)
+        orchestrator.events.subscribe(check)
+        incarnations.append(OrchestratorMetrics(orchestrator))  # what /metrics would count, one process at a time
+        return orchestrator
 
-    service = runtime()
+    orchestrator = runtime()
     try:
-        await retrying(service.start)
-        await service.galleries.put_definition(ImageDefinition("g", "img", "p", "o", "s"))
+        await retrying(orchestrator.start)
+        await orchestrator.galleries.put_definition(ImageDefinition("g", "img", "p", "o", "s"))
         await retrying(
             functools.partial(
-                service.galleries.publish, ImageVersion("g", "img", "1.0.0", "repo:1.0.0", published_at=1.0)
+                orchestrator.galleries.publish, ImageVersion("g", "img", "1.0.0", "repo:1.0.0", published_at=1.0)
             )
         )
-        await retrying(functools.partial(service.scale_sets.put, "web", model(rng)))
+        await retrying(functools.partial(orchestrator.scale_sets.put, "web", model(rng)))
         for number, version in enumerate(VERSIONS[1:], start=2):
             image = ImageVersion("g", "img", version, f"repo:{version}", published_at=float(number))
-            await retrying(functools.partial(service.galleries.publish, image))
+            await retrying(functools.partial(orchestrator.galleries.publish, image))
             by = rng.choice([StartedBy.USER, StartedBy.PLATFORM])
-            begin = functools.partial(service.upgrades.start, "web", started_by=by)
+            begin = functools.partial(orchestrator.upgrades.start, "web", started_by=by)
             results = await asyncio.gather(retrying(begin), retrying(begin), return_exceptions=True)
             attempts = [r for r in results if not isinstance(r, BaseException)]
             # Of two concurrent starts, at most one runs; the other is refused (409), or both were refused to begin
@@ -172,27 +172,27 @@ async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, 
             while True:
                 if rng.random() < 0.1:
                     with contextlib.suppress(Conflict):
-                        await service.upgrades.cancel("web")
+                        await orchestrator.upgrades.cancel("web")
                 try:
-                    await asyncio.wait_for(service.upgrades.wait(attempt.id, 5), rng.uniform(0.0, 0.01))
+                    await asyncio.wait_for(orchestrator.upgrades.wait(attempt.id, 5), rng.uniform(0.0, 0.01))
                     break
                 except TimeoutError:
                     pass
                 if rng.random() < 0.5:  # the whole runtime restarts from the store in the middle of the attempt
-                    await service.close()
-                    service = runtime()
-                    await retrying(service.start)
+                    await orchestrator.close()
+                    orchestrator = runtime()
+                    await retrying(orchestrator.start)
             stored = await store.get_attempt(attempt.id)
             assert stored is not None and stored.attempt.done
         # Quiet engine, last restart: everything settles.
         driver.enabled = False
-        await service.close()
-        service = runtime()
-        await service.start()
+        await orchestrator.close()
+        orchestrator = runtime()
+        await orchestrator.start()
         for stored in await store.attempts("web"):
-            await service.upgrades.wait(stored.attempt.id, 5)
+            await orchestrator.upgrades.wait(stored.attempt.id, 5)
     finally:
-        await service.close()
+        await orchestrator.close()
 
     assert not violations, f"seed {seed}: {violations}"
     for metrics in incarnations:

@@ -1,5 +1,5 @@
-"""VM scale sets in the model, the gallery and the service: what selects the QEMU driver, and the clear errors
-when a model and a gallery version do not match (pure, and the service over the in-memory driver)."""
+"""VM scale sets in the model, the gallery and the orchestrator: what selects the QEMU driver, and the clear errors
+when a model and a gallery version do not match (pure, and the orchestrator over the in-memory driver)."""
 
 from __future__ import annotations
 
@@ -110,23 +110,23 @@ def test_latest_for_vms_skips_versions_without_vm_artefacts() -> None:
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[tuple[Orchestrator, MemoryDriver]]:
+async def setup(tmp_path: Path) -> AsyncIterator[tuple[Orchestrator, MemoryDriver]]:
     store = SqliteStore(tmp_path / "overhaul.db")
     driver = MemoryDriver()
-    service = Orchestrator(store, driver, HealthMonitor())
-    await service.start()
-    await service.galleries.put_definition(ImageDefinition("g", "demo", "overhaul", "demo", "base"))
-    await service.galleries.publish(image_version("1.0.0", "localhost/os:1.0.0", "/vm/1.0.0"))
-    await service.galleries.publish(image_version("2.0.0", "localhost/os:2.0.0"))
-    yield service, driver
-    await service.close()
+    orchestrator = Orchestrator(store, driver, HealthMonitor())
+    await orchestrator.start()
+    await orchestrator.galleries.put_definition(ImageDefinition("g", "demo", "overhaul", "demo", "base"))
+    await orchestrator.galleries.publish(image_version("1.0.0", "localhost/os:1.0.0", "/vm/1.0.0"))
+    await orchestrator.galleries.publish(image_version("2.0.0", "localhost/os:2.0.0"))
+    yield orchestrator, driver
+    await orchestrator.close()
     await store.close()
 
 
 async def test_a_vm_scale_set_is_made_from_the_disk_image_and_stays_a_vm(
-    service: tuple[Orchestrator, MemoryDriver],
+    setup: tuple[Orchestrator, MemoryDriver],
 ) -> None:
-    orchestrator, driver = service
+    orchestrator, driver = setup
     doc = vm_model()
     doc["properties"]["upgradePolicy"] = {"mode": "Manual"}
     await orchestrator.scale_sets.put("vms", doc)
@@ -145,8 +145,8 @@ async def test_a_vm_scale_set_is_made_from_the_disk_image_and_stays_a_vm(
     assert err.value.target == "properties.virtualMachineProfile.storageProfile.imageReference.version"
 
 
-async def test_publishing_checks_each_artefact_it_names(service: tuple[Orchestrator, MemoryDriver]) -> None:
-    orchestrator, driver = service
+async def test_publishing_checks_each_artefact_it_names(setup: tuple[Orchestrator, MemoryDriver]) -> None:
+    orchestrator, driver = setup
     driver.missing_images.add("/vm/missing")
     with pytest.raises(InvalidInput, match="no VM artefacts") as err:
         await orchestrator.galleries.publish(image_version("3.0.0", "localhost/os:3.0.0", "/vm/missing"))

@@ -16,27 +16,27 @@ RETRY_AFTER = 5.0
 
 
 class AutoUpgrader:
-    def __init__(self, service: Orchestrator, settings: AutoUpgradeSettings) -> None:
-        self.service = service
+    def __init__(self, orchestrator: Orchestrator, settings: AutoUpgradeSettings) -> None:
+        self.orchestrator = orchestrator
         self.settings = settings
 
     async def check(self) -> float | None:
         """Starts what is due; returns when something next becomes due (None: nothing waits)."""
         next_due: float | None = None
-        for model in await self.service.scale_sets.list():
+        for model in await self.orchestrator.scale_sets.list():
             try:
-                due_at = await self.service.upgrades.start_due(model.ref, self.settings)
+                due_at = await self.orchestrator.upgrades.start_due(model.ref, self.settings)
             except OverhaulError as exc:
                 log.warning("automatic OS upgrade of %s not started: %s", model.name, exc.message)
                 # The engine may be back soon; anything else waits for the next change.
-                due_at = self.service.clock() + RETRY_AFTER if isinstance(exc, Unavailable) else None
+                due_at = self.orchestrator.clock() + RETRY_AFTER if isinstance(exc, Unavailable) else None
             if due_at is not None:
                 next_due = due_at if next_due is None else min(next_due, due_at)
         return next_due
 
     async def run(self) -> None:
         while True:
-            seen = self.service.changes.version
+            seen = self.orchestrator.changes.version
             next_due = await self.check()
-            timeout = None if next_due is None else max(0.05, next_due - self.service.clock())
-            await self.service.changes.wait(seen, timeout)
+            timeout = None if next_due is None else max(0.05, next_due - self.orchestrator.clock())
+            await self.orchestrator.changes.wait(seen, timeout)

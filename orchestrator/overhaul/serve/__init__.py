@@ -143,16 +143,20 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
         await store.close()
         return 1
-    service = Orchestrator(store, drivers.driver, HealthMonitor(settings.health), settings=settings.rollout)
-    metrics = OrchestratorMetrics(service)
+    orchestrator = Orchestrator(store, drivers.driver, HealthMonitor(settings.health), settings=settings.rollout)
+    metrics = OrchestratorMetrics(orchestrator)
     app = build_app(
-        service, token, metrics, body_timeout=settings.http.body_timeout, max_body_bytes=settings.http.max_body_bytes
+        orchestrator,
+        token,
+        metrics,
+        body_timeout=settings.http.body_timeout,
+        max_body_bytes=settings.http.max_body_bytes,
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
-    auto = AutoUpgrader(service, settings.auto_upgrade)
+    auto = AutoUpgrader(orchestrator, settings.auto_upgrade)
     tasks: list[asyncio.Task[Any]] = []
     try:
-        await service.start()
+        await orchestrator.start()
         await runner.setup()
         try:
             await GatedSite(
@@ -180,7 +184,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         async with asyncio.timeout(settings.shutdown_timeout):
             await cancel_and_wait(tasks)
             await runner.cleanup()
-            await service.close()
+            await orchestrator.close()
             await drivers.close()
         await store.close()
 

@@ -137,12 +137,14 @@ KITS: dict[str, Callable[[pytest.FixtureRequest], Callable[[Path], AbstractAsync
     "podman": lambda request: podman_kit(request.getfixturevalue("podman_url")),
     "qemu": lambda _: qemu_kit,
 }
-REAL = {"podman", "qemu"}  # they need an engine: `make check` leaves them out
+# The real ones need an engine (`make check` leaves them out); QEMU's may first build the VM artefacts (minutes).
+MARKS: dict[str, list[pytest.MarkDecorator]] = {
+    "podman": [pytest.mark.engine, pytest.mark.slow],
+    "qemu": [pytest.mark.engine, pytest.mark.slow, pytest.mark.timeout(1800)],
+}
 
 
-@pytest.fixture(
-    params=[pytest.param(name, marks=[pytest.mark.engine, pytest.mark.slow] if name in REAL else []) for name in KITS]
-)
+@pytest.fixture(params=[pytest.param(name, marks=MARKS.get(name, [])) for name in KITS])
 async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
     if request.param == "qemu" and shutil.which("qemu-system-x86_64") is None:
         pytest.fail("QEMU is not installed: make machine installs it")

@@ -73,7 +73,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @dataclass
 class Fleet:
-    service: Orchestrator
+    orchestrator: Orchestrator
     store: SqliteStore
     driver: EngineDriver
     name: str
@@ -81,21 +81,21 @@ class Fleet:
     http: aiohttp.ClientSession
 
     async def create(self, model: dict[str, Any] | None = None) -> None:
-        await self.service.scale_sets.put(self.name, model or MODEL)
+        await self.orchestrator.scale_sets.put(self.name, model or MODEL)
         await self.all_healthy()
 
     async def publish(self, version: str) -> None:
-        await self.service.galleries.publish(
+        await self.orchestrator.galleries.publish(
             ImageVersion("g", "tiny", version, f"{REPO}:{version}", published_at=time.time())
         )
 
     async def all_healthy(self, timeout: float = 30) -> None:
         async with asyncio.timeout(timeout):
             while True:
-                seen = self.service.health.version
-                if all(i.view.healthy for i in await self.service.scale_sets.instances(self.name)):
+                seen = self.orchestrator.health.version
+                if all(i.view.healthy for i in await self.orchestrator.scale_sets.instances(self.name)):
                     break
-                await self.service.health.wait_changed(seen, 5.0)
+                await self.orchestrator.health.wait_changed(seen, 5.0)
 
     async def versions(self) -> dict[int, str | None]:
         return {i: s.version for i, s in (await self.driver.observe(self.name)).items()}
@@ -118,20 +118,20 @@ async def make_fleet(tmp_path: Path, url: str, name: str, engine: str) -> AsyncI
     store = SqliteStore(tmp_path / "overhaul.db")
     driver = EngineDriver(EngineSettings(url=url, config_root=tmp_path / "config"))
     await driver.start()
-    service = Orchestrator(store, driver, HealthMonitor(HEALTH))
-    await service.start()
-    await service.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+    orchestrator = Orchestrator(store, driver, HealthMonitor(HEALTH))
+    await orchestrator.start()
+    await orchestrator.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
     async with aiohttp.ClientSession() as http:
-        fleet = Fleet(service, store, driver, name, engine, http)
+        fleet = Fleet(orchestrator, store, driver, name, engine, http)
         await fleet.publish("1.0.0")
         try:
             yield fleet
         finally:
             if await store.get_scale_set(name) is not None:
-                await service.close()
-                service = Orchestrator(store, driver, HealthMonitor(HEALTH))
-                await service.scale_sets.delete(name)
-            await service.close()
+                await orchestrator.close()
+                orchestrator = Orchestrator(store, driver, HealthMonitor(HEALTH))
+                await orchestrator.scale_sets.delete(name)
+            await orchestrator.close()
             await driver.close()
             await store.close()
 
@@ -148,8 +148,8 @@ async def test_v1_to_v2_batches_of_one_data_and_ports_kept(fleet: Fleet) -> None
     ports = await fleet.store.instance_ports(fleet.name)
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
     await fleet.publish("2.0.0")
-    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
-    done = await fleet.service.upgrades.wait(attempt.id, 120)
+    attempt = await fleet.orchestrator.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+    done = await fleet.orchestrator.upgrades.wait(attempt.id, 120)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     assert done.batches_started == 5  # 5 x 20 % = batches of 1
     assert (done.successful, done.failed) == (5, 0)
@@ -173,18 +173,18 @@ async def test_v1_to_v2_batches_of_one_data_and_ports_kept(fleet: Fleet) -> None
 async def test_failing_version_rolls_back_and_faults(fleet: Fleet) -> None:
     await fleet.create()
     await fleet.publish("2.0.0")
-    first = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
-    assert (await fleet.service.upgrades.wait(first.id, 120)).status is AttemptStatus.COMPLETED
+    first = await fleet.orchestrator.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+    assert (await fleet.orchestrator.upgrades.wait(first.id, 120)).status is AttemptStatus.COMPLETED
     await fleet.publish("3.0.0")
-    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
-    done = await fleet.service.upgrades.wait(attempt.id, 120)
+    attempt = await fleet.orchestrator.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+    done = await fleet.orchestrator.upgrades.wait(attempt.id, 120)
     assert done.status is AttemptStatus.FAULTED
     assert done.error_code == MAX_UNHEALTHY_UPGRADED
     assert done.instances[0].step is Step.ROLLED_BACK
     assert set(done.instances) == {0}  # the others were never touched
     assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
     await fleet.all_healthy()  # the restored instance is healthy again
-    history = await fleet.service.upgrades.history(fleet.name)
+    history = await fleet.orchestrator.upgrades.history(fleet.name)
     assert [h.attempt.status for h in history] == [AttemptStatus.FAULTED, AttemptStatus.COMPLETED]
     assert (history[0].attempt.successful, history[0].attempt.failed) == (0, 1)
     assert history[0].attempt.count(Step.ROLLED_BACK) == 1
@@ -199,8 +199,8 @@ async def test_a_known_verdict_is_acted_on_at_once_not_at_the_health_timeout(fle
     await fleet.create(model)
     for version, why in (("3.0.0", "Unhealthy after the reimage: HTTP 404"), (EXITS, "not running (it exited)")):
         await fleet.publish(version)
-        attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
-        done = await fleet.service.upgrades.wait(attempt.id, 120)
+        attempt = await fleet.orchestrator.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+        done = await fleet.orchestrator.upgrades.wait(attempt.id, 120)
         assert done.status is AttemptStatus.FAULTED
         assert done.instances[0].step is Step.ROLLED_BACK
         assert why in (done.instances[0].error or ""), done.instances[0].error
@@ -231,7 +231,7 @@ async def healthy_answers(fleet: Fleet) -> int:
 
 async def sample_during(fleet: Fleet, attempt_id: str) -> tuple[list[int], Any]:
     """Counts healthy answers over and over until the attempt is done; returns the counts and the attempt."""
-    waiting = asyncio.ensure_future(fleet.service.upgrades.wait(attempt_id, 120))
+    waiting = asyncio.ensure_future(fleet.orchestrator.upgrades.wait(attempt_id, 120))
     counts: list[int] = []
     while not waiting.done():
         counts.append(await healthy_answers(fleet))
@@ -248,7 +248,7 @@ async def test_max_surge_never_lowers_the_count_of_healthy_instances(fleet: Flee
     model["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"] = {"useRollingUpgradePolicy": True}
     await fleet.create(model)
     await fleet.publish("2.0.0")
-    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+    attempt = await fleet.orchestrator.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
     counts, done = await sample_during(fleet, attempt.id)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
@@ -257,7 +257,7 @@ async def test_max_surge_never_lowers_the_count_of_healthy_instances(fleet: Flee
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")  # data disks kept, ports followed
     assert sorted(c["name"] for c in containers("podman", fleet.name)) == [f"{fleet.name}_{i}" for i in range(5)]
     await fleet.publish("3.0.0")
-    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+    attempt = await fleet.orchestrator.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
     counts, done = await sample_during(fleet, attempt.id)
     assert done.status is AttemptStatus.FAULTED and done.instances[0].step is Step.ROLLED_BACK
     assert min(counts) >= 5, counts
@@ -295,21 +295,21 @@ async def test_a_deferred_upgrade_tells_the_instance_and_waits_for_approval(flee
             for i in event.attempt.awaiting_approval:
                 awaiting[i].set()
 
-    fleet.service.events.subscribe(watch)
-    attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+    fleet.orchestrator.events.subscribe(watch)
+    attempt = await fleet.orchestrator.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
     await asyncio.wait_for(awaiting[0].wait(), 30)
     notice = await config_drive_file(fleet, 0, "platform.json")
     assert notice is not None and json.loads(notice) == {"tags": {"Platform.PendingOSUpgrade": "2.0.0"}}
     # Awaiting its approval, it is not reimaged; that no pass reimages it meanwhile shows below, where instance 2
     # awaits approval after every pass that moved 0 and 1, still on 1.0.0.
     assert (await fleet.versions())[0] == "1.0.0"
-    await fleet.service.upgrades.approve(fleet.name, [0, 1])
+    await fleet.orchestrator.upgrades.approve(fleet.name, [0, 1])
     await asyncio.wait_for(awaiting[2].wait(), 60)  # 0 and 1 went ahead; 2 waits
     versions = await fleet.versions()
     assert (versions[0], versions[1], versions[2]) == ("2.0.0", "2.0.0", "1.0.0")
     assert await config_drive_file(fleet, 0, "platform.json") is None  # a new OS disk starts with no notice
-    await fleet.service.upgrades.cancel(fleet.name)
-    done = await fleet.service.upgrades.wait(attempt.id, 60)
+    await fleet.orchestrator.upgrades.cancel(fleet.name)
+    done = await fleet.orchestrator.upgrades.wait(attempt.id, 60)
     assert done.status is AttemptStatus.CANCELLED and done.instances[2].step is Step.NOT_UPGRADED
     assert await config_drive_file(fleet, 2, "platform.json") is None  # withdrawn
     assert await fleet.versions() == {0: "2.0.0", 1: "2.0.0", 2: "1.0.0", 3: "1.0.0", 4: "1.0.0"}
@@ -324,9 +324,9 @@ async def test_a_model_change_rolls_out_health_gated_in_rolling_mode(fleet: Flee
     await fleet.create(model)
     await fleet.publish("2.0.0")  # 'latest' moves on: a model upgrade keeps the version instances run
     model["properties"]["virtualMachineProfile"]["osProfile"] = {"customData": "second"}
-    await fleet.service.scale_sets.put(fleet.name, model)
-    (stored,) = await fleet.service.upgrades.history(fleet.name)
-    done = await fleet.service.upgrades.wait(stored.attempt.id, 120)
+    await fleet.orchestrator.scale_sets.put(fleet.name, model)
+    (stored,) = await fleet.orchestrator.upgrades.history(fleet.name)
+    done = await fleet.orchestrator.upgrades.wait(stored.attempt.id, 120)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     assert done.batches_started == 5 and (done.successful, done.failed) == (5, 0)
     assert await fleet.versions() == dict.fromkeys(range(5), "1.0.0")
@@ -334,8 +334,8 @@ async def test_a_model_change_rolls_out_health_gated_in_rolling_mode(fleet: Flee
         drive = await config_drive_file(fleet, i, "metadata.json")
         assert drive is not None and json.loads(drive)["customData"] == "second", i
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
-    digest = model_digest(await fleet.service.scale_sets.get(fleet.name))
-    assert all(i.view.model_digest == digest for i in await fleet.service.scale_sets.instances(fleet.name))
+    digest = model_digest(await fleet.orchestrator.scale_sets.get(fleet.name))
+    assert all(i.view.model_digest == digest for i in await fleet.orchestrator.scale_sets.instances(fleet.name))
     journal = [(e.action, e.phase, e.instance_id) for e in await fleet.store.journal(done.id)]
     for i in range(1, 5):  # health-gated: each batch began after the previous instance was healthy
         assert journal.index(("reimage", "begin", i)) > journal.index(("commit", "begin", i - 1))
@@ -357,7 +357,7 @@ async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podma
         "--scale-set",
         fleet.name,
     ]
-    await fleet.service.close()  # the runner process is the orchestrator now
+    await fleet.orchestrator.close()  # the runner process is the orchestrator now
     killed = await asyncio.create_subprocess_exec(*args, "--start")
     try:
         deadline = time.monotonic() + 60
@@ -372,19 +372,19 @@ async def test_sigkill_mid_batch_then_resume(fleet: Fleet, tmp_path: Path, podma
         if killed.returncode is None:
             killed.kill()
             await killed.wait()
-    latest = await fleet.service.upgrades.latest(fleet.name)
+    latest = await fleet.orchestrator.upgrades.latest(fleet.name)
     assert latest is not None and latest.attempt.status is AttemptStatus.ROLLING_FORWARD
     resumed = await asyncio.create_subprocess_exec(*args, stderr=asyncio.subprocess.PIPE)
     _, stderr = await asyncio.wait_for(resumed.communicate(), 180)
     assert resumed.returncode == 0, stderr.decode()
-    latest = await fleet.service.upgrades.latest(fleet.name)
+    latest = await fleet.orchestrator.upgrades.latest(fleet.name)
     assert latest is not None and latest.attempt.status is AttemptStatus.COMPLETED
     assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
     rows = containers("podman", fleet.name)
     assert sorted(r["name"] for r in rows) == [f"{fleet.name}_{i}" for i in range(5)]
     assert all(r["state"] == "running" for r in rows), rows
     assert await fleet.first_written() == dict.fromkeys(range(5), "1.0.0")
-    fleet.service = Orchestrator(fleet.store, fleet.driver, HealthMonitor(HEALTH))  # for the fixture's clean-up
+    fleet.orchestrator = Orchestrator(fleet.store, fleet.driver, HealthMonitor(HEALTH))  # for the fixture's clean-up
 
 
 @pytest.fixture(scope="module")
@@ -400,8 +400,8 @@ async def test_v1_to_v2_on_docker(docker: str, tmp_path: Path) -> None:
         await fleet.create()
         ports = await fleet.store.instance_ports(fleet.name)
         await fleet.publish("2.0.0")
-        attempt = await fleet.service.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
-        done = await fleet.service.upgrades.wait(attempt.id, 120)
+        attempt = await fleet.orchestrator.upgrades.start(fleet.name, started_by=StartedBy.PLATFORM)
+        done = await fleet.orchestrator.upgrades.wait(attempt.id, 120)
         assert done.status is AttemptStatus.COMPLETED, done.error_message
         assert await fleet.versions() == dict.fromkeys(range(5), "2.0.0")
         assert await fleet.store.instance_ports(fleet.name) == ports
@@ -415,7 +415,7 @@ async def test_v1_to_v2_on_docker(docker: str, tmp_path: Path) -> None:
         address = network["Containers"][inspect("docker", "container", "tdocker_0")["Id"]]["IPv4Address"]
         assert reaches("docker", "tdocker_1", "127.0.0.1")  # the way of asking works in there
         assert not reaches("docker", "tdocker_1", address.split("/")[0])
-        await fleet.service.scale_sets.delete(fleet.name)
+        await fleet.orchestrator.scale_sets.delete(fleet.name)
         assert not exists("docker", "network", "overhaul-tdocker")
 
 
@@ -423,9 +423,9 @@ async def test_a_rolled_back_instance_serves_its_previous_version_and_config_dri
     """What the driver contract (test_driver_contract.py) cannot see from observe: the application that answers
     after a rollback, and the config drives' modes."""
     await fleet.create()
-    model = await fleet.service.scale_sets.get(fleet.name)
+    model = await fleet.orchestrator.scale_sets.get(fleet.name)
     await fleet.publish("2.0.0")
-    v2 = await fleet.service.instances.spec(model, 0, "2.0.0")
+    v2 = await fleet.orchestrator.instances.spec(model, 0, "2.0.0")
     await fleet.driver.reimage(v2)
     await fleet.driver.rollback(v2)
     port = (await fleet.store.instance_ports(fleet.name))[0][8080]
@@ -466,10 +466,10 @@ async def test_instances_are_isolated_unless_the_model_shares_the_bridge(fleet: 
     assert (await get_text(fleet.http, (await fleet.store.instance_ports(fleet.name))[0][8080], "/version"))[0] == 200
     model["properties"]["virtualMachineProfile"]["overhaul"]["network"] = "shared"
     model["properties"]["upgradePolicy"]["mode"] = "Automatic"  # the model change reaches both at once
-    await fleet.service.scale_sets.put(fleet.name, model)
-    latest = await fleet.service.upgrades.latest(fleet.name)
+    await fleet.orchestrator.scale_sets.put(fleet.name, model)
+    latest = await fleet.orchestrator.upgrades.latest(fleet.name)
     assert latest is not None
-    done = await fleet.service.upgrades.wait(latest.attempt.id, 120)
+    done = await fleet.orchestrator.upgrades.wait(latest.attempt.id, 120)
     assert done.status is AttemptStatus.COMPLETED, done.error_message
     shared = inspect("podman", "container", f"{fleet.name}_0")
     address = shared["NetworkSettings"]["IPAddress"]
@@ -489,10 +489,10 @@ async def test_deleting_a_scale_set_removes_the_data_disks_of_instances_scaled_i
     assert volumes("podman", fleet.name) == [f"{fleet.name}_{i}_lun0" for i in range(5)]
     smaller = copy.deepcopy(MODEL)
     smaller["sku"]["capacity"] = 2
-    await fleet.service.scale_sets.put(fleet.name, smaller)
+    await fleet.orchestrator.scale_sets.put(fleet.name, smaller)
     # Scaled in: the removed instances' data disks are kept (a scale-out may bring them back) ...
     assert volumes("podman", fleet.name) == [f"{fleet.name}_{i}_lun0" for i in range(5)]
-    await fleet.service.scale_sets.delete(fleet.name)
+    await fleet.orchestrator.scale_sets.delete(fleet.name)
     # ... until the scale set goes: then every data disk it ever made goes with it.
     assert volumes("podman", fleet.name) == []
     assert containers("podman", fleet.name) == []

@@ -46,21 +46,21 @@ class _StateCollector(Collector):
     """Gauges of the orchestrator's state, read at each scrape: ``refresh`` reads the store and the engine (both
     async, the engine within ENGINE_WAIT), ``collect`` reports what was read."""
 
-    def __init__(self, service: Orchestrator) -> None:
-        self.service = service
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
         self.state: list[_ScaleSetState] = []
         self.engine_up = True
 
     async def refresh(self) -> None:
         state: list[_ScaleSetState] = []
-        self.engine_up = await self.service.engine_problem(ENGINE_WAIT) is None
-        for model in await self.service.scale_sets.list():
-            latest = await self.service.upgrades.latest(model.ref)
+        self.engine_up = await self.orchestrator.engine_problem(ENGINE_WAIT) is None
+        for model in await self.orchestrator.scale_sets.list():
+            latest = await self.orchestrator.upgrades.latest(model.ref)
             versions: dict[int, str] = {}
             if self.engine_up:
                 try:
                     async with asyncio.timeout(ENGINE_WAIT):
-                        infos = await self.service.scale_sets.instances(model.ref)
+                        infos = await self.orchestrator.scale_sets.instances(model.ref)
                     versions = {i.instance_id: i.view.version for i in infos if i.view.version}
                 except (OverhaulError, TimeoutError):
                     versions = {}
@@ -108,7 +108,7 @@ class _StateCollector(Collector):
             "overhaul_health_watch_errors",
             "Failed requests to instance agents (each counts as Unknown), not counting a reimage's expected outage.",
         )
-        errors.add_metric([], self.service.watch_errors)
+        errors.add_metric([], self.orchestrator.watch_errors)
         engine = GaugeMetricFamily("overhaul_engine_up", "1 while the container engine answers.")
         engine.add_metric([], 1 if self.engine_up else 0)
         yield from (capacity, max_unhealthy, health, running, progress, errors, engine)
@@ -117,7 +117,7 @@ class _StateCollector(Collector):
         watched = model.health_source is not HealthSourceKind.POWER
         counts: Tally[tuple[str, str]] = Tally()
         for instance_id in range(model.capacity):
-            report = self.service.scale_sets.health_report(model.name, instance_id)
+            report = self.orchestrator.scale_sets.health_report(model.name, instance_id)
             known = report.health.value if report else Health.UNKNOWN.value
             state = known if watched else "Unmonitored"
             counts[(versions.get(instance_id, "unknown"), state)] += 1
@@ -125,10 +125,10 @@ class _StateCollector(Collector):
 
 
 class OrchestratorMetrics:
-    def __init__(self, service: Orchestrator) -> None:
+    def __init__(self, orchestrator: Orchestrator) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
-        self.state = _StateCollector(service)
+        self.state = _StateCollector(orchestrator)
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, self.state):
             self.registry.register(collector)
         r = self.registry
@@ -154,7 +154,7 @@ class OrchestratorMetrics:
             ["scale_set"],
             registry=r,
         )
-        service.events.subscribe(self.on_event)
+        orchestrator.events.subscribe(self.on_event)
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, AttemptEnded):
