@@ -75,6 +75,16 @@ class Served:
         status, doc, _ = self.call("GET", f"{vmss}/rollingUpgrades/latest?{API}")
         return str(doc["properties"]["runningStatus"]["code"]) if status == 200 else ""
 
+    def metric(self, name: str) -> float:
+        """One unlabelled sample of serve's /metrics."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            sample, _, value = line.partition(" ")
+            if sample == name:
+                return float(value)
+        raise AssertionError(f"{name} is not in /metrics")
+
     def cli(
         self, *args: str, check: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:

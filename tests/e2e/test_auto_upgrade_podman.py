@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,6 +105,8 @@ def test_publishing_rolls_the_scale_set_and_excluded_versions_do_not(served: Ser
     assert history[0]["properties"]["startedBy"] == "Platform"
     assert history[0]["properties"]["progress"]["successfulInstanceCount"] == 3
     publish(served, "3.0.0", exclude=True)
-    time.sleep(3)  # the watcher woke on the publish; nothing may move
+    # The watcher has looked at every scale set since the publish (and started nothing, as it must not).
+    published = served.metric("overhaul_changes")
+    wait_for(lambda: served.metric("overhaul_auto_upgrades_checked_change") >= published)
     assert instances(served) == [("2.0.0", "Healthy")] * 3
     assert len(served.call("GET", f"{VMSS}/osUpgradeHistory?{API}")[1]["value"]) == 1

@@ -41,7 +41,15 @@ class TransientError:
     error: str
 
 
-Event = AttemptChanged | AttemptEnded | ActionFinished | TransientError
+@dataclass(frozen=True)
+class AutoUpgradesChecked:
+    """The automatic-upgrade watcher looked at every scale set, as of change ``seen`` of the orchestrator's
+    changes (a publish, a model update, an attempt's end): anything due by then was started."""
+
+    seen: int
+
+
+Event = AttemptChanged | AttemptEnded | ActionFinished | TransientError | AutoUpgradesChecked
 Listener = Callable[[Event], None]
 
 

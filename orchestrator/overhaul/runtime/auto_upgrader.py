@@ -8,6 +8,7 @@ import logging
 
 from overhaul.core.auto_upgrade import AutoUpgradeSettings
 from overhaul.core.errors import OverhaulError, Unavailable
+from overhaul.ports.events import AutoUpgradesChecked
 from overhaul.runtime.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
@@ -38,5 +39,6 @@ class AutoUpgrader:
         while True:
             seen = self.orchestrator.changes.version
             next_due = await self.check()
+            self.orchestrator.events.emit(AutoUpgradesChecked(seen))
             timeout = None if next_due is None else max(0.05, next_due - self.orchestrator.clock())
             await self.orchestrator.changes.wait(seen, timeout)

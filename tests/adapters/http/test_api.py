@@ -7,7 +7,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,7 +108,9 @@ def test_excluded_version_does_not_move_anything(served: Served) -> None:
     model["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"] = {"enableAutomaticOSUpgrade": True}
     assert served.call("PUT", f"{VMSS}?{API}", model)[0] == 201
     publish(served, "9.0.0", exclude=True)
-    time.sleep(1.5)  # the watcher wakes on every publish: give it time to (wrongly) act
+    # The watcher woke on the publish and has looked at every scale set since: it started nothing.
+    published = served.metric("overhaul_changes")
+    wait_for(lambda: served.metric("overhaul_auto_upgrades_checked_change") >= published)
     status, doc, _ = served.call("GET", f"{VMSS}/osUpgradeHistory?{API}")
     assert status == 200 and doc["value"] == []
 

@@ -13,6 +13,7 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -24,7 +25,7 @@ from overhaul.core.errors import OverhaulError
 from overhaul.core.model import HealthSourceKind, ScaleSet
 from overhaul.core.planner import Health
 from overhaul.core.rollout import ActionKind, Attempt
-from overhaul.ports.events import ActionFinished, AttemptEnded, Event, TransientError
+from overhaul.ports.events import ActionFinished, AttemptEnded, AutoUpgradesChecked, Event, TransientError
 from overhaul.runtime.orchestrator import Orchestrator
 
 REIMAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -148,6 +149,18 @@ class OrchestratorMetrics:
             ["scale_set", "result"],
             registry=r,
         )
+        self.changes = Gauge(
+            "overhaul_changes",
+            "Changes so far to what automatic upgrades depend on (publishes, model updates, attempts' ends).",
+            registry=r,
+        )
+        self.changes.set_function(lambda: orchestrator.changes.version)
+        self.auto_upgrades_checked = Gauge(
+            "overhaul_auto_upgrades_checked_change",
+            "The change the automatic-upgrade watcher last looked at every scale set as of (it keeps up when this "
+            "equals overhaul_changes).",
+            registry=r,
+        )
         self.engine_retries = Counter(
             "overhaul_engine_transient_errors",
             "Engine calls that failed transiently (engine unreachable or restarting) and were retried.",
@@ -167,6 +180,8 @@ class OrchestratorMetrics:
                 self.rollbacks.labels(event.scale_set, "succeeded" if result.ok else "failed").inc()
         elif isinstance(event, TransientError):
             self.engine_retries.labels(event.scale_set).inc()
+        elif isinstance(event, AutoUpgradesChecked):
+            self.auto_upgrades_checked.set(event.seen)
 
     async def render(self) -> bytes:
         await self.state.refresh()
