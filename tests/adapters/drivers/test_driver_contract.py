@@ -6,6 +6,8 @@ A new driver joins with one entry in KITS."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,9 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from demo import busybox_images
+from demo.fleet_model import health_extension
 from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
 from overhaul.adapters.drivers.faults import FaultPlan, FaultyDriver
 from overhaul.adapters.drivers.memory import MemoryDriver
@@ -28,6 +32,7 @@ from overhaul.ports.driver import Driver, EngineUnavailable, InstanceSpec, Insta
 from tests.engines import podman_service
 
 REPO = "localhost/overhaul-contract"
+VM_BOOT_TIMEOUT = 300  # TCG on 2 cores: 30-50 s, with room for a loaded machine
 VERSIONS = ("1.0.0", "2.0.0")
 
 
@@ -37,7 +42,10 @@ class Kit:
 
     driver: Driver
     source: Callable[[str], str]  # version -> image reference or VM artefact directory
+    # The platform notices (tags) the instance's running OS disk sees, read where that driver puts them.
+    notices: Callable[[InstanceSpec], Awaitable[dict[str, str]]]
     vm: VmOptions | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # beside instanceId and scaleSet
     ports: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)
 
     def spec(
@@ -54,7 +62,7 @@ class Kit:
             version=version,
             ports=self.ports[key],
             volumes=((data_disk_name(scale_set, instance_id, 0), "/datadisks/lun0"),) if data else (),
-            metadata={"instanceId": str(instance_id), "scaleSet": scale_set},
+            metadata={"instanceId": str(instance_id), "scaleSet": scale_set, **self.metadata},
             stop_timeout=1,
             vm=self.vm,
             **changes,
@@ -85,16 +93,25 @@ class Kit:
         return (await self.observe(scale_set))[instance_id]
 
 
+def memory_notices(driver: MemoryDriver) -> Callable[[InstanceSpec], Awaitable[dict[str, str]]]:
+    async def read(spec: InstanceSpec) -> dict[str, str]:
+        return dict(driver.tags.get((spec.scale_set, spec.instance_id), {}))
+
+    return read
+
+
 @asynccontextmanager
 async def memory_kit(tmp_path: Path) -> AsyncIterator[Kit]:
-    yield Kit(MemoryDriver(), lambda v: f"{REPO}:{v}")
+    driver = MemoryDriver()
+    yield Kit(driver, lambda v: f"{REPO}:{v}", memory_notices(driver))
 
 
 @asynccontextmanager
 async def faulty_kit(tmp_path: Path) -> AsyncIterator[Kit]:
     # Half the calls fail, half of those after they took effect: every step meets an interruption.
     plan = FaultPlan(transient=0.5, permanent_reimage=0.0, latency=0.0)
-    yield Kit(FaultyDriver(MemoryDriver(), random.Random(7), plan), lambda v: f"{REPO}:{v}")
+    inner = MemoryDriver()
+    yield Kit(FaultyDriver(inner, random.Random(7), plan), lambda v: f"{REPO}:{v}", memory_notices(inner))
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +127,15 @@ def podman_kit(url: str) -> Callable[[Path], AbstractAsyncContextManager[Kit]]:
     @asynccontextmanager
     async def made(tmp_path: Path) -> AsyncIterator[Kit]:
         driver = EngineDriver(EngineSettings(url=url, config_root=tmp_path / "config"))
+
+        async def notices(spec: InstanceSpec) -> dict[str, str]:
+            """The config drive the running container mounts (its OS disk's directory)."""
+            notice = tmp_path / "config" / spec.scale_set / str(spec.instance_id) / spec.disk / "platform.json"
+            return dict(json.loads(notice.read_text())["tags"]) if notice.exists() else {}
+
         await driver.start()
         try:
-            yield Kit(driver, lambda v: f"{REPO}:{v}")
+            yield Kit(driver, lambda v: f"{REPO}:{v}", notices)
         finally:
             await driver.close()
 
@@ -124,9 +147,28 @@ async def qemu_kit(tmp_path: Path) -> AsyncIterator[Kit]:
     from demo import os_image  # noqa: PLC0415 (the VM artefacts are built only where QEMU is tested)
 
     artefacts = {v: os_image.build_vm(v, bad=False) for v in VERSIONS}
-    driver = QemuDriver(QemuSettings(root=tmp_path / "vms"))
+    driver = QemuDriver(QemuSettings(root=tmp_path / "vms", notice_timeout=VM_BOOT_TIMEOUT))
+
+    async def notices(spec: InstanceSpec) -> dict[str, str]:
+        """What the agent inside the running VM serves as IMDS's tags (once it has booted)."""
+        port = (await driver.observe(spec.scale_set))[spec.instance_id].ports[8090]
+        url = f"http://127.0.0.1:{port}/metadata/instance/compute/tagsList"
+        async with asyncio.timeout(VM_BOOT_TIMEOUT), aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                        if resp.status == 200:
+                            return {t["name"]: t["value"] for t in await resp.json()}
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(1)  # a booting VM has nothing to wait on but time
+
     try:
-        yield Kit(driver, lambda v: str(artefacts[v]), vm=VmOptions(memory_mb=256, vcpus=1, accel=Accel.TCG))
+        # The agent inside serves notices once its Application Health extension configures it, as in a scale set.
+        health = {"protocol": "http", "port": 8080, "requestPath": "/health", "intervalInSeconds": 5}
+        extensions = {"extensions": [health_extension(health)]}
+        vm = VmOptions(memory_mb=256, vcpus=1, accel=Accel.TCG)
+        yield Kit(driver, lambda v: str(artefacts[v]), notices, vm=vm, metadata={"extensionProfile": extensions})
     finally:
         await driver.close()
 
@@ -240,3 +282,29 @@ async def test_observe_keeps_scale_sets_apart(kit: Kit) -> None:
         assert set(await kit.observe("cw")) == {0} and await kit.observe("cw_0") == {}
     finally:
         await remove(kit, mine, other)
+
+
+async def test_a_notice_reaches_the_running_os_disk_and_a_rollback_or_a_new_disk_ends_it(kit: Kit) -> None:
+    """osRollingUpgradeDeferral's notice (Platform.PendingOSUpgrade): told twice, withdrawn twice; the upgrade
+    rolled back (a surged disk beside the told one) leaves no notice; a reimage makes a disk that heard nothing."""
+    v1 = kit.spec("cn", "1.0.0", data=False)
+    pending = {"Platform.PendingOSUpgrade": "2.0.0"}
+    try:
+        await kit.twice(kit.driver.ensure_running, v1)
+        await kit.twice(lambda s: kit.driver.notify(s, pending), v1)
+        assert await kit.notices(v1) == pending
+        await kit.twice(lambda s: kit.driver.notify(s, {}), v1)
+        assert await kit.notices(v1) == {}
+
+        await kit.twice(lambda s: kit.driver.notify(s, pending), v1)
+        surged = kit.spec("cn", "2.0.0", data=False, surge=True)
+        await kit.twice(kit.driver.reimage, surged)
+        await kit.twice(kit.driver.rollback, surged)
+        assert await kit.notices(v1) == {}  # the told disk served on; its upgrade is over
+
+        await kit.twice(lambda s: kit.driver.notify(s, pending), v1)
+        v2 = kit.spec("cn", "2.0.0", data=False)
+        await kit.twice(kit.driver.reimage, v2)
+        assert await kit.notices(v2) == {}
+    finally:
+        await remove(kit, v1)

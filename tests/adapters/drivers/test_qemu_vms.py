@@ -6,7 +6,6 @@ proven over every driver in the runtime and Podman tests."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import re
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from demo import os_image
-from demo.fleet_model import health_extension, vm_fleet_model
+from demo.fleet_model import vm_fleet_model
 from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.core.model import Accel, VmOptions
 from overhaul.core.naming import data_disk_name
@@ -144,44 +143,6 @@ async def test_max_surge_boots_the_new_os_disk_beside_the_old_one(artefacts: dic
     finally:
         await driver.delete(v1, keep_data=False)
     assert vm_processes("surge/") == {}
-
-
-async def test_a_running_vm_hears_of_a_pending_os_upgrade_through_its_agent(
-    artefacts: dict[str, Path], tmp_path: Path
-) -> None:
-    """osRollingUpgradeDeferral on a VM: the notice is pushed to the agent inside (its config drive cannot change),
-    which shows it where Azure's IMDS has it; withdrawn, or the upgrade rolled back, it is gone."""
-    driver = QemuDriver(QemuSettings(root=tmp_path / "vms", notice_timeout=BOOT_TIMEOUT))
-    health = {"protocol": "http", "port": 8080, "requestPath": "/health", "intervalInSeconds": 5}
-    v1 = replace(
-        spec("notice", artefacts["1.0.0"], "1.0.0"),
-        volumes=(),
-        metadata={
-            "instanceId": "0",
-            "scaleSet": "notice",
-            "extensionProfile": {"extensions": [health_extension(health)]},
-        },
-    )
-    v2 = replace(v1, image=str(artefacts["2.0.0"]), version="2.0.0", ports={8090: free_port()}, surge=True)
-    tags_url = f"http://127.0.0.1:{v1.ports[8090]}/metadata/instance/compute/tagsList"
-
-    def tags() -> Any:
-        with urllib.request.urlopen(tags_url, timeout=10) as resp:
-            return json.load(resp)
-
-    try:
-        await driver.ensure_running(v1)
-        await driver.notify(v1, {"Platform.PendingOSUpgrade": "2.0.0"})  # waits for the agent to answer
-        assert await asyncio.to_thread(tags) == [{"name": "Platform.PendingOSUpgrade", "value": "2.0.0"}]
-        await driver.notify(v1, {})
-        assert await asyncio.to_thread(tags) == []
-        # maxSurge: the told VM serves on beside the new one; a rollback of the new one withdraws its notice.
-        await driver.notify(v1, {"Platform.PendingOSUpgrade": "2.0.0"})
-        await driver.reimage(v2)
-        await driver.rollback(v2)
-        assert await asyncio.to_thread(tags) == []
-    finally:
-        await driver.delete(v1, keep_data=False)
 
 
 # --- the story through `overhaul serve` ------------------------------------------------------------------------------
