@@ -170,6 +170,7 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
 QEMU_GROUPS = {"test_qemu_vms": "qemu", "test_vm_image": "vm-image"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist writes the groups into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("engine") is None:
@@ -180,3 +181,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         else:
             group = QEMU_GROUPS.get(item.path.stem, "container-engine")
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under --dist loadgroup every grouped test must carry its group in its node id (pytest-xdist groups by it):
+    a pytest or xdist that stops doing so would spread the real-engine modules over workers, and they would
+    collide on the engine's names."""
+    if not session.config.getvalue("loadgroup"):
+        return
+    ungrouped = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if ungrouped:
+        raise pytest.UsageError(f"pytest-xdist did not group {ungrouped[:3]}: see the pytest pin in pyproject.toml")
