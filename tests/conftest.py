@@ -187,7 +187,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Under --dist loadgroup every grouped test must carry its group in its node id (pytest-xdist groups by it):
     a pytest or xdist that stops doing so would spread the real-engine modules over workers, and they would
     collide on the engine's names."""
-    if not session.config.getvalue("loadgroup"):
+    if not getattr(session.config.option, "loadgroup", False):  # set by pytest-xdist under --dist loadgroup
         return
     ungrouped = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
     if ungrouped:

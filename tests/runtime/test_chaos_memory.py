@@ -39,7 +39,17 @@ BLOCKS = 10
 BAD = "3.0.0"  # instances on it never become healthy
 VERSIONS = ("1.0.0", "2.0.0", BAD, "4.0.0")
 FAST = RuntimeSettings(retry_min=0.0005, retry_max=0.004, restart_min=0.0005, restart_max=0.004)
-TRANSIENT_WORDS = ("engine unreachable", "connection reset")
+# Words of the faults that are not the image's (transient, and the infrastructure's in faults.py).
+TRANSIENT_WORDS = (
+    "engine unreachable",
+    "connection reset",
+    "address already in use",
+    "state improper",
+    "already in use",
+    "duplicate allocation",
+    "no such image",
+    "no space left",
+)
 
 
 class VersionHealth:
@@ -121,7 +131,10 @@ async def retrying(call: Callable[[], Any]) -> Any:
 async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, read top to bottom)
     rng = random.Random(seed)
     memory = MemoryDriver()
-    driver = FaultyDriver(memory, rng, FaultPlan(transient=rng.choice([0.0, 0.1, 0.3]), permanent_reimage=0.05))
+    plan = FaultPlan(
+        transient=rng.choice([0.0, 0.1, 0.3]), permanent_reimage=0.05, infrastructure=rng.choice([0.0, 0.1, 0.3])
+    )
+    driver = FaultyDriver(memory, rng, plan)
     # Its restarts are the process's, which WAL survives without a sync per commit: durability is not its subject.
     store = SqliteStore(db, HistoryRetention(keep=100), durable=False)
     health = VersionHealth(memory)
@@ -219,6 +232,15 @@ async def one_run(seed: int, db: Path) -> None:  # noqa: PLR0915 (one scenario, 
             error = progress.error or ""
             assert not any(word in error for word in TRANSIENT_WORDS), f"seed {seed}: a transient error failed {key}"
             assert attempt.target_version == BAD or key in driver.permanent_failures, f"seed {seed}: {progress}"
+    # Never quarantined for an infrastructure fault: only the bad version, or one whose reimage failed the image's
+    # way, leaves 'latest'.
+    blamed = {
+        a.target_version
+        for a in history
+        if any(("web", p.instance_id) in driver.permanent_failures for p in a.instances.values() if p.step.failed)
+    }
+    quarantined = {v.version for v in await store.image_versions() if v.quarantined}
+    assert quarantined <= {BAD} | blamed, f"seed {seed}: quarantined {quarantined}, blamed {blamed}"
     # An instance on the bad version never counts as upgraded: it never becomes healthy.
     assert all(a.successful == 0 for a in history if a.target_version == BAD), f"seed {seed}: {history}"
     await store.close()

@@ -45,6 +45,11 @@ def _instance_line(attempt: Attempt, progress: InstanceProgress) -> tuple[Level,
             f"{name}: OS upgrade to {target} pending (Platform.PendingOSUpgrade), awaiting approval{why}",
         ),
         Step.NOT_UPGRADED: (Level.INFO, f"{name}: pending OS upgrade withdrawn, not upgraded"),
+        Step.INTERRUPT: (
+            Level.WARNING,
+            f"{name}: the infrastructure failed it, not {target}; restoring its previous OS disk{why}",
+        ),
+        Step.INTERRUPTED: (Level.INFO, f"{name}: runs its previous OS disk again (not counted against {target})"),
     }
     return lines.get(IN_FLIGHT.get(progress.step, progress.step))
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from overhaul.core.model import RollingUpgradePolicy, parse_rolling_policy
 from overhaul.core.planner import InstanceView, exceeds, plan_batches, unhealthy_count
+from overhaul.core.triage import Fault, infrastructure_end
 
 # Stable error codes, Azure's where Azure has one.
 MAX_UNHEALTHY = "MaxUnhealthyInstancePercentExceededInRollingUpgrade"
@@ -64,10 +65,22 @@ class Step(StrEnum):
     WITHDRAW = "Withdraw"
     WITHDRAWING = "Withdrawing"
     NOT_UPGRADED = "NotUpgraded"
+    # The infrastructure stayed broken past rollout.infra_deadline: the instance runs the OS disk it had (a
+    # rollback restores it), and nothing is counted against the version (core/triage.py).
+    INTERRUPT = "Interrupt"
+    INTERRUPTING = "Interrupting"
+    INTERRUPTED = "Interrupted"
 
     @property
     def terminal(self) -> bool:
-        return self in (Step.UPGRADED, Step.ROLLED_BACK, Step.ROLLBACK_FAILED, Step.FAILED, Step.NOT_UPGRADED)
+        return self in (
+            Step.UPGRADED,
+            Step.ROLLED_BACK,
+            Step.ROLLBACK_FAILED,
+            Step.FAILED,
+            Step.NOT_UPGRADED,
+            Step.INTERRUPTED,
+        )
 
     @property
     def succeeded(self) -> bool:
@@ -86,8 +99,16 @@ class Step(StrEnum):
 
     @property
     def untouched(self) -> bool:
-        """Never reimaged: its upgrade was withdrawn before it was approved."""
-        return self in (Step.WITHDRAW, Step.WITHDRAWING, Step.NOT_UPGRADED)
+        """Not upgraded, and not the version's fault: its upgrade was withdrawn before it was approved, or the
+        infrastructure failed it."""
+        return self in (
+            Step.WITHDRAW,
+            Step.WITHDRAWING,
+            Step.NOT_UPGRADED,
+            Step.INTERRUPT,
+            Step.INTERRUPTING,
+            Step.INTERRUPTED,
+        )
 
     @property
     def settled(self) -> bool:
@@ -104,6 +125,7 @@ IN_FLIGHT = {
     Step.KEEPING_FAILED: Step.KEEP_FAILED,
     Step.NOTIFYING: Step.NOTIFY,
     Step.WITHDRAWING: Step.WITHDRAW,
+    Step.INTERRUPTING: Step.INTERRUPT,
 }
 
 
@@ -127,6 +149,8 @@ class ActionResult:
     ok: bool
     error: str | None = None
     duration: float = 0.0
+    # Failed on the infrastructure, retried until rollout.infra_deadline (None: ok, or the image's failure).
+    fault: Fault | None = None
 
 
 @dataclass(frozen=True)
@@ -136,15 +160,19 @@ class InstanceProgress:
     since: float
     deadline: float | None = None
     error: str | None = None
+    fault: Fault | None = None  # the infrastructure fault that interrupted it
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "instanceId": self.instance_id,
             "step": self.step.value,
             "since": self.since,
             "deadline": self.deadline,
             "error": self.error,
         }
+        if self.fault is not None:
+            doc["fault"] = self.fault.value
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> InstanceProgress:
@@ -154,6 +182,7 @@ class InstanceProgress:
             float(doc["since"]),
             doc.get("deadline"),
             doc.get("error"),
+            Fault(doc["fault"]) if doc.get("fault") else None,
         )
 
 
@@ -318,6 +347,7 @@ ISSUE = {
     Step.KEEP_FAILED: (ActionKind.COMMIT, Step.KEEPING_FAILED),
     Step.NOTIFY: (ActionKind.NOTIFY, Step.NOTIFYING),
     Step.WITHDRAW: (ActionKind.WITHDRAW, Step.WITHDRAWING),
+    Step.INTERRUPT: (ActionKind.ROLLBACK, Step.INTERRUPTING),
 }
 
 
@@ -390,6 +420,25 @@ def _end(
     return Decision(ended, (*cleanup, *actions))
 
 
+def _batch_end(attempt: Attempt, now: float, cleanup: tuple[Action, ...]) -> Decision | None:
+    """A batch has ended: the attempt ends too when the infrastructure interrupted an instance past its deadline,
+    or when too many upgraded instances failed ("Fault and quarantine"); None when it goes on."""
+    interrupted = next((p for p in attempt.instances.values() if p.fault is not None), None)
+    if interrupted is not None and interrupted.fault is not None:
+        error = interrupted.error or interrupted.fault.value
+        message = infrastructure_end(interrupted.fault, error, attempt.target_version)
+        return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=interrupted.fault.value, message=message)
+    processed = attempt.successful + attempt.failed
+    policy = attempt.policy
+    if exceeds(attempt.failed, processed, policy.max_unhealthy_upgraded_instance_percent):
+        message = (
+            f"{attempt.failed} of {processed} upgraded instances are unhealthy, more than "
+            f"maxUnhealthyUpgradedInstancePercent ({policy.max_unhealthy_upgraded_instance_percent}%)"
+        )
+        return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=MAX_UNHEALTHY_UPGRADED, message=message)
+    return None
+
+
 def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> Decision:
     """One step of the attempt: the upgrade rules (docs/upgrade-rules.md), in order."""
     if attempt.status.terminal:
@@ -406,14 +455,10 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
     cleanup = decision.actions  # commits of the batch that just settled run alongside what comes next
     if attempt.batch:
         # The batch has ended: "Fault and quarantine", then the pause of "Pause, then the next batch".
-        processed = attempt.successful + attempt.failed
+        ended = _batch_end(attempt, now, cleanup)
+        if ended is not None:
+            return ended
         policy = attempt.policy
-        if exceeds(attempt.failed, processed, policy.max_unhealthy_upgraded_instance_percent):
-            message = (
-                f"{attempt.failed} of {processed} upgraded instances are unhealthy, more than "
-                f"maxUnhealthyUpgradedInstancePercent ({policy.max_unhealthy_upgraded_instance_percent}%)"
-            )
-            return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=MAX_UNHEALTHY_UPGRADED, message=message)
         pause = policy.pause_time_between_batches
         attempt = replace(attempt, batch=(), pause_until=now + pause if remaining and pause > 0 else None)
     if attempt.cancel_requested:
@@ -472,6 +517,10 @@ def _after(
         if result.ok:
             deadline = now + policy.instance_health_timeout
             progress = replace(progress, step=Step.WAITING, since=now, deadline=deadline)
+        elif result.fault is not None:
+            # Not the image's fault: the previous OS disk runs again, and nothing is counted against the version.
+            error = f"{result.fault.value}: {result.error}"
+            progress = replace(progress, step=Step.INTERRUPT, since=now, error=error, fault=result.fault)
         else:
             # The new OS disk could not be made: restoring the previous one is the only safe state, even when
             # rollback after an unhealthy upgrade is off.
@@ -485,6 +534,9 @@ def _after(
         progress = replace(progress, step=Step.NOT_UPGRADED, since=now, error=None)
     elif step is Step.KEEPING_FAILED:
         progress = replace(progress, step=Step.FAILED, since=now, error=error)
+    elif step is Step.INTERRUPTING:
+        # A rollback retries infrastructure faults until it is done: it fails only on the image's (none is left).
+        progress = replace(progress, step=Step.INTERRUPTED if result.ok else Step.ROLLBACK_FAILED, since=now)
     elif step is Step.ROLLING_BACK:
         next_step = Step.ROLLED_BACK if result.ok else Step.ROLLBACK_FAILED
         rollback_error = None if result.ok else f"rollback failed: {result.error}"

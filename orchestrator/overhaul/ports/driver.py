@@ -8,29 +8,37 @@ from typing import Any, Protocol
 
 from overhaul.core.model import InstanceNetwork, VmOptions
 from overhaul.core.naming import instance_name
+from overhaul.core.triage import Blame, Fault, classify
 
 # Azure's IMDS tag telling an instance an OS upgrade is coming (osRollingUpgradeDeferral); its value is the version.
 PENDING_OS_UPGRADE = "Platform.PendingOSUpgrade"
 
 
 class DriverError(RuntimeError):
-    """An engine call failed; the message says which call and why.
+    """An engine call failed; the message says which call and why, ``fault`` what it blames (core/triage.py).
 
-    A permanent error (no such image, a bad configuration) fails the step it happened in. A transient one
-    (the engine unreachable, restarting or slow to answer) says nothing about the instance: the step is
-    retried, never counted against it."""
+    An infrastructure fault (the engine unreachable or restarting, a port taken, an image missing, a leftover of
+    an engine restart) says nothing about the instance: the step is retried, never counted against it. Anything
+    else (the image's command fails, a bad configuration) is the image's and fails the step it happened in."""
 
-    transient = False
+    def __init__(self, message: str, fault: Fault | None = None) -> None:
+        super().__init__(message)
+        self.fault = fault if fault is not None else classify(message)
+
+    @property
+    def transient(self) -> bool:
+        return self.fault.blame is Blame.INFRASTRUCTURE
 
 
 class EngineUnavailable(DriverError):
     """The engine could not be reached or did not answer in time."""
 
-    transient = True
+    def __init__(self, message: str) -> None:
+        super().__init__(message, Fault.ENGINE_UNAVAILABLE)
 
 
 class NotFound(DriverError):
-    """The engine has no such object (a container, an image): permanent, and often what the caller hoped."""
+    """The engine has no such object (a container, an image): often what the caller hoped."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError
 from overhaul.core.gallery import ImageVersion
 from overhaul.core.model import ScaleSet, ScaleSetRef
 from overhaul.core.rollout import Attempt
+from overhaul.core.triage import Fault
 from overhaul.ports.clock import Clock
 from overhaul.ports.driver import Driver, DriverError, InstanceState
 from overhaul.ports.health import HealthSource
@@ -35,8 +36,12 @@ class EngineFailed(OverhaulError):
 
 
 def engine_error(exc: DriverError) -> OverhaulError:
-    if exc.transient:
+    """A request the engine could not carry out: 503 with the fault's code when the infrastructure is to blame
+    (trying again later may work), else the engine's own words."""
+    if exc.fault is Fault.ENGINE_UNAVAILABLE:
         return Unavailable(f"the container engine is unavailable: {exc}", "EngineUnavailable")
+    if exc.transient:
+        return Unavailable(f"the engine cannot do it now ({exc.fault.value}): {exc}", exc.fault.value)
     return EngineFailed(str(exc))
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from overhaul.aio import Backoff, cancel_and_wait
+from overhaul.aio import cancel_and_wait
 from overhaul.core.advice import next_steps, quarantine_reason
 from overhaul.core.errors import OverhaulError
 from overhaul.core.model import HealthSourceKind, ScaleSet
@@ -31,12 +31,13 @@ from overhaul.core.rollout import (
     resume,
 )
 from overhaul.ports.clock import Clock
-from overhaul.ports.driver import PENDING_OS_UPGRADE, Driver, DriverError, InstanceSpec, InstanceState
-from overhaul.ports.events import ActionFinished, AttemptChanged, AttemptEnded, Events, TransientError
+from overhaul.ports.driver import Driver, DriverError, InstanceSpec, InstanceState
+from overhaul.ports.events import ActionFinished, AttemptChanged, AttemptEnded, Events
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.instances import Instances
 from overhaul.runtime.settings import RuntimeSettings
+from overhaul.runtime.steps import Respec, Steps
 from overhaul.runtime.views import image_reference_for, instance_views, known_after
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,16 @@ class Reconciler:
     events: Events
     clock: Clock = time.time
     settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    steps: Steps = field(init=False)
     _wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    # Instances whose host ports were replaced during a step (one was taken): the health watch follows.
+    _ports_moved: set[tuple[str, int]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.steps = Steps(self.driver, self.health, self.events, self.clock, self.settings)
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        return await self.steps.observe(scale_set)
 
     def wake(self, attempt_id: str) -> None:
         """Something stored about the attempt changed (a cancel): look at the store now, not at the next step."""
@@ -71,29 +81,13 @@ class Reconciler:
         if attempt.status.terminal and (before is None or not before.status.terminal):
             self.events.emit(AttemptEnded(attempt))
 
-    def _backoff(self) -> Backoff:
-        return Backoff(self.settings.retry_min, self.settings.retry_max)
-
-    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
-        """The engine's view of the scale set, retried until the engine answers: listing only reads."""
-        backoff = self._backoff()
-        while True:
-            try:
-                async with asyncio.timeout(self.settings.action_timeout):
-                    return await self.driver.observe(scale_set)
-            except (DriverError, TimeoutError) as exc:
-                error = str(exc) or type(exc).__name__
-                log.warning("listing %s failed, retrying in %.2fs: %s", scale_set, backoff.delay, error)
-                self.events.emit(TransientError(scale_set, "observe", error))
-                await backoff.wait()
-
     async def _act(self, model: ScaleSet, attempt: Attempt, action: Action) -> ActionResult:
         started = time.monotonic()
         name = instance_name(model.name, action.instance_id)
         onto = f" onto {attempt.target_version}" if action.kind is ActionKind.REIMAGE else ""
         log.info("%s: %s%s started", name, action.kind.value, onto)
         result = await self._attempt_action(model, attempt, action)
-        result = ActionResult(result.action, result.ok, result.error, time.monotonic() - started)
+        result = replace(result, duration=time.monotonic() - started)
         if result.ok:
             log.info("%s: %s finished in %.1fs", name, action.kind.value, result.duration)
         else:
@@ -103,47 +97,24 @@ class Reconciler:
 
     async def _attempt_action(self, model: ScaleSet, attempt: Attempt, action: Action) -> ActionResult:
         surge = attempt.policy.max_surge
+        respec: Respec | None = None
         if action.kind is ActionKind.REIMAGE:
             try:
                 spec = await self.instances.spec(model, action.instance_id, attempt.target_version, surge=surge)
             except OverhaulError as exc:  # the version left the gallery since the attempt started
                 return ActionResult(action, ok=False, error=exc.message)
+
+            async def fresh_ports() -> InstanceSpec:
+                self._ports_moved.add((model.name, action.instance_id))
+                return replace(spec, ports=await self.instances.ports(model, action.instance_id, fresh=True))
+
+            respec = fresh_ports
         else:
             spec = self.instances.handle(model, action.instance_id, attempt.target_version, surge=surge)
-        error = await self.step(model.name, action.kind, spec)
-        return ActionResult(action, ok=error is None, error=error)
-
-    async def step(self, scale_set: str, kind: ActionKind, spec: InstanceSpec) -> str | None:
-        """One driver step, retried through transient engine errors (a commit or a withdrawn notice through any
-        error: they change nothing that runs). Returns the permanent error, or None when it is done."""
-        if kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK):
-            # The instance's agent goes away with its OS disk: failed watch requests until it answers are expected.
-            self.health.expect_outage((scale_set, spec.instance_id))
-        backoff = self._backoff()
-        while True:
-            try:
-                async with asyncio.timeout(self.settings.action_timeout):
-                    await self._driver_call(kind, spec)
-                return None
-            except (DriverError, TimeoutError) as exc:
-                error = str(exc) or f"no answer within {self.settings.action_timeout:g}s"
-                transient = isinstance(exc, TimeoutError) or exc.transient
-                if not transient and kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK, ActionKind.NOTIFY):
-                    return error
-                log.warning("%s %s failed, retrying in %.2fs: %s", kind.value, spec.name, backoff.delay, error)
-                self.events.emit(TransientError(scale_set, f"{kind.value} {spec.name}", error))
-                await backoff.wait()
-
-    async def _driver_call(self, kind: ActionKind, spec: InstanceSpec) -> None:
-        if kind is ActionKind.REIMAGE:
-            await self.driver.reimage(spec)
-        elif kind is ActionKind.COMMIT:
-            await self.driver.commit(spec)
-        elif kind is ActionKind.ROLLBACK:
-            await self.driver.rollback(spec)
-        else:
-            tags = {PENDING_OS_UPGRADE: spec.version} if kind is ActionKind.NOTIFY else {}
-            await self.driver.notify(spec, tags)
+        failure = await self.steps.step(model.name, action.kind, spec, respec=respec)
+        if failure is None:
+            return ActionResult(action, ok=True)
+        return ActionResult(action, ok=False, error=failure.error, fault=failure.gave_up_on)
 
     async def run(
         self, model: ScaleSet, attempt: Attempt, observed: Mapping[int, InstanceState] | None = None
@@ -236,7 +207,9 @@ class Reconciler:
             else:
                 fresh = False
         moved = [r.action.instance_id for r in results if r.action.kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK)]
-        if (attempt.policy.max_surge or model.is_vm) and moved:
+        ports_moved = [i for i in moved if (model.name, i) in self._ports_moved]
+        self._ports_moved.difference_update((model.name, i) for i in moved)
+        if (attempt.policy.max_surge or model.is_vm or ports_moved) and moved:
             # A surged OS disk listens on host ports of its own (and a rolled-back one on the old ones), a VM on
             # others when one was taken at boot: the store and the health watch follow the engine's word on where.
             states, fresh = await self.observe(model.name), True

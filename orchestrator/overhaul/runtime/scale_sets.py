@@ -240,15 +240,17 @@ class ScaleSets:
         async def one(instance_id: int) -> str | None:
             spec = await parts.instances.spec(model, instance_id, image.version, image)
             spec = replace(spec, os_disk=f"{image.version}+{disk}")
-            error = await parts.reconciler.step(model.name, ActionKind.REIMAGE, spec)
-            if model.is_vm and error is None:
+            failure = await parts.reconciler.steps.step(model.name, ActionKind.REIMAGE, spec)
+            if model.is_vm and failure is None:
                 await parts.instances.follow(model, await parts.observe(model.name), [instance_id])
             parts.health.reset((model.name, instance_id))
-            if error is not None:
+            if failure is not None:
                 # The new OS disk could not be made: the previous one runs again.
-                rollback_error = await parts.reconciler.step(model.name, ActionKind.ROLLBACK, spec)
-                return error if rollback_error is None else f"{error}; restoring the previous OS disk: {rollback_error}"
-            await parts.reconciler.step(model.name, ActionKind.COMMIT, spec)
+                restored = await parts.reconciler.steps.step(model.name, ActionKind.ROLLBACK, spec)
+                if restored is None:
+                    return failure.error
+                return f"{failure.error}; restoring the previous OS disk: {restored.error}"
+            await parts.reconciler.steps.step(model.name, ActionKind.COMMIT, spec)
             return None
 
         return list(await asyncio.gather(*(one(i) for i in instance_ids)))

@@ -16,6 +16,9 @@ class RuntimeSettings:
     # Back-off between retries of an engine call that failed transiently (doubling up to the maximum).
     retry_min: float = 0.05
     retry_max: float = 5.0
+    # How long a reimage is retried through an infrastructure fault (the engine down, a port taken, an image
+    # missing) before the attempt ends naming it; the version is never blamed for it.
+    infra_deadline: float = 600.0
     # Back-off between restarts of an attempt's reconciler that stopped on an unexpected error.
     restart_min: float = 0.5
     restart_max: float = 30.0

@@ -125,6 +125,8 @@ HELP = {
     "agent cannot be reached (it may have exited)",
     "rollout.retry_min": "first back-off after a transient engine error, seconds",
     "rollout.retry_max": "longest back-off after transient engine errors, seconds",
+    "rollout.infra_deadline": "seconds a reimage is retried through an infrastructure fault (engine down, port "
+    "taken, image missing) before the attempt ends naming it; never counted against the version",
     "rollout.restart_min": "first back-off before an attempt stopped by an unexpected error is resumed, seconds",
     "rollout.restart_max": "longest back-off between such resumptions, seconds",
     "history.keep": "attempts kept in each scale set's history (Azure: 5)",

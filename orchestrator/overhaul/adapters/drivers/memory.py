@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from overhaul.core.triage import Fault
 from overhaul.ports.driver import DriverError, InstanceSpec, InstanceState, OsDisk
 
 
@@ -63,7 +64,7 @@ class MemoryDriver:
             raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
         if self.fail_reimage(spec):
             self._set(spec, InstanceState(spec.instance_id, None, previous))
-            raise DriverError(f"create {spec.name}: no such image {spec.image}")
+            raise DriverError(f"start {spec.name}: the image's command could not run (injected)", Fault.IMAGE_FAILED)
         running = spec.image not in self.exiting_images
         self.tags.pop((spec.scale_set, spec.instance_id), None)  # a new OS disk: a new config drive
         if previous is not None:
