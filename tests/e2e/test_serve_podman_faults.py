@@ -7,8 +7,10 @@ import concurrent.futures
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,24 +154,81 @@ def podman_service_pid(served: Served) -> int:
     raise AssertionError("no private podman service found")
 
 
-def test_the_private_podman_service_is_restarted_and_the_attempt_goes_on(served: Served) -> None:
-    assert served.call("PUT", f"{vmss('outage')}?{API}", model(4))[0] == 201
-    wait_for(lambda: len(containers("outage")) == 4)
-    publish(served, "2.0.0")
-    assert served.call("POST", f"{vmss('outage')}/osRollingUpgrade?{API}")[0] == 202
-    wait_for(lambda: latest(served, "outage")["progress"]["inProgressInstanceCount"] > 0, timeout=30)
-    first = podman_service_pid(served)
-    os.kill(first, signal.SIGKILL)
-    wait_for(lambda: served.call("GET", "/healthz", token="")[0] == 503, timeout=10)
-    status, doc, _ = served.call("GET", "/healthz", token="")
-    assert status == 503 and "podman" in doc["engine"], doc
-    wait_for(lambda: served.call("GET", "/healthz", token="")[0] == 200, timeout=60)
-    assert podman_service_pid(served) != first
-    wait_for(lambda: latest(served, "outage")["runningStatus"]["code"] != "RollingForward", timeout=120)
+def kill_podman_service_at_reimages(served: Served, which: set[int], delay: float) -> list[int]:
+    """SIGKILLs the private Podman service ``delay`` seconds after the nth (in ``which``, from 1) reimage of the
+    attempt starts, as its log says; returns the killed pids."""
+    killed: list[int] = []
+    seen = 0
+    deadline = time.monotonic() + 120
+    while len(killed) < len(which) and time.monotonic() < deadline:
+        started = served.log.read_text(errors="replace").count("reimage onto 2.0.0 started")
+        while seen < started:
+            seen += 1
+            if seen in which:
+                time.sleep(delay)
+                pid = podman_service_pid(served)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                wait_for(lambda: served.call("GET", "/healthz", token="")[0] == 200, timeout=60)
+        time.sleep(0.02)
+    return killed
+
+
+def test_an_engine_killed_mid_reimage_and_a_taken_port_blame_no_version(served: Served) -> None:
+    """What an engine restart once left (a name held in its storage, a stop cut short, a host port taken) made the
+    attempt Fault, quarantine a good version and leave an instance stopped. Now each is the infrastructure's:
+    the attempt completes, nothing is quarantined, every instance runs the new version."""
+    body = model(4)
+    body["properties"]["upgradePolicy"]["rollingUpgradePolicy"]["maxUnhealthyInstancePercent"] = 50
+    assert served.call("PUT", f"{vmss('outage')}?{API}", body)[0] == 201
+    wait_for(lambda: containers("outage") == {f"outage_{i}": "running" for i in range(4)})
+    # Instance 3 is stopped, and another program takes its host port meanwhile.
+    taken = int(engine_port("outage_3", 8080))
+    subprocess.run(["podman", "stop", "-t", "0", "outage_3"], check=True, capture_output=True, timeout=60)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: the probes' TIME_WAITs stay
+    wait_for(lambda: bound(squatter, taken), timeout=30)  # once the engine has let go of it
+    squatter.listen()
+    try:
+        publish(served, "2.0.0")
+        first = podman_service_pid(served)
+        assert served.call("POST", f"{vmss('outage')}/osRollingUpgrade?{API}")[0] == 202
+        killed = kill_podman_service_at_reimages(served, {1, 3}, delay=0.1)
+        assert killed and killed[0] == first
+        wait_for(lambda: latest(served, "outage")["runningStatus"]["code"] != "RollingForward", timeout=240)
+    finally:
+        squatter.close()
     done = latest(served, "outage")
     assert done["runningStatus"]["code"] == "Completed", done
     assert done["progress"]["failedInstanceCount"] == 0, done  # the outage is not the instances' fault
+    status, version, _ = served.call("GET", f"{GALLERY}/versions/2.0.0?{API}")
+    assert status == 200 and not version["properties"]["overhaul"]["quarantined"], version
     assert containers("outage") == {f"outage_{i}": "running" for i in range(4)}
+    assert served.versions_and_health(vmss("outage")) == [("2.0.0", "Healthy")] * 4
+    assert int(engine_port("outage_3", 8080)) != taken  # published on another port, and watched there
+    leftovers = subprocess.run(
+        ["podman", "ps", "-a", "--external", "--filter", "name=outage_", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split("\n")
+    assert sorted(line for line in leftovers if line) == [f"outage_{i}" for i in range(4)]  # none in storage only
+
+
+def bound(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
+def engine_port(container: str, port: int) -> str:
+    out = subprocess.run(
+        ["podman", "port", container, str(port)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    return out.strip().rsplit(":", 1)[-1]
 
 
 def test_a_killed_serve_takes_its_podman_service_along(images: None, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ import aiohttp
 from overhaul.adapters.drivers.podman_service import PodmanService
 from overhaul.core.model import InstanceNetwork
 from overhaul.core.naming import instance_name, is_data_disk_of, previous_name
+from overhaul.core.triage import Fault
 from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec, InstanceState, NotFound, OsDisk
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,9 @@ class EngineSettings:
     service_restart_max: float = 10.0
 
 
+# The container an engine says holds a name ("... is already in use by 4737652eee2b...").
+HELD_BY = re.compile(r"in use by ([0-9a-f]{12,64})")
+
 # aiodocker's status for "could not connect to the engine at all".
 NO_CONNECTION = 900
 
@@ -94,6 +99,18 @@ def _published_ports(container: Mapping[str, Any]) -> dict[int, int]:
         private, public = entry.get("PrivatePort"), entry.get("PublicPort")
         if entry.get("Type", "tcp") == "tcp" and isinstance(private, int) and isinstance(public, int) and public:
             ports[private] = public
+    return ports
+
+
+def _bound_ports(info: Mapping[str, Any]) -> dict[int, int]:
+    """Container port -> host port a created container asks for (an inspect's HostConfig.PortBindings)."""
+    ports: dict[int, int] = {}
+    bindings = (info.get("HostConfig") or {}).get("PortBindings") or {}
+    for key, binds in bindings.items():
+        port, _, proto = str(key).partition("/")
+        for bind in binds or []:
+            if proto in ("", "tcp") and port.isdigit() and str(bind.get("HostPort", "")).isdigit():
+                ports[int(port)] = int(bind["HostPort"])
     return ports
 
 
@@ -192,7 +209,9 @@ class EngineDriver:
 
     @staticmethod
     def _running(info: Mapping[str, Any] | None) -> bool:
-        return bool(info and info.get("State", {}).get("Running"))
+        """Running, or on its way out of it: a stop an engine restart cut short leaves a container "stopping"."""
+        state = (info or {}).get("State") or {}
+        return bool(state.get("Running")) or str(state.get("Status", "")).lower() in ("stopping", "paused")
 
     async def _stop(self, name: str, stop_timeout: int, info: Mapping[str, Any] | None) -> None:
         if not self._running(info):
@@ -201,9 +220,45 @@ class EngineDriver:
         await self._call(f"stop {name}", container.stop(t=stop_timeout), timeout=stop_timeout + 30)
 
     async def _start(self, name: str, info: Mapping[str, Any] | None) -> None:
-        if self._running(info):
+        if info is not None and (info.get("State") or {}).get("Running"):
             return
-        await self._call(f"start {name}", self.docker.containers.container(name).start())
+        container = self.docker.containers.container(name)
+        try:
+            await self._call(f"start {name}", container.start())
+        except DriverError as exc:
+            if exc.fault is not Fault.ENGINE_LEFTOVER:
+                raise
+            # Left "stopping" (or running under a dead runtime) by an engine restart: stopped for good, then started.
+            log.warning("start %s: %s; stopping what the engine left, then starting it", name, exc)
+            with contextlib.suppress(DriverError):
+                await self._call(f"stop {name}", container.stop(t=0))
+            await self._call(f"start {name}", container.start())
+
+    async def _create(self, spec: InstanceSpec) -> None:
+        config = self._create_config(spec, await self._network_mode(spec))
+        what = f"create {spec.name} from {spec.image}"
+        try:
+            await self._call(what, self.docker.containers.create(config, name=spec.name))
+        except DriverError as exc:
+            if exc.fault is not Fault.ENGINE_LEFTOVER or await self._find(spec.name) is not None:
+                raise
+            log.warning("%s: %s; freeing the name the engine left held", what, exc)
+            await self._free_name(spec.name, str(exc))
+            await self._call(what, self.docker.containers.create(config, name=spec.name))
+
+    async def _free_name(self, name: str, error: str) -> None:
+        """An engine restart cut short a create or a rename, and the engine's storage still holds ``name`` for a
+        container it does not list under it. One it lists under another name (a rename cut short: the previous OS
+        disk) gets its storage names set again by a rename there and back; one it does not list at all is removed
+        by name (Podman's storage-only container)."""
+        holder = HELD_BY.search(error)
+        info = await self._find(holder.group(1)) if holder else None
+        if info is None:
+            await self._remove(name)
+            return
+        own = str(info.get("Name", "")).lstrip("/")
+        await self._rename(own, f"{own}.renaming")
+        await self._rename(f"{own}.renaming", own)
 
     async def _rename(self, name: str, new_name: str) -> None:
         await self._call(f"rename {name} to {new_name}", self.docker.containers.container(name).rename(new_name))
@@ -271,10 +326,7 @@ class EngineDriver:
     async def _create_and_start(self, spec: InstanceSpec, info: Mapping[str, Any] | None) -> None:
         """Create (when ``info`` says there is no container yet) and start."""
         if info is None:
-            config = self._create_config(spec, await self._network_mode(spec))
-            await self._call(
-                f"create {spec.name} from {spec.image}", self.docker.containers.create(config, name=spec.name)
-            )
+            await self._create(spec)
         await self._start(spec.name, info)
 
     async def _network_mode(self, spec: InstanceSpec) -> str | None:
@@ -382,7 +434,7 @@ class EngineDriver:
         if current is not None:
             labels = current.get("Config", {}).get("Labels") or {}
             if labels.get(LABEL_OS_DISK, labels.get(LABEL_VERSION)) == spec.disk:
-                await self._start(name, current)  # the new OS disk exists already (a repeated step)
+                await self._repeat_reimage(spec, current)
                 return
             await self._require_image(spec)
             try:
@@ -399,14 +451,7 @@ class EngineDriver:
             # The new container is created while the old one stops; it starts once the old one has let go
             # of the host ports.
             outcomes: tuple[Any, ...] = await asyncio.gather(
-                self._stop(prev, spec.stop_timeout, current),
-                self._call(
-                    f"create {spec.name} from {spec.image}",
-                    self.docker.containers.create(
-                        self._create_config(spec, await self._network_mode(spec)), name=spec.name
-                    ),
-                ),
-                return_exceptions=True,
+                self._stop(prev, spec.stop_timeout, current), self._create(spec), return_exceptions=True
             )
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
@@ -418,6 +463,21 @@ class EngineDriver:
             await self._stop(prev, spec.stop_timeout, previous)  # renamed, then interrupted before it stopped
         await self._require_image(spec)
         await self._create_and_start(spec, None)
+
+    async def _repeat_reimage(self, spec: InstanceSpec, current: Mapping[str, Any]) -> None:
+        """The new OS disk exists already (a repeated step): the previous one is stopped (an engine restart may
+        have cut its stop short, and it would hold the host ports), and the new one made again when the spec asks
+        for other host ports (one was taken), then started."""
+        prev = previous_name(spec.scale_set, spec.instance_id)
+        if not spec.surge:
+            previous = await self._find(prev)
+            if previous is not None:
+                await self._stop(prev, spec.stop_timeout, previous)
+        if not self._running(current) and _bound_ports(current) != dict(spec.ports):
+            await self._remove(spec.name)
+            await self._create_and_start(spec, None)
+            return
+        await self._start(spec.name, current)
 
     async def commit(self, spec: InstanceSpec) -> None:
         prev = previous_name(spec.scale_set, spec.instance_id)
