@@ -1,7 +1,9 @@
-"""`make chaos`: real rollouts and rollbacks on Podman while `overhaul serve` is SIGKILLed at random moments (and,
-sometimes, its private Podman service first). After every kill it restarts the server and checks the design's
-invariants: every instance ends with exactly one running OS disk and no previous one, its data disk still holds
-what the first OS disk wrote, every attempt ends with a true history record, and no Podman service is leaked.
+"""`make chaos`: real rollouts and rollbacks on Podman with a fault at a random moment of each: `overhaul serve`
+SIGKILLed (sometimes its private Podman service first), the Podman service alone SIGKILLed (serve restarts it),
+or the version's image removed from the engine for a few seconds. After each it checks the design's invariants:
+every instance ends with exactly one running OS disk and no previous one, its data disk still holds what the first
+OS disk wrote, every attempt ends with a true history record, no good version is ever quarantined (the faults are
+the infrastructure's), and no Podman service is leaked.
 
     python bench/chaos_podman.py [--kills 100] [--seed 1] [--surge]
 
@@ -152,10 +154,23 @@ def containers() -> dict[str, tuple[bool, str]]:
     return found
 
 
+def version_tag(number: int) -> str:
+    return f"{REPO}:v{number}"
+
+
+def podman(*args: str) -> None:
+    subprocess.run(["podman", *args], check=True, capture_output=True, timeout=60)
+
+
 def publish(server: Server, number: int, good: bool) -> None:
-    image = f"{REPO}:good" if good else f"{REPO}:bad"
+    image = version_tag(number)
+    podman("tag", f"{REPO}:good" if good else f"{REPO}:bad", image)
     body = {"properties": {"storageProfile": {"source": {"overhaul": {"containerImage": image}}}}}
-    status, doc = server.call("PUT", f"{GALLERY}/versions/{number}.0.0?{API}", body)
+    for _ in range(300):  # as a client does: a 503 (the engine restarting) is tried again
+        status, doc = server.call("PUT", f"{GALLERY}/versions/{number}.0.0?{API}", body)
+        if status != 503:
+            break
+        time.sleep(0.2)
     assert status in (200, 201), doc
 
 
@@ -229,10 +244,44 @@ def kill_once(
     violations: list[str],
     seen: set[str],
 ) -> None:
-    """Publish a version, kill in the middle of what follows, restart, and check once it has settled."""
+    """Publish a version, a fault in the middle of what follows, and check once it has settled."""
     state = server.state
     publish(server, number, good)
     time.sleep(rng.uniform(0.1, 6.0))  # somewhere in the rollout or its rollback
+    fault = rng.choices(["serve", "service", "image"], weights=[6, 2, 2])[0]
+    counts[f"faults: {fault}"] += 1
+    if fault == "service":
+        for pid in podman_services(state):
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)  # serve notices, then restarts it
+        wait(lambda: server.call("GET", "/healthz")[0] == 200, 60, f"kill {kill}: the podman service is back")
+    elif fault == "image":
+        podman("untag", version_tag(number), version_tag(number))
+        time.sleep(rng.uniform(1.0, 5.0))
+        podman("tag", f"{REPO}:good" if good else f"{REPO}:bad", version_tag(number))
+    else:
+        kill_serve(server, rng, kill, counts=counts, violations=violations)
+    wait(lambda: settled(server), 180, f"kill {kill}: the attempt ends")
+    check(server, violations, kill)
+    status, doc = server.call("GET", f"{GALLERY}/versions/{number}.0.0?{API}")
+    if good and status == 200 and doc["properties"]["overhaul"]["quarantined"]:
+        reason = doc["properties"]["overhaul"].get("quarantineReason")
+        violations.append(f"kill {kill}: good version {number}.0.0 quarantined after a {fault} fault: {reason}")
+    status, doc = server.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")
+    if status == 200 and doc["properties"]["overhaul"]["attemptId"] not in seen:
+        seen.add(doc["properties"]["overhaul"]["attemptId"])
+        counts["attempts " + doc["properties"]["runningStatus"]["code"]] += 1
+        steps = [i["step"] for i in doc["properties"]["overhaul"]["instances"]]
+        counts["instances upgraded"] += steps.count("Upgraded")
+        counts["instances rolled back"] += steps.count("RolledBack")
+    services = podman_services(state)
+    if len(services) != 1:
+        violations.append(f"kill {kill}: {len(services)} podman services for one serve")
+
+
+def kill_serve(server: Server, rng: random.Random, kill: int, *, counts: Counter[str], violations: list[str]) -> None:
+    """SIGKILLs serve (sometimes its Podman service first), then starts it again."""
+    state = server.state
     if rng.random() < 0.3:
         for pid in podman_services(state):
             os.kill(pid, signal.SIGKILL)
@@ -247,18 +296,6 @@ def kill_once(
         for pid in podman_services(state):
             os.kill(pid, signal.SIGKILL)
     server.start()
-    wait(lambda: settled(server), 180, f"kill {kill}: the attempt ends")
-    check(server, violations, kill)
-    status, doc = server.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")
-    if status == 200 and doc["properties"]["overhaul"]["attemptId"] not in seen:
-        seen.add(doc["properties"]["overhaul"]["attemptId"])
-        counts["attempts " + doc["properties"]["runningStatus"]["code"]] += 1
-        steps = [i["step"] for i in doc["properties"]["overhaul"]["instances"]]
-        counts["instances upgraded"] += steps.count("Upgraded")
-        counts["instances rolled back"] += steps.count("RolledBack")
-    services = podman_services(state)
-    if len(services) != 1:
-        violations.append(f"kill {kill}: {len(services)} podman services for one serve")
 
 
 def main() -> int:
