@@ -207,6 +207,9 @@ def test_cli_defaults_exit_codes_and_debug(served: Served, tmp_path: Path) -> No
     assert unset.returncode == 2 and "configure --defaults group" in unset.stderr
 
 
+SUB = ("--subscription", "subscription_id")
+
+
 def test_quarantine_is_shown_set_and_cleared_from_the_cli(served: Served) -> None:
     publish(served, "1.0.0")
     publish(served, "1.1.0")
@@ -233,7 +236,13 @@ def test_quarantine_is_shown_set_and_cleared_from_the_cli(served: Served) -> Non
     assert {i["properties"]["storageProfile"]["imageReference"]["exactVersion"] for i in instances["value"]} == {
         "1.0.0"
     }
+    # `why` says so, in a paragraph that names the command which unblocks it.
+    why = served.cli("vmss", "rolling-upgrade", "why", "-g", "myResourceGroup", "-n", "myScaleSet", *SUB).stdout
+    assert why.startswith("TargetQuarantined: version 1.1.0 is quarantined, so 'latest' skips it"), why
+    assert "--gallery-image-version 1.1.0 --set overhaul.quarantined=false" in why
     served.cli("sig", "image-version", "update", *where, "--set", "overhaul.quarantined=false")
+    why = served.cli("vmss", "rolling-upgrade", "why", "-g", "myResourceGroup", "-n", "myScaleSet", *SUB).stdout
+    assert why.strip() == "Nothing holds the rollout back."
     shown = json.loads(served.cli("sig", "image-version", "show", *where).stdout)
     assert shown["properties"]["overhaul"] == {"quarantined": False}
     bad = served.cli("sig", "image-version", "update", *where, "--set", "overhaul.quarantined=maybe", check=False)

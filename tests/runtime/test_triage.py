@@ -5,109 +5,19 @@ fault, with every instance running and the version still eligible; image faults 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from overhaul.adapters.drivers.memory import MemoryDriver
-from overhaul.adapters.health.monitor import HealthMonitor
-from overhaul.adapters.store.sqlite import SqliteStore
-from overhaul.core.gallery import ImageDefinition
-from overhaul.core.rollout import Attempt, AttemptStatus, StartedBy, Step
+from overhaul.core.rollout import AttemptStatus, StartedBy, Step
 from overhaul.core.triage import Blame, Fault, classify
-from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec, InstanceState
-from overhaul.runtime.orchestrator import Orchestrator
-from overhaul.runtime.settings import RuntimeSettings
-from tests.builders import small, version
+from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec
+from tests.builders import RETRY, SIMULATED, Failing, Fleet, SimulatedClock, fleet_with, version
 
-Failing = Callable[[str, "InstanceSpec | None"], "DriverError | None"]
-RETRY = 15.0  # simulated seconds each failed engine call costs (the back-off it waits)
-SETTINGS = RuntimeSettings(retry_min=0.0005, retry_max=0.002, restart_min=0.001, restart_max=0.01)
-
-
-@dataclass
-class SimulatedClock:
-    now: float = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class FaultDriver(MemoryDriver):
-    """Fails calls while ``failing`` says so, each failure costing RETRY simulated seconds."""
-
-    clock: SimulatedClock = field(default_factory=SimulatedClock)
-    failing: Callable[[str, InstanceSpec | None], DriverError | None] = lambda call, spec: None
-    failures: int = 0
-
-    def _fault(self, call: str, spec: InstanceSpec | None = None) -> None:
-        error = self.failing(call, spec)
-        if error is not None:
-            self.failures += 1
-            self.clock.now += RETRY
-            raise error
-
-    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
-        self._fault("observe")
-        return await super().observe(scale_set)
-
-    async def reimage(self, spec: InstanceSpec) -> None:
-        self._fault("reimage", spec)
-        await super().reimage(spec)
-
-    async def commit(self, spec: InstanceSpec) -> None:
-        self._fault("commit", spec)
-        await super().commit(spec)
-
-    async def rollback(self, spec: InstanceSpec) -> None:
-        self._fault("rollback", spec)
-        await super().rollback(spec)
-
-
-@dataclass
-class Fleet:
-    store: SqliteStore
-    driver: FaultDriver
-    orchestrator: Orchestrator
-
-    @property
-    def clock(self) -> SimulatedClock:
-        return self.driver.clock
-
-    async def upgrade(self) -> Attempt:
-        await self.orchestrator.galleries.publish(version("2.0.0"))
-        attempt = await self.orchestrator.upgrades.start("web", started_by=StartedBy.PLATFORM)
-        return await self.orchestrator.upgrades.wait(attempt.id, 60)
-
-    async def quarantined(self, v: str) -> bool:
-        versions = await self.store.image_versions()
-        return any(iv.version == v and iv.quarantined for iv in versions)
-
-    async def versions(self) -> dict[int, str | None]:
-        states = await MemoryDriver.observe(self.driver, "web")
-        assert all(s.running and s.previous is None for s in states.values()), states
-        return {i: s.version for i, s in states.items()}
-
-    def rollbacks(self) -> int:
-        return sum(1 for call, _ in self.driver.calls if call == "rollback")
-
-
-@contextlib.asynccontextmanager
-async def fleet_with(tmp_path: Path, settings: RuntimeSettings = SETTINGS) -> AsyncIterator[Fleet]:
-    store = SqliteStore(tmp_path / "overhaul.db")
-    driver = FaultDriver()
-    orchestrator = Orchestrator(store, driver, HealthMonitor(), clock=driver.clock, settings=settings)
-    await orchestrator.start()
-    await orchestrator.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
-    await orchestrator.galleries.publish(version("1.0.0"))
-    await orchestrator.scale_sets.put("web", small(5))
-    yield Fleet(store, driver, orchestrator)
-    await orchestrator.close()
-    await store.close()
+SETTINGS = SIMULATED
 
 
 @pytest.fixture

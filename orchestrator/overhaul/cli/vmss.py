@@ -79,6 +79,12 @@ def watch_rolling_upgrade(client: Client, args: argparse.Namespace) -> int:
             for i in extra.get("instances", [])
             if "health" in i
         ]
+        # Why it waits, besides health (each instance's line says that): a retried engine, a pause, an approval.
+        details += [
+            f"    why: {c['code']}: {c['message']}"
+            for c in extra.get("why", [])
+            if c["code"] != "WaitingForHealth" and status not in TERMINAL
+        ]
         # Each instance in flight with its health, the reason and the time left: a bad version never looks hung.
         # Printed when something other than the countdown changes, and every 10 s while nothing does.
         key = "\n".join([line, *(d.rsplit(", ", 1)[0] if d.endswith("s left") else d for d in details)])
@@ -202,18 +208,27 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
     elif cmd == "get-os-upgrade-history":
         emit(args, client.call("GET", client.vmss(rg, args.name) + "/osUpgradeHistory"), "history")
     elif cmd == "rolling-upgrade":
-        base = client.vmss(rg, args.name)
-        if args.upgrade_command == "start":
-            started = client.call("POST", base + "/osRollingUpgrade")
-            if not args.no_wait:  # az waits for the end of a long-running operation unless told not to
-                return watch_rolling_upgrade(client, args)
-            emit(args, started, "latest")
-        elif args.upgrade_command == "cancel":
-            emit(args, client.call("POST", base + "/rollingUpgrades/cancel"), "latest")
-        elif args.wait:
+        return run_rolling_upgrade(client, args)
+    return 0
+
+
+def run_rolling_upgrade(client: Client, args: argparse.Namespace) -> int:
+    base = client.vmss(args.resource_group, args.name)
+    if args.upgrade_command == "start":
+        started = client.call("POST", base + "/osRollingUpgrade")
+        if not args.no_wait:  # az waits for the end of a long-running operation unless told not to
             return watch_rolling_upgrade(client, args)
-        else:
-            emit(args, client.call("GET", base + "/rollingUpgrades/latest"), "latest")
+        emit(args, started, "latest")
+    elif args.upgrade_command == "cancel":
+        emit(args, client.call("POST", base + "/rollingUpgrades/cancel"), "latest")
+    elif args.upgrade_command == "why":
+        # For people: one paragraph per cause (get-latest has them as data, under properties.overhaul.why).
+        causes = client.call("GET", base + "/rollingUpgrades/why")["value"]
+        print("\n\n".join(c["description"] for c in causes) or "Nothing holds the rollout back.")
+    elif args.wait:
+        return watch_rolling_upgrade(client, args)
+    else:
+        emit(args, client.call("GET", base + "/rollingUpgrades/latest"), "latest")
     return 0
 
 
@@ -327,7 +342,11 @@ def add_vmss_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     approval.add_argument("--instance-ids", nargs="*", type=int)
     scale_set_command("get-os-upgrade-history", "OS upgrade history, newest first")
     rolling = scale_set_command("rolling-upgrade", "start, cancel or follow a rolling upgrade")
-    rolling.add_argument("upgrade_command", choices=["start", "cancel", "get-latest"])
+    rolling.add_argument(
+        "upgrade_command",
+        choices=["start", "cancel", "get-latest", "why"],
+        help="why: one paragraph per cause that holds the rollout back (docs/why.md)",
+    )
     rolling.add_argument(
         "--wait",
         action="store_true",

@@ -215,6 +215,8 @@ class Attempt:
     target_model_digest: str | None = None
     # Only these instances (a manual upgrade of chosen ones); None: every instance.
     scope: tuple[int, ...] | None = None
+    # How many instances were unhealthy when the attempt ended on maxUnhealthyInstancePercent.
+    unhealthy: int | None = None
 
     def with_instance(self, progress: InstanceProgress) -> Attempt:
         return replace(self, instances={**self.instances, progress.instance_id: progress})
@@ -298,7 +300,7 @@ def start(
     )
     unhealthy = unhealthy_count(views.values())
     if exceeds(unhealthy, capacity, policy.max_unhealthy_instance_percent):
-        return attempt.finished(
+        return replace(attempt, unhealthy=unhealthy).finished(
             AttemptStatus.FAULTED,
             now,
             MAX_UNHEALTHY,
@@ -475,6 +477,7 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
             f"maxUnhealthyInstancePercent ({attempt.policy.max_unhealthy_instance_percent}%): "
             "no further batch was started"
         )
+        attempt = replace(attempt, unhealthy=unhealthy)
         return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=MAX_UNHEALTHY, message=message)
     batch = remaining[0]
     instances = dict(attempt.instances)
@@ -571,6 +574,7 @@ def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
         "approved": sorted(attempt.approved),
         "targetModel": attempt.target_model_digest,
         "scope": list(attempt.scope) if attempt.scope is not None else None,
+        "unhealthy": attempt.unhealthy,
     }
 
 
@@ -601,4 +605,5 @@ def attempt_from_json(doc: Mapping[str, Any]) -> Attempt:
         approved=frozenset(int(i) for i in doc.get("approved", ())),
         target_model_digest=doc.get("targetModel"),
         scope=tuple(int(i) for i in doc["scope"]) if doc.get("scope") is not None else None,
+        unhealthy=doc.get("unhealthy"),
     )

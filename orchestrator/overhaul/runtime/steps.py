@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from overhaul.aio import Backoff
 from overhaul.core.rollout import ActionKind
 from overhaul.core.triage import Blame, Fault
+from overhaul.core.why import Retrying
 from overhaul.ports.clock import Clock
 from overhaul.ports.driver import PENDING_OS_UPGRADE, Driver, DriverError, InstanceSpec, InstanceState
 from overhaul.ports.events import Events, TransientError
@@ -44,6 +45,8 @@ class Steps:
     events: Events
     clock: Clock = time.time
     settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    # Steps retried through an infrastructure fault right now, by (scale set, instance id): the "why" of a wait.
+    retrying: dict[tuple[str, int], Retrying] = field(default_factory=dict)
 
     def _backoff(self) -> Backoff:
         return Backoff(self.settings.retry_min, self.settings.retry_max)
@@ -71,6 +74,15 @@ class Steps:
         if kind in (ActionKind.REIMAGE, ActionKind.ROLLBACK):
             # The instance's agent goes away with its OS disk: failed watch requests until it answers are expected.
             self.health.expect_outage((scale_set, spec.instance_id))
+        key = (scale_set, spec.instance_id)
+        try:
+            return await self._retried(scale_set, kind, spec, respec)
+        finally:
+            self.retrying.pop(key, None)
+
+    async def _retried(
+        self, scale_set: str, kind: ActionKind, spec: InstanceSpec, respec: Respec | None
+    ) -> StepFailure | None:
         backoff = self._backoff()
         first_fault: float | None = None
         while True:
@@ -92,6 +104,10 @@ class Steps:
                     log.warning("%s: a host port was taken; publishing on %s instead", spec.name, dict(spec.ports))
                 log.warning("%s %s failed, retrying in %.2fs: %s", kind.value, spec.name, backoff.delay, error)
                 self.events.emit(TransientError(scale_set, f"{kind.value} {spec.name}", error))
+                deadline = first_fault + self.settings.infra_deadline if kind is ActionKind.REIMAGE else None
+                self.retrying[(scale_set, spec.instance_id)] = Retrying(
+                    fault, f"{kind.value}: {error}", first_fault, now + backoff.delay, deadline
+                )
                 await backoff.wait()
 
     async def _driver_call(self, kind: ActionKind, spec: InstanceSpec) -> None:

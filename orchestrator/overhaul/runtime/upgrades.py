@@ -12,11 +12,13 @@ from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.model import RollingUpgradePolicy, ScaleSet, ScaleSetRef, model_digest
 from overhaul.core.rollout import Attempt, StartedBy, request_cancel, start
 from overhaul.core.rules import attempt_policy, check_instance_ids, model_upgrade_policy, model_upgrade_version
+from overhaul.core.why import Cause
 from overhaul.ports.driver import InstanceState
 from overhaul.ports.events import AttemptChanged, Event
 from overhaul.ports.store import StoredAttempt
 from overhaul.runtime.parts import Parts, as_ref
 from overhaul.runtime.views import image_reference_for, instance_views
+from overhaul.runtime.why import why
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,12 @@ class Upgrades:
     async def history(self, ref: ScaleSetRef | str) -> list[StoredAttempt]:
         model = await self.parts.scale_set(ref)
         return await self.parts.store.attempts(model.name)
+
+    async def why(self, ref: ScaleSetRef | str) -> list[Cause]:
+        """Why the scale set's rollout waits, or why none moves it on (core/why.py)."""
+        model = await self.parts.scale_set(ref)
+        latest = await self.latest(model.ref)
+        return await why(self.parts, model, latest.attempt if latest else None)
 
     async def find(self, attempt_id: str) -> Attempt | None:
         stored = await self.parts.store.get_attempt(attempt_id)

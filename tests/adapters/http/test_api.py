@@ -169,6 +169,16 @@ def test_wrong_json_404_409_413_and_api_version(served: Served) -> None:
     assert served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
     status, doc, _ = served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")
     assert status == 409 and doc["error"]["code"] == "RollingUpgradeInProgress"
+
+    def why() -> list[dict[str, Any]]:
+        return list(served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["overhaul"]["why"])
+
+    # After the first batch, the pause is why it waits: its rule, threshold and when the next batch starts.
+    wait_for(lambda: [c["code"] for c in why()] == ["PauseBetweenBatches"])
+    [pause] = why()
+    assert pause["rule"] == "pauseTimeBetweenBatches" and pause["threshold"] == 60
+    assert pause["nextActionTime"].endswith("Z") and "start batch 2" in pause["description"]
+    assert served.call("GET", f"{VMSS}/rollingUpgrades/why?{API}")[1]["value"][0]["code"] == "PauseBetweenBatches"
     status, doc, _ = served.call("POST", f"{VMSS}/rollingUpgrades/cancel?{API}")
     assert status == 202
     wait_for(

@@ -13,6 +13,7 @@ from overhaul.core.model import ScaleSet, model_digest
 from overhaul.core.naming import image_definition_id, image_version_id, vm_image_version_id
 from overhaul.core.planner import InstanceView
 from overhaul.core.rollout import Attempt, AttemptStatus, InstanceProgress, Step
+from overhaul.core.why import Cause
 from overhaul.ports.health import HealthReport
 
 UPGRADE_TYPE = "Microsoft.Compute/virtualMachineScaleSets/rollingUpgrades"
@@ -268,3 +269,25 @@ def vm_image_version_doc(
         "id": vm_image_version_id(subscription, location, sku, version.version),
         "properties": {"excludeFromLatest": version.exclude_from_latest} | version.source(),
     }
+
+
+def cause_doc(cause: Cause, now: float) -> dict[str, Any]:
+    """One cause of ``why`` (core/why.py) as the API shows it, times in UTC."""
+    doc: dict[str, Any] = {
+        "code": cause.code,
+        "message": cause.message,
+        "unblock": cause.unblock,
+        "description": cause.paragraph(now),
+        "instances": list(cause.instances),
+    }
+    for key, value in (
+        ("rule", cause.rule),
+        ("threshold", cause.threshold),
+        ("observed", cause.observed),
+        ("since", iso(cause.since)),
+        ("nextAction", cause.next_action),
+        ("nextActionTime", iso(cause.next_at)),
+    ):
+        if value is not None:
+            doc[key] = value
+    return doc

@@ -69,7 +69,18 @@ async def latest_rolling_upgrade(request: web.Request) -> web.Response:
     attempt = latest.attempt
     reports = {i: orchestrator.scale_sets.health_report(model.name, i) for i in attempt.instances}
     health = {i: r for i, r in reports.items() if r is not None}
-    return web.json_response(arm.latest_record(attempt, model, health, time.time()))
+    now = time.time()
+    doc = arm.latest_record(attempt, model, health, now)
+    doc["properties"]["overhaul"]["why"] = [arm.cause_doc(c, now) for c in await orchestrator.upgrades.why(model.ref)]
+    return web.json_response(doc)
+
+
+async def rolling_upgrade_why(request: web.Request) -> web.Response:
+    """overhaul's own: why the rollout waits, or why none moves the scale set on (docs/why.md)."""
+    orchestrator = orchestrator_of(request)
+    model = await orchestrator.scale_sets.get(ref(request))
+    now = time.time()
+    return web.json_response({"value": [arm.cause_doc(c, now) for c in await orchestrator.upgrades.why(model.ref)]})
 
 
 async def get_operation(request: web.Request) -> web.Response:
@@ -88,5 +99,6 @@ ROUTES: list[Route] = [
     ("POST", VMSS + "/{name}/approveRollingUpgrade", approve_rolling_upgrade),
     ("POST", VMSS + "/{name}/manualupgrade", manual_upgrade),
     ("GET", VMSS + "/{name}/rollingUpgrades/latest", latest_rolling_upgrade),
+    ("GET", VMSS + "/{name}/rollingUpgrades/why", rolling_upgrade_why),
     ("GET", OPERATIONS, get_operation),
 ]

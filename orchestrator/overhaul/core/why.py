@@ -1,0 +1,267 @@
+"""Pure: why a rollout is not making progress, as machine-readable causes with a readable paragraph each.
+
+Every state that is not progress has a cause: a stable ``code``, the rule and its threshold beside the observed
+value, the instances, since when, what unblocks it and the next automatic action with its time. The API serves
+them under ``properties.overhaul.why`` of ``rollingUpgrades/latest``; ``overhaul vmss rolling-upgrade why`` prints
+the paragraphs. docs/why.md lists every code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from overhaul.core.planner import InstanceView
+from overhaul.core.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, Attempt, AttemptStatus, Step
+from overhaul.core.triage import REMEDIES, Blame, Fault
+
+
+@dataclass(frozen=True)
+class Cause:
+    code: str
+    message: str
+    unblock: str
+    rule: str | None = None
+    threshold: float | None = None
+    observed: float | None = None
+    instances: tuple[int, ...] = ()
+    since: float | None = None
+    next_action: str | None = None
+    next_at: float | None = None
+
+    def paragraph(self, now: float) -> str:
+        """One readable paragraph: what, since when, what happens next, what unblocks it."""
+        text = f"{self.code}: {self.message}"
+        if self.since is not None:
+            text += f" (for {max(0.0, now - self.since):.0f}s)"
+        if self.next_action is not None:
+            when = f" in {max(0.0, self.next_at - now):.0f}s" if self.next_at is not None else ""
+            text += f". Next{when}: {self.next_action}"
+        return f"{text}. To unblock: {self.unblock}."
+
+
+@dataclass(frozen=True)
+class Retrying:
+    """A driver step retried through an infrastructure fault (the runtime keeps these while they last)."""
+
+    fault: Fault
+    error: str
+    since: float
+    next_at: float
+    deadline: float | None = None  # when the step gives up (a reimage: rollout.infra_deadline); None: never
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the causes name: the scale set's CLI arguments, and the runtime's retries by instance."""
+
+    target: str  # "--resource-group G --name S"
+    retrying: Mapping[int, Retrying] = field(default_factory=dict)
+
+
+def attempt_causes(attempt: Attempt, views: Mapping[int, InstanceView], now: float, context: Context) -> list[Cause]:
+    """Why ``attempt`` waits (rolling forward) or why it stopped (ended without completing)."""
+    if attempt.status.terminal:
+        return _ended(attempt, context)
+    causes = [*_retrying(attempt, context), *_batch(attempt, views, context)]
+    if attempt.cancel_requested:
+        causes.append(
+            Cause(
+                "CancelRequested",
+                "a cancel was asked: the batch in flight finishes, then the attempt ends Cancelled",
+                "nothing: it ends once the batch settles",
+                instances=attempt.batch,
+                since=attempt.last_action_time,
+                next_action="end Cancelled when the batch settles",
+            )
+        )
+    if attempt.pause_until is not None and now < attempt.pause_until:
+        causes.append(
+            Cause(
+                "PauseBetweenBatches",
+                f"pausing between batches (pauseTimeBetweenBatches {attempt.policy.pause_time_between_batches:g}s)",
+                "wait, or set a shorter rollingUpgradePolicy.pauseTimeBetweenBatches for later attempts",
+                rule="pauseTimeBetweenBatches",
+                threshold=attempt.policy.pause_time_between_batches,
+                next_action=f"start batch {attempt.batches_started + 1}",
+                next_at=attempt.pause_until,
+            )
+        )
+    skipping = tuple(sorted(i for i, v in views.items() if v.skip_upgrade and i not in attempt.instances))
+    if skipping:
+        causes.append(
+            Cause(
+                "SkipUpgradeRequested",
+                f"the application of instance(s) {_ids(skipping)} reports SkipUpgrade: they are left alone",
+                "the application stops reporting SkipUpgrade in its customMetrics",
+                instances=skipping,
+            )
+        )
+    return causes
+
+
+def _ids(ids: tuple[int, ...]) -> str:
+    return " ".join(str(i) for i in ids)
+
+
+def _retrying(attempt: Attempt, context: Context) -> list[Cause]:
+    causes = []
+    for instance_id, retry in sorted(context.retrying.items()):
+        if instance_id not in attempt.instances:
+            continue
+        if retry.deadline is not None:
+            after = "end the attempt with this code, the version still eligible, the instance on its previous OS disk"
+            action = f"retry the step; at the deadline (rollout.infra_deadline): {after}"
+        else:
+            action = "retry the step until it is done"
+        causes.append(
+            Cause(
+                retry.fault.value,
+                f"instance {instance_id}: the infrastructure, not version {attempt.target_version}, failed a step: "
+                f"{retry.error}",
+                REMEDIES[retry.fault],
+                rule="rollout.infra_deadline" if retry.deadline is not None else None,
+                instances=(instance_id,),
+                since=retry.since,
+                next_action=action,
+                next_at=retry.next_at,
+            )
+        )
+    return causes
+
+
+def _batch(attempt: Attempt, views: Mapping[int, InstanceView], context: Context) -> list[Cause]:
+    waiting: list[Cause] = []
+    approving = attempt.awaiting_approval
+    if approving:
+        waiting.append(
+            Cause(
+                "AwaitingApproval",
+                f"instance(s) {_ids(approving)} were told their OS upgrade to {attempt.target_version} is pending "
+                "(osRollingUpgradeDeferral) and wait for an approval, without a deadline",
+                f"the application approves through its agent (POST /platform/approve-os-upgrade), or `overhaul vmss "
+                f"approve-rolling-upgrade {context.target} --instance-ids {_ids(approving)}`",
+                rule="osRollingUpgradeDeferral",
+                instances=approving,
+                since=min(attempt.instances[i].since for i in approving),
+                next_action="reimage each instance as soon as it is approved",
+            )
+        )
+    for instance_id in attempt.batch:
+        progress = attempt.instances[instance_id]
+        if progress.step is not Step.WAITING:
+            continue
+        view = views.get(instance_id)
+        seen = f"{view.health.value}" + (f" ({view.detail})" if view and view.detail else "") if view else "not seen"
+        failed = "rolled back" if attempt.rollback_enabled else "kept as it is and counted as failed"
+        waiting.append(
+            Cause(
+                "WaitingForHealth",
+                f"instance {instance_id} runs {attempt.target_version} and is not Healthy yet: {seen}",
+                "the application becomes Healthy (its grace period and numberOfProbes decide when the agent says "
+                "so); or cancel with `overhaul vmss rolling-upgrade cancel " + context.target + "`",
+                rule="instanceHealthTimeout",
+                threshold=attempt.policy.instance_health_timeout,
+                instances=(instance_id,),
+                since=progress.since,
+                next_action=f"commit it when Healthy; at the deadline it is {failed}",
+                next_at=progress.deadline,
+            )
+        )
+    return waiting
+
+
+def _ended(attempt: Attempt, context: Context) -> list[Cause]:
+    if attempt.status is AttemptStatus.COMPLETED:
+        return []
+    if attempt.status is AttemptStatus.CANCELLED:
+        return [
+            Cause(
+                "Cancelled",
+                "the rolling upgrade was cancelled",
+                f"start it again: `overhaul vmss rolling-upgrade start {context.target}`",
+                since=attempt.end_time,
+            )
+        ]
+    message = attempt.error_message or "Faulted"
+    code = attempt.error_code or "Faulted"
+    if code == MAX_UNHEALTHY:
+        unhealthy = attempt.unhealthy
+        return [
+            Cause(
+                "PreCheckRefused" if attempt.batches_started == 0 else MAX_UNHEALTHY,
+                message,
+                f"make the unhealthy instances Healthy (`overhaul vmss list-instances {context.target}`), or raise "
+                "rollingUpgradePolicy.maxUnhealthyInstancePercent",
+                rule="maxUnhealthyInstancePercent",
+                threshold=attempt.policy.max_unhealthy_instance_percent,
+                observed=round(100 * unhealthy / attempt.capacity, 1) if unhealthy and attempt.capacity else None,
+                since=attempt.end_time,
+            )
+        ]
+    if code == MAX_UNHEALTHY_UPGRADED:
+        processed = attempt.successful + attempt.failed
+        return [
+            Cause(
+                code,
+                message,
+                "publish a fixed version (this one is quarantined), or raise "
+                "rollingUpgradePolicy.maxUnhealthyUpgradedInstancePercent",
+                rule="maxUnhealthyUpgradedInstancePercent",
+                threshold=attempt.policy.max_unhealthy_upgraded_instance_percent,
+                observed=round(100 * attempt.failed / processed, 1) if processed else None,
+                instances=tuple(sorted(i for i, p in attempt.instances.items() if p.step.failed)),
+                since=attempt.end_time,
+            )
+        ]
+    fault = next((f for f in Fault if f.value == code and f.blame is Blame.INFRASTRUCTURE), None)
+    unblock = f"{REMEDIES[fault]}, then start the upgrade again" if fault else "see the message"
+    interrupted = tuple(sorted(i for i, p in attempt.instances.items() if p.fault is not None))
+    return [Cause(code, message, unblock, rule="rollout.infra_deadline" if fault else None, instances=interrupted)]
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """What the gallery says of the scale set's target: the newest version published (quarantined or not), the
+    version the model's reference resolves to now, and whether the engine has its image (None: not asked)."""
+
+    follows_latest: bool
+    newest: str | None = None
+    newest_quarantine: str | None = None  # why the newest version is quarantined (None: it is not)
+    resolved: str | None = None
+    resolved_image: str | None = None
+    image_present: bool | None = None
+    gallery_args: str = ""  # "--gallery-name G --gallery-image-definition I"
+
+
+def scale_set_causes(gallery: Gallery, context: Context, engine_error: str | None = None) -> list[Cause]:
+    """Why no attempt moves the scale set on, with none in flight: the engine, the target version, its image."""
+    causes: list[Cause] = []
+    if engine_error is not None:
+        causes.append(
+            Cause(
+                Fault.ENGINE_UNAVAILABLE.value,
+                f"the container engine does not answer: {engine_error}",
+                REMEDIES[Fault.ENGINE_UNAVAILABLE],
+                next_action="automatic upgrades and reimages wait for it",
+            )
+        )
+    if gallery.follows_latest and gallery.newest_quarantine is not None and gallery.newest != gallery.resolved:
+        causes.append(
+            Cause(
+                "TargetQuarantined",
+                f"version {gallery.newest} is quarantined, so 'latest' skips it: {gallery.newest_quarantine}",
+                f"publish a fixed version, or clear it with `overhaul sig image-version update {gallery.gallery_args} "
+                f"--gallery-image-version {gallery.newest} --set overhaul.quarantined=false`",
+                rule="quarantine",
+            )
+        )
+    if gallery.image_present is False:
+        causes.append(
+            Cause(
+                "TargetImageMissing",
+                f"the engine has no image {gallery.resolved_image!r} for version {gallery.resolved}: no instance "
+                "is touched until it has",
+                REMEDIES[Fault.IMAGE_UNAVAILABLE],
+            )
+        )
+    return causes

@@ -1,0 +1,69 @@
+"""The "why" of a scale set's rollout, gathered from the store, the engine, the health watch and the steps being
+retried, and decided in the core (core/why.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from overhaul.core.errors import OverhaulError
+from overhaul.core.gallery import semver_key
+from overhaul.core.model import ScaleSet
+from overhaul.core.rollout import Attempt
+from overhaul.core.why import Cause, Context, Gallery, attempt_causes, scale_set_causes
+from overhaul.ports.driver import DriverError, InstanceState
+from overhaul.runtime.parts import Parts
+from overhaul.runtime.views import instance_views
+
+
+async def why(parts: Parts, model: ScaleSet, latest: Attempt | None) -> list[Cause]:
+    """Why the rollout of ``model`` waits (its attempt in flight), or why none moves it on."""
+    target = f"--resource-group {model.resource_group} --name {model.name}"
+    retrying = {i: r for (name, i), r in parts.reconciler.steps.retrying.items() if name == model.name}
+    context = Context(target, retrying)
+    states, engine_error = await _observe(parts, model)
+    if latest is not None and not latest.status.terminal:
+        views = instance_views(model, states, parts.health, parts.clock())
+        causes = attempt_causes(latest, views, parts.clock(), context)
+        return causes if engine_error is None else [*scale_set_causes(Gallery(False), context, engine_error), *causes]
+    causes = scale_set_causes(await _gallery(parts, model), context, engine_error)
+    if latest is not None:
+        causes += attempt_causes(latest, {}, parts.clock(), context)
+    return causes
+
+
+async def _observe(parts: Parts, model: ScaleSet) -> tuple[dict[int, InstanceState], str | None]:
+    try:
+        async with asyncio.timeout(parts.settings.action_timeout):
+            return await parts.driver.observe(model.name), None
+    except (DriverError, TimeoutError) as exc:
+        return {}, str(exc) or "no answer"
+
+
+async def _gallery(parts: Parts, model: ScaleSet) -> Gallery:
+    ref = model.image_reference
+    versions = await parts.store.image_versions()
+    try:
+        resolved = await parts.instances.resolve(model)
+    except OverhaulError:
+        resolved = None
+    mine = [v for v in versions if resolved is None or (v.gallery, v.image) == (resolved.gallery, resolved.image)]
+    newest = max(mine, key=lambda v: semver_key(v.version), default=None)
+    present: bool | None = None
+    if resolved is not None:
+        try:
+            async with asyncio.timeout(parts.settings.action_timeout):
+                present = await parts.driver.image_present(resolved.source_for(model.is_vm), vm=model.is_vm)
+        except (DriverError, TimeoutError):
+            present = None
+    return Gallery(
+        follows_latest=ref.is_latest,
+        newest=newest.version if newest else None,
+        newest_quarantine=newest.quarantine if newest else None,
+        resolved=resolved.version if resolved else None,
+        resolved_image=resolved.source_for(model.is_vm) if resolved else None,
+        image_present=present,
+        gallery_args=f"--resource-group {model.resource_group} --gallery-name {resolved.gallery} "
+        f"--gallery-image-definition {resolved.image}"
+        if resolved
+        else "",
+    )
