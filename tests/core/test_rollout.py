@@ -501,3 +501,30 @@ def test_describe_names_each_step_once() -> None:
     assert text[3] == "web_0: rolled back"
     assert text[4].startswith("rolling upgrade a of web Faulted: 0 upgraded, 1 failed: 1 of 1 upgraded")
     assert [level for level, _ in lines] == [Level.INFO, Level.INFO, Level.WARNING, Level.INFO, Level.ERROR]
+
+
+def test_fix_forward_takes_a_fleet_all_unhealthy_on_v1_to_a_healthy_v2() -> None:
+    world = World(fleet(5), lambda i, v: v == "v2")  # v1 is unhealthy everywhere
+    refused = run(World(fleet(5), lambda i, v: v == "v2"))
+    assert refused.status is AttemptStatus.FAULTED and refused.error_code == MAX_UNHEALTHY  # Azure's default
+    attempt = run(world, pol=policy(fix_forward=True))
+    assert attempt.status is AttemptStatus.COMPLETED, attempt.error_message
+    assert attempt.pre_existing == frozenset(range(5)) and attempt.successful == 5
+    assert set(world.versions.values()) == {"v2"}
+    assert attempt_from_json(attempt_to_json(attempt)).pre_existing == attempt.pre_existing
+
+
+def test_fix_forward_still_stops_an_equally_bad_version_after_its_first_batch() -> None:
+    world = World(fleet(5), lambda i, v: v == "v2")  # v1 and v3 both unhealthy
+    attempt = run(world, pol=policy(fix_forward=True), target="v3")
+    assert attempt.status is AttemptStatus.FAULTED and attempt.error_code == MAX_UNHEALTHY_UPGRADED
+    assert world.batches == [(0,)] and attempt.failed == 1
+    assert set(world.versions.values()) == {"v1"}  # rolled back to what it ran
+
+
+def test_fix_forward_upgrades_the_unhealthy_first_and_counts_only_new_unhealth() -> None:
+    sick = {1, 3}
+    world = World(fleet(5), lambda i, v: v == "v2" or i not in sick)
+    attempt = run(world, pol=policy(fix_forward=True))
+    assert attempt.status is AttemptStatus.COMPLETED
+    assert world.batches[:2] == [(1,), (3,)]

@@ -82,7 +82,7 @@ def served(images: None, tmp_path: Path) -> Iterator[Served]:
         try:
             yield running
         finally:
-            for name in ("conc", "puts", "missing", "outage", "why", "bodies"):
+            for name in ("conc", "puts", "missing", "outage", "why", "bodies", "sick"):
                 running.call("DELETE", f"{vmss(name)}?{API}")
 
 
@@ -262,6 +262,41 @@ def test_wait_shows_each_instance_in_flight_with_its_health_reason_and_time_left
     status, doc, _ = served.call("PATCH", f"{vmss('why')}?{API}", {"tags": {"after": "faulted"}})
     assert status == 200, doc
     served.call("DELETE", f"{GALLERY}/versions/2.0.0?{API}")
+
+
+SICK = RG + "/providers/Microsoft.Compute/galleries/g/images/sick"
+
+
+def publish_sick(served: Served, version: str, image: str) -> None:
+    source = {"overhaul": {"containerImage": image}}
+    body = {"properties": {"publishingProfile": {}, "storageProfile": {"source": source}}}
+    status, doc, _ = served.call("PUT", f"{SICK}/versions/{version}?{API}", body)
+    assert status in (200, 201), doc
+
+
+def test_fix_forward_heals_an_all_unhealthy_fleet_and_still_stops_a_bad_version(served: Served) -> None:
+    identifier = {"publisher": "overhaul", "offer": "faults", "sku": "sick"}
+    assert served.call("PUT", f"{SICK}?{API}", {"properties": {"identifier": identifier}})[0] in (200, 201)
+    publish_sick(served, "1.0.0", f"{REPO}:bad")  # its /health answers 404: every instance Unhealthy
+    body = model(4, health_timeout="PT20S")
+    body["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]["sku"] = "sick"
+    assert served.call("PUT", f"{vmss('sick')}?{API}", body)[0] == 201
+    wait_for(lambda: containers("sick") == {f"sick_{i}": "running" for i in range(4)})
+    wait_for(lambda: served.versions_and_health(vmss("sick")) == [("1.0.0", "Unhealthy")] * 4, timeout=120)
+    publish_sick(served, "2.0.0", f"{REPO}:2.0.0")
+    # Azure's pre-check refuses a fleet this sick; fix-forward is the way out.
+    refused = served.cli("vmss", "rolling-upgrade", "start", "--ids", vmss("sick"), check=False)
+    assert refused.returncode == 1 and "MaxUnhealthyInstancePercentExceeded" in refused.stderr, refused.stderr
+    served.cli("vmss", "rolling-upgrade", "start", "--ids", vmss("sick"), "--fix-forward")
+    assert served.versions_and_health(vmss("sick")) == [("2.0.0", "Healthy")] * 4
+    # An equally bad version is stopped by its first batch, fix-forward or not.
+    publish_sick(served, "3.0.0", f"{REPO}:bad")
+    bad = served.cli("vmss", "rolling-upgrade", "start", "--ids", vmss("sick"), "--fix-forward", check=False)
+    assert bad.returncode == 1
+    done = latest(served, "sick")
+    assert done["runningStatus"]["code"] == "Faulted" and done["overhaul"]["batchesStarted"] == 1, done
+    assert done["error"]["code"] == "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
+    assert [v for v, _ in served.versions_and_health(vmss("sick"))].count("2.0.0") == 2  # batch 2 never started
 
 
 def container_ids(prefix: str) -> list[str]:

@@ -215,7 +215,8 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
 def run_rolling_upgrade(client: Client, args: argparse.Namespace) -> int:
     base = client.vmss(args.resource_group, args.name)
     if args.upgrade_command == "start":
-        started = client.call("POST", base + "/osRollingUpgrade")
+        body = {"overhaul": {"fixForward": True}} if args.fix_forward else None
+        started = client.call("POST", base + "/osRollingUpgrade", body)
         if not args.no_wait:  # az waits for the end of a long-running operation unless told not to
             return watch_rolling_upgrade(client, args)
         emit(args, started, "latest")
@@ -341,7 +342,10 @@ def add_vmss_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     )
     approval.add_argument("--instance-ids", nargs="*", type=int)
     scale_set_command("get-os-upgrade-history", "OS upgrade history, newest first")
-    rolling = scale_set_command("rolling-upgrade", "start, cancel or follow a rolling upgrade")
+    add_rolling_upgrade_flags(scale_set_command("rolling-upgrade", "start, cancel or follow a rolling upgrade"))
+
+
+def add_rolling_upgrade_flags(rolling: argparse.ArgumentParser) -> None:
     rolling.add_argument(
         "upgrade_command",
         choices=["start", "cancel", "get-latest", "why"],
@@ -354,3 +358,8 @@ def add_vmss_commands(groups: Any, common: argparse.ArgumentParser) -> None:
         "(start always follows it unless --no-wait)",
     )
     rolling.add_argument("--no-wait", action="store_true", help="with start: return once it has started")
+    rolling.add_argument(
+        "--fix-forward",
+        action="store_true",
+        help="with start: instances unhealthy now go first and count in no unhealthy check (docs/triage.md)",
+    )

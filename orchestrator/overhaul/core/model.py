@@ -43,6 +43,9 @@ class RollingUpgradePolicy:
     max_surge: bool = False
     # Ours: how long a reimaged instance has to become Healthy before it counts as failed.
     instance_health_timeout: float = 300.0
+    # Ours: a sick fleet is fixed forward. Instances unhealthy before the attempt count neither in the pre-check
+    # nor before a later batch, and go first; each batch still needs its upgraded instances Healthy.
+    fix_forward: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,7 +56,10 @@ class RollingUpgradePolicy:
             "prioritizeUnhealthyInstances": self.prioritize_unhealthy_instances,
             "rollbackFailedInstancesOnPolicyBreach": self.rollback_failed_instances_on_policy_breach,
             "maxSurge": self.max_surge,
-            "overhaul": {"instanceHealthTimeout": format_duration(self.instance_health_timeout)},
+            "overhaul": {
+                "instanceHealthTimeout": format_duration(self.instance_health_timeout),
+                "fixForward": self.fix_forward,
+            },
         }
 
 
@@ -418,6 +424,7 @@ def _rolling_policy(r: Reader) -> RollingUpgradePolicy:
         rollback_failed_instances_on_policy_breach=r.boolean("rollbackFailedInstancesOnPolicyBreach", False),
         max_surge=r.boolean("maxSurge", False),
         instance_health_timeout=timeout,
+        fix_forward=ours.boolean("fixForward", False),
     )
 
 

@@ -217,6 +217,13 @@ class Attempt:
     scope: tuple[int, ...] | None = None
     # How many instances were unhealthy when the attempt ended on maxUnhealthyInstancePercent.
     unhealthy: int | None = None
+    # Fix-forward: the instances unhealthy before the attempt touched them (blamed on neither the version nor the
+    # infrastructure: core/triage.py's pre-existing), left out of every maxUnhealthyInstancePercent check.
+    pre_existing: frozenset[int] = frozenset()
+
+    def unhealthy_now(self, views: Mapping[int, InstanceView]) -> int:
+        """Unhealthy instances as maxUnhealthyInstancePercent counts them: the pre-existing ones left out."""
+        return unhealthy_count(v for i, v in views.items() if i not in self.pre_existing)
 
     def with_instance(self, progress: InstanceProgress) -> Attempt:
         return replace(self, instances={**self.instances, progress.instance_id: progress})
@@ -282,8 +289,14 @@ def start(
     scope: tuple[int, ...] | None = None,
 ) -> Attempt:
     """A new attempt; Faulted at once when too much of the scale set is unhealthy to start (the upgrade rule "Too
-    unhealthy to start", docs/upgrade-rules.md)."""
+    unhealthy to start", docs/upgrade-rules.md). With ``policy.fix_forward`` the instances unhealthy now are
+    pre-existing: they go first and count in no unhealthy check."""
+    pre_existing: frozenset[int] = frozenset()
+    if policy.fix_forward:
+        pre_existing = frozenset(i for i, v in views.items() if not v.healthy)
+        policy = replace(policy, prioritize_unhealthy_instances=True)
     attempt = Attempt(
+        pre_existing=pre_existing,
         deferred=deferred,
         target_model_digest=target_model_digest,
         scope=scope,
@@ -298,7 +311,7 @@ def start(
         start_time=now,
         last_action_time=now,
     )
-    unhealthy = unhealthy_count(views.values())
+    unhealthy = attempt.unhealthy_now(views)
     if exceeds(unhealthy, capacity, policy.max_unhealthy_instance_percent):
         return replace(attempt, unhealthy=unhealthy).finished(
             AttemptStatus.FAULTED,
@@ -470,7 +483,7 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
         return _end(attempt, AttemptStatus.COMPLETED, now, cleanup)
     if attempt.pause_until is not None and now < attempt.pause_until:
         return Decision(attempt, cleanup, wake_at=attempt.pause_until)
-    unhealthy = unhealthy_count(views.values())
+    unhealthy = attempt.unhealthy_now(views)
     if exceeds(unhealthy, attempt.capacity, attempt.policy.max_unhealthy_instance_percent):
         message = (
             f"{unhealthy} of {attempt.capacity} instances are unhealthy, more than "
@@ -575,6 +588,7 @@ def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
         "targetModel": attempt.target_model_digest,
         "scope": list(attempt.scope) if attempt.scope is not None else None,
         "unhealthy": attempt.unhealthy,
+        "preExisting": sorted(attempt.pre_existing),
     }
 
 
@@ -606,4 +620,5 @@ def attempt_from_json(doc: Mapping[str, Any]) -> Attempt:
         target_model_digest=doc.get("targetModel"),
         scope=tuple(int(i) for i in doc["scope"]) if doc.get("scope") is not None else None,
         unhealthy=doc.get("unhealthy"),
+        pre_existing=frozenset(int(i) for i in doc.get("preExisting", ())),
     )

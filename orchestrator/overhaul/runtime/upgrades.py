@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import replace
 
 from overhaul.core.auto_upgrade import AutoUpgradeSettings, due_upgrade
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
@@ -37,14 +38,23 @@ class Upgrades:
                 ended.set()
 
     async def start(
-        self, ref: ScaleSetRef | str, *, started_by: StartedBy = StartedBy.USER, version: str | None = None
+        self,
+        ref: ScaleSetRef | str,
+        *,
+        started_by: StartedBy = StartedBy.USER,
+        version: str | None = None,
+        fix_forward: bool = False,
     ) -> Attempt:
-        """Starts an attempt towards the model's image (or ``version``); it runs in the background."""
+        """Starts an attempt towards the model's image (or ``version``); it runs in the background. ``fix_forward``:
+        this attempt fixes a sick fleet forward whatever the policy says (core/rollout.py's pre-existing)."""
         ref = as_ref(ref)
         async with self.parts.writing(ref.name):
             model = await self.parts.scale_set(ref)
             await self.parts.settle(model.name)
-            return await self.begin(model, started_by, version, None)
+            policy = attempt_policy(model, started_by)
+            if fix_forward:
+                policy = replace(policy, fix_forward=True)
+            return await self.begin(model, started_by, version, None, policy=policy)
 
     async def start_due(self, ref: ScaleSetRef, settings: AutoUpgradeSettings) -> float | None:
         """Azure's automatic OS upgrade: starts a platform attempt when the gallery's latest version is due for

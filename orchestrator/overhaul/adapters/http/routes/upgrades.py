@@ -12,11 +12,13 @@ from overhaul.adapters.http.requests import (
     SUB,
     Route,
     accepted,
+    body_object,
     instance_ids,
     orchestrator_of,
     ref,
 )
 from overhaul.adapters.http.routes.scale_sets import VMSS
+from overhaul.core.arm_json import Reader
 from overhaul.core.errors import NotFound
 from overhaul.core.rollout import StartedBy
 
@@ -32,8 +34,11 @@ async def os_upgrade_history(request: web.Request) -> web.Response:
 
 
 async def start_os_rolling_upgrade(request: web.Request) -> web.Response:
+    """Azure sends no body; ours may say ``{"overhaul": {"fixForward": true}}`` (docs/triage.md)."""
     orchestrator = orchestrator_of(request)
-    attempt = await orchestrator.upgrades.start(ref(request), started_by=StartedBy.USER)
+    ours = Reader(await body_object(request), "").obj("overhaul")
+    fix_forward = ours.boolean("fixForward", False)
+    attempt = await orchestrator.upgrades.start(ref(request), started_by=StartedBy.USER, fix_forward=fix_forward)
     return accepted(request, await orchestrator.scale_sets.get(ref(request)), attempt)
 
 
