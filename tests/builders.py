@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,9 @@ from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import ImageDefinition, ImageVersion
-from overhaul.core.rollout import Attempt, StartedBy
+from overhaul.core.model import RollingUpgradePolicy
+from overhaul.core.planner import InstanceView
+from overhaul.core.rollout import Attempt, StartedBy, start
 from overhaul.ports.driver import DriverError, InstanceSpec, InstanceState
 from overhaul.runtime.orchestrator import Orchestrator
 from overhaul.runtime.settings import RuntimeSettings
@@ -279,3 +281,21 @@ async def fleet_with(tmp_path: Path, settings: RuntimeSettings = SIMULATED) -> A
     yield Fleet(store, driver, orchestrator)
     await orchestrator.close()
     await store.close()
+
+
+def platform_attempt(
+    views: Mapping[int, InstanceView], policy: RollingUpgradePolicy, now: float, **options: Any
+) -> Attempt:
+    """A platform attempt of scale set "web" to 2.0.0 over ``views`` (``options``: start()'s keyword arguments)."""
+    return start(
+        attempt_id="a",
+        scale_set="web",
+        target_version="2.0.0",
+        started_by=StartedBy.PLATFORM,
+        disable_automatic_rollback=False,
+        policy=policy,
+        capacity=len(views),
+        views=views,
+        now=now,
+        **options,
+    )

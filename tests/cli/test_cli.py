@@ -401,3 +401,73 @@ def test_vm_scale_set_from_the_cli(served: Served, tmp_path: Path, monkeypatch: 
         check=False,
     )  # fmt: skip
     assert pinned.returncode != 0 and "names no diskImage" in pinned.stderr
+
+
+def test_maintenance_configurations_and_assignments_from_the_cli(served: Served) -> None:
+    publish(served, "1.0.0")
+    assert served.call("PUT", f"{VMSS}?{API}", API_MODEL)[0] == 201
+    create = ["maintenance", "configuration", "create", "-g", "myResourceGroup", "--resource-name", "nightly", *SUB]
+    window = [
+        "--maintenance-window-start-date-time",
+        "2026-12-01 22:00",
+        "--maintenance-window-time-zone",
+        "Pacific Standard Time",
+        "--maintenance-window-recur-every",
+        "Day",
+    ]
+    short = served.cli(*create, *window, "--maintenance-window-duration", "04:00", check=False)
+    assert short.returncode != 0 and "properties.maintenanceWindow.duration" in short.stderr, short.stderr
+    assert "at least 5 hours" in short.stderr
+    weekly = served.cli(
+        *create,
+        *window[:4],
+        "--maintenance-window-recur-every",
+        "Week",
+        "--maintenance-window-duration",
+        "05:00",
+        check=False,
+    )
+    assert weekly.returncode != 0 and "recurEvery" in weekly.stderr
+    made = json.loads(served.cli(*create, *window, "--maintenance-window-duration", "05:00").stdout)
+    assert made["properties"]["maintenanceWindow"]["timeZone"] == "Pacific Standard Time"
+    assert made["properties"]["maintenanceScope"] == "OSImage"
+    assign = [
+        "maintenance",
+        "assignment",
+        "create",
+        "-g",
+        "myResourceGroup",
+        "--resource-name",
+        "myScaleSet",
+        "--resource-type",
+        "virtualMachineScaleSets",
+        "--provider-name",
+        "Microsoft.Compute",
+        "--configuration-assignment-name",
+        "nightly",
+        "--maintenance-configuration-id",
+        made["id"],
+        *SUB,
+    ]
+    assigned = json.loads(served.cli(*assign).stdout)
+    assert assigned["properties"]["maintenanceConfigurationId"] == made["id"]
+    assert assigned["properties"]["resourceId"].endswith("/virtualMachineScaleSets/myScaleSet")
+    listed = ["maintenance", "assignment", "list", "-g", "myResourceGroup", "--resource-name", "myScaleSet", *SUB]
+    assert [a["name"] for a in json.loads(served.cli(*listed).stdout)] == ["nightly"]
+    delete = ["maintenance", "configuration", "delete", "-g", "myResourceGroup", "--resource-name", "nightly", *SUB]
+    in_use = served.cli(*delete, check=False)
+    assert in_use.returncode != 0 and "MaintenanceConfigurationInUse" in in_use.stderr
+    served.cli(
+        "maintenance",
+        "assignment",
+        "delete",
+        "-g",
+        "myResourceGroup",
+        "--resource-name",
+        "myScaleSet",
+        "--configuration-assignment-name",
+        "nightly",
+        *SUB,
+    )
+    served.cli(*delete)
+    assert json.loads(served.cli("maintenance", "configuration", "list", *SUB).stdout) == []

@@ -14,12 +14,11 @@ from overhaul.core.rollout import (
     Attempt,
     AttemptStatus,
     InstanceProgress,
-    StartedBy,
     Step,
-    start,
 )
 from overhaul.core.triage import Blame, Fault
 from overhaul.core.why import Context, Gallery, Retrying, attempt_causes, scale_set_causes
+from tests.builders import platform_attempt
 
 NOW = 1_000_000.0
 TARGET = "--resource-group rg --name web"
@@ -31,17 +30,7 @@ def views(n: int = 4, **overrides: object) -> dict[int, InstanceView]:
 
 
 def begun(seen: dict[int, InstanceView], policy: RollingUpgradePolicy, now: float) -> Attempt:
-    return start(
-        attempt_id="a",
-        scale_set="web",
-        target_version="2.0.0",
-        started_by=StartedBy.PLATFORM,
-        disable_automatic_rollback=False,
-        policy=policy,
-        capacity=4,
-        views=seen,
-        now=now,
-    )
+    return platform_attempt(seen, policy, now)
 
 
 def attempt(**overrides: object) -> Attempt:

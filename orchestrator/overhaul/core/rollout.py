@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from overhaul.core.maintenance import MaintenanceWindow, parse_window
 from overhaul.core.model import RollingUpgradePolicy, parse_rolling_policy
 from overhaul.core.planner import InstanceView, exceeds, plan_batches, unhealthy_count
 from overhaul.core.triage import Fault, infrastructure_end
@@ -217,6 +218,8 @@ class Attempt:
     scope: tuple[int, ...] | None = None
     # How many instances were unhealthy when the attempt ended on maxUnhealthyInstancePercent.
     unhealthy: int | None = None
+    # An automatic upgrade in an assigned maintenance window: batches start only while it is open.
+    window: MaintenanceWindow | None = None
     # Fix-forward: the instances unhealthy before the attempt touched them (blamed on neither the version nor the
     # infrastructure: core/triage.py's pre-existing), left out of every maxUnhealthyInstancePercent check.
     pre_existing: frozenset[int] = frozenset()
@@ -287,6 +290,7 @@ def start(
     deferred: bool = False,
     target_model_digest: str | None = None,
     scope: tuple[int, ...] | None = None,
+    window: MaintenanceWindow | None = None,
 ) -> Attempt:
     """A new attempt; Faulted at once when too much of the scale set is unhealthy to start (the upgrade rule "Too
     unhealthy to start", docs/upgrade-rules.md). With ``policy.fix_forward`` the instances unhealthy now are
@@ -296,6 +300,7 @@ def start(
         pre_existing = frozenset(i for i, v in views.items() if not v.healthy)
         policy = replace(policy, prioritize_unhealthy_instances=True)
     attempt = Attempt(
+        window=window,
         pre_existing=pre_existing,
         deferred=deferred,
         target_model_digest=target_model_digest,
@@ -435,6 +440,18 @@ def _end(
     return Decision(ended, (*cleanup, *actions))
 
 
+def _held_by_window(attempt: Attempt, now: float, cleanup: tuple[Action, ...]) -> Decision | None:
+    """Outside its maintenance window no batch starts: the attempt waits for the next opening (the running batch
+    has finished). None when it may go on."""
+    if attempt.window is None or attempt.window.is_open(now):
+        return None
+    occurrence = attempt.window.around(now)
+    if occurrence is None:
+        message = "its maintenance configuration expired before the upgrade finished"
+        return _end(attempt, AttemptStatus.CANCELLED, now, cleanup, code="MaintenanceWindowExpired", message=message)
+    return Decision(attempt, cleanup, wake_at=occurrence[0])
+
+
 def _batch_end(attempt: Attempt, now: float, cleanup: tuple[Action, ...]) -> Decision | None:
     """A batch has ended: the attempt ends too when the infrastructure interrupted an instance past its deadline,
     or when too many upgraded instances failed ("Fault and quarantine"); None when it goes on."""
@@ -483,6 +500,9 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
         return _end(attempt, AttemptStatus.COMPLETED, now, cleanup)
     if attempt.pause_until is not None and now < attempt.pause_until:
         return Decision(attempt, cleanup, wake_at=attempt.pause_until)
+    held = _held_by_window(attempt, now, cleanup)
+    if held is not None:
+        return held
     unhealthy = attempt.unhealthy_now(views)
     if exceeds(unhealthy, attempt.capacity, attempt.policy.max_unhealthy_instance_percent):
         message = (
@@ -589,6 +609,7 @@ def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
         "scope": list(attempt.scope) if attempt.scope is not None else None,
         "unhealthy": attempt.unhealthy,
         "preExisting": sorted(attempt.pre_existing),
+        "maintenanceWindow": attempt.window.to_json() if attempt.window is not None else None,
     }
 
 
@@ -621,4 +642,7 @@ def attempt_from_json(doc: Mapping[str, Any]) -> Attempt:
         scope=tuple(int(i) for i in doc["scope"]) if doc.get("scope") is not None else None,
         unhealthy=doc.get("unhealthy"),
         pre_existing=frozenset(int(i) for i in doc.get("preExisting", ())),
+        window=parse_window(doc["maintenanceWindow"], "maintenanceWindow", 0.0)
+        if doc.get("maintenanceWindow")
+        else None,
     )

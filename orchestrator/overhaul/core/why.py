@@ -86,6 +86,21 @@ def attempt_causes(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
                 next_at=attempt.pause_until,
             )
         )
+    if attempt.window is not None and not attempt.window.is_open(now) and not attempt.batch:
+        occurrence = attempt.window.around(now)
+        causes.append(
+            Cause(
+                "OutsideMaintenanceWindow",
+                "the scale set's maintenance window is closed: no batch starts until it opens "
+                f"({attempt.window.to_json()['startDateTime'][11:]} {attempt.window.time_zone} daily, "
+                f"for {attempt.window.to_json()['duration']})",
+                "wait for the window, widen it (az maintenance configuration update), or start the upgrade by hand "
+                "(manual starts ignore windows, as in Azure)",
+                rule="maintenanceWindow",
+                next_action=f"start batch {attempt.batches_started + 1} when the window opens",
+                next_at=occurrence[0] if occurrence else None,
+            )
+        )
     skipping = tuple(sorted(i for i, v in views.items() if v.skip_upgrade and i not in attempt.instances))
     if skipping:
         causes.append(
@@ -231,6 +246,9 @@ class Gallery:
     resolved_image: str | None = None
     image_present: bool | None = None
     gallery_args: str = ""  # "--gallery-name G --gallery-image-definition I"
+    # An automatic OS upgrade to ``resolved`` is wanted (some instance runs another version) but the assigned
+    # maintenance window is closed until then (None: no window holds it).
+    window_opens: float | None = None
 
 
 def scale_set_causes(gallery: Gallery, context: Context, engine_error: str | None = None) -> list[Cause]:
@@ -253,6 +271,18 @@ def scale_set_causes(gallery: Gallery, context: Context, engine_error: str | Non
                 f"publish a fixed version, or clear it with `overhaul sig image-version update {gallery.gallery_args} "
                 f"--gallery-image-version {gallery.newest} --set overhaul.quarantined=false`",
                 rule="quarantine",
+            )
+        )
+    if gallery.window_opens is not None:
+        causes.append(
+            Cause(
+                "OutsideMaintenanceWindow",
+                f"the automatic OS upgrade to {gallery.resolved} waits for the scale set's maintenance window",
+                "wait for the window, widen it (az maintenance configuration update), or start the upgrade by hand "
+                "(manual starts ignore windows, as in Azure)",
+                rule="maintenanceWindow",
+                next_action=f"start the automatic OS upgrade to {gallery.resolved} when the window opens",
+                next_at=gallery.window_opens,
             )
         )
     if gallery.image_present is False:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from overhaul.core.errors import Unavailable
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
+from overhaul.core.maintenance import ConfigurationAssignment, MaintenanceConfiguration
 from overhaul.core.model import ScaleSet
 from overhaul.core.network import LoadBalancer
 from overhaul.core.rollout import Action, ActionResult, Attempt
@@ -61,6 +62,15 @@ class NetworkStore(Protocol):
     async def delete_load_balancer(self, name: str) -> None: ...
 
 
+class MaintenanceStore(Protocol):
+    async def put_maintenance_configuration(self, configuration: MaintenanceConfiguration) -> None: ...
+    async def maintenance_configurations(self) -> list[MaintenanceConfiguration]: ...
+    async def delete_maintenance_configuration(self, name: str) -> None: ...
+    async def put_configuration_assignment(self, assignment: ConfigurationAssignment) -> None: ...
+    async def configuration_assignments(self, scale_set: str | None = None) -> list[ConfigurationAssignment]: ...
+    async def delete_configuration_assignment(self, scale_set: str, name: str) -> None: ...
+
+
 class GalleryStore(Protocol):
     async def put_gallery(self, gallery: Gallery) -> None:
         """Creates it, or updates its location and document (its resource group stays)."""
@@ -109,7 +119,7 @@ class StoreUnavailable(Unavailable):
     code = "StorageUnavailable"
 
 
-class Store(ScaleSetStore, GalleryStore, NetworkStore, AttemptStore, Protocol):
+class Store(ScaleSetStore, GalleryStore, NetworkStore, MaintenanceStore, AttemptStore, Protocol):
     async def close(self) -> None: ...
     def problem(self) -> str | None:
         """What keeps the store from taking writes, as far as it knows now (None: nothing)."""

@@ -17,6 +17,7 @@ from overhaul.core.why import Cause
 from overhaul.ports.driver import InstanceState
 from overhaul.ports.events import AttemptChanged, Event
 from overhaul.ports.store import StoredAttempt
+from overhaul.runtime.maintenance import window_of
 from overhaul.runtime.parts import Parts, as_ref
 from overhaul.runtime.views import image_reference_for, instance_views
 from overhaul.runtime.why import why
@@ -78,6 +79,10 @@ class Upgrades:
                 return None
             if due.due_at > parts.clock():
                 return due.due_at
+            window = await window_of(parts, model.name)
+            if window is not None and not window.is_open(parts.clock()):
+                occurrence = window.around(parts.clock())
+                return occurrence[0] if occurrence else None  # due: it starts when the window opens
             if any(i not in states or states[i].current is None for i in range(model.capacity)):
                 # A listing taken while the engine is busy can miss an instance: ask once more before acting on it.
                 states = await parts.observe(model.name)
@@ -136,7 +141,10 @@ class Upgrades:
         if states is None:
             states = await parts.observe(model.name)
         now = parts.clock()
+        # Azure keeps automatic OS upgrades to the assigned maintenance window; manual starts ignore it.
+        window = await window_of(parts, model.name) if started_by is StartedBy.PLATFORM else None
         attempt = start(
+            window=window,
             attempt_id=uuid.uuid4().hex,
             scale_set=model.name,
             target_version=target.version,

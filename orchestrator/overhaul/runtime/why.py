@@ -11,6 +11,7 @@ from overhaul.core.model import ScaleSet
 from overhaul.core.rollout import Attempt
 from overhaul.core.why import Cause, Context, Gallery, attempt_causes, scale_set_causes
 from overhaul.ports.driver import DriverError, InstanceState
+from overhaul.runtime.maintenance import window_of
 from overhaul.runtime.parts import Parts
 from overhaul.runtime.views import instance_views
 
@@ -25,7 +26,7 @@ async def why(parts: Parts, model: ScaleSet, latest: Attempt | None) -> list[Cau
         views = instance_views(model, states, parts.health, parts.clock())
         causes = attempt_causes(latest, views, parts.clock(), context)
         return causes if engine_error is None else [*scale_set_causes(Gallery(False), context, engine_error), *causes]
-    causes = scale_set_causes(await _gallery(parts, model), context, engine_error)
+    causes = scale_set_causes(await _gallery(parts, model, states), context, engine_error)
     if latest is not None:
         causes += attempt_causes(latest, {}, parts.clock(), context)
     return causes
@@ -39,7 +40,21 @@ async def _observe(parts: Parts, model: ScaleSet) -> tuple[dict[int, InstanceSta
         return {}, str(exc) or "no answer"
 
 
-async def _gallery(parts: Parts, model: ScaleSet) -> Gallery:
+async def _window_opens(parts: Parts, model: ScaleSet, states: dict[int, InstanceState], target: str) -> float | None:
+    """When a wanted automatic OS upgrade to ``target`` waits for a closed maintenance window, when it opens."""
+    if not model.upgrade_policy.automatic.enable_automatic_os_upgrade:
+        return None
+    if all(s.version == target for s in states.values()):
+        return None
+    window = await window_of(parts, model.name)
+    now = parts.clock()
+    if window is None or window.is_open(now):
+        return None
+    occurrence = window.around(now)
+    return occurrence[0] if occurrence else None
+
+
+async def _gallery(parts: Parts, model: ScaleSet, states: dict[int, InstanceState]) -> Gallery:
     ref = model.image_reference
     versions = await parts.store.image_versions()
     try:
@@ -62,6 +77,7 @@ async def _gallery(parts: Parts, model: ScaleSet) -> Gallery:
         resolved=resolved.version if resolved else None,
         resolved_image=resolved.source_for(model.is_vm) if resolved else None,
         image_present=present,
+        window_opens=await _window_opens(parts, model, states, resolved.version) if resolved else None,
         gallery_args=f"--resource-group {model.resource_group} --gallery-name {resolved.gallery} "
         f"--gallery-image-definition {resolved.image}"
         if resolved

@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
+from overhaul.core.maintenance import (
+    ConfigurationAssignment,
+    MaintenanceConfiguration,
+    parse_maintenance_configuration,
+)
 from overhaul.core.model import ScaleSet, parse_scale_set
 from overhaul.core.network import LoadBalancer, parse_load_balancer
 from overhaul.core.rollout import (
@@ -106,6 +111,17 @@ MIGRATIONS: tuple[str, ...] = (
     # VM artefacts of an image version (storageProfile.source.overhaul.diskImage) beside its container image.
     """
     ALTER TABLE image_versions ADD COLUMN disk_image TEXT NOT NULL DEFAULT '';
+    """,
+    # Maintenance configurations and their assignments to scale sets.
+    """
+    CREATE TABLE maintenance_configurations (
+        name TEXT PRIMARY KEY COLLATE NOCASE, resource_group TEXT NOT NULL, subscription TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE TABLE configuration_assignments (
+        scale_set TEXT NOT NULL COLLATE NOCASE, name TEXT NOT NULL COLLATE NOCASE, doc TEXT NOT NULL,
+        PRIMARY KEY (scale_set, name)
+    );
     """,
 )
 
@@ -320,6 +336,7 @@ class SqliteStore:
         with self.transaction() as db:
             db.execute("DELETE FROM scale_sets WHERE name = ?", (name,))
             db.execute("DELETE FROM instances WHERE scale_set = ?", (name,))
+            db.execute("DELETE FROM configuration_assignments WHERE scale_set = ?", (name,))
 
     # --- instances: host ports kept across reimages ----------------------------------------------------------
 
@@ -398,6 +415,74 @@ class SqliteStore:
 
     async def delete_load_balancer(self, name: str) -> None:
         self.db.execute("DELETE FROM load_balancers WHERE name = ?", (name,))
+
+    async def put_maintenance_configuration(self, configuration: MaintenanceConfiguration) -> None:
+        self.db.execute(
+            "INSERT INTO maintenance_configurations (name, resource_group, subscription, doc) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+            (
+                configuration.name,
+                configuration.resource_group,
+                configuration.subscription,
+                json.dumps(configuration.sent),
+            ),
+        )
+
+    async def maintenance_configurations(self) -> list[MaintenanceConfiguration]:
+        rows = self.db.execute("SELECT * FROM maintenance_configurations ORDER BY name")
+        # Checked when it was put (against the minimum window then in force): read back as it was.
+        return [
+            parse_maintenance_configuration(
+                json.loads(r["doc"]),
+                name=r["name"],
+                resource_group=r["resource_group"],
+                subscription=r["subscription"],
+                min_duration=0.0,
+            )
+            for r in rows
+        ]
+
+    async def delete_maintenance_configuration(self, name: str) -> None:
+        self.db.execute("DELETE FROM maintenance_configurations WHERE name = ?", (name,))
+
+    async def put_configuration_assignment(self, assignment: ConfigurationAssignment) -> None:
+        doc = {
+            "name": assignment.name,
+            "resourceGroup": assignment.resource_group,
+            "subscription": assignment.subscription,
+            "location": assignment.location,
+            "maintenanceConfigurationId": assignment.configuration_id,
+        }
+        self.db.execute(
+            "INSERT INTO configuration_assignments (scale_set, name, doc) VALUES (?, ?, ?)"
+            " ON CONFLICT (scale_set, name) DO UPDATE SET doc = excluded.doc",
+            (assignment.scale_set, assignment.name, json.dumps(doc)),
+        )
+
+    async def configuration_assignments(self, scale_set: str | None = None) -> list[ConfigurationAssignment]:
+        if scale_set is None:
+            rows = self.db.execute("SELECT * FROM configuration_assignments ORDER BY scale_set, name")
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM configuration_assignments WHERE scale_set = ? ORDER BY name", (scale_set,)
+            )
+        found = []
+        for r in rows:
+            doc = json.loads(r["doc"])
+            found.append(
+                ConfigurationAssignment(
+                    doc["name"],
+                    r["scale_set"],
+                    doc["resourceGroup"],
+                    doc["subscription"],
+                    doc["location"],
+                    doc["maintenanceConfigurationId"],
+                )
+            )
+        return found
+
+    async def delete_configuration_assignment(self, scale_set: str, name: str) -> None:
+        self.db.execute("DELETE FROM configuration_assignments WHERE scale_set = ? AND name = ?", (scale_set, name))
 
     async def image_definitions(self) -> list[ImageDefinition]:
         rows = self.db.execute("SELECT * FROM image_definitions ORDER BY gallery, name")
