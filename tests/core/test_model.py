@@ -166,6 +166,17 @@ def test_options_not_carried_out_yet_are_refused_when_on(where: str, key: str) -
     assert caught.value.path == f"properties.upgradePolicy.{where}.{key}"
 
 
+def test_lifecycle_hooks_are_refused_rather_than_kept_and_ignored() -> None:
+    doc = copy.deepcopy(MODEL_BASE)
+    hook = {"type": "UpgradeAutoOSRollingBatchStarting", "waitDuration": "PT20M", "defaultAction": "Approve"}
+    doc["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": [hook]}
+    with pytest.raises(ModelError, match="does not carry out lifecycle hooks yet") as caught:
+        parse_scale_set(doc, name="web")
+    assert caught.value.path == "properties.lifecycleHooksProfile.lifecycleHooks"
+    doc["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": []}
+    assert parse_scale_set(doc, name="web").name == "web"
+
+
 def test_max_surge_is_carried_out_and_round_trips() -> None:
     doc = copy.deepcopy(MODEL_BASE)
     doc["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"maxSurge": True}

@@ -127,3 +127,12 @@ def test_with_no_attempt_the_target_and_the_engine_say_why_nothing_moves() -> No
     assert codes(causes) == ["EngineUnavailable", "TargetQuarantined", "TargetImageMissing"]
     assert "--gallery-image-version 3.0.0 --set overhaul.quarantined=false" in causes[1].unblock
     assert scale_set_causes(replace(gallery, newest_quarantine=None, image_present=True), CONTEXT) == []
+
+
+def test_instances_of_a_later_phase_are_named_while_an_earlier_phase_runs() -> None:
+    seen = {i: replace(v, phase=1 if i < 2 else 2) for i, v in views().items()}
+    waiting = {0: InstanceProgress(0, Step.WAITING, NOW, deadline=NOW + 60)}
+    causes = attempt_causes(attempt(instances=waiting, batch=(0,)), seen, NOW, CONTEXT)
+    phase = next(c for c in causes if c.code == "PhaseOrdering")
+    assert phase.instances == (2, 3) and "phase 1" in phase.message and phase.rule == "PhaseOrderingNumber"
+    assert "PhaseOrdering" not in codes(attempt_causes(attempt(instances=waiting, batch=(0,)), views(), NOW, CONTEXT))

@@ -594,6 +594,12 @@ def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", sub
     tags = root.doc.get("tags") or {}
     if not isinstance(tags, Mapping) or not all(isinstance(v, str) for v in tags.values()):
         raise ModelError("tags", "must be an object of strings")
+    if props.obj("lifecycleHooksProfile").doc.get("lifecycleHooks"):
+        # Kept out rather than kept and ignored: nobody should believe an automatic upgrade waits for a hook.
+        raise ModelError(
+            "properties.lifecycleHooksProfile.lifecycleHooks",
+            "overhaul does not carry out lifecycle hooks yet: leave it out or empty",
+        )
     return ScaleSet(
         name=name,
         resource_group=resource_group,

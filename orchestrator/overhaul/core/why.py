@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from overhaul.core.planner import InstanceView
+from overhaul.core.planner import InstanceView, needs_upgrade
 from overhaul.core.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, Attempt, AttemptStatus, Step
 from overhaul.core.triage import REMEDIES, Blame, Fault
 
@@ -101,6 +101,7 @@ def attempt_causes(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
                 next_at=occurrence[0] if occurrence else None,
             )
         )
+    causes += _phases(attempt, views)
     skipping = tuple(sorted(i for i, v in views.items() if v.skip_upgrade and i not in attempt.instances))
     if skipping:
         causes.append(
@@ -112,6 +113,37 @@ def attempt_causes(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
             )
         )
     return causes
+
+
+def _phases(attempt: Attempt, views: Mapping[int, InstanceView]) -> list[Cause]:
+    """Instances of a later PhaseOrderingNumber wait for the batch's phase to finish (a batch never mixes phases)."""
+    current = {views[i].phase for i in attempt.batch if i in views}
+    if len(current) != 1:
+        return []
+    [phase] = current
+    held = tuple(
+        sorted(
+            i
+            for i, v in views.items()
+            if i not in attempt.instances
+            and not v.skip_upgrade
+            and needs_upgrade(v, attempt.target_version, attempt.target_model_digest)
+            and v.phase != phase
+        )
+    )
+    if not held:
+        return []
+    return [
+        Cause(
+            "PhaseOrdering",
+            f"instance(s) {_ids(held)} report another PhaseOrderingNumber and wait for phase {phase} to finish",
+            "nothing: each phase starts when the one before it has finished (the application's customMetrics "
+            "decide the phases)",
+            rule="PhaseOrderingNumber",
+            instances=held,
+            next_action="start their phase once this one is done",
+        )
+    ]
 
 
 def _ids(ids: tuple[int, ...]) -> str:
