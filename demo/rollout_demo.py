@@ -255,7 +255,13 @@ def main() -> int:
     )
     try:
         wait_until_serving(demo, server, work / "serve.log")
-        story(demo, work)
+        try:
+            story(demo, work)
+        except BaseException:
+            # Instances outlive serve (as they outlive its restarts): a demo that stops early removes its own.
+            say("the demo stopped early: deleting its scale set before stopping the service")
+            demo.overhaul("vmss", "delete", "-n", demo.name, "-g", GROUP, check=False)
+            raise
     finally:
         server.send_signal(signal.SIGTERM)
         try:
