@@ -45,17 +45,10 @@ def run_maintenance(client: Client, args: argparse.Namespace) -> int:
         return _assignment(client, args)
     group = f"/resourceGroups/{args.resource_group}" if args.resource_group else ""
     base = f"/subscriptions/{client.subscription}{group}/{PROVIDER}"
-    if args.maintenance_command == "list":
-        emit(args, client.call("GET", base))
-        return 0
-    if not args.resource_name:
+    if not args.resource_name and args.maintenance_command != "list":
         raise CliError(f"maintenance configuration {args.maintenance_command}: --resource-name is required", EXIT_USAGE)
     path = f"{base}/{args.resource_name}"
-    if args.maintenance_command == "show":
-        emit(args, client.call("GET", path))
-    elif args.maintenance_command == "delete":
-        client.call("DELETE", path)
-    else:
+    if not _read_or_delete(client, args, args.maintenance_command, base, path):
         doc: dict[str, Any] = (
             client.call("GET", path) if args.maintenance_command == "update" else {"location": args.location}
         )
@@ -81,20 +74,26 @@ def run_maintenance(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_or_delete(client: Client, args: argparse.Namespace, command: str, base: str, path: str) -> bool:
+    """list, show and delete, alike for both kinds; False for a command that writes."""
+    if command == "list":
+        emit(args, client.call("GET", base))
+    elif command == "show":
+        emit(args, client.call("GET", path))
+    elif command == "delete":
+        client.call("DELETE", path)
+    else:
+        return False
+    return True
+
+
 def _assignment(client: Client, args: argparse.Namespace) -> int:
     vmss = client.vmss(args.resource_group, args.resource_name)
     base = f"{vmss}/providers/Microsoft.Maintenance/configurationAssignments"
-    if args.assignment_command == "list":
-        emit(args, client.call("GET", base))
-        return 0
-    if not args.assignment_name:
+    if not args.assignment_name and args.assignment_command != "list":
         raise CliError(f"maintenance assignment {args.assignment_command}: --configuration-assignment-name is required")
     path = f"{base}/{args.assignment_name}"
-    if args.assignment_command == "show":
-        emit(args, client.call("GET", path))
-    elif args.assignment_command == "delete":
-        client.call("DELETE", path)
-    else:
+    if not _read_or_delete(client, args, args.assignment_command, base, path):
         if not args.maintenance_configuration_id:
             raise CliError("maintenance assignment create: --maintenance-configuration-id is required", EXIT_USAGE)
         body = {

@@ -54,6 +54,7 @@ class Reconciler:
     settings: RuntimeSettings = field(default_factory=RuntimeSettings)
     steps: Steps = field(init=False)
     _wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    _observed: dict[str, tuple[float, dict[int, InstanceState]]] = field(default_factory=dict)
     # Instances whose host ports were replaced during a step (one was taken): the health watch follows.
     _ports_moved: set[tuple[str, int]] = field(default_factory=set)
 
@@ -61,7 +62,17 @@ class Reconciler:
         self.steps = Steps(self.driver, self.health, self.events, self.clock, self.settings)
 
     async def observe(self, scale_set: str) -> dict[int, InstanceState]:
-        return await self.steps.observe(scale_set)
+        states = await self.steps.observe(scale_set)
+        self._observed[scale_set] = (time.monotonic(), states)
+        return states
+
+    def observed(self, scale_set: str, max_age: float) -> dict[int, InstanceState] | None:
+        """What an attempt's last listing of the engine saw, if it is at most ``max_age`` seconds old: ``why``
+        reads it rather than list the engine on every poll of a follower."""
+        seen = self._observed.get(scale_set)
+        if seen is None or time.monotonic() - seen[0] > max_age:
+            return None
+        return dict(seen[1])
 
     def wake(self, attempt_id: str) -> None:
         """Something stored about the attempt changed (a cancel): look at the store now, not at the next step."""

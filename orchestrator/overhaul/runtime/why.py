@@ -21,11 +21,14 @@ async def why(parts: Parts, model: ScaleSet, latest: Attempt | None) -> list[Cau
     target = f"--resource-group {model.resource_group} --name {model.name}"
     retrying = {i: r for (name, i), r in parts.reconciler.steps.retrying.items() if name == model.name}
     context = Context(target, retrying)
-    states, engine_error = await _observe(parts, model)
     if latest is not None and not latest.status.terminal:
+        # The attempt lists the engine at least every observe_every: its listing serves (a follower polls often).
+        recent = parts.reconciler.observed(model.name, parts.settings.observe_every)
+        states, engine_error = (recent, None) if recent is not None else await _observe(parts, model)
         views = instance_views(model, states, parts.health, parts.clock())
         causes = attempt_causes(latest, views, parts.clock(), context)
         return causes if engine_error is None else [*scale_set_causes(Gallery(False), context, engine_error), *causes]
+    states, engine_error = await _observe(parts, model)
     causes = scale_set_causes(await _gallery(parts, model, states), context, engine_error)
     if latest is not None:
         causes += attempt_causes(latest, {}, parts.clock(), context)
