@@ -6,10 +6,7 @@ the next step a person takes (``next_steps``), so the CLI, the API and history a
 from __future__ import annotations
 
 from overhaul.core.rollout import MAX_UNHEALTHY, Attempt, AttemptStatus, Step
-from overhaul.core.triage import Blame, Fault
-
-# The codes an attempt ends with when the infrastructure, not the version, failed it.
-INFRASTRUCTURE_CODES = frozenset(f.value for f in Fault if f.blame is Blame.INFRASTRUCTURE)
+from overhaul.core.triage import infrastructure_fault
 
 # Left running the version that failed (no rollback wanted, or the rollback itself failed).
 LEFT_FAILED = (Step.FAILED, Step.KEEP_FAILED, Step.KEEPING_FAILED, Step.ROLLBACK_FAILED)
@@ -25,7 +22,7 @@ def quarantine_reason(attempt: Attempt) -> str | None:
     failed = failed_on_target(attempt)
     if attempt.status is not AttemptStatus.FAULTED or not failed or attempt.target_model_digest is not None:
         return None
-    if attempt.error_code in INFRASTRUCTURE_CODES:
+    if infrastructure_fault(attempt.error_code) is not None:
         return None  # it ended on the infrastructure: whatever failed before did not breach the policy
     first = attempt.instances[failed[0]]
     return (
@@ -46,7 +43,7 @@ def next_steps(
 
     ``latest``: the scale set follows 'latest'; ``previous_version``: what its other instances run;
     ``quarantined``: (gallery, image, version) when the target version was just quarantined."""
-    if attempt.status is not AttemptStatus.FAULTED or attempt.error_code in INFRASTRUCTURE_CODES:
+    if attempt.status is not AttemptStatus.FAULTED or infrastructure_fault(attempt.error_code) is not None:
         return None  # (an infrastructure end says its own next step)
     target = f"--resource-group {resource_group} --name {attempt.scale_set}"
     if attempt.target_model_digest is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -204,10 +204,6 @@ def parse_maintenance_configuration(
     raw = props.get("maintenanceWindow")
     window = None if raw is None else parse_window(raw, "properties.maintenanceWindow", min_duration)
     return MaintenanceConfiguration(name, resource_group, subscription, location, scope, window, dict(doc))
-
-
-def window_text(opens: float) -> str:
-    return datetime.fromtimestamp(opens, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

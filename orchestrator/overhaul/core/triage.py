@@ -56,6 +56,11 @@ ENGINE_WORDS: tuple[tuple[str, Fault], ...] = (
 )
 
 
+def infrastructure_fault(code: str | None) -> Fault | None:
+    """The infrastructure fault an attempt's error code names (None: the code is no infrastructure fault's)."""
+    return next((f for f in Fault if f.value == code and f.blame is Blame.INFRASTRUCTURE), None)
+
+
 def classify(message: str) -> Fault:
     """The fault an engine's error message names; the image's when it names none of the infrastructure's."""
     text = message.lower()

@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 
 from overhaul.core.planner import InstanceView, needs_upgrade
 from overhaul.core.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, Attempt, AttemptStatus, Step
-from overhaul.core.triage import REMEDIES, Blame, Fault
+from overhaul.core.triage import REMEDIES, Fault, infrastructure_fault
+
+OUTSIDE_WINDOW_UNBLOCK = (
+    "wait for the window, widen it (az maintenance configuration update), or start the upgrade by hand "
+    "(manual starts ignore windows, as in Azure)"
+)
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,7 @@ def attempt_causes(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
                 "the scale set's maintenance window is closed: no batch starts until it opens "
                 f"({attempt.window.to_json()['startDateTime'][11:]} {attempt.window.time_zone} daily, "
                 f"for {attempt.window.to_json()['duration']})",
-                "wait for the window, widen it (az maintenance configuration update), or start the upgrade by hand "
-                "(manual starts ignore windows, as in Azure)",
+                OUTSIDE_WINDOW_UNBLOCK,
                 rule="maintenanceWindow",
                 next_action=f"start batch {attempt.batches_started + 1} when the window opens",
                 next_at=occurrence[0] if occurrence else None,
@@ -260,7 +264,7 @@ def _ended(attempt: Attempt, context: Context) -> list[Cause]:
                 since=attempt.end_time,
             )
         ]
-    fault = next((f for f in Fault if f.value == code and f.blame is Blame.INFRASTRUCTURE), None)
+    fault = infrastructure_fault(code)
     unblock = f"{REMEDIES[fault]}, then start the upgrade again" if fault else "see the message"
     interrupted = tuple(sorted(i for i, p in attempt.instances.items() if p.fault is not None))
     return [Cause(code, message, unblock, rule="rollout.infra_deadline" if fault else None, instances=interrupted)]
@@ -310,8 +314,7 @@ def scale_set_causes(gallery: Gallery, context: Context, engine_error: str | Non
             Cause(
                 "OutsideMaintenanceWindow",
                 f"the automatic OS upgrade to {gallery.resolved} waits for the scale set's maintenance window",
-                "wait for the window, widen it (az maintenance configuration update), or start the upgrade by hand "
-                "(manual starts ignore windows, as in Azure)",
+                OUTSIDE_WINDOW_UNBLOCK,
                 rule="maintenanceWindow",
                 next_action=f"start the automatic OS upgrade to {gallery.resolved} when the window opens",
                 next_at=gallery.window_opens,
