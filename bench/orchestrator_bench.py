@@ -29,7 +29,7 @@ from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings  # no
 from overhaul.adapters.store.sqlite import SqliteStore  # noqa: E402
 from overhaul.core.gallery import ImageDefinition, ImageVersion  # noqa: E402
 from overhaul.core.rollout import AttemptStatus, StartedBy  # noqa: E402
-from overhaul.runtime.instances import allocate_port  # noqa: E402
+from overhaul.localhost import free_port  # noqa: E402
 from overhaul.runtime.orchestrator import Orchestrator  # noqa: E402
 
 REPO = "localhost/overhaul-bench"
@@ -109,7 +109,9 @@ def container_config(image: str, port: int) -> dict[str, Any]:
 
 async def floor_rollout(docker: aiodocker.Docker, http: aiohttp.ClientSession, count: int, batch: int) -> float:
     """Bare engine calls: per instance stop the old container, create and start the new one, first 200."""
-    ports = [allocate_port(set()) for _ in range(count)]
+    ports: list[int] = []
+    for _ in range(count):
+        ports.append(free_port(ports))
     for i, port in enumerate(ports):
         old = await docker.containers.create(container_config(f"{REPO}:1.0.0", port), name=f"floor_{i}")
         await old.start()

@@ -1,14 +1,13 @@
 """The one port picker: a TCP port on 127.0.0.1 that nothing listens on now and that no instance holds (outside the
-layers, like aio: the runtime allocates host ports with it, the QEMU driver re-forwards with it)."""
+layers, like aio: the drivers of this host's instances pick host ports with it, the QEMU driver re-forwards with it,
+the tests and demos serve on it)."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Collection
 
-
-class PortsExhausted(RuntimeError):
-    """No free port on 127.0.0.1 after many tries."""
+from overhaul.ports.driver import PortsExhausted
 
 
 def free_port(taken: Collection[int] = ()) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,10 @@ class EngineUnavailable(DriverError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, Fault.ENGINE_UNAVAILABLE)
+
+
+class PortsExhausted(RuntimeError):
+    """No host port is free for an instance to publish."""
 
 
 class NotFound(DriverError):
@@ -123,6 +127,11 @@ class Driver(Protocol):
 
     async def observe(self, scale_set: str) -> dict[int, InstanceState]:
         """Every instance of the scale set that the engine has."""
+        ...
+
+    async def host_port(self, taken: Collection[int]) -> int:
+        """A port on the host this driver's instances run on, for an instance to publish: free now and none of
+        ``taken`` (the ports the store says instances hold). PortsExhausted when there is none."""
         ...
 
     async def ensure_running(self, spec: InstanceSpec) -> None:

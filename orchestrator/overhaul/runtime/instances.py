@@ -11,20 +11,9 @@ from overhaul.core.errors import InvalidInput, OverhaulError
 from overhaul.core.gallery import ImageVersion, resolve
 from overhaul.core.model import HealthSourceKind, ScaleSet, model_digest
 from overhaul.core.naming import data_disk_name
-from overhaul.localhost import PortsExhausted, free_port
-from overhaul.ports.driver import InstanceSpec, InstanceState
+from overhaul.ports.driver import Driver, InstanceSpec, InstanceState, PortsExhausted
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
-
-
-def allocate_port(taken: set[int]) -> int:
-    """A free 127.0.0.1 port that no other instance holds; it joins ``taken``."""
-    try:
-        port = free_port(taken)
-    except PortsExhausted as exc:
-        raise OverhaulError(str(exc), "PortsExhausted") from exc
-    taken.add(port)
-    return port
 
 
 def where_it_listens(allocated: Mapping[int, int], state: InstanceState | None) -> tuple[str, dict[int, int]]:
@@ -36,9 +25,19 @@ def where_it_listens(allocated: Mapping[int, int], state: InstanceState | None) 
 
 
 class Instances:
-    def __init__(self, store: Store, health: HealthSource) -> None:
+    def __init__(self, store: Store, driver: Driver, health: HealthSource) -> None:
         self.store = store
+        self.driver = driver
         self.health = health
+
+    async def allocate_port(self, taken: set[int]) -> int:
+        """A host port the driver finds free and no other instance holds; it joins ``taken``."""
+        try:
+            port = await self.driver.host_port(taken)
+        except PortsExhausted as exc:
+            raise OverhaulError(str(exc), "PortsExhausted") from exc
+        taken.add(port)
+        return port
 
     async def resolve(self, model: ScaleSet, version: str | None = None) -> ImageVersion:
         """The gallery version the model's image reference (or ``version`` of it) stands for."""
@@ -80,7 +79,7 @@ class Instances:
         known = (await self.store.instance_ports(model.name)).get(instance_id, {})
         taken = await self.store.all_host_ports()
         keep = {} if fresh else known
-        ports = {cport: keep.get(cport) or allocate_port(taken) for cport in model.published_ports}
+        ports = {cport: keep.get(cport) or await self.allocate_port(taken) for cport in model.published_ports}
         if ports != known:
             await self.store.put_instance_ports(model.name, instance_id, ports)
         return ports

@@ -69,7 +69,7 @@ class Parts:
         cls, store: Store, driver: Driver, health: HealthSource, clock: Clock, settings: RuntimeSettings
     ) -> Parts:
         events = EventBus()
-        instances = Instances(store, health)
+        instances = Instances(store, driver, health)
         reconciler = Reconciler(store, driver, health, instances, events, clock, settings)
         supervisor = Supervisor(store, reconciler, settings)
         return cls(store, driver, health, clock, settings, events, instances, reconciler, supervisor, Changes())

@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import shutil
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,6 @@ from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.core.model import Accel, VmOptions
 from overhaul.core.naming import data_disk_name
-from overhaul.localhost import free_port
 from overhaul.ports.driver import Driver, EngineUnavailable, InstanceSpec, InstanceState
 from tests.engines import podman_service
 
@@ -48,13 +48,17 @@ class Kit:
     metadata: dict[str, Any] = field(default_factory=dict)  # beside instanceId and scaleSet
     ports: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)
 
-    def spec(
+    async def spec(
         self, scale_set: str, version: str, instance_id: int = 0, *, data: bool = True, **changes: Any
     ) -> InstanceSpec:
-        """The spec the runtime would give: the instance keeps its host ports; a surged disk gets new ones."""
+        """The spec the runtime would give: the instance keeps its host ports, which its driver picked; a surged
+        disk gets new ones."""
         key = (scale_set, instance_id)
         if changes.get("surge") or key not in self.ports:
-            self.ports[key] = {8080: free_port(), 8090: free_port()}  # the application and the agent
+            taken = {port for ports in self.ports.values() for port in ports.values()}
+            app = await self.driver.host_port(taken)
+            agent = await self.driver.host_port(taken | {app})
+            self.ports[key] = {8080: app, 8090: agent}
         return InstanceSpec(
             scale_set=scale_set,
             instance_id=instance_id,
@@ -200,7 +204,7 @@ async def remove(kit: Kit, *specs: InstanceSpec) -> None:
 
 
 async def test_each_step_repeated_ends_where_one_would(kit: Kit) -> None:
-    v1, v2 = kit.spec("cx", "1.0.0"), kit.spec("cx", "2.0.0")
+    v1, v2 = await kit.spec("cx", "1.0.0"), await kit.spec("cx", "2.0.0")
     try:
         await kit.twice(kit.driver.ensure_running, v1)
         state = await kit.state("cx")
@@ -233,7 +237,7 @@ async def test_each_step_repeated_ends_where_one_would(kit: Kit) -> None:
 
 
 async def test_a_previous_os_disk_left_by_an_interrupted_attempt_does_not_block_the_next_reimage(kit: Kit) -> None:
-    v1, v2 = kit.spec("cy", "1.0.0"), kit.spec("cy", "2.0.0")
+    v1, v2 = await kit.spec("cy", "1.0.0"), await kit.spec("cy", "2.0.0")
     try:
         await kit.twice(kit.driver.ensure_running, v1)
         await kit.twice(kit.driver.reimage, v2)  # never committed nor rolled back
@@ -248,11 +252,11 @@ async def test_a_previous_os_disk_left_by_an_interrupted_attempt_does_not_block_
 
 
 async def test_a_surged_os_disk_runs_beside_the_old_one_until_the_commit_or_rollback(kit: Kit) -> None:
-    v1 = kit.spec("cz", "1.0.0", data=False)
+    v1 = await kit.spec("cz", "1.0.0", data=False)
     try:
         await kit.twice(kit.driver.ensure_running, v1)
         old_ports = (await kit.state("cz")).ports
-        surged = kit.spec("cz", "2.0.0", data=False, surge=True)
+        surged = await kit.spec("cz", "2.0.0", data=False, surge=True)
         await kit.twice(kit.driver.reimage, surged)
         state = await kit.state("cz")
         assert state.version == "2.0.0" and state.running and state.ports == surged.ports
@@ -262,7 +266,7 @@ async def test_a_surged_os_disk_runs_beside_the_old_one_until_the_commit_or_roll
         state = await kit.state("cz")
         assert (state.version, state.running, state.previous) == ("2.0.0", True, None)
 
-        back = kit.spec("cz", "1.0.0", data=False, surge=True)
+        back = await kit.spec("cz", "1.0.0", data=False, surge=True)
         await kit.twice(kit.driver.reimage, back)
         await kit.twice(kit.driver.rollback, back)  # the surged disk goes; the running one never stopped
         state = await kit.state("cz")
@@ -273,7 +277,7 @@ async def test_a_surged_os_disk_runs_beside_the_old_one_until_the_commit_or_roll
 
 async def test_observe_keeps_scale_sets_apart(kit: Kit) -> None:
     """A scale set named like another's instance (``cw`` and ``cw_0``) never sees the other's."""
-    mine, other = kit.spec("cw", "1.0.0"), kit.spec("cw_0", "1.0.0")
+    mine, other = await kit.spec("cw", "1.0.0"), await kit.spec("cw_0", "1.0.0")
     try:
         await kit.twice(kit.driver.ensure_running, mine)
         await kit.twice(kit.driver.ensure_running, other)
@@ -287,7 +291,7 @@ async def test_observe_keeps_scale_sets_apart(kit: Kit) -> None:
 async def test_a_notice_reaches_the_running_os_disk_and_a_rollback_or_a_new_disk_ends_it(kit: Kit) -> None:
     """osRollingUpgradeDeferral's notice (Platform.PendingOSUpgrade): told twice, withdrawn twice; the upgrade
     rolled back (a surged disk beside the told one) leaves no notice; a reimage makes a disk that heard nothing."""
-    v1 = kit.spec("cn", "1.0.0", data=False)
+    v1 = await kit.spec("cn", "1.0.0", data=False)
     pending = {"Platform.PendingOSUpgrade": "2.0.0"}
     try:
         await kit.twice(kit.driver.ensure_running, v1)
@@ -297,14 +301,26 @@ async def test_a_notice_reaches_the_running_os_disk_and_a_rollback_or_a_new_disk
         assert await kit.notices(v1) == {}
 
         await kit.twice(lambda s: kit.driver.notify(s, pending), v1)
-        surged = kit.spec("cn", "2.0.0", data=False, surge=True)
+        surged = await kit.spec("cn", "2.0.0", data=False, surge=True)
         await kit.twice(kit.driver.reimage, surged)
         await kit.twice(kit.driver.rollback, surged)
         assert await kit.notices(v1) == {}  # the told disk served on; its upgrade is over
 
         await kit.twice(lambda s: kit.driver.notify(s, pending), v1)
-        v2 = kit.spec("cn", "2.0.0", data=False)
+        v2 = await kit.spec("cn", "2.0.0", data=False)
         await kit.twice(kit.driver.reimage, v2)
         assert await kit.notices(v2) == {}
     finally:
         await remove(kit, v1)
+
+
+async def test_a_host_port_is_free_and_none_an_instance_holds(kit: Kit) -> None:
+    """The host ports an instance publishes come from the driver of the host it runs on: never one the store says
+    another instance holds, and one nothing listens on now."""
+    taken: set[int] = set()
+    for _ in range(5):
+        port = await kit.driver.host_port(taken)
+        assert port not in taken
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # nothing holds it
+        taken.add(port)

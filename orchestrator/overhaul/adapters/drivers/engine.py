@@ -18,7 +18,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from overhaul.adapters.drivers.podman_service import PodmanService
 from overhaul.core.model import InstanceNetwork
 from overhaul.core.naming import instance_name, is_data_disk_of, previous_name
 from overhaul.core.triage import Fault
+from overhaul.localhost import free_port
 from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec, InstanceState, NotFound, OsDisk
 
 log = logging.getLogger(__name__)
@@ -371,6 +372,10 @@ class EngineDriver:
         if self._service is not None and not self._service.up:
             raise EngineUnavailable("the private podman service is down (it is being restarted)")
         await self._call("ping the engine", self._ping(), timeout=min(5.0, self.settings.call_timeout))
+
+    async def host_port(self, taken: Collection[int]) -> int:
+        # The engine runs on this machine: a port it can publish is one this machine can bind.
+        return free_port(taken)
 
     async def _ping(self) -> None:
         """The engine API's /_ping: answered by the service itself (Podman's /version asks its runtime and storage

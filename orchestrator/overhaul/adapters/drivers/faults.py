@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from overhaul.core.triage import Fault
@@ -70,6 +70,9 @@ class FaultyDriver:
     async def ping(self) -> None:
         await self._before("ping")
         await self.inner.ping()
+
+    async def host_port(self, taken: Collection[int]) -> int:
+        return await self.inner.host_port(taken)
 
     async def image_present(self, image: str, *, vm: bool = False) -> bool:
         await self._before(f"inspect image {image}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 from overhaul.core.triage import Fault
+from overhaul.localhost import free_port
 from overhaul.ports.driver import DriverError, InstanceSpec, InstanceState, OsDisk
 
 
@@ -24,6 +25,10 @@ class MemoryDriver:
 
     async def ping(self) -> None:
         return None
+
+    async def host_port(self, taken: Collection[int]) -> int:
+        # Real ports: tests serve fake agents on the ports an instance publishes.
+        return free_port(taken)
 
     async def image_present(self, image: str, *, vm: bool = False) -> bool:
         return image not in self.missing_images

@@ -30,7 +30,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -446,6 +446,9 @@ class QemuDriver:
         return OsDisk(record.version, record.image, running, record.model_digest or None)
 
     # --- the driver protocol ------------------------------------------------------------------------------------
+
+    async def host_port(self, taken: Collection[int]) -> int:
+        return free_port(taken)  # QEMU forwards from this machine's loopback
 
     async def ping(self) -> None:
         if shutil.which(self.settings.qemu) is None:

@@ -4,7 +4,7 @@ are made by the driver its model names (``InstanceSpec.vm``), so one `overhaul s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from overhaul.ports.driver import Driver, InstanceSpec, InstanceState
 
@@ -20,6 +20,10 @@ class KindRouter:
     async def ping(self) -> None:
         # The container engine's liveness: VMs are processes of their own, with no engine to be down.
         await self.containers.ping()
+
+    async def host_port(self, taken: Collection[int]) -> int:
+        # Containers and VMs publish on the same machine's ports.
+        return await self.containers.host_port(taken)
 
     async def image_present(self, image: str, *, vm: bool = False) -> bool:
         return await (self.vms if vm else self.containers).image_present(image, vm=vm)
