@@ -23,7 +23,7 @@ from overhaul.core.rollout import Attempt, StartedBy, start
 from overhaul.ports.driver import DriverError, InstanceSpec, InstanceState
 from overhaul.runtime.orchestrator import Orchestrator
 from overhaul.runtime.settings import RuntimeSettings
-from tests.serve import API, Served, overhaul_serve
+from tests.serve import API, Served, serve_in_process
 
 
 def wait_for(predicate: Any, timeout: float = 20, every: float = 0.05) -> None:
@@ -88,7 +88,7 @@ def publish(served: Served, version: str, *, exclude: bool = False) -> None:
 @contextmanager
 def seeded_serve(tmp_path: Path) -> Iterator[Served]:
     """`overhaul serve` on the in-memory engine, with the image definition the API documents use and 1.0.0."""
-    with overhaul_serve(
+    with serve_in_process(
         tmp_path / "state", "--engine", "memory", "--auto-upgrade-first-delay", "0", "--auto-upgrade-delay", "0"
     ) as running:
         identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}

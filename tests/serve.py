@@ -1,23 +1,31 @@
-"""A running `overhaul serve` for tests: a real process on a loopback port with its own state directory."""
+"""A running `overhaul serve` for tests, on a loopback port with its own state directory: a real process
+(``overhaul_serve``: signals, exit codes, crashes, limits), or the same ``serve`` coroutine on a thread of the test's
+own process (``serve_in_process``: the HTTP API's behaviour, a second in place of a process's start)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from overhaul import serve
 from overhaul.localhost import free_port
+from overhaul.serve import logs
+from overhaul.serve.settings import load_settings
 
 API = "api-version=2021-03-01"
 
@@ -26,8 +34,8 @@ API = "api-version=2021-03-01"
 class Served:
     url: str
     state_dir: Path
-    process: subprocess.Popen[bytes]
     log: Path
+    pid: int
 
     @property
     def token(self) -> str:
@@ -102,6 +110,11 @@ class Served:
         return result
 
 
+@dataclass
+class ServedProcess(Served):
+    process: subprocess.Popen[bytes]
+
+
 def with_umask(umask: int | None) -> list[str]:
     """The start of a command line that runs the rest under ``umask`` (none: as it is)."""
     return [] if umask is None else ["sh", "-c", f'umask {umask:03o} && exec "$0" "$@"']
@@ -110,7 +123,7 @@ def with_umask(umask: int | None) -> list[str]:
 @contextmanager
 def overhaul_serve(
     state_dir: Path, *extra: str, umask: int | None = None, nofile: int | None = None
-) -> Iterator[Served]:
+) -> Iterator[ServedProcess]:
     """``umask``: the one serve starts with (an operator's shell may have any); ``nofile``: its open-files limit
     (systemd's default is 1,024)."""
     port = free_port()
@@ -135,17 +148,9 @@ def overhaul_serve(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    served = Served(f"http://127.0.0.1:{port}", state_dir, process, log)
+    served = ServedProcess(f"http://127.0.0.1:{port}", state_dir, log, process.pid, process)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(served.url + "/healthz", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"overhaul serve did not start: {log.read_text()}") from None
-                time.sleep(0.05)
+        wait_until_serving(served, lambda: process.poll() is None)
         yield served
     finally:
         process.send_signal(signal.SIGTERM)
@@ -154,6 +159,55 @@ def overhaul_serve(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wait_until_serving(served: Served, alive: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(served.url + "/healthz", timeout=2):
+                return
+        except OSError:
+            if not alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"overhaul serve did not start: {served.log.read_text()}") from None
+            time.sleep(0.02)
+
+
+@contextmanager
+def serve_in_process(state_dir: Path, *extra: str) -> Iterator[Served]:
+    """``serve`` with the flags ``extra`` (no environment) on its own event loop in a thread; what it logs goes to
+    the ``log`` file, as a process's stderr would."""
+    port = free_port()
+    args = serve.build_parser().parse_args(["--state-dir", str(state_dir), "--port", str(port), *extra])
+    settings = load_settings(args, environ={})
+    log = state_dir.parent / f"{state_dir.name}.serve.log"
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    exit_code: list[int] = []
+    handler = logging.FileHandler(log)
+    handler.setFormatter(logs.LineFormatter(json_lines=False, journald=False))
+    handler.addFilter(logs.QuietPeers())  # as serve's own handler does
+    logging.getLogger().addHandler(handler)
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        exit_code.append(loop.run_until_complete(serve.serve(settings, stop)))
+
+    thread = threading.Thread(target=run, name=f"serve {state_dir}", daemon=True)
+    thread.start()
+    served = Served(f"http://127.0.0.1:{port}", state_dir, log, os.getpid())
+    try:
+        wait_until_serving(served, thread.is_alive)
+        yield served
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        if not thread.is_alive():
+            loop.close()
+        assert exit_code == [0], f"serve ended with {exit_code or 'no exit'}: {log.read_text()[-2000:]}"
 
 
 def raw_request(served: Served, lines: list[str], body: bytes = b"", wait: float = 10) -> bytes:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from overhaul.adapters.http.app import ARM_ROUTES
 from tests.builders import API_MODEL, GALLERY, VMSS, publish
-from tests.serve import Served, overhaul_serve
+from tests.serve import Served, serve_in_process
 
 API_VERSIONS = ["2021-03-01", "2024-07-01", "", "1999-01-01", "2021-13-99", "x" * 300, "2021-03-01-preview"]
 METHODS = ["GET", "PUT", "PATCH", "POST", "DELETE", "HEAD", "OPTIONS", "TRACE", "FOO"]
@@ -110,7 +110,7 @@ def send(served: Served, raw: bytes) -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     state = tmp_path_factory.mktemp("fuzz") / "state"
-    with overhaul_serve(state, "--engine", "memory", "--max-body-bytes", "100000") as running:
+    with serve_in_process(state, "--engine", "memory", "--max-body-bytes", "100000") as running:
         identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
         running.call("PUT", f"{GALLERY}?api-version=2021-03-01", {"properties": {"identifier": identifier}})
         publish(running, "1.0.0")

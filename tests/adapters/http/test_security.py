@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.builders import API_MODEL, GALLERY, RG, VMSS, publish
-from tests.serve import API, Served, overhaul_serve, raw_request, with_umask
+from tests.serve import API, Served, overhaul_serve, raw_request, serve_in_process, with_umask
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    with overhaul_serve(tmp_path / "state", "--engine", "memory") as running:
+    with serve_in_process(tmp_path / "state", "--engine", "memory") as running:
         identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
         status, _, _ = running.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})
         assert status == 201

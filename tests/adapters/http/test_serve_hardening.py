@@ -17,12 +17,12 @@ import pytest
 from overhaul.serve import build_parser
 from overhaul.serve.settings import ServeSettings, load_settings, options
 from tests.builders import API_MODEL, GALLERY, VMSS, publish
-from tests.serve import API, Served, overhaul_serve, raw_request
+from tests.serve import API, Served, overhaul_serve, raw_request, serve_in_process
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    with overhaul_serve(tmp_path / "state", "--engine", "memory", "--body-timeout", "1") as running:
+    with serve_in_process(tmp_path / "state", "--engine", "memory", "--body-timeout", "1") as running:
         identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
         status, _, _ = running.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})
         assert status == 201
@@ -123,7 +123,7 @@ def test_healthz_reports_the_engine(served: Served) -> None:
 def test_a_second_serve_on_the_same_state_directory_exits_1(served: Served) -> None:
     result = overhaul("serve", "--state-dir", str(served.state_dir), "--engine", "memory", "--port", "0")
     assert result.returncode == 1
-    assert str(served.state_dir) in result.stderr and f"pid {served.process.pid}" in result.stderr
+    assert str(served.state_dir) in result.stderr and f"pid {served.pid}" in result.stderr
     assert "Traceback" not in result.stderr
 
 
