@@ -9,6 +9,10 @@ from overhaul import __version__
 VMSS = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"
 GALLERY = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/galleries/{gallery}"
 LB = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/loadBalancers/{lb}"
+SUB = "/subscriptions/{sub}/providers"
+RG = "/subscriptions/{sub}/resourceGroups/{rg}/providers"
+MAINTENANCE = RG + "/Microsoft.Maintenance/maintenanceConfigurations"
+ASSIGNMENTS = VMSS + "/{name}/providers/Microsoft.Maintenance/configurationAssignments"
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 ERROR = {
     "type": "object",
@@ -72,6 +76,24 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
     ("get", VMSS + "/{name}", "Get a scale set", None, (200,)),
     ("delete", VMSS + "/{name}", "Delete a scale set, its instances and data disks", None, (200,)),
     ("get", VMSS + "/{name}/virtualMachines", "List instances with their instanceView", None, (200,)),
+    ("get", VMSS + "/{name}/instanceView", "The scale set's instance view: statuses and health counts", None, (200,)),
+    (
+        "get",
+        VMSS + "/{name}/virtualMachines/{instance}/instanceView",
+        "One instance's view: its OS disk, health and statuses",
+        None,
+        (200,),
+    ),
+    (
+        "get",
+        SUB + "/Microsoft.Compute/locations/{location}/operations/{operation}",
+        "A long operation's status",
+        None,
+        (200,),
+    ),
+    ("get", SUB + "/Microsoft.Network/loadBalancers", "List all load balancers", None, (200,)),
+    ("get", RG + "/Microsoft.Network/loadBalancers", "List the load balancers of a resource group", None, (200,)),
+    ("get", LB + "/probes", "List a load balancer's probes", None, (200,)),
     (
         "put",
         LB,
@@ -110,6 +132,17 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
         (202,),
     ),
     ("get", VMSS + "/{name}/rollingUpgrades/latest", "The latest rolling upgrade", None, (200,)),
+    (
+        "get",
+        VMSS + "/{name}/rollingUpgrades/why",
+        "Why the scale set's upgrade waits, stopped or will not start (properties.overhaul.why)",
+        None,
+        (200,),
+    ),
+    ("get", SUB + "/Microsoft.Compute/galleries", "List all galleries", None, (200,)),
+    ("get", RG + "/Microsoft.Compute/galleries", "List the galleries of a resource group", None, (200,)),
+    ("get", GALLERY + "/images", "List a gallery's image definitions", None, (200,)),
+    ("delete", GALLERY + "/images/{image}", "Delete an image definition (409 while it has versions)", None, (200, 204)),
     ("put", GALLERY + "/images/{image}", "Create or update an image definition", IMAGE_DEFINITION_BODY, (200,)),
     ("get", GALLERY + "/images/{image}", "Get an image definition", None, (200,)),
     ("get", GALLERY + "/images/{image}/versions", "List image versions", None, (200,)),
@@ -125,6 +158,39 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
         None,
         (200,),
     ),
+    (
+        "get",
+        SUB + "/Microsoft.Maintenance/maintenanceConfigurations",
+        "List all maintenance configurations",
+        None,
+        (200,),
+    ),
+    ("get", MAINTENANCE, "List the maintenance configurations of a resource group", None, (200,)),
+    (
+        "put",
+        MAINTENANCE + "/{config}",
+        "Create or update a maintenance configuration (a window)",
+        {"type": "object"},
+        (200, 201),
+    ),
+    ("get", MAINTENANCE + "/{config}", "Get a maintenance configuration", None, (200,)),
+    (
+        "delete",
+        MAINTENANCE + "/{config}",
+        "Delete a maintenance configuration (409 while a scale set is assigned it)",
+        None,
+        (200, 204),
+    ),
+    ("get", ASSIGNMENTS, "List the scale set's configuration assignments", None, (200,)),
+    (
+        "put",
+        ASSIGNMENTS + "/{assignment}",
+        "Assign a maintenance configuration to the scale set",
+        {"type": "object"},
+        (200, 201),
+    ),
+    ("get", ASSIGNMENTS + "/{assignment}", "Get a configuration assignment", None, (200,)),
+    ("delete", ASSIGNMENTS + "/{assignment}", "Remove a configuration assignment", None, (200, 204)),
 ]
 
 
@@ -135,7 +201,9 @@ def _parameters(path: str) -> list[dict[str, Any]]:
             "name": n,
             "in": "path",
             "required": True,
-            "schema": NAME if n in ("name", "gallery", "image", "lb", "probe") else {"type": "string", "minLength": 1},
+            "schema": NAME
+            if n in ("name", "gallery", "image", "lb", "probe", "config", "assignment")
+            else {"type": "string", "minLength": 1},
         }
         for n in names
     ]
@@ -163,7 +231,11 @@ def openapi_document() -> dict[str, Any]:
             operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
         paths.setdefault(path, {})[method] = operation
     paths["/healthz"] = {
-        "get": {"summary": "Liveness (no token needed)", "security": [], "responses": {"200": {"description": "alive"}}}
+        "get": {
+            "summary": "Liveness (no token needed)",
+            "security": [],
+            "responses": {"200": {"description": "alive"}, "default": {"description": "the engine or storage is down"}},
+        }
     }
     return {
         "openapi": "3.0.3",
