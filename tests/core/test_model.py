@@ -10,6 +10,7 @@ import pytest
 from overhaul.core.arm_json import ModelError, format_duration, parse_duration
 from overhaul.core.auto_upgrade import AutoUpgradeSettings, DueUpgrade, due_upgrade
 from overhaul.core.gallery import ImageDefinition, ImageVersion, latest_version, parse_image_version, resolve
+from overhaul.core.lifecycle_hooks import HookAction, HookType, LifecycleHook
 from overhaul.core.model import RollingUpgradePolicy, check_new_model, parse_scale_set
 from overhaul.core.rollout import Attempt, AttemptStatus, StartedBy, start
 from tests.builders import MODEL_BASE
@@ -166,15 +167,47 @@ def test_options_not_carried_out_yet_are_refused_when_on(where: str, key: str) -
     assert caught.value.path == f"properties.upgradePolicy.{where}.{key}"
 
 
-def test_lifecycle_hooks_are_refused_rather_than_kept_and_ignored() -> None:
+def test_lifecycle_hooks_are_parsed_with_azure_defaults_and_round_trip() -> None:
     doc = copy.deepcopy(MODEL_BASE)
-    hook = {"type": "UpgradeAutoOSRollingBatchStarting", "waitDuration": "PT20M", "defaultAction": "Approve"}
-    doc["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": [hook]}
-    with pytest.raises(ModelError, match="does not carry out lifecycle hooks yet") as caught:
-        parse_scale_set(doc, name="web")
-    assert caught.value.path == "properties.lifecycleHooksProfile.lifecycleHooks"
+    batch = {"type": "UpgradeAutoOSRollingBatchStarting", "waitDuration": "PT20M", "defaultAction": "Reject"}
+    doc["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": [batch, {"type": "upgradeautoosscheduling"}]}
+    model = parse_scale_set(doc, name="web")
+    assert model.lifecycle_hook(HookType.BATCH_STARTING) == LifecycleHook(
+        HookType.BATCH_STARTING, 1200, HookAction.REJECT
+    )
+    assert model.lifecycle_hook(HookType.SCHEDULING) == LifecycleHook(HookType.SCHEDULING, 1800, HookAction.APPROVE)
+    assert model.to_json()["properties"]["lifecycleHooksProfile"]["lifecycleHooks"][0] == batch
     doc["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": []}
-    assert parse_scale_set(doc, name="web").name == "web"
+    assert parse_scale_set(doc, name="web").lifecycle_hooks == ()
+
+
+@pytest.mark.parametrize(
+    ("hook", "path"),
+    [
+        ({"type": "UpgradeAutoOSSomething"}, "[0].type"),
+        ({"waitDuration": "PT1M"}, "[0].type"),
+        ({"type": "UpgradeAutoOSScheduling", "waitDuration": "soon"}, "[0].waitDuration"),
+        ({"type": "UpgradeAutoOSScheduling", "waitDuration": "PT0S"}, "[0].waitDuration"),
+        ({"type": "UpgradeAutoOSScheduling", "waitDuration": "P8D"}, "[0].waitDuration"),
+        ({"type": "UpgradeAutoOSScheduling", "defaultAction": "Maybe"}, "[0].defaultAction"),
+        ("UpgradeAutoOSScheduling", "[0]"),
+    ],
+)
+def test_a_wrong_lifecycle_hook_is_refused_naming_the_field(hook: Any, path: str) -> None:
+    doc = copy.deepcopy(MODEL_BASE)
+    doc["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": [hook]}
+    with pytest.raises(ModelError) as caught:
+        parse_scale_set(doc, name="web")
+    assert caught.value.path == f"properties.lifecycleHooksProfile.lifecycleHooks{path}"
+
+
+def test_a_lifecycle_hook_type_named_twice_is_refused() -> None:
+    doc = copy.deepcopy(MODEL_BASE)
+    hooks = [{"type": "UpgradeAutoOSScheduling"}, {"type": "UpgradeAutoOSScheduling", "waitDuration": "PT5M"}]
+    doc["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": hooks}
+    with pytest.raises(ModelError, match="named twice") as caught:
+        parse_scale_set(doc, name="web")
+    assert caught.value.path == "properties.lifecycleHooksProfile.lifecycleHooks[1].type"
 
 
 def test_max_surge_is_carried_out_and_round_trips() -> None:

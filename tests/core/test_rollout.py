@@ -8,6 +8,15 @@ from dataclasses import dataclass, field, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overhaul.core.lifecycle_hooks import (
+    ActionState,
+    EventState,
+    HookAction,
+    HookType,
+    LifecycleHook,
+    Response,
+    respond,
+)
 from overhaul.core.model import RollingUpgradePolicy
 from overhaul.core.narrate import Level, describe
 from overhaul.core.planner import Health, InstanceView, batch_size, exceeds, plan_batches
@@ -528,3 +537,60 @@ def test_fix_forward_upgrades_the_unhealthy_first_and_counts_only_new_unhealth()
     attempt = run(world, pol=policy(fix_forward=True))
     assert attempt.status is AttemptStatus.COMPLETED
     assert world.batches[:2] == [(1,), (3,)]
+
+
+BATCH_HOOK = LifecycleHook(HookType.BATCH_STARTING, 60, HookAction.APPROVE)
+
+
+def hooked_attempt(world: World, hook: LifecycleHook = BATCH_HOOK) -> Attempt:
+    return replace(platform_attempt(world, world.now), batch_hook=hook)
+
+
+def test_each_batch_waits_for_its_lifecycle_hook_event_and_rejected_instances_keep_their_version() -> None:
+    """UpgradeAutoOSRollingBatchStarting: nothing is touched until the batch's event is answered; an approved
+    instance is upgraded, a rejected one is not (and counts neither way)."""
+    world = World(fleet(10), always)  # batches of 2
+    attempt, actions = step_once(world, hooked_attempt(world))
+    gate = attempt.gate
+    assert actions == [] and gate is not None and gate.state is EventState.ACTIVE and gate.instance_ids == (0, 1)
+    assert decide(attempt, world.views(), world.now).wake_at == gate.wait_until == world.now + 60
+    attempt, actions = step_once(world, attempt)
+    assert actions == [] and attempt.gate == gate  # asked again, the same event: no second one
+    answered = respond(gate, Response({0: ActionState.APPROVED, 1: ActionState.REJECTED}), world.now)
+    attempt, actions = step_once(world, replace(attempt, gate=answered))
+    assert actions == [("reimage", 0)] and attempt.batch == (0,)
+    assert attempt.instances[1].step is Step.NOT_UPGRADED and gate.name in (attempt.instances[1].error or "")
+    assert attempt.gate is not None and attempt.gate.state is EventState.COMPLETED
+    # The next batch gets an event of its own, which the default action (Approve) answers at its waitUntil.
+    for _ in range(5):
+        attempt, _ = step_once(world, attempt)
+    second = attempt.gate
+    assert second is not None and second.batch == 2 and second.instance_ids == (2, 3) and second.name != gate.name
+    world.now = second.wait_until
+    while not attempt.done:
+        attempt, _ = step_once(world, attempt)
+        if attempt.gate is not None and attempt.gate.state is EventState.ACTIVE:
+            world.now = attempt.gate.wait_until
+    assert attempt.status is AttemptStatus.COMPLETED and attempt.failed == 0
+    assert world.versions == {**fleet(10, "v2"), 1: "v1"}
+    assert attempt_from_json(attempt_to_json(attempt)) == attempt
+
+
+def test_a_batch_every_instance_of_which_is_rejected_moves_on_to_the_next() -> None:
+    world = World(fleet(10), always)
+    attempt = hooked_attempt(world, LifecycleHook(HookType.BATCH_STARTING, 60, HookAction.REJECT))
+    attempt, _ = step_once(world, attempt)
+    world.now += 60  # no answer: the default action rejects both
+    attempt, actions = step_once(world, attempt)
+    assert actions == [] and attempt.batches_started == 1 and attempt.instances[0].step is Step.NOT_UPGRADED
+    attempt, actions = step_once(world, attempt)
+    assert attempt.gate is not None and attempt.gate.instance_ids == (2, 3) and world.touched == []
+
+
+def test_a_cancel_while_a_batch_waits_for_its_event_closes_the_event() -> None:
+    world = World(fleet(10), always)
+    attempt, _ = step_once(world, hooked_attempt(world))
+    attempt, _ = step_once(world, request_cancel(attempt, world.now))
+    assert attempt.status is AttemptStatus.CANCELLED and attempt.done and world.touched == []
+    assert attempt.gate is not None and attempt.gate.state is EventState.COMPLETED
+    assert attempt.gate.closed == "the rolling upgrade ended (Cancelled)"

@@ -23,6 +23,7 @@ from overhaul.core.arm_json import (
     overlay,
     parse_duration,
 )
+from overhaul.core.lifecycle_hooks import HookType, LifecycleHook, parse_lifecycle_hooks
 from overhaul.core.naming import PREVIOUS_SUFFIX, instance_name, scale_set_id
 
 UPGRADE_MODES = ("Automatic", "Manual", "Rolling")
@@ -315,9 +316,14 @@ class ScaleSet:
     custom_data: str | None = None
     engine: EngineOptions = field(default_factory=EngineOptions)
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Automatic OS upgrades wait for these (core/lifecycle_hooks.py).
+    lifecycle_hooks: tuple[LifecycleHook, ...] = ()
     # The document as it was sent: Azure fields with no meaning here (osDisk.caching, adminUsername,
     # networkInterfaceConfigurations, ...) round-trip from it verbatim.
     sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def lifecycle_hook(self, kind: HookType) -> LifecycleHook | None:
+        return next((h for h in self.lifecycle_hooks if h.type is kind), None)
 
     @property
     def is_vm(self) -> bool:
@@ -594,12 +600,6 @@ def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", sub
     tags = root.doc.get("tags") or {}
     if not isinstance(tags, Mapping) or not all(isinstance(v, str) for v in tags.values()):
         raise ModelError("tags", "must be an object of strings")
-    if props.obj("lifecycleHooksProfile").doc.get("lifecycleHooks"):
-        # Kept out rather than kept and ignored: nobody should believe an automatic upgrade waits for a hook.
-        raise ModelError(
-            "properties.lifecycleHooksProfile.lifecycleHooks",
-            "overhaul does not carry out lifecycle hooks yet: leave it out or empty",
-        )
     return ScaleSet(
         name=name,
         resource_group=resource_group,
@@ -615,6 +615,7 @@ def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", sub
         custom_data=vm.obj("osProfile").text("customData"),
         engine=_engine(vm.obj("overhaul")),
         tags=dict(tags),
+        lifecycle_hooks=parse_lifecycle_hooks(props.obj("lifecycleHooksProfile")),
         sent=copy.deepcopy(dict(root.doc)),
     )
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from overhaul.core.lifecycle_hooks import ActionState, EventState, HookEvent, LifecycleHook, batch_event
 from overhaul.core.maintenance import MaintenanceWindow, parse_window
 from overhaul.core.model import RollingUpgradePolicy, parse_rolling_policy
 from overhaul.core.planner import InstanceView, exceeds, plan_batches, unhealthy_count
@@ -223,6 +224,10 @@ class Attempt:
     # Fix-forward: the instances unhealthy before the attempt touched them (blamed on neither the version nor the
     # infrastructure: core/triage.py's pre-existing), left out of every maxUnhealthyInstancePercent check.
     pre_existing: frozenset[int] = frozenset()
+    # UpgradeAutoOSRollingBatchStarting: each batch waits for its lifecycle hook event (the latest one is ``gate``;
+    # responses come from the store, core/lifecycle_hooks.py).
+    batch_hook: LifecycleHook | None = None
+    gate: HookEvent | None = None
 
     def unhealthy_now(self, views: Mapping[int, InstanceView]) -> int:
         """Unhealthy instances as maxUnhealthyInstancePercent counts them: the pre-existing ones left out."""
@@ -291,6 +296,7 @@ def start(
     target_model_digest: str | None = None,
     scope: tuple[int, ...] | None = None,
     window: MaintenanceWindow | None = None,
+    batch_hook: LifecycleHook | None = None,
 ) -> Attempt:
     """A new attempt; Faulted at once when too much of the scale set is unhealthy to start (the upgrade rule "Too
     unhealthy to start", docs/upgrade-rules.md). With ``policy.fix_forward`` the instances unhealthy now are
@@ -300,6 +306,7 @@ def start(
         pre_existing = frozenset(i for i, v in views.items() if not v.healthy)
         policy = replace(policy, prioritize_unhealthy_instances=True)
     attempt = Attempt(
+        batch_hook=batch_hook,
         window=window,
         pre_existing=pre_existing,
         deferred=deferred,
@@ -436,7 +443,8 @@ def _end(
     for instance_id in held:
         instances[instance_id] = replace(instances[instance_id], step=Step.ROLLBACK if breach else Step.KEEP_FAILED)
     actions = _issue(instances, held, now)
-    ended = replace(attempt, instances=instances).finished(status, now, code, message)
+    gate = attempt.gate.close(f"the rolling upgrade ended ({status.value})") if attempt.gate is not None else None
+    ended = replace(attempt, instances=instances, gate=gate).finished(status, now, code, message)
     return Decision(ended, (*cleanup, *actions))
 
 
@@ -450,6 +458,42 @@ def _held_by_window(attempt: Attempt, now: float, cleanup: tuple[Action, ...]) -
         message = "its maintenance configuration expired before the upgrade finished"
         return _end(attempt, AttemptStatus.CANCELLED, now, cleanup, code="MaintenanceWindowExpired", message=message)
     return Decision(attempt, cleanup, wake_at=occurrence[0])
+
+
+def _through_gate(
+    attempt: Attempt, remaining: list[tuple[int, ...]], now: float, cleanup: tuple[Action, ...]
+) -> Decision | tuple[Attempt, tuple[int, ...]]:
+    """UpgradeAutoOSRollingBatchStarting: the next batch starts once its lifecycle hook event is answered (or its
+    waitUntil passed); its rejected instances are not upgraded. Returns the attempt and the instances that start,
+    or the Decision to wait."""
+    if attempt.batch_hook is None:
+        return attempt, remaining[0]
+    number = attempt.batches_started + 1
+    gate = attempt.gate
+    if gate is None or gate.batch != number:
+        gate = batch_event(
+            attempt.batch_hook,
+            scale_set=attempt.scale_set,
+            version=attempt.target_version,
+            attempt_id=attempt.id,
+            batch=number,
+            ids=remaining[0],
+            now=now,
+        )
+    gate = gate.settled(now)
+    if gate.state is EventState.ACTIVE:
+        return Decision(replace(attempt, gate=gate), cleanup, wake_at=gate.wait_until)
+    left = {i for batch in remaining for i in batch}
+    instances = dict(attempt.instances)
+    for instance_id in gate.with_state(ActionState.REJECTED):
+        if instance_id in left:
+            error = f"rejected by lifecycle hook event {gate.name}"
+            instances[instance_id] = InstanceProgress(instance_id, Step.NOT_UPGRADED, now, error=error)
+    attempt = replace(attempt, gate=gate, instances=instances)
+    approved = tuple(i for i in gate.with_state(ActionState.APPROVED) if i in left)
+    if not approved:  # every instance of the batch was rejected: on to the next one
+        return Decision(replace(attempt, batches_started=attempt.batches_started + 1), cleanup, wake_at=now)
+    return attempt, approved
 
 
 def _batch_end(attempt: Attempt, now: float, cleanup: tuple[Action, ...]) -> Decision | None:
@@ -512,7 +556,10 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
         )
         attempt = replace(attempt, unhealthy=unhealthy)
         return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=MAX_UNHEALTHY, message=message)
-    batch = remaining[0]
+    gated = _through_gate(attempt, remaining, now, cleanup)
+    if isinstance(gated, Decision):
+        return gated
+    attempt, batch = gated
     instances = dict(attempt.instances)
     first = Step.NOTIFY if attempt.deferred else Step.REIMAGE
     for instance_id in batch:
@@ -610,6 +657,8 @@ def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
         "unhealthy": attempt.unhealthy,
         "preExisting": sorted(attempt.pre_existing),
         "maintenanceWindow": attempt.window.to_json() if attempt.window is not None else None,
+        "batchHook": attempt.batch_hook.to_json() if attempt.batch_hook is not None else None,
+        "gate": attempt.gate.to_json() if attempt.gate is not None else None,
     }
 
 
@@ -645,4 +694,6 @@ def attempt_from_json(doc: Mapping[str, Any]) -> Attempt:
         window=parse_window(doc["maintenanceWindow"], "maintenanceWindow", 0.0)
         if doc.get("maintenanceWindow")
         else None,
+        batch_hook=LifecycleHook.from_json(doc["batchHook"]) if doc.get("batchHook") else None,
+        gate=HookEvent.from_json(doc["gate"]) if doc.get("gate") else None,
     )

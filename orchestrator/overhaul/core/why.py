@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from overhaul.core.lifecycle_hooks import ActionState, EventState, HookEvent, HookType
 from overhaul.core.planner import InstanceView, needs_upgrade
 from overhaul.core.rollout import MAX_UNHEALTHY, MAX_UNHEALTHY_UPGRADED, Attempt, AttemptStatus, Step
 from overhaul.core.triage import REMEDIES, Fault, infrastructure_fault
@@ -105,6 +106,8 @@ def attempt_causes(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
                 next_at=occurrence[0] if occurrence else None,
             )
         )
+    if attempt.gate is not None and attempt.gate.state is EventState.ACTIVE and not attempt.batch:
+        causes.append(hook_waiting(attempt.gate, context))
     causes += _phases(attempt, views)
     skipping = tuple(sorted(i for i, v in views.items() if v.skip_upgrade and i not in attempt.instances))
     if skipping:
@@ -117,6 +120,28 @@ def attempt_causes(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
             )
         )
     return causes
+
+
+def hook_waiting(event: HookEvent, context: Context) -> Cause:
+    """A lifecycle hook event the upgrade waits on (core/lifecycle_hooks.py)."""
+    waiting = event.with_state(ActionState.WAITING)
+    if event.type is HookType.SCHEDULING:
+        what = f"the automatic OS upgrade to {event.target_version} waits"
+        next_action = f"{event.default_action.value.lower()} the upgrade (the hook's defaultAction)"
+    else:
+        what = f"batch {event.batch} (instance(s) {_ids(event.instance_ids)}) waits"
+        next_action = f"{event.default_action.value.lower()} instance(s) {_ids(waiting)} (the hook's defaultAction)"
+    return Cause(
+        "LifecycleHookWaiting",
+        f"{what} for an answer to lifecycle hook event {event.name} ({event.type.value})",
+        f"approve or reject it: `overhaul vmss lifecycle-hook-event update {context.target} --event-name "
+        f"{event.name} --action-state Approved` (a PATCH of the event), or put it off with --wait-until",
+        rule="lifecycleHooksProfile.lifecycleHooks",
+        instances=waiting,
+        since=event.time_created,
+        next_action=next_action,
+        next_at=event.wait_until,
+    )
 
 
 def _phases(attempt: Attempt, views: Mapping[int, InstanceView]) -> list[Cause]:
@@ -285,6 +310,8 @@ class Gallery:
     # An automatic OS upgrade to ``resolved`` is wanted (some instance runs another version) but the assigned
     # maintenance window is closed until then (None: no window holds it).
     window_opens: float | None = None
+    # The UpgradeAutoOSScheduling event an automatic OS upgrade waits on (None: none waits).
+    hook_waiting: HookEvent | None = None
 
 
 def scale_set_causes(gallery: Gallery, context: Context, engine_error: str | None = None) -> list[Cause]:
@@ -320,6 +347,8 @@ def scale_set_causes(gallery: Gallery, context: Context, engine_error: str | Non
                 next_at=gallery.window_opens,
             )
         )
+    if gallery.hook_waiting is not None:
+        causes.append(hook_waiting(gallery.hook_waiting, context))
     if gallery.image_present is False:
         causes.append(
             Cause(

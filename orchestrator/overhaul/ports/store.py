@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from overhaul.core.errors import Unavailable
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
+from overhaul.core.lifecycle_hooks import HookEvent
 from overhaul.core.maintenance import ConfigurationAssignment, MaintenanceConfiguration
 from overhaul.core.model import ScaleSet
 from overhaul.core.network import LoadBalancer
@@ -71,6 +72,18 @@ class MaintenanceStore(Protocol):
     async def delete_configuration_assignment(self, scale_set: str, name: str) -> None: ...
 
 
+class LifecycleHookStore(Protocol):
+    async def hook_event(self, name: str) -> HookEvent | None: ...
+    async def hook_events(self, scale_set: str) -> list[HookEvent]:
+        """Newest first."""
+        ...
+
+    async def put_hook_event(self, event: HookEvent, expected: HookEvent | None) -> bool:
+        """Writes ``event`` if the stored one is still ``expected`` (None: if there is none): a compare-and-set, so
+        a response and the platform's own settling never overwrite each other. False when it was not written."""
+        ...
+
+
 class GalleryStore(Protocol):
     async def put_gallery(self, gallery: Gallery) -> None:
         """Creates it, or updates its location and document (its resource group stays)."""
@@ -119,7 +132,7 @@ class StoreUnavailable(Unavailable):
     code = "StorageUnavailable"
 
 
-class Store(ScaleSetStore, GalleryStore, NetworkStore, MaintenanceStore, AttemptStore, Protocol):
+class Store(ScaleSetStore, GalleryStore, NetworkStore, MaintenanceStore, LifecycleHookStore, AttemptStore, Protocol):
     async def close(self) -> None: ...
     def problem(self) -> str | None:
         """What keeps the store from taking writes, as far as it knows now (None: nothing)."""

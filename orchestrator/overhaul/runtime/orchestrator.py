@@ -16,6 +16,7 @@ from overhaul.ports.driver import Driver, DriverError, InstanceState
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.galleries import Galleries
+from overhaul.runtime.lifecycle_hooks import LifecycleHookEvents
 from overhaul.runtime.maintenance import MaintenanceConfigurations
 from overhaul.runtime.network import LoadBalancers
 from overhaul.runtime.parts import Parts
@@ -42,6 +43,7 @@ class Orchestrator:
         self.galleries = Galleries(self.parts)
         self.load_balancers = LoadBalancers(self.parts)
         self.maintenance = MaintenanceConfigurations(self.parts)
+        self.lifecycle_hook_events = LifecycleHookEvents(self.parts)
         # What the serve layer, metrics and tests reach directly.
         self.store, self.driver, self.health, self.clock = store, driver, health, clock
         self.settings = self.parts.settings

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from overhaul.aio import cancel_and_wait
 from overhaul.core.advice import next_steps, quarantine_reason
 from overhaul.core.errors import OverhaulError
+from overhaul.core.lifecycle_hooks import EventState
 from overhaul.core.model import HealthSourceKind, ScaleSet
 from overhaul.core.naming import instance_name
 from overhaul.core.narrate import describe
@@ -130,11 +131,9 @@ class Reconciler:
     async def run(
         self, model: ScaleSet, attempt: Attempt, observed: Mapping[int, InstanceState] | None = None
     ) -> Attempt:
-        """Drives one attempt to its end; safe to call again on an attempt loaded after a crash.
-
-        Driver actions run as tasks, so deciding goes on while they do: the commits of one batch overlap the
-        reimages of the next. Every action is journaled before it starts and after it ends.
-        """
+        """Drives one attempt to its end; safe to call again on an attempt loaded after a crash. Driver actions
+        run as tasks, so deciding goes on while they do: the commits of one batch overlap the reimages of the next.
+        Every action is journaled before it starts and after it ends."""
         attempt = resume(attempt)
         wake = self._wakeups.setdefault(attempt.id, asyncio.Event())
         in_flight: dict[asyncio.Task[ActionResult], Action] = {}
@@ -157,6 +156,9 @@ class Reconciler:
                 before = attempt
                 decision = decide(attempt, instance_views(model, states, self.health, now), now)
                 attempt = decision.attempt
+                if (retry_from := await self._publish_gate(before, attempt)) is not None:
+                    attempt = retry_from  # a response landed meanwhile: decide again with it
+                    continue
                 if attempt.status.terminal and not before.status.terminal:
                     attempt = await self._aftermath(model, attempt, states)
                 if decision.actions:
@@ -192,7 +194,22 @@ class Reconciler:
             attempt = request_cancel(attempt, self.clock())
         if attempt.deferred:
             attempt = approve(attempt, await self.store.approvals(attempt.id))
+        if attempt.gate is not None and attempt.gate.state is EventState.ACTIVE:
+            stored = await self.store.hook_event(attempt.gate.name)
+            if stored is not None and stored != attempt.gate:
+                attempt = replace(attempt, gate=stored)  # responses to the batch's lifecycle hook event
         return attempt
+
+    async def _publish_gate(self, before: Attempt, attempt: Attempt) -> Attempt | None:
+        """Writes the batch's lifecycle hook event when the decision opened, settled or closed it, over what was
+        read; None when written (or unchanged), else the attempt to decide again from (a response came first)."""
+        gate = attempt.gate
+        if gate is None or gate == before.gate:
+            return None
+        expected = before.gate if before.gate is not None and before.gate.name == gate.name else None
+        if await self.store.put_hook_event(gate, expected):
+            return None
+        return replace(before, gate=await self.store.hook_event(gate.name) or before.gate)
 
     def _start(
         self, model: ScaleSet, attempt: Attempt, actions: Iterable[Action]

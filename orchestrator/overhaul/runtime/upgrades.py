@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from overhaul.core.auto_upgrade import AutoUpgradeSettings, due_upgrade
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
+from overhaul.core.lifecycle_hooks import HookType
 from overhaul.core.model import RollingUpgradePolicy, ScaleSet, ScaleSetRef, model_digest
 from overhaul.core.rollout import Attempt, StartedBy, request_cancel, start
 from overhaul.core.rules import attempt_policy, check_instance_ids, model_upgrade_policy, model_upgrade_version
@@ -17,6 +18,7 @@ from overhaul.core.why import Cause
 from overhaul.ports.driver import InstanceState
 from overhaul.ports.events import AttemptChanged, Event
 from overhaul.ports.store import StoredAttempt
+from overhaul.runtime.lifecycle_hooks import scheduled
 from overhaul.runtime.maintenance import window_of
 from overhaul.runtime.parts import Parts, as_ref
 from overhaul.runtime.views import image_reference_for, instance_views
@@ -83,6 +85,9 @@ class Upgrades:
             if window is not None and not window.is_open(parts.clock()):
                 occurrence = window.around(parts.clock())
                 return occurrence[0] if occurrence else None  # due: it starts when the window opens
+            go, wait_until = await scheduled(parts, model, due)
+            if not go:
+                return wait_until
             if any(i not in states or states[i].current is None for i in range(model.capacity)):
                 # A listing taken while the engine is busy can miss an instance: ask once more before acting on it.
                 states = await parts.observe(model.name)
@@ -142,9 +147,12 @@ class Upgrades:
             states = await parts.observe(model.name)
         now = parts.clock()
         # Azure keeps automatic OS upgrades to the assigned maintenance window; manual starts ignore it.
-        window = await window_of(parts, model.name) if started_by is StartedBy.PLATFORM else None
+        automatic = started_by is StartedBy.PLATFORM
+        window = await window_of(parts, model.name) if automatic else None
         attempt = start(
             window=window,
+            # Lifecycle hooks are Azure's for automatic OS upgrades only.
+            batch_hook=model.lifecycle_hook(HookType.BATCH_STARTING) if automatic and not target_model_digest else None,
             attempt_id=uuid.uuid4().hex,
             scale_set=model.name,
             target_version=target.version,

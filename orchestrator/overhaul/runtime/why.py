@@ -7,6 +7,7 @@ import asyncio
 
 from overhaul.core.errors import OverhaulError
 from overhaul.core.gallery import semver_key
+from overhaul.core.lifecycle_hooks import EventState, HookEvent, HookType
 from overhaul.core.model import ScaleSet
 from overhaul.core.rollout import Attempt
 from overhaul.core.why import Cause, Context, Gallery, attempt_causes, scale_set_causes
@@ -57,6 +58,14 @@ async def _window_opens(parts: Parts, model: ScaleSet, states: dict[int, Instanc
     return occurrence[0] if occurrence else None
 
 
+async def _scheduling_waits(parts: Parts, model: ScaleSet) -> HookEvent | None:
+    now = parts.clock()
+    for event in await parts.store.hook_events(model.name):
+        if event.type is HookType.SCHEDULING and event.settled(now).state is EventState.ACTIVE:
+            return event
+    return None
+
+
 async def _gallery(parts: Parts, model: ScaleSet, states: dict[int, InstanceState]) -> Gallery:
     ref = model.image_reference
     versions = await parts.store.image_versions()
@@ -81,6 +90,7 @@ async def _gallery(parts: Parts, model: ScaleSet, states: dict[int, InstanceStat
         resolved_image=resolved.source_for(model.is_vm) if resolved else None,
         image_present=present,
         window_opens=await _window_opens(parts, model, states, resolved.version) if resolved else None,
+        hook_waiting=await _scheduling_waits(parts, model),
         gallery_args=f"--resource-group {model.resource_group} --gallery-name {resolved.gallery} "
         f"--gallery-image-definition {resolved.image}"
         if resolved

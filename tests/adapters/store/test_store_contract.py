@@ -14,6 +14,7 @@ import pytest
 
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
+from overhaul.core.lifecycle_hooks import ActionState, HookType, LifecycleHook, Response, batch_event, respond
 from overhaul.core.model import RollingUpgradePolicy, parse_scale_set
 from overhaul.core.network import parse_load_balancer
 from overhaul.core.planner import Health, InstanceView
@@ -175,3 +176,26 @@ async def test_instance_ports_are_kept_per_instance(opened: Opened) -> None:
     assert await store.all_host_ports() == {40000, 40001, 40002, 40003}
     await store.delete_instance("web", 1)
     assert await store.instance_ports("web") == {0: {8080: 40000}}
+
+
+async def test_lifecycle_hook_events_are_written_by_compare_and_set_and_read_back_newest_first(
+    opened: Opened,
+) -> None:
+    """A response and the platform's settling of the same event never overwrite each other: each writes only
+    over what it read."""
+    hook = LifecycleHook(HookType.BATCH_STARTING, 60)
+    first = batch_event(hook, scale_set="Web", version="2.0.0", attempt_id="a1", batch=1, ids=(0, 1), now=100.0)
+    second = batch_event(hook, scale_set="Web", version="2.0.0", attempt_id="a1", batch=2, ids=(2,), now=200.0)
+    store = opened.store
+    assert await store.put_hook_event(first, None)
+    assert not await store.put_hook_event(first, None)  # opened again after a crash: it is there already
+    assert await store.put_hook_event(second, None)
+    answered = respond(first, Response({0: ActionState.APPROVED}), 110.0)
+    assert await store.put_hook_event(answered, first)
+    settled = first.settled(160.0)
+    assert not await store.put_hook_event(settled, first)  # over a response it did not see: refused
+    store = await reopened(opened)
+    assert await store.hook_event(first.name.upper()) == answered
+    assert [e.name for e in await store.hook_events("web")] == [second.name, first.name]
+    await store.delete_scale_set("web")
+    assert await store.hook_events("Web") == [] and await store.hook_event(first.name) is None

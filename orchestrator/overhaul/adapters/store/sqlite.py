@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
+from overhaul.core.lifecycle_hooks import HookEvent
 from overhaul.core.maintenance import (
     ConfigurationAssignment,
     MaintenanceConfiguration,
@@ -123,7 +124,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (scale_set, name)
     );
     """,
+    # Lifecycle hook events (core/lifecycle_hooks.py).
+    """
+    CREATE TABLE lifecycle_hook_events (
+        name TEXT PRIMARY KEY COLLATE NOCASE, scale_set TEXT NOT NULL COLLATE NOCASE, created REAL NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX lifecycle_hook_events_by_scale_set ON lifecycle_hook_events (scale_set, created);
+    """,
 )
+# Lifecycle hook events kept per scale set (the newest).
+HOOK_EVENTS_KEPT = 100
 
 
 # Statements that write nothing (a ROLLBACK undoes): every other one is a write, checked against the guard first.
@@ -337,6 +348,7 @@ class SqliteStore:
             db.execute("DELETE FROM scale_sets WHERE name = ?", (name,))
             db.execute("DELETE FROM instances WHERE scale_set = ?", (name,))
             db.execute("DELETE FROM configuration_assignments WHERE scale_set = ?", (name,))
+            db.execute("DELETE FROM lifecycle_hook_events WHERE scale_set = ?", (name,))
 
     # --- instances: host ports kept across reimages ----------------------------------------------------------
 
@@ -415,6 +427,36 @@ class SqliteStore:
 
     async def delete_load_balancer(self, name: str) -> None:
         self.db.execute("DELETE FROM load_balancers WHERE name = ?", (name,))
+
+    async def hook_event(self, name: str) -> HookEvent | None:
+        row = self.db.execute("SELECT doc FROM lifecycle_hook_events WHERE name = ?", (name,)).fetchone()
+        return HookEvent.from_json(json.loads(row["doc"])) if row else None
+
+    async def hook_events(self, scale_set: str) -> list[HookEvent]:
+        rows = self.db.execute(
+            "SELECT doc FROM lifecycle_hook_events WHERE scale_set = ? ORDER BY created DESC, name", (scale_set,)
+        )
+        return [HookEvent.from_json(json.loads(r["doc"])) for r in rows]
+
+    async def put_hook_event(self, event: HookEvent, expected: HookEvent | None) -> bool:
+        doc = json.dumps(event.to_json(), sort_keys=True)
+        with self.transaction() as db:
+            if expected is None:
+                written = db.execute(
+                    "INSERT OR IGNORE INTO lifecycle_hook_events (name, scale_set, created, doc) VALUES (?, ?, ?, ?)",
+                    (event.name, event.scale_set, event.time_created, doc),
+                ).rowcount
+                db.execute(
+                    "DELETE FROM lifecycle_hook_events WHERE scale_set = ? AND name NOT IN (SELECT name FROM "
+                    "lifecycle_hook_events WHERE scale_set = ? ORDER BY created DESC LIMIT ?)",
+                    (event.scale_set, event.scale_set, HOOK_EVENTS_KEPT),
+                )
+            else:
+                written = db.execute(
+                    "UPDATE lifecycle_hook_events SET doc = ? WHERE name = ? AND doc = ?",
+                    (doc, event.name, json.dumps(expected.to_json(), sort_keys=True)),
+                ).rowcount
+        return written == 1
 
     async def put_maintenance_configuration(self, configuration: MaintenanceConfiguration) -> None:
         self.db.execute(
