@@ -10,10 +10,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.builders import API_MODEL, GALLERY, VMSS, publish, seeded_serve
+from tests.builders import API_MODEL, GALLERY, VMSS, publish, seeded_serve, wait_for
 from tests.serve import API, Served
 
 
@@ -471,3 +472,59 @@ def test_maintenance_configurations_and_assignments_from_the_cli(served: Served)
     )
     served.cli(*delete)
     assert json.loads(served.cli("maintenance", "configuration", "list", *SUB).stdout) == []
+
+
+def test_lifecycle_hook_events_are_listed_answered_and_explained_from_the_cli(served: Served) -> None:
+    model = json.loads(json.dumps(API_MODEL))
+    model["sku"]["capacity"] = 2
+    model["properties"]["upgradePolicy"] = {
+        "mode": "Rolling",
+        "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True},
+        "rollingUpgradePolicy": {"maxBatchInstancePercent": 50},
+    }
+    hooks = [{"type": "UpgradeAutoOSRollingBatchStarting", "waitDuration": "PT1H"}]
+    model["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": hooks}
+    assert served.call("PUT", f"{VMSS}?api-version=2025-11-01", model)[0] == 201
+    publish(served, "2.0.0")
+    target = ("-g", "myResourceGroup", "-n", "myScaleSet", *SUB)
+
+    def events() -> list[dict[str, Any]]:
+        listed = served.cli("vmss", "lifecycle-hook-event", "list", *target, "--output", "json").stdout
+        return list(json.loads(listed))
+
+    wait_for(lambda: len(events()) == 1)
+    [event] = events()
+    assert event["properties"]["state"] == "Active"
+    why = served.cli("vmss", "rolling-upgrade", "why", *target).stdout
+    assert why.startswith(
+        f"LifecycleHookWaiting: batch 1 (instance(s) 0) waits for an answer to lifecycle hook event {event['name']}"
+    ), why
+    assert f"--event-name {event['name']} --action-state Approved" in why
+    refused = served.cli("vmss", "lifecycle-hook-event", "update", *target, "--event-name", event["name"], check=False)
+    assert refused.returncode == 2 and "--action-state or --wait-until" in refused.stderr
+    late = served.cli(
+        "vmss",
+        "lifecycle-hook-event",
+        "update",
+        *target,
+        "--event-name",
+        event["name"],
+        "--wait-until",
+        "soon",
+        check=False,
+    )
+    assert late.returncode != 0 and "properties.waitUntil" in late.stderr
+    answered = served.cli(
+        "vmss",
+        "lifecycle-hook-event",
+        "update",
+        *target,
+        "--event-name",
+        event["name"],
+        "--action-state",
+        "Rejected",
+        "--output",
+        "json",
+    ).stdout
+    assert json.loads(answered)["properties"]["targetResources"][0]["actionState"] == "Rejected"
+    wait_for(lambda: len(events()) == 2)  # batch 2 waits on an event of its own

@@ -16,6 +16,7 @@ from overhaul.core.lifecycle_hooks import (
     LifecycleHook,
     Response,
     batch_event,
+    parse_response,
     respond,
     scheduling_event,
 )
@@ -94,3 +95,52 @@ def test_event_names_are_guids_fixed_by_what_they_gate_and_events_round_trip() -
     for event in (opened(), scheduled, opened().close("the rolling upgrade was cancelled")):
         assert HookEvent.from_json(event.to_json()) == event
     assert opened().close("cancelled").state is EventState.COMPLETED
+
+
+VMSS_ID = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/web"
+
+
+def test_a_response_body_names_targets_by_resource_id() -> None:
+    body = {
+        "properties": {
+            "waitUntil": "2026-12-03T10:00:00Z",
+            "targetResources": [
+                {"resource": {"id": VMSS_ID.upper() + "/virtualMachines/3"}, "actionState": "approved"},
+                {"resource": {"id": VMSS_ID}, "actionState": "Rejected"},
+            ],
+            "state": "Completed",  # read-only: ignored
+        }
+    }
+    response = parse_response(body, VMSS_ID)
+    assert response.states == {3: ActionState.APPROVED, None: ActionState.REJECTED}
+    assert response.wait_until == 1796292000.0
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ({"properties": {"targetResources": {}}}, "properties.targetResources"),
+        (
+            {"properties": {"targetResources": [{"actionState": "Approved"}]}},
+            "properties.targetResources[0].resource.id",
+        ),
+        (
+            {"properties": {"targetResources": [{"resource": {"id": VMSS_ID + "x/virtualMachines/0"}}]}},
+            "properties.targetResources[0].resource.id",
+        ),
+        (
+            {"properties": {"targetResources": [{"resource": {"id": VMSS_ID + "/virtualMachines/0"}}]}},
+            "properties.targetResources[0].actionState",
+        ),
+        (
+            {"properties": {"targetResources": [{"resource": {"id": VMSS_ID}, "actionState": "Maybe"}]}},
+            "properties.targetResources[0].actionState",
+        ),
+        ({"properties": {"waitUntil": "tomorrow"}}, "properties.waitUntil"),
+        ({"properties": "x"}, "properties"),
+    ],
+)
+def test_a_wrong_response_body_is_refused_naming_the_field(body: object, path: str) -> None:
+    with pytest.raises(ModelError) as caught:
+        parse_response(body, VMSS_ID)
+    assert caught.value.path == path

@@ -17,6 +17,7 @@ from overhaul.cli.client import (
     CliError,
     target_from_ids,
 )
+from overhaul.cli.lifecycle_hooks import add_lifecycle_hook_flags, run_lifecycle_hook_event
 from overhaul.cli.output import emit
 from overhaul.cli.values import apply_sets, json_argument
 
@@ -209,6 +210,8 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
         emit(args, client.call("GET", client.vmss(rg, args.name) + "/osUpgradeHistory"), "history")
     elif cmd == "rolling-upgrade":
         return run_rolling_upgrade(client, args)
+    elif cmd == "lifecycle-hook-event":
+        return run_lifecycle_hook_event(client, args, client.vmss(rg, args.name))
     return 0
 
 
@@ -343,6 +346,7 @@ def add_vmss_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     approval.add_argument("--instance-ids", nargs="*", type=int)
     scale_set_command("get-os-upgrade-history", "OS upgrade history, newest first")
     add_rolling_upgrade_flags(scale_set_command("rolling-upgrade", "start, cancel or follow a rolling upgrade"))
+    add_lifecycle_hook_flags(scale_set_command("lifecycle-hook-event", "events automatic OS upgrades wait on"))
 
 
 def add_rolling_upgrade_flags(rolling: argparse.ArgumentParser) -> None:

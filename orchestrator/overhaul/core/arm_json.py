@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -33,6 +34,17 @@ def parse_duration(text: Any, path: str) -> float:
         raise ModelError(path, f"must be an ISO 8601 duration such as PT30S, got {text!r}")
     parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
     return parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+
+
+def parse_timestamp(text: Any, path: str) -> float:
+    """An ISO 8601 UTC timestamp (ARM's ``2026-12-03T10:00:00Z``; no offset means UTC) to epoch seconds."""
+    if not isinstance(text, str):
+        raise ModelError(path, f"must be an ISO 8601 timestamp such as 2026-12-03T10:00:00Z, got {text!r}")
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise ModelError(path, f"must be an ISO 8601 timestamp such as 2026-12-03T10:00:00Z, got {text!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
 def format_duration(seconds: float) -> str:

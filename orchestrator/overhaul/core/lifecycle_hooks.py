@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from overhaul.core.arm_json import ModelError, Reader, format_duration, parse_duration
+from overhaul.core.arm_json import ModelError, Reader, format_duration, parse_duration, parse_timestamp
 
 # Ours (Azure does not say): how long a response may put an event off, past its creation, at most.
 MAX_DELAY = 86400.0
@@ -238,3 +238,28 @@ def respond(event: HookEvent, response: Response, now: float) -> HookEvent:
             raise ModelError("properties.waitUntil", "must be between now and the event's maxWaitUntil")
         wait_until = response.wait_until
     return replace(current, targets=targets, wait_until=wait_until)
+
+
+def parse_response(doc: Any, scale_set_id: str) -> Response:
+    """The body of a PATCH of an event: ``properties.targetResources[].{resource.id, actionState}`` (an instance
+    ``…/virtualMachines/N``, or the scale set itself) and ``properties.waitUntil``; read-only fields are ignored, as
+    ARM does."""
+    props = Reader(doc, "").obj("properties")
+    raw = props.doc.get("targetResources")
+    if not isinstance(raw, list | None):
+        raise ModelError(props.at("targetResources"), "must be a list")
+    states: dict[int | None, ActionState] = {}
+    prefix = f"{scale_set_id}/virtualMachines/".lower()
+    for index, item in enumerate(raw or []):
+        r = Reader(item, f"{props.at('targetResources')}[{index}]")
+        resource_id = r.obj("resource").required_text("id").rstrip("/")
+        target: int | None
+        if resource_id.lower() == scale_set_id.lower():
+            target = None
+        elif resource_id.lower().startswith(prefix) and resource_id[len(prefix) :].isdigit():
+            target = int(resource_id[len(prefix) :])
+        else:
+            raise ModelError(r.obj("resource").at("id"), f"must be {scale_set_id} or one of its virtualMachines")
+        states[target] = _choice(r, "actionState", ActionState, None)
+    wait = props.doc.get("waitUntil")
+    return Response(states, parse_timestamp(wait, props.at("waitUntil")) if wait is not None else None)

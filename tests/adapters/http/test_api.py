@@ -117,6 +117,50 @@ def test_excluded_version_does_not_move_anything(served: Served) -> None:
     assert status == 200 and doc["value"] == []
 
 
+def test_lifecycle_hook_events_over_http_answer_with_field_errors_404_and_409(served: Served) -> None:
+    model = json.loads(json.dumps(API_MODEL))
+    model["sku"]["capacity"] = 2
+    model["properties"]["upgradePolicy"] = {
+        "mode": "Rolling",
+        "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True},
+        "rollingUpgradePolicy": {"maxBatchInstancePercent": 50},
+    }
+    hook = {"type": "UpgradeAutoOSRollingBatchStarting", "waitDuration": "PT1H", "defaultAction": "Reject"}
+    model["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": [hook]}
+    assert served.call("PUT", f"{VMSS}?{API}", model)[0] == 201
+    publish(served, "2.0.0")
+    events = f"{VMSS}/lifecycleHookEvents"
+    wait_for(lambda: len(served.call("GET", f"{events}?{API}")[1]["value"]) == 1)
+    [event] = served.call("GET", f"{events}?{API}")[1]["value"]
+    props = event["properties"]
+    assert event["id"].lower() == f"{VMSS}/lifecycleHookEvents/{event['name']}".lower()
+    assert props["state"] == "Active" and props["defaultAction"] == "Reject" and props["waitUntil"].endswith("Z")
+    assert props["targetResources"] == [{"resource": {"id": f"{VMSS}/virtualMachines/0"}, "actionState": "Waiting"}]
+    url = f"{events}/{event['name']}?{API}"
+    wrong = {
+        "properties": {
+            "targetResources": [{"resource": {"id": f"{VMSS}/virtualMachines/1"}, "actionState": "Approved"}]
+        }
+    }
+    status, doc, _ = served.call("PATCH", url, wrong)
+    assert status == 400 and doc["error"]["target"] == "properties.targetResources[0].resource.id", doc
+    status, doc, _ = served.call("PATCH", url, {"properties": {"waitUntil": "soon"}})
+    assert status == 400 and doc["error"]["target"] == "properties.waitUntil", doc
+    assert served.call("GET", f"{events}/nope?{API}")[0] == 404
+    why = served.call("GET", f"{VMSS}/rollingUpgrades/why?{API}")[1]["value"]
+    assert [c["code"] for c in why] == ["LifecycleHookWaiting"] and why[0]["nextActionTime"] == props["waitUntil"]
+    approve = {
+        "properties": {
+            "targetResources": [{"resource": {"id": f"{VMSS}/virtualMachines/0"}, "actionState": "Approved"}]
+        }
+    }
+    status, doc, _ = served.call("PATCH", url, approve)
+    assert status == 200 and doc["properties"]["state"] == "Completed", doc
+    status, doc, _ = served.call("PATCH", url, approve)
+    assert status == 409 and doc["error"]["code"] == "LifecycleHookEventNotActive"
+    wait_for(lambda: len(served.call("GET", f"{events}?{API}")[1]["value"]) == 2)  # batch 2 has its own
+
+
 @pytest.mark.parametrize(
     ("body", "target", "text"),
     [
@@ -197,9 +241,9 @@ def test_wrong_json_404_409_413_and_api_version(served: Served) -> None:
 # The document's operations in four parts, fuzzed side by side by the suite's workers (each operation in one).
 SCHEMATHESIS_SHARDS = {
     "scale sets": r"virtualMachineScaleSets(/\{name\}(/virtualMachines.*|/instanceView)?)?$|/operations/",
-    "scale set actions": r"virtualMachineScaleSets/\{name\}/(?!virtualMachines|instanceView)",
+    "scale set actions": r"virtualMachineScaleSets/\{name\}/(?!virtualMachines|instanceView|lifecycleHookEvents)",
     "gallery": r"galleries|publishers",
-    "network and maintenance": r"loadBalancers|maintenanceConfigurations|healthz",
+    "network, maintenance, hooks": r"loadBalancers|maintenanceConfigurations|lifecycleHookEvents|healthz",
 }
 
 

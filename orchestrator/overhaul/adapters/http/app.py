@@ -25,7 +25,7 @@ from overhaul.adapters.http.requests import (
     error,
     orchestrator_of,
 )
-from overhaul.adapters.http.routes import gallery, maintenance, network, scale_sets, upgrades
+from overhaul.adapters.http.routes import gallery, lifecycle_hooks, maintenance, network, scale_sets, upgrades
 from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
 from overhaul.runtime.orchestrator import Orchestrator
@@ -55,7 +55,14 @@ STATUS: dict[type[OverhaulError], int] = {
     EngineFailed: 502,
     Unavailable: 503,
 }
-ARM_ROUTES: list[Route] = scale_sets.ROUTES + upgrades.ROUTES + network.ROUTES + gallery.ROUTES + maintenance.ROUTES
+ARM_ROUTES: list[Route] = [
+    *scale_sets.ROUTES,
+    *upgrades.ROUTES,
+    *lifecycle_hooks.ROUTES,
+    *network.ROUTES,
+    *gallery.ROUTES,
+    *maintenance.ROUTES,
+]
 
 
 def status_of(exc: OverhaulError) -> int:
