@@ -65,6 +65,31 @@ API_MODEL: dict[str, Any] = {
 }
 
 
+def automatic_model(capacity: int = 4) -> dict[str, Any]:
+    """small() with automatic OS upgrades in batches of half, 20 minutes apart, health from the power state."""
+    doc = small(capacity)
+    doc["properties"]["upgradePolicy"] = {
+        "mode": "Automatic",
+        "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True, "useRollingUpgradePolicy": True},
+        "rollingUpgradePolicy": {"maxBatchInstancePercent": 50, "pauseTimeBetweenBatches": "PT20M"},
+    }
+    doc["properties"]["virtualMachineProfile"]["overhaul"]["healthFromPowerState"] = True
+    return doc
+
+
+def hooked_model(*hooks: dict[str, Any]) -> dict[str, Any]:
+    """API_MODEL with automatic OS upgrades, batches of one of its two instances, and these lifecycle hooks."""
+    model = copy.deepcopy(API_MODEL)
+    model["sku"]["capacity"] = 2
+    model["properties"]["upgradePolicy"] = {
+        "mode": "Rolling",
+        "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True},
+        "rollingUpgradePolicy": {"maxBatchInstancePercent": 50},
+    }
+    model["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": list(hooks)}
+    return model
+
+
 async def wait_for_async(predicate: Callable[[], Any], timeout: float = 20, every: float = 0.01) -> None:
     """Until ``await predicate()`` is true, inside the event loop; fails the test past ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import API_MODEL, GALLERY, VMSS, publish, seeded_serve, wait_for
+from tests.builders import API_MODEL, GALLERY, VMSS, hooked_model, publish, seeded_serve, wait_for
 from tests.serve import API, Served
 
 
@@ -475,15 +475,7 @@ def test_maintenance_configurations_and_assignments_from_the_cli(served: Served)
 
 
 def test_lifecycle_hook_events_are_listed_answered_and_explained_from_the_cli(served: Served) -> None:
-    model = json.loads(json.dumps(API_MODEL))
-    model["sku"]["capacity"] = 2
-    model["properties"]["upgradePolicy"] = {
-        "mode": "Rolling",
-        "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True},
-        "rollingUpgradePolicy": {"maxBatchInstancePercent": 50},
-    }
-    hooks = [{"type": "UpgradeAutoOSRollingBatchStarting", "waitDuration": "PT1H"}]
-    model["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": hooks}
+    model = hooked_model({"type": "UpgradeAutoOSRollingBatchStarting", "waitDuration": "PT1H"})
     assert served.call("PUT", f"{VMSS}?api-version=2025-11-01", model)[0] == 201
     publish(served, "2.0.0")
     target = ("-g", "myResourceGroup", "-n", "myScaleSet", *SUB)

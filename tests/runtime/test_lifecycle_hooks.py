@@ -6,6 +6,7 @@ waits on the same event; `why` says what it waits for."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,15 @@ from overhaul.core.lifecycle_hooks import ActionState, EventState, HookEvent, Ho
 from overhaul.core.model import ScaleSetRef
 from overhaul.core.rollout import AttemptStatus, Step
 from overhaul.runtime.orchestrator import Orchestrator
-from tests.builders import SIMULATED, Fleet, fleet_with, wait_for_async
-from tests.runtime.test_maintenance_windows import NOW, automatic
+from tests.builders import SIMULATED, Fleet, automatic_model, fleet_with, wait_for_async
 
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()
 SETTINGS = AutoUpgradeSettings(first_delay=0.0, delay=0.0)
 REF = ScaleSetRef("local", "default", "web")
 
 
 def hooked(*hooks: dict[str, Any]) -> dict[str, Any]:
-    doc = automatic()
+    doc = automatic_model()
     doc["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": list(hooks)}
     return doc
 

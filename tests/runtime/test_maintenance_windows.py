@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,29 +19,18 @@ from overhaul.core.maintenance import parse_maintenance_configuration
 from overhaul.core.model import ScaleSetRef
 from overhaul.core.rollout import AttemptStatus, StartedBy
 from overhaul.runtime.orchestrator import Orchestrator
-from tests.builders import SIMULATED, Fleet, fleet_with, small, version, wait_for_async
+from tests.builders import SIMULATED, Fleet, automatic_model, fleet_with, version, wait_for_async
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()
 OPENS = datetime(2026, 12, 1, 22, 0, tzinfo=UTC).timestamp()
 SETTINGS = AutoUpgradeSettings(first_delay=0.0, delay=0.0)
 
 
-def automatic(capacity: int = 4) -> dict[str, Any]:
-    doc = small(capacity)
-    doc["properties"]["upgradePolicy"] = {
-        "mode": "Automatic",
-        "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True, "useRollingUpgradePolicy": True},
-        "rollingUpgradePolicy": {"maxBatchInstancePercent": 50, "pauseTimeBetweenBatches": "PT20M"},
-    }
-    doc["properties"]["virtualMachineProfile"]["overhaul"]["healthFromPowerState"] = True
-    return doc
-
-
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     async with fleet_with(tmp_path, replace(SIMULATED, min_maintenance_window=60.0)) as each:
         each.clock.now = NOW
-        await each.orchestrator.scale_sets.put("web", automatic())
+        await each.orchestrator.scale_sets.put("web", automatic_model())
         changed = await each.orchestrator.upgrades.latest("web")  # the model change moves every instance at once
         if changed is not None:
             await each.orchestrator.upgrades.wait(changed.attempt.id, 60)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from overhaul.adapters.http.openapi import openapi_document
-from tests.builders import API_MODEL, GALLERY, IMAGE_VERSIONS, RG, VMSS, publish, seeded_serve, wait_for
+from tests.builders import API_MODEL, GALLERY, IMAGE_VERSIONS, RG, VMSS, hooked_model, publish, seeded_serve, wait_for
 from tests.serve import API, Served
 
 
@@ -118,15 +118,8 @@ def test_excluded_version_does_not_move_anything(served: Served) -> None:
 
 
 def test_lifecycle_hook_events_over_http_answer_with_field_errors_404_and_409(served: Served) -> None:
-    model = json.loads(json.dumps(API_MODEL))
-    model["sku"]["capacity"] = 2
-    model["properties"]["upgradePolicy"] = {
-        "mode": "Rolling",
-        "automaticOSUpgradePolicy": {"enableAutomaticOSUpgrade": True},
-        "rollingUpgradePolicy": {"maxBatchInstancePercent": 50},
-    }
     hook = {"type": "UpgradeAutoOSRollingBatchStarting", "waitDuration": "PT1H", "defaultAction": "Reject"}
-    model["properties"]["lifecycleHooksProfile"] = {"lifecycleHooks": [hook]}
+    model = hooked_model(hook)
     assert served.call("PUT", f"{VMSS}?{API}", model)[0] == 201
     publish(served, "2.0.0")
     events = f"{VMSS}/lifecycleHookEvents"
