@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from overhaul.core.cloud_events import Delivery, EventSubscription
 from overhaul.core.errors import Unavailable
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
 from overhaul.core.lifecycle_hooks import HookEvent
@@ -84,6 +85,34 @@ class LifecycleHookStore(Protocol):
         ...
 
 
+class EventStore(Protocol):
+    """Event subscriptions and the outbox of their deliveries (core/cloud_events.py)."""
+
+    async def put_event_subscription(self, subscription: EventSubscription) -> None: ...
+    async def event_subscriptions(self) -> list[EventSubscription]: ...
+    async def delete_event_subscription(self, subscription_id: str) -> None:
+        """With its deliveries, pending or dead."""
+        ...
+
+    async def enqueue(self, deliveries: Iterable[Delivery]) -> None:
+        """Adds deliveries; one already there (the same event for the same subscription) is left as it is."""
+        ...
+
+    async def due_deliveries(self, subscription_id: str, now: float, limit: int) -> list[Delivery]: ...
+    async def next_delivery(self) -> tuple[str, float] | None:
+        """The subscription and time of the earliest pending delivery."""
+        ...
+
+    async def delivered(self, delivery: Delivery, now: float) -> None: ...
+    async def retry_later(self, delivery: Delivery) -> None:
+        """Saves a failed delivery's attempts, error and next time."""
+        ...
+
+    async def dead_letter(self, delivery: Delivery, error: str, now: float) -> None: ...
+    async def dead_letters(self, subscription_id: str) -> list[Delivery]: ...
+    async def pending_deliveries(self) -> int: ...
+
+
 class GalleryStore(Protocol):
     async def put_gallery(self, gallery: Gallery) -> None:
         """Creates it, or updates its location and document (its resource group stays)."""
@@ -132,7 +161,9 @@ class StoreUnavailable(Unavailable):
     code = "StorageUnavailable"
 
 
-class Store(ScaleSetStore, GalleryStore, NetworkStore, MaintenanceStore, LifecycleHookStore, AttemptStore, Protocol):
+class Store(
+    ScaleSetStore, GalleryStore, NetworkStore, MaintenanceStore, LifecycleHookStore, EventStore, AttemptStore, Protocol
+):
     async def close(self) -> None: ...
     def problem(self) -> str | None:
         """What keeps the store from taking writes, as far as it knows now (None: nothing)."""

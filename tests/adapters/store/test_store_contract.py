@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.core.cloud_events import CloudEvent, Delivery, EventType, parse_event_subscription
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
 from overhaul.core.lifecycle_hooks import ActionState, HookType, LifecycleHook, Response, batch_event, respond
 from overhaul.core.model import RollingUpgradePolicy, parse_scale_set
@@ -199,3 +200,33 @@ async def test_lifecycle_hook_events_are_written_by_compare_and_set_and_read_bac
     assert [e.name for e in await store.hook_events("web")] == [second.name, first.name]
     await store.delete_scale_set("web")
     assert await store.hook_events("Web") == [] and await store.hook_event(first.name) is None
+
+
+async def test_the_outbox_keeps_each_delivery_once_until_it_is_delivered_or_dead(opened: Opened) -> None:
+    scope = "/subscriptions/s/resourceGroups/rg"
+    hook = {"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": "http://127.0.0.1:9/hook"}}}
+    subscription = parse_event_subscription({"properties": hook}, name="ops", scope=scope)
+    store = opened.store
+    await store.put_event_subscription(subscription)
+    subject = scope + "/providers/Microsoft.Compute/virtualMachineScaleSets/web"
+    first, second = (CloudEvent(f"a/{n}", EventType.ATTEMPT_STARTED, subject, float(n)) for n in (1, 2))
+    await store.enqueue([Delivery(subscription.id, first, next_at=1.0), Delivery(subscription.id, second, next_at=2.0)])
+    await store.enqueue([Delivery(subscription.id, first, next_at=1.0)])  # produced again after a crash
+    assert await store.pending_deliveries() == 2 and await store.next_delivery() == (subscription.id, 1.0)
+    assert [d.event for d in await store.due_deliveries(subscription.id, 1.5, 10)] == [first]
+    await store.delivered(Delivery(subscription.id, first), 5.0)
+    await store.enqueue([Delivery(subscription.id, first, next_at=6.0)])  # delivered: not again
+    later = Delivery(subscription.id, second).failed("HTTP 500", 5.0, subscription)
+    assert later is not None
+    await store.retry_later(later)
+    store = await reopened(opened)
+    assert await store.event_subscriptions() == [subscription]
+    assert await store.due_deliveries(subscription.id, 6.0, 10) == []
+    [waiting] = await store.due_deliveries(subscription.id, 15.0, 10)
+    assert waiting.attempts == 1 and waiting.last_error == "HTTP 500"
+    await store.dead_letter(waiting, "HTTP 500", 16.0)
+    [dead] = await store.dead_letters(subscription.id)
+    assert dead.event == second and dead.attempts == 2 and dead.last_error == "HTTP 500"
+    assert await store.pending_deliveries() == 0 and await store.next_delivery() is None
+    await store.delete_event_subscription(subscription.id.upper())
+    assert await store.event_subscriptions() == [] and await store.dead_letters(subscription.id) == []

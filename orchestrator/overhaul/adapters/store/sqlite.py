@@ -13,9 +13,11 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from overhaul.core.cloud_events import CloudEvent, Delivery, EventSubscription, parse_event_subscription
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
 from overhaul.core.lifecycle_hooks import HookEvent
 from overhaul.core.maintenance import (
@@ -132,7 +134,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX lifecycle_hook_events_by_scale_set ON lifecycle_hook_events (scale_set, created);
     """,
+    # Event subscriptions and the outbox of their deliveries (core/cloud_events.py).
+    """
+    CREATE TABLE event_subscriptions (id TEXT PRIMARY KEY COLLATE NOCASE, doc TEXT NOT NULL);
+    CREATE TABLE event_outbox (
+        subscription TEXT NOT NULL COLLATE NOCASE, event_id TEXT NOT NULL, event TEXT NOT NULL,
+        attempts INTEGER NOT NULL, next_at REAL NOT NULL, state TEXT NOT NULL, last_error TEXT,
+        created REAL NOT NULL, PRIMARY KEY (subscription, event_id)
+    );
+    CREATE INDEX event_outbox_due ON event_outbox (state, next_at);
+    """,
 )
+# Delivered events are kept this long, so one produced again (after a crash) is not delivered again.
+DELIVERED_KEPT = 86400.0
 # Lifecycle hook events kept per scale set (the newest).
 HOOK_EVENTS_KEPT = 100
 
@@ -457,6 +471,91 @@ class SqliteStore:
                     (doc, event.name, json.dumps(expected.to_json(), sort_keys=True)),
                 ).rowcount
         return written == 1
+
+    # --- events: subscriptions and the outbox --------------------------------------------------------------
+
+    async def put_event_subscription(self, subscription: EventSubscription) -> None:
+        doc = {"name": subscription.name, "scope": subscription.scope, "sent": subscription.sent}
+        self.db.execute(
+            "INSERT INTO event_subscriptions (id, doc) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+            (subscription.id, json.dumps(doc)),
+        )
+
+    async def event_subscriptions(self) -> list[EventSubscription]:
+        found = []
+        for row in self.db.execute("SELECT doc FROM event_subscriptions ORDER BY id"):
+            doc = json.loads(row["doc"])
+            found.append(parse_event_subscription(doc["sent"], name=doc["name"], scope=doc["scope"]))
+        return found
+
+    async def delete_event_subscription(self, subscription_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM event_subscriptions WHERE id = ?", (subscription_id,))
+            db.execute("DELETE FROM event_outbox WHERE subscription = ?", (subscription_id,))
+
+    async def enqueue(self, deliveries: Iterable[Delivery]) -> None:
+        rows = [
+            (d.subscription, d.event.id, json.dumps(d.event.to_json()), d.attempts, d.next_at, d.event.time)
+            for d in deliveries
+        ]
+        if not rows:
+            return
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO event_outbox (subscription, event_id, event, attempts, next_at, state, created)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                rows,
+            )
+
+    @staticmethod
+    def _delivery(row: sqlite3.Row) -> Delivery:
+        event = CloudEvent.from_json(json.loads(row["event"]))
+        return Delivery(row["subscription"], event, row["attempts"], row["next_at"], row["last_error"])
+
+    async def due_deliveries(self, subscription_id: str, now: float, limit: int) -> list[Delivery]:
+        rows = self.db.execute(
+            "SELECT * FROM event_outbox WHERE subscription = ? AND state = 'pending' AND next_at <= ?"
+            " ORDER BY created, event_id LIMIT ?",
+            (subscription_id, now, limit),
+        )
+        return [self._delivery(r) for r in rows]
+
+    async def next_delivery(self) -> tuple[str, float] | None:
+        row = self.db.execute(
+            "SELECT subscription, next_at FROM event_outbox WHERE state = 'pending' ORDER BY next_at LIMIT 1"
+        ).fetchone()
+        return (row["subscription"], row["next_at"]) if row else None
+
+    async def _set_state(self, delivery: Delivery, state: str, error: str | None, now: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE event_outbox SET state = ?, attempts = ?, last_error = ?, next_at = ?"
+                " WHERE subscription = ? AND event_id = ?",
+                (state, delivery.attempts, error, now, delivery.subscription, delivery.event.id),
+            )
+            if state == "delivered":
+                db.execute(
+                    "DELETE FROM event_outbox WHERE state = 'delivered' AND next_at < ?", (now - DELIVERED_KEPT,)
+                )
+
+    async def delivered(self, delivery: Delivery, now: float) -> None:
+        await self._set_state(replace(delivery, attempts=delivery.attempts + 1), "delivered", None, now)
+
+    async def retry_later(self, delivery: Delivery) -> None:
+        await self._set_state(delivery, "pending", delivery.last_error, delivery.next_at)
+
+    async def dead_letter(self, delivery: Delivery, error: str, now: float) -> None:
+        await self._set_state(replace(delivery, attempts=delivery.attempts + 1), "dead", error[:500], now)
+
+    async def dead_letters(self, subscription_id: str) -> list[Delivery]:
+        rows = self.db.execute(
+            "SELECT * FROM event_outbox WHERE subscription = ? AND state = 'dead' ORDER BY created, event_id",
+            (subscription_id,),
+        )
+        return [self._delivery(r) for r in rows]
+
+    async def pending_deliveries(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM event_outbox WHERE state = 'pending'").fetchone()[0])
 
     async def put_maintenance_configuration(self, configuration: MaintenanceConfiguration) -> None:
         self.db.execute(
