@@ -21,7 +21,7 @@ from overhaul.core.cloud_events import (
 from overhaul.core.lifecycle_hooks import HookAction, HookType, LifecycleHook
 from overhaul.core.model import RollingUpgradePolicy
 from overhaul.core.planner import Health, InstanceView
-from overhaul.core.rollout import ActionResult, Attempt, AttemptStatus, StartedBy, apply_result, decide, start
+from overhaul.core.rollout import ActionResult, AttemptStatus, StartedBy, apply_result, decide, start
 
 RG = "/subscriptions/s/resourceGroups/rg"
 VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/web"
