@@ -111,10 +111,10 @@ def publish(served: Served, version: str, *, exclude: bool = False) -> None:
 
 
 @contextmanager
-def seeded_serve(tmp_path: Path) -> Iterator[Served]:
+def seeded_serve(tmp_path: Path, *extra: str) -> Iterator[Served]:
     """`overhaul serve` on the in-memory engine, with the image definition the API documents use and 1.0.0."""
     with serve_in_process(
-        tmp_path / "state", "--engine", "memory", "--auto-upgrade-first-delay", "0", "--auto-upgrade-delay", "0"
+        tmp_path / "state", "--engine", "memory", "--auto-upgrade-first-delay", "0", "--auto-upgrade-delay", "0", *extra
     ) as running:
         identifier = {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
         status, _, _ = running.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})

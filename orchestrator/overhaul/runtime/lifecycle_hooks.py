@@ -8,6 +8,7 @@ import logging
 
 from overhaul.core.arm_json import ModelError
 from overhaul.core.auto_upgrade import DueUpgrade
+from overhaul.core.cloud_events import hook_events
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.lifecycle_hooks import (
     ActionState,
@@ -20,6 +21,7 @@ from overhaul.core.lifecycle_hooks import (
     scheduling_event,
 )
 from overhaul.core.model import ScaleSet, ScaleSetRef
+from overhaul.runtime.outbox import subject_of
 from overhaul.runtime.parts import Parts
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ async def scheduled(parts: Parts, model: ScaleSet, due: DueUpgrade) -> tuple[boo
     opened = scheduling_event(hook, model.name, due.target.version, due.due_at, now)
     stored = await parts.store.hook_event(opened.name)
     if stored is None:
+        await parts.outbox.publish(hook_events(opened, subject_of(model)))
         await parts.store.put_hook_event(opened, None)
         log.info(
             "automatic OS upgrade of %s to %s waits for lifecycle hook event %s",

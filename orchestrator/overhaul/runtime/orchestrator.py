@@ -15,6 +15,7 @@ from overhaul.ports.clock import Clock
 from overhaul.ports.driver import Driver, DriverError, InstanceState
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
+from overhaul.runtime.event_subscriptions import EventSubscriptions
 from overhaul.runtime.galleries import Galleries
 from overhaul.runtime.lifecycle_hooks import LifecycleHookEvents
 from overhaul.runtime.maintenance import MaintenanceConfigurations
@@ -44,6 +45,7 @@ class Orchestrator:
         self.load_balancers = LoadBalancers(self.parts)
         self.maintenance = MaintenanceConfigurations(self.parts)
         self.lifecycle_hook_events = LifecycleHookEvents(self.parts)
+        self.event_subscriptions = EventSubscriptions(self.parts)
         # What the serve layer, metrics and tests reach directly.
         self.store, self.driver, self.health, self.clock = store, driver, health, clock
         self.settings = self.parts.settings
@@ -52,6 +54,7 @@ class Orchestrator:
         self.supervisor = self.parts.supervisor
         self.reconciler = self.parts.reconciler
         self.instances = self.parts.instances
+        self.outbox = self.parts.outbox
 
     async def start(self) -> None:
         """Watches every instance, repairs what a crash left half done, and resumes every unfinished attempt."""

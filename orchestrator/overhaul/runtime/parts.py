@@ -21,6 +21,7 @@ from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.events import EventBus
 from overhaul.runtime.instances import Instances
+from overhaul.runtime.outbox import Outbox
 from overhaul.runtime.reconciler import Reconciler
 from overhaul.runtime.settings import RuntimeSettings
 from overhaul.runtime.supervisor import Supervisor
@@ -61,6 +62,7 @@ class Parts:
     instances: Instances
     reconciler: Reconciler
     supervisor: Supervisor
+    outbox: Outbox
     changes: Changes  # bumped when the gallery, a model or an attempt's end changes
     _locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
 
@@ -70,9 +72,10 @@ class Parts:
     ) -> Parts:
         events = EventBus()
         instances = Instances(store, driver, health)
-        reconciler = Reconciler(store, driver, health, instances, events, clock, settings)
+        outbox = Outbox(store, clock)
+        reconciler = Reconciler(store, driver, health, instances, events, outbox, clock, settings)
         supervisor = Supervisor(store, reconciler, settings)
-        return cls(store, driver, health, clock, settings, events, instances, reconciler, supervisor, Changes())
+        return cls(store, driver, health, clock, settings, events, instances, reconciler, supervisor, outbox, Changes())
 
     @contextlib.asynccontextmanager
     async def writing(self, name: str) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from overhaul.aio import cancel_and_wait
 from overhaul.core.advice import next_steps, quarantine_reason
+from overhaul.core.cloud_events import attempt_events
 from overhaul.core.errors import OverhaulError
 from overhaul.core.lifecycle_hooks import EventState
 from overhaul.core.model import HealthSourceKind, ScaleSet
@@ -37,6 +38,7 @@ from overhaul.ports.events import ActionFinished, AttemptChanged, AttemptEnded, 
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.instances import Instances
+from overhaul.runtime.outbox import Outbox, subject_of
 from overhaul.runtime.settings import RuntimeSettings
 from overhaul.runtime.steps import Respec, Steps
 from overhaul.runtime.views import image_reference_for, instance_views, known_after
@@ -51,6 +53,7 @@ class Reconciler:
     health: HealthSource
     instances: Instances
     events: Events
+    outbox: Outbox
     clock: Clock = time.time
     settings: RuntimeSettings = field(default_factory=RuntimeSettings)
     steps: Steps = field(init=False)
@@ -81,7 +84,9 @@ class Reconciler:
         if event is not None:
             event.set()
 
-    async def _save(self, model: ScaleSet, before: Attempt, attempt: Attempt) -> None:
+    async def _save(self, model: ScaleSet, before: Attempt | None, attempt: Attempt) -> None:
+        # What changed goes into the outbox first: a crash between the two makes it again, under the same ids.
+        await self.outbox.publish(attempt_events(before, attempt, subject_of(model), self.clock()))
         await self.store.save_attempt(attempt, image_reference_for(model, attempt))
         self.announce(before, attempt)
 
@@ -135,6 +140,8 @@ class Reconciler:
         run as tasks, so deciding goes on while they do: the commits of one batch overlap the reimages of the next.
         Every action is journaled before it starts and after it ends."""
         attempt = resume(attempt)
+        # Whatever was saved before a crash is in the outbox again (a delivery it already has is kept once).
+        await self.outbox.publish(attempt_events(None, attempt, subject_of(model), self.clock()))
         wake = self._wakeups.setdefault(attempt.id, asyncio.Event())
         in_flight: dict[asyncio.Task[ActionResult], Action] = {}
         loop = asyncio.get_running_loop()

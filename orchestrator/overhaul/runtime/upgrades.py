@@ -9,6 +9,7 @@ import uuid
 from dataclasses import replace
 
 from overhaul.core.auto_upgrade import AutoUpgradeSettings, due_upgrade
+from overhaul.core.cloud_events import attempt_events
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.lifecycle_hooks import HookType
 from overhaul.core.model import RollingUpgradePolicy, ScaleSet, ScaleSetRef, model_digest
@@ -20,6 +21,7 @@ from overhaul.ports.events import AttemptChanged, Event
 from overhaul.ports.store import StoredAttempt
 from overhaul.runtime.lifecycle_hooks import scheduled
 from overhaul.runtime.maintenance import window_of
+from overhaul.runtime.outbox import subject_of
 from overhaul.runtime.parts import Parts, as_ref
 from overhaul.runtime.views import image_reference_for, instance_views
 from overhaul.runtime.why import why
@@ -170,6 +172,7 @@ class Upgrades:
         busy = await parts.store.start_attempt(attempt, image_reference_for(model, attempt))
         if busy is not None:
             raise Conflict(f"a rolling upgrade of {model.name} is in progress ({busy})", "RollingUpgradeInProgress")
+        await parts.outbox.publish(attempt_events(None, attempt, subject_of(model), now))
         parts.reconciler.announce(None, attempt)
         if not attempt.done:
             parts.supervisor.ensure(model.name, states)

@@ -28,6 +28,7 @@ from overhaul.adapters.http.gate import BACKLOG, GatedSite, connection_limit
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.lease import StateDirLease
 from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
+from overhaul.adapters.webhook import WebhookDeliverer
 from overhaul.aio import Backoff, cancel_and_wait, restarting
 from overhaul.ports.driver import Driver, DriverError
 from overhaul.ports.lease import LeaseHeld
@@ -150,6 +151,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         token,
         metrics,
         body_timeout=settings.http.body_timeout,
+        handshake_timeout=settings.events.timeout,
         max_body_bytes=settings.http.max_body_bytes,
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
@@ -175,6 +177,17 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
                     "automatic upgrades", auto.run, Backoff(settings.rollout.restart_min, settings.rollout.restart_max)
                 ),
                 name="auto-upgrade",
+            )
+        )
+        deliverer = WebhookDeliverer(
+            store, orchestrator.outbox.changes, settings=settings.events, registry=metrics.registry
+        )
+        tasks.append(
+            asyncio.create_task(
+                restarting(
+                    "event delivery", deliverer.run, Backoff(settings.rollout.restart_min, settings.rollout.restart_max)
+                ),
+                name="event-delivery",
             )
         )
         announce(settings)

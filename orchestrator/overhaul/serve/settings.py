@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from overhaul.adapters.health.monitor import HealthSettings
+from overhaul.adapters.webhook import DeliverySettings
 from overhaul.core.auto_upgrade import AutoUpgradeSettings
 from overhaul.defaults import DEFAULT_PORT, default_state_dir
 from overhaul.ports.store import HistoryRetention
@@ -69,6 +70,7 @@ class ServeSettings:
     rollout: RuntimeSettings = field(default_factory=RuntimeSettings)
     history: HistoryRetention = field(default_factory=HistoryRetention)
     auto_upgrade: AutoUpgradeSettings = field(default_factory=AutoUpgradeSettings)
+    events: DeliverySettings = field(default_factory=DeliverySettings)
 
     @property
     def state_path(self) -> Path:
@@ -84,6 +86,7 @@ SECTIONS = {
     "rollout": "rollout",
     "history": "history",
     "auto_upgrade": "auto-upgrade",
+    "events": "events",
 }
 # Flags that read better without their section's prefix.
 FLAG_OVERRIDES = {
@@ -135,6 +138,8 @@ HELP = {
     "history.max_age": "seconds an ended attempt stays in history (Azure: 2 months)",
     "auto_upgrade.first_delay": "seconds after publishing before a scale set's first automatic upgrade",
     "auto_upgrade.delay": "seconds after publishing before later automatic upgrades",
+    "events.timeout": "seconds one event delivery (or a webhook's validation handshake) may take",
+    "events.per_pass": "deliveries of one event subscription per pass",
 }
 
 

@@ -231,12 +231,14 @@ def test_wrong_json_404_409_413_and_api_version(served: Served) -> None:
     assert doc["properties"]["progress"]["successfulInstanceCount"] == 1
 
 
-# The document's operations in four parts, fuzzed side by side by the suite's workers (each operation in one).
+# The document's operations in five parts, fuzzed side by side by the suite's workers (each operation in one).
 SCHEMATHESIS_SHARDS = {
     "scale sets": r"virtualMachineScaleSets(/\{name\}(/virtualMachines.*|/instanceView)?)?$|/operations/",
-    "scale set actions": r"virtualMachineScaleSets/\{name\}/(?!virtualMachines|instanceView|lifecycleHookEvents)",
+    "scale set actions": r"virtualMachineScaleSets/\{name\}/"
+    r"(?!virtualMachines|instanceView|lifecycleHookEvents|providers)",
     "gallery": r"galleries|publishers",
-    "network, maintenance, hooks": r"loadBalancers|maintenanceConfigurations|lifecycleHookEvents|healthz",
+    "network, maintenance, hooks": r"loadBalancers|Microsoft.Maintenance|lifecycleHookEvents|healthz",
+    "event subscriptions": r"EventGrid",
 }
 
 

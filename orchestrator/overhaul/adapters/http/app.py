@@ -17,6 +17,7 @@ from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.http.openapi import openapi_document
 from overhaul.adapters.http.requests import (
     BODY_TIMEOUT_KEY,
+    HANDSHAKE_TIMEOUT_KEY,
     ORCHESTRATOR_KEY,
     ClientGone,
     Handler,
@@ -25,7 +26,15 @@ from overhaul.adapters.http.requests import (
     error,
     orchestrator_of,
 )
-from overhaul.adapters.http.routes import gallery, lifecycle_hooks, maintenance, network, scale_sets, upgrades
+from overhaul.adapters.http.routes import (
+    event_subscriptions,
+    gallery,
+    lifecycle_hooks,
+    maintenance,
+    network,
+    scale_sets,
+    upgrades,
+)
 from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
 from overhaul.runtime.orchestrator import Orchestrator
@@ -62,6 +71,7 @@ ARM_ROUTES: list[Route] = [
     *network.ROUTES,
     *gallery.ROUTES,
     *maintenance.ROUTES,
+    *event_subscriptions.ROUTES,
 ]
 
 
@@ -207,11 +217,13 @@ def build_app(
     *,
     body_timeout: float = BODY_TIMEOUT,
     max_body_bytes: int = MAX_BODY_BYTES,
+    handshake_timeout: float = 10.0,
 ) -> web.Application:
     app = web.Application(middlewares=[gate_middleware, audit, arm_errors, bearer_auth], client_max_size=max_body_bytes)
     app[GATE_KEY] = GateHolder()
     app[ORCHESTRATOR_KEY] = orchestrator
     app[BODY_TIMEOUT_KEY] = body_timeout
+    app[HANDSHAKE_TIMEOUT_KEY] = handshake_timeout
     app[TOKEN_KEY] = token
     app[METRICS_KEY] = orchestrator_metrics
     app[MAX_BODY_KEY] = max_body_bytes

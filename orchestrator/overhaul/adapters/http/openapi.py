@@ -148,6 +148,41 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
         {"type": "object"},
         (200,),
     ),
+    *(
+        operation
+        for scope in (RG, VMSS + "/{name}/providers")
+        for operation in (
+            ("get", scope + "/Microsoft.EventGrid/eventSubscriptions", "List event subscriptions on it", None, (200,)),
+            (
+                "put",
+                scope + "/Microsoft.EventGrid/eventSubscriptions/{subscription}",
+                "Create or update an event subscription (a webhook that passes the validation handshake)",
+                {"type": "object"},
+                (200, 201),
+            ),
+            (
+                "get",
+                scope + "/Microsoft.EventGrid/eventSubscriptions/{subscription}",
+                "Get an event subscription",
+                None,
+                (200,),
+            ),
+            (
+                "delete",
+                scope + "/Microsoft.EventGrid/eventSubscriptions/{subscription}",
+                "Delete an event subscription with its pending deliveries",
+                None,
+                (200, 204),
+            ),
+            (
+                "get",
+                scope + "/Microsoft.EventGrid/eventSubscriptions/{subscription}/deadLetteredEvents",
+                "Events that could not be delivered (ours)",
+                None,
+                (200,),
+            ),
+        )
+    ),
     ("get", SUB + "/Microsoft.Compute/galleries", "List all galleries", None, (200,)),
     ("get", RG + "/Microsoft.Compute/galleries", "List the galleries of a resource group", None, (200,)),
     ("get", GALLERY + "/images", "List a gallery's image definitions", None, (200,)),
@@ -211,7 +246,7 @@ def _parameters(path: str) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "schema": NAME
-            if n in ("name", "gallery", "image", "lb", "probe", "config", "assignment")
+            if n in ("name", "gallery", "image", "lb", "probe", "config", "assignment", "subscription")
             else {"type": "string", "minLength": 1},
         }
         for n in names

@@ -23,6 +23,7 @@ Route = tuple[str, str, Handler]  # (method, ARM path template, handler)
 
 ORCHESTRATOR_KEY = web.AppKey("orchestrator", Orchestrator)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
+HANDSHAKE_TIMEOUT_KEY = web.AppKey("handshake_timeout", float)  # a webhook's validation handshake, seconds
 # ARM documents nest a dozen levels at most; deeper ones are refused before anything walks them.
 MAX_JSON_DEPTH = 64
 INSTANCE_ID = re.compile(r"[0-9]{1,6}")
