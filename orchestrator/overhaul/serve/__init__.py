@@ -155,7 +155,6 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         max_body_bytes=settings.http.max_body_bytes,
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
-    auto = AutoUpgrader(orchestrator, settings.auto_upgrade)
     tasks: list[asyncio.Task[Any]] = []
     try:
         await orchestrator.start()
@@ -171,25 +170,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         except OSError as exc:
             print(f"overhaul serve: cannot listen on {settings.http.host}:{settings.http.port}: {exc}", file=sys.stderr)
             return 1
-        tasks.append(
-            asyncio.create_task(
-                restarting(
-                    "automatic upgrades", auto.run, Backoff(settings.rollout.restart_min, settings.rollout.restart_max)
-                ),
-                name="auto-upgrade",
-            )
-        )
-        deliverer = WebhookDeliverer(
-            store, orchestrator.outbox.changes, settings=settings.events, registry=metrics.registry
-        )
-        tasks.append(
-            asyncio.create_task(
-                restarting(
-                    "event delivery", deliverer.run, Backoff(settings.rollout.restart_min, settings.rollout.restart_max)
-                ),
-                name="event-delivery",
-            )
-        )
+        tasks += background(settings, orchestrator, store, metrics)
         announce(settings)
         await stop.wait()
         return 0
@@ -200,6 +181,24 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
             await orchestrator.close()
             await drivers.close()
         await store.close()
+
+
+def backoff(settings: ServeSettings) -> Backoff:
+    return Backoff(settings.rollout.restart_min, settings.rollout.restart_max)
+
+
+def background(
+    settings: ServeSettings, orchestrator: Orchestrator, store: SqliteStore, metrics: OrchestratorMetrics
+) -> list[asyncio.Task[Any]]:
+    """The supervised loops beside the API: automatic upgrades and event delivery (cancelled on shutdown)."""
+    auto = AutoUpgrader(orchestrator, settings.auto_upgrade)
+    deliverer = WebhookDeliverer(
+        store, orchestrator.outbox.changes, settings=settings.events, registry=metrics.registry
+    )
+    return [
+        asyncio.create_task(restarting("automatic upgrades", auto.run, backoff(settings)), name="auto-upgrade"),
+        asyncio.create_task(restarting("event delivery", deliverer.run, backoff(settings)), name="event-delivery"),
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
