@@ -16,6 +16,7 @@ import pytest
 
 from tests.builders import API_MODEL, GALLERY, VMSS, hooked_model, publish, seeded_serve, wait_for
 from tests.serve import API, Served
+from tests.webhook import webhook_receiver
 
 
 @pytest.fixture
@@ -520,3 +521,49 @@ def test_lifecycle_hook_events_are_listed_answered_and_explained_from_the_cli(se
     ).stdout
     assert json.loads(answered)["properties"]["targetResources"][0]["actionState"] == "Rejected"
     wait_for(lambda: len(events()) == 2)  # batch 2 waits on an event of its own
+
+
+def test_event_subscriptions_from_the_cli(served: Served) -> None:
+    assert served.call("PUT", f"{VMSS}?api-version=2025-11-01", API_MODEL)[0] == 201
+    with webhook_receiver() as receiver:
+        where = ("--source-resource-id", VMSS, "--name", "ops", *SUB)
+        created = served.cli(
+            "eventgrid",
+            "event-subscription",
+            "create",
+            *where,
+            "--webhook-endpoint",
+            receiver.url,
+            "--included-event-types",
+            "Overhaul.Compute.RollingUpgradeCompleted",
+            "--output",
+            "json",
+        ).stdout
+        doc = json.loads(created)
+        assert doc["properties"]["filter"]["includedEventTypes"] == ["Overhaul.Compute.RollingUpgradeCompleted"]
+        assert len(receiver.handshakes) == 1
+        updated = served.cli(
+            "eventgrid", "event-subscription", "update", *where, "--max-delivery-attempts", "5", "--output", "json"
+        ).stdout
+        assert json.loads(updated)["properties"]["retryPolicy"]["maxDeliveryAttempts"] == 5
+        listed = served.cli("eventgrid", "event-subscription", "list", "--source-resource-id", VMSS, *SUB, "-o", "json")
+        assert [s["name"] for s in json.loads(listed.stdout)] == ["ops"]
+        assert (
+            json.loads(served.cli("eventgrid", "event-subscription", "dead-letters", *where, "-o", "json").stdout) == []
+        )
+        bad = served.cli(
+            "eventgrid",
+            "event-subscription",
+            "create",
+            "--source-resource-id",
+            VMSS,
+            "--name",
+            "bad",
+            "--webhook-endpoint",
+            "mailto:x",
+            *SUB,
+            check=False,
+        )
+        assert bad.returncode != 0 and "properties.destination.properties.endpointUrl" in bad.stderr
+        served.cli("eventgrid", "event-subscription", "delete", *where)
+        assert served.cli("eventgrid", "event-subscription", "show", *where, check=False).returncode == 3

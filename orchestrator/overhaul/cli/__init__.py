@@ -12,6 +12,7 @@ from pathlib import Path
 
 from overhaul import __version__
 from overhaul.cli.client import EXIT_USAGE, Client, CliError, find_token
+from overhaul.cli.events import add_event_commands, run_events
 from overhaul.cli.gallery import add_gallery_commands, run_sig, run_vm_image, sig_defaults
 from overhaul.cli.maintenance import add_maintenance_commands, run_maintenance
 from overhaul.cli.network import add_network_commands, run_network
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gallery_commands(groups, common)
     add_network_commands(groups, common)
     add_maintenance_commands(groups, common)
+    add_event_commands(groups, common)
     return parser
 
 
@@ -177,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_network(client, args)
         if args.group == "maintenance":
             return run_maintenance(client, args)
+        if args.group == "eventgrid":
+            return run_events(client, args)
         return run_vm_image(client, args)
     except CliError as exc:
         print(f"overhaul: {exc}", file=sys.stderr)
