@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import API_MODEL, RG, VMSS, publish, seeded_serve, wait_for
+from tests.builders import API_MODEL, RG, VMSS, hooked_model, publish, seeded_serve, wait_for
 from tests.serve import API, Served
 from tests.webhook import Receiver, subscription_body, webhook_receiver
 
@@ -119,3 +119,20 @@ def test_a_failing_or_hanging_webhook_costs_its_own_subscription_only(served: Se
         wait_for(lambda: len(dead("hanging")) == len(good.ids()), timeout=60)  # one bounded timeout each
         assert "Timeout" in str(dead("hanging")[0]["lastError"])
         assert dead("good") == [] and served.metric("overhaul_events_pending") == 0
+
+
+def test_a_lifecycle_hook_waiting_reaches_the_webhook_which_answers_it(served: Served, receiver: Receiver) -> None:
+    """The loop a webhook closes: told a batch waits, it approves the event through the API."""
+    hook = {"type": "UpgradeAutoOSRollingBatchStarting", "waitDuration": "PT1H"}
+    assert served.call("PUT", f"{VMSS}?{API}", hooked_model(hook))[0] == 201
+    assert served.call("PUT", f"{EVENTS}/ops?{API}", subscription_body(receiver.url))[0] == 201
+    publish(served, "2.0.0")  # the platform starts the upgrade; batch 1 waits
+    wait_for(lambda: "Overhaul.Compute.LifecycleHookWaiting" in receiver.types())
+    waiting = next(e for e in receiver.received if e["type"] == "Overhaul.Compute.LifecycleHookWaiting")
+    assert waiting["data"]["instances"] == ["0"] and waiting["data"]["defaultAction"] == "Approve"
+    name = waiting["data"]["lifecycleHookEventName"]
+    target = {"resource": {"id": f"{VMSS}/virtualMachines/0"}, "actionState": "Approved"}
+    url = f"{VMSS}/lifecycleHookEvents/{name}?{API}"
+    assert served.call("PATCH", url, {"properties": {"targetResources": [target]}})[0] == 200
+    wait_for(lambda: receiver.types().count("Overhaul.Compute.LifecycleHookWaiting") == 2)  # batch 2's
+    assert "Overhaul.Compute.InstanceUpgraded" in receiver.types()
