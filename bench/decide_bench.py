@@ -3,7 +3,8 @@
 Real system containers on Podman with the agent inside at its default settings (http probe, intervalInSeconds 5,
 numberOfProbes 1, so gracePeriod 5 s) and an instanceHealthTimeout of 5 minutes, which must not be what decides:
 - "answers Unhealthy": the application answers, Unhealthy; the agent commits that at its first probe;
-- "never answers": the application listens elsewhere; the agent commits Unknown when its grace period ends.
+- "never answers": the application listens elsewhere; the agent commits Unknown when its grace period ends;
+- "exits by itself": the OS stops a second after it starts; the engine says so (the agent never answers).
 Target: decision <= grace period + one probe interval + 1 s after the reimage ended.
 """
 
@@ -36,7 +37,11 @@ ROUNDS = 3
 GRACE, INTERVAL = 5.0, 5.0  # the agent's defaults for an http probe
 TARGET = GRACE + INTERVAL + 1.0
 NAME = "decidebench"
-KINDS = {"answers Unhealthy": ("3.1.0", {"bad": True}), "never answers": ("3.2.0", {"silent": True})}
+KINDS = {
+    "answers Unhealthy": ("3.1.0", {"bad": True}),
+    "never answers": ("3.2.0", {"silent": True}),
+    "exits by itself": ("3.3.0", {"exits": True}),
+}
 
 
 def bench_model() -> dict[str, Any]:
@@ -94,7 +99,9 @@ async def one_round(orchestrator: Orchestrator, version: str) -> tuple[float, st
 async def main() -> int:
     os_image.build("1.0.0", bad=False)
     for version, flags in KINDS.values():
-        os_image.build(version, bad=flags.get("bad", False), silent=flags.get("silent", False))
+        os_image.build(
+            version, bad=flags.get("bad", False), silent=flags.get("silent", False), exits=flags.get("exits", False)
+        )
     work = Path(tempfile.mkdtemp(prefix="overhaul-decide-bench-"))
     store = SqliteStore(work / "overhaul.db")
     driver = EngineDriver(EngineSettings(config_root=work / "config", service_dir=work / "podman"))

@@ -174,19 +174,20 @@ def build_base() -> str:
     return reference
 
 
-def build(version: str, *, bad: bool, silent: bool = False) -> str:
+def build(version: str, *, bad: bool, silent: bool = False, exits: bool = False) -> str:
     """localhost/overhaul-os:VERSION over the base; reused when it was built from the same base.
 
     ``bad``: the sample application answers Unhealthy; ``silent``: it listens on another port, so the agent's
-    probe gets no answer at all (Unknown once the grace period is over)."""
+    probe gets no answer at all (Unknown once the grace period is over); ``exits``: the OS itself stops a second
+    after it starts (a broken init), so the instance exits by itself."""
     with build_lock():
-        return _build(version, bad=bad, silent=silent)
+        return _build(version, bad=bad, silent=silent, exits=exits)
 
 
-def _build(version: str, *, bad: bool, silent: bool) -> str:
+def _build(version: str, *, bad: bool, silent: bool, exits: bool = False) -> str:
     base = build_base()
     reference = f"{REPO}:{version}"
-    label = f"{base}{' bad' if bad else ''}{' silent' if silent else ''}"
+    label = f"{base}{' bad' if bad else ''}{' silent' if silent else ''}{' exits' if exits else ''}"
     if inspect_image(reference, '{{index .Labels "overhaul.recipe"}}') == label:
         say(f"reusing {reference}")
         return reference
@@ -200,12 +201,12 @@ def _build(version: str, *, bad: bool, silent: bool) -> str:
         f'LABEL overhaul.recipe="{label}" overhaul.version="{version}"\n'
         "COPY release /etc/overhaul-release\n"
         "COPY sample-app /etc/default/sample-app\n"
-        'CMD ["/sbin/init"]\n'
-        "STOPSIGNAL SIGRTMIN+3\n"
+        + ('CMD ["/bin/sh", "-c", "sleep 1; exit 3"]\n' if exits else 'CMD ["/sbin/init"]\n')
+        + "STOPSIGNAL SIGRTMIN+3\n"
     )
     run("podman", "build", "--quiet", "-t", reference, str(work), stdout=subprocess.DEVNULL)
     shutil.rmtree(work, ignore_errors=True)
-    say(f"built {reference}{' (its application never becomes healthy)' if bad or silent else ''}")
+    say(f"built {reference}{' (its application never becomes healthy)' if bad or silent or exits else ''}")
     return reference
 
 

@@ -17,7 +17,7 @@ from overhaul.core.rollout import (
     Step,
 )
 from overhaul.core.triage import Blame, Fault
-from overhaul.core.why import Context, Gallery, Retrying, attempt_causes, scale_set_causes
+from overhaul.core.why import Context, Gallery, Restarting, Retrying, attempt_causes, scale_set_causes
 from tests.builders import platform_attempt
 
 NOW = 1_000_000.0
@@ -136,3 +136,29 @@ def test_instances_of_a_later_phase_are_named_while_an_earlier_phase_runs() -> N
     phase = next(c for c in causes if c.code == "PhaseOrdering")
     assert phase.instances == (2, 3) and "phase 1" in phase.message and phase.rule == "PhaseOrderingNumber"
     assert "PhaseOrdering" not in codes(attempt_causes(attempt(instances=waiting, batch=(0,)), views(), NOW, CONTEXT))
+
+
+def test_a_surged_batch_says_how_many_more_instances_run_than_the_capacity() -> None:
+    surged = {i: InstanceProgress(i, Step.WAITING, NOW - 5, deadline=NOW + 100) for i in (0, 1)}
+    policy = RollingUpgradePolicy(max_surge=True, instance_health_timeout=120.0)
+    seen = {i: InstanceView(i, "2.0.0", Health.INITIALIZING, observed_at=NOW) for i in (0, 1)}
+    causes = attempt_causes(attempt(instances=surged, batch=(0, 1), policy=policy), seen, NOW, CONTEXT)
+    cause = next(c for c in causes if c.code == "SurgeCapacity")
+    assert cause.observed == 6 and cause.threshold == 4 and cause.instances == (0, 1) and cause.rule == "maxSurge"
+    in_place = attempt_causes(attempt(instances=surged, batch=(0, 1)), seen, NOW, CONTEXT)
+    assert "SurgeCapacity" not in codes(in_place)
+
+
+def test_a_newer_automatic_upgrade_held_back_by_the_attempt_in_flight_is_named() -> None:
+    held = attempt_causes(attempt(), views(), NOW, Context(TARGET, automatic_target="3.0.0"))
+    [cause] = held
+    assert cause.code == "RollingUpgradeInProgress" and "3.0.0" in cause.message and "2.0.0" in cause.message
+    assert f"rolling-upgrade cancel {TARGET}" in cause.unblock
+    assert attempt_causes(attempt(), views(), NOW, Context(TARGET, automatic_target="2.0.0")) == []
+
+
+@pytest.mark.parametrize(("storage", "code"), [(True, "StorageUnavailable"), (False, "AttemptRestarting")])
+def test_a_stopped_reconciler_says_why_and_when_it_resumes(storage: bool, code: str) -> None:
+    stopped = Restarting("disk I/O error", storage, NOW - 3, NOW + 2)
+    [cause] = attempt_causes(attempt(), views(), NOW, Context(TARGET, restarting=stopped))
+    assert cause.code == code and cause.next_at == NOW + 2 and "disk I/O error" in cause.message

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from overhaul.core.rollout import AttemptStatus, StartedBy
+from overhaul.core.rollout import Attempt, AttemptStatus, StartedBy
 from overhaul.core.why import Cause
 from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec
+from overhaul.ports.store import StoreUnavailable
 from tests.builders import Fleet, fleet_with, small, version, wait_for_async
 
 
@@ -109,3 +111,30 @@ async def test_a_pre_check_refusal_says_observed_against_threshold_and_the_thres
     stop(fleet, 0, 1)  # still stopped: only the threshold changed
     attempt = await fleet.orchestrator.upgrades.start("web", started_by=StartedBy.USER)  # it follows the policy
     assert (await fleet.orchestrator.upgrades.wait(attempt.id, 60)).status is AttemptStatus.COMPLETED
+
+
+async def test_a_store_that_cannot_be_written_is_the_why_until_it_can(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await fleet.orchestrator.galleries.publish(version("2.0.0"))
+    full = asyncio.Event()
+    full.set()
+    save = fleet.store.save_attempt
+
+    async def failing(attempt: Attempt, image_reference: Mapping[str, Any]) -> None:
+        if full.is_set():
+            raise StoreUnavailable("database or disk is full")
+        await save(attempt, image_reference)
+
+    monkeypatch.setattr(fleet.store, "save_attempt", failing)
+    attempt = await fleet.orchestrator.upgrades.start("web", started_by=StartedBy.PLATFORM)
+
+    async def stopped() -> bool:
+        return "StorageUnavailable" in codes(await why(fleet))
+
+    await wait_for_async(stopped)
+    cause = next(c for c in await why(fleet) if c.code == "StorageUnavailable")
+    assert "disk is full" in cause.message and "free disk space" in cause.unblock and cause.next_at is not None
+    full.clear()  # the remedy: the store takes writes again
+    done = await fleet.orchestrator.upgrades.wait(attempt.id, 60)
+    assert done.status is AttemptStatus.COMPLETED and await why(fleet) == []

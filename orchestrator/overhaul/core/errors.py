@@ -4,16 +4,25 @@ No HTTP status codes here: the REST adapter maps each kind to one."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class OverhaulError(Exception):
     """A command could not be carried out; ``code`` is stable (Azure's where Azure has one)."""
 
     code = "BadRequest"
 
-    def __init__(self, message: str, code: str | None = None, target: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: str | None = None,
+        target: str | None = None,
+        details: tuple[Mapping[str, str], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.target = target
+        self.details = details  # ARM's error details: here, why it was refused and what unblocks it
         if code is not None:
             self.code = code
 

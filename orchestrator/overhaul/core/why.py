@@ -57,18 +57,37 @@ class Retrying:
 
 
 @dataclass(frozen=True)
+class Restarting:
+    """The attempt's reconciler stopped on an error and is resumed after a back-off (the supervisor's)."""
+
+    error: str
+    storage: bool  # the store could not be written (disk full, a read-only file system)
+    since: float
+    next_at: float
+
+
+@dataclass(frozen=True)
 class Context:
-    """What the causes name: the scale set's CLI arguments, and the runtime's retries by instance."""
+    """What the causes name: the scale set's CLI arguments, the runtime's retries by instance, a stopped
+    reconciler, and the automatic upgrade an attempt in flight holds back."""
 
     target: str  # "--resource-group G --name S"
     retrying: Mapping[int, Retrying] = field(default_factory=dict)
+    restarting: Restarting | None = None
+    automatic_target: str | None = None  # the version an automatic OS upgrade would move to now
 
 
 def attempt_causes(attempt: Attempt, views: Mapping[int, InstanceView], now: float, context: Context) -> list[Cause]:
     """Why ``attempt`` waits (rolling forward) or why it stopped (ended without completing)."""
     if attempt.status.terminal:
         return _ended(attempt, context)
-    causes = [*_retrying(attempt, context), *_batch(attempt, views, context)]
+    causes = [
+        *_restarting(context),
+        *_retrying(attempt, context),
+        *_batch(attempt, views, context),
+        *_surge(attempt),
+        *_automatic_held(attempt, context),
+    ]
     if attempt.cancel_requested:
         causes.append(
             Cause(
@@ -92,20 +111,7 @@ def attempt_causes(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
                 next_at=attempt.pause_until,
             )
         )
-    if attempt.window is not None and not attempt.window.is_open(now) and not attempt.batch:
-        occurrence = attempt.window.around(now)
-        causes.append(
-            Cause(
-                "OutsideMaintenanceWindow",
-                "the scale set's maintenance window is closed: no batch starts until it opens "
-                f"({attempt.window.to_json()['startDateTime'][11:]} {attempt.window.time_zone} daily, "
-                f"for {attempt.window.to_json()['duration']})",
-                OUTSIDE_WINDOW_UNBLOCK,
-                rule="maintenanceWindow",
-                next_action=f"start batch {attempt.batches_started + 1} when the window opens",
-                next_at=occurrence[0] if occurrence else None,
-            )
-        )
+    causes += _outside_window(attempt, now)
     if attempt.gate is not None and attempt.gate.state is EventState.ACTIVE and not attempt.batch:
         causes.append(hook_waiting(attempt.gate, context))
     causes += _phases(attempt, views)
@@ -171,6 +177,87 @@ def _phases(attempt: Attempt, views: Mapping[int, InstanceView]) -> list[Cause]:
             rule="PhaseOrderingNumber",
             instances=held,
             next_action="start their phase once this one is done",
+        )
+    ]
+
+
+def _outside_window(attempt: Attempt, now: float) -> list[Cause]:
+    if attempt.window is None or attempt.window.is_open(now) or attempt.batch:
+        return []
+    occurrence = attempt.window.around(now)
+    return [
+        Cause(
+            "OutsideMaintenanceWindow",
+            "the scale set's maintenance window is closed: no batch starts until it opens "
+            f"({attempt.window.to_json()['startDateTime'][11:]} {attempt.window.time_zone} daily, "
+            f"for {attempt.window.to_json()['duration']})",
+            OUTSIDE_WINDOW_UNBLOCK,
+            rule="maintenanceWindow",
+            next_action=f"start batch {attempt.batches_started + 1} when the window opens",
+            next_at=occurrence[0] if occurrence else None,
+        )
+    ]
+
+
+def _automatic_held(attempt: Attempt, context: Context) -> list[Cause]:
+    """An automatic OS upgrade to a newer version waits for the attempt in flight (one at a time per scale set)."""
+    if context.automatic_target in (None, attempt.target_version):
+        return []
+    return [
+        Cause(
+            "RollingUpgradeInProgress",
+            f"the automatic OS upgrade to {context.automatic_target} waits for rolling upgrade {attempt.id} (to "
+            f"{attempt.target_version}) to end",
+            f"wait for it, or cancel it: `overhaul vmss rolling-upgrade cancel {context.target}`",
+            since=attempt.start_time,
+            next_action=f"start the automatic OS upgrade to {context.automatic_target} once it ends",
+        )
+    ]
+
+
+def _restarting(context: Context) -> list[Cause]:
+    stopped = context.restarting
+    if stopped is None:
+        return []
+    if stopped.storage:
+        what = f"the store could not be written: {stopped.error}"
+        unblock = "free disk space or make the state directory writable again; the attempt resumes by itself"
+    else:
+        what = f"the attempt stopped on an unexpected error: {stopped.error}"
+        unblock = "nothing: it is resumed by itself (the orchestrator's log has the error)"
+    return [
+        Cause(
+            "StorageUnavailable" if stopped.storage else "AttemptRestarting",
+            what,
+            unblock,
+            rule="rollout.restart_min/restart_max",
+            since=stopped.since,
+            next_action="resume the attempt where its last save left it",
+            next_at=stopped.next_at,
+        )
+    ]
+
+
+def _surge(attempt: Attempt) -> list[Cause]:
+    """maxSurge: the batch's new OS disks run beside their previous ones until each is committed or rolled back."""
+    if not attempt.policy.max_surge:
+        return []
+    surged = tuple(i for i in attempt.batch if attempt.instances[i].step in (Step.REIMAGING, Step.WAITING))
+    if not surged:
+        return []
+    return [
+        Cause(
+            "SurgeCapacity",
+            f"instance(s) {_ids(surged)} run a new OS disk beside their previous one (maxSurge): {len(surged)} more "
+            f"instance(s) run than the capacity of {attempt.capacity} until each is committed or rolled back",
+            "nothing: each previous OS disk is dropped once its new one is Healthy (or restored if it is not); turn "
+            "rollingUpgradePolicy.maxSurge off to upgrade in place",
+            rule="maxSurge",
+            observed=float(attempt.capacity + len(surged)),
+            threshold=float(attempt.capacity),
+            instances=surged,
+            since=min(attempt.instances[i].since for i in surged),
+            next_action="drop each previous OS disk when its new one is Healthy",
         )
     ]
 

@@ -128,8 +128,15 @@ class Parts:
     async def settle(self, name: str) -> None:
         """Conflict while an attempt rolls forward; waits out one that is only finishing its clean-up."""
         active = await self.active(name)
-        if any(not a.status.terminal for a in active):
-            raise Conflict(f"a rolling upgrade of {name} is in progress", "RollingUpgradeInProgress")
+        running = next((a for a in active if not a.status.terminal), None)
+        if running is not None:
+            detail = {
+                "code": "RollingUpgradeInProgress",
+                "message": f"rolling upgrade {running.id} (to {running.target_version}) is in progress",
+                "unblock": "wait for it to end (`overhaul vmss rolling-upgrade get-latest --wait`), or cancel it "
+                "(`overhaul vmss rolling-upgrade cancel`)",
+            }
+            raise Conflict(f"a rolling upgrade of {name} is in progress", "RollingUpgradeInProgress", details=(detail,))
         if active:
             self.supervisor.ensure(name)
             await self.supervisor.wait_idle(name, self.settings.action_timeout)

@@ -91,6 +91,15 @@ class ScaleSets:
                     f"a rolling upgrade of {previous_model.name} is in progress: the model cannot change until it "
                     "ends (cancel it first)",
                     "RollingUpgradeInProgress",
+                    details=(
+                        {
+                            "code": "ModelChangeRefused",
+                            "message": "the model changes only between rolling upgrades; nothing was changed",
+                            "unblock": "wait for the rolling upgrade to end (`overhaul vmss rolling-upgrade get-latest "
+                            "--wait`), or cancel it (`overhaul vmss rolling-upgrade cancel`), then send the change "
+                            "again",
+                        },
+                    ),
                 )
             await self._apply(model, previous_model)
             return model, previous_model is None

@@ -11,8 +11,10 @@ import logging
 from collections.abc import Mapping
 
 from overhaul.aio import Backoff, cancel_and_wait
+from overhaul.core.why import Restarting
 from overhaul.ports.driver import InstanceState
-from overhaul.ports.store import Store
+from overhaul.ports.events import AttemptChanged, Event
+from overhaul.ports.store import Store, StoreUnavailable
 from overhaul.runtime.reconciler import Reconciler
 from overhaul.runtime.settings import RuntimeSettings
 
@@ -26,6 +28,13 @@ class Supervisor:
         self.settings = settings or RuntimeSettings()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.restarts = 0
+        # Scale sets whose reconciler stopped on an error, until its next save (why reads it).
+        self.stopped: dict[str, Restarting] = {}
+        reconciler.events.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, AttemptChanged):
+            self.stopped.pop(event.attempt.scale_set.lower(), None)
 
     async def start(self) -> None:
         """Resumes every unfinished attempt the store holds."""
@@ -71,8 +80,12 @@ class Supervisor:
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 self.restarts += 1
+                now = self.reconciler.clock()
+                self.stopped[scale_set.lower()] = Restarting(
+                    str(exc) or type(exc).__name__, isinstance(exc, StoreUnavailable), now, now + backoff.delay
+                )
                 log.exception(
                     "attempt %s of %s stopped on an error; resuming it in %.1fs", attempt.id, scale_set, backoff.delay
                 )

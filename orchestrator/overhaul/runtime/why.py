@@ -21,7 +21,8 @@ async def why(parts: Parts, model: ScaleSet, latest: Attempt | None) -> list[Cau
     """Why the rollout of ``model`` waits (its attempt in flight), or why none moves it on."""
     target = f"--resource-group {model.resource_group} --name {model.name}"
     retrying = {i: r for (name, i), r in parts.reconciler.steps.retrying.items() if name == model.name}
-    context = Context(target, retrying)
+    automatic = await _automatic_target(parts, model) if latest is not None and not latest.status.terminal else None
+    context = Context(target, retrying, parts.supervisor.stopped.get(model.name.lower()), automatic)
     if latest is not None and not latest.status.terminal:
         # The attempt lists the engine at least every observe_every: its listing serves (a follower polls often).
         recent = parts.reconciler.observed(model.name, parts.settings.observe_every)
@@ -34,6 +35,16 @@ async def why(parts: Parts, model: ScaleSet, latest: Attempt | None) -> list[Cau
     if latest is not None:
         causes += attempt_causes(latest, {}, parts.clock(), context)
     return causes
+
+
+async def _automatic_target(parts: Parts, model: ScaleSet) -> str | None:
+    """The version an automatic OS upgrade would move the scale set to now (None: it has none)."""
+    if not model.upgrade_policy.automatic.enable_automatic_os_upgrade or not model.image_reference.is_latest:
+        return None
+    try:
+        return (await parts.instances.resolve(model)).version
+    except OverhaulError:
+        return None
 
 
 async def _observe(parts: Parts, model: ScaleSet) -> tuple[dict[int, InstanceState], str | None]:

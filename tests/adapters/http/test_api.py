@@ -208,6 +208,10 @@ def test_wrong_json_404_409_413_and_api_version(served: Served) -> None:
     assert served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
     status, doc, _ = served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")
     assert status == 409 and doc["error"]["code"] == "RollingUpgradeInProgress"
+    [detail] = doc["error"]["details"]  # why it was refused, and what unblocks it
+    assert detail["code"] == "RollingUpgradeInProgress" and "rolling-upgrade cancel" in detail["unblock"]
+    status, doc, _ = served.call("PATCH", f"{VMSS}?{API}", {"tags": {"during": "attempt"}})
+    assert status == 409 and doc["error"]["details"][0]["code"] == "ModelChangeRefused", doc
 
     def why() -> list[dict[str, Any]]:
         return list(served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["overhaul"]["why"])

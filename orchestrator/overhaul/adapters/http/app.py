@@ -89,7 +89,7 @@ async def arm_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         log.debug("%s %s: the client went away before its body arrived", request.method, request.path)
         return web.Response(status=499)
     except OverhaulError as exc:
-        response = error(status_of(exc), exc.code, exc.message, exc.target)
+        response = error(status_of(exc), exc.code, exc.message, exc.target, exc.details)
         if response.status == 503:
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response

@@ -25,10 +25,14 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-def error_doc(code: str, message: str, target: str | None = None) -> dict[str, Any]:
+def error_doc(
+    code: str, message: str, target: str | None = None, details: tuple[Mapping[str, str], ...] = ()
+) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if target:
         error["target"] = target
+    if details:
+        error["details"] = [dict(d) for d in details]
     return {"error": error}
 
 

@@ -120,8 +120,10 @@ async def instance_ids(request: web.Request, model: ScaleSet, *, required: bool 
     raise InvalidInput('instanceIds: must be a list of instance ids such as ["0", "3"]', target="instanceIds")
 
 
-def error(status: int, code: str, message: str, target: str | None = None) -> web.Response:
-    return web.json_response(arm.error_doc(code, message, target), status=status)
+def error(
+    status: int, code: str, message: str, target: str | None = None, details: tuple[Mapping[str, str], ...] = ()
+) -> web.Response:
+    return web.json_response(arm.error_doc(code, message, target, details), status=status)
 
 
 def written(doc: Mapping[str, Any], created: bool) -> web.Response:
