@@ -342,6 +342,7 @@ def main() -> int:
     build_cmd.add_argument("version")
     build_cmd.add_argument("--bad", action="store_true", help="a version whose application never becomes healthy")
     build_cmd.add_argument("--silent", action="store_true", help="a version whose application never answers")
+    build_cmd.add_argument("--exits", action="store_true", help="a version whose OS stops a second after it starts")
     build_cmd.add_argument("--vm", action="store_true", help="also the VM artefacts (qcow2 base, kernel, initrd)")
     publish_cmd = commands.add_parser("publish", help="publish a built version into the orchestrator's gallery")
     publish_cmd.add_argument("version")
@@ -350,7 +351,7 @@ def main() -> int:
     publish_cmd.add_argument("-i", "--gallery-image-definition", required=True)
     args = parser.parse_args()
     if args.command == "build":
-        print(build(args.version, bad=args.bad, silent=args.silent))
+        print(build(args.version, bad=args.bad, silent=args.silent, exits=args.exits))
         if args.vm:
             print(build_vm(args.version, bad=args.bad, silent=args.silent))
     else:

@@ -142,6 +142,9 @@ def test_lifecycle_hook_events_over_http_answer_with_field_errors_404_and_409(se
     assert served.call("GET", f"{events}/nope?{API}")[0] == 404
     why = served.call("GET", f"{VMSS}/rollingUpgrades/why?{API}")[1]["value"]
     assert [c["code"] for c in why] == ["LifecycleHookWaiting"] and why[0]["nextActionTime"] == props["waitUntil"]
+    # The instance it holds back says so in its own view; the other is held by nothing yet.
+    views = {vm["instanceId"]: vm["properties"]["overhaul"]["why"] for vm in served.instances(VMSS)}
+    assert [c["code"] for c in views["0"]] == ["LifecycleHookWaiting"] and views["1"] == []
     approve = {
         "properties": {
             "targetResources": [{"resource": {"id": f"{VMSS}/virtualMachines/0"}, "actionState": "Approved"}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
@@ -63,6 +64,14 @@ async def instance_docs(request: web.Request) -> tuple[ScaleSet, list[dict[str, 
         )
         for info in await scale_sets.instances(model.ref)
     ]
+    # What holds each instance back while an attempt runs (the attempt's own recent listing serves: no extra cost).
+    latest = await orchestrator_of(request).upgrades.latest(model.ref)
+    if latest is not None and not latest.attempt.status.terminal:
+        causes = await orchestrator_of(request).upgrades.why(model.ref)
+        now = time.time()
+        for doc in docs:
+            mine = [arm.cause_doc(c, now) for c in causes if int(doc["instanceId"]) in c.instances]
+            doc["properties"]["overhaul"]["why"] = mine
     return model, docs
 
 
