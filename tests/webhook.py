@@ -27,6 +27,7 @@ class Receiver:
     allow_handshake: bool = True
     fail_with: int | None = None  # answer every delivery with this status
     hang: bool = False  # never answer a delivery
+    reset: bool = False  # drop the connection without an answer
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ids(self) -> list[str]:
@@ -56,6 +57,9 @@ def _app(receiver: Receiver) -> web.Application:
     async def post(request: web.Request) -> web.Response:
         if receiver.hang:
             await asyncio.sleep(3600)
+        if receiver.reset and request.transport is not None:
+            request.transport.abort()  # a TCP reset, as a crashing receiver gives
+            raise web.HTTPInternalServerError  # never sent: the connection is gone
         if receiver.fail_with is not None:
             return web.Response(status=receiver.fail_with)
         event = json.loads(await request.read())

@@ -95,12 +95,18 @@ def test_filters_by_type_and_scope_and_refusals_naming_the_field(served: Served,
 
 def test_a_failing_or_hanging_webhook_costs_its_own_subscription_only(served: Served, tmp_path: Path) -> None:
     rolling(served)
-    with webhook_receiver() as good, webhook_receiver() as failing, webhook_receiver() as hanging:
+    with (
+        webhook_receiver() as good,
+        webhook_receiver() as failing,
+        webhook_receiver() as hanging,
+        webhook_receiver() as resetting,
+    ):
         once = {"retryPolicy": {"maxDeliveryAttempts": 1}}
-        for name, hook in (("good", good), ("failing", failing), ("hanging", hanging)):
+        for name, hook in (("good", good), ("failing", failing), ("hanging", hanging), ("resetting", resetting)):
             assert served.call("PUT", f"{EVENTS}/{name}?{API}", subscription_body(hook.url, **once))[0] == 201
         failing.fail_with = 500
         hanging.hang = True
+        resetting.reset = True
         publish(served, "2.0.0")
         assert served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
         wait_for(lambda: "Overhaul.Compute.RollingUpgradeCompleted" in good.types())
@@ -118,6 +124,10 @@ def test_a_failing_or_hanging_webhook_costs_its_own_subscription_only(served: Se
         assert {e["event"]["id"] for e in dead("failing")} == set(good.ids())  # type: ignore[index]
         wait_for(lambda: len(dead("hanging")) == len(good.ids()), timeout=60)  # one bounded timeout each
         assert "Timeout" in str(dead("hanging")[0]["lastError"])
+        wait_for(lambda: len(dead("resetting")) == len(good.ids()), timeout=30)
+        assert "Disconnected" in str(dead("resetting")[0]["lastError"]) or "Connection" in str(
+            dead("resetting")[0]["lastError"]
+        )
         assert dead("good") == [] and served.metric("overhaul_events_pending") == 0
 
 
