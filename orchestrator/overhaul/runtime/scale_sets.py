@@ -30,6 +30,7 @@ from overhaul.core.rules import check_instance_ids, versions_after_put
 from overhaul.ports.driver import DriverError, InstanceState
 from overhaul.ports.health import HealthReport
 from overhaul.runtime.instances import where_it_listens
+from overhaul.runtime.outbox import subject_of
 from overhaul.runtime.parts import EngineFailed, Parts, as_ref, engine_error
 from overhaul.runtime.upgrades import Upgrades
 from overhaul.runtime.views import instance_views
@@ -192,6 +193,10 @@ class ScaleSets:
             for instance_id in set(range(model.capacity)) | set(states):
                 await parts.health.unwatch((model.name, instance_id))
             await parts.store.delete_scale_set(model.name)
+            # Its event subscriptions go with it, as Azure's extension resources do.
+            for subscription in await parts.store.event_subscriptions():
+                if subscription.scope.lower() == subject_of(model).lower():
+                    await parts.store.delete_event_subscription(subscription.id)
             parts.changes.bump()
 
     async def repair(self, model: ScaleSet) -> dict[int, InstanceState]:

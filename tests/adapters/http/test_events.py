@@ -1,6 +1,6 @@
 """Event subscriptions over the API, delivering to a real webhook receiver: Event Grid's validation handshake,
-CloudEvents 1.0 for every step of a rollout, filters by type, refusals naming the field, and a webhook that fails
-or hangs costing its own subscription only (retries, then the dead letter, readable through the API)."""
+CloudEvents 1.0 for every step of a rollout, filters by type, refusals naming the field, and a webhook that fails,
+resets or hangs costing its own subscription only (retries, then the dead letter, readable through the API)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,12 @@ def test_filters_by_type_and_scope_and_refusals_naming_the_field(served: Served,
     wait_for(lambda: receiver.types() == ["Overhaul.Compute.RollingUpgradeCompleted"])
     assert served.call("DELETE", f"{GROUP_EVENTS}/ends?{API}")[0] == 200
     assert served.call("DELETE", f"{GROUP_EVENTS}/ends?{API}")[0] == 204
+    # A scale set's own subscriptions go with it.
+    receiver.allow_handshake = True
+    assert served.call("PUT", f"{EVENTS}/mine?{API}", subscription_body(receiver.url))[0] == 201
+    assert served.call("DELETE", f"{VMSS}?{API}")[0] == 200
+    assert served.call("PUT", f"{VMSS}?{API}", API_MODEL)[0] == 201
+    assert served.call("GET", f"{EVENTS}?{API}")[1]["value"] == []
 
 
 def test_a_failing_or_hanging_webhook_costs_its_own_subscription_only(served: Served, tmp_path: Path) -> None:
