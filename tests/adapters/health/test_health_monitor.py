@@ -191,3 +191,17 @@ async def test_a_probes_number_of_probes_failures_in_a_row_make_a_healthy_instan
     assert fake_app.requests - failed_at >= 3  # it took three failed probes, not one
     fake_app.status = 200
     await until(monitor, key, Health.HEALTHY)
+
+
+async def test_an_agent_that_cannot_be_reached_after_a_reimage_wakes_whoever_waits(monitor: HealthMonitor) -> None:
+    """Unknown stays Unknown, but "cannot be reached" is news: the reconciler then asks the engine whether the
+    instance exited, instead of waiting for its next routine listing."""
+    key = ("web", 11)
+    monitor.watch_agent(key, "127.0.0.1", free_port())  # nothing listens: as an instance that exited
+    monitor.reset(key)
+    seen = monitor.version
+    async with asyncio.timeout(10):
+        while (report := monitor.report(key)) is None or report.reachable:
+            await monitor.wait_changed(seen, 10)
+            seen = monitor.version
+    assert report.health is Health.UNKNOWN and "not answering" in report.detail

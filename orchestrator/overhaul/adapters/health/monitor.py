@@ -115,11 +115,13 @@ class HealthMonitor:
             was = old.health.value if old is not None else "unwatched"
             why = f": {report.detail}" if report.detail else ""
             log.info("%s health: %s -> %s%s", instance_name(*key), was, report.health.value, why)
-        if old is None or (old.health, old.phase, old.skip_upgrade, old.approved) != (
+        # Reachability is news too: an instance nobody can reach may have exited, which only the engine can tell.
+        if old is None or (old.health, old.phase, old.skip_upgrade, old.approved, old.reachable) != (
             report.health,
             report.phase,
             report.skip_upgrade,
             report.approved,
+            report.reachable,
         ):
             self.changes.bump()
 
