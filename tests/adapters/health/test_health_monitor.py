@@ -13,6 +13,7 @@ from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings, pars
 from overhaul.core.model import HealthProbe
 from overhaul.core.planner import Health
 from overhaul.localhost import free_port
+from overhaul.ports.health import HealthReport
 from overhaul_agent.metadata import InstanceMetadata
 from tests.conftest import FakeApp, StartAgent, fast_settings
 
@@ -205,3 +206,25 @@ async def test_an_agent_that_cannot_be_reached_after_a_reimage_wakes_whoever_wai
             await monitor.wait_changed(seen, 10)
             seen = monitor.version
     assert report.health is Health.UNKNOWN and "not answering" in report.detail
+
+
+async def test_an_agent_answering_for_another_instance_is_unknown_and_a_watch_error_naming_both(
+    fake_app: FakeApp, start_agent: StartAgent, monitor: HealthMonitor
+) -> None:
+    """Where hosts reuse port numbers, an address can reach another instance's agent: its word is not this one's."""
+    fake_app.set_state("Healthy")
+    agent = await start_agent(fast_settings(fake_app.port), InstanceMetadata(instance_id="3", scale_set="Other"))
+    assert agent.agent.http_port is not None
+    wrong, right = ("web", 0), ("other", 3)
+    monitor.watch_agent(wrong, "127.0.0.1", agent.agent.http_port)
+    monitor.watch_agent(right, "127.0.0.1", agent.agent.http_port)
+    await until(monitor, right, Health.HEALTHY)  # its own: names compare case-blind
+
+    async def told() -> HealthReport | None:
+        while (report := monitor.report(wrong)) is None or "answers for" not in report.detail:
+            await monitor.wait_changed(monitor.version, 1)
+        return report
+
+    report = await asyncio.wait_for(told(), 10)
+    assert report is not None and report.health is Health.UNKNOWN and not report.final
+    assert "Other_3" in report.detail and "web_0" in report.detail and monitor.watch_errors >= 1

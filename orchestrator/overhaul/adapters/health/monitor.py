@@ -74,6 +74,18 @@ def parse_agent_health(doc: Any) -> tuple[Health, int | None, bool, str]:
     return health, phase, skip, str(doc.get("reason", ""))[:300]
 
 
+def answers_for_another(doc: Any, key: Key) -> str | None:
+    """The instance an agent's /health names when it is not ``key`` (None: it is, or it names none)."""
+    if not isinstance(doc, Mapping):
+        return None
+    scale_set, instance_id = doc.get("scaleSet"), doc.get("instanceId")
+    if not isinstance(scale_set, str) or not isinstance(instance_id, str):
+        return None
+    if scale_set.lower() == key[0].lower() and instance_id == str(key[1]):
+        return None
+    return instance_name(scale_set, int(instance_id)) if instance_id.isdigit() else f"{scale_set}/{instance_id}"
+
+
 class HealthMonitor:
     """Keeps the latest report per instance and wakes waiters when one changes."""
 
@@ -208,6 +220,15 @@ class HealthMonitor:
             delay = self.settings.retry_min
             if self._outage.get(key) == "booting":  # not the old OS disk's last answer: the new one is up
                 del self._outage[key]
+            other = answers_for_another(doc, key)
+            if other is not None:
+                # Another instance's agent (a port reused on another host, a stale address): not this one's word.
+                self.watch_errors += 1
+                detail = f"the agent at {address}:{port} answers for {other}, not {instance_name(*key)}"
+                self._update(key, HealthReport(Health.UNKNOWN, self.clock(), detail))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max)
+                continue
             health, phase, skip, reason = parse_agent_health(doc)
             # The agent commits Unhealthy or Unknown only after its grace period (Initializing before it).
             final = health in (Health.UNHEALTHY, Health.UNKNOWN)
