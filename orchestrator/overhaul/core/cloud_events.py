@@ -102,7 +102,8 @@ def attempt_events(before: Attempt | None, attempt: Attempt, subject: str, now: 
     opened = before is None or before.gate is None or (gate is not None and before.gate.name != gate.name)
     if gate is not None and gate.state is EventState.ACTIVE and opened:
         events += hook_events(gate, subject)
-    if attempt.status.terminal and (before is None or not before.status.terminal):
+    # The end is said once every instance's last action finished: it comes after every instance's own event.
+    if attempt.done and (before is None or not before.done):
         add(
             attempt.status.value.lower(),
             ENDED[attempt.status],

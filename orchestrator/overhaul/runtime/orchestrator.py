@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from overhaul.core.cloud_events import attempt_events
 from overhaul.ports.clock import Clock
 from overhaul.ports.driver import Driver, DriverError, InstanceState
 from overhaul.ports.health import HealthSource
@@ -20,6 +21,7 @@ from overhaul.runtime.galleries import Galleries
 from overhaul.runtime.lifecycle_hooks import LifecycleHookEvents
 from overhaul.runtime.maintenance import MaintenanceConfigurations
 from overhaul.runtime.network import LoadBalancers
+from overhaul.runtime.outbox import subject_of
 from overhaul.runtime.parts import Parts
 from overhaul.runtime.scale_sets import ScaleSets
 from overhaul.runtime.settings import RuntimeSettings
@@ -67,6 +69,10 @@ class Orchestrator:
                 except DriverError as exc:
                     log.warning("could not check %s's instances at start: %s", model.name, exc)
             await self.instances.watch(model, states)
+            history = await self.store.attempts(model.name)
+            if history:  # an attempt recorded just before a crash has its events in the outbox (kept once)
+                subject = subject_of(model)
+                await self.outbox.publish(attempt_events(None, history[0].attempt, subject, self.clock()))
         await self.supervisor.start()
 
     async def close(self) -> None:

@@ -515,7 +515,7 @@ class SqliteStore:
     async def due_deliveries(self, subscription_id: str, now: float, limit: int) -> list[Delivery]:
         rows = self.db.execute(
             "SELECT * FROM event_outbox WHERE subscription = ? AND state = 'pending' AND next_at <= ?"
-            " ORDER BY created, event_id LIMIT ?",
+            " ORDER BY created, rowid LIMIT ?",
             (subscription_id, now, limit),
         )
         return [self._delivery(r) for r in rows]
@@ -549,7 +549,7 @@ class SqliteStore:
 
     async def dead_letters(self, subscription_id: str) -> list[Delivery]:
         rows = self.db.execute(
-            "SELECT * FROM event_outbox WHERE subscription = ? AND state = 'dead' ORDER BY created, event_id",
+            "SELECT * FROM event_outbox WHERE subscription = ? AND state = 'dead' ORDER BY created, rowid",
             (subscription_id,),
         )
         return [self._delivery(r) for r in rows]
