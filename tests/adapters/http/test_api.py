@@ -491,3 +491,12 @@ def test_update_instances_applies_the_latest_model_and_latest_model_applied_is_h
     assert applied() == [True] * 5
     status, doc, _ = served.call("POST", f"{VMSS}/manualupgrade?{API}", {})
     assert status == 400 and doc["error"]["target"] == "instanceIds", doc
+
+
+def test_star_names_every_instance_as_in_azure(served: Served) -> None:
+    assert served.call("PUT", f"{VMSS}?{API}", API_MODEL)[0] == 201
+    publish(served, "1.1.0")
+    assert served.call("POST", f"{VMSS}/reimage?{API}", {"instanceIds": ["*"]})[0] == 200
+    assert {v for v, _ in served.versions_and_health(VMSS)} == {"1.1.0"}
+    status, doc, _ = served.call("POST", f"{VMSS}/reimage?{API}", {"instanceIds": ["*", "0"]})
+    assert status == 400 and doc["error"]["target"] == "instanceIds"

@@ -110,7 +110,7 @@ async def instance_ids(request: web.Request, model: ScaleSet, *, required: bool 
     raw_ids = body.get("instanceIds")
     if raw_ids is None and required:
         raise InvalidInput('instanceIds: is required, e.g. ["0", "3"]', target="instanceIds")
-    if raw_ids is None:
+    if raw_ids is None or raw_ids == ["*"]:  # Azure takes "*" for every instance (az vmss update-instances '*')
         return list(range(model.capacity))
     if isinstance(raw_ids, list) and all(
         (isinstance(i, int) and not isinstance(i, bool)) or (isinstance(i, str) and INSTANCE_ID.fullmatch(i))
