@@ -498,5 +498,9 @@ def test_star_names_every_instance_as_in_azure(served: Served) -> None:
     publish(served, "1.1.0")
     assert served.call("POST", f"{VMSS}/reimage?{API}", {"instanceIds": ["*"]})[0] == 200
     assert {v for v, _ in served.versions_and_health(VMSS)} == {"1.1.0"}
+    status, one, _ = served.call("GET", f"{VMSS}/virtualMachines/3?{API}")  # az vmss show --instance-id 3
+    assert status == 200 and one["instanceId"] == "3" and one["id"] == served.instances(VMSS)[3]["id"]
+    assert one["properties"]["storageProfile"]["imageReference"]["exactVersion"] == "1.1.0"
+    assert served.call("GET", f"{VMSS}/virtualMachines/9?{API}")[0] == 404
     status, doc, _ = served.call("POST", f"{VMSS}/reimage?{API}", {"instanceIds": ["*", "0"]})
     assert status == 400 and doc["error"]["target"] == "instanceIds"

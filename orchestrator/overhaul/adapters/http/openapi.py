@@ -77,6 +77,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
     ("delete", VMSS + "/{name}", "Delete a scale set, its instances and data disks", None, (200,)),
     ("get", VMSS + "/{name}/virtualMachines", "List instances with their instanceView", None, (200,)),
     ("get", VMSS + "/{name}/instanceView", "The scale set's instance view: statuses and health counts", None, (200,)),
+    ("get", VMSS + "/{name}/virtualMachines/{instance}", "One instance with its instanceView", None, (200,)),
     (
         "get",
         VMSS + "/{name}/virtualMachines/{instance}/instanceView",

@@ -85,13 +85,22 @@ async def scale_set_instance_view(request: web.Request) -> web.Response:
     return web.json_response(arm.scale_set_instance_view(model, docs))
 
 
-async def instance_view(request: web.Request) -> web.Response:
+async def one_instance(request: web.Request) -> dict[str, Any]:
     _, docs = await instance_docs(request)
     wanted = request.match_info["instance"]
     found = next((d for d in docs if d["instanceId"] == wanted), None)
     if found is None:
         raise NotFound(f"instance {wanted} does not exist", "NotFound")
-    return web.json_response(found["properties"]["instanceView"])
+    return found
+
+
+async def instance_view(request: web.Request) -> web.Response:
+    return web.json_response((await one_instance(request))["properties"]["instanceView"])
+
+
+async def get_instance(request: web.Request) -> web.Response:
+    """One instance, as the list has it (`az vmss show --instance-id N`)."""
+    return web.json_response(await one_instance(request))
 
 
 async def reimage(request: web.Request) -> web.Response:
@@ -110,6 +119,7 @@ ROUTES: list[Route] = [
     ("DELETE", VMSS + "/{name}", delete_scale_set),
     ("GET", VMSS + "/{name}/virtualMachines", list_instances),
     ("GET", VMSS + "/{name}/instanceView", scale_set_instance_view),
+    ("GET", VMSS + "/{name}/virtualMachines/{instance}", get_instance),
     ("GET", VMSS + "/{name}/virtualMachines/{instance}/instanceView", instance_view),
     ("POST", VMSS + "/{name}/reimage", reimage),
 ]
