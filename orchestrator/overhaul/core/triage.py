@@ -44,6 +44,7 @@ ENGINE_WORDS: tuple[tuple[str, Fault], ...] = (
     ("disk quota exceeded", Fault.DISK_FULL),
     ("container state improper", Fault.ENGINE_LEFTOVER),
     ("is already in use", Fault.ENGINE_LEFTOVER),  # a name still held by a container the engine kept
+    ("container not known", Fault.ENGINE_LEFTOVER),  # Podman's record of a container whose storage is gone
     ("no such image", Fault.IMAGE_UNAVAILABLE),
     ("image not known", Fault.IMAGE_UNAVAILABLE),
     ("layer not known", Fault.IMAGE_UNAVAILABLE),

@@ -79,6 +79,7 @@ class EngineSettings:
 
 # The container an engine says holds a name ("... is already in use by 4737652eee2b...").
 HELD_BY = re.compile(r"in use by ([0-9a-f]{12,64})")
+LEFT_IN_DATABASE = re.compile(r'getting container from store "([0-9a-f]{64})": container not known')
 
 # aiodocker's status for "could not connect to the engine at all".
 NO_CONNECTION = 900
@@ -397,11 +398,25 @@ class EngineDriver:
         if not await self.image_present(spec.image):
             raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
 
-    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+    async def _list(self, scale_set: str) -> list[Any]:
         filters = json.dumps({"label": [f"{LABEL_SCALE_SET}={scale_set}"]})
-        containers = await self._call(
+        listed: list[Any] = await self._call(
             f"list containers of {scale_set}", self.docker.containers.list(all=True, filters=filters)
         )
+        return listed
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        try:
+            containers = await self._list(scale_set)
+        except DriverError as exc:
+            # Podman killed in the middle of a removal keeps the container in its database ("Removing") with its
+            # storage gone, and then fails every listing that meets it: remove what is left, then list again.
+            broken = LEFT_IN_DATABASE.search(str(exc))
+            if broken is None:
+                raise
+            log.warning("removing container %s, which an engine restart left without its storage", broken.group(1))
+            await self._remove(broken.group(1))
+            containers = await self._list(scale_set)
         current: dict[int, OsDisk] = {}
         previous: dict[int, OsDisk] = {}
         published: dict[int, dict[int, int]] = {}
