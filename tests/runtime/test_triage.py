@@ -44,8 +44,8 @@ ENGINE_MESSAGES = [
     ),
     ('create web_1: the container name "web_1" is already in use by 9c1e', Fault.ENGINE_LEFTOVER),
     (  # Podman killed mid-removal: the container stays in its database, "Removing", with its storage gone
-        'list containers of chaos: getting container from store "ef5587a23bd19dd38f804aabf06ede0f9767fe17d678f1aaa64ca8e'
-        '40e267d89": container not known',
+        'list containers of chaos: getting container from store "ef5587a23bd19dd38f804aabf06ede0f'
+        '9767fe17d678f1aaa64ca8e40e267d89": container not known',
         Fault.ENGINE_LEFTOVER,
     ),
     ("create web_1 from localhost/app:2: no such image localhost/app:2 in the engine", Fault.IMAGE_UNAVAILABLE),
