@@ -21,7 +21,8 @@ from overhaul.core.cloud_events import (
 from overhaul.core.lifecycle_hooks import HookAction, HookType, LifecycleHook
 from overhaul.core.model import RollingUpgradePolicy
 from overhaul.core.planner import Health, InstanceView
-from overhaul.core.rollout import ActionResult, AttemptStatus, StartedBy, apply_result, decide, start
+from overhaul.core.rollout import ActionResult, AttemptStatus, apply_result, decide
+from tests.builders import platform_attempt
 
 RG = "/subscriptions/s/resourceGroups/rg"
 VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/web"
@@ -77,18 +78,7 @@ def test_a_subscription_event_grid_would_refuse_is_refused_naming_the_field(doc:
 def test_a_rollout_produces_each_event_once_with_ids_fixed_by_what_happened() -> None:
     views = {i: InstanceView(i, "1.0.0", Health.HEALTHY, observed_at=0.0) for i in range(2)}
     hook = LifecycleHook(HookType.BATCH_STARTING, 60, HookAction.APPROVE)
-    attempt = start(
-        attempt_id="a1",
-        scale_set="web",
-        target_version="2.0.0",
-        started_by=StartedBy.PLATFORM,
-        disable_automatic_rollback=False,
-        policy=RollingUpgradePolicy(max_batch_instance_percent=50),
-        capacity=2,
-        views=views,
-        now=0.0,
-        batch_hook=hook,
-    )
+    attempt = platform_attempt(views, RollingUpgradePolicy(max_batch_instance_percent=50), 0.0, batch_hook=hook)
     seen: list[CloudEvent] = attempt_events(None, attempt, VMSS, 0.0)
     now = 0.0
     for _ in range(40):
@@ -126,17 +116,7 @@ def test_a_rollout_produces_each_event_once_with_ids_fixed_by_what_happened() ->
 
 def test_a_faulted_attempt_says_so_and_that_its_version_is_quarantined() -> None:
     views = {0: InstanceView(0, "1.0.0", Health.HEALTHY, observed_at=0.0)}
-    attempt = start(
-        attempt_id="a2",
-        scale_set="web",
-        target_version="3.0.0",
-        started_by=StartedBy.PLATFORM,
-        disable_automatic_rollback=False,
-        policy=RollingUpgradePolicy(instance_health_timeout=5),
-        capacity=1,
-        views=views,
-        now=0.0,
-    )
+    attempt = platform_attempt(views, RollingUpgradePolicy(instance_health_timeout=5), 0.0)
     events: list[CloudEvent] = []
     now = 0.0
     while not attempt.done:
