@@ -70,7 +70,7 @@ class Orchestrator:
                     log.warning("could not check %s's instances at start: %s", model.name, exc)
             await self.instances.watch(model, states)
             history = await self.store.attempts(model.name)
-            if history:  # an attempt recorded just before a crash has its events in the outbox (kept once)
+            if history:  # what was saved before a crash is in the outbox again (a delivery it has is kept once)
                 subject = subject_of(model)
                 await self.outbox.publish(attempt_events(None, history[0].attempt, subject, self.clock()))
         await self.supervisor.start()

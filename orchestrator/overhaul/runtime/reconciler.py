@@ -139,7 +139,7 @@ class Reconciler:
         """Drives one attempt to its end; safe to call again on an attempt loaded after a crash. Driver actions
         run as tasks, so deciding goes on while they do: the commits of one batch overlap the reimages of the next.
         Every action is journaled before it starts and after it ends."""
-        attempt = await self._resumed(model, attempt)
+        attempt = resume(attempt)
         wake = self._wakeups.setdefault(attempt.id, asyncio.Event())
         in_flight: dict[asyncio.Task[ActionResult], Action] = {}
         loop = asyncio.get_running_loop()
@@ -192,12 +192,6 @@ class Reconciler:
         finally:
             self._wakeups.pop(attempt.id, None)
             await cancel_and_wait(in_flight)
-
-    async def _resumed(self, model: ScaleSet, attempt: Attempt) -> Attempt:
-        """Actions in flight at a crash are issued again; whatever was saved before it is in the outbox again (a
-        delivery the outbox already has is kept once)."""
-        await self.outbox.publish(attempt_events(None, attempt, subject_of(model), self.clock()))
-        return resume(attempt)
 
     async def _with_requests(self, attempt: Attempt) -> Attempt:
         """What was asked of the attempt from outside, read from the store: a cancel, approvals."""

@@ -35,6 +35,10 @@ async def scope_of(request: web.Request) -> str:
     return f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}"
 
 
+async def subscription_id(request: web.Request) -> str:
+    return f"{await scope_of(request)}{PROVIDER}/{request.match_info['subscription']}"
+
+
 async def put_subscription(request: web.Request) -> web.Response:
     orchestrator = orchestrator_of(request)
     subscription = parse_event_subscription(
@@ -50,8 +54,7 @@ async def put_subscription(request: web.Request) -> web.Response:
 
 async def get_subscription(request: web.Request) -> web.Response:
     orchestrator = orchestrator_of(request)
-    wanted = f"{await scope_of(request)}{PROVIDER}/{request.match_info['subscription']}"
-    return web.json_response((await orchestrator.event_subscriptions.get(wanted)).to_json())
+    return web.json_response((await orchestrator.event_subscriptions.get(await subscription_id(request))).to_json())
 
 
 async def list_subscriptions(request: web.Request) -> web.Response:
@@ -60,14 +63,12 @@ async def list_subscriptions(request: web.Request) -> web.Response:
 
 
 async def delete_subscription(request: web.Request) -> web.Response:
-    wanted = f"{await scope_of(request)}{PROVIDER}/{request.match_info['subscription']}"
-    return await deleted(orchestrator_of(request).event_subscriptions.delete(wanted))
+    return await deleted(orchestrator_of(request).event_subscriptions.delete(await subscription_id(request)))
 
 
 async def dead_lettered(request: web.Request) -> web.Response:
     """Ours: the events that could not be delivered, with the attempts made and the last error."""
-    wanted = f"{await scope_of(request)}{PROVIDER}/{request.match_info['subscription']}"
-    letters = await orchestrator_of(request).event_subscriptions.dead_letters(wanted)
+    letters = await orchestrator_of(request).event_subscriptions.dead_letters(await subscription_id(request))
     return web.json_response(
         {
             "value": [
