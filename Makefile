@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Some machines set PYTHONDONTWRITEBYTECODE: every test process (and every `overhaul` it starts) would compile the
+# project and rewrite the tests' asserts again, seconds of CPU each time.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: all setup machine test check lint docs unit demo demo-vm demo-agent bench chaos clean
 
@@ -41,9 +44,11 @@ unit: setup machine
 
 test: lint unit
 
-# The fast lane while working: lint and every test that needs no container engine or VM (no system packages).
+# The fast lane while working: lint and every level below end to end that needs no container engine or VM (core,
+# runtime on the memory driver, the agent, HTTP, the CLI) except the load tests. `make test` runs all of it too.
+# Work stealing: an idle worker takes tests queued behind a long one (the schemathesis parts) instead of waiting.
 check: setup lint
-	$(PY) -m pytest -q -m "not engine" -n 4
+	$(PY) -m pytest -q -m "not engine and not load" -n 3 --dist worksteal --ignore tests/e2e
 
 demo: setup machine
 	$(PY) demo/rollout_demo.py

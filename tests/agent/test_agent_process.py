@@ -243,6 +243,7 @@ async def agent_with_1024_files(
         assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
+@pytest.mark.load
 async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
     fake_app: FakeApp, tmp_path: Path
 ) -> None:
@@ -275,6 +276,7 @@ async def test_5000_idle_connections_leave_health_answering_and_the_agent_alive(
             sock.close()
 
 
+@pytest.mark.load
 async def test_1100_blocking_queries_leave_health_and_the_watch_answering(fake_app: FakeApp, tmp_path: Path) -> None:
     """Blocking queries hold their connection (a request is in flight, so the gate cannot evict it): beyond a cap
     the oldest is answered at once (as a blocking query may be), which leaves room for /health and a new watch."""
