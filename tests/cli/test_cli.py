@@ -567,3 +567,38 @@ def test_event_subscriptions_from_the_cli(served: Served) -> None:
         assert bad.returncode != 0 and "properties.destination.properties.endpointUrl" in bad.stderr
         served.cli("eventgrid", "event-subscription", "delete", *where)
         assert served.cli("eventgrid", "event-subscription", "show", *where, check=False).returncode == 3
+
+
+def test_host_groups_and_hosts_from_the_cli(served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    in_the_fixtures_subscription(served, tmp_path / "config", monkeypatch)
+    g = ("--resource-group", "myResourceGroup")
+    made = json.loads(
+        served.cli("vm", "host", "group", "create", "-n", "rack1", *g, "-l", "edge", "-z", "1", "-c", "2").stdout
+    )
+    assert made["zones"] == ["1"] and made["properties"]["platformFaultDomainCount"] == 2
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "hk")], check=True, timeout=30)
+    host = json.loads(
+        served.cli(
+            "vm", "host", "create", "--host-group", "rack1", "-n", "h1", *g, "--sku", "DSv3-Type1",
+            "--engine", "ssh://root@127.0.0.2:22022/run/p1.sock", "--ssh-key", "/etc/overhaul/id",
+            "--host-key-file", str(tmp_path / "hk.pub"), "--host-ports", "30000-30999",
+        ).stdout
+    )  # fmt: skip
+    ours = host["properties"]["overhaul"]
+    assert (host["location"], ours["publishAddress"], ours["hostPorts"]) == ("edge", "127.0.0.2", "30000-30999")
+    assert ours["hostKey"] == " ".join((tmp_path / "hk.pub").read_text().split()[:2])
+    listed = json.loads(served.cli("vm", "host", "list", "--host-group", "rack1", *g).stdout)
+    assert [h["name"] for h in listed] == ["h1"]
+    table = served.cli("vm", "host", "group", "list", "-o", "table").stdout
+    assert "rack1" in table and "edge" in table
+    # A refusal names the field; the CLI says it and exits non-zero.
+    bad = served.cli(
+        "vm", "host", "create", "--host-group", "rack1", "-n", "h2", *g, "--engine", "ssh://root@127.0.0.3:22/p.sock",
+        "--ssh-key", "/etc/overhaul/id", check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "properties.overhaul.hostKey" in bad.stderr
+    missing = served.cli("vm", "host", "show", "--host-group", "rack1", "-n", "nope", *g, check=False)
+    assert missing.returncode == 3 and "does not exist" in missing.stderr
+    served.cli("vm", "host", "delete", "--host-group", "rack1", "-n", "h1", *g)
+    served.cli("vm", "host", "group", "delete", "-n", "rack1", *g)
+    assert json.loads(served.cli("vm", "host", "group", "list").stdout) == []

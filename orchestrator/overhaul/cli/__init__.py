@@ -14,6 +14,7 @@ from overhaul import __version__
 from overhaul.cli.client import EXIT_USAGE, Client, CliError, find_token
 from overhaul.cli.events import add_event_commands, run_events
 from overhaul.cli.gallery import add_gallery_commands, run_sig, run_vm_image, sig_defaults
+from overhaul.cli.hosts import add_host_commands, run_hosts
 from overhaul.cli.maintenance import add_maintenance_commands, run_maintenance
 from overhaul.cli.network import add_network_commands, run_network
 from overhaul.cli.vmss import add_vmss_commands, run_vmss
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_parser("serve", help="run the orchestrator service (overhaul serve --help lists its settings)")
 
     add_vmss_commands(groups, common)
-    add_gallery_commands(groups, common)
+    add_host_commands(add_gallery_commands(groups, common), common)
     add_network_commands(groups, common)
     add_maintenance_commands(groups, common)
     add_event_commands(groups, common)
@@ -145,9 +146,14 @@ complete -F _overhaul overhaul
 """
 
 
+def image_list(args: argparse.Namespace) -> bool:
+    """`vm image list`: the one command that names no resource group (a platform image is in none)."""
+    return bool(args.group == "vm" and args.vm_group == "image")
+
+
 def apply_defaults(args: argparse.Namespace, defaults: dict[str, str]) -> None:
     """What the command leaves out comes from `overhaul configure --defaults`, as az's defaults."""
-    if getattr(args, "resource_group", None) in (None, "") and "group" in defaults and args.group != "vm":
+    if getattr(args, "resource_group", None) in (None, "") and "group" in defaults and not image_list(args):
         args.resource_group = defaults["group"]
     if getattr(args, "subscription", None) is None:
         args.subscription = defaults.get("subscription", "local")
@@ -181,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_maintenance(client, args)
         if args.group == "eventgrid":
             return run_events(client, args)
-        return run_vm_image(client, args)
+        return run_vm_image(client, args) if image_list(args) else run_hosts(client, args)
     except CliError as exc:
         print(f"overhaul: {exc}", file=sys.stderr)
         return exc.exit_code

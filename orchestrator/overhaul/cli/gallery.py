@@ -146,7 +146,8 @@ GALLERY_ACTIONS = {
 }
 
 
-def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
+def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> Any:
+    """az sig … and az vm image list; returns the `vm` group, which other commands join."""
     sig = groups.add_parser("sig", help="the local image gallery").add_subparsers(dest="sig_command", required=True)
     for action, text in GALLERY_ACTIONS.items():
         sub = sig.add_parser(action, help=text, parents=[common])
@@ -183,7 +184,7 @@ def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
         help="with update: e.g. overhaul.quarantined=false (lets 'latest' pick a version an attempt Faulted on)",
     )
 
-    vm = groups.add_parser("vm", help="virtual machine images").add_subparsers(dest="vm_group", required=True)
+    vm = groups.add_parser("vm", help="virtual machine images and hosts").add_subparsers(dest="vm_group", required=True)
     image = vm.add_parser("image", help="images").add_subparsers(dest="image_command", required=True)
     image_list = image.add_parser("list", help="list image versions of a sku", parents=[common])
     image_list.add_argument("--location", "-l", default="local")
@@ -191,3 +192,4 @@ def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     image_list.add_argument("--offer", "-f", required=True)
     image_list.add_argument("--sku", "-s", required=True)
     image_list.add_argument("--all", action="store_true", help="every version, not only the latest")
+    return vm

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from overhaul.core.cloud_events import Delivery, EventSubscription
 from overhaul.core.errors import Unavailable
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
+from overhaul.core.hosts import Host, HostGroup
 from overhaul.core.lifecycle_hooks import HookEvent
 from overhaul.core.maintenance import ConfigurationAssignment, MaintenanceConfiguration
 from overhaul.core.model import ScaleSet
@@ -62,6 +63,18 @@ class NetworkStore(Protocol):
     async def put_load_balancer(self, balancer: LoadBalancer) -> None: ...
     async def load_balancers(self) -> list[LoadBalancer]: ...
     async def delete_load_balancer(self, name: str) -> None: ...
+
+
+class HostStore(Protocol):
+    """Host groups by name (unique on the orchestrator, as galleries), hosts by (group, name); a host's engine URL
+    is unique."""
+
+    async def put_host_group(self, group: HostGroup) -> None: ...
+    async def host_groups(self) -> list[HostGroup]: ...
+    async def delete_host_group(self, name: str) -> None: ...
+    async def put_host(self, host: Host) -> None: ...
+    async def hosts(self) -> list[Host]: ...
+    async def delete_host(self, group: str, name: str) -> None: ...
 
 
 class MaintenanceStore(Protocol):
@@ -162,7 +175,15 @@ class StoreUnavailable(Unavailable):
 
 
 class Store(
-    ScaleSetStore, GalleryStore, NetworkStore, MaintenanceStore, LifecycleHookStore, EventStore, AttemptStore, Protocol
+    ScaleSetStore,
+    GalleryStore,
+    NetworkStore,
+    HostStore,
+    MaintenanceStore,
+    LifecycleHookStore,
+    EventStore,
+    AttemptStore,
+    Protocol,
 ):
     async def close(self) -> None: ...
     def problem(self) -> str | None:

@@ -1,5 +1,5 @@
 """The orchestrator's commands and queries, one attribute per aggregate: ``scale_sets``, ``upgrades``,
-``galleries`` and ``load_balancers``.
+``galleries``, ``load_balancers``, ``host_groups`` (with their hosts), and the rest.
 
 The REST API and the tests use this and nothing below it. Writes to one name are serialised (``Parts.writing``);
 "one active attempt per scale set" is the store's compare-and-set; attempts run under the supervisor.
@@ -18,6 +18,7 @@ from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.event_subscriptions import EventSubscriptions
 from overhaul.runtime.galleries import Galleries
+from overhaul.runtime.hosts import HostGroups
 from overhaul.runtime.lifecycle_hooks import LifecycleHookEvents
 from overhaul.runtime.maintenance import MaintenanceConfigurations
 from overhaul.runtime.network import LoadBalancers
@@ -45,6 +46,7 @@ class Orchestrator:
         self.scale_sets = ScaleSets(self.parts, self.upgrades)
         self.galleries = Galleries(self.parts)
         self.load_balancers = LoadBalancers(self.parts)
+        self.host_groups = HostGroups(self.parts)
         self.maintenance = MaintenanceConfigurations(self.parts)
         self.lifecycle_hook_events = LifecycleHookEvents(self.parts)
         self.event_subscriptions = EventSubscriptions(self.parts)

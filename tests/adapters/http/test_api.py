@@ -246,7 +246,7 @@ SCHEMATHESIS_SHARDS = {
     r"(?!virtualMachines|instanceView|lifecycleHookEvents|providers)",
     "gallery": r"galleries|publishers",
     "network, maintenance, hooks": r"loadBalancers|Microsoft.Maintenance|lifecycleHookEvents|healthz",
-    "event subscriptions": r"resourceGroups/\{rg\}/providers/Microsoft.EventGrid",
+    "event subscriptions, hosts": r"resourceGroups/\{rg\}/providers/Microsoft.EventGrid|hostGroups",
 }
 # Operations left out of the fuzzing because the same handlers serve a fuzzed operation: a scale set's event
 # subscriptions are the resource group's with another scope (fuzzing them would mostly meet a 404 for the scale set).

@@ -7,42 +7,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError
-from azure.core.pipeline import PipelineRequest
-from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute import models as m
 
 from demo import busybox_images as engine_images
+from tests.azure import compute_client
 from tests.serve import Served, overhaul_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 REPO = "localhost/overhaul-sdk"
 SUB, RG, GALLERY, IMAGE, NAME = "sdk-sub", "sdk-rg", "gallery", "tiny", "sdkset"
-
-
-class StaticToken:
-    """A credential that hands out overhaul's bearer token."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(self.token, int(time.time()) + 3600)
-
-
-class BearerOverLoopback(SansIOHTTPPolicy[Any, Any]):
-    """The token on every request: overhaul listens on loopback HTTP, where the SDK's own policy insists on TLS."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def on_request(self, request: PipelineRequest[Any]) -> None:
-        request.http_request.headers["Authorization"] = f"Bearer {self.token}"
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +43,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def client(served: Served) -> Iterator[ComputeManagementClient]:
-    compute = ComputeManagementClient(
-        credential=StaticToken(served.token),
-        subscription_id=SUB,
-        base_url=served.url,
-        authentication_policy=BearerOverLoopback(served.token),
-        polling_interval=0.2,
-    )
+    compute = compute_client(served, SUB)
     try:
         yield compute
     finally:

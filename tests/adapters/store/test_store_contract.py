@@ -14,7 +14,9 @@ import pytest
 
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.cloud_events import CloudEvent, Delivery, EventType, parse_event_subscription
+from overhaul.core.errors import Conflict
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
+from overhaul.core.hosts import parse_host, parse_host_group
 from overhaul.core.lifecycle_hooks import ActionState, HookType, LifecycleHook, Response, batch_event, respond
 from overhaul.core.model import RollingUpgradePolicy, parse_scale_set
 from overhaul.core.network import parse_load_balancer
@@ -109,6 +111,30 @@ async def test_the_gallery_and_load_balancers_read_back(opened: Opened) -> None:
     await store.delete_gallery("g")
     await store.delete_load_balancer("lb")
     assert (await store.galleries(), await store.image_versions(), await store.load_balancers()) == ([], [], [])
+
+
+async def test_host_groups_and_hosts_read_back_after_a_reopen_and_one_host_per_engine(opened: Opened) -> None:
+    store = opened.store
+    group = parse_host_group(
+        {"location": "edge", "zones": ["1"], "tags": {"a": "b"}, "properties": {"platformFaultDomainCount": 2}},
+        name="Rack1",
+        resource_group="rg",
+        subscription="s",
+    )
+    await store.put_host_group(group)
+    body = {"sku": {"name": "x"}, "properties": {"platformFaultDomain": 1, "overhaul": {"engine": "unix:///a.sock"}}}
+    host = parse_host(body, group="Rack1", name="h1", resource_group="rg", subscription="s")
+    await store.put_host(host)
+    store = await reopened(opened)
+    assert await store.host_groups() == [group]
+    assert (await store.host_groups())[0].to_json()["tags"] == {"a": "b"}
+    assert await store.hosts() == [host]
+    other = parse_host(body, group="Rack1", name="h2", resource_group="rg", subscription="s")
+    with pytest.raises(Conflict, match=r"unix:///a\.sock"):  # two writers at once: the store is the last word
+        await store.put_host(other)
+    await store.delete_host("RACK1", "H1")
+    await store.delete_host_group("rack1")
+    assert await store.hosts() == [] and await store.host_groups() == []
 
 
 async def test_one_active_attempt_per_scale_set_under_concurrent_starts(opened: Opened) -> None:

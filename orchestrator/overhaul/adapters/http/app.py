@@ -29,6 +29,7 @@ from overhaul.adapters.http.requests import (
 from overhaul.adapters.http.routes import (
     event_subscriptions,
     gallery,
+    hosts,
     lifecycle_hooks,
     maintenance,
     network,
@@ -70,6 +71,7 @@ ARM_ROUTES: list[Route] = [
     *lifecycle_hooks.ROUTES,
     *network.ROUTES,
     *gallery.ROUTES,
+    *hosts.ROUTES,
     *maintenance.ROUTES,
     *event_subscriptions.ROUTES,
 ]

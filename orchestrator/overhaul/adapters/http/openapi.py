@@ -61,8 +61,25 @@ IMAGE_VERSION_BODY = {
 }
 REIMAGE_BODY = {"type": "object", "properties": {"instanceIds": {"type": "array", "items": {"type": "string"}}}}
 
+Operation = tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]
+
+
+def named(provider: str, item: str, noun: str, plural: str, refused: str = "") -> list[Operation]:
+    """The five operations of a resource kept by name (routes/named.py): list (all, a group's), PUT, GET, DELETE."""
+    path = f"{RG}/{provider}/{{{item}}}"
+    return [
+        ("get", f"{SUB}/{provider}", f"List all {plural}", None, (200,)),
+        ("get", f"{RG}/{provider}", f"List the {plural} of a resource group", None, (200,)),
+        ("put", path, f"Create or update a {noun}", {"type": "object"}, (200, 201)),
+        ("get", path, f"Get a {noun}", None, (200,)),
+        ("delete", path, f"Delete a {noun}{refused}", None, (200, 204)),
+    ]
+
+
+HOSTS = RG + "/Microsoft.Compute/hostGroups/{hostGroup}/hosts"
+
 # (method, path, summary, request body schema or None, success statuses)
-OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] = [
+OPERATIONS: list[Operation] = [
     (
         "get",
         "/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachineScaleSets",
@@ -92,22 +109,21 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
         None,
         (200,),
     ),
-    ("get", SUB + "/Microsoft.Network/loadBalancers", "List all load balancers", None, (200,)),
-    ("get", RG + "/Microsoft.Network/loadBalancers", "List the load balancers of a resource group", None, (200,)),
-    ("get", LB + "/probes", "List a load balancer's probes", None, (200,)),
-    (
-        "put",
-        LB,
-        "Create or update a load balancer (its probes are what scale sets use)",
-        {"type": "object"},
-        (200, 201),
+    *named(
+        "Microsoft.Network/loadBalancers",
+        "lb",
+        "load balancer",
+        "load balancers",
+        " (409 while a scale set uses a probe)",
     ),
-    ("get", LB, "Get a load balancer", None, (200,)),
-    ("delete", LB, "Delete a load balancer (409 while a scale set uses one of its probes)", None, (200, 204)),
+    ("get", LB + "/probes", "List a load balancer's probes", None, (200,)),
     ("get", LB + "/probes/{probe}", "Get a load balancer probe", None, (200,)),
-    ("put", GALLERY, "Create or update a gallery", {"type": "object"}, (200, 201)),
-    ("get", GALLERY, "Get a gallery", None, (200,)),
-    ("delete", GALLERY, "Delete a gallery (409 while it holds image definitions)", None, (200, 204)),
+    *named("Microsoft.Compute/galleries", "gallery", "gallery", "galleries", " (409 while it holds image definitions)"),
+    *named("Microsoft.Compute/hostGroups", "hostGroup", "host group", "host groups", " (409 while it holds hosts)"),
+    ("get", HOSTS, "List a host group's hosts", None, (200,)),
+    ("put", HOSTS + "/{host}", "Create or update a host (its engine under properties.overhaul)", None, (200, 201)),
+    ("get", HOSTS + "/{host}", "Get a host", None, (200,)),
+    ("delete", HOSTS + "/{host}", "Delete a host", None, (200, 204)),
     ("post", VMSS + "/{name}/reimage", "Reimage chosen instances (all when none are named)", REIMAGE_BODY, (200,)),
     (
         "post",
@@ -184,8 +200,6 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
             ),
         )
     ),
-    ("get", SUB + "/Microsoft.Compute/galleries", "List all galleries", None, (200,)),
-    ("get", RG + "/Microsoft.Compute/galleries", "List the galleries of a resource group", None, (200,)),
     ("get", GALLERY + "/images", "List a gallery's image definitions", None, (200,)),
     ("delete", GALLERY + "/images/{image}", "Delete an image definition (409 while it has versions)", None, (200, 204)),
     ("put", GALLERY + "/images/{image}", "Create or update an image definition", IMAGE_DEFINITION_BODY, (200,)),
@@ -203,28 +217,12 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, tuple[int, ...]]] =
         None,
         (200,),
     ),
-    (
-        "get",
-        SUB + "/Microsoft.Maintenance/maintenanceConfigurations",
-        "List all maintenance configurations",
-        None,
-        (200,),
-    ),
-    ("get", MAINTENANCE, "List the maintenance configurations of a resource group", None, (200,)),
-    (
-        "put",
-        MAINTENANCE + "/{config}",
-        "Create or update a maintenance configuration (a window)",
-        {"type": "object"},
-        (200, 201),
-    ),
-    ("get", MAINTENANCE + "/{config}", "Get a maintenance configuration", None, (200,)),
-    (
-        "delete",
-        MAINTENANCE + "/{config}",
-        "Delete a maintenance configuration (409 while a scale set is assigned it)",
-        None,
-        (200, 204),
+    *named(
+        "Microsoft.Maintenance/maintenanceConfigurations",
+        "config",
+        "maintenance configuration (a window)",
+        "maintenance configurations",
+        " (409 while a scale set is assigned it)",
     ),
     ("get", ASSIGNMENTS, "List the scale set's configuration assignments", None, (200,)),
     (
@@ -247,7 +245,8 @@ def _parameters(path: str) -> list[dict[str, Any]]:
             "in": "path",
             "required": True,
             "schema": NAME
-            if n in ("name", "gallery", "image", "lb", "probe", "config", "assignment", "subscription")
+            if n
+            in ("name", "gallery", "image", "lb", "probe", "config", "assignment", "subscription", "hostGroup", "host")
             else {"type": "string", "minLength": 1},
         }
         for n in names

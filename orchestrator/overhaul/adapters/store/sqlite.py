@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from overhaul.core.cloud_events import CloudEvent, Delivery, EventSubscription, parse_event_subscription
+from overhaul.core.errors import Conflict
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
+from overhaul.core.hosts import Host, HostGroup, parse_host, parse_host_group
 from overhaul.core.lifecycle_hooks import HookEvent
 from overhaul.core.maintenance import (
     ConfigurationAssignment,
@@ -143,6 +145,17 @@ MIGRATIONS: tuple[str, ...] = (
         created REAL NOT NULL, PRIMARY KEY (subscription, event_id)
     );
     CREATE INDEX event_outbox_due ON event_outbox (state, next_at);
+    """,
+    # Host groups and their hosts (core/hosts.py); one host per engine URL.
+    """
+    CREATE TABLE host_groups (
+        name TEXT PRIMARY KEY COLLATE NOCASE, resource_group TEXT NOT NULL, subscription TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE TABLE hosts (
+        host_group TEXT NOT NULL COLLATE NOCASE, name TEXT NOT NULL COLLATE NOCASE, resource_group TEXT NOT NULL,
+        subscription TEXT NOT NULL, engine TEXT NOT NULL UNIQUE, doc TEXT NOT NULL, PRIMARY KEY (host_group, name)
+    );
     """,
 )
 # Delivered events are kept this long, so one produced again (after a crash) is not delivered again.
@@ -441,6 +454,56 @@ class SqliteStore:
 
     async def delete_load_balancer(self, name: str) -> None:
         self.db.execute("DELETE FROM load_balancers WHERE name = ?", (name,))
+
+    async def put_host_group(self, group: HostGroup) -> None:
+        self.db.execute(
+            "INSERT INTO host_groups (name, resource_group, subscription, doc) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+            (group.name, group.resource_group, group.subscription, json.dumps(group.sent)),
+        )
+
+    async def host_groups(self) -> list[HostGroup]:
+        rows = self.db.execute("SELECT * FROM host_groups ORDER BY name")
+        return [
+            parse_host_group(
+                json.loads(r["doc"]), name=r["name"], resource_group=r["resource_group"], subscription=r["subscription"]
+            )
+            for r in rows
+        ]
+
+    async def delete_host_group(self, name: str) -> None:
+        self.db.execute("DELETE FROM host_groups WHERE name = ?", (name,))
+
+    async def put_host(self, host: Host) -> None:
+        # The whole document: what the host was made with (its fault domain chosen then) is read back as sent.
+        doc = json.dumps(host.to_json())
+        row = (host.group, host.name, host.resource_group, host.subscription, host.engine.url, doc)
+        try:
+            self.db.execute(
+                "INSERT INTO hosts (host_group, name, resource_group, subscription, engine, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (host_group, name) DO UPDATE SET engine = excluded.engine, doc = excluded.doc",
+                row,
+            )
+        except sqlite3.IntegrityError:
+            field = "properties.overhaul.engine"
+            raise Conflict(f"{field}: {host.engine.url} is another host's engine", "EngineInUse", field) from None
+
+    async def hosts(self) -> list[Host]:
+        rows = self.db.execute("SELECT * FROM hosts ORDER BY host_group, name")
+        return [
+            parse_host(
+                json.loads(r["doc"]),
+                group=r["host_group"],
+                name=r["name"],
+                resource_group=r["resource_group"],
+                subscription=r["subscription"],
+            )
+            for r in rows
+        ]
+
+    async def delete_host(self, group: str, name: str) -> None:
+        self.db.execute("DELETE FROM hosts WHERE host_group = ? AND name = ?", (group, name))
 
     async def hook_event(self, name: str) -> HookEvent | None:
         row = self.db.execute("SELECT doc FROM lifecycle_hook_events WHERE name = ?", (name,)).fetchone()
