@@ -8,6 +8,7 @@ import io
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
@@ -48,13 +49,22 @@ def image_tar(version: str, *, healthy: bool) -> bytes:
     return buffer.getvalue()
 
 
-def build(engine: str, reference: str, version: str, *, healthy: bool = True, command: str = START) -> None:
-    """`podman import` / `docker import` the image under ``reference``; ``command`` is what its container runs."""
+def build(
+    engine: str,
+    reference: str,
+    version: str,
+    *,
+    healthy: bool = True,
+    command: str = START,
+    store: Sequence[str] = (),
+) -> None:
+    """`podman import` / `docker import` the image under ``reference``; ``command`` is what its container runs;
+    ``store``: the engine's options naming another image store (podman's --root, --runroot and --tmpdir)."""
     binary = shutil.which(engine)
     if binary is None:
         raise RuntimeError(f"{engine} is not installed")
     subprocess.run(
-        [binary, "import", "--change", f'CMD ["/bin/sh", "-c", "{command}"]', "-", reference],
+        [binary, *store, "import", "--change", f'CMD ["/bin/sh", "-c", "{command}"]', "-", reference],
         input=image_tar(version, healthy=healthy),
         check=True,
         capture_output=True,

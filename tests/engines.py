@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,39 @@ def podman_service(directory: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def podman_store(directory: Path) -> list[str]:
+    """Podman's options for an image and container store of its own under ``directory`` (short: Podman refuses a
+    runroot over 50 characters): another host's engine on this machine. --tmpdir from the first command on the
+    store on (it is kept in the store's database)."""
+    return ["--root", str(directory / "root"), "--runroot", str(directory / "run"), "--tmpdir", str(directory / "tmp")]
+
+
+@contextmanager
+def podman_host(images: Callable[[list[str]], None] = lambda store: None) -> Iterator[str]:
+    """A Podman service over a store of its own (``images`` puts images into it first): a host's engine."""
+    directory = Path(tempfile.mkdtemp(prefix="ovh-host-"))
+    store = podman_store(directory)
+    try:
+        images(store)
+        sock = directory / "podman.sock"
+        proc = subprocess.Popen(
+            ["podman", *store, "--runtime", "runc", "system", "service", "--time=0", f"unix://{sock}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(sock, "podman system service", 30)
+            yield f"unix://{sock}"
+        finally:
+            # Containers first: their locks are in a segment every Podman store on the machine shares.
+            subprocess.run(["podman", *store, "rm", "-fa", "-t", "0"], capture_output=True, timeout=120, check=False)
+            proc.terminate()
+            proc.wait(10)
+    finally:
+        subprocess.run(["podman", *store, "system", "prune", "-af"], capture_output=True, timeout=120, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager

@@ -18,3 +18,24 @@ def free_port(taken: Collection[int] = ()) -> int:
         if port not in taken:
             return port
     raise PortsExhausted("no free host port on 127.0.0.1")
+
+
+def port_in_range(first: int, last: int, taken: Collection[int] = (), address: str | None = None) -> int:
+    """The lowest port of ``first``-``last`` that no instance holds; with ``address`` (an address of this machine)
+    also one nothing listens on there now. A remote host's ports are not checked here: a publish that meets a port
+    taken there is retried with another."""
+    for port in range(first, last + 1):
+        if port in taken:
+            continue
+        if address is None or _bindable(address, port):
+            return port
+    raise PortsExhausted(f"no free host port in {first}-{last}" + (f" on {address}" if address else ""))
+
+
+def _bindable(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True

@@ -80,7 +80,6 @@ def test_a_local_engine_publishes_on_loopback_unless_told() -> None:
         ({**SSH, "hostPorts": "20000-70000"}, "properties.overhaul.hostPorts", "1024-65535"),
         ({**SSH, "publishAddress": "not an address"}, "properties.overhaul.publishAddress", "host name"),
         ({**SSH, "callTimeout": 0}, "properties.overhaul.callTimeout", "seconds"),
-        ({**SSH, "runtime": ""}, "properties.overhaul.runtime", "OCI runtime"),
     ],
 )
 def test_a_bad_host_is_refused_naming_the_field(ours: dict[str, Any], field: str, words: str) -> None:

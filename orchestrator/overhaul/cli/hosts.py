@@ -41,7 +41,6 @@ def add_host_commands(vm: Any, common: argparse.ArgumentParser) -> None:
     made.add_argument("--host-key-file", help="with ssh://: a file holding that line (the host's ssh_host_*_key.pub)")
     made.add_argument("--publish-address", help="where the host's instances are reached (default: the engine's host)")
     made.add_argument("--host-ports", help="FIRST-LAST host ports instances publish on (default 20000-29999)")
-    made.add_argument("--runtime", help="the OCI runtime containers run with on that engine")
     made.add_argument("--tls-ca", help="with tcp://: the CA file; with --tls-cert and --tls-key")
     made.add_argument("--tls-cert")
     made.add_argument("--tls-key")
@@ -95,7 +94,6 @@ def host_body(args: argparse.Namespace) -> dict[str, Any]:
         ("hostKey", host_key),
         ("publishAddress", args.publish_address),
         ("hostPorts", args.host_ports),
-        ("runtime", args.runtime),
     ):
         if value is not None:
             ours[key] = value

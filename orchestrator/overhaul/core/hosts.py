@@ -97,7 +97,6 @@ class Host:
     ssh_key: str | None = None  # the orchestrator's private key file for ssh
     host_key: str | None = None  # the host's public key line for ssh: given, never learnt
     tls: Tls | None = None
-    runtime: str | None = None  # the OCI runtime the engine runs containers with; None keeps its default
     call_timeout: float = 60.0
     sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -112,7 +111,7 @@ class Host:
             "hostPorts": f"{self.ports[0]}-{self.ports[1]}",
             "callTimeout": self.call_timeout,
         }
-        for key, value in (("sshKey", self.ssh_key), ("hostKey", self.host_key), ("runtime", self.runtime)):
+        for key, value in (("sshKey", self.ssh_key), ("hostKey", self.host_key)):
             if value is not None:
                 ours[key] = value
         if self.tls is not None:
@@ -170,9 +169,6 @@ def parse_host(doc: Any, *, group: str, name: str, resource_group: str, subscrip
     publish = ours.get("publishAddress", engine.address or "127.0.0.1")
     if not isinstance(publish, str) or not _is_address(publish):
         raise ModelError(f"{OURS}.publishAddress", f"must be an IP address or a host name, got {publish!r}")
-    runtime = ours.get("runtime")
-    if runtime is not None and (not isinstance(runtime, str) or not runtime):
-        raise ModelError(f"{OURS}.runtime", f"must be an OCI runtime's name, got {runtime!r}")
     timeout = ours.get("callTimeout", 60.0)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 1 <= timeout <= 3600:
         raise ModelError(f"{OURS}.callTimeout", f"must be seconds from 1 to 3600, got {timeout!r}")
@@ -189,7 +185,6 @@ def parse_host(doc: Any, *, group: str, name: str, resource_group: str, subscrip
         ssh_key,
         host_key,
         tls,
-        runtime,
         float(timeout),
         dict(doc),
     )

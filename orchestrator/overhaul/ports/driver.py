@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from overhaul.core.hosts import Host
 from overhaul.core.model import InstanceNetwork, VmOptions
 from overhaul.core.naming import instance_name
 from overhaul.core.triage import Blame, Fault, classify
@@ -73,6 +74,7 @@ class InstanceSpec:
     data_disk_gb: Mapping[str, int] = field(default_factory=dict)  # data disk (volume) name -> size, when given
     agent_port: int = 8090  # where the agent inside listens (a VM's platform notices are pushed to it)
     network: InstanceNetwork = InstanceNetwork.ISOLATED  # whom it reaches besides its published ports
+    host: Host | None = None  # the host whose engine runs it; None: the orchestrator's own engine
 
     @property
     def disk(self) -> str:
@@ -105,6 +107,7 @@ class InstanceState:
     # each container port is published on, as the engine reports them.
     address: str = "127.0.0.1"
     ports: Mapping[int, int] = field(default_factory=dict)
+    host: str = ""  # the id of the host it was found on; "": the orchestrator's own engine
 
     @property
     def version(self) -> str | None:

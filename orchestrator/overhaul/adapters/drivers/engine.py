@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import ssl
 import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from overhaul.adapters.drivers.podman_service import PodmanService
 from overhaul.core.model import InstanceNetwork
 from overhaul.core.naming import instance_name, is_data_disk_of, previous_name
 from overhaul.core.triage import Fault
-from overhaul.localhost import free_port
+from overhaul.localhost import free_port, port_in_range
 from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec, InstanceState, NotFound, OsDisk
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,13 @@ class EngineSettings:
     # Back-off between restarts of a private podman service that died.
     service_restart_min: float = 0.2
     service_restart_max: float = 10.0
+    # The engine API version spoken: Docker 20.10+ and Podman 4 both serve 1.41. Pinned, because "auto" asks the
+    # engine's /version first (0.4 s on Podman, seconds on a busy machine, and once more per reconnect).
+    api_version: str = "v1.41"
+    # The host ports instances publish on (FIRST, LAST); None: any this machine has free.
+    port_range: tuple[int, int] | None = None
+    # An engine over tcp:// with TLS: (CA file, certificate file, key file).
+    tls: tuple[str, str, str] | None = None
 
 
 # The container an engine says holds a name ("... is already in use by 4737652eee2b...").
@@ -153,7 +161,10 @@ class EngineDriver:
             )
             await self._service.start()
             url = self._service.url
-        self._docker = aiodocker.Docker(url=url)
+        tls = self._tls()
+        if tls is not None:  # aiodocker speaks TLS to an https:// URL only
+            url = re.sub(r"^tcp://", "https://", url)
+        self._docker = aiodocker.Docker(url=url, api_version=self.settings.api_version, ssl_context=tls)
         if self._service is None:
             # A configured engine is asked at once: a wrong socket is found at start, not at the first reimage.
             try:
@@ -161,6 +172,17 @@ class EngineDriver:
             except DriverError as exc:
                 await self.close()
                 raise DriverError(f"no container engine answers at {url}: {exc}") from exc
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if self.settings.tls is None:
+            return None
+        ca, cert, key = self.settings.tls
+        try:
+            context = ssl.create_default_context(cafile=ca)
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise EngineUnavailable(f"the engine's TLS files cannot be used: {exc}") from exc
+        return context
 
     async def close(self) -> None:
         if self._docker is not None:
@@ -375,8 +397,12 @@ class EngineDriver:
         await self._call("ping the engine", self._ping(), timeout=min(5.0, self.settings.call_timeout))
 
     async def host_port(self, taken: Collection[int]) -> int:
-        # The engine runs on this machine: a port it can publish is one this machine can bind.
-        return free_port(taken)
+        if self.settings.port_range is None:
+            # The engine runs on this machine: a port it can publish is one this machine can bind.
+            return free_port(taken)
+        # A host's range; a socket on this machine is an engine on this machine, whose ports can be checked here.
+        local = self.settings.url is None or self.settings.url.startswith("unix://")
+        return port_in_range(*self.settings.port_range, taken, self.settings.publish_address if local else None)
 
     async def _ping(self) -> None:
         """The engine API's /_ping: answered by the service itself (Podman's /version asks its runtime and storage

@@ -1,0 +1,141 @@
+"""The driver protocol over many hosts: one driver per host (made when first needed, made again when the host's
+record changes), the orchestrator's own engine for instances with no host. A spec names its host
+(``InstanceSpec.host``); observing a scale set asks every host at once and says where each instance was found."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import replace
+
+from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
+from overhaul.core.hosts import Host
+from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec, InstanceState
+
+log = logging.getLogger(__name__)
+
+# How a host's driver is made (and started) from its record: EngineDriver over its engine URL, in serve.
+DriverFactory = Callable[[Host], Awaitable[Driver]]
+# The hosts there are now: the store's, in serve.
+HostList = Callable[[], Awaitable[Sequence[Host]]]
+# A host's engine that does not answer a listing within this is reported unreachable rather than waited on.
+OBSERVE_TIMEOUT = 10.0
+
+
+class HostRouter:
+    def __init__(self, local: Driver, make: DriverFactory, hosts: HostList) -> None:
+        self.local = local
+        self._make = make
+        self._hosts = hosts
+        self._drivers: dict[str, tuple[Host, Driver]] = {}
+        self._making: dict[str, asyncio.Lock] = {}
+
+    async def driver_of(self, host: Host | None) -> Driver:
+        """The host's driver (the local engine's for None); made afresh when the host's record changed."""
+        if host is None:
+            return self.local
+        key = host.id.lower()
+        async with self._making.setdefault(key, asyncio.Lock()):
+            cached = self._drivers.get(key)
+            if cached is not None and cached[0] == host:
+                return cached[1]
+            if cached is not None:
+                del self._drivers[key]
+                await cached[1].close()
+            try:
+                made = await self._make(host)
+            except DriverError as exc:
+                raise EngineUnavailable(f"host {host.group}/{host.name}: {exc}") from exc
+            self._drivers[key] = (host, made)
+            return made
+
+    async def ping(self) -> None:
+        await self.local.ping()
+
+    async def host_port(self, taken: Collection[int]) -> int:
+        return await self.local.host_port(taken)
+
+    async def image_present(self, image: str, *, vm: bool = False) -> bool:
+        return await self.local.image_present(image, vm=vm)
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        """Every instance of the scale set on every host, each with the host it was found on. A host that cannot
+        be listed fails the observation naming it; an instance found on two hosts too, naming both."""
+        hosts = list(await self._hosts())
+        found = await asyncio.gather(
+            self.local.observe(scale_set), *(self._observe_on(h, scale_set) for h in hosts), return_exceptions=True
+        )
+        merged: dict[int, InstanceState] = {}
+        for host, result in zip([None, *hosts], found, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, DriverError):
+                    raise result
+                raise result if host is None else EngineUnavailable(f"host {host.group}/{host.name}: {result}")
+            for instance_id, state in result.items():
+                found_on = replace(state, host=host.id if host else "")
+                other = merged.get(instance_id)
+                if other is not None:
+                    raise DriverError(
+                        f"instance {instance_id} of {scale_set} is on two hosts: {other.host or 'local'} and"
+                        f" {found_on.host or 'local'}"
+                    )
+                merged[instance_id] = found_on
+        return dict(sorted(merged.items()))
+
+    async def _observe_on(self, host: Host, scale_set: str) -> dict[int, InstanceState]:
+        try:
+            async with asyncio.timeout(OBSERVE_TIMEOUT):
+                return await (await self.driver_of(host)).observe(scale_set)
+        except TimeoutError:
+            raise EngineUnavailable(f"no answer to a listing within {OBSERVE_TIMEOUT:g}s") from None
+
+    async def ensure_running(self, spec: InstanceSpec) -> None:
+        await (await self.driver_of(spec.host)).ensure_running(spec)
+
+    async def reimage(self, spec: InstanceSpec) -> None:
+        await (await self.driver_of(spec.host)).reimage(spec)
+
+    async def commit(self, spec: InstanceSpec) -> None:
+        await (await self.driver_of(spec.host)).commit(spec)
+
+    async def rollback(self, spec: InstanceSpec) -> None:
+        await (await self.driver_of(spec.host)).rollback(spec)
+
+    async def notify(self, spec: InstanceSpec, tags: Mapping[str, str]) -> None:
+        await (await self.driver_of(spec.host)).notify(spec, tags)
+
+    async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
+        await (await self.driver_of(spec.host)).delete(spec, keep_data=keep_data)
+
+    async def close(self) -> None:
+        drivers = [d for _, d in self._drivers.values()]
+        self._drivers.clear()
+        results = await asyncio.gather(self.local.close(), *(d.close() for d in drivers), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("closing a host's driver failed: %s", result)
+
+
+def engine_drivers(base: EngineSettings) -> DriverFactory:
+    """Makes a host's EngineDriver: the orchestrator's engine settings, with the host's engine, timeout, publish
+    address, port range and TLS files."""
+
+    async def make(host: Host) -> Driver:
+        if host.engine.scheme == "ssh":
+            raise DriverError("ssh:// engines need an SSH forward, which this version does not open yet")
+        tls = (host.tls.ca, host.tls.cert, host.tls.key) if host.tls is not None else None
+        settings = replace(
+            base,
+            url=host.engine.url,
+            call_timeout=host.call_timeout,
+            publish_address=host.publish_address,
+            port_range=host.ports,
+            tls=tls,
+            service_dir=None,
+        )
+        driver = EngineDriver(settings)
+        await driver.start()
+        return driver
+
+    return make

@@ -1,0 +1,165 @@
+"""HostRouter (adapters/drivers/hosts.py): the driver protocol over one driver per host. Instances go to the host
+their spec names; a scale set is observed on every host at once, each instance with where it was found; a host
+that cannot be listed, or an instance on two hosts, is named. Memory drivers for the rules, then two real Podman
+services with stores of their own, each publishing on its own loopback address."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from demo import busybox_images
+from overhaul.adapters.drivers.engine import EngineSettings
+from overhaul.adapters.drivers.hosts import HostRouter, engine_drivers
+from overhaul.adapters.drivers.memory import MemoryDriver
+from overhaul.core.hosts import Host, parse_host
+from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec
+from tests.engines import podman_host
+
+IMAGE = "localhost/overhaul-hosts:1.0.0"
+
+
+def host(name: str, engine: str, **ours: object) -> Host:
+    body = {"properties": {"platformFaultDomain": 0, "overhaul": {"engine": engine, **ours}}}
+    return parse_host(body, group="rack", name=name, resource_group="rg", subscription="s")
+
+
+def spec(instance_id: int, on: Host | None, ports: dict[int, int] | None = None) -> InstanceSpec:
+    return InstanceSpec("web", instance_id, IMAGE, "1.0.0", ports=ports or {}, stop_timeout=1, host=on)
+
+
+class Made:
+    """A factory of memory drivers that counts what it made and can be told a host is down."""
+
+    def __init__(self) -> None:
+        self.drivers: dict[str, MemoryDriver] = {}
+        self.made = 0
+        self.down: set[str] = set()
+
+    async def __call__(self, made_for: Host) -> Driver:
+        if made_for.name in self.down:
+            raise DriverError(f"no container engine answers at {made_for.engine.url}")
+        self.made += 1
+        self.drivers[made_for.name] = MemoryDriver()
+        return self.drivers[made_for.name]
+
+
+async def test_instances_go_to_their_host_and_are_observed_with_it() -> None:
+    a, b = host("a", "unix:///a.sock"), host("b", "unix:///b.sock")
+    local, made = MemoryDriver(), Made()
+
+    async def hosts() -> Sequence[Host]:
+        return [a, b]
+
+    router = HostRouter(local, made, hosts)
+    await router.ensure_running(spec(0, None))
+    await router.ensure_running(spec(1, a))
+    await router.ensure_running(spec(2, b))
+    assert set(made.drivers["a"].instances["web"]) == {1} and set(made.drivers["b"].instances["web"]) == {2}
+    assert set(local.instances["web"]) == {0}
+    seen = await router.observe("web")
+    assert {i: s.host for i, s in seen.items()} == {0: "", 1: a.id, 2: b.id}
+    await router.reimage(spec(1, a))
+    await router.delete(spec(2, b), keep_data=False)
+    assert made.made == 2  # one driver per host, kept
+    assert ("reimage", "web_1") in made.drivers["a"].calls
+    assert await router.observe("web") == {0: seen[0], 1: seen[1]}
+    await router.close()
+
+
+async def test_a_host_that_cannot_be_listed_or_an_instance_on_two_hosts_is_named() -> None:
+    a, b = host("a", "unix:///a.sock"), host("b", "unix:///b.sock")
+    made = Made()
+
+    async def hosts() -> Sequence[Host]:
+        return [a, b]
+
+    router = HostRouter(MemoryDriver(), made, hosts)
+    made.down.add("b")
+    with pytest.raises(EngineUnavailable, match=r"host rack/b: .*unix:///b\.sock"):
+        await router.observe("web")
+    made.down.clear()  # back: the next call makes its driver
+    await router.ensure_running(spec(3, a))
+    await router.ensure_running(spec(3, b))
+    with pytest.raises(DriverError, match=re.escape(f"instance 3 of web is on two hosts: {a.id} and {b.id}")):
+        await router.observe("web")
+    await router.close()
+
+
+async def test_a_changed_host_record_gets_a_new_driver() -> None:
+    a = host("a", "unix:///a.sock")
+    made = Made()
+
+    async def hosts() -> Sequence[Host]:
+        return [a]
+
+    router = HostRouter(MemoryDriver(), made, hosts)
+    first = await router.driver_of(a)
+    assert await router.driver_of(a) is first
+    moved = host("a", "unix:///a2.sock")
+    assert await router.driver_of(moved) is not first and made.made == 2
+    await router.close()
+
+
+async def test_ssh_engines_are_refused_until_the_forward_is_there() -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
+    remote = host("r", "ssh://core@127.0.0.9/run/p.sock", sshKey="/k", hostKey=key)
+
+    async def hosts() -> Sequence[Host]:
+        return [remote]
+
+    router = HostRouter(MemoryDriver(), engine_drivers(EngineSettings()), hosts)
+    with pytest.raises(EngineUnavailable, match=r"host rack/r: ssh:// engines need an SSH forward"):
+        await router.ensure_running(spec(0, remote))
+    await router.close()
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+async def test_two_podman_hosts_each_run_and_publish_their_own_instances(tmp_path: Path) -> None:
+    def images(store: list[str]) -> None:
+        busybox_images.build("podman", IMAGE, "1.0.0", store=store)
+
+    with podman_host(images) as url2, podman_host(images) as url3:
+        two = host("h2", url2, publishAddress="127.0.0.2", hostPorts="31000-31099")
+        three = host("h3", url3, publishAddress="127.0.0.3", hostPorts="31000-31099")
+
+        async def hosts() -> Sequence[Host]:
+            return [two, three]
+
+        base = EngineSettings(config_root=tmp_path / "config", call_timeout=60)
+        router = HostRouter(MemoryDriver(), engine_drivers(base), hosts)
+        try:
+            for instance_id, on in ((0, two), (1, three)):
+                port = await (await router.driver_of(on)).host_port(set())
+                assert port == 31000  # the first of each host's own range: the two hosts share no port space
+                await router.ensure_running(spec(instance_id, on, {8080: port}))
+            seen = await router.observe("web")
+            assert {i: (s.host, s.address, s.ports) for i, s in seen.items()} == {
+                0: (two.id, "127.0.0.2", {8080: 31000}),
+                1: (three.id, "127.0.0.3", {8080: 31000}),
+            }
+            async with aiohttp.ClientSession() as session:
+                for address in ("127.0.0.2", "127.0.0.3"):
+                    async with asyncio.timeout(60):
+                        while True:
+                            try:
+                                url = f"http://{address}:31000/health"
+                                async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                                    if resp.status == 200:
+                                        break
+                            except aiohttp.ClientError:
+                                pass
+                            await asyncio.sleep(0.2)  # the container's httpd starting: nothing to wait on
+            # Each engine has only its own instance.
+            assert list(await (await router.driver_of(two)).observe("web")) == [0]
+            await router.delete(spec(0, two), keep_data=False)
+            await router.delete(spec(1, three), keep_data=False)
+            assert await router.observe("web") == {}
+        finally:
+            await router.close()
