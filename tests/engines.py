@@ -39,11 +39,12 @@ def wait_for(socket_path: Path, what: str, timeout: float = 60) -> None:
 
 
 @contextmanager
-def podman_service(directory: Path) -> Iterator[str]:
-    """`podman system service` on a private socket (the same service the engine driver starts by itself)."""
+def podman_service(directory: Path, store: list[str] | None = None) -> Iterator[str]:
+    """`podman system service` on a private socket (the same service the engine driver starts by itself), over
+    the machine's store or ``store`` (podman_store); the containers of a store of its own go with it."""
     sock = directory / "podman.sock"
     proc = subprocess.Popen(
-        ["podman", "--runtime", "runc", "system", "service", "--time=0", f"unix://{sock}"],
+        ["podman", *(store or []), "--runtime", "runc", "system", "service", "--time=0", f"unix://{sock}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -51,6 +52,8 @@ def podman_service(directory: Path) -> Iterator[str]:
         wait_for(sock, "podman system service", 30)
         yield f"unix://{sock}"
     finally:
+        if store:  # containers first: their locks are in a segment every Podman store on the machine shares
+            subprocess.run(["podman", *store, "rm", "-fa", "-t", "0"], capture_output=True, timeout=120, check=False)
         proc.terminate()
         proc.wait(10)
 
@@ -69,20 +72,8 @@ def podman_host(images: Callable[[list[str]], None] = lambda store: None) -> Ite
     store = podman_store(directory)
     try:
         images(store)
-        sock = directory / "podman.sock"
-        proc = subprocess.Popen(
-            ["podman", *store, "--runtime", "runc", "system", "service", "--time=0", f"unix://{sock}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for(sock, "podman system service", 30)
-            yield f"unix://{sock}"
-        finally:
-            # Containers first: their locks are in a segment every Podman store on the machine shares.
-            subprocess.run(["podman", *store, "rm", "-fa", "-t", "0"], capture_output=True, timeout=120, check=False)
-            proc.terminate()
-            proc.wait(10)
+        with podman_service(directory, store) as url:
+            yield url
     finally:
         subprocess.run(["podman", *store, "system", "prune", "-af"], capture_output=True, timeout=120, check=False)
         shutil.rmtree(directory, ignore_errors=True)
