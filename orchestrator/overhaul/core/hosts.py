@@ -10,7 +10,7 @@ import binascii
 import ipaddress
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,6 +103,11 @@ class Host:
     @property
     def id(self) -> str:
         return f"{host_group_id(self.subscription, self.resource_group, self.group)}/hosts/{self.name}"
+
+    def free_port(self, taken: Collection[int]) -> int | None:
+        """The lowest port of its range that no instance on it holds (None: all are held)."""
+        first, last = self.ports
+        return next((p for p in range(first, last + 1) if p not in taken), None)
 
     def to_json(self) -> dict[str, Any]:
         ours: dict[str, Any] = {

@@ -318,6 +318,11 @@ class ScaleSet:
     tags: Mapping[str, str] = field(default_factory=dict)
     # Automatic OS upgrades wait for these (core/lifecycle_hooks.py).
     lifecycle_hooks: tuple[LifecycleHook, ...] = ()
+    # Where instances are placed (docs/hosts.md): the zones of its location, a host group by id, and whether a
+    # scale-out must keep the zones within one instance of each other.
+    zones: tuple[str, ...] = ()
+    host_group: str | None = None
+    zone_balance: bool = False
     # The document as it was sent: Azure fields with no meaning here (osDisk.caching, adminUsername,
     # networkInterfaceConfigurations, ...) round-trip from it verbatim.
     sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -616,8 +621,19 @@ def parse_scale_set(doc: Any, *, name: str, resource_group: str = "default", sub
         engine=_engine(vm.obj("overhaul")),
         tags=dict(tags),
         lifecycle_hooks=parse_lifecycle_hooks(props.obj("lifecycleHooksProfile")),
+        zones=_zones(root.doc.get("zones")),
+        host_group=props.obj("hostGroup").text("id"),
+        zone_balance=props.boolean("zoneBalance", False),
         sent=copy.deepcopy(dict(root.doc)),
     )
+
+
+def _zones(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(z, str) and z for z in value) or len(set(value)) < len(value):
+        raise ModelError("zones", f"must be a list of distinct zone names, got {value!r}")
+    return tuple(value)
 
 
 def model_digest(model: ScaleSet) -> str:

@@ -83,9 +83,23 @@ class HostGroups(NamedResources[HostGroup]):
             return host, existing is None
 
     async def delete_host(self, group: str, name: str, scope: Scope | None = None) -> None:
+        """Refused while instances are placed on it (their data disks live there)."""
         async with self.parts.writing(HOST_GROUP.lock):
             found = await self.host(group, name, scope)
-            await self.parts.store.delete_host(found.group, found.name)
+            store = self.parts.store
+            held = [
+                f"{m.name}_{i}"
+                for m in await store.list_scale_sets()
+                for i, host in (await store.instance_hosts(m.name)).items()
+                if host.lower() == found.id.lower()
+            ]
+            if held:
+                raise Conflict(
+                    f"host {found.group}/{found.name} holds instance(s) {', '.join(held)}: scale them in or delete"
+                    " their scale sets first",
+                    "HostInUse",
+                )
+            await store.delete_host(found.group, found.name)
             self.parts.changes.bump()
 
 

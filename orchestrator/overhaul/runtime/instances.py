@@ -9,19 +9,27 @@ from typing import Any
 from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import InvalidInput, OverhaulError
 from overhaul.core.gallery import ImageVersion, resolve
+from overhaul.core.hosts import Host
 from overhaul.core.model import HealthSourceKind, ScaleSet, model_digest
 from overhaul.core.naming import data_disk_name
+from overhaul.core.planner import PlacementError, Slot
+from overhaul.core.planner import place as place_instances
 from overhaul.ports.driver import Driver, InstanceSpec, InstanceState, PortsExhausted
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 
 
-def where_it_listens(allocated: Mapping[int, int], state: InstanceState | None) -> tuple[str, dict[int, int]]:
+def where_it_listens(
+    allocated: Mapping[int, int], state: InstanceState | None, host: Host | None = None
+) -> tuple[str, dict[int, int]]:
     """The address and host ports of an instance: what the engine reports wins over what was allocated, as it is
-    where the instance really listens."""
+    where the instance really listens; unobserved, it is where its host publishes."""
     if state is None:
-        return "127.0.0.1", dict(allocated)
+        return host.publish_address if host else "127.0.0.1", dict(allocated)
     return state.address, {**allocated, **state.ports}
+
+
+HOST_GROUP = "properties.hostGroup.id"
 
 
 class Instances:
@@ -30,14 +38,75 @@ class Instances:
         self.driver = driver
         self.health = health
 
-    async def allocate_port(self, taken: set[int]) -> int:
-        """A host port the driver finds free and no other instance holds; it joins ``taken``."""
+    async def allocate_port(self, taken: set[int], host: Host | None = None) -> int:
+        """A host port no other instance on the host holds (on the orchestrator's own engine, one the driver finds
+        free); it joins ``taken``."""
         try:
-            port = await self.driver.host_port(taken)
+            port = await self.driver.host_port(taken) if host is None else host.free_port(taken)
         except PortsExhausted as exc:
             raise OverhaulError(str(exc), "PortsExhausted") from exc
+        if port is None and host is not None:
+            first, last = host.ports
+            raise OverhaulError(f"host {host.group}/{host.name} has no free port in {first}-{last}", "PortsExhausted")
+        assert port is not None
         taken.add(port)
         return port
+
+    async def candidates(self, model: ScaleSet) -> list[Host]:
+        """The hosts the scale set's new instances may go on: its host group's, else those of its location in its
+        zones; none: the orchestrator's own engine (as when no host is configured)."""
+        hosts = await self.store.hosts()
+        if not hosts or model.is_vm:
+            if model.host_group and model.is_vm:
+                raise InvalidInput("properties.hostGroup.id: VM scale sets run on this machine", target=HOST_GROUP)
+            return []
+        groups = {g.name.lower(): g for g in await self.store.host_groups()}
+        if model.host_group:
+            name = model.host_group.rstrip("/").rsplit("/", 1)[-1].lower()
+            if name not in groups:
+                raise InvalidInput(f"{HOST_GROUP}: no host group {model.host_group}", target=HOST_GROUP)
+            return [h for h in hosts if h.group.lower() == name]
+        located = [h for h in hosts if groups[h.group.lower()].location.lower() == model.location.lower()]
+        if model.zones and located:
+            located = [h for h in located if groups[h.group.lower()].zone in model.zones]
+            if not located:
+                raise InvalidInput(
+                    f"zones: no host of {model.location} is in zones {', '.join(model.zones)}", target="zones"
+                )
+        return located
+
+    async def host_of(self, model: ScaleSet, instance_id: int, *, place: bool = False) -> Host | None:
+        """The host the instance is on (None: the orchestrator's own engine). ``place``: a new instance is placed
+        first (core/planner.py place) and its host stored before anything is made; an instance keeps its host."""
+        stored = await self.store.instance_hosts(model.name)
+        hosts = {h.id.lower(): h for h in await self.store.hosts()}
+        if instance_id not in stored and place:
+            candidates = await self.candidates(model)
+            host_id = ""
+            if candidates:
+                groups = {g.name.lower(): g for g in await self.store.host_groups()}
+                slots = [
+                    Slot(h.id.lower(), groups[h.group.lower()].zone, h.fault_domain or 0, group=h.group.lower())
+                    for h in candidates
+                ]
+                placed = {i: h.lower() for i, h in stored.items() if h}
+                try:
+                    host_id = place_instances(
+                        [instance_id], placed, slots, model.zones, zone_balance=model.zone_balance
+                    )[instance_id]
+                except PlacementError as exc:
+                    raise InvalidInput(str(exc), target=exc.field) from exc
+            await self.store.put_instance_host(model.name, instance_id, host_id)
+            stored[instance_id] = host_id
+        host_id = stored.get(instance_id, "")
+        if not host_id:
+            return None
+        found = hosts.get(host_id.lower())
+        if found is None:
+            raise OverhaulError(
+                f"instance {instance_id} of {model.name} is on host {host_id}, which no longer exists", "HostNotFound"
+            )
+        return found
 
     async def resolve(self, model: ScaleSet, version: str | None = None) -> ImageVersion:
         """The gallery version the model's image reference (or ``version`` of it) stands for."""
@@ -77,9 +146,10 @@ class Instances:
         if not model.published_ports:
             return {}
         known = (await self.store.instance_ports(model.name)).get(instance_id, {})
-        taken = await self.store.all_host_ports()
+        host = await self.host_of(model, instance_id, place=True)
+        taken = await self.store.all_host_ports(host.id if host else "")
         keep = {} if fresh else known
-        ports = {cport: keep.get(cport) or await self.allocate_port(taken) for cport in model.published_ports}
+        ports = {cport: keep.get(cport) or await self.allocate_port(taken, host) for cport in model.published_ports}
         if ports != known:
             await self.store.put_instance_ports(model.name, instance_id, ports)
         return ports
@@ -119,12 +189,14 @@ class Instances:
         running one)."""
         if image is None or image.version != version:
             image = await self.resolve(model, version)
+        ports = await self.ports(model, instance_id, fresh=surge)  # placed first, when new
         return InstanceSpec(
+            host=await self.host_of(model, instance_id, place=True),
             scale_set=model.name,
             instance_id=instance_id,
             image=image.source_for(model.is_vm),
             version=image.version,
-            ports=await self.ports(model, instance_id, fresh=surge),
+            ports=ports,
             surge=surge,
             model_digest=model_digest(model),
             volumes=self.volumes(model, instance_id),
@@ -138,12 +210,13 @@ class Instances:
             network=model.engine.network,
         )
 
-    def handle(
+    async def handle(
         self, model: ScaleSet, instance_id: int, version: str | None = None, *, surge: bool = False
     ) -> InstanceSpec:
-        """Enough to name an instance and its disks (commit, rollback, delete): no gallery lookup, which may
-        no longer know the version."""
+        """Enough to name an instance, its host and its disks (commit, rollback, delete): no gallery lookup, which
+        may no longer know the version."""
         return InstanceSpec(
+            host=await self.host_of(model, instance_id),
             scale_set=model.name,
             instance_id=instance_id,
             image="",
@@ -158,10 +231,13 @@ class Instances:
     async def watch(self, model: ScaleSet, states: Mapping[int, InstanceState] | None = None) -> None:
         """Starts the health watch of every instance (no-op for those already watched)."""
         ports = await self.store.instance_ports(model.name)
+        placed = await self.store.instance_hosts(model.name)
+        hosts = {h.id.lower(): h for h in await self.store.hosts()}
         source = model.health_source
         for instance_id in range(model.capacity):
             state = states.get(instance_id) if states else None
-            address, host = where_it_listens(ports.get(instance_id, {}), state)
+            on = hosts.get(placed.get(instance_id, "").lower())
+            address, host = where_it_listens(ports.get(instance_id, {}), state, on)
             key = (model.name, instance_id)
             if source is HealthSourceKind.AGENT and model.engine.agent_port in host:
                 self.health.watch_agent(key, address, host[model.engine.agent_port])

@@ -127,7 +127,7 @@ class Reconciler:
 
             respec = fresh_ports
         else:
-            spec = self.instances.handle(model, action.instance_id, attempt.target_version, surge=surge)
+            spec = await self.instances.handle(model, action.instance_id, attempt.target_version, surge=surge)
         failure = await self.steps.step(model.name, action.kind, spec, respec=respec)
         if failure is None:
             return ActionResult(action, ok=True)
@@ -306,7 +306,7 @@ class Reconciler:
             state = states.get(instance_id)
             if state is None or state.current is None or state.running or state.previous is not None:
                 continue
-            spec = self.instances.handle(model, instance_id, state.version)
+            spec = await self.instances.handle(model, instance_id, state.version)
             log.warning("%s is not running after attempt %s: starting it", spec.name, attempt.id)
             try:
                 async with asyncio.timeout(self.settings.action_timeout):

@@ -49,6 +49,7 @@ class InstanceInfo:
     has_previous_os_disk: bool
     health_detail: str = ""
     address: str = "127.0.0.1"  # where its ports are published
+    host: str = ""  # the id of the host it is placed on ("": the orchestrator's own engine)
 
 
 class ScaleSets:
@@ -142,6 +143,7 @@ class ScaleSets:
         `vmss update-instances`)."""
         parts = self.parts
         image = await parts.instances.resolve(model)
+        await parts.instances.candidates(model)  # a location, zone or host group with no host is refused first
         states = await parts.observe(model.name)
         known = {
             v.version: v
@@ -160,7 +162,7 @@ class ScaleSets:
                 )
             for instance_id in sorted(set(states) - set(range(model.capacity))):
                 await parts.driver.delete(
-                    parts.instances.handle(previous or model, instance_id, states[instance_id].version)
+                    await parts.instances.handle(previous or model, instance_id, states[instance_id].version)
                 )
                 await parts.instances.forget(model.name, instance_id)
         except DriverError as exc:
@@ -187,7 +189,9 @@ class ScaleSets:
             leftover: dict[int, str | None] = {i: s.version for i, s in states.items()} or {0: None}
             try:
                 for instance_id, version in leftover.items():
-                    await parts.driver.delete(parts.instances.handle(model, instance_id, version), keep_data=False)
+                    await parts.driver.delete(
+                        await parts.instances.handle(model, instance_id, version), keep_data=False
+                    )
             except DriverError as exc:
                 raise engine_error(exc) from exc
             for instance_id in set(range(model.capacity)) | set(states):
@@ -207,7 +211,7 @@ class ScaleSets:
         for instance_id, state in states.items():
             if state.previous is None:
                 continue
-            spec = instances.handle(model, instance_id, state.version)
+            spec = await instances.handle(model, instance_id, state.version)
             if state.running:
                 log.info("%s: dropping a previous OS disk left by an interrupted reimage", spec.name)
                 await driver.commit(spec)
@@ -276,6 +280,7 @@ class ScaleSets:
         states = await parts.observe(model.name)
         views = instance_views(model, states, parts.health, parts.clock())
         ports = await parts.store.instance_ports(model.name)
+        placed = await parts.store.instance_hosts(model.name)
         infos = []
         for i in range(model.capacity):
             report = parts.health.report((model.name, i))
@@ -283,8 +288,9 @@ class ScaleSets:
             address, host_ports = where_it_listens(ports.get(i, {}), state)
             running, previous = bool(state and state.running), bool(state and state.previous)
             detail = report.detail if report else ""
+            host = state.host if state else placed.get(i, "")
             infos.append(
-                InstanceInfo(i, model.instance_name(i), views[i], host_ports, running, previous, detail, address)
+                InstanceInfo(i, model.instance_name(i), views[i], host_ports, running, previous, detail, address, host)
             )
         return infos
 

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings, Ulimit
+from overhaul.adapters.drivers.hosts import HostList, HostRouter, engine_drivers, memory_drivers
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.adapters.drivers.router import KindRouter
@@ -30,8 +31,10 @@ from overhaul.adapters.lease import StateDirLease
 from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
 from overhaul.adapters.webhook import WebhookDeliverer
 from overhaul.aio import Backoff, cancel_and_wait, restarting
+from overhaul.core.hosts import Host
 from overhaul.ports.driver import Driver, DriverError
 from overhaul.ports.lease import LeaseHeld
+from overhaul.ports.store import Store
 from overhaul.runtime.auto_upgrader import AutoUpgrader
 from overhaul.runtime.orchestrator import Orchestrator
 from overhaul.serve import logs
@@ -74,24 +77,38 @@ class Drivers:
             await close()
 
 
-async def engine_and_vms(settings: ServeSettings) -> Drivers:
-    """Containers through the engine API (a private Podman service, or the engine at the URL), VMs through QEMU."""
-    engine = EngineDriver(engine_settings(settings))
+def placed_hosts(store: Store) -> HostList:
+    """The hosts a scale set's instances are placed on, as the store says."""
+
+    async def hosts_of(scale_set: str) -> list[Host]:
+        placed = {h.lower() for h in (await store.instance_hosts(scale_set)).values() if h}
+        return [h for h in await store.hosts() if h.id.lower() in placed] if placed else []
+
+    return hosts_of
+
+
+async def engine_and_vms(settings: ServeSettings, store: Store) -> Drivers:
+    """Containers through the engine API (a private Podman service, or the engine at the URL) and the hosts'
+    engines, VMs through QEMU."""
+    base = engine_settings(settings)
+    engine = EngineDriver(base)
     try:
         await engine.start()
     except DriverError:
         await engine.close()
         raise
     vms = QemuDriver(QemuSettings(root=settings.state_path / "vms", publish_address=settings.engine.publish_address))
-    return Drivers(KindRouter(engine, vms), [engine.close])
+    router = HostRouter(KindRouter(engine, vms), engine_drivers(base), placed_hosts(store))
+    return Drivers(router, [engine.close, router.close_hosts])
 
 
-async def memory(settings: ServeSettings) -> Drivers:
-    return Drivers(MemoryDriver())
+async def memory(settings: ServeSettings, store: Store) -> Drivers:
+    router = HostRouter(MemoryDriver(), memory_drivers(), placed_hosts(store))
+    return Drivers(router, [router.close_hosts])
 
 
 # settings.engine.kind -> the factory of its drivers.
-DRIVERS: dict[str, Callable[[ServeSettings], Awaitable[Drivers]]] = {
+DRIVERS: dict[str, Callable[[ServeSettings, Store], Awaitable[Drivers]]] = {
     "podman": engine_and_vms,
     "url": engine_and_vms,
     "memory": memory,
@@ -139,7 +156,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
     try:
-        drivers = await DRIVERS[settings.engine.kind](settings)
+        drivers = await DRIVERS[settings.engine.kind](settings, store)
     except DriverError as exc:
         print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
         await store.close()

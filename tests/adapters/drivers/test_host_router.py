@@ -53,7 +53,7 @@ async def test_instances_go_to_their_host_and_are_observed_with_it() -> None:
     a, b = host("a", "unix:///a.sock"), host("b", "unix:///b.sock")
     local, made = MemoryDriver(), Made()
 
-    async def hosts() -> Sequence[Host]:
+    async def hosts(scale_set: str) -> Sequence[Host]:
         return [a, b]
 
     router = HostRouter(local, made, hosts)
@@ -76,7 +76,7 @@ async def test_a_host_that_cannot_be_listed_or_an_instance_on_two_hosts_is_named
     a, b = host("a", "unix:///a.sock"), host("b", "unix:///b.sock")
     made = Made()
 
-    async def hosts() -> Sequence[Host]:
+    async def hosts(scale_set: str) -> Sequence[Host]:
         return [a, b]
 
     router = HostRouter(MemoryDriver(), made, hosts)
@@ -95,7 +95,7 @@ async def test_a_changed_host_record_gets_a_new_driver() -> None:
     a = host("a", "unix:///a.sock")
     made = Made()
 
-    async def hosts() -> Sequence[Host]:
+    async def hosts(scale_set: str) -> Sequence[Host]:
         return [a]
 
     router = HostRouter(MemoryDriver(), made, hosts)
@@ -110,7 +110,7 @@ async def test_ssh_engines_are_refused_until_the_forward_is_there() -> None:
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
     remote = host("r", "ssh://core@127.0.0.9/run/p.sock", sshKey="/k", hostKey=key)
 
-    async def hosts() -> Sequence[Host]:
+    async def hosts(scale_set: str) -> Sequence[Host]:
         return [remote]
 
     router = HostRouter(MemoryDriver(), engine_drivers(EngineSettings()), hosts)
@@ -129,7 +129,7 @@ async def test_two_podman_hosts_each_run_and_publish_their_own_instances(tmp_pat
         two = host("h2", url2, publishAddress="127.0.0.2", hostPorts="31000-31099")
         three = host("h3", url3, publishAddress="127.0.0.3", hostPorts="31000-31099")
 
-        async def hosts() -> Sequence[Host]:
+        async def hosts(scale_set: str) -> Sequence[Host]:
             return [two, three]
 
         base = EngineSettings(config_root=tmp_path / "config", call_timeout=60)

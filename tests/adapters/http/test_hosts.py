@@ -3,6 +3,7 @@ kept, fault domains spread, and every refusal naming its field or the resource i
 
 from __future__ import annotations
 
+import copy
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.compute import models as m
 
 from tests.azure import compute_client
-from tests.builders import RG, seeded_serve
+from tests.builders import API_MODEL, GALLERY, RG, VMSS, seeded_serve, wait_for
 from tests.serve import API, Served
 
 GROUPS = f"{RG}/providers/Microsoft.Compute/hostGroups"
@@ -177,3 +178,94 @@ def test_the_azure_sdk_manages_host_groups_and_hosts(served: Served) -> None:
         client.dedicated_host_groups.delete(rg, "sdkgroup")
         with pytest.raises(ResourceNotFoundError):
             client.dedicated_host_groups.get(rg, "sdkgroup")
+
+
+def publish_in(served: Served, version: str, *regions: str) -> None:
+    body = {
+        "location": "local",
+        "properties": {
+            "publishingProfile": {"targetRegions": [{"name": r} for r in regions]},
+            "storageProfile": {"source": {"overhaul": {"containerImage": f"localhost/jammy:{version}"}}},
+        },
+    }
+    assert served.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)[0] in (200, 201)
+
+
+def three_zones(served: Served) -> dict[str, str]:
+    """A host group per zone of location edge, a (simulated) host each; their ids by zone."""
+    ids = {}
+    for zone in ("1", "2", "3"):
+        body = {"location": "edge", "zones": [zone], "properties": {"platformFaultDomainCount": 1}}
+        assert served.call("PUT", f"{GROUPS}/z{zone}?{API}", body)[0] == 201
+        ours = {"engine": f"unix:///run/z{zone}.sock", "publishAddress": f"127.0.0.{int(zone) + 1}"}
+        status, doc, _ = put_host(served, f"h{zone}", ours, group_name=f"z{zone}")
+        assert status == 201, doc
+        ids[zone] = doc["id"]
+    return ids
+
+
+def zonal_model(capacity: int, zones: list[str], **props: Any) -> dict[str, Any]:
+    model = copy.deepcopy(API_MODEL)
+    model.update(location="edge", zones=zones, sku={"name": "Standard_Container", "capacity": capacity})
+    model["properties"].update(upgradePolicy={"mode": "Rolling"}, **props)
+    return model
+
+
+def placed(served: Served) -> dict[str, list[int]]:
+    instances = served.call("GET", f"{VMSS}/virtualMachines?{API}")[1]["value"]
+    by_host: dict[str, list[int]] = {}
+    for doc in instances:
+        by_host.setdefault(doc["properties"]["overhaul"]["host"], []).append(int(doc["instanceId"]))
+    return by_host
+
+
+def test_instances_are_placed_over_the_zones_hosts_and_stay_there_through_an_upgrade(served: Served) -> None:
+    ids = three_zones(served)
+    publish_in(served, "1.0.0", "local", "edge")
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", zonal_model(6, ["1", "2", "3"]))
+    assert status == 201, doc
+    before = placed(served)
+    assert before == {ids["1"]: [0, 3], ids["2"]: [1, 4], ids["3"]: [2, 5]}
+    addresses = {
+        d["properties"]["overhaul"]["address"] for d in served.call("GET", f"{VMSS}/virtualMachines?{API}")[1]["value"]
+    }
+    assert addresses == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}  # each instance where its host publishes
+    # Scaled out, the new instances go where the zones are emptiest; scaled back, they leave.
+    assert served.call("PATCH", f"{VMSS}?{API}", {"sku": {"capacity": 8}})[0] == 200
+    after = placed(served)
+    assert {h: ids_ for h, ids_ in after.items()} == {ids["1"]: [0, 3, 6], ids["2"]: [1, 4, 7], ids["3"]: [2, 5]}
+    # A rolling upgrade moves every instance onto 2.0.0 on its own host.
+    publish_in(served, "2.0.0", "local", "edge")
+    assert served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
+    wait_for(
+        lambda: (
+            served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["runningStatus"]["code"]
+            == "Completed"
+        )
+    )
+    versions = {
+        d["properties"]["storageProfile"]["imageReference"]["exactVersion"]
+        for d in served.call("GET", f"{VMSS}/virtualMachines?{API}")[1]["value"]
+    }
+    assert versions == {"2.0.0"} and placed(served) == after
+    # A host holding instances stays until they are gone.
+    status, doc, _ = served.call("DELETE", f"{GROUPS}/z3/hosts/h3?{API}")
+    assert status == 409 and doc["error"]["code"] == "HostInUse" and "myScaleSet_2" in doc["error"]["message"]
+
+
+def test_a_scale_set_no_host_can_take_is_refused_before_anything_is_kept(served: Served) -> None:
+    three_zones(served)
+    publish_in(served, "1.0.0", "local", "edge")
+    for body, field in (
+        (zonal_model(3, ["4"]), "zones"),
+        (zonal_model(3, ["1"], hostGroup={"id": f"{GROUPS}/nogroup"}), "properties.hostGroup.id"),
+    ):
+        status, doc, _ = served.call("PUT", f"{VMSS}?{API}", body)
+        assert status == 400 and doc["error"]["target"] == field, doc
+        assert served.call("GET", f"{VMSS}?{API}")[0] == 404
+    # A host group names where instances go, whatever zones the location has.
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", zonal_model(2, [], hostGroup={"id": f"{GROUPS}/z2"}))
+    assert status == 201, doc
+    assert list(placed(served)) == [
+        doc["id"].split("/providers/")[0] + "/providers/Microsoft.Compute/hostGroups/z2/hosts/h2"
+    ]

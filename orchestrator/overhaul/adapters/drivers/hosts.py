@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 
 from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
+from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.core.hosts import Host
 from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec, InstanceState
 
@@ -17,8 +18,8 @@ log = logging.getLogger(__name__)
 
 # How a host's driver is made (and started) from its record: EngineDriver over its engine URL, in serve.
 DriverFactory = Callable[[Host], Awaitable[Driver]]
-# The hosts there are now: the store's, in serve.
-HostList = Callable[[], Awaitable[Sequence[Host]]]
+# The hosts a scale set's instances were placed on: the store's word, in serve.
+HostList = Callable[[str], Awaitable[Sequence[Host]]]
 # A host's engine that does not answer a listing within this is reported unreachable rather than waited on.
 OBSERVE_TIMEOUT = 10.0
 
@@ -60,9 +61,10 @@ class HostRouter:
         return await self.local.image_present(image, vm=vm)
 
     async def observe(self, scale_set: str) -> dict[int, InstanceState]:
-        """Every instance of the scale set on every host, each with the host it was found on. A host that cannot
-        be listed fails the observation naming it; an instance found on two hosts too, naming both."""
-        hosts = list(await self._hosts())
+        """Every instance of the scale set on the orchestrator's engine and the hosts it was placed on, each with
+        the host it was found on. A host that cannot be listed fails the observation naming it; an instance found
+        on two hosts too, naming both."""
+        hosts = list(await self._hosts(scale_set))
         found = await asyncio.gather(
             self.local.observe(scale_set), *(self._observe_on(h, scale_set) for h in hosts), return_exceptions=True
         )
@@ -109,10 +111,13 @@ class HostRouter:
         await (await self.driver_of(spec.host)).delete(spec, keep_data=keep_data)
 
     async def close(self) -> None:
+        await asyncio.gather(self.local.close(), self.close_hosts())
+
+    async def close_hosts(self) -> None:
+        """Closes the hosts' drivers (their instances go on running), not the local one."""
         drivers = [d for _, d in self._drivers.values()]
         self._drivers.clear()
-        results = await asyncio.gather(self.local.close(), *(d.close() for d in drivers), return_exceptions=True)
-        for result in results:
+        for result in await asyncio.gather(*(d.close() for d in drivers), return_exceptions=True):
             if isinstance(result, BaseException):
                 log.warning("closing a host's driver failed: %s", result)
 
@@ -137,5 +142,14 @@ def engine_drivers(base: EngineSettings) -> DriverFactory:
         driver = EngineDriver(settings)
         await driver.start()
         return driver
+
+    return make
+
+
+def memory_drivers() -> DriverFactory:
+    """Simulated hosts (`--engine memory`): a memory driver each."""
+
+    async def make(host: Host) -> Driver:
+        return MemoryDriver(address=host.publish_address)
 
     return make

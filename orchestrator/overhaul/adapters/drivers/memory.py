@@ -22,6 +22,7 @@ class MemoryDriver:
     _previous_ports: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)
     # The platform tags each instance's current OS disk sees.
     tags: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
+    address: str = "127.0.0.1"  # where its instances publish (a simulated host's own address)
 
     async def ping(self) -> None:
         return None
@@ -40,7 +41,7 @@ class MemoryDriver:
         return self.instances.get(spec.scale_set, {}).get(spec.instance_id)
 
     async def observe(self, scale_set: str) -> dict[int, InstanceState]:
-        return dict(self.instances.get(scale_set, {}))
+        return {i: replace(s, address=self.address) for i, s in self.instances.get(scale_set, {}).items()}
 
     async def ensure_running(self, spec: InstanceSpec) -> None:
         self.calls.append(("ensure_running", spec.name))

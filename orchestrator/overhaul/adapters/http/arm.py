@@ -151,6 +151,7 @@ def instance_doc(
     has_previous_os_disk: bool,
     health_detail: str = "",
     address: str = "127.0.0.1",
+    host: str = "",
 ) -> dict[str, Any]:
     """One entry of ``…/virtualMachines`` with its instanceView (health, image version, power state)."""
     power = "PowerState/running" if running else "PowerState/stopped"
@@ -182,6 +183,7 @@ def instance_doc(
             },
             "overhaul": {
                 "address": address,
+                "host": host or None,  # the host's id; none: the orchestrator's own engine
                 "hostPorts": {str(k): v for k, v in ports.items()},
                 "phaseOrderingNumber": view.phase,
                 "skipUpgrade": view.skip_upgrade,

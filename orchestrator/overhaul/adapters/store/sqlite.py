@@ -157,6 +157,10 @@ MIGRATIONS: tuple[str, ...] = (
         subscription TEXT NOT NULL, engine TEXT NOT NULL UNIQUE, doc TEXT NOT NULL, PRIMARY KEY (host_group, name)
     );
     """,
+    # The host each instance is placed on ('': the orchestrator's own engine); its host ports are that host's.
+    """
+    ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    """,
 )
 # Delivered events are kept this long, so one produced again (after a crash) is not delivered again.
 DELIVERED_KEPT = 86400.0
@@ -383,11 +387,22 @@ class SqliteStore:
         rows = self.db.execute("SELECT instance_id, ports FROM instances WHERE scale_set = ?", (scale_set,))
         return {r["instance_id"]: {int(k): v for k, v in json.loads(r["ports"]).items()} for r in rows}
 
-    async def all_host_ports(self) -> set[int]:
+    async def all_host_ports(self, host: str = "") -> set[int]:
         used: set[int] = set()
-        for row in self.db.execute("SELECT ports FROM instances"):
+        for row in self.db.execute("SELECT ports FROM instances WHERE host = ? COLLATE NOCASE", (host,)):
             used.update(json.loads(row["ports"]).values())
         return used
+
+    async def instance_hosts(self, scale_set: str) -> dict[int, str]:
+        rows = self.db.execute("SELECT instance_id, host FROM instances WHERE scale_set = ?", (scale_set,))
+        return {r["instance_id"]: r["host"] for r in rows}
+
+    async def put_instance_host(self, scale_set: str, instance_id: int, host: str) -> None:
+        self.db.execute(
+            "INSERT INTO instances (scale_set, instance_id, ports, host) VALUES (?, ?, '{}', ?)"
+            " ON CONFLICT (scale_set, instance_id) DO UPDATE SET host = excluded.host",
+            (scale_set, instance_id, host),
+        )
 
     async def put_instance_ports(self, scale_set: str, instance_id: int, ports: Mapping[int, int]) -> None:
         self.db.execute(

@@ -61,6 +61,7 @@ async def instance_docs(request: web.Request) -> tuple[ScaleSet, list[dict[str, 
             has_previous_os_disk=info.has_previous_os_disk,
             health_detail=info.health_detail,
             address=info.address,
+            host=info.host,
         )
         for info in await scale_sets.instances(model.ref)
     ]
