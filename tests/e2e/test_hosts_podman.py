@@ -1,0 +1,139 @@
+"""A scale set across two hosts, end to end: `overhaul serve` on real Podman, and two more Podman services with
+stores of their own as the hosts (unix:// engines), each publishing on its own loopback address. Instances are
+placed over the two zones, probed where their host publishes, upgraded in place, a bad version rolled back, and
+deleted from their hosts."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from demo import busybox_images as engine_images
+from tests import builders
+from tests.engines import podman_host, podman_store
+from tests.serve import API, Served, overhaul_serve
+
+pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(600)]
+REPO = "localhost/overhaul-hosts"
+RG = "/subscriptions/local/resourceGroups/edge"
+VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/spread"
+GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/tiny"
+GROUPS = RG + "/providers/Microsoft.Compute/hostGroups"
+MODEL: dict[str, Any] = {
+    "location": "edge",
+    "zones": ["1", "2"],
+    "sku": {"capacity": 4},
+    "properties": {
+        "upgradePolicy": {
+            "mode": "Rolling",
+            "rollingUpgradePolicy": {
+                "maxBatchInstancePercent": 50,
+                "rollbackFailedInstancesOnPolicyBreach": True,
+                "overhaul": {"instanceHealthTimeout": "PT20S"},
+            },
+        },
+        "virtualMachineProfile": {
+            "storageProfile": {
+                "imageReference": {"publisher": "overhaul", "offer": "hosts", "sku": "tiny", "version": "latest"},
+            },
+            "networkProfile": {"healthProbe": {"protocol": "Http", "port": 8080, "requestPath": "/health"}},
+            "overhaul": {"stopTimeoutInSeconds": 2},
+        },
+    },
+}
+wait_for = functools.partial(builders.wait_for, timeout=120, every=0.2)
+
+
+def images(store: list[str]) -> None:
+    for version, healthy in (("1.0.0", True), ("2.0.0", True), ("3.0.0", False)):
+        engine_images.build("podman", f"{REPO}:{version}", version, healthy=healthy, store=store)
+
+
+def containers(url: str) -> list[str]:
+    store = podman_store(Path(url.removeprefix("unix://")).parent)
+    listed = subprocess.run(
+        ["podman", *store, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, timeout=60, check=True
+    )
+    return sorted(listed.stdout.split())
+
+
+@pytest.fixture
+def hosts() -> Iterator[tuple[str, str]]:
+    with podman_host(images) as two, podman_host(images) as three:
+        yield two, three
+
+
+@pytest.fixture
+def served(tmp_path: Path, hosts: tuple[str, str]) -> Iterator[Served]:
+    images([])  # the orchestrator's own engine checks a version's image before it is published
+    with overhaul_serve(tmp_path / "state", "--engine", "podman", "--probe-interval", "0.2") as running:
+        try:
+            yield running
+        finally:
+            running.call("DELETE", f"{VMSS}?{API}")
+
+
+def publish(served: Served, version: str) -> None:
+    body = {
+        "properties": {
+            "publishingProfile": {"targetRegions": [{"name": "local"}, {"name": "edge"}]},
+            "storageProfile": {"source": {"overhaul": {"containerImage": f"{REPO}:{version}"}}},
+        }
+    }
+    status, doc, _ = served.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)
+    assert status in (200, 201), doc
+
+
+def instances(served: Served) -> list[tuple[str, str, str, str]]:
+    status, doc, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
+    assert status == 200, doc
+    return [
+        (
+            vm["properties"]["overhaul"]["host"].rsplit("/", 1)[-1],
+            vm["properties"]["overhaul"]["address"],
+            vm["properties"]["storageProfile"]["imageReference"]["exactVersion"],
+            vm["properties"]["instanceView"]["vmHealth"]["status"]["displayStatus"],
+        )
+        for vm in doc["value"]
+    ]
+
+
+def latest(served: Served) -> str:
+    return str(served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["runningStatus"]["code"])
+
+
+def test_a_scale_set_across_two_hosts_is_placed_upgraded_rolled_back_and_removed(
+    served: Served, hosts: tuple[str, str]
+) -> None:
+    for zone, url, address in (("1", hosts[0], "127.0.0.2"), ("2", hosts[1], "127.0.0.3")):
+        body = {"location": "edge", "zones": [zone], "properties": {"platformFaultDomainCount": 1}}
+        assert served.call("PUT", f"{GROUPS}/z{zone}?{API}", body)[0] == 201
+        ours = {"engine": url, "publishAddress": address, "hostPorts": "32000-32099"}
+        status, doc, _ = served.call("PUT", f"{GROUPS}/z{zone}/hosts/h{zone}?{API}", {"properties": {"overhaul": ours}})
+        assert status == 201, doc
+    identifier = {"publisher": "overhaul", "offer": "hosts", "sku": "tiny"}
+    assert served.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] in (200, 201)
+    publish(served, "1.0.0")
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", MODEL)
+    assert status == 201, doc
+    on = {"h1": "127.0.0.2", "h2": "127.0.0.3"}
+    placed = [("h1", "127.0.0.2"), ("h2", "127.0.0.3")] * 2
+    # Healthy means the probe reached each instance where its host publishes (both hosts use the same ports).
+    wait_for(lambda: instances(served) == [(h, a, "1.0.0", "Healthy") for h, a in placed])
+    assert containers(hosts[0]) == ["spread_0", "spread_2"] and containers(hosts[1]) == ["spread_1", "spread_3"]
+    assert all(on[h] == a for h, a, _, _ in instances(served))
+    publish(served, "2.0.0")
+    assert served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
+    wait_for(lambda: latest(served) == "Completed")
+    assert instances(served) == [(h, a, "2.0.0", "Healthy") for h, a in placed]
+    publish(served, "3.0.0")  # its /health is missing: the first batch fails and is rolled back
+    assert served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
+    wait_for(lambda: latest(served) == "Faulted")
+    wait_for(lambda: instances(served) == [(h, a, "2.0.0", "Healthy") for h, a in placed])
+    assert served.call("DELETE", f"{VMSS}?{API}")[0] in (200, 202)
+    wait_for(lambda: containers(hosts[0]) == [] and containers(hosts[1]) == [])
