@@ -153,18 +153,20 @@ def test_an_azure_document_comes_back_as_it_was_sent() -> None:
     assert {path: returned.get(path, "<missing>") for path in leaves(sent)} == leaves(sent)
 
 
-@pytest.mark.parametrize(
-    ("where", "key"),
-    [
-        ("rollingUpgradePolicy", "enableCrossZoneUpgrade"),
-    ],
-)
-def test_options_not_carried_out_yet_are_refused_when_on(where: str, key: str) -> None:
+def test_zones_host_group_and_cross_zone_upgrade_are_read() -> None:
     doc = copy.deepcopy(MODEL_BASE)
-    doc["properties"]["upgradePolicy"][where] = {key: True}
-    with pytest.raises(ModelError, match="must be false or left out") as caught:
-        parse_scale_set(doc, name="web")
-    assert caught.value.path == f"properties.upgradePolicy.{where}.{key}"
+    doc["zones"] = ["1", "2"]
+    group = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/hostGroups/h"
+    doc["properties"]["hostGroup"] = {"id": group}
+    doc["properties"]["zoneBalance"] = True
+    doc["properties"]["upgradePolicy"]["rollingUpgradePolicy"] = {"enableCrossZoneUpgrade": True}
+    model = parse_scale_set(doc, name="web")
+    assert (model.zones, model.host_group, model.zone_balance) == (("1", "2"), group, True)
+    assert model.upgrade_policy.rolling.enable_cross_zone_upgrade
+    for zones in (["1", "1"], "1", [""]):
+        with pytest.raises(ModelError) as caught:
+            parse_scale_set({**doc, "zones": zones}, name="web")
+        assert caught.value.path == "zones"
 
 
 def test_lifecycle_hooks_are_parsed_with_azure_defaults_and_round_trip() -> None:

@@ -99,6 +99,7 @@ class Host:
     tls: Tls | None = None
     call_timeout: float = 60.0
     sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    zone: str | None = field(default=None, compare=False)  # its group's, when known (not part of its document)
 
     @property
     def id(self) -> str:

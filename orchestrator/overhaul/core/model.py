@@ -47,6 +47,8 @@ class RollingUpgradePolicy:
     # Ours: a sick fleet is fixed forward. Instances unhealthy before the attempt count neither in the pre-check
     # nor before a later batch, and go first; each batch still needs its upgraded instances Healthy.
     fix_forward: bool = False
+    # Batches may take instances of several zones at once; off (Azure's default), the zones go one after another.
+    enable_cross_zone_upgrade: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,7 @@ class RollingUpgradePolicy:
             "prioritizeUnhealthyInstances": self.prioritize_unhealthy_instances,
             "rollbackFailedInstancesOnPolicyBreach": self.rollback_failed_instances_on_policy_breach,
             "maxSurge": self.max_surge,
+            "enableCrossZoneUpgrade": self.enable_cross_zone_upgrade,
             "overhaul": {
                 "instanceHealthTimeout": format_duration(self.instance_health_timeout),
                 "fixForward": self.fix_forward,
@@ -402,19 +405,6 @@ class ScaleSet:
         return doc
 
 
-# Azure options overhaul does not carry out yet: off (or left out) they round-trip; on, they are refused, so nobody
-# believes an option is on that is not.
-NOT_YET_ROLLING = {
-    "enableCrossZoneUpgrade": "there are no availability zones here yet",
-}
-
-
-def _refuse_unsupported(r: Reader, options: Mapping[str, str]) -> None:
-    for key, why in options.items():
-        if r.boolean(key, False):
-            raise ModelError(r.at(key), f"must be false or left out: {why}")
-
-
 def _rolling_policy(r: Reader) -> RollingUpgradePolicy:
     ours = r.obj("overhaul")
     timeout_text = ours.text("instanceHealthTimeout")
@@ -425,7 +415,6 @@ def _rolling_policy(r: Reader) -> RollingUpgradePolicy:
     timeout = parse_duration(timeout_text, ours.at("instanceHealthTimeout")) if timeout_text else 300.0
     if not 0 < timeout <= 86400:
         raise ModelError(ours.at("instanceHealthTimeout"), "must be above PT0S and at most P1D")
-    _refuse_unsupported(r, NOT_YET_ROLLING)
     return RollingUpgradePolicy(
         max_batch_instance_percent=r.integer("maxBatchInstancePercent", 20, 5, 100),
         max_unhealthy_instance_percent=r.integer("maxUnhealthyInstancePercent", 20, 5, 100),
@@ -436,6 +425,7 @@ def _rolling_policy(r: Reader) -> RollingUpgradePolicy:
         max_surge=r.boolean("maxSurge", False),
         instance_health_timeout=timeout,
         fix_forward=ours.boolean("fixForward", False),
+        enable_cross_zone_upgrade=r.boolean("enableCrossZoneUpgrade", False),
     )
 
 

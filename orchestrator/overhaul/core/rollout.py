@@ -364,6 +364,7 @@ def _remaining(attempt: Attempt, views: Mapping[int, InstanceView]) -> list[tupl
         exclude=attempt.instances,
         target_model_digest=attempt.target_model_digest,
         scope=attempt.scope,
+        cross_zone=attempt.policy.enable_cross_zone_upgrade,
     )
 
 

@@ -108,6 +108,7 @@ class InstanceState:
     address: str = "127.0.0.1"
     ports: Mapping[int, int] = field(default_factory=dict)
     host: str = ""  # the id of the host it was found on; "": the orchestrator's own engine
+    zone: str | None = None  # that host's availability zone
 
     @property
     def version(self) -> str | None:

@@ -31,18 +31,19 @@ def instance_views(
                 observed_at=now,
                 final=True,
                 detail=detail,
+                zone=state.zone if state else None,
             )
             continue
         disk_model = state.current.model_digest if state.current else None
         if not watched:
             views[instance_id] = InstanceView(
-                instance_id, state.version, Health.HEALTHY, observed_at=now, model_digest=disk_model
+                instance_id, state.version, Health.HEALTHY, observed_at=now, model_digest=disk_model, zone=state.zone
             )
             continue
         report = health.report((model.name, instance_id))
         if report is None:
             views[instance_id] = InstanceView(
-                instance_id, state.version, Health.UNKNOWN, observed_at=0.0, model_digest=disk_model
+                instance_id, state.version, Health.UNKNOWN, observed_at=0.0, model_digest=disk_model, zone=state.zone
             )
             continue
         views[instance_id] = InstanceView(
@@ -56,6 +57,7 @@ def instance_views(
             report.detail,
             report.approved,
             disk_model,
+            state.zone,
         )
     return views
 

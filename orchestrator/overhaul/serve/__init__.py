@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings, Ulimit
-from overhaul.adapters.drivers.hosts import HostList, HostRouter, engine_drivers, memory_drivers
+from overhaul.adapters.drivers.hosts import HostRouter, engine_drivers, memory_drivers, placed_hosts
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
 from overhaul.adapters.drivers.router import KindRouter
@@ -31,7 +31,6 @@ from overhaul.adapters.lease import StateDirLease
 from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
 from overhaul.adapters.webhook import WebhookDeliverer
 from overhaul.aio import Backoff, cancel_and_wait, restarting
-from overhaul.core.hosts import Host
 from overhaul.ports.driver import Driver, DriverError
 from overhaul.ports.lease import LeaseHeld
 from overhaul.ports.store import Store
@@ -75,16 +74,6 @@ class Drivers:
     async def close(self) -> None:
         for close in self.closing:
             await close()
-
-
-def placed_hosts(store: Store) -> HostList:
-    """The hosts a scale set's instances are placed on, as the store says."""
-
-    async def hosts_of(scale_set: str) -> list[Host]:
-        placed = {h.lower() for h in (await store.instance_hosts(scale_set)).values() if h}
-        return [h for h in await store.hosts() if h.id.lower() in placed] if placed else []
-
-    return hosts_of
 
 
 async def engine_and_vms(settings: ServeSettings, store: Store) -> Drivers:

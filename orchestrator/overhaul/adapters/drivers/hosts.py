@@ -13,6 +13,7 @@ from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.core.hosts import Host
 from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec, InstanceState
+from overhaul.ports.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class HostRouter:
                     raise result
                 raise result if host is None else EngineUnavailable(f"host {host.group}/{host.name}: {result}")
             for instance_id, state in result.items():
-                found_on = replace(state, host=host.id if host else "")
+                found_on = replace(state, host=host.id if host else "", zone=host.zone if host else None)
                 other = merged.get(instance_id)
                 if other is not None:
                     raise DriverError(
@@ -144,6 +145,19 @@ def engine_drivers(base: EngineSettings) -> DriverFactory:
         return driver
 
     return make
+
+
+def placed_hosts(store: Store) -> HostList:
+    """The hosts a scale set's instances are placed on, as the store says, each with its group's zone."""
+
+    async def hosts_of(scale_set: str) -> list[Host]:
+        placed = {h.lower() for h in (await store.instance_hosts(scale_set)).values() if h}
+        if not placed:
+            return []
+        zones = {g.name.lower(): g.zone for g in await store.host_groups()}
+        return [replace(h, zone=zones.get(h.group.lower())) for h in await store.hosts() if h.id.lower() in placed]
+
+    return hosts_of
 
 
 def memory_drivers() -> DriverFactory:
