@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from overhaul.localhost import free_port
 
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 
@@ -118,3 +122,55 @@ def containers(engine: str, name_prefix: str) -> list[dict[str, Any]]:
         running = state == "running" or state.startswith("Up")
         rows.append({"name": name, "state": "running" if running else state})
     return rows
+
+
+@dataclass
+class Sshd:
+    """A private sshd on one loopback address: its host key, and the client key it lets in."""
+
+    address: str
+    port: int
+    host_key: str  # the public key line, as a host's record gives it
+    client_key: Path
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def sshd(address: str) -> Iterator[Sshd]:
+    """OpenSSH's sshd on ``address`` with keys of its own, in the foreground (never the system's sshd)."""
+    directory = Path(tempfile.mkdtemp(prefix="ovh-sshd-"))
+    for name in ("host", "client"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)], check=True, timeout=30
+        )
+    shutil.copy(directory / "client.pub", directory / "authorized_keys")
+    port = free_port()
+    config = directory / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress {address}\nHostKey {directory / 'host'}\nPidFile {directory / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {directory / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        "AllowStreamLocalForwarding yes\nLogLevel VERBOSE\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory, which systemd would make
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    process = subprocess.Popen([binary, "-D", "-f", str(config), "-E", str(directory / "sshd.log")])
+    try:
+        deadline = time.monotonic() + 10
+        while not listening(address, port):
+            assert process.poll() is None, (directory / "sshd.log").read_text()
+            assert time.monotonic() < deadline, "sshd did not listen"
+            time.sleep(0.05)  # a process just started: nothing to wait on but time
+        yield Sshd(address, port, (directory / "host.pub").read_text().strip(), directory / "client", process)
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def listening(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

@@ -1,5 +1,6 @@
 """A scale set across two hosts, end to end: `overhaul serve` on real Podman, and two more Podman services with
-stores of their own as the hosts (unix:// engines), each publishing on its own loopback address. Instances are
+stores of their own as the hosts, one a socket of this machine, the other reached through a real sshd (its key
+given), each publishing on its own loopback address. Instances are
 placed over the two zones, probed where their host publishes, upgraded in place, a bad version rolled back, and
 deleted from their hosts."""
 
@@ -15,7 +16,7 @@ import pytest
 
 from demo import busybox_images as engine_images
 from tests import builders
-from tests.engines import podman_host, podman_store
+from tests.engines import Sshd, podman_host, podman_store, sshd
 from tests.serve import API, Served, overhaul_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(600)]
@@ -69,6 +70,12 @@ def hosts() -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
+def server() -> Iterator[Sshd]:
+    with sshd("127.0.0.3") as running:
+        yield running
+
+
+@pytest.fixture
 def served(tmp_path: Path, hosts: tuple[str, str]) -> Iterator[Served]:
     images([])  # the orchestrator's own engine checks a version's image before it is published
     with overhaul_serve(tmp_path / "state", "--engine", "podman", "--probe-interval", "0.2") as running:
@@ -108,12 +115,18 @@ def latest(served: Served) -> str:
 
 
 def test_a_scale_set_across_two_hosts_is_placed_upgraded_rolled_back_and_removed(
-    served: Served, hosts: tuple[str, str]
+    served: Served, hosts: tuple[str, str], server: Sshd
 ) -> None:
-    for zone, url, address in (("1", hosts[0], "127.0.0.2"), ("2", hosts[1], "127.0.0.3")):
+    # Host 1's engine is a socket of this machine; host 2's is reached over SSH, its key given.
+    through_ssh = {
+        "engine": f"ssh://root@{server.address}:{server.port}{hosts[1].removeprefix('unix://')}",
+        "sshKey": str(server.client_key),
+        "hostKey": server.host_key,
+    }
+    for zone, engine, address in (("1", {"engine": hosts[0]}, "127.0.0.2"), ("2", through_ssh, "127.0.0.3")):
         body = {"location": "edge", "zones": [zone], "properties": {"platformFaultDomainCount": 1}}
         assert served.call("PUT", f"{GROUPS}/z{zone}?{API}", body)[0] == 201
-        ours = {"engine": url, "publishAddress": address, "hostPorts": "32000-32099"}
+        ours = {**engine, "publishAddress": address, "hostPorts": "32000-32099"}
         status, doc, _ = served.call("PUT", f"{GROUPS}/z{zone}/hosts/h{zone}?{API}", {"properties": {"overhaul": ours}})
         assert status == 201, doc
     identifier = {"publisher": "overhaul", "offer": "hosts", "sku": "tiny"}

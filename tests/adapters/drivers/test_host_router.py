@@ -6,7 +6,10 @@ services with stores of their own, each publishing on its own loopback address."
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,12 +22,12 @@ from overhaul.adapters.drivers.hosts import HostRouter, engine_drivers
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.core.hosts import Host, parse_host
 from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec
-from tests.engines import podman_host
+from tests.engines import podman_host, sshd
 
 IMAGE = "localhost/overhaul-hosts:1.0.0"
 
 
-def host(name: str, engine: str, **ours: object) -> Host:
+def host(name: str, engine: str = "", **ours: object) -> Host:
     body = {"properties": {"platformFaultDomain": 0, "overhaul": {"engine": engine, **ours}}}
     return parse_host(body, group="rack", name=name, resource_group="rg", subscription="s")
 
@@ -106,19 +109,6 @@ async def test_a_changed_host_record_gets_a_new_driver() -> None:
     await router.close()
 
 
-async def test_ssh_engines_are_refused_until_the_forward_is_there() -> None:
-    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
-    remote = host("r", "ssh://core@127.0.0.9/run/p.sock", sshKey="/k", hostKey=key)
-
-    async def hosts(scale_set: str) -> Sequence[Host]:
-        return [remote]
-
-    router = HostRouter(MemoryDriver(), engine_drivers(EngineSettings()), hosts)
-    with pytest.raises(EngineUnavailable, match=r"host rack/r: ssh:// engines need an SSH forward"):
-        await router.ensure_running(spec(0, remote))
-    await router.close()
-
-
 @pytest.mark.engine
 @pytest.mark.slow
 async def test_two_podman_hosts_each_run_and_publish_their_own_instances(tmp_path: Path) -> None:
@@ -144,18 +134,8 @@ async def test_two_podman_hosts_each_run_and_publish_their_own_instances(tmp_pat
                 0: (two.id, "127.0.0.2", {8080: 31000}),
                 1: (three.id, "127.0.0.3", {8080: 31000}),
             }
-            async with aiohttp.ClientSession() as session:
-                for address in ("127.0.0.2", "127.0.0.3"):
-                    async with asyncio.timeout(60):
-                        while True:
-                            try:
-                                url = f"http://{address}:31000/health"
-                                async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                                    if resp.status == 200:
-                                        break
-                            except aiohttp.ClientError:
-                                pass
-                            await asyncio.sleep(0.2)  # the container's httpd starting: nothing to wait on
+            for address in ("127.0.0.2", "127.0.0.3"):
+                await health(address, 31000)
             # Each engine has only its own instance.
             assert list(await (await router.driver_of(two)).observe("web")) == [0]
             await router.delete(spec(0, two), keep_data=False)
@@ -163,3 +143,72 @@ async def test_two_podman_hosts_each_run_and_publish_their_own_instances(tmp_pat
             assert await router.observe("web") == {}
         finally:
             await router.close()
+
+
+async def health(address: str, port: int) -> None:
+    async with aiohttp.ClientSession() as session, asyncio.timeout(60):
+        while True:
+            try:
+                url = f"http://{address}:{port}/health"
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)  # the container's httpd starting: nothing to wait on but time
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+async def test_an_ssh_host_is_reached_through_a_checked_forward_that_comes_back(tmp_path: Path) -> None:
+    def images(store: list[str]) -> None:
+        busybox_images.build("podman", IMAGE, "1.0.0", store=store)
+
+    with podman_host(images) as url, sshd("127.0.0.4") as server:
+        socket_path = url.removeprefix("unix://")
+        ours = {
+            "engine": f"ssh://root@{server.address}:{server.port}{socket_path}",
+            "sshKey": str(server.client_key),
+            "hostKey": server.host_key,
+            "hostPorts": "33000-33099",
+        }
+        four = host("h4", **ours)
+        wrong = host("h4x", **{**ours, "hostKey": key_line_of(tmp_path)})
+
+        async def hosts(scale_set: str) -> Sequence[Host]:
+            return [four]
+
+        router = HostRouter(MemoryDriver(), engine_drivers(EngineSettings(config_root=tmp_path / "config")), hosts)
+        try:
+            assert four.publish_address == "127.0.0.4"  # an ssh host publishes on its own address unless told
+            await router.ensure_running(spec(0, four, {8080: 33000}))
+            seen = await router.observe("web")
+            assert (seen[0].host, seen[0].address, dict(seen[0].ports)) == (four.id, "127.0.0.4", {8080: 33000})
+            await health("127.0.0.4", 33000)
+            # A forward that drops is opened again; meanwhile calls fail as the engine's, not the instance's.
+            forward = (await router.driver_of(four)).service  # type: ignore[attr-defined]
+            assert forward is not None and forward.pid is not None
+            os.kill(forward.pid, signal.SIGKILL)
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        assert list(await router.observe("web")) == [0]
+                        break
+                    except EngineUnavailable:
+                        await asyncio.sleep(0.2)  # the supervisor's back-off: nothing to wait on but time
+            assert forward.restarts >= 1
+            # The wrong key: nothing runs there, and it is never trusted.
+            with pytest.raises(EngineUnavailable, match="host key mismatch"):
+                await router.ensure_running(spec(1, wrong, {8080: 33001}))
+            assert list(await (await router.driver_of(four)).observe("web")) == [0]
+            await router.delete(spec(0, four), keep_data=False)
+        finally:
+            await router.close()
+
+
+def key_line_of(directory: Path) -> str:
+    """A host key that is not the host's."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "other")], check=True, timeout=30
+    )
+    return (directory / "other.pub").read_text().strip()

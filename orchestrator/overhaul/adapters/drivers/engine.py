@@ -27,7 +27,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
-from overhaul.adapters.drivers.podman_service import PodmanService
+from overhaul.adapters.drivers.podman_service import PodmanService, SocketProcess
 from overhaul.core.model import InstanceNetwork
 from overhaul.core.naming import instance_name, is_data_disk_of, previous_name
 from overhaul.core.triage import Fault
@@ -146,15 +146,22 @@ def isolated_network_name(scale_set: str) -> str:
 class EngineDriver:
     """Driver over the Docker Engine API; works with Docker and with Podman's compatible API."""
 
-    def __init__(self, settings: EngineSettings | None = None) -> None:
+    def __init__(self, settings: EngineSettings | None = None, *, through: SocketProcess | None = None) -> None:
+        """``through``: a process this driver starts and reaches the engine through (a host's SSH forward)."""
         self.settings = settings or EngineSettings()
         self._docker: aiodocker.Docker | None = None
-        self._service: PodmanService | None = None
+        self._service: SocketProcess | None = through
         self._podman: bool | None = None  # what the engine is, once asked
 
     async def start(self) -> None:
         url = self.settings.url
-        if url is None:
+        if self._service is not None:
+            try:
+                await self._service.start()
+            except DriverError as exc:
+                raise EngineUnavailable(str(exc)) from exc
+            url = self._service.url
+        elif url is None:
             directory = self.settings.service_dir or self.settings.config_root.parent / "podman"
             self._service = PodmanService(
                 self.settings.runtime, directory, self.settings.service_restart_min, self.settings.service_restart_max
@@ -165,7 +172,7 @@ class EngineDriver:
         if tls is not None:  # aiodocker speaks TLS to an https:// URL only
             url = re.sub(r"^tcp://", "https://", url)
         self._docker = aiodocker.Docker(url=url, api_version=self.settings.api_version, ssl_context=tls)
-        if self._service is None:
+        if self._service is None or not isinstance(self._service, PodmanService):
             # A configured engine is asked at once: a wrong socket is found at start, not at the first reimage.
             try:
                 await self.ping()
@@ -193,8 +200,8 @@ class EngineDriver:
             self._service = None
 
     @property
-    def service(self) -> PodmanService | None:
-        """The private podman service, when this driver started one."""
+    def service(self) -> SocketProcess | None:
+        """The private podman service or the SSH forward, when this driver started one."""
         return self._service
 
     @property
@@ -393,7 +400,7 @@ class EngineDriver:
 
     async def ping(self) -> None:
         if self._service is not None and not self._service.up:
-            raise EngineUnavailable("the private podman service is down (it is being restarted)")
+            raise EngineUnavailable(f"{self._service.what} is down (it is being restarted)")
         await self._call("ping the engine", self._ping(), timeout=min(5.0, self.settings.call_timeout))
 
     async def host_port(self, taken: Collection[int]) -> int:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
 from overhaul.adapters.drivers.memory import MemoryDriver
+from overhaul.adapters.drivers.ssh import SshForward, explain
 from overhaul.core.hosts import Host
 from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec, InstanceState
 from overhaul.ports.store import Store
@@ -128,8 +131,6 @@ def engine_drivers(base: EngineSettings) -> DriverFactory:
     address, port range and TLS files."""
 
     async def make(host: Host) -> Driver:
-        if host.engine.scheme == "ssh":
-            raise DriverError("ssh:// engines need an SSH forward, which this version does not open yet")
         tls = (host.tls.ca, host.tls.cert, host.tls.key) if host.tls is not None else None
         settings = replace(
             base,
@@ -140,11 +141,25 @@ def engine_drivers(base: EngineSettings) -> DriverFactory:
             tls=tls,
             service_dir=None,
         )
-        driver = EngineDriver(settings)
-        await driver.start()
+        forward = SshForward(host, forwards) if host.engine.scheme == "ssh" else None
+        driver = EngineDriver(settings, through=forward)
+        try:
+            await driver.start()
+        except DriverError as exc:
+            await driver.close()
+            raise explain(exc) from exc
         return driver
 
+    forwards = forward_directory(base.config_root.parent / "ssh")
     return make
+
+
+def forward_directory(wanted: Path) -> Path:
+    """Where SSH forwards put their sockets: ``wanted`` unless its path leaves a socket's name too little room (107
+    bytes in all), then a private directory of /tmp."""
+    if len(str(wanted)) <= 80:
+        return wanted
+    return Path(tempfile.mkdtemp(prefix="overhaul-ssh-"))
 
 
 def placed_hosts(store: Store) -> HostList:

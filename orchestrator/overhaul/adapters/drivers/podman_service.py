@@ -1,5 +1,6 @@
-"""A private `podman system service` on a socket of its own, supervised: restarted with back-off when it dies, and
-it dies with the orchestrator (even one killed by SIGKILL)."""
+"""Processes that serve the engine API on a socket of their own, supervised: restarted with back-off when they die,
+and dying with the orchestrator (even one killed by SIGKILL). A private `podman system service`; an SSH forward of
+a host's engine socket (adapters/drivers/ssh.py)."""
 
 from __future__ import annotations
 
@@ -30,23 +31,26 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-class PodmanService:
-    """A private `podman system service` on a socket of our own: restarted when it dies, and it dies with us.
+class SocketProcess:
+    """A process serving the engine API on ``socket``: ready when /_ping answers through it, restarted when it dies
+    (engine calls meanwhile fail as transient), and it dies with us. Subclasses say what to run."""
 
-    Containers keep running while it is down (conmon holds them); engine calls meanwhile fail as transient."""
+    what = "the engine process"
+    # Whether its standard error says why it failed (read when it exits); else it goes nowhere.
+    keep_stderr = False
 
-    def __init__(
-        self, runtime: str | None, directory: Path, restart_min: float = 0.2, restart_max: float = 10.0
-    ) -> None:
-        self.runtime = runtime
-        self.directory = directory
-        self.socket = directory / "podman.sock"
+    def __init__(self, socket: Path, restart_min: float = 0.2, restart_max: float = 10.0) -> None:
+        self.directory = socket.parent
+        self.socket = socket
         self.restart_min = restart_min
         self.restart_max = restart_max
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     @property
     def url(self) -> str:
@@ -62,25 +66,19 @@ class PodmanService:
 
     async def start(self, timeout: float = 30.0) -> None:
         await self._spawn(timeout)
-        self._watcher = asyncio.get_running_loop().create_task(self._supervise(), name="podman-service")
+        self._watcher = asyncio.get_running_loop().create_task(self._supervise(), name=self.what)
 
     async def _spawn(self, timeout: float) -> None:
-        podman = shutil.which("podman")
-        if podman is None:
-            raise DriverError("podman is not installed and no engine socket was configured")
+        args = self.command()
         self.directory.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            self.socket.unlink()  # left by a service that was killed
-        args = [podman]
-        if self.runtime:
-            args += ["--runtime", self.runtime]
-        args += ["system", "service", "--time=0", self.url]
+            self.socket.unlink()  # left by a process that was killed
         parent = os.getpid()
         self._proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE if self.keep_stderr else asyncio.subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C in the terminal is for the orchestrator, which stops it in order
             preexec_fn=lambda: _die_with_parent(parent),
         )
@@ -89,7 +87,7 @@ class PodmanService:
             async with aiohttp.ClientSession(connector=connector) as session, asyncio.timeout(timeout):
                 while True:
                     if self._proc.returncode is not None:
-                        raise DriverError(f"podman system service exited with code {self._proc.returncode}")
+                        raise DriverError(f"{self.what} exited with code {self._proc.returncode}{await self._why()}")
                     try:
                         async with session.get("http://podman/_ping", timeout=aiohttp.ClientTimeout(total=2)) as resp:
                             if resp.status == 200:
@@ -98,7 +96,14 @@ class PodmanService:
                         pass
                     await asyncio.sleep(0.05)  # readiness of a process we just started: nothing to wait on but time
         except TimeoutError:
-            raise DriverError(f"podman system service did not answer on {self.socket} within {timeout}s") from None
+            raise DriverError(f"{self.what} did not answer on {self.socket} within {timeout}s") from None
+
+    async def _why(self) -> str:
+        """What the process said before it exited, when it is kept."""
+        if self._proc is None or self._proc.stderr is None:
+            return ""
+        said = (await self._proc.stderr.read(4096)).decode(errors="replace").strip()
+        return f": {said}" if said else ""
 
     async def _supervise(self) -> None:
         backoff = Backoff(self.restart_min, self.restart_max)
@@ -108,17 +113,19 @@ class PodmanService:
             code = await proc.wait()
             if self._stopping:
                 return
-            log.warning("podman system service (pid %d) exited with code %s: restarting it", proc.pid, code)
+            log.warning(
+                "%s (pid %d) exited with code %s%s: restarting it", self.what, proc.pid, code, await self._why()
+            )
             while not self._stopping:
                 await backoff.wait()
                 try:
                     await self._spawn(30.0)
                 except DriverError as exc:
-                    log.warning("podman system service did not come back: %s", exc)
+                    log.warning("%s did not come back: %s", self.what, exc)
                     continue
                 self.restarts += 1
                 backoff.reset()
-                log.info("podman system service restarted (pid %s)", self.pid)
+                log.info("%s restarted (pid %s)", self.what, self.pid)
                 break
 
     async def stop(self) -> None:
@@ -137,3 +144,29 @@ class PodmanService:
                 await self._proc.wait()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
+
+
+class PodmanService(SocketProcess):
+    """A private `podman system service` on a socket of our own. Containers keep running while it is down (conmon
+    holds them)."""
+
+    what = "podman system service"
+
+    def __init__(
+        self, runtime: str | None, directory: Path, restart_min: float = 0.2, restart_max: float = 10.0
+    ) -> None:
+        super().__init__(directory / "podman.sock", restart_min, restart_max)
+        self.runtime = runtime
+
+    def command(self) -> list[str]:
+        podman = shutil.which("podman")
+        if podman is None:
+            raise DriverError("podman is not installed and no engine socket was configured")
+        return [
+            podman,
+            *(["--runtime", self.runtime] if self.runtime else []),
+            "system",
+            "service",
+            "--time=0",
+            self.url,
+        ]
