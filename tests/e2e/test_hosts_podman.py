@@ -7,6 +7,7 @@ deleted from their hosts."""
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,14 @@ def containers(url: str) -> list[str]:
         ["podman", *store, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, timeout=60, check=True
     )
     return sorted(listed.stdout.split())
+
+
+def inside(url: str, container: str, *command: str) -> str:
+    store = podman_store(Path(url.removeprefix("unix://")).parent)
+    done = subprocess.run(
+        ["podman", *store, "exec", container, *command], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout
 
 
 @pytest.fixture
@@ -140,6 +149,16 @@ def test_a_scale_set_across_two_hosts_is_placed_upgraded_rolled_back_and_removed
     wait_for(lambda: instances(served) == [(h, a, "1.0.0", "Healthy") for h, a in placed])
     assert containers(hosts[0]) == ["spread_0", "spread_2"] and containers(hosts[1]) == ["spread_1", "spread_3"]
     assert all(on[h] == a for h, a, _, _ in instances(served))
+    # The config drive: bind-mounted on the host of this machine, copied through the engine API into the other's.
+    for url, instance_id in ((hosts[0], 0), (hosts[1], 1)):
+        metadata = json.loads(inside(url, f"spread_{instance_id}", "cat", "/etc/overhaul/metadata.json"))
+        assert (metadata["instanceId"], metadata["location"], bool(metadata["platformToken"])) == (
+            str(instance_id),
+            "edge",
+            True,
+        )
+    listed = inside(hosts[1], "spread_1", "busybox", "ls", "-l", "/etc/overhaul/metadata.json")
+    assert listed.startswith("-rw-------"), listed  # root's alone, as the bind-mounted one
     publish(served, "2.0.0")
     assert served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
     wait_for(lambda: latest(served) == "Completed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import re
 import secrets
 import shutil
 import ssl
+import tarfile
 import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from overhaul.adapters.drivers.notices import push_notice
 from overhaul.adapters.drivers.podman_service import PodmanService, SocketProcess
 from overhaul.core.model import InstanceNetwork
 from overhaul.core.naming import instance_name, is_data_disk_of, previous_name
@@ -83,6 +86,10 @@ class EngineSettings:
     port_range: tuple[int, int] | None = None
     # An engine over tcp:// with TLS: (CA file, certificate file, key file).
     tls: tuple[str, str, str] | None = None
+    # On another machine: nothing of this one is mounted into its containers. The config drive is copied into each
+    # container before it first starts, and platform notices are pushed to the instance's agent.
+    remote: bool = False
+    notice_timeout: float = 30.0
 
 
 # The container an engine says holds a name ("... is already in use by 4737652eee2b...").
@@ -137,6 +144,21 @@ def platform_token(metadata: Path) -> str:
         doc = None
     token = doc.get("platformToken") if isinstance(doc, dict) else None
     return token if isinstance(token, str) and token else secrets.token_urlsafe(32)
+
+
+def config_drive_tar(metadata: bytes) -> bytes:
+    """A tar of the config drive's directory and its metadata.json, readable by root only, as the bind-mounted one."""
+    buffer = io.BytesIO()
+    drive = Path(CONFIG_MOUNT.lstrip("/"))
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in (*reversed(drive.parents[:-1]), drive):
+            entry = tarfile.TarInfo(str(path))
+            entry.type, entry.mode = tarfile.DIRTYPE, 0o700 if path == drive else 0o755
+            tar.addfile(entry)
+        entry = tarfile.TarInfo(str(drive / "metadata.json"))
+        entry.size, entry.mode = len(metadata), 0o600
+        tar.addfile(entry, io.BytesIO(metadata))
+    return buffer.getvalue()
 
 
 def isolated_network_name(scale_set: str) -> str:
@@ -276,6 +298,16 @@ class EngineDriver:
             log.warning("%s: %s; freeing the name the engine left held", what, exc)
             await self._free_name(spec.name, str(exc))
             await self._call(what, self.docker.containers.create(config, name=spec.name))
+        if self.settings.remote:
+            await self._copy_config_drive(spec)
+
+    async def _copy_config_drive(self, spec: InstanceSpec) -> None:
+        """The config drive into a container of another machine, before it first starts (PUT .../archive)."""
+        directory = self._config_dir(spec)
+        archive = config_drive_tar((directory / "metadata.json").read_bytes())
+        container = self.docker.containers.container(spec.name)
+        copying = container.put_archive("/", archive)  # type: ignore[no-untyped-call]
+        await self._call(f"copy the config drive into {spec.name}", copying)
 
     async def _free_name(self, name: str, error: str) -> None:
         """An engine restart cut short a create or a rename, and the engine's storage still holds ``name`` for a
@@ -324,7 +356,7 @@ class EngineDriver:
                 for cport, hport in spec.ports.items()
             },
             "Mounts": [{"Type": "volume", "Source": vol, "Target": path} for vol, path in spec.volumes],
-            "Binds": [f"{self._config_dir(spec)}:{CONFIG_MOUNT}:ro"],
+            "Binds": [] if self.settings.remote else [f"{self._config_dir(spec)}:{CONFIG_MOUNT}:ro"],
             "Ulimits": [u.to_api() for u in self.settings.ulimits],
         }
         if network_mode is not None:
@@ -555,6 +587,9 @@ class EngineDriver:
         await self._start(name, await self._find(name))
 
     async def notify(self, spec: InstanceSpec, tags: Mapping[str, str]) -> None:
+        if self.settings.remote:
+            await self._push_notice(spec, tags)
+            return
         # Every OS disk of the instance (the current one, and one a rollback may restore) sees the same notice:
         # the config drive is a bind-mounted directory, so a running instance sees the change.
         for directory in (self.settings.config_root / spec.scale_set / str(spec.instance_id)).glob("*/"):
@@ -562,6 +597,26 @@ class EngineDriver:
                 self._write_private(directory, PLATFORM_FILE, {"tags": dict(tags)})
             else:
                 (directory / PLATFORM_FILE).unlink(missing_ok=True)
+
+    async def _push_notice(self, spec: InstanceSpec, tags: Mapping[str, str]) -> None:
+        """To the agent of the running OS disk, at the host's address: a stopped one boots with none."""
+        info = await self._find(spec.name)
+        if info is None or (info.get("State") or {}).get("Status") != "running":
+            return
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        disk = labels.get(LABEL_OS_DISK) or spec.disk
+        token = platform_token(
+            self.settings.config_root / spec.scale_set / str(spec.instance_id) / disk / "metadata.json"
+        )
+        port = spec.ports.get(spec.agent_port)
+        if port is None:
+            raise DriverError(f"notify {spec.name}: its agent's port {spec.agent_port} is not published")
+        try:
+            await push_notice(self.settings.publish_address, port, token, tags, self.settings.notice_timeout)
+        except DriverError as exc:
+            if tags:
+                raise
+            log.warning("withdraw the notice of %s: %s", spec.name, exc)
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
         await self._remove(previous_name(spec.scale_set, spec.instance_id))

@@ -139,6 +139,7 @@ def engine_drivers(base: EngineSettings) -> DriverFactory:
             publish_address=host.publish_address,
             port_range=host.ports,
             tls=tls,
+            remote=host.engine.scheme != "unix",
             service_dir=None,
         )
         forward = SshForward(host, forwards) if host.engine.scheme == "ssh" else None

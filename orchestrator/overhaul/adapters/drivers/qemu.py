@@ -35,8 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from overhaul.adapters.drivers.notices import push_notice
 from overhaul.core.model import Accel, VmOptions
 from overhaul.localhost import free_port
 from overhaul.ports.driver import DriverError, InstanceSpec, InstanceState, OsDisk
@@ -548,32 +547,13 @@ class QemuDriver:
         if port is None or not record.token:
             raise DriverError(f"notify {spec.name}: its agent's port {spec.agent_port} is not forwarded")
         try:
-            await self._push(port, record.token, tags)
+            await push_notice(self.settings.publish_address, port, record.token, tags, self.settings.notice_timeout)
         except DriverError as exc:
             if tags:
                 raise
             # A notice withdrawn from an agent that cannot be reached: it goes with the VM (nothing is approved
             # by it meanwhile, as the upgrade it named is over).
             log.warning("withdraw the notice of %s: %s", spec.name, exc)
-
-    async def _push(self, port: int, token: str, tags: Mapping[str, str]) -> None:
-        """PUT /platform/tags to the agent. A notice is retried for ``notice_timeout`` while the agent does not
-        answer yet; a withdrawal is tried once (an agent not answering has nobody to approve with)."""
-        url = f"http://{self.settings.publish_address}:{port}/platform/tags"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.settings.notice_timeout if tags else 0)
-        headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            while True:
-                try:
-                    async with session.put(url, json={"tags": dict(tags)}, headers=headers) as resp:
-                        if resp.status == 200:
-                            return
-                        raise DriverError(f"the agent answered the notice with {resp.status}: {await resp.text()}")
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    if loop.time() >= deadline:
-                        raise DriverError(f"the agent on {port} did not take the notice: {exc}") from exc
-                await asyncio.sleep(1)  # an agent still starting: nothing to wait on but time
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
         instance = self._instance_dir(spec.scale_set, spec.instance_id)
