@@ -3,28 +3,51 @@ zone by zone, a batch never holding two zones' instances, unless enableCrossZone
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from overhaul.adapters.drivers.hosts import HostRouter, memory_drivers, placed_hosts
+from overhaul.adapters.drivers.hosts import HostRouter, placed_hosts
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import ImageDefinition
-from overhaul.core.hosts import parse_host, parse_host_group
-from overhaul.core.rollout import ActionKind, AttemptStatus
+from overhaul.core.hosts import Host, parse_host, parse_host_group
+from overhaul.core.rollout import HOST_UNREACHABLE, ActionKind, AttemptStatus
+from overhaul.ports.driver import Driver, EngineUnavailable, InstanceState
+from overhaul.ports.events import AttemptChanged
 from overhaul.runtime.orchestrator import Orchestrator
 from tests.builders import FAST, small, version
+
+
+class Down(MemoryDriver):
+    """A simulated host whose engine stops answering while ``down``."""
+
+    down = False
+
+    async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        if self.down:
+            raise EngineUnavailable("connection refused")
+        return await super().observe(scale_set)
+
+
+HOSTS: dict[str, Down] = {}
+
+
+async def simulated(host: Host) -> Driver:
+    HOSTS[host.group] = Down(address=host.publish_address)
+    return HOSTS[host.group]
 
 
 @pytest.fixture
 async def orchestrator(tmp_path: Path) -> AsyncIterator[Orchestrator]:
     store = SqliteStore(tmp_path / "overhaul.db")
-    router = HostRouter(MemoryDriver(), memory_drivers(), placed_hosts(store))
-    made = Orchestrator(store, router, HealthMonitor(), settings=FAST)
+    router = HostRouter(MemoryDriver(), simulated, placed_hosts(store))
+    made = Orchestrator(store, router, HealthMonitor(), settings=replace(FAST, host_outage_timeout=1.0))
     await made.start()
     await made.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
     await made.galleries.publish(version("1.0.0"))
@@ -75,3 +98,49 @@ async def test_a_rollout_goes_zone_by_zone_unless_cross_zone(orchestrator: Orche
         assert any(len(zones) > 1 for zones in spans), done
     else:
         assert spans == [{"1"}, {"2"}, {"3"}], done
+
+
+def zonal(capacity: int) -> dict[str, Any]:
+    model = small(capacity)
+    model["zones"] = ["1", "2", "3"]
+    model["properties"]["upgradePolicy"] = {"mode": "Rolling", "rollingUpgradePolicy": {"maxBatchInstancePercent": 40}}
+    return model
+
+
+async def test_a_host_that_does_not_answer_holds_only_its_own_instances(orchestrator: Orchestrator) -> None:
+    await orchestrator.scale_sets.put("web", zonal(6))
+    HOSTS["z3"].down = True
+    infos = {i.instance_id: i for i in await orchestrator.scale_sets.instances("web")}
+    assert [i for i, info in infos.items() if info.view.unreachable] == [2, 5]
+    assert "host z3/h does not answer" in infos[2].view.detail
+    await orchestrator.galleries.publish(version("2.0.0"))
+    attempt = await orchestrator.upgrades.start("web")  # 2 of 6 Unknown: not "too unhealthy to start"
+    seen = await orchestrator.upgrades.wait(attempt.id, 20)
+    assert seen.status is AttemptStatus.FAULTED and seen.error_code == HOST_UNREACHABLE, seen
+    versions = {i: s.version for i, s in (await HOSTS["z1"].observe("web")).items()}
+    versions |= {i: s.version for i, s in (await HOSTS["z2"].observe("web")).items()}
+    assert versions == dict.fromkeys([0, 1, 3, 4], "2.0.0")
+    HOSTS["z3"].down = False
+    assert {i: s.version for i, s in (await HOSTS["z3"].observe("web")).items()} == {2: "1.0.0", 5: "1.0.0"}
+
+
+async def test_a_host_back_before_the_outage_timeout_is_picked_up(orchestrator: Orchestrator) -> None:
+    await orchestrator.scale_sets.put("web", zonal(6))
+    HOSTS["z3"].down = True
+    await orchestrator.galleries.publish(version("2.0.0"))
+    waiting = asyncio.Event()
+
+    def listen(event: object) -> None:
+        if isinstance(event, AttemptChanged) and event.attempt.hosts_down_since is not None:
+            waiting.set()
+
+    orchestrator.events.subscribe(listen)
+    attempt = await orchestrator.upgrades.start("web")
+    await asyncio.wait_for(waiting.wait(), 20)
+    causes = await orchestrator.upgrades.why("web")
+    assert any(c.code == "HostUnreachable" and c.instances == (2, 5) for c in causes), causes
+    HOSTS["z3"].down = False
+    orchestrator.reconciler.wake(attempt.id)
+    done = await orchestrator.upgrades.wait(attempt.id, 20)
+    assert done.status is AttemptStatus.COMPLETED, done
+    assert {i: s.version for i, s in (await HOSTS["z3"].observe("web")).items()} == {2: "2.0.0", 5: "2.0.0"}

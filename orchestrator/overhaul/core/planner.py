@@ -39,6 +39,8 @@ class InstanceView:
     model_digest: str | None = None
     # The availability zone of its host (None: a scale set without zones).
     zone: str | None = None
+    # Its host does not answer: nothing is known of it now (Unknown), and it counts neither as healthy nor as not.
+    unreachable: bool = False
 
     def on(self, target: str, target_model_digest: str | None) -> bool:
         """Runs the target version (and the target model, when there is one)."""
@@ -60,7 +62,8 @@ def exceeds(count: int, total: int, percent: int) -> bool:
 
 
 def unhealthy_count(views: Iterable[InstanceView]) -> int:
-    return sum(1 for v in views if not v.healthy)
+    """Instances known to be unhealthy: one whose host does not answer is not known to be either."""
+    return sum(1 for v in views if not v.healthy and not v.unreachable)
 
 
 def needs_upgrade(view: InstanceView, target: str, target_model_digest: str | None = None) -> bool:
@@ -107,6 +110,7 @@ def plan_batches(
             v
             for v in views
             if needs_upgrade(v, target, target_model_digest)
+            and not v.unreachable  # later, when its host answers again
             and v.instance_id not in exclude
             and (scope is None or v.instance_id in scope)
         ),

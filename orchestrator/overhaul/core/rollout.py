@@ -15,12 +15,13 @@ from typing import Any
 from overhaul.core.lifecycle_hooks import ActionState, EventState, HookEvent, LifecycleHook, batch_event
 from overhaul.core.maintenance import MaintenanceWindow, parse_window
 from overhaul.core.model import RollingUpgradePolicy, parse_rolling_policy
-from overhaul.core.planner import InstanceView, exceeds, plan_batches, unhealthy_count
+from overhaul.core.planner import InstanceView, exceeds, needs_upgrade, plan_batches, unhealthy_count
 from overhaul.core.triage import Fault, infrastructure_end
 
 # Stable error codes, Azure's where Azure has one.
 MAX_UNHEALTHY = "MaxUnhealthyInstancePercentExceededInRollingUpgrade"
 MAX_UNHEALTHY_UPGRADED = "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
+HOST_UNREACHABLE = Fault.HOST_UNREACHABLE.value
 
 
 class AttemptStatus(StrEnum):
@@ -228,6 +229,10 @@ class Attempt:
     # responses come from the store, core/lifecycle_hooks.py).
     batch_hook: LifecycleHook | None = None
     gate: HookEvent | None = None
+    # Instances whose host does not answer wait for it this long once nothing else is left to do; then the attempt
+    # ends Faulted (HostUnreachable), leaving them as they are. ``hosts_down_since``: when that wait began.
+    host_outage_timeout: float = 600.0
+    hosts_down_since: float | None = None
 
     def unhealthy_now(self, views: Mapping[int, InstanceView]) -> int:
         """Unhealthy instances as maxUnhealthyInstancePercent counts them: the pre-existing ones left out."""
@@ -297,6 +302,7 @@ def start(
     scope: tuple[int, ...] | None = None,
     window: MaintenanceWindow | None = None,
     batch_hook: LifecycleHook | None = None,
+    host_outage_timeout: float = 600.0,
 ) -> Attempt:
     """A new attempt; Faulted at once when too much of the scale set is unhealthy to start (the upgrade rule "Too
     unhealthy to start", docs/upgrade-rules.md). With ``policy.fix_forward`` the instances unhealthy now are
@@ -306,6 +312,7 @@ def start(
         pre_existing = frozenset(i for i, v in views.items() if not v.healthy)
         policy = replace(policy, prioritize_unhealthy_instances=True)
     attempt = Attempt(
+        host_outage_timeout=host_outage_timeout,
         batch_hook=batch_hook,
         window=window,
         pre_existing=pre_existing,
@@ -405,6 +412,12 @@ def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
                 instances[instance_id] = replace(progress, step=Step.REIMAGE, since=now)
             continue
         if progress.step is not Step.WAITING:
+            continue
+        if view is not None and view.unreachable:
+            # Its host does not answer: nothing is known of its health, so its time to become Healthy stands still.
+            if progress.deadline is not None:
+                deadline = max(progress.deadline, now + attempt.policy.instance_health_timeout)
+                instances[instance_id] = replace(progress, deadline=deadline)
             continue
         fresh = view is not None and view.observed_at >= progress.since
         failed_step = Step.ROLLBACK if attempt.rollback_enabled else Step.KEEP_FAILED
@@ -516,6 +529,33 @@ def _batch_end(attempt: Attempt, now: float, cleanup: tuple[Action, ...]) -> Dec
     return None
 
 
+def _waiting_for_hosts(
+    attempt: Attempt, views: Mapping[int, InstanceView], now: float, cleanup: tuple[Action, ...]
+) -> Decision | None:
+    """Everything reachable is done: instances still to upgrade on hosts that do not answer are waited for, up to
+    ``host_outage_timeout``; then the attempt ends Faulted (HostUnreachable), leaving them as they are. None when
+    there are none."""
+    left = sorted(
+        i
+        for i, v in views.items()
+        if v.unreachable
+        and needs_upgrade(v, attempt.target_version, attempt.target_model_digest)
+        and i not in attempt.instances
+        and (attempt.scope is None or i in attempt.scope)
+    )
+    if not left:
+        return None
+    since = attempt.hosts_down_since if attempt.hosts_down_since is not None else now
+    attempt = replace(attempt, hosts_down_since=since, pending=len(left))
+    if now - since < attempt.host_outage_timeout:
+        return Decision(attempt, cleanup, wake_at=since + attempt.host_outage_timeout)
+    message = (
+        f"instance(s) {' '.join(map(str, left))} could not be upgraded: their host did not answer for "
+        f"{attempt.host_outage_timeout:g}s ({views[left[0]].detail or 'unreachable'}); they were left as they are"
+    )
+    return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=HOST_UNREACHABLE, message=message)
+
+
 def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> Decision:
     """One step of the attempt: the upgrade rules (docs/upgrade-rules.md), in order."""
     if attempt.status.terminal:
@@ -542,7 +582,8 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
         message = "the rolling upgrade was cancelled"
         return _end(attempt, AttemptStatus.CANCELLED, now, cleanup, code="OperationCancelled", message=message)
     if not remaining:
-        return _end(attempt, AttemptStatus.COMPLETED, now, cleanup)
+        return _waiting_for_hosts(attempt, views, now, cleanup) or _end(attempt, AttemptStatus.COMPLETED, now, cleanup)
+    attempt = replace(attempt, hosts_down_since=None)
     if attempt.pause_until is not None and now < attempt.pause_until:
         return Decision(attempt, cleanup, wake_at=attempt.pause_until)
     held = _held_by_window(attempt, now, cleanup)
@@ -660,6 +701,8 @@ def attempt_to_json(attempt: Attempt) -> dict[str, Any]:
         "maintenanceWindow": attempt.window.to_json() if attempt.window is not None else None,
         "batchHook": attempt.batch_hook.to_json() if attempt.batch_hook is not None else None,
         "gate": attempt.gate.to_json() if attempt.gate is not None else None,
+        "hostOutageTimeout": attempt.host_outage_timeout,
+        "hostsDownSince": attempt.hosts_down_since,
     }
 
 
@@ -697,4 +740,6 @@ def attempt_from_json(doc: Mapping[str, Any]) -> Attempt:
         else None,
         batch_hook=LifecycleHook.from_json(doc["batchHook"]) if doc.get("batchHook") else None,
         gate=HookEvent.from_json(doc["gate"]) if doc.get("gate") else None,
+        host_outage_timeout=float(doc.get("hostOutageTimeout", 600.0)),
+        hosts_down_since=doc.get("hostsDownSince"),
     )

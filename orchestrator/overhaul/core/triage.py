@@ -27,6 +27,7 @@ class Fault(StrEnum):
     ENGINE_LEFTOVER = "EngineLeftover"
     NETWORK_ADDRESS_HELD = "NetworkAddressHeld"
     DISK_FULL = "DiskFull"
+    HOST_UNREACHABLE = "HostUnreachable"  # a host's engine did not answer (its instances are Unknown, not failed)
     # The step failed for a reason of the image's (its command, its configuration): the only image fault here.
     IMAGE_FAILED = "ImageFailed"
 
@@ -78,6 +79,7 @@ REMEDIES: dict[Fault, str] = {
     Fault.ENGINE_LEFTOVER: "remove the container the engine left behind (podman rm -f NAME)",
     Fault.NETWORK_ADDRESS_HELD: "release the address the network plugin still holds (podman network reload)",
     Fault.DISK_FULL: "free space on the engine's storage",
+    Fault.HOST_UNREACHABLE: "bring the host back (its sshd, its engine, the network to it); `overhaul vm host list`",
     Fault.IMAGE_FAILED: "fix the image",
 }
 

@@ -86,6 +86,7 @@ def attempt_causes(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
         *_retrying(attempt, context),
         *_batch(attempt, views, context),
         *_surge(attempt),
+        *_hosts_down(attempt, views),
         *_automatic_held(attempt, context),
     ]
     if attempt.cancel_requested:
@@ -234,6 +235,28 @@ def _restarting(context: Context) -> list[Cause]:
             since=stopped.since,
             next_action="resume the attempt where its last save left it",
             next_at=stopped.next_at,
+        )
+    ]
+
+
+def _hosts_down(attempt: Attempt, views: Mapping[int, InstanceView]) -> list[Cause]:
+    """Instances on hosts that do not answer: left for later (or held in their batch), counted neither way."""
+    down = tuple(sorted(i for i, v in views.items() if v.unreachable))
+    if not down:
+        return []
+    since = attempt.hosts_down_since
+    deadline = since + attempt.host_outage_timeout if since is not None else None
+    return [
+        Cause(
+            "HostUnreachable",
+            f"instance(s) {_ids(down)} are on a host that does not answer ({views[down[0]].detail}): nothing is "
+            "known of them, so they count neither as failed nor against maxUnhealthyInstancePercent; the rest goes "
+            "on, and they are upgraded when their host answers again",
+            "bring the host (its sshd, its engine, the network to it) back; `overhaul vm host list` shows each",
+            instances=down,
+            since=since,
+            next_action="end Faulted (HostUnreachable), leaving them as they are" if deadline else None,
+            next_at=deadline,
         )
     ]
 

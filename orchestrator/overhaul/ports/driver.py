@@ -109,6 +109,8 @@ class InstanceState:
     ports: Mapping[int, int] = field(default_factory=dict)
     host: str = ""  # the id of the host it was found on; "": the orchestrator's own engine
     zone: str | None = None  # that host's availability zone
+    # Its host did not answer (why): nothing else is known of it now (``current`` is None, it is not "gone").
+    unreachable: str | None = None
 
     @property
     def version(self) -> str | None:

@@ -19,6 +19,8 @@ class RuntimeSettings:
     # How long a reimage is retried through an infrastructure fault (the engine down, a port taken, an image
     # missing) before the attempt ends naming it; the version is never blamed for it.
     infra_deadline: float = 600.0
+    # How long instances on a host that does not answer are waited for once nothing else is left to upgrade.
+    host_outage_timeout: float = 600.0
     # The shortest maintenance window (OSImage) a configuration may have: Azure's 5 hours; shorter for labs.
     min_maintenance_window: float = 5 * 3600.0
     # Back-off between restarts of an attempt's reconciler that stopped on an unexpected error.

@@ -168,6 +168,7 @@ class Upgrades:
             deferred=started_by is StartedBy.PLATFORM and model.upgrade_policy.automatic.os_rolling_upgrade_deferral,
             target_model_digest=target_model_digest,
             scope=scope,
+            host_outage_timeout=parts.settings.host_outage_timeout,
         )
         busy = await parts.store.start_attempt(attempt, image_reference_for(model, attempt))
         if busy is not None:

@@ -22,6 +22,11 @@ def instance_views(
     watched = model.health_source is not HealthSourceKind.POWER
     for instance_id in range(model.capacity):
         state = states.get(instance_id)
+        if state is not None and state.unreachable is not None:
+            views[instance_id] = InstanceView(
+                instance_id, None, Health.UNKNOWN, detail=state.unreachable, zone=state.zone, unreachable=True
+            )
+            continue
         if state is None or not state.running:
             detail = "the instance does not exist" if state is None else "the instance is not running (it exited)"
             views[instance_id] = InstanceView(

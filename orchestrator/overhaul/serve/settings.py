@@ -130,6 +130,8 @@ HELP = {
     "rollout.retry_max": "longest back-off after transient engine errors, seconds",
     "rollout.infra_deadline": "seconds a reimage is retried through an infrastructure fault (engine down, port "
     "taken, image missing) before the attempt ends naming it; never counted against the version",
+    "rollout.host_outage_timeout": "seconds the instances of a host that does not answer are waited for, once "
+    "nothing else is left to upgrade, before the attempt ends Faulted (HostUnreachable) leaving them as they are",
     "rollout.min_maintenance_window": "shortest maintenance window (OSImage) a configuration may have, seconds "
     "(Azure: 5 hours; lower it for labs and tests)",
     "rollout.restart_min": "first back-off before an attempt stopped by an unexpected error is resumed, seconds",

@@ -25,6 +25,7 @@ from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, Instan
 from tests.engines import podman_host, sshd
 
 IMAGE = "localhost/overhaul-hosts:1.0.0"
+Placed = Sequence[tuple[Host, frozenset[int]]]
 
 
 def host(name: str, engine: str = "", **ours: object) -> Host:
@@ -56,8 +57,8 @@ async def test_instances_go_to_their_host_and_are_observed_with_it() -> None:
     a, b = host("a", "unix:///a.sock"), host("b", "unix:///b.sock")
     local, made = MemoryDriver(), Made()
 
-    async def hosts(scale_set: str) -> Sequence[Host]:
-        return [a, b]
+    async def hosts(scale_set: str) -> Placed:
+        return [(a, frozenset({1})), (b, frozenset({2}))]
 
     router = HostRouter(local, made, hosts)
     await router.ensure_running(spec(0, None))
@@ -75,19 +76,24 @@ async def test_instances_go_to_their_host_and_are_observed_with_it() -> None:
     await router.close()
 
 
-async def test_a_host_that_cannot_be_listed_or_an_instance_on_two_hosts_is_named() -> None:
+async def test_a_host_that_does_not_answer_leaves_its_instances_unreachable_and_two_hosts_for_one_are_named() -> None:
     a, b = host("a", "unix:///a.sock"), host("b", "unix:///b.sock")
     made = Made()
 
-    async def hosts(scale_set: str) -> Sequence[Host]:
-        return [a, b]
+    async def hosts(scale_set: str) -> Placed:
+        return [(a, frozenset({3})), (b, frozenset({3, 4}))]
 
     router = HostRouter(MemoryDriver(), made, hosts)
-    made.down.add("b")
-    with pytest.raises(EngineUnavailable, match=r"host rack/b: .*unix:///b\.sock"):
-        await router.observe("web")
-    made.down.clear()  # back: the next call makes its driver
     await router.ensure_running(spec(3, a))
+    made.down.add("b")
+    # Its instances are there, unreachable, with the reason; the rest is as the engines say.
+    seen = await router.observe("web")
+    assert seen[3].unreachable is None and seen[3].host == a.id
+    assert seen[4].current is None and seen[4].host == b.id
+    assert seen[4].unreachable is not None and re.search(
+        r"host rack/b does not answer: .*unix:///b\.sock", seen[4].unreachable
+    )
+    made.down.clear()  # back: the next call makes its driver
     await router.ensure_running(spec(3, b))
     with pytest.raises(DriverError, match=re.escape(f"instance 3 of web is on two hosts: {a.id} and {b.id}")):
         await router.observe("web")
@@ -98,8 +104,8 @@ async def test_a_changed_host_record_gets_a_new_driver() -> None:
     a = host("a", "unix:///a.sock")
     made = Made()
 
-    async def hosts(scale_set: str) -> Sequence[Host]:
-        return [a]
+    async def hosts(scale_set: str) -> Placed:
+        return [(a, frozenset())]
 
     router = HostRouter(MemoryDriver(), made, hosts)
     first = await router.driver_of(a)
@@ -119,8 +125,8 @@ async def test_two_podman_hosts_each_run_and_publish_their_own_instances(tmp_pat
         two = host("h2", url2, publishAddress="127.0.0.2", hostPorts="31000-31099")
         three = host("h3", url3, publishAddress="127.0.0.3", hostPorts="31000-31099")
 
-        async def hosts(scale_set: str) -> Sequence[Host]:
-            return [two, three]
+        async def hosts(scale_set: str) -> Placed:
+            return [(two, frozenset({0})), (three, frozenset({1}))]
 
         base = EngineSettings(config_root=tmp_path / "config", call_timeout=60)
         router = HostRouter(MemoryDriver(), engine_drivers(base), hosts)
@@ -175,8 +181,8 @@ async def test_an_ssh_host_is_reached_through_a_checked_forward_that_comes_back(
         four = host("h4", **ours)
         wrong = host("h4x", **{**ours, "hostKey": key_line_of(tmp_path)})
 
-        async def hosts(scale_set: str) -> Sequence[Host]:
-            return [four]
+        async def hosts(scale_set: str) -> Placed:
+            return [(four, frozenset({0}))]
 
         router = HostRouter(MemoryDriver(), engine_drivers(EngineSettings(config_root=tmp_path / "config")), hosts)
         try:
@@ -185,18 +191,17 @@ async def test_an_ssh_host_is_reached_through_a_checked_forward_that_comes_back(
             seen = await router.observe("web")
             assert (seen[0].host, seen[0].address, dict(seen[0].ports)) == (four.id, "127.0.0.4", {8080: 33000})
             await health("127.0.0.4", 33000)
-            # A forward that drops is opened again; meanwhile calls fail as the engine's, not the instance's.
+            # A forward that drops is opened again; meanwhile the host's instances are unreachable, not gone.
             forward = (await router.driver_of(four)).service  # type: ignore[attr-defined]
             assert forward is not None and forward.pid is not None
             os.kill(forward.pid, signal.SIGKILL)
+            reasons = set()
             async with asyncio.timeout(60):
-                while True:
-                    try:
-                        assert list(await router.observe("web")) == [0]
-                        break
-                    except EngineUnavailable:
-                        await asyncio.sleep(0.2)  # the supervisor's back-off: nothing to wait on but time
-            assert forward.restarts >= 1
+                while (state := (await router.observe("web"))[0]).unreachable is not None or forward.restarts < 1:
+                    reasons.add(state.unreachable)
+                    await asyncio.sleep(0.1)  # the supervisor's back-off: nothing to wait on but time
+            assert state.running and state.address == "127.0.0.4"
+            assert any(r and "host rack/h4 does not answer" in r for r in reasons), reasons
             # The wrong key: nothing runs there, and it is never trusted.
             with pytest.raises(EngineUnavailable, match="host key mismatch"):
                 await router.ensure_running(spec(1, wrong, {8080: 33001}))

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 # How a host's driver is made (and started) from its record: EngineDriver over its engine URL, in serve.
 DriverFactory = Callable[[Host], Awaitable[Driver]]
-# The hosts a scale set's instances were placed on: the store's word, in serve.
-HostList = Callable[[str], Awaitable[Sequence[Host]]]
+# The hosts a scale set's instances were placed on, with the ids of those on each: the store's word, in serve.
+HostList = Callable[[str], Awaitable[Sequence[tuple[Host, frozenset[int]]]]]
 # A host's engine that does not answer a listing within this is reported unreachable rather than waited on.
 OBSERVE_TIMEOUT = 10.0
 
@@ -66,25 +66,35 @@ class HostRouter:
 
     async def observe(self, scale_set: str) -> dict[int, InstanceState]:
         """Every instance of the scale set on the orchestrator's engine and the hosts it was placed on, each with
-        the host it was found on. A host that cannot be listed fails the observation naming it; an instance found
-        on two hosts too, naming both."""
-        hosts = list(await self._hosts(scale_set))
+        the host it was found on. The instances of a host that does not answer within OBSERVE_TIMEOUT are there,
+        unreachable, with the reason; an instance found on two hosts fails the observation, naming both."""
+        placed = list(await self._hosts(scale_set))
         found = await asyncio.gather(
-            self.local.observe(scale_set), *(self._observe_on(h, scale_set) for h in hosts), return_exceptions=True
+            self.local.observe(scale_set), *(self._observe_on(h, scale_set) for h, _ in placed), return_exceptions=True
         )
         merged: dict[int, InstanceState] = {}
-        for host, result in zip([None, *hosts], found, strict=True):
+        local = found[0]
+        if isinstance(local, BaseException):
+            raise local
+        for instance_id, state in local.items():
+            merged[instance_id] = state
+        for (host, ids), result in zip(placed, found[1:], strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, DriverError):
                     raise result
-                raise result if host is None else EngineUnavailable(f"host {host.group}/{host.name}: {result}")
+                reason = f"host {host.group}/{host.name} does not answer: {result}"
+                for instance_id in ids:
+                    merged.setdefault(
+                        instance_id, InstanceState(instance_id, None, host=host.id, zone=host.zone, unreachable=reason)
+                    )
+                continue
             for instance_id, state in result.items():
-                found_on = replace(state, host=host.id if host else "", zone=host.zone if host else None)
+                found_on = replace(state, host=host.id, zone=host.zone)
                 other = merged.get(instance_id)
-                if other is not None:
+                if other is not None and other.unreachable is None:
                     raise DriverError(
                         f"instance {instance_id} of {scale_set} is on two hosts: {other.host or 'local'} and"
-                        f" {found_on.host or 'local'}"
+                        f" {found_on.host}"
                     )
                 merged[instance_id] = found_on
         return dict(sorted(merged.items()))
@@ -166,12 +176,19 @@ def forward_directory(wanted: Path) -> Path:
 def placed_hosts(store: Store) -> HostList:
     """The hosts a scale set's instances are placed on, as the store says, each with its group's zone."""
 
-    async def hosts_of(scale_set: str) -> list[Host]:
-        placed = {h.lower() for h in (await store.instance_hosts(scale_set)).values() if h}
-        if not placed:
+    async def hosts_of(scale_set: str) -> list[tuple[Host, frozenset[int]]]:
+        ids: dict[str, set[int]] = {}
+        for instance_id, host_id in (await store.instance_hosts(scale_set)).items():
+            if host_id:
+                ids.setdefault(host_id.lower(), set()).add(instance_id)
+        if not ids:
             return []
         zones = {g.name.lower(): g.zone for g in await store.host_groups()}
-        return [replace(h, zone=zones.get(h.group.lower())) for h in await store.hosts() if h.id.lower() in placed]
+        return [
+            (replace(h, zone=zones.get(h.group.lower())), frozenset(ids[h.id.lower()]))
+            for h in await store.hosts()
+            if h.id.lower() in ids
+        ]
 
     return hosts_of
 
