@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -9,11 +10,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 from overhaul.localhost import free_port
 
@@ -124,48 +125,59 @@ def containers(engine: str, name_prefix: str) -> list[dict[str, Any]]:
     return rows
 
 
-@dataclass
 class Sshd:
-    """A private sshd on one loopback address: its host key, and the client key it lets in."""
+    """A private sshd on one loopback address (never the system's): its host key, and the client key it lets in.
+    ``stop`` takes it away with every connection it holds (a host gone); ``start`` brings it back as it was."""
 
-    address: str
-    port: int
-    host_key: str  # the public key line, as a host's record gives it
-    client_key: Path
-    process: subprocess.Popen[bytes]
+    def __init__(self, address: str) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="ovh-sshd-"))
+        for name in ("host", "client"):
+            keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.directory / name)]
+            subprocess.run(keygen, check=True, timeout=30)
+        shutil.copy(self.directory / "client.pub", self.directory / "authorized_keys")
+        self.address, self.port = address, free_port()
+        self.host_key = (self.directory / "host.pub").read_text().strip()  # the line a host's record gives
+        self.client_key = self.directory / "client"
+        self.config = self.directory / "sshd_config"
+        self.config.write_text(
+            f"Port {self.port}\nListenAddress {address}\nHostKey {self.directory / 'host'}\n"
+            f"PidFile {self.directory / 'sshd.pid'}\nAuthorizedKeysFile {self.directory / 'authorized_keys'}\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "UsePAM no\nStrictModes no\nAllowStreamLocalForwarding yes\nLogLevel VERBOSE\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory, which systemd would make
+        binary = shutil.which("sshd") or "/usr/sbin/sshd"
+        log = str(self.directory / "sshd.log")
+        self.process = subprocess.Popen([binary, "-D", "-f", str(self.config), "-E", log])
+        deadline = time.monotonic() + 10
+        while not listening(self.address, self.port):
+            assert self.process.poll() is None, (self.directory / "sshd.log").read_text()
+            assert time.monotonic() < deadline, "sshd did not listen"
+            time.sleep(0.05)  # a process just started: nothing to wait on but time
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        listener = psutil.Process(self.process.pid)
+        for process in [*listener.children(recursive=True), listener]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        self.process.wait(10)
+        self.process = None
 
 
 @contextmanager
 def sshd(address: str) -> Iterator[Sshd]:
-    """OpenSSH's sshd on ``address`` with keys of its own, in the foreground (never the system's sshd)."""
-    directory = Path(tempfile.mkdtemp(prefix="ovh-sshd-"))
-    for name in ("host", "client"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)], check=True, timeout=30
-        )
-    shutil.copy(directory / "client.pub", directory / "authorized_keys")
-    port = free_port()
-    config = directory / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress {address}\nHostKey {directory / 'host'}\nPidFile {directory / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {directory / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        "AllowStreamLocalForwarding yes\nLogLevel VERBOSE\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory, which systemd would make
-    binary = shutil.which("sshd") or "/usr/sbin/sshd"
-    process = subprocess.Popen([binary, "-D", "-f", str(config), "-E", str(directory / "sshd.log")])
+    server = Sshd(address)
     try:
-        deadline = time.monotonic() + 10
-        while not listening(address, port):
-            assert process.poll() is None, (directory / "sshd.log").read_text()
-            assert time.monotonic() < deadline, "sshd did not listen"
-            time.sleep(0.05)  # a process just started: nothing to wait on but time
-        yield Sshd(address, port, (directory / "host.pub").read_text().strip(), directory / "client", process)
+        server.start()
+        yield server
     finally:
-        process.terminate()
-        process.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)
 
 
 def listening(address: str, port: int) -> bool:

@@ -83,15 +83,16 @@ class Served:
         status, doc, _ = self.call("GET", f"{vmss}/rollingUpgrades/latest?{API}")
         return str(doc["properties"]["runningStatus"]["code"]) if status == 200 else ""
 
-    def metric(self, name: str) -> float:
-        """One unlabelled sample of serve's /metrics."""
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of serve's /metrics: the unlabelled one, or the one with exactly these labels."""
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
             text = resp.read().decode()
+        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
         for line in text.splitlines():
-            sample, _, value = line.partition(" ")
-            if sample == name:
+            sample, _, value = line.rpartition(" ")
+            if sample == wanted:
                 return float(value)
-        raise AssertionError(f"{name} is not in /metrics")
+        raise AssertionError(f"{wanted} is not in /metrics")
 
     def cli(
         self, *args: str, check: bool = True, env: dict[str, str] | None = None

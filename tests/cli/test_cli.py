@@ -589,6 +589,9 @@ def test_host_groups_and_hosts_from_the_cli(served: Served, tmp_path: Path, monk
     assert ours["hostKey"] == " ".join((tmp_path / "hk.pub").read_text().split()[:2])
     listed = json.loads(served.cli("vm", "host", "list", "--host-group", "rack1", *g).stdout)
     assert [h["name"] for h in listed] == ["h1"]
+    assert listed[0]["properties"]["instanceView"]["statuses"][1]["code"] == "HealthState/available"
+    view = json.loads(served.cli("vm", "host", "get-instance-view", "--host-group", "rack1", "-n", "h1", *g).stdout)
+    assert view["statuses"][1]["code"] == "HealthState/available" and view["overhaul"]["lastSeen"]
     table = served.cli("vm", "host", "group", "list", "-o", "table").stdout
     assert "rack1" in table and "edge" in table
     # A refusal names the field; the CLI says it and exits non-zero.

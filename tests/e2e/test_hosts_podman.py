@@ -119,6 +119,10 @@ def instances(served: Served) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def host_id(served: Served, group: str, host: str) -> str:
+    return str(served.call("GET", f"{GROUPS}/{group}/hosts/{host}?{API}")[1]["id"])
+
+
 def latest(served: Served) -> str:
     return str(served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["runningStatus"]["code"])
 
@@ -167,5 +171,20 @@ def test_a_scale_set_across_two_hosts_is_placed_upgraded_rolled_back_and_removed
     assert served.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
     wait_for(lambda: latest(served) == "Faulted")
     wait_for(lambda: instances(served) == [(h, a, "2.0.0", "Healthy") for h, a in placed])
+    # Host 2 gone (its sshd and every connection to it): its instances are Unknown with the reason, the host's
+    # view says so, /healthz stays 200 naming it, and its gauge is 0. Back, everything is as it was.
+    server.stop()
+    wait_for(lambda: [v for _, _, _, v in instances(served)] == ["Healthy", "Unknown"] * 2)
+    details = served.call("GET", f"{VMSS}/virtualMachines/1?{API}")[1]["properties"]["instanceView"]["vmHealth"]
+    assert "host z2/h2 does not answer" in details["status"]["message"]
+    view = served.call("GET", f"{GROUPS}/z2/hosts/h2/instanceView?{API}")[1]
+    assert view["statuses"][1]["code"] == "HealthState/unavailable" and view["overhaul"]["lastSeen"], view
+    status, health, _ = served.call("GET", "/healthz")
+    assert status == 200 and list(health["hosts"]) == [host_id(served, "z2", "h2").lower()], health
+    assert served.metric("overhaul_host_up", host=host_id(served, "z2", "h2").lower()) == 0
+    server.start()
+    wait_for(lambda: instances(served) == [(h, a, "2.0.0", "Healthy") for h, a in placed])
+    view = served.call("GET", f"{GROUPS}/z2/hosts/h2/instanceView?{API}")[1]
+    assert view["statuses"][1]["code"] == "HealthState/available", view
     assert served.call("DELETE", f"{VMSS}?{API}")[0] in (200, 202)
     wait_for(lambda: containers(hosts[0]) == [] and containers(hosts[1]) == [])

@@ -25,8 +25,9 @@ def add_host_commands(vm: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--zone", "-z", help="the group's one availability zone")
     create.add_argument("--platform-fault-domain-count", "-c", type=int, required=True, help="1 to 3")
     create.add_argument("--automatic-placement", choices=["true", "false"], default="false")
-    for action in ("create", "list", "show", "delete"):
-        sub = commands.add_parser(action, help=f"{action} hosts of a host group", parents=[common])
+    for action in ("create", "list", "show", "delete", "get-instance-view"):
+        text = "whether a host's engine answers now" if action == "get-instance-view" else f"{action} hosts"
+        sub = commands.add_parser(action, help=text, parents=[common])
         sub.add_argument("--resource-group", "-g", help="default: `overhaul configure --defaults group=…`")
         sub.add_argument("--host-group", required=True)
         if action != "list":
@@ -67,8 +68,13 @@ def run_hosts(client: Client, args: argparse.Namespace) -> int:
     else:
         action, path = args.host_command, f"{groups}/{args.host_group}/hosts/{getattr(args, 'name', '')}"
         body = host_body(args) if action == "create" else {}
-    if action == "list":
+    if action == "list" and args.host_command == "list":
+        # Each with whether its engine answers now (asked at once, a few seconds at most).
+        emit(args, client.call("GET", path.rstrip("/") + "?$expand=instanceView"))
+    elif action == "list":
         emit(args, client.call("GET", path.rstrip("/")))
+    elif action == "get-instance-view":
+        emit(args, client.call("GET", path + "/instanceView"))
     elif action == "create":
         emit(args, client.call("PUT", path, body))
     elif action == "show":

@@ -121,6 +121,27 @@ class InstanceState:
         return self.current is not None and self.current.running
 
 
+@dataclass(frozen=True)
+class HostStatus:
+    """Whether a host's engine answers, as last asked: the reason when it does not, when it last did."""
+
+    up: bool
+    reason: str | None = None
+    last_seen: float | None = None  # wall-clock time of its last answer
+
+
+class HostStatuses(Protocol):
+    """What the drivers know of the hosts' engines (serve: the HostRouter)."""
+
+    async def probe(self, host: Host) -> HostStatus:
+        """Asks the host's engine now (within a few seconds)."""
+        ...
+
+    def known(self) -> Mapping[str, HostStatus]:
+        """The last status of each host asked so far, by host id (lower case); asks nothing."""
+        ...
+
+
 class Driver(Protocol):
     async def ping(self) -> None:
         """Returns when the engine answers; EngineUnavailable when it does not."""

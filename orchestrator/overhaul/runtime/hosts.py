@@ -9,6 +9,7 @@ from dataclasses import replace
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.hosts import Host, HostGroup
 from overhaul.core.naming import Scope, where
+from overhaul.ports.driver import HostStatus, HostStatuses
 from overhaul.runtime.parts import Parts
 from overhaul.runtime.resources import Kind, NamedResources
 
@@ -16,9 +17,24 @@ HOST_GROUP = Kind("host group", "ResourceNotFound", "HostGroupNameTaken", "/host
 
 
 class HostGroups(NamedResources[HostGroup]):
-    def __init__(self, parts: Parts) -> None:
+    def __init__(self, parts: Parts, statuses: HostStatuses | None = None) -> None:
         store = parts.store
         super().__init__(parts, HOST_GROUP, store.host_groups, store.put_host_group, store.delete_host_group)
+        self.statuses = statuses
+
+    async def status(self, host: Host) -> HostStatus:
+        """Whether its engine answers now (asked within a few seconds)."""
+        if self.statuses is None:
+            return HostStatus(False, "this orchestrator's drivers do not reach hosts")
+        return await self.statuses.probe(host)
+
+    def down(self) -> dict[str, str]:
+        """The hosts whose engine did not answer when last asked, by id, with why; nothing is asked."""
+        known = self.statuses.known() if self.statuses is not None else {}
+        return {host: status.reason or "down" for host, status in known.items() if not status.up}
+
+    def last_known(self) -> dict[str, HostStatus]:
+        return dict(self.statuses.known()) if self.statuses is not None else {}
 
     async def check_put(self, resource: HostGroup) -> None:
         """A group's location, zone and fault domains hold its hosts: they change only while it has none."""

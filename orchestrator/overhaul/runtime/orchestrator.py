@@ -13,7 +13,7 @@ import time
 
 from overhaul.core.cloud_events import attempt_events
 from overhaul.ports.clock import Clock
-from overhaul.ports.driver import Driver, DriverError, InstanceState
+from overhaul.ports.driver import Driver, DriverError, HostStatuses, InstanceState
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.event_subscriptions import EventSubscriptions
@@ -40,13 +40,14 @@ class Orchestrator:
         *,
         clock: Clock = time.time,
         settings: RuntimeSettings | None = None,
+        host_statuses: HostStatuses | None = None,
     ) -> None:
         self.parts = Parts.assemble(store, driver, health, clock, settings or RuntimeSettings())
         self.upgrades = Upgrades(self.parts)
         self.scale_sets = ScaleSets(self.parts, self.upgrades)
         self.galleries = Galleries(self.parts)
         self.load_balancers = LoadBalancers(self.parts)
-        self.host_groups = HostGroups(self.parts)
+        self.host_groups = HostGroups(self.parts, host_statuses)
         self.maintenance = MaintenanceConfigurations(self.parts)
         self.lifecycle_hook_events = LifecycleHookEvents(self.parts)
         self.event_subscriptions = EventSubscriptions(self.parts)

@@ -287,7 +287,7 @@ class ScaleSets:
             state = states.get(i)
             address, host_ports = where_it_listens(ports.get(i, {}), state)
             running, previous = bool(state and state.running), bool(state and state.previous)
-            detail = report.detail if report else ""
+            detail = views[i].detail if views[i].unreachable else report.detail if report else ""
             host = state.host if state else placed.get(i, "")
             infos.append(
                 InstanceInfo(i, model.instance_name(i), views[i], host_ports, running, previous, detail, address, host)

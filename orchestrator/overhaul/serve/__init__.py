@@ -31,7 +31,7 @@ from overhaul.adapters.lease import StateDirLease
 from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
 from overhaul.adapters.webhook import WebhookDeliverer
 from overhaul.aio import Backoff, cancel_and_wait, restarting
-from overhaul.ports.driver import Driver, DriverError
+from overhaul.ports.driver import Driver, DriverError, HostStatuses
 from overhaul.ports.lease import LeaseHeld
 from overhaul.ports.store import Store
 from overhaul.runtime.auto_upgrader import AutoUpgrader
@@ -70,6 +70,7 @@ class Drivers:
 
     driver: Driver
     closing: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    hosts: HostStatuses | None = None  # what the drivers know of the hosts' engines
 
     async def close(self) -> None:
         for close in self.closing:
@@ -88,12 +89,12 @@ async def engine_and_vms(settings: ServeSettings, store: Store) -> Drivers:
         raise
     vms = QemuDriver(QemuSettings(root=settings.state_path / "vms", publish_address=settings.engine.publish_address))
     router = HostRouter(KindRouter(engine, vms), engine_drivers(base), placed_hosts(store))
-    return Drivers(router, [engine.close, router.close_hosts])
+    return Drivers(router, [engine.close, router.close_hosts], router)
 
 
 async def memory(settings: ServeSettings, store: Store) -> Drivers:
     router = HostRouter(MemoryDriver(), memory_drivers(), placed_hosts(store))
-    return Drivers(router, [router.close_hosts])
+    return Drivers(router, [router.close_hosts], router)
 
 
 # settings.engine.kind -> the factory of its drivers.
@@ -150,7 +151,9 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
         await store.close()
         return 1
-    orchestrator = Orchestrator(store, drivers.driver, HealthMonitor(settings.health), settings=settings.rollout)
+    orchestrator = Orchestrator(
+        store, drivers.driver, HealthMonitor(settings.health), settings=settings.rollout, host_statuses=drivers.hosts
+    )
     metrics = OrchestratorMetrics(orchestrator)
     app = build_app(
         orchestrator,

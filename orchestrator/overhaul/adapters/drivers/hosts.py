@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,14 @@ from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.drivers.ssh import SshForward, explain
 from overhaul.core.hosts import Host
-from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec, InstanceState
+from overhaul.ports.driver import (
+    Driver,
+    DriverError,
+    EngineUnavailable,
+    HostStatus,
+    InstanceSpec,
+    InstanceState,
+)
 from overhaul.ports.store import Store
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,7 @@ DriverFactory = Callable[[Host], Awaitable[Driver]]
 HostList = Callable[[str], Awaitable[Sequence[tuple[Host, frozenset[int]]]]]
 # A host's engine that does not answer a listing within this is reported unreachable rather than waited on.
 OBSERVE_TIMEOUT = 10.0
+PROBE_TIMEOUT = 5.0
 
 
 class HostRouter:
@@ -35,6 +44,31 @@ class HostRouter:
         self._hosts = hosts
         self._drivers: dict[str, tuple[Host, Driver]] = {}
         self._making: dict[str, asyncio.Lock] = {}
+        self._status: dict[str, HostStatus] = {}
+
+    def _saw(self, host: Host, error: BaseException | None = None) -> None:
+        key, before = host.id.lower(), self._status.get(host.id.lower())
+        if error is None:
+            self._status[key] = HostStatus(True, None, time.time())
+        else:
+            self._status[key] = HostStatus(
+                False, str(error) or type(error).__name__, before.last_seen if before else None
+            )
+
+    async def probe(self, host: Host) -> HostStatus:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                await (await self.driver_of(host)).ping()
+        except TimeoutError:
+            self._saw(host, EngineUnavailable(f"no answer within {PROBE_TIMEOUT:g}s"))
+        except DriverError as exc:
+            self._saw(host, exc)
+        else:
+            self._saw(host)
+        return self._status[host.id.lower()]
+
+    def known(self) -> Mapping[str, HostStatus]:
+        return dict(self._status)
 
     async def driver_of(self, host: Host | None) -> Driver:
         """The host's driver (the local engine's for None); made afresh when the host's record changed."""
@@ -102,9 +136,16 @@ class HostRouter:
     async def _observe_on(self, host: Host, scale_set: str) -> dict[int, InstanceState]:
         try:
             async with asyncio.timeout(OBSERVE_TIMEOUT):
-                return await (await self.driver_of(host)).observe(scale_set)
+                found = await (await self.driver_of(host)).observe(scale_set)
         except TimeoutError:
-            raise EngineUnavailable(f"no answer to a listing within {OBSERVE_TIMEOUT:g}s") from None
+            error = EngineUnavailable(f"no answer to a listing within {OBSERVE_TIMEOUT:g}s")
+            self._saw(host, error)
+            raise error from None
+        except DriverError as exc:
+            self._saw(host, exc)
+            raise
+        self._saw(host)
+        return found
 
     async def ensure_running(self, spec: InstanceSpec) -> None:
         await (await self.driver_of(spec.host)).ensure_running(spec)

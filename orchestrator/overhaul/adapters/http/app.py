@@ -162,12 +162,14 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 async def healthz(request: web.Request) -> web.Response:
     """200 while the orchestrator can act; 503 naming the problem while its engine is down or its storage takes no
-    writes."""
+    writes. Hosts whose engines did not answer when last asked are named, and leave it 200."""
     orchestrator = orchestrator_of(request)
     engine = await orchestrator.engine_problem()
     storage = orchestrator.storage_problem()
-    doc = {"status": "ok" if engine is None and storage is None else "unavailable"}
+    doc: dict[str, Any] = {"status": "ok" if engine is None and storage is None else "unavailable"}
     doc |= {"engine": engine or "ok", "storage": storage or "ok"}
+    # A host that does not answer holds only its own instances: named here, and the orchestrator stays available.
+    doc["hosts"] = {host: f"unavailable: {why}" for host, why in orchestrator.host_groups.down().items()} or "ok"
     if engine is None and storage is None:
         return web.json_response(doc)
     return web.json_response(doc, status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

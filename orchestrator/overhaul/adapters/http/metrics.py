@@ -112,7 +112,12 @@ class _StateCollector(Collector):
         errors.add_metric([], self.orchestrator.watch_errors)
         engine = GaugeMetricFamily("overhaul_engine_up", "1 while the container engine answers.")
         engine.add_metric([], 1 if self.engine_up else 0)
-        yield from (capacity, max_unhealthy, health, running, progress, errors, engine)
+        hosts = GaugeMetricFamily(
+            "overhaul_host_up", "1 while a host's engine answered when last asked (by id).", labels=["host"]
+        )
+        for host, status in self.orchestrator.host_groups.last_known().items():
+            hosts.add_metric([host], 1 if status.up else 0)
+        yield from (capacity, max_unhealthy, health, running, progress, errors, engine, hosts)
 
     def _health(self, model: ScaleSet, versions: dict[int, str]) -> Tally[tuple[str, str]]:
         watched = model.health_source is not HealthSourceKind.POWER

@@ -124,6 +124,7 @@ OPERATIONS: list[Operation] = [
     ("put", HOSTS + "/{host}", "Create or update a host (its engine under properties.overhaul)", None, (200, 201)),
     ("get", HOSTS + "/{host}", "Get a host", None, (200,)),
     ("delete", HOSTS + "/{host}", "Delete a host", None, (200, 204)),
+    ("get", HOSTS + "/{host}/instanceView", "Whether a host's engine answers now", None, (200,)),
     ("post", VMSS + "/{name}/reimage", "Reimage chosen instances (all when none are named)", REIMAGE_BODY, (200,)),
     (
         "post",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
 
+from overhaul.adapters.http.arm import iso
 from overhaul.adapters.http.requests import RG, Route, body_object, deleted, orchestrator_of, scope, written
 from overhaul.adapters.http.routes.named import named_routes
-from overhaul.core.hosts import HostGroup, parse_host, parse_host_group
+from overhaul.core.hosts import Host, HostGroup, parse_host, parse_host_group
 from overhaul.runtime.orchestrator import Orchestrator
 
 PROVIDER = "Microsoft.Compute/hostGroups"
@@ -20,9 +22,34 @@ async def group_doc(orchestrator: Orchestrator, group: HostGroup) -> dict[str, A
     return group.to_json([h.id for h in await orchestrator.host_groups.hosts(group.name)])
 
 
+async def host_doc(request: web.Request, host: Host) -> dict[str, Any]:
+    """Its document; with ``$expand=instanceView``, whether its engine answers now (Azure's shape)."""
+    doc = host.to_json()
+    if request.query.get("$expand", "").lower() == "instanceview":
+        doc["properties"]["instanceView"] = await instance_view(request, host)
+    return doc
+
+
+async def instance_view(request: web.Request, host: Host) -> dict[str, Any]:
+    status = await orchestrator_of(request).host_groups.status(host)
+    health: dict[str, Any] = {
+        "code": f"HealthState/{'available' if status.up else 'unavailable'}",
+        "level": "Info" if status.up else "Error",
+        "displayStatus": "Host available" if status.up else "Host unavailable",
+    }
+    if status.reason:
+        health["message"] = status.reason
+    return {
+        "assetId": host.id,
+        "statuses": [{"code": "ProvisioningState/succeeded", "level": "Info"}, health],
+        "overhaul": {"lastSeen": iso(status.last_seen) if status.last_seen is not None else None},
+    }
+
+
 async def list_hosts(request: web.Request) -> web.Response:
     found = await orchestrator_of(request).host_groups.hosts(request.match_info["hostGroup"], scope(request))
-    return web.json_response({"value": [h.to_json() for h in found]})
+    docs = await asyncio.gather(*(host_doc(request, h) for h in found))
+    return web.json_response({"value": list(docs)})
 
 
 async def put_host(request: web.Request) -> web.Response:
@@ -37,7 +64,13 @@ async def put_host(request: web.Request) -> web.Response:
 async def get_host(request: web.Request) -> web.Response:
     m = request.match_info
     found = await orchestrator_of(request).host_groups.host(m["hostGroup"], m["host"], scope(request))
-    return web.json_response(found.to_json())
+    return web.json_response(await host_doc(request, found))
+
+
+async def get_instance_view(request: web.Request) -> web.Response:
+    m = request.match_info
+    found = await orchestrator_of(request).host_groups.host(m["hostGroup"], m["host"], scope(request))
+    return web.json_response(await instance_view(request, found))
 
 
 async def delete_host(request: web.Request) -> web.Response:
@@ -51,4 +84,5 @@ ROUTES: list[Route] = [
     ("PUT", HOSTS + "/{host}", put_host),
     ("GET", HOSTS + "/{host}", get_host),
     ("DELETE", HOSTS + "/{host}", delete_host),
+    ("GET", HOSTS + "/{host}/instanceView", get_instance_view),
 ]
