@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from overhaul.core.arm_json import ModelError
-from overhaul.core.errors import InvalidInput, OverhaulError
+from overhaul.core.errors import Conflict, InvalidInput, OverhaulError
 from overhaul.core.gallery import ImageVersion, resolve
 from overhaul.core.hosts import Host
 from overhaul.core.model import HealthSourceKind, ScaleSet, model_digest
@@ -44,10 +44,10 @@ class Instances:
         try:
             port = await self.driver.host_port(taken) if host is None else host.free_port(taken)
         except PortsExhausted as exc:
-            raise OverhaulError(str(exc), "PortsExhausted") from exc
+            raise Conflict(str(exc), "PortsExhausted") from exc
         if port is None and host is not None:
             first, last = host.ports
-            raise OverhaulError(f"host {host.group}/{host.name} has no free port in {first}-{last}", "PortsExhausted")
+            raise Conflict(f"host {host.group}/{host.name} has no free port in {first}-{last}", "PortsExhausted")
         assert port is not None
         taken.add(port)
         return port
@@ -75,27 +75,43 @@ class Instances:
                 )
         return located
 
+    async def check_room(self, model: ScaleSet) -> None:
+        """New instances the hosts cannot take are refused before anything is made: a zone without room (400) or
+        no host port left in the hosts' ranges (409 PortsExhausted, naming them)."""
+        stored = await self.store.instance_hosts(model.name)
+        await self._place(model, [i for i in range(model.capacity) if i not in stored], stored)
+
+    async def _place(self, model: ScaleSet, new: list[int], stored: Mapping[int, str]) -> dict[int, str]:
+        """Hosts for ``new`` instances by id ("": the orchestrator's own engine), each host taking as many as its
+        free host ports hold (core/planner.py place)."""
+        candidates = await self.candidates(model)
+        if not candidates or not new:
+            return dict.fromkeys(new, "")
+        zones = {g.name.lower(): g.zone for g in await self.store.host_groups()}
+        per = len(model.published_ports)
+        slots = []
+        for h in candidates:
+            room = None
+            if per:
+                free = h.ports[1] - h.ports[0] + 1 - len(await self.store.all_host_ports(h.id))
+                room = max(0, free) // per
+            slots.append(Slot(h.id.lower(), zones[h.group.lower()], h.fault_domain or 0, room, h.group.lower()))
+        placed = {i: h.lower() for i, h in stored.items() if h}
+        try:
+            return place_instances(new, placed, slots, model.zones, zone_balance=model.zone_balance)
+        except PlacementError as exc:
+            if exc.field != "sku.capacity":
+                raise InvalidInput(str(exc), target=exc.field) from exc
+            ranges = ", ".join(f"{h.group}/{h.name} ({h.ports[0]}-{h.ports[1]})" for h in candidates)
+            raise Conflict(f"{exc}: every host port of {ranges} is held", "PortsExhausted", "sku.capacity") from exc
+
     async def host_of(self, model: ScaleSet, instance_id: int, *, place: bool = False) -> Host | None:
         """The host the instance is on (None: the orchestrator's own engine). ``place``: a new instance is placed
         first (core/planner.py place) and its host stored before anything is made; an instance keeps its host."""
         stored = await self.store.instance_hosts(model.name)
         hosts = {h.id.lower(): h for h in await self.store.hosts()}
         if instance_id not in stored and place:
-            candidates = await self.candidates(model)
-            host_id = ""
-            if candidates:
-                groups = {g.name.lower(): g for g in await self.store.host_groups()}
-                slots = [
-                    Slot(h.id.lower(), groups[h.group.lower()].zone, h.fault_domain or 0, group=h.group.lower())
-                    for h in candidates
-                ]
-                placed = {i: h.lower() for i, h in stored.items() if h}
-                try:
-                    host_id = place_instances(
-                        [instance_id], placed, slots, model.zones, zone_balance=model.zone_balance
-                    )[instance_id]
-                except PlacementError as exc:
-                    raise InvalidInput(str(exc), target=exc.field) from exc
+            host_id = (await self._place(model, [instance_id], stored))[instance_id]
             await self.store.put_instance_host(model.name, instance_id, host_id)
             stored[instance_id] = host_id
         host_id = stored.get(instance_id, "")

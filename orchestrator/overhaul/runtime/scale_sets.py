@@ -143,7 +143,7 @@ class ScaleSets:
         `vmss update-instances`)."""
         parts = self.parts
         image = await parts.instances.resolve(model)
-        await parts.instances.candidates(model)  # a location, zone or host group with no host is refused first
+        await parts.instances.check_room(model)  # what no host can take is refused before anything is kept
         states = await parts.observe(model.name)
         known = {
             v.version: v

@@ -269,3 +269,29 @@ def test_a_scale_set_no_host_can_take_is_refused_before_anything_is_kept(served:
     assert list(placed(served)) == [
         doc["id"].split("/providers/")[0] + "/providers/Microsoft.Compute/hostGroups/z2/hosts/h2"
     ]
+
+
+def test_instances_beyond_the_hosts_port_ranges_are_refused_naming_the_hosts(served: Served) -> None:
+    body = {"location": "edge", "properties": {"platformFaultDomainCount": 1}}
+    assert served.call("PUT", f"{GROUPS}/small?{API}", body)[0] == 201
+    ours = {"engine": "unix:///run/small.sock", "hostPorts": "30000-30004"}  # five ports: two instances of two
+    assert put_host(served, "h", ours, group_name="small")[0] == 201
+    publish_in(served, "1.0.0", "local", "edge")
+    model = zonal_model(3, [])
+    model["properties"]["virtualMachineProfile"]["overhaul"] = {"ports": [8080, 8090]}
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", model)
+    assert status == 409 and doc["error"]["code"] == "PortsExhausted", doc
+    assert "small/h (30000-30004)" in doc["error"]["message"] and doc["error"]["target"] == "sku.capacity"
+    assert served.call("GET", f"{VMSS}?{API}")[0] == 404  # nothing was kept
+    model["sku"]["capacity"] = 2
+    assert served.call("PUT", f"{VMSS}?{API}", model)[0] == 201
+    ports = sorted(
+        p
+        for d in served.call("GET", f"{VMSS}/virtualMachines?{API}")[1]["value"]
+        for p in d["properties"]["overhaul"]["hostPorts"].values()
+    )
+    assert ports == [30000, 30001, 30002, 30003]
+    status, doc, _ = served.call("PATCH", f"{VMSS}?{API}", {"sku": {"capacity": 3}})
+    assert status == 409 and doc["error"]["code"] == "PortsExhausted", doc
+    assert len(served.call("GET", f"{VMSS}/virtualMachines?{API}")[1]["value"]) == 2
+    assert served.call("GET", f"{VMSS}?{API}")[1]["sku"]["capacity"] == 2

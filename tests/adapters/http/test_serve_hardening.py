@@ -117,7 +117,7 @@ def test_other_groups_and_subscriptions_do_not_see_a_scale_set(served: Served) -
 
 def test_healthz_reports_the_engine(served: Served) -> None:
     status, doc, _ = served.call("GET", "/healthz", token="")
-    assert status == 200 and doc == {"status": "ok", "engine": "ok", "storage": "ok"}
+    assert status == 200 and doc == {"status": "ok", "engine": "ok", "storage": "ok", "hosts": "ok"}
 
 
 def test_a_second_serve_on_the_same_state_directory_exits_1(served: Served) -> None:
