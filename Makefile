@@ -64,6 +64,7 @@ bench: setup machine
 	$(PY) bench/cli_import_bench.py
 	$(PY) bench/agent_bench.py
 	$(PY) bench/orchestrator_bench.py
+	$(PY) bench/hosts_bench.py
 	$(PY) bench/decide_bench.py
 	$(PY) bench/store_bench.py
 	$(PY) bench/vm_bench.py

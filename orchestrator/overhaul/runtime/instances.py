@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from overhaul.aio import Changes
 from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import Conflict, InvalidInput, OverhaulError
 from overhaul.core.gallery import ImageVersion, resolve
@@ -33,10 +34,19 @@ HOST_GROUP = "properties.hostGroup.id"
 
 
 class Instances:
-    def __init__(self, store: Store, driver: Driver, health: HealthSource) -> None:
+    def __init__(self, store: Store, driver: Driver, health: HealthSource, changes: Changes | None = None) -> None:
         self.store = store
         self.driver = driver
         self.health = health
+        self.changes = changes  # bumped when hosts change (among others): the host records are read again then
+        self._hosts: tuple[int, dict[str, Host]] | None = None
+
+    async def hosts(self) -> dict[str, Host]:
+        """Every host by id (lower case); read once per change, as every instance's spec asks."""
+        version = self.changes.version if self.changes is not None else -1
+        if self._hosts is None or self._hosts[0] != version or version < 0:
+            self._hosts = (version, {h.id.lower(): h for h in await self.store.hosts()})
+        return self._hosts[1]
 
     async def allocate_port(self, taken: set[int], host: Host | None = None) -> int:
         """A host port no other instance on the host holds (on the orchestrator's own engine, one the driver finds
@@ -81,6 +91,14 @@ class Instances:
         stored = await self.store.instance_hosts(model.name)
         await self._place(model, [i for i in range(model.capacity) if i not in stored], stored)
 
+    async def place_new(self, model: ScaleSet) -> None:
+        """Places every instance the model adds, all at once, and stores where (check_room's refusals first)."""
+        stored = await self.store.instance_hosts(model.name)
+        for instance_id, host_id in (
+            await self._place(model, [i for i in range(model.capacity) if i not in stored], stored)
+        ).items():
+            await self.store.put_instance_host(model.name, instance_id, host_id)
+
     async def _place(self, model: ScaleSet, new: list[int], stored: Mapping[int, str]) -> dict[int, str]:
         """Hosts for ``new`` instances by id ("": the orchestrator's own engine), each host taking as many as its
         free host ports hold (core/planner.py place)."""
@@ -108,15 +126,14 @@ class Instances:
     async def host_of(self, model: ScaleSet, instance_id: int, *, place: bool = False) -> Host | None:
         """The host the instance is on (None: the orchestrator's own engine). ``place``: a new instance is placed
         first (core/planner.py place) and its host stored before anything is made; an instance keeps its host."""
-        stored = await self.store.instance_hosts(model.name)
-        hosts = {h.id.lower(): h for h in await self.store.hosts()}
-        if instance_id not in stored and place:
+        host_id = await self.store.instance_host(model.name, instance_id)
+        if host_id is None and place:
+            stored = await self.store.instance_hosts(model.name)
             host_id = (await self._place(model, [instance_id], stored))[instance_id]
             await self.store.put_instance_host(model.name, instance_id, host_id)
-            stored[instance_id] = host_id
-        host_id = stored.get(instance_id, "")
         if not host_id:
             return None
+        hosts = await self.hosts()
         found = hosts.get(host_id.lower())
         if found is None:
             raise OverhaulError(
@@ -248,7 +265,7 @@ class Instances:
         """Starts the health watch of every instance (no-op for those already watched)."""
         ports = await self.store.instance_ports(model.name)
         placed = await self.store.instance_hosts(model.name)
-        hosts = {h.id.lower(): h for h in await self.store.hosts()}
+        hosts = await self.hosts()
         source = model.health_source
         for instance_id in range(model.capacity):
             state = states.get(instance_id) if states else None

@@ -63,19 +63,19 @@ class Parts:
     reconciler: Reconciler
     supervisor: Supervisor
     outbox: Outbox
-    changes: Changes  # bumped when the gallery, a model or an attempt's end changes
+    changes: Changes  # bumped when the gallery, a model, a host or an attempt's end changes
     _locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
 
     @classmethod
     def assemble(
         cls, store: Store, driver: Driver, health: HealthSource, clock: Clock, settings: RuntimeSettings
     ) -> Parts:
-        events = EventBus()
-        instances = Instances(store, driver, health)
+        events, changes = EventBus(), Changes()
+        instances = Instances(store, driver, health, changes)
         outbox = Outbox(store, clock)
         reconciler = Reconciler(store, driver, health, instances, events, outbox, clock, settings)
         supervisor = Supervisor(store, reconciler, settings)
-        return cls(store, driver, health, clock, settings, events, instances, reconciler, supervisor, outbox, Changes())
+        return cls(store, driver, health, clock, settings, events, instances, reconciler, supervisor, outbox, changes)
 
     @contextlib.asynccontextmanager
     async def writing(self, name: str) -> AsyncIterator[None]:

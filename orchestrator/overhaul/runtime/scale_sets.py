@@ -155,6 +155,7 @@ class ScaleSets:
         if any(i not in states for i in range(model.capacity)):
             await parts.require_image(image, IMAGE_REFERENCE, vm=model.is_vm)
         await parts.store.put_scale_set(model, parts.clock())
+        await parts.instances.place_new(model)
         try:
             for instance_id, version in enumerate(versions):
                 await parts.driver.ensure_running(

@@ -397,6 +397,12 @@ class SqliteStore:
         rows = self.db.execute("SELECT instance_id, host FROM instances WHERE scale_set = ?", (scale_set,))
         return {r["instance_id"]: r["host"] for r in rows}
 
+    async def instance_host(self, scale_set: str, instance_id: int) -> str | None:
+        row = self.db.execute(
+            "SELECT host FROM instances WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id)
+        ).fetchone()
+        return None if row is None else str(row["host"])
+
     async def put_instance_host(self, scale_set: str, instance_id: int, host: str) -> None:
         self.db.execute(
             "INSERT INTO instances (scale_set, instance_id, ports, host) VALUES (?, ?, '{}', ?)"
