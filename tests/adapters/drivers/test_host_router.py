@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -97,6 +98,31 @@ async def test_a_host_that_does_not_answer_leaves_its_instances_unreachable_and_
     await router.ensure_running(spec(3, b))
     with pytest.raises(DriverError, match=re.escape(f"instance 3 of web is on two hosts: {a.id} and {b.id}")):
         await router.observe("web")
+    await router.close()
+
+
+async def test_an_error_on_a_host_names_it_and_keeps_what_it_blames() -> None:
+    a = host("a", "unix:///a.sock")
+    made = Made()
+
+    async def hosts(scale_set: str) -> Placed:
+        return [(a, frozenset({0}))]
+
+    router = HostRouter(MemoryDriver(), made, hosts)
+    await router.ensure_running(spec(0, a))
+    made.drivers["a"].fail_reimage = lambda s: True
+    with pytest.raises(DriverError) as caught:
+        await router.reimage(replace(spec(0, a), version="2.0.0"))
+    assert str(caught.value).startswith("host rack/a: ")
+    assert caught.value.fault is not None and not caught.value.transient  # the image's, as the engine said
+    original = made.drivers["a"]
+    made.drivers["a"].fail_reimage = lambda s: False
+    made.drivers["a"].missing_images.add(IMAGE)
+    await router.delete(spec(0, a), keep_data=False)
+    with pytest.raises(DriverError) as missing:
+        await router.ensure_running(spec(1, a))
+    assert str(missing.value).startswith("host rack/a: ") and missing.value.transient  # an image missing: retried
+    assert made.drivers["a"] is original
     await router.close()
 
 

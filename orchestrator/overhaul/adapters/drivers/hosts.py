@@ -5,6 +5,7 @@ record changes), the orchestrator's own engine for instances with no host. A spe
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import tempfile
 import time
@@ -148,22 +149,35 @@ class HostRouter:
         return found
 
     async def ensure_running(self, spec: InstanceSpec) -> None:
-        await (await self.driver_of(spec.host)).ensure_running(spec)
+        await self._on(spec, lambda d: d.ensure_running(spec))
 
     async def reimage(self, spec: InstanceSpec) -> None:
-        await (await self.driver_of(spec.host)).reimage(spec)
+        await self._on(spec, lambda d: d.reimage(spec))
 
     async def commit(self, spec: InstanceSpec) -> None:
-        await (await self.driver_of(spec.host)).commit(spec)
+        await self._on(spec, lambda d: d.commit(spec))
 
     async def rollback(self, spec: InstanceSpec) -> None:
-        await (await self.driver_of(spec.host)).rollback(spec)
+        await self._on(spec, lambda d: d.rollback(spec))
 
     async def notify(self, spec: InstanceSpec, tags: Mapping[str, str]) -> None:
-        await (await self.driver_of(spec.host)).notify(spec, tags)
+        await self._on(spec, lambda d: d.notify(spec, tags))
 
     async def delete(self, spec: InstanceSpec, *, keep_data: bool = True) -> None:
-        await (await self.driver_of(spec.host)).delete(spec, keep_data=keep_data)
+        await self._on(spec, lambda d: d.delete(spec, keep_data=keep_data))
+
+    async def _on(self, spec: InstanceSpec, call: Callable[[Driver], Awaitable[None]]) -> None:
+        """The call on the spec's host; an error names the host (what it blames is kept)."""
+        driver = await self.driver_of(spec.host)
+        if spec.host is None:
+            await call(driver)
+            return
+        try:
+            await call(driver)
+        except DriverError as exc:
+            named = copy.copy(exc)
+            named.args = (f"host {spec.host.group}/{spec.host.name}: {exc}",)
+            raise named from exc
 
     async def close(self) -> None:
         await asyncio.gather(self.local.close(), self.close_hosts())
