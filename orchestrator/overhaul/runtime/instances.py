@@ -65,7 +65,7 @@ class Instances:
     async def candidates(self, model: ScaleSet) -> list[Host]:
         """The hosts the scale set's new instances may go on: its host group's, else those of its location in its
         zones; none: the orchestrator's own engine (as when no host is configured)."""
-        hosts = await self.store.hosts()
+        hosts = list((await self.hosts()).values())
         if not hosts or model.is_vm:
             if model.host_group and model.is_vm:
                 raise InvalidInput("properties.hostGroup.id: VM scale sets run on this machine", target=HOST_GROUP)
@@ -85,18 +85,16 @@ class Instances:
                 )
         return located
 
-    async def check_room(self, model: ScaleSet) -> None:
-        """New instances the hosts cannot take are refused before anything is made: a zone without room (400) or
-        no host port left in the hosts' ranges (409 PortsExhausted, naming them)."""
+    async def placement(self, model: ScaleSet) -> dict[int, str]:
+        """Where each instance the model adds goes (host ids; "": the orchestrator's own engine), all at once; what
+        no host can take is refused here, before anything is kept: a zone without room (400), no host port left in
+        the hosts' ranges (409 PortsExhausted, naming them)."""
         stored = await self.store.instance_hosts(model.name)
-        await self._place(model, [i for i in range(model.capacity) if i not in stored], stored)
+        return await self._place(model, [i for i in range(model.capacity) if i not in stored], stored)
 
-    async def place_new(self, model: ScaleSet) -> None:
-        """Places every instance the model adds, all at once, and stores where (check_room's refusals first)."""
-        stored = await self.store.instance_hosts(model.name)
-        for instance_id, host_id in (
-            await self._place(model, [i for i in range(model.capacity) if i not in stored], stored)
-        ).items():
+    async def keep(self, model: ScaleSet, placement: Mapping[int, str]) -> None:
+        """Stores a placement before any of its instances is made: each instance keeps its host for good."""
+        for instance_id, host_id in placement.items():
             await self.store.put_instance_host(model.name, instance_id, host_id)
 
     async def _place(self, model: ScaleSet, new: list[int], stored: Mapping[int, str]) -> dict[int, str]:

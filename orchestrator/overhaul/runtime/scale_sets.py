@@ -143,7 +143,7 @@ class ScaleSets:
         `vmss update-instances`)."""
         parts = self.parts
         image = await parts.instances.resolve(model)
-        await parts.instances.check_room(model)  # what no host can take is refused before anything is kept
+        placement = await parts.instances.placement(model)  # what no host can take is refused before anything is kept
         states = await parts.observe(model.name)
         known = {
             v.version: v
@@ -155,7 +155,7 @@ class ScaleSets:
         if any(i not in states for i in range(model.capacity)):
             await parts.require_image(image, IMAGE_REFERENCE, vm=model.is_vm)
         await parts.store.put_scale_set(model, parts.clock())
-        await parts.instances.place_new(model)
+        await parts.instances.keep(model, placement)
         try:
             for instance_id, version in enumerate(versions):
                 await parts.driver.ensure_running(

@@ -214,6 +214,9 @@ def engine_drivers(base: EngineSettings) -> DriverFactory:
         except DriverError as exc:
             await driver.close()
             raise explain(exc) from exc
+        except BaseException:
+            await driver.close()  # a listing that gave up on it: no forward is left behind
+            raise
         return driver
 
     forwards = forward_directory(base.config_root.parent / "ssh")
