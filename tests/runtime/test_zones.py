@@ -15,6 +15,7 @@ from overhaul.adapters.drivers.hosts import HostRouter, placed_hosts
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.store.sqlite import SqliteStore
+from overhaul.core.errors import Conflict
 from overhaul.core.gallery import ImageDefinition
 from overhaul.core.hosts import Host, parse_host, parse_host_group
 from overhaul.core.rollout import HOST_UNREACHABLE, ActionKind, AttemptStatus
@@ -144,3 +145,18 @@ async def test_a_host_back_before_the_outage_timeout_is_picked_up(orchestrator: 
     done = await orchestrator.upgrades.wait(attempt.id, 20)
     assert done.status is AttemptStatus.COMPLETED, done
     assert {i: s.version for i, s in (await HOSTS["z3"].observe("web")).items()} == {2: "2.0.0", 5: "2.0.0"}
+
+
+async def test_an_instance_found_on_two_hosts_is_a_conflict_naming_both(orchestrator: Orchestrator) -> None:
+    await orchestrator.scale_sets.put("web", zonal(3))
+    infos = await orchestrator.scale_sets.instances("web")
+    on_zone_1 = next(i for i in infos if "/hostGroups/z1/" in i.host)
+    # The same instance shows up on zone 2's host too (an engine's storage copied by hand, say).
+    HOSTS["z2"].instances.setdefault("web", {})[on_zone_1.instance_id] = (await HOSTS["z1"].observe("web"))[
+        on_zone_1.instance_id
+    ]
+    await orchestrator.galleries.publish(version("2.0.0"))
+    with pytest.raises(Conflict) as caught:
+        await orchestrator.upgrades.start("web")
+    assert caught.value.code == "InstanceOnTwoHosts"
+    assert "/hostGroups/z1/hosts/h" in caught.value.message and "/hostGroups/z2/hosts/h" in caught.value.message

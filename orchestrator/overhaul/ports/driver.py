@@ -38,6 +38,13 @@ class EngineUnavailable(DriverError):
         super().__init__(message, Fault.ENGINE_UNAVAILABLE)
 
 
+class InstanceOnTwoHosts(DriverError):
+    """Two hosts' engines both have an instance: nothing is done to it until one is removed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, Fault.ENGINE_LEFTOVER)
+
+
 class PortsExhausted(RuntimeError):
     """No host port is free for an instance to publish."""
 

@@ -16,7 +16,7 @@ from overhaul.core.model import ScaleSet, ScaleSetRef
 from overhaul.core.rollout import Attempt
 from overhaul.core.triage import Fault
 from overhaul.ports.clock import Clock
-from overhaul.ports.driver import Driver, DriverError, InstanceState
+from overhaul.ports.driver import Driver, DriverError, InstanceOnTwoHosts, InstanceState
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.events import EventBus
@@ -39,6 +39,8 @@ class EngineFailed(OverhaulError):
 def engine_error(exc: DriverError) -> OverhaulError:
     """A request the engine could not carry out: 503 with the fault's code when the infrastructure is to blame
     (trying again later may work), else the engine's own words."""
+    if isinstance(exc, InstanceOnTwoHosts):
+        return Conflict(f"{exc}: remove the one that should not be there", "InstanceOnTwoHosts")
     if exc.fault is Fault.ENGINE_UNAVAILABLE:
         return Unavailable(f"the container engine is unavailable: {exc}", "EngineUnavailable")
     if exc.transient:

@@ -245,7 +245,14 @@ def _apply(settings: ServeSettings, values: Mapping[str, Any]) -> ServeSettings:
 
 def check(settings: ServeSettings) -> None:
     engine = settings.engine.engine
-    if engine not in ENGINE_KINDS and not engine.startswith(("unix://", "tcp://", "ssh://")):
+    if engine.startswith("ssh://"):
+        # aiodocker's own ssh:// needs the docker CLI on the remote and trusts ~/.ssh/known_hosts: a remote engine is
+        # a host of its own instead, reached with its key given (docs/hosts.md).
+        raise SettingsError(
+            f"engine: {engine!r} is another machine's engine: add it as a host (overhaul vm host create --engine "
+            "ssh://… --host-key-file …), and keep --engine for this machine's"
+        )
+    if engine not in ENGINE_KINDS and not engine.startswith(("unix://", "tcp://")):
         raise SettingsError(f"engine: must be podman, memory, or a unix:// or tcp:// engine URL, got {engine!r}")
     if settings.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise SettingsError(f"log_level: must be debug, info, warning or error, got {settings.log_level!r}")

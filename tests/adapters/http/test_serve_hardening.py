@@ -168,6 +168,7 @@ def test_bad_settings_exit_2_naming_the_setting(tmp_path: Path) -> None:
     for args, words in (
         (["--port", "huge"], "--port: http.port: must be a whole number"),
         (["--engine", "dockerr"], "engine: must be podman, memory"),
+        (["--engine", "ssh://root@192.0.2.1/run/podman/podman.sock"], "add it as a host (overhaul vm host create"),
         (["--rollout-retry-min", "-1"], "must not be negative"),
     ):
         result = overhaul("serve", "--state-dir", str(tmp_path), *args)

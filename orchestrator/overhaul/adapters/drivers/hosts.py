@@ -22,6 +22,7 @@ from overhaul.ports.driver import (
     DriverError,
     EngineUnavailable,
     HostStatus,
+    InstanceOnTwoHosts,
     InstanceSpec,
     InstanceState,
 )
@@ -127,7 +128,7 @@ class HostRouter:
                 found_on = replace(state, host=host.id, zone=host.zone)
                 other = merged.get(instance_id)
                 if other is not None and other.unreachable is None:
-                    raise DriverError(
+                    raise InstanceOnTwoHosts(
                         f"instance {instance_id} of {scale_set} is on two hosts: {other.host or 'local'} and"
                         f" {found_on.host}"
                     )
