@@ -60,10 +60,15 @@ async def test_odd_answers_are_unknown(
     assert detail in text
 
 
+def roomy(port: int) -> dict[str, object]:
+    """A megabyte to read: a probe timeout a busy machine cannot miss (fast probes allow 80 ms)."""
+    return fast_settings(port, intervalInSeconds=30)
+
+
 async def test_body_over_one_mib_is_capped(fake_app: FakeApp) -> None:
     padding = " " * (2 * MAX_BODY_BYTES)
     fake_app.body = ('{"applicationHealthState": "Healthy", "pad": "' + padding + '"}').encode()
-    state, detail = await probe_once(fast_settings(fake_app.port))
+    state, detail = await probe_once(roomy(fake_app.port))
     assert state is K
     assert "larger than" in detail
 
@@ -72,7 +77,7 @@ async def test_body_just_under_the_cap_is_read(fake_app: FakeApp) -> None:
     head = '{"applicationHealthState": "Healthy", "pad": "'
     fake_app.body = (head + "x" * (MAX_BODY_BYTES - len(head) - 2) + '"}').encode()
     assert len(fake_app.body) == MAX_BODY_BYTES
-    state, _ = await probe_once(fast_settings(fake_app.port))
+    state, _ = await probe_once(roomy(fake_app.port))
     assert state is H
 
 
