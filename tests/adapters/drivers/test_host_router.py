@@ -90,7 +90,7 @@ async def test_a_host_that_does_not_answer_leaves_its_instances_unreachable_and_
     # Its instances are there, unreachable, with the reason; the rest is as the engines say.
     seen = await router.observe("web")
     assert seen[3].unreachable is None and seen[3].host == a.id
-    assert seen[4].current is None and seen[4].host == b.id
+    assert seen[4].current is None and seen[4].host == b.id and seen[4].address == b.publish_address
     assert seen[4].unreachable is not None and re.search(
         r"host rack/b does not answer: .*unix:///b\.sock", seen[4].unreachable
     )

@@ -121,7 +121,15 @@ class HostRouter:
                 reason = f"host {host.group}/{host.name} does not answer: {result}"
                 for instance_id in ids:
                     merged.setdefault(
-                        instance_id, InstanceState(instance_id, None, host=host.id, zone=host.zone, unreachable=reason)
+                        instance_id,
+                        InstanceState(
+                            instance_id,
+                            None,
+                            address=host.publish_address,
+                            host=host.id,
+                            zone=host.zone,
+                            unreachable=reason,
+                        ),
                     )
                 continue
             for instance_id, state in result.items():
