@@ -108,12 +108,10 @@ class HostRouter:
         found = await asyncio.gather(
             self.local.observe(scale_set), *(self._observe_on(h, scale_set) for h, _ in placed), return_exceptions=True
         )
-        merged: dict[int, InstanceState] = {}
         local = found[0]
         if isinstance(local, BaseException):
             raise local
-        for instance_id, state in local.items():
-            merged[instance_id] = state
+        merged: dict[int, InstanceState] = dict(local)
         for (host, ids), result in zip(placed, found[1:], strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, DriverError):
