@@ -147,6 +147,14 @@ class Sshd:
         )
         self.process: subprocess.Popen[bytes] | None = None
 
+    @staticmethod
+    def fresh_host_key() -> str:
+        """A host key line of no sshd here (a wrong key to give)."""
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / "other"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
+            return path.with_suffix(".pub").read_text().strip()
+
     def start(self) -> None:
         Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory, which systemd would make
         binary = shutil.which("sshd") or "/usr/sbin/sshd"

@@ -6,26 +6,30 @@ deleted from their hosts."""
 
 from __future__ import annotations
 
-import functools
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from demo import busybox_images as engine_images
-from tests import builders
-from tests.engines import Sshd, podman_host, podman_store, sshd
+from tests.e2e.hosts import (
+    GALLERY,
+    GROUPS,
+    VMSS,
+    containers,
+    host_id,
+    images,
+    inside,
+    instances,
+    latest,
+    publish,
+    wait_for,
+)
+from tests.engines import Sshd, podman_host, sshd
 from tests.serve import API, Served, overhaul_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(600)]
-REPO = "localhost/overhaul-hosts"
-RG = "/subscriptions/local/resourceGroups/edge"
-VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/spread"
-GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/tiny"
-GROUPS = RG + "/providers/Microsoft.Compute/hostGroups"
 MODEL: dict[str, Any] = {
     "location": "edge",
     "zones": ["1", "2"],
@@ -48,28 +52,6 @@ MODEL: dict[str, Any] = {
         },
     },
 }
-wait_for = functools.partial(builders.wait_for, timeout=120, every=0.2)
-
-
-def images(store: list[str]) -> None:
-    for version, healthy in (("1.0.0", True), ("2.0.0", True), ("3.0.0", False)):
-        engine_images.build("podman", f"{REPO}:{version}", version, healthy=healthy, store=store)
-
-
-def containers(url: str) -> list[str]:
-    store = podman_store(Path(url.removeprefix("unix://")).parent)
-    listed = subprocess.run(
-        ["podman", *store, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, timeout=60, check=True
-    )
-    return sorted(listed.stdout.split())
-
-
-def inside(url: str, container: str, *command: str) -> str:
-    store = podman_store(Path(url.removeprefix("unix://")).parent)
-    done = subprocess.run(
-        ["podman", *store, "exec", container, *command], capture_output=True, text=True, timeout=60, check=True
-    )
-    return done.stdout
 
 
 @pytest.fixture
@@ -92,39 +74,6 @@ def served(tmp_path: Path, hosts: tuple[str, str]) -> Iterator[Served]:
             yield running
         finally:
             running.call("DELETE", f"{VMSS}?{API}")
-
-
-def publish(served: Served, version: str) -> None:
-    body = {
-        "properties": {
-            "publishingProfile": {"targetRegions": [{"name": "local"}, {"name": "edge"}]},
-            "storageProfile": {"source": {"overhaul": {"containerImage": f"{REPO}:{version}"}}},
-        }
-    }
-    status, doc, _ = served.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)
-    assert status in (200, 201), doc
-
-
-def instances(served: Served) -> list[tuple[str, str, str, str]]:
-    status, doc, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
-    assert status == 200, doc
-    return [
-        (
-            vm["properties"]["overhaul"]["host"].rsplit("/", 1)[-1],
-            vm["properties"]["overhaul"]["address"],
-            vm["properties"]["storageProfile"]["imageReference"]["exactVersion"],
-            vm["properties"]["instanceView"]["vmHealth"]["status"]["displayStatus"],
-        )
-        for vm in doc["value"]
-    ]
-
-
-def host_id(served: Served, group: str, host: str) -> str:
-    return str(served.call("GET", f"{GROUPS}/{group}/hosts/{host}?{API}")[1]["id"])
-
-
-def latest(served: Served) -> str:
-    return str(served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["runningStatus"]["code"])
 
 
 def test_a_scale_set_across_two_hosts_is_placed_upgraded_rolled_back_and_removed(

@@ -15,6 +15,7 @@ from typing import Any
 from overhaul.core.arm_json import ModelError, overlay, resource_envelope
 from overhaul.core.model import GALLERY_ID, ImageReference
 from overhaul.core.naming import gallery_id
+from overhaul.core.replication import Replica, available_in, region_state, replication_status
 
 # Azure's gallery image versions: MAJOR.MINOR.PATCH, each a 32-bit integer; no leading zeros, so that one version
 # has one spelling ("01.0.0" beside "1.0.0" would be two names for one place in the order).
@@ -157,6 +158,8 @@ class ImageVersion:
     sent: Mapping[str, Any] = field(default_factory=dict, compare=False)
     # The directory of its VM artefacts (base.qcow2, vmlinuz, initrd.img); empty: containers only.
     disk_image: str = ""
+    # Its container image's copies on the hosts of its target locations (core/replication.py).
+    replicas: tuple[Replica, ...] = field(default=(), compare=False)
 
     def source(self) -> dict[str, str]:
         """``storageProfile.source.overhaul``: the artefacts it names."""
@@ -169,14 +172,31 @@ class ImageVersion:
         return self.disk_image if vm else self.container_image
 
     @property
+    def key(self) -> tuple[str, str, str]:
+        return self.gallery, self.image, self.version
+
+    @property
     def quarantined(self) -> bool:
         return self.quarantine is not None
 
-    def present_in(self, location: str) -> bool:
+    def targets(self, location: str) -> bool:
         return location.lower() in (loc.lower() for loc in self.target_locations)
 
+    def present_in(self, location: str) -> bool:
+        """A target location where every copy its publication made is Completed."""
+        return self.targets(location) and available_in(self.replicas, location)
+
+    def replication_in(self, location: str) -> str:
+        """Why it is not yet in a target location (the copies' state there)."""
+        mine = [r for r in self.replicas if r.location.lower() == location.lower() and not r.catch_up]
+        return region_state(mine).value
+
+    def replication_json(self) -> dict[str, Any]:
+        """Azure's ``properties.replicationStatus`` (``$expand=ReplicationStatus``)."""
+        return replication_status(self.target_locations, self.replicas)
+
     def to_json(self) -> dict[str, Any]:
-        own = {
+        own: dict[str, Any] = {
             "name": self.version,
             "type": "Microsoft.Compute/galleries/images/versions",
             "location": self.target_locations[0] if self.target_locations else "local",
@@ -198,12 +218,16 @@ class ImageVersion:
 
 
 def _without_read_only(sent: Mapping[str, Any]) -> dict[str, Any]:
-    """What a client sent, less what only the server says (a reason of a quarantine the client cleared)."""
+    """What a client sent, less what only the server says (a reason of a quarantine the client cleared, the
+    replication a client read and sent back)."""
     doc = dict(sent)
     props = doc.get("properties")
-    if isinstance(props, Mapping) and isinstance(props.get("overhaul"), Mapping):
-        own = {k: v for k, v in props["overhaul"].items() if k != "quarantineReason"}
-        doc["properties"] = {**props, "overhaul": own}
+    if isinstance(props, Mapping):
+        props = {k: v for k, v in props.items() if k != "replicationStatus"}
+        if isinstance(props.get("overhaul"), Mapping):
+            own = {k: v for k, v in props["overhaul"].items() if k not in ("quarantineReason", "replicas")}
+            props["overhaul"] = own
+        doc["properties"] = props
     return doc
 
 
@@ -307,7 +331,10 @@ def resolve(
         found = latest_version([v for v in mine if v.source_for(vm)], location)
         if found is None:
             quarantined = ", ".join(v.version for v in mine if v.quarantined)
-            why = f" (quarantined: {quarantined})" if quarantined else ""
+            copying = ", ".join(v.version for v in mine if v.targets(location) and not v.present_in(location))
+            why = (f" (quarantined: {quarantined})" if quarantined else "") + (
+                f" (still replicating to {location}: {copying})" if copying else ""
+            )
             raise ModelError(
                 "properties.virtualMachineProfile.storageProfile.imageReference.version",
                 f"no version of {definition.gallery}/{definition.name} with a {source} is available as latest in "
@@ -316,9 +343,10 @@ def resolve(
         return found
     exact = next((v for v in mine if v.version == ref.version), None)
     if exact is None or not exact.present_in(location):
+        copying = f" yet (replication: {exact.replication_in(location)})" if exact and exact.targets(location) else ""
         raise ModelError(
             "properties.virtualMachineProfile.storageProfile.imageReference.version",
-            f"version {ref.version} of {definition.gallery}/{definition.name} is not available in {location}",
+            f"version {ref.version} of {definition.gallery}/{definition.name} is not available in {location}{copying}",
         )
     if not exact.source_for(vm):
         raise ModelError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -146,6 +146,20 @@ class HostStatuses(Protocol):
 
     def known(self) -> Mapping[str, HostStatus]:
         """The last status of each host asked so far, by host id (lower case); asks nothing."""
+        ...
+
+
+class ImageCopies(Protocol):
+    """Copies of the gallery's container images (held by the orchestrator's own engine) on the hosts' engines
+    (serve: the HostRouter)."""
+
+    async def image_on(self, host: Host, image: str) -> bool:
+        """Whether the host's engine has the image now."""
+        ...
+
+    async def copy_image(self, image: str, host: Host, progress: Callable[[int], None]) -> None:
+        """Streams the image from the orchestrator's engine into the host's (never whole in memory), saying how far
+        it got in percent; DriverError with the engine's words when it cannot."""
         ...
 
 

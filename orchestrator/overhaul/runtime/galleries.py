@@ -9,6 +9,7 @@ from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion, parse_image_version
 from overhaul.core.naming import Scope, same_name
 from overhaul.runtime.parts import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION, Parts
+from overhaul.runtime.replication import Replicator
 from overhaul.runtime.resources import Kind, NamedResources
 
 GALLERY = Kind("gallery", "GalleryNotFound", "GalleryNameTaken", "/galleries")
@@ -16,9 +17,10 @@ SOURCE = "properties.storageProfile.source.overhaul"
 
 
 class Galleries(NamedResources[Gallery]):
-    def __init__(self, parts: Parts) -> None:
+    def __init__(self, parts: Parts, replicator: Replicator) -> None:
         store = parts.store
         super().__init__(parts, GALLERY, store.galleries, store.put_gallery, store.delete_gallery)
+        self.replicator = replicator
 
     async def check_delete(self, resource: Gallery) -> None:
         """As Azure: refused while it holds image definitions (delete them first)."""
@@ -89,13 +91,21 @@ class Galleries(NamedResources[Gallery]):
     # --- image versions -----------------------------------------------------------------------------------
 
     async def publish(self, version: ImageVersion, scope: Scope | None = None) -> None:
+        """Keeps the version once its artefacts are on this machine; copies of its container image are then made
+        on the hosts of its target locations (a copy already made of the same image is kept)."""
         await self.definition(version.gallery, version.image, scope)
         # A misspelt artefact would otherwise become 'latest' and fail every instance it reaches.
         if version.container_image:
             await self.parts.require_image(version, f"{SOURCE}.containerImage")
         if version.disk_image:
             await self.parts.require_image(version, f"{SOURCE}.diskImage", vm=True)
-        await self.parts.store.put_image_version(version)
+        store = self.parts.store
+        key = version.key[0].lower(), version.key[1].lower(), version.version
+        before = next(
+            (v for v in await store.image_versions() if (v.gallery.lower(), v.image.lower(), v.version) == key), None
+        )
+        published = self.replicator.publication(version, await store.hosts(), before)
+        await store.put_image_version(published, replicas=True)
         self.parts.changes.bump()
 
     async def put_version(

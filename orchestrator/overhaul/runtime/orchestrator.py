@@ -13,7 +13,7 @@ import time
 
 from overhaul.core.cloud_events import attempt_events
 from overhaul.ports.clock import Clock
-from overhaul.ports.driver import Driver, DriverError, HostStatuses, InstanceState
+from overhaul.ports.driver import Driver, DriverError, HostStatuses, ImageCopies, InstanceState
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.event_subscriptions import EventSubscriptions
@@ -24,6 +24,7 @@ from overhaul.runtime.maintenance import MaintenanceConfigurations
 from overhaul.runtime.network import LoadBalancers
 from overhaul.runtime.outbox import subject_of
 from overhaul.runtime.parts import Parts
+from overhaul.runtime.replication import Replicator
 from overhaul.runtime.scale_sets import ScaleSets
 from overhaul.runtime.settings import RuntimeSettings
 from overhaul.runtime.upgrades import Upgrades
@@ -41,11 +42,13 @@ class Orchestrator:
         clock: Clock = time.time,
         settings: RuntimeSettings | None = None,
         host_statuses: HostStatuses | None = None,
+        image_copies: ImageCopies | None = None,
     ) -> None:
         self.parts = Parts.assemble(store, driver, health, clock, settings or RuntimeSettings())
         self.upgrades = Upgrades(self.parts)
         self.scale_sets = ScaleSets(self.parts, self.upgrades)
-        self.galleries = Galleries(self.parts)
+        self.replicator = Replicator(self.parts, image_copies)
+        self.galleries = Galleries(self.parts, self.replicator)
         self.load_balancers = LoadBalancers(self.parts)
         self.host_groups = HostGroups(self.parts, host_statuses)
         self.maintenance = MaintenanceConfigurations(self.parts)

@@ -21,6 +21,10 @@ class RuntimeSettings:
     infra_deadline: float = 600.0
     # How long instances on a host that does not answer are waited for once nothing else is left to upgrade.
     host_outage_timeout: float = 600.0
+    # The gallery's copies to hosts: how many at once, how long one may take, when a failed one is tried again.
+    replication_parallel: int = 3
+    replication_timeout: float = 3600.0
+    replication_retry: float = 60.0
     # The shortest maintenance window (OSImage) a configuration may have: Azure's 5 hours; shorter for labs.
     min_maintenance_window: float = 5 * 3600.0
     # Back-off between restarts of an attempt's reconciler that stopped on an unexpected error.

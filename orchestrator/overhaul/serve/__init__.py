@@ -31,7 +31,7 @@ from overhaul.adapters.lease import StateDirLease
 from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
 from overhaul.adapters.webhook import WebhookDeliverer
 from overhaul.aio import Backoff, cancel_and_wait, restarting
-from overhaul.ports.driver import Driver, DriverError, HostStatuses
+from overhaul.ports.driver import Driver, DriverError, HostStatuses, ImageCopies
 from overhaul.ports.lease import LeaseHeld
 from overhaul.ports.store import Store
 from overhaul.runtime.auto_upgrader import AutoUpgrader
@@ -71,6 +71,7 @@ class Drivers:
     driver: Driver
     closing: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     hosts: HostStatuses | None = None  # what the drivers know of the hosts' engines
+    copies: ImageCopies | None = None  # what copies the gallery's images to the hosts
 
     async def close(self) -> None:
         for close in self.closing:
@@ -88,13 +89,14 @@ async def engine_and_vms(settings: ServeSettings, store: Store) -> Drivers:
         await engine.close()
         raise
     vms = QemuDriver(QemuSettings(root=settings.state_path / "vms", publish_address=settings.engine.publish_address))
-    router = HostRouter(KindRouter(engine, vms), engine_drivers(base), placed_hosts(store))
-    return Drivers(router, [engine.close, router.close_hosts], router)
+    router = HostRouter(KindRouter(engine, vms), engine_drivers(base), placed_hosts(store), source=engine)
+    return Drivers(router, [engine.close, router.close_hosts], router, router)
 
 
 async def memory(settings: ServeSettings, store: Store) -> Drivers:
-    router = HostRouter(MemoryDriver(), memory_drivers(), placed_hosts(store))
-    return Drivers(router, [router.close_hosts], router)
+    local = MemoryDriver()
+    router = HostRouter(local, memory_drivers(), placed_hosts(store), source=local)
+    return Drivers(router, [router.close_hosts], router, router)
 
 
 # settings.engine.kind -> the factory of its drivers.
@@ -152,7 +154,12 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         await store.close()
         return 1
     orchestrator = Orchestrator(
-        store, drivers.driver, HealthMonitor(settings.health), settings=settings.rollout, host_statuses=drivers.hosts
+        store,
+        drivers.driver,
+        HealthMonitor(settings.health),
+        settings=settings.rollout,
+        host_statuses=drivers.hosts,
+        image_copies=drivers.copies,
     )
     metrics = OrchestratorMetrics(orchestrator)
     app = build_app(
@@ -199,7 +206,8 @@ def backoff(settings: ServeSettings) -> Backoff:
 def background(
     settings: ServeSettings, orchestrator: Orchestrator, store: SqliteStore, metrics: OrchestratorMetrics
 ) -> list[asyncio.Task[Any]]:
-    """The supervised loops beside the API: automatic upgrades and event delivery (cancelled on shutdown)."""
+    """The supervised loops beside the API: automatic upgrades, event delivery and the gallery's copies to hosts
+    (cancelled on shutdown)."""
     auto = AutoUpgrader(orchestrator, settings.auto_upgrade)
     deliverer = WebhookDeliverer(
         store, orchestrator.outbox.changes, settings=settings.events, registry=metrics.registry
@@ -207,6 +215,9 @@ def background(
     return [
         asyncio.create_task(restarting("automatic upgrades", auto.run, backoff(settings)), name="auto-upgrade"),
         asyncio.create_task(restarting("event delivery", deliverer.run, backoff(settings)), name="event-delivery"),
+        asyncio.create_task(
+            restarting("gallery replication", orchestrator.replicator.run, backoff(settings)), name="replication"
+        ),
     ]
 
 

@@ -132,6 +132,9 @@ HELP = {
     "taken, image missing) before the attempt ends naming it; never counted against the version",
     "rollout.host_outage_timeout": "seconds the instances of a host that does not answer are waited for, once "
     "nothing else is left to upgrade, before the attempt ends Faulted (HostUnreachable) leaving them as they are",
+    "rollout.replication_parallel": "gallery images copied to hosts at once",
+    "rollout.replication_timeout": "seconds one copy of a gallery image to a host may take",
+    "rollout.replication_retry": "seconds before a failed copy of a gallery image to a host is tried again",
     "rollout.min_maintenance_window": "shortest maintenance window (OSImage) a configuration may have, seconds "
     "(Azure: 5 hours; lower it for labs and tests)",
     "rollout.restart_min": "first back-off before an attempt stopped by an unexpected error is resumed, seconds",

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from demo import busybox_images
-from overhaul.adapters.drivers.engine import EngineSettings
+from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
 from overhaul.adapters.drivers.hosts import HostRouter, engine_drivers
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.core.hosts import Host, parse_host
@@ -175,6 +175,38 @@ async def test_two_podman_hosts_each_run_and_publish_their_own_instances(tmp_pat
             assert await router.observe("web") == {}
         finally:
             await router.close()
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+async def test_an_image_is_streamed_from_the_gallerys_engine_into_a_hosts(tmp_path: Path) -> None:
+    def images(store: list[str]) -> None:
+        busybox_images.build("podman", IMAGE, "1.0.0", store=store)
+
+    with podman_host(images) as gallery_url, podman_host() as url:
+        empty = host("h5", url, publishAddress="127.0.0.5", hostPorts="34000-34099")
+
+        async def hosts(scale_set: str) -> Placed:
+            return [(empty, frozenset({0}))]
+
+        base = EngineSettings(config_root=tmp_path / "config", call_timeout=60)
+        gallery = EngineDriver(replace(base, url=gallery_url))
+        await gallery.start()
+        router = HostRouter(MemoryDriver(), engine_drivers(base), hosts, source=gallery)
+        try:
+            assert not await router.image_on(empty, IMAGE)
+            seen: list[int] = []
+            await router.copy_image(IMAGE, empty, seen.append)
+            assert await router.image_on(empty, IMAGE)
+            assert seen[-1] == 100 and seen == sorted(seen), seen
+            await router.ensure_running(spec(0, empty, {8080: 34000}))  # the copy runs there
+            await health("127.0.0.5", 34000)
+            with pytest.raises(DriverError, match=r"(?i)image localhost/nowhere:1\.0\.0: .*no such image"):
+                await router.copy_image("localhost/nowhere:1.0.0", empty, seen.append)
+            await router.delete(spec(0, empty), keep_data=False)
+        finally:
+            await router.close()
+            await gallery.close()
 
 
 async def health(address: str, port: int) -> None:

@@ -295,3 +295,37 @@ def test_instances_beyond_the_hosts_port_ranges_are_refused_naming_the_hosts(ser
     assert status == 409 and doc["error"]["code"] == "PortsExhausted", doc
     assert len(served.call("GET", f"{VMSS}/virtualMachines?{API}")[1]["value"]) == 2
     assert served.call("GET", f"{VMSS}?{API}")[1]["sku"]["capacity"] == 2
+
+
+def test_a_versions_copies_on_the_hosts_are_shown_as_azures_replication_status(served: Served) -> None:
+    group(served, count=1)
+    for name in ("h1", "h2"):
+        assert put_host(served, name, {"engine": f"unix:///run/{name}.sock"})[0] == 201
+    source = {"overhaul": {"containerImage": "localhost/tiny:2.0.0"}}
+    body = {
+        "properties": {
+            "publishingProfile": {"targetRegions": [{"name": "local"}, {"name": "edge"}]},
+            "storageProfile": {"source": source},
+        }
+    }
+    assert served.call("PUT", f"{GALLERY}/versions/2.0.0?{API}", body)[0] == 201
+    plain = served.call("GET", f"{GALLERY}/versions/2.0.0?{API}")[1]
+    assert "replicationStatus" not in plain["properties"]  # only when asked for, as Azure's
+    rg, gallery, image = GALLERY.split("/")[4], GALLERY.split("/")[-3], GALLERY.split("/")[-1]
+    with compute_client(served, RG.split("/")[2]) as client:
+
+        def status() -> Any:
+            return client.gallery_image_versions.get(rg, gallery, image, "2.0.0", expand="ReplicationStatus")
+
+        # The simulated hosts' engines (--engine memory) have every image: each copy completes at once.
+        wait_for(lambda: status().replication_status.aggregated_state == "Completed")
+        summary = status().replication_status.summary
+        assert [(s.region, s.state, s.progress) for s in summary] == [
+            ("local", "Completed", 100),
+            ("edge", "Completed", 100),
+        ]
+    doc = served.call("GET", f"{GALLERY}/versions/2.0.0?{API}&$expand=ReplicationStatus")[1]
+    assert [(r["host"].rsplit("/", 1)[1], r["state"]) for r in doc["properties"]["overhaul"]["replicas"]] == [
+        ("h1", "Completed"),
+        ("h2", "Completed"),
+    ]

@@ -21,7 +21,7 @@ import shutil
 import ssl
 import tarfile
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from overhaul.adapters.drivers.images import stream_image
 from overhaul.adapters.drivers.notices import push_notice
 from overhaul.adapters.drivers.podman_service import PodmanService, SocketProcess
 from overhaul.core.model import InstanceNetwork
@@ -458,6 +459,17 @@ class EngineDriver:
             return False
         return True
 
+    async def image_size(self, image: str) -> int:
+        info = await self._call(f"inspect image {image}", self.docker.images.inspect(image))
+        size = info.get("Size") if isinstance(info, Mapping) else None
+        return size if isinstance(size, int) else 0
+
+    async def copy_image_to(self, image: str, target: object, progress: Callable[[int], None]) -> None:
+        """Streams the image into another engine (the gallery's replication to a host)."""
+        if not isinstance(target, EngineDriver):
+            raise DriverError(f"copy image {image}: the target is not a container engine")
+        await stream_image(self, target, image, progress)
+
     async def _require_image(self, spec: InstanceSpec) -> None:
         """Before an instance is touched: a missing image must not cost it its running OS disk."""
         if not await self.image_present(spec.image):
@@ -609,6 +621,8 @@ class EngineDriver:
             self.settings.config_root / spec.scale_set / str(spec.instance_id) / disk / "metadata.json"
         )
         port = spec.ports.get(spec.agent_port)
+        if port is None and not tags:
+            return  # no agent reachable there was ever told anything: nothing to withdraw (a rollback's)
         if port is None:
             raise DriverError(f"notify {spec.name}: its agent's port {spec.agent_port} is not published")
         try:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
 from overhaul.adapters.drivers.memory import MemoryDriver
@@ -39,9 +40,16 @@ OBSERVE_TIMEOUT = 10.0
 PROBE_TIMEOUT = 5.0
 
 
+class ImageSource(Protocol):
+    """The engine holding the gallery's images (the orchestrator's own)."""
+
+    async def copy_image_to(self, image: str, target: object, progress: Callable[[int], None]) -> None: ...
+
+
 class HostRouter:
-    def __init__(self, local: Driver, make: DriverFactory, hosts: HostList) -> None:
+    def __init__(self, local: Driver, make: DriverFactory, hosts: HostList, source: ImageSource | None = None) -> None:
         self.local = local
+        self.source = source
         self._make = make
         self._hosts = hosts
         self._drivers: dict[str, tuple[Host, Driver]] = {}
@@ -99,6 +107,16 @@ class HostRouter:
 
     async def image_present(self, image: str, *, vm: bool = False) -> bool:
         return await self.local.image_present(image, vm=vm)
+
+    async def image_on(self, host: Host, image: str) -> bool:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            driver = await self.driver_of(host)
+        return await driver.image_present(image)
+
+    async def copy_image(self, image: str, host: Host, progress: Callable[[int], None]) -> None:
+        if self.source is None:
+            raise DriverError(f"copy image {image}: this orchestrator has no engine to copy it from")
+        await self.source.copy_image_to(image, await self.driver_of(host), progress)
 
     async def observe(self, scale_set: str) -> dict[int, InstanceState]:
         """Every instance of the scale set on the orchestrator's engine and the hosts it was placed on, each with

@@ -23,6 +23,10 @@ class MemoryDriver:
     # The platform tags each instance's current OS disk sees.
     tags: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
     address: str = "127.0.0.1"  # where its instances publish (a simulated host's own address)
+    # The images it holds; None: every image not missing (a host's engine starts with none of the gallery's).
+    images: set[str] | None = None
+    # A copy of an image into this engine fails with this (a replication cut).
+    load_error: str | None = None
 
     async def ping(self) -> None:
         return None
@@ -32,7 +36,21 @@ class MemoryDriver:
         return free_port(taken)
 
     async def image_present(self, image: str, *, vm: bool = False) -> bool:
-        return image not in self.missing_images
+        return image not in self.missing_images and (self.images is None or image in self.images)
+
+    async def copy_image_to(self, image: str, target: object, progress: Callable[[int], None]) -> None:
+        """Another memory driver's engine gets the image (the gallery's replication)."""
+        if not isinstance(target, MemoryDriver):
+            raise DriverError(f"copy image {image}: a memory engine copies only to another")
+        if not await self.image_present(image):
+            raise DriverError(f"copy image {image}: no such image {image} in the engine")
+        progress(50)
+        if target.load_error is not None:
+            raise DriverError(f"load image {image}: {target.load_error}")
+        target.missing_images.discard(image)
+        if target.images is not None:
+            target.images.add(image)
+        progress(100)
 
     def _set(self, spec: InstanceSpec, state: InstanceState) -> None:
         self.instances.setdefault(spec.scale_set, {})[spec.instance_id] = state
@@ -47,7 +65,7 @@ class MemoryDriver:
         self.calls.append(("ensure_running", spec.name))
         state = self._get(spec)
         if state is None or state.current is None:
-            if spec.image in self.missing_images:
+            if not await self.image_present(spec.image):
                 raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
             disk = OsDisk(spec.version, spec.image, True, spec.model_digest or None)
             self._set(spec, InstanceState(spec.instance_id, disk, ports=spec.ports))
@@ -66,7 +84,7 @@ class MemoryDriver:
         if same and not spec.os_disk:
             return
         previous = state.current or state.previous
-        if spec.image in self.missing_images:
+        if not await self.image_present(spec.image):
             raise DriverError(f"create {spec.name}: no such image {spec.image} in the engine")
         if self.fail_reimage(spec):
             self._set(spec, InstanceState(spec.instance_id, None, previous))

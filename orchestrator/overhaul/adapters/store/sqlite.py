@@ -29,6 +29,7 @@ from overhaul.core.maintenance import (
 )
 from overhaul.core.model import ScaleSet, parse_scale_set
 from overhaul.core.network import LoadBalancer, parse_load_balancer
+from overhaul.core.replication import Replica, host_label
 from overhaul.core.rollout import (
     Action,
     ActionResult,
@@ -160,6 +161,14 @@ MIGRATIONS: tuple[str, ...] = (
     # The host each instance is placed on ('': the orchestrator's own engine); its host ports are that host's.
     """
     ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    """,
+    # A gallery version's copies on the hosts of its target locations (core/replication.py).
+    """
+    CREATE TABLE image_replicas (
+        gallery TEXT NOT NULL COLLATE NOCASE, image TEXT NOT NULL COLLATE NOCASE, version TEXT NOT NULL,
+        host_group TEXT NOT NULL COLLATE NOCASE, host TEXT NOT NULL COLLATE NOCASE, doc TEXT NOT NULL,
+        PRIMARY KEY (gallery, image, version, host_group, host)
+    );
     """,
 )
 # Delivered events are kept this long, so one produced again (after a crash) is not delivered again.
@@ -524,7 +533,9 @@ class SqliteStore:
         ]
 
     async def delete_host(self, group: str, name: str) -> None:
-        self.db.execute("DELETE FROM hosts WHERE host_group = ? AND name = ?", (group, name))
+        with self.transaction() as db:
+            db.execute("DELETE FROM hosts WHERE host_group = ? AND name = ?", (group, name))
+            db.execute("DELETE FROM image_replicas WHERE host_group = ? AND host = ?", (group, name))
 
     async def hook_event(self, name: str) -> HookEvent | None:
         row = self.db.execute("SELECT doc FROM lifecycle_hook_events WHERE name = ?", (name,)).fetchone()
@@ -716,8 +727,17 @@ class SqliteStore:
             for r in rows
         ]
 
-    async def put_image_version(self, version: ImageVersion) -> None:
-        self.db.execute(
+    async def put_image_version(self, version: ImageVersion, *, replicas: bool = False) -> None:
+        with self.transaction() as db:
+            self._put_image_version(db, version)
+            if replicas:
+                key = (version.gallery, version.image, version.version)
+                db.execute("DELETE FROM image_replicas WHERE gallery = ? AND image = ? AND version = ?", key)
+                for replica in version.replicas:
+                    self._put_replica(db, key, replica)
+
+    def _put_image_version(self, db: sqlite3.Connection, version: ImageVersion) -> None:
+        db.execute(
             "INSERT INTO image_versions"
             " (gallery, image, version, artifact, exclude_from_latest, locations, published, quarantine, doc,"
             " disk_image)"
@@ -739,7 +759,26 @@ class SqliteStore:
             ),
         )
 
+    @staticmethod
+    def _put_replica(db: sqlite3.Connection, key: tuple[str, str, str], replica: Replica) -> None:
+        group, _, host = host_label(replica.host).partition("/")
+        db.execute(
+            "INSERT INTO image_replicas (gallery, image, version, host_group, host, doc)"
+            " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM hosts WHERE host_group = ? AND name = ?)"
+            " AND EXISTS (SELECT 1 FROM image_versions WHERE gallery = ? AND image = ? AND version = ?)"
+            " ON CONFLICT (gallery, image, version, host_group, host) DO UPDATE SET doc = excluded.doc",
+            (*key, group, host, json.dumps(replica.to_json()), group, host, *key),
+        )
+
+    async def put_replica(self, gallery: str, image: str, version: str, replica: Replica) -> None:
+        with self.transaction() as db:
+            self._put_replica(db, (gallery, image, version), replica)
+
     async def image_versions(self) -> list[ImageVersion]:
+        replicas: dict[tuple[str, str, str], list[Replica]] = {}
+        for r in self.db.execute("SELECT * FROM image_replicas ORDER BY host_group, host"):
+            key = (r["gallery"].lower(), r["image"].lower(), r["version"])
+            replicas.setdefault(key, []).append(Replica.from_json(json.loads(r["doc"])))
         rows = self.db.execute("SELECT * FROM image_versions ORDER BY gallery, image, published")
         return [
             ImageVersion(
@@ -753,15 +792,17 @@ class SqliteStore:
                 quarantine=r["quarantine"],
                 sent=json.loads(r["doc"]),
                 disk_image=r["disk_image"],
+                replicas=tuple(replicas.get((r["gallery"].lower(), r["image"].lower(), r["version"]), ())),
             )
             for r in rows
         ]
 
     async def delete_image_version(self, gallery: str, image: str, version: str) -> None:
-        self.db.execute(
-            "DELETE FROM image_versions WHERE gallery = ? AND image = ? AND version = ?",
-            (gallery, image, version),
-        )
+        with self.transaction() as db:
+            for table in ("image_versions", "image_replicas"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE gallery = ? AND image = ? AND version = ?", (gallery, image, version)
+                )
 
     # --- attempts, journal and history ----------------------------------------------------------------------
 

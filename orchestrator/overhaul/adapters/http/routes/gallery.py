@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from overhaul.adapters.http import arm
 from overhaul.adapters.http.requests import RG, SUB, Route, body_object, deleted, orchestrator_of, scope, written
 from overhaul.adapters.http.routes.named import named_routes
-from overhaul.core.gallery import parse_gallery, parse_image_definition
+from overhaul.core.gallery import ImageVersion, parse_gallery, parse_image_definition
 
 PROVIDER = "Microsoft.Compute/galleries"
 GALLERY = RG + f"/providers/{PROVIDER}/{{gallery}}"
@@ -65,15 +67,25 @@ async def patch_image_version(request: web.Request) -> web.Response:
     return await put_image_version(request, patch=True)
 
 
+def version_doc(request: web.Request, version: ImageVersion) -> dict[str, Any]:
+    """Its document; with ``$expand=ReplicationStatus``, its copies on the hosts too: Azure's summary per target
+    location, and each host's under ``properties.overhaul.replicas``."""
+    doc = arm.image_version_doc(*where(request), version)
+    if request.query.get("$expand", "").lower() == "replicationstatus":
+        doc["properties"]["replicationStatus"] = version.replication_json()
+        doc["properties"]["overhaul"]["replicas"] = [r.to_json() for r in version.replicas]
+    return doc
+
+
 async def get_image_version(request: web.Request) -> web.Response:
     found = await orchestrator_of(request).galleries.version(*version_key(request), scope(request))
-    return web.json_response(arm.image_version_doc(*where(request), found))
+    return web.json_response(version_doc(request, found))
 
 
 async def list_image_versions(request: web.Request) -> web.Response:
     m = request.match_info
     versions = await orchestrator_of(request).galleries.versions(m["gallery"], m["image"], scope(request))
-    return web.json_response({"value": [arm.image_version_doc(*where(request), v) for v in versions]})
+    return web.json_response({"value": [version_doc(request, v) for v in versions]})
 
 
 async def delete_image_version(request: web.Request) -> web.Response:
