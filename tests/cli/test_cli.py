@@ -229,6 +229,11 @@ def test_quarantine_is_shown_set_and_cleared_from_the_cli(served: Served) -> Non
     ]
     shown = json.loads(served.cli("sig", "image-version", "show", *where).stdout)
     assert shown["properties"]["overhaul"] == {"quarantined": False}
+    expanded = json.loads(served.cli("sig", "image-version", "show", *where, "--expand", "ReplicationStatus").stdout)
+    assert expanded["properties"]["replicationStatus"] == {
+        "aggregatedState": "Completed",
+        "summary": [{"region": "local", "state": "Completed", "details": "", "progress": 100}],
+    }
     served.cli("sig", "image-version", "update", *where, "--set", "overhaul.quarantined=true")
     shown = json.loads(served.cli("sig", "image-version", "show", *where).stdout)
     assert shown["properties"]["overhaul"] == {"quarantined": True, "quarantineReason": "quarantined by a person"}

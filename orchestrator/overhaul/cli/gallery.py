@@ -59,7 +59,8 @@ def run_sig(client: Client, args: argparse.Namespace) -> int:
         return 0
     path = f"{base}/versions/{args.gallery_image_version}"
     if cmd == "show":
-        emit(args, client.call("GET", path), "imageversions")
+        expand = f"?$expand={args.expand}" if args.expand else ""
+        emit(args, client.call("GET", path + expand), "imageversions")
     elif cmd == "delete":
         client.call("DELETE", path)
     elif cmd == "create":
@@ -177,6 +178,9 @@ def add_gallery_commands(groups: Any, common: argparse.ArgumentParser) -> Any:
     )
     version.add_argument("--exclude-from-latest", type=truthy, nargs="?", const=True, default=None)
     version.add_argument("--target-regions", nargs="*", default=[])
+    version.add_argument(
+        "--expand", choices=["ReplicationStatus"], help="with show: its copies on the hosts of its target regions"
+    )
     version.add_argument(
         "--set",
         action="append",
