@@ -176,14 +176,23 @@ class Instances:
         ones, for an OS disk that starts while the previous one still holds the old ones (maxSurge)."""
         if not model.published_ports:
             return {}
-        known = (await self.store.instance_ports(model.name)).get(instance_id, {})
+        known = await self.store.instance_ports_of(model.name, instance_id)
         host = await self.host_of(model, instance_id, place=True)
-        taken = await self.store.all_host_ports(host.id if host else "")
-        keep = {} if fresh else known
-        ports = {cport: keep.get(cport) or await self.allocate_port(taken, host) for cport in model.published_ports}
-        if ports != known:
-            await self.store.put_instance_ports(model.name, instance_id, ports)
+        ports = await self._choose(model, host, {} if fresh else known)
+        if ports == known:
+            return ports
+        for _ in range(2):
+            try:
+                await self.store.put_instance_ports(model.name, instance_id, ports)
+                return ports
+            except Conflict:  # another writer took one of them meanwhile: choose again
+                ports = await self._choose(model, host, {})
+        await self.store.put_instance_ports(model.name, instance_id, ports)
         return ports
+
+    async def _choose(self, model: ScaleSet, host: Host | None, keep: Mapping[int, int]) -> dict[int, int]:
+        taken = await self.store.all_host_ports(host.id if host else "")
+        return {cport: keep.get(cport) or await self.allocate_port(taken, host) for cport in model.published_ports}
 
     async def follow(self, model: ScaleSet, states: Mapping[int, InstanceState], ids: Iterable[int]) -> None:
         """The store and the health watch follow the engine's word on the host ports of ``ids`` (a surged OS disk,
@@ -192,7 +201,7 @@ class Instances:
         for instance_id in ids:
             state = states.get(instance_id)
             if state is not None and state.ports and dict(state.ports) != known.get(instance_id):
-                await self.store.put_instance_ports(model.name, instance_id, dict(state.ports))
+                await self.store.put_instance_ports(model.name, instance_id, dict(state.ports), take_over=True)
         await self.watch(model, states)
 
     @staticmethod

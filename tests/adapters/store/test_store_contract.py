@@ -203,6 +203,34 @@ async def test_instance_ports_are_kept_per_instance(opened: Opened) -> None:
     assert await store.all_host_ports() == {40000, 40001, 40002, 40003}
     await store.delete_instance("web", 1)
     assert await store.instance_ports("web") == {0: {8080: 40000}}
+    assert await store.instance_ports_of("web", 0) == {8080: 40000}
+    assert await store.instance_ports_of("web", 9) == {}
+
+
+async def test_a_host_port_is_held_by_one_instance_of_its_host(opened: Opened) -> None:
+    """Ports are rows unique per (host, port): two instances of one host never both keep one, whatever the
+    writers; another host's same number is its own."""
+    store = opened.store
+    for scale_set, instance_id, host in (("web", 0, "h1"), ("web", 1, "h1"), ("api", 0, "h2"), ("api", 1, "")):
+        await store.put_instance_host(scale_set, instance_id, host)
+    await store.put_instance_ports("web", 0, {8080: 20000, 8090: 20001})
+    await store.put_instance_ports("api", 0, {8080: 20000})  # another host
+    await store.put_instance_ports("api", 1, {8080: 20000})  # the orchestrator's own engine
+    with pytest.raises(Conflict, match="port 20001 of host h1 is held by web_0") as refused:
+        await store.put_instance_ports("web", 1, {8080: 20002, 8090: 20001})
+    assert refused.value.code == "HostPortTaken"
+    assert await store.instance_ports_of("web", 1) == {}  # nothing of the refused write is kept
+    assert await store.all_host_ports("H1") == {20000, 20001}
+    # The engine's word on where an instance listens takes a port over from a record that said otherwise.
+    await store.put_instance_ports("web", 1, {8080: 20002, 8090: 20001}, take_over=True)
+    assert await store.all_host_ports("h1") == {20000, 20001, 20002}
+    assert await store.instance_ports_of("web", 0) == {8080: 20000}
+    await store.put_instance_ports("web", 0, {8080: 20003})  # a new OS disk's: the old ports are let go
+    store = await reopened(opened)
+    assert await store.all_host_ports("h1") == {20001, 20002, 20003}
+    await store.delete_scale_set("web")
+    assert await store.all_host_ports("h1") == set()
+    assert await store.all_host_ports() == {20000}
 
 
 async def test_lifecycle_hook_events_are_written_by_compare_and_set_and_read_back_newest_first(

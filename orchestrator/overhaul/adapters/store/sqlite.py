@@ -162,6 +162,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '';
     """,
+    # Host ports as rows, one holder per (host, port) ('': the orchestrator's own engine), from the instances' maps.
+    """
+    CREATE TABLE host_ports (
+        host TEXT NOT NULL COLLATE NOCASE, port INTEGER NOT NULL, scale_set TEXT NOT NULL COLLATE NOCASE,
+        instance_id INTEGER NOT NULL, PRIMARY KEY (host, port)
+    );
+    CREATE INDEX host_ports_by_instance ON host_ports (scale_set, instance_id);
+    INSERT OR IGNORE INTO host_ports (host, port, scale_set, instance_id)
+        SELECT i.host, p.value, i.scale_set, i.instance_id FROM instances i, json_each(i.ports) p;
+    """,
     # A gallery version's copies on the hosts of its target locations (core/replication.py).
     """
     CREATE TABLE image_replicas (
@@ -387,6 +397,7 @@ class SqliteStore:
         with self.transaction() as db:
             db.execute("DELETE FROM scale_sets WHERE name = ?", (name,))
             db.execute("DELETE FROM instances WHERE scale_set = ?", (name,))
+            db.execute("DELETE FROM host_ports WHERE scale_set = ?", (name,))
             db.execute("DELETE FROM configuration_assignments WHERE scale_set = ?", (name,))
             db.execute("DELETE FROM lifecycle_hook_events WHERE scale_set = ?", (name,))
 
@@ -396,11 +407,14 @@ class SqliteStore:
         rows = self.db.execute("SELECT instance_id, ports FROM instances WHERE scale_set = ?", (scale_set,))
         return {r["instance_id"]: {int(k): v for k, v in json.loads(r["ports"]).items()} for r in rows}
 
+    async def instance_ports_of(self, scale_set: str, instance_id: int) -> dict[int, int]:
+        row = self.db.execute(
+            "SELECT ports FROM instances WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id)
+        ).fetchone()
+        return {int(k): v for k, v in json.loads(row["ports"]).items()} if row else {}
+
     async def all_host_ports(self, host: str = "") -> set[int]:
-        used: set[int] = set()
-        for row in self.db.execute("SELECT ports FROM instances WHERE host = ? COLLATE NOCASE", (host,)):
-            used.update(json.loads(row["ports"]).values())
-        return used
+        return {r["port"] for r in self.db.execute("SELECT port FROM host_ports WHERE host = ?", (host,))}
 
     async def instance_hosts(self, scale_set: str) -> dict[int, str]:
         rows = self.db.execute("SELECT instance_id, host FROM instances WHERE scale_set = ?", (scale_set,))
@@ -419,15 +433,51 @@ class SqliteStore:
             (scale_set, instance_id, host),
         )
 
-    async def put_instance_ports(self, scale_set: str, instance_id: int, ports: Mapping[int, int]) -> None:
-        self.db.execute(
-            "INSERT INTO instances (scale_set, instance_id, ports) VALUES (?, ?, ?)"
-            " ON CONFLICT (scale_set, instance_id) DO UPDATE SET ports = excluded.ports",
-            (scale_set, instance_id, json.dumps({str(k): v for k, v in ports.items()})),
-        )
+    async def put_instance_ports(
+        self, scale_set: str, instance_id: int, ports: Mapping[int, int], *, take_over: bool = False
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO instances (scale_set, instance_id, ports) VALUES (?, ?, ?)"
+                " ON CONFLICT (scale_set, instance_id) DO UPDATE SET ports = excluded.ports",
+                (scale_set, instance_id, json.dumps({str(k): v for k, v in ports.items()})),
+            )
+            db.execute("DELETE FROM host_ports WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id))
+            host = db.execute(
+                "SELECT host FROM instances WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id)
+            ).fetchone()["host"]
+            for port in sorted(set(ports.values())):
+                held = db.execute(
+                    "SELECT scale_set, instance_id FROM host_ports WHERE host = ? AND port = ?", (host, port)
+                ).fetchone()
+                if held is not None and not take_over:
+                    raise Conflict(
+                        f"port {port} of host {host or 'local'} is held by {held['scale_set']}_{held['instance_id']}",
+                        "HostPortTaken",
+                    )
+                if held is not None:
+                    self._let_go(db, held["scale_set"], held["instance_id"], port)
+                db.execute(
+                    "INSERT INTO host_ports (host, port, scale_set, instance_id) VALUES (?, ?, ?, ?)",
+                    (host, port, scale_set, instance_id),
+                )
+
+    @staticmethod
+    def _let_go(db: sqlite3.Connection, scale_set: str, instance_id: int, port: int) -> None:
+        """Another instance's record gives up a port the engine says is this one's."""
+        db.execute("DELETE FROM host_ports WHERE scale_set = ? AND instance_id = ? AND port = ?",
+                   (scale_set, instance_id, port))  # fmt: skip
+        row = db.execute(
+            "SELECT ports FROM instances WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id)
+        ).fetchone()
+        kept = {k: v for k, v in json.loads(row["ports"]).items() if v != port}
+        db.execute("UPDATE instances SET ports = ? WHERE scale_set = ? AND instance_id = ?",
+                   (json.dumps(kept), scale_set, instance_id))  # fmt: skip
 
     async def delete_instance(self, scale_set: str, instance_id: int) -> None:
-        self.db.execute("DELETE FROM instances WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id))
+        with self.transaction() as db:
+            db.execute("DELETE FROM instances WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id))
+            db.execute("DELETE FROM host_ports WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id))
 
     # --- gallery -------------------------------------------------------------------------------------------
 
