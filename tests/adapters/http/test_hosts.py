@@ -189,6 +189,15 @@ def publish_in(served: Served, version: str, *regions: str) -> None:
         },
     }
     assert served.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)[0] in (200, 201)
+    # Copied to the hosts of its regions (at once: the simulated hosts' engines have every image).
+    expanded = f"{GALLERY}/versions/{version}?{API}&$expand=ReplicationStatus"
+
+    def replicated() -> bool:
+        return bool(
+            served.call("GET", expanded)[1]["properties"]["replicationStatus"]["aggregatedState"] == "Completed"
+        )
+
+    wait_for(replicated)
 
 
 def three_zones(served: Served) -> dict[str, str]:
@@ -226,10 +235,10 @@ def test_instances_are_placed_over_the_zones_hosts_and_stay_there_through_an_upg
     assert status == 201, doc
     before = placed(served)
     assert before == {ids["1"]: [0, 3], ids["2"]: [1, 4], ids["3"]: [2, 5]}
-    addresses = {
-        d["properties"]["overhaul"]["address"] for d in served.call("GET", f"{VMSS}/virtualMachines?{API}")[1]["value"]
-    }
+    listed = served.call("GET", f"{VMSS}/virtualMachines?{API}")[1]["value"]
+    addresses = {d["properties"]["overhaul"]["address"] for d in listed}
     assert addresses == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}  # each instance where its host publishes
+    assert [d["zones"] for d in listed] == [["1"], ["2"], ["3"]] * 2  # as Azure's instances show theirs
     # Scaled out, the new instances go where the zones are emptiest; scaled back, they leave.
     assert served.call("PATCH", f"{VMSS}?{API}", {"sku": {"capacity": 8}})[0] == 200
     after = placed(served)

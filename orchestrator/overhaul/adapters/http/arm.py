@@ -163,6 +163,7 @@ def instance_doc(
         "instanceId": str(view.instance_id),
         "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
         "location": model.location,
+        **({"zones": [view.zone]} if view.zone else {}),
         "properties": {
             # Whether its OS disk was made with the model as it is now (a model change shows here until upgraded).
             "latestModelApplied": view.model_digest == model_digest(model),
