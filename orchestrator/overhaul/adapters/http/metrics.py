@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ REIMAGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
 # One scrape waits this long for the engine's list of a scale set's instances (for their versions), then reports
 # what it knows without them.
 ENGINE_WAIT = 2.0
+# The engine is listed for the versions at most this often (a scrape every 15 s would list thousands of instances
+# on every host each time), sooner when a step of the orchestrator's or a change may have moved one.
+VERSIONS_EVERY = 60.0
 
 
 @dataclass
@@ -51,22 +55,36 @@ class _StateCollector(Collector):
         self.orchestrator = orchestrator
         self.state: list[_ScaleSetState] = []
         self.engine_up = True
+        # Per scale set (lower case): when the engine was listed, as of which change and step, and what it said.
+        self._listed: dict[str, tuple[float, tuple[int, int], dict[int, str]]] = {}
+        self.steps = 0  # the orchestrator's engine steps seen (each may change a version)
 
     async def refresh(self) -> None:
         state: list[_ScaleSetState] = []
         self.engine_up = await self.orchestrator.engine_problem(ENGINE_WAIT) is None
-        for model in await self.orchestrator.scale_sets.list():
+        models = await self.orchestrator.scale_sets.list()
+        for model in models:
             latest = await self.orchestrator.upgrades.latest(model.ref)
-            versions: dict[int, str] = {}
-            if self.engine_up:
-                try:
-                    async with asyncio.timeout(ENGINE_WAIT):
-                        infos = await self.orchestrator.scale_sets.instances(model.ref)
-                    versions = {i.instance_id: i.view.version for i in infos if i.view.version}
-                except (OverhaulError, TimeoutError):
-                    versions = {}
+            versions = await self._versions(model) if self.engine_up else {}
             state.append(_ScaleSetState(model, latest.attempt if latest else None, versions))
         self.state = state
+        names = {m.name.lower() for m in models}
+        self._listed = {name: listed for name, listed in self._listed.items() if name in names}
+
+    async def _versions(self, model: ScaleSet) -> dict[int, str]:
+        """Each instance's version as the engine last listed it, listed again when it may have changed."""
+        now, as_of = time.monotonic(), (self.orchestrator.changes.version, self.steps)
+        listed = self._listed.get(model.name.lower())
+        if listed is not None and listed[1] == as_of and now - listed[0] < VERSIONS_EVERY:
+            return listed[2]
+        try:
+            async with asyncio.timeout(ENGINE_WAIT):
+                infos = await self.orchestrator.scale_sets.instances(model.ref)
+        except (OverhaulError, TimeoutError):
+            return {}
+        versions = {i.instance_id: i.view.version for i in infos if i.view.version}
+        self._listed[model.name.lower()] = (now, as_of, versions)
+        return versions
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         capacity = GaugeMetricFamily(
@@ -178,6 +196,7 @@ class OrchestratorMetrics:
         if isinstance(event, AttemptEnded):
             self.attempts.labels(event.attempt.scale_set, event.attempt.status.value).inc()
         elif isinstance(event, ActionFinished):
+            self.state.steps += 1
             result = event.result
             if result.action.kind is ActionKind.REIMAGE and result.ok:
                 self.reimage_duration.labels(event.scale_set).observe(result.duration)
