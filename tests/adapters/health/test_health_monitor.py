@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from overhaul.adapters.health.monitor import HealthMonitor, HealthSettings, parse_agent_health
 from overhaul.core.model import HealthProbe
@@ -228,3 +229,32 @@ async def test_an_agent_answering_for_another_instance_is_unknown_and_a_watch_er
     report = await asyncio.wait_for(told(), 10)
     assert report is not None and report.health is Health.UNKNOWN and not report.final
     assert "Other_3" in report.detail and "web_0" in report.detail and monitor.watch_errors >= 1
+
+
+async def test_blocking_queries_ask_for_a_jittered_wait_so_thousands_of_watches_do_not_come_back_at_once() -> None:
+    waits: list[float] = []
+    enough = asyncio.Event()
+
+    async def health(request: web.Request) -> web.Response:
+        if "wait" in request.query:
+            waits.append(float(request.query["wait"]))
+        if len(waits) >= 20:
+            enough.set()
+        return web.json_response({"applicationHealthState": "Healthy"}, headers={"ETag": '"1"'})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    watcher = HealthMonitor(HealthSettings(watch_wait=30))
+    try:
+        watcher.watch_agent(("web", 0), "127.0.0.1", port)
+        async with asyncio.timeout(10):
+            await enough.wait()
+    finally:
+        await watcher.close()
+        await runner.cleanup()
+    assert all(30 * 7 / 8 <= w <= 30 for w in waits), waits
+    assert len(set(waits)) > 1, waits

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
+from overhaul.adapters.health.longpoll import BadAnswer, CannotConnect, Disconnected, LongPollConnection
 from overhaul.aio import Changes, cancel_and_wait
 from overhaul.core.model import HealthProbe
 from overhaul.core.naming import instance_name
@@ -29,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HealthSettings:
-    watch_wait: float = 30.0  # seconds one blocking query may be held
+    watch_wait: float = 60.0  # seconds one blocking query may be held (a frozen agent is seen after it + 10 s)
     probe_interval: float = 1.0  # load-balancer probe period
     # After a reimage the probe runs this often until the first Healthy: that answer gates the batch.
     reprobe_interval: float = 0.02
@@ -44,12 +48,14 @@ class HealthSettings:
 def unreachable(exc: BaseException, address: str, port: int) -> str:
     """Why the agent gave no answer, in a few words (a booting instance refuses connections for a while)."""
     where = f"{address}:{port}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientConnectorError | CannotConnect):
         return f"agent not answering on {where} yet (cannot connect)"
     if isinstance(exc, TimeoutError):
         return f"agent on {where} gave no answer in time"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError | Disconnected | ConnectionResetError):
         return f"agent on {where} closed the connection"
+    if isinstance(exc, BadAnswer):
+        return f"agent on {where} answered without valid HTTP: {exc}"[:300]
     if isinstance(exc, ValueError):
         return f"agent on {where} answered without valid JSON"
     return f"agent on {where} unreachable: {exc}"[:300]
@@ -100,14 +106,7 @@ class HealthMonitor:
         self.changes = Changes()  # bumped on every change of a report that matters
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._targets: dict[Key, Callable[[], Any]] = {}
-        self._session: aiohttp.ClientSession | None = None
         self._probe_session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        """Keep-alive connections for the agents' blocking queries."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False))
-        return self._session
 
     def _probe_http(self) -> aiohttp.ClientSession:
         """A new connection per probe, as a load balancer's: a reimage never meets a stale pooled one."""
@@ -191,24 +190,31 @@ class HealthMonitor:
         tasks = list(self._tasks.values())
         self._tasks.clear()
         await cancel_and_wait(tasks)
-        for session in (self._session, self._probe_session):
-            if session is not None:
-                await session.close()
-        self._session = self._probe_session = None
+        if self._probe_session is not None:
+            await self._probe_session.close()
+        self._probe_session = None
 
     async def _agent_watch(self, key: Key, address: str, port: int) -> None:
-        url = f"http://{address}:{port}/health"
+        connection = LongPollConnection(address, port)
+        try:
+            await self._agent_answers(key, connection)
+        finally:
+            connection.close()
+
+    async def _agent_answers(self, key: Key, connection: LongPollConnection) -> None:
+        address, port = connection.address, connection.port
         etag: str | None = None
         delay = self.settings.retry_min
-        wait = self.settings.watch_wait
         while True:
-            params = {"wait": f"{wait:g}", "etag": etag.strip('"')} if etag else {}
+            # Up to an eighth less, at random (as Consul's blocking queries): watches started together (a restart,
+            # a scale-out of thousands) drift apart instead of all coming back in the same instant forever.
+            wait = round(self.settings.watch_wait * (1 - random.random() / 8), 3)
+            query = f"?wait={wait:g}&etag={quote(etag.strip(chr(34)), safe='')}" if etag else ""
             try:
-                timeout = aiohttp.ClientTimeout(total=wait + 10)
-                async with self._http().get(url, params=params, timeout=timeout) as resp:
-                    doc = await resp.json(content_type=None)
-                    etag = resp.headers.get("ETag")
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                _, headers, body = await connection.get(f"/health{query}", wait + 10)
+                doc = json.loads(body)
+                etag = headers.get("etag")
+            except (OSError, EOFError, TimeoutError, ValueError) as exc:
                 if key not in self._outage:
                     self.watch_errors += 1
                 etag = None
@@ -233,8 +239,8 @@ class HealthMonitor:
             # The agent commits Unhealthy or Unknown only after its grace period (Initializing before it).
             final = health in (Health.UNHEALTHY, Health.UNKNOWN)
             approved = doc.get("approvedOSUpgrade") if isinstance(doc, Mapping) else None
-            report = HealthReport(health, self.clock(), reason, phase, skip, final)
-            self._update(key, replace(report, approved=approved if isinstance(approved, str) else None))
+            approved = approved if isinstance(approved, str) else None
+            self._update(key, HealthReport(health, self.clock(), reason, phase, skip, final, approved=approved))
 
     async def _probe_loop(self, key: Key, probe: HealthProbe, address: str, port: int) -> None:
         loop = asyncio.get_running_loop()
