@@ -65,6 +65,7 @@ bench: setup machine
 	$(PY) bench/agent_bench.py
 	$(PY) bench/orchestrator_bench.py
 	$(PY) bench/hosts_bench.py
+	$(PY) bench/watch_bench.py
 	$(PY) bench/decide_bench.py
 	$(PY) bench/store_bench.py
 	$(PY) bench/vm_bench.py
