@@ -160,3 +160,18 @@ async def test_an_instance_found_on_two_hosts_is_a_conflict_naming_both(orchestr
         await orchestrator.upgrades.start("web")
     assert caught.value.code == "InstanceOnTwoHosts"
     assert "/hostGroups/z1/hosts/h" in caught.value.message and "/hostGroups/z2/hosts/h" in caught.value.message
+
+
+async def test_scaling_out_and_in_keeps_the_zones_within_one_instance_of_each_other(orchestrator: Orchestrator) -> None:
+    """Instance ids are dense here: a scale-in removes the newest, which placement put in the emptiest zones when
+    they came, so what is left stays balanced, as Azure's scale-in from the largest zone leaves it."""
+
+    async def per_zone() -> list[int]:
+        hosts = [i.host for i in await orchestrator.scale_sets.instances("web")]
+        return [sum(f"/hostGroups/z{z}/" in h for h in hosts) for z in (1, 2, 3)]
+
+    await orchestrator.scale_sets.put("web", zonal(4))
+    for capacity in (8, 5, 9, 2, 7, 3):
+        await orchestrator.scale_sets.put("web", {"sku": {"capacity": capacity}}, patch=True)
+        counts = await per_zone()
+        assert sum(counts) == capacity and max(counts) - min(counts) <= 1, (capacity, counts)
