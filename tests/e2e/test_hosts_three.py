@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,20 @@ def served(tmp_path: Path, hosts: list[tuple[str, Sshd]]) -> Iterator[Served]:
             running.call("DELETE", f"{VMSS}?{API}")
 
 
+def reimage_batches(served: Served, attempt_id: str) -> list[list[int]]:
+    """The instances each batch of the attempt reimaged, from the store's journal (read only)."""
+    database = f"file:{served.state_dir / 'overhaul.db'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(database, uri=True, timeout=30)) as db:
+        rows = db.execute(
+            "SELECT at, instance_id FROM journal WHERE attempt_id = ? AND action = 'reimage' AND phase = 'begin'",
+            (attempt_id,),
+        ).fetchall()
+    found: dict[float, list[int]] = {}
+    for at, instance_id in rows:
+        found.setdefault(at, []).append(instance_id)
+    return [sorted(ids) for _, ids in sorted(found.items())]
+
+
 def why(served: Served) -> list[str]:
     return [c["code"] for c in served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]
             ["overhaul"].get("why", [])]  # fmt: skip
@@ -144,6 +159,11 @@ def test_a_scale_set_across_three_ssh_hosts_is_placed_upgraded_zone_by_zone_and_
     hosts[2][1].start()  # back: the attempt picks up where it stopped
     settle(served, lambda: latest(served) == "Completed")
     assert instances(served) == [(h, a, "2.0.0", "Healthy") for h, a in placed]
+    # The journal: each batch's reimages begin in one write, and no batch held two zones' instances.
+    attempt_id = served.call("GET", f"{VMSS}/rollingUpgrades/latest?{API}")[1]["properties"]["overhaul"]["attemptId"]
+    batches = reimage_batches(served, attempt_id)
+    assert {i for b in batches for i in b} == set(range(9)), batches
+    assert all(len({i % 3 for i in b}) == 1 for b in batches), batches  # instance i is in zone i % 3 + 1
     # Each instance's data disk stayed on its host: the file its first OS disk wrote is there.
     for i in (0, 4, 8):
         assert inside(hosts[i % 3][0], f"spread_{i}", "cat", "/datadisks/lun0/first").strip() == "1.0.0"
