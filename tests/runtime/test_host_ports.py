@@ -1,5 +1,6 @@
 """Host ports as the store's rows (one holder per host and port): an instance's ports are chosen from what its host's
-instances do not hold, and chosen again when another writer takes one between the choice and the write."""
+instances do not hold, chosen again when another writer takes one between the choice and the write, and a port the
+host refused (something else listens there) is not offered again while the step lasts."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from typing import Any
 
 import pytest
 
+from overhaul.adapters.drivers.hosts import HostRouter, placed_hosts
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import ImageDefinition
+from overhaul.core.hosts import Host, parse_host, parse_host_group
+from overhaul.core.rollout import AttemptStatus
+from overhaul.ports.driver import Driver, DriverError, InstanceSpec
 from overhaul.runtime.orchestrator import Orchestrator
 from tests.builders import FAST, small, version
 
@@ -52,3 +57,48 @@ async def test_a_port_taken_between_the_choice_and_the_write_is_chosen_again(orc
     other = await store.instance_ports_of("other", 0)
     held = [p for ports in (*web.values(), other) for p in ports.values()]
     assert len(held) == len(set(held)) == 3, (web, other)  # nobody shares a port
+
+
+class Crowded(MemoryDriver):
+    """A simulated host where something else listens on ``foreign`` ports once the instances are made."""
+
+    foreign: frozenset[int] = frozenset()
+
+    async def reimage(self, spec: InstanceSpec) -> None:
+        held = sorted(set(spec.ports.values()) & self.foreign)
+        if held:
+            raise DriverError(f"start {spec.name}: Bind for 127.0.0.2:{held[0]} failed: port is already allocated")
+        await super().reimage(spec)
+
+
+async def test_ports_a_host_refuses_are_not_offered_again_in_that_step(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "overhaul.db")
+    crowded = Crowded(address="127.0.0.2")
+
+    async def only(host: Host) -> Driver:
+        return crowded
+
+    router = HostRouter(MemoryDriver(), only, placed_hosts(store))
+    made = Orchestrator(store, router, HealthMonitor(), settings=FAST)
+    try:
+        await made.start()
+        await made.galleries.put_definition(ImageDefinition("g", "tiny", "overhaul", "test", "tiny"))
+        await made.galleries.publish(version("1.0.0"))
+        group = {"properties": {"platformFaultDomainCount": 1}}
+        await made.host_groups.put(parse_host_group(group, name="rack", resource_group="rg", subscription="s"))
+        ours = {"engine": "unix:///run/rack.sock", "publishAddress": "127.0.0.2", "hostPorts": "20000-20009"}
+        body = {"properties": {"overhaul": ours}}
+        await made.host_groups.put_host(parse_host(body, group="rack", name="h", resource_group="rg", subscription="s"))
+        await made.scale_sets.put("web", small(2))
+        assert await store.instance_ports("web") == {0: {8080: 20000}, 1: {8080: 20001}}
+        # While instance 0 is reimaged, something else takes its port, and the next free one too.
+        crowded.foreign = frozenset({20000, 20002})
+        await made.galleries.publish(version("2.0.0"))
+        attempt = await made.upgrades.start("web")
+        done = await made.upgrades.wait(attempt.id, 20)
+        assert done.status is AttemptStatus.COMPLETED, done
+        assert (await store.instance_ports("web"))[0] == {8080: 20003}  # not 20000 again, nor 20002
+    finally:
+        await made.close()
+        await router.close()
+        await store.close()

@@ -3,7 +3,7 @@ they keep across reimages, the metadata of their config drive, and the health wa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from overhaul.aio import Changes
@@ -171,14 +171,21 @@ class Instances:
             "customData": model.custom_data,
         }
 
-    async def ports(self, model: ScaleSet, instance_id: int, *, fresh: bool = False) -> dict[int, int]:
+    async def ports(
+        self, model: ScaleSet, instance_id: int, *, fresh: bool = False, avoid: Collection[int] = ()
+    ) -> dict[int, int]:
         """Container port -> host port; an instance keeps its host ports across reimages in place. ``fresh``: new
-        ones, for an OS disk that starts while the previous one still holds the old ones (maxSurge)."""
+        ones, for an OS disk that starts while the previous one still holds the old ones (maxSurge), or when the
+        host refused those it had; ``avoid``: ports the host refused (something else listens there) while any other
+        is free."""
         if not model.published_ports:
             return {}
         known = await self.store.instance_ports_of(model.name, instance_id)
         host = await self.host_of(model, instance_id, place=True)
-        ports = await self._choose(model, host, {} if fresh else known)
+        try:
+            ports = await self._choose(model, host, {} if fresh else known, avoid)
+        except Conflict:
+            ports = await self._choose(model, host, {} if fresh else known)
         if ports == known:
             return ports
         for _ in range(2):
@@ -190,8 +197,10 @@ class Instances:
         await self.store.put_instance_ports(model.name, instance_id, ports)
         return ports
 
-    async def _choose(self, model: ScaleSet, host: Host | None, keep: Mapping[int, int]) -> dict[int, int]:
-        taken = await self.store.all_host_ports(host.id if host else "")
+    async def _choose(
+        self, model: ScaleSet, host: Host | None, keep: Mapping[int, int], avoid: Collection[int] = ()
+    ) -> dict[int, int]:
+        taken = await self.store.all_host_ports(host.id if host else "") | set(avoid)
         return {cport: keep.get(cport) or await self.allocate_port(taken, host) for cport in model.published_ports}
 
     async def follow(self, model: ScaleSet, states: Mapping[int, InstanceState], ids: Iterable[int]) -> None:

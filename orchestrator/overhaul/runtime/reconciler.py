@@ -121,9 +121,15 @@ class Reconciler:
             except OverhaulError as exc:  # the version left the gallery since the attempt started
                 return ActionResult(action, ok=False, error=exc.message)
 
+            refused: set[int] = set()  # by the host, on each try: never offered again in this step
+
             async def fresh_ports() -> InstanceSpec:
+                nonlocal spec
                 self._ports_moved.add((model.name, action.instance_id))
-                return replace(spec, ports=await self.instances.ports(model, action.instance_id, fresh=True))
+                refused.update(spec.ports.values())
+                ports = await self.instances.ports(model, action.instance_id, fresh=True, avoid=refused)
+                spec = replace(spec, ports=ports)
+                return spec
 
             respec = fresh_ports
         else:
