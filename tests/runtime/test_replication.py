@@ -181,3 +181,22 @@ async def test_a_batch_on_a_host_without_the_image_waits_for_it_and_never_blames
     fleet.engines["h2"].images.add("localhost/tiny:2.0.0")
     assert (await o.upgrades.wait(attempt.id, 20)).status is AttemptStatus.COMPLETED
     assert not (await fleet.stored("2.0.0")).quarantined
+
+
+async def test_a_location_with_no_host_is_refused_naming_the_field(fleet: Fleet) -> None:
+    """'local' is this machine's engine; any other location needs a host (a scale set's, a version's region)."""
+    o = fleet.orchestrator
+    far = replace(version("1.0.0"), target_locations=("local", "edge", "mars"))
+    with pytest.raises(InvalidInput, match="no host is in mars") as refused:
+        await o.galleries.publish(far)
+    assert refused.value.target == "properties.publishingProfile.targetRegions[2].name"
+    assert await o.store.image_versions() == []  # nothing kept
+    await o.galleries.publish(edge("1.0.0"))
+    await fleet.until("1.0.0", lambda v: v.present_in("edge"))
+    model = small(2)
+    model["location"] = "mars"
+    with pytest.raises(InvalidInput, match="no host is in mars") as refused:
+        await o.scale_sets.put("web", model)
+    assert refused.value.target == "location"
+    assert await o.store.list_scale_sets() == []
+    await o.scale_sets.put("web", small(2))  # 'local': this machine's engine, as always

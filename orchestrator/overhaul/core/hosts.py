@@ -24,6 +24,9 @@ HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){LABEL}(\.{LABEL})*$")
 DEFAULT_PORTS = (20000, 29999)
 MAX_FAULT_DOMAINS = 3  # as Azure's host groups
 
+# Where the orchestrator's own engine is; any other location runs instances on the hosts in it.
+LOCAL_LOCATION = "local"
+
 
 def host_group_id(subscription: str, resource_group: str, name: str) -> str:
     return (

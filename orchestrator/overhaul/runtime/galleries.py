@@ -7,6 +7,7 @@ from typing import Any
 from overhaul.core.arm_json import ModelError, merge_patch
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion, parse_image_version
+from overhaul.core.hosts import LOCAL_LOCATION, Host
 from overhaul.core.naming import Scope, same_name
 from overhaul.runtime.parts import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION, Parts
 from overhaul.runtime.replication import Replicator
@@ -100,11 +101,13 @@ class Galleries(NamedResources[Gallery]):
         if version.disk_image:
             await self.parts.require_image(version, f"{SOURCE}.diskImage", vm=True)
         store = self.parts.store
+        hosts = await store.hosts()
+        _check_regions(version, hosts)
         key = version.key[0].lower(), version.key[1].lower(), version.version
         before = next(
             (v for v in await store.image_versions() if (v.gallery.lower(), v.image.lower(), v.version) == key), None
         )
-        published = self.replicator.publication(version, await store.hosts(), before)
+        published = self.replicator.publication(version, hosts, before)
         await store.put_image_version(published, replicas=True)
         self.parts.changes.bump()
 
@@ -143,3 +146,15 @@ class Galleries(NamedResources[Gallery]):
         found = await self.version(gallery, image, version, scope)
         await self.parts.store.delete_image_version(found.gallery, found.image, found.version)
         self.parts.changes.bump()
+
+
+def _check_regions(version: ImageVersion, hosts: list[Host]) -> None:
+    """Each target region is this machine's engine's location or one with hosts (the copies go there)."""
+    located = {h.location.lower() for h in hosts} | {LOCAL_LOCATION}
+    for i, location in enumerate(version.target_locations):
+        if location.lower() not in located:
+            raise InvalidInput(
+                f"properties.publishingProfile.targetRegions[{i}].name: no host is in {location} (this machine's"
+                f" engine is location {LOCAL_LOCATION})",
+                target=f"properties.publishingProfile.targetRegions[{i}].name",
+            )

@@ -10,7 +10,7 @@ from overhaul.aio import Changes
 from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import Conflict, InvalidInput, OverhaulError
 from overhaul.core.gallery import ImageVersion, resolve
-from overhaul.core.hosts import Host
+from overhaul.core.hosts import LOCAL_LOCATION, Host
 from overhaul.core.model import HealthSourceKind, ScaleSet, model_digest
 from overhaul.core.naming import data_disk_name
 from overhaul.core.planner import PlacementError, Slot
@@ -66,11 +66,21 @@ class Instances:
         """The hosts the scale set's new instances may go on: its host group's, else those of its location in its
         zones; none: the orchestrator's own engine (as when no host is configured)."""
         hosts = list((await self.hosts()).values())
-        if not hosts or model.is_vm:
-            if model.host_group and model.is_vm:
+        if model.is_vm:
+            if model.host_group:
                 raise InvalidInput("properties.hostGroup.id: VM scale sets run on this machine", target=HOST_GROUP)
             return []
         groups = {g.name.lower(): g for g in await self.store.host_groups()}
+        if not model.host_group and model.location.lower() != LOCAL_LOCATION:
+            in_location = [h for h in hosts if groups[h.group.lower()].location.lower() == model.location.lower()]
+            if not in_location:
+                raise InvalidInput(
+                    f"location: no host is in {model.location} (this machine's engine is location {LOCAL_LOCATION}):"
+                    " add a host group there first",
+                    target="location",
+                )
+        if not hosts:
+            return []
         if model.host_group:
             name = model.host_group.rstrip("/").rsplit("/", 1)[-1].lower()
             if name not in groups:

@@ -116,6 +116,7 @@ class ScaleSets:
             check_new_model(model)
         except ModelError as exc:
             raise InvalidInput(str(exc), target=exc.path) from exc
+        await self.parts.instances.candidates(model)  # a location, zone or host group no host serves: 400
         previous = await self.parts.store.get_scale_set(ref.name)
         if previous is None:
             return model, None
