@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import pytest
 
 from demo import busybox_images
 from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
-from overhaul.adapters.drivers.hosts import HostRouter, engine_drivers
+from overhaul.adapters.drivers.hosts import HostRouter, engine_drivers, forward_directory
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.core.hosts import Host, parse_host
 from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec
@@ -275,3 +276,21 @@ def key_line_of(directory: Path) -> str:
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "other")], check=True, timeout=30
     )
     return (directory / "other.pub").read_text().strip()
+
+
+def test_ssh_forwards_of_a_deep_state_directory_live_in_one_private_directory_of_tmp(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 90) / "ssh"
+    made = [forward_directory(deep)]
+    try:
+        first = made[0]
+        assert len(str(first)) < 60 and first.is_dir() and (first.stat().st_mode & 0o777) == 0o700
+        assert forward_directory(deep) == first  # the same one at every start: none left behind per start
+        made.append(forward_directory(tmp_path / "other" / ("e" * 90)))
+        assert made[-1] != first
+        assert forward_directory(tmp_path / "ssh") == tmp_path / "ssh"  # short enough: where it was asked
+        first.chmod(0o755)  # not private (made by someone else, say): a fresh private one instead
+        made.append(forward_directory(deep))
+        assert made[-1] != first
+    finally:
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -5,8 +5,12 @@ record changes), the orchestrator's own engine for instances with no host. A spe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import hashlib
 import logging
+import os
+import stat
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -250,10 +254,18 @@ def engine_drivers(base: EngineSettings) -> DriverFactory:
 
 def forward_directory(wanted: Path) -> Path:
     """Where SSH forwards put their sockets: ``wanted`` unless its path leaves a socket's name too little room (107
-    bytes in all), then a private directory of /tmp."""
+    bytes in all), then a private directory of /tmp named after it (the same at every start: none is left behind
+    per start), or a fresh one when that name is held by something not ours alone."""
     if len(str(wanted)) <= 80:
         return wanted
-    return Path(tempfile.mkdtemp(prefix="overhaul-ssh-"))
+    digest = hashlib.sha256(str(wanted).encode()).hexdigest()[:16]
+    short = Path(tempfile.gettempdir()) / f"overhaul-ssh-{os.getuid()}-{digest}"
+    with contextlib.suppress(FileExistsError):
+        short.mkdir(mode=0o700)
+    info = short.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return Path(tempfile.mkdtemp(prefix="overhaul-ssh-"))
+    return short
 
 
 def placed_hosts(store: Store) -> HostList:
