@@ -50,10 +50,14 @@ def model_from_args(args: argparse.Namespace) -> dict[str, Any]:
         profile["networkProfile"] = {
             "healthProbe": {"protocol": "Http", "port": args.health_probe_port, "requestPath": args.health_probe_path}
         }
+    properties: dict[str, Any] = {"upgradePolicy": {"mode": args.upgrade_policy_mode}, "virtualMachineProfile": profile}
+    if args.host_group:
+        properties["hostGroup"] = {"id": args.host_group}
     return {
         "location": args.location,
+        **({"zones": args.zones} if args.zones else {}),
         "sku": {"name": "Standard_VM" if args.vm else "Standard_Container", "capacity": args.instance_count},
-        "properties": {"upgradePolicy": {"mode": args.upgrade_policy_mode}, "virtualMachineProfile": profile},
+        "properties": properties,
     }
 
 
@@ -289,7 +293,9 @@ def add_create_flags(create: argparse.ArgumentParser) -> None:
     create.add_argument("--instance-count", type=int, default=2)
     create.add_argument("--upgrade-policy-mode", default="Automatic", choices=["Automatic", "Manual", "Rolling"])
     create.add_argument("--data-disk-sizes-gb", type=int, nargs="*")
-    create.add_argument("--location", default="local")
+    create.add_argument("--location", "-l", default="local")
+    create.add_argument("--zones", nargs="*", help="the zones its instances are spread over (their hosts')")
+    create.add_argument("--host-group", help="the id of the host group to place it on (default: its location's)")
     create.add_argument("--health-probe-port", type=int, help="container port of an HTTP health endpoint")
     create.add_argument("--health-probe-path", default="/health")
     create.add_argument("--vm", action="store_true", help="QEMU VMs, not containers (versions need a diskImage)")
