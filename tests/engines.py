@@ -81,7 +81,15 @@ def podman_host(images: Callable[[list[str]], None] = lambda store: None) -> Ite
             yield url
     finally:
         subprocess.run(["podman", *store, "system", "prune", "-af"], capture_output=True, timeout=120, check=False)
+        # The overlay driver may keep its directory mounted on itself (a store whose first user was the service).
+        for mounted in sorted(mounts_under(directory), reverse=True):
+            subprocess.run(["umount", mounted], capture_output=True, timeout=60, check=False)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def mounts_under(directory: Path) -> list[str]:
+    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if len(line.split()) > 1]
+    return [p for p in points if p == str(directory) or p.startswith(f"{directory}/")]
 
 
 @contextmanager
