@@ -64,30 +64,31 @@ class Instances:
 
     async def candidates(self, model: ScaleSet) -> list[Host]:
         """The hosts the scale set's new instances may go on: its host group's, else those of its location in its
-        zones; none: the orchestrator's own engine (as when no host is configured)."""
-        hosts = list((await self.hosts()).values())
+        zones; none: the orchestrator's own engine, in location local. A group, location or zone no host serves
+        is refused (400 naming the field)."""
         if model.is_vm:
             if model.host_group:
                 raise InvalidInput("properties.hostGroup.id: VM scale sets run on this machine", target=HOST_GROUP)
             return []
+        hosts = list((await self.hosts()).values())
         groups = {g.name.lower(): g for g in await self.store.host_groups()}
-        if not model.host_group and model.location.lower() != LOCAL_LOCATION:
-            in_location = [h for h in hosts if groups[h.group.lower()].location.lower() == model.location.lower()]
-            if not in_location:
+        if model.host_group:
+            name = model.host_group.rstrip("/").rsplit("/", 1)[-1].lower()
+            in_group = [h for h in hosts if h.group.lower() == name]
+            if not in_group:
+                what = "has no host" if name in groups else "does not exist"
+                raise InvalidInput(f"{HOST_GROUP}: host group {model.host_group} {what}", target=HOST_GROUP)
+            return in_group
+        located = [h for h in hosts if groups[h.group.lower()].location.lower() == model.location.lower()]
+        if not located:
+            if model.location.lower() != LOCAL_LOCATION:
                 raise InvalidInput(
                     f"location: no host is in {model.location} (this machine's engine is location {LOCAL_LOCATION}):"
                     " add a host group there first",
                     target="location",
                 )
-        if not hosts:
             return []
-        if model.host_group:
-            name = model.host_group.rstrip("/").rsplit("/", 1)[-1].lower()
-            if name not in groups:
-                raise InvalidInput(f"{HOST_GROUP}: no host group {model.host_group}", target=HOST_GROUP)
-            return [h for h in hosts if h.group.lower() == name]
-        located = [h for h in hosts if groups[h.group.lower()].location.lower() == model.location.lower()]
-        if model.zones and located:
+        if model.zones:
             located = [h for h in located if groups[h.group.lower()].zone in model.zones]
             if not located:
                 raise InvalidInput(
