@@ -9,14 +9,18 @@ makes every write refused and /healthz unavailable, rather than writes acknowled
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import socket
 from pathlib import Path
 
-from overhaul.ports.lease import LeaseHeld
+from overhaul.ports.lease import Holder
+
+TOKEN_FILE = "lease.token"  # the last fencing token handed out here
 
 
 def socket_name(state_dir: Path) -> bytes:
@@ -37,10 +41,16 @@ def changed(path: Path, identity: tuple[int, int], what: str, kind: str) -> str 
 
 
 class StateDirLease:
-    def __init__(self, state_dir: Path, database: str = "overhaul.db") -> None:
+    """The Lease port for a state directory (the embedded SQLite store's): the kernel's locks say who holds it, so
+    it never expires while its holder lives; it is lost when the directory is replaced underneath."""
+
+    def __init__(self, state_dir: Path, me: Holder, database: str = "overhaul.db") -> None:
         self.state_dir = state_dir
+        self.me = me
         self.path = state_dir / "serve.lock"
         self.database = state_dir / database
+        self.lost = asyncio.Event()
+        self._token: int | None = None
         self._fd: int | None = None
         self._dir_fd: int | None = None
         self._socket: socket.socket | None = None
@@ -48,17 +58,17 @@ class StateDirLease:
         self._database_identity: tuple[int, int] | None = None
 
     @property
-    def token(self) -> int:
-        return 1  # one host, one holder at a time: the fencing token of a shared store comes with it
+    def token(self) -> int | None:
+        return self._token
 
-    def acquire(self) -> None:
+    async def acquire(self) -> int | None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             named.bind(socket_name(self.state_dir))
         except OSError:
             named.close()
-            raise LeaseHeld(self._held_message()) from None
+            return None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         dir_fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -68,20 +78,56 @@ class StateDirLease:
             os.close(fd)
             os.close(dir_fd)
             named.close()
-            raise LeaseHeld(self._held_message()) from None
+            return None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        holder = {"pid": os.getpid(), "name": self.me.name, "address": self.me.address}
+        os.write(fd, (json.dumps(holder) + "\n").encode())
         self._fd, self._dir_fd, self._socket = fd, dir_fd, named
         info = os.fstat(dir_fd)
         self._identity = (info.st_dev, info.st_ino)
+        self._token = self._next_token()
+        self.lost.clear()
+        return self._token
 
-    def _held_message(self) -> str:
+    def _next_token(self) -> int:
+        """One more than the last holder's (kept in the directory, so a restart's is greater too)."""
+        path = self.state_dir / TOKEN_FILE
         try:
-            holder = self.path.read_text().strip() or "unknown"
+            last = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            last = 0
+        written = path.with_suffix(".new")
+        with open(os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(f"{last + 1}\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(written, path)
+        return last + 1
+
+    async def renew(self) -> bool:
+        if self._fd is None or self.check() is not None:
+            self.lost.set()
+            return False
+        return True
+
+    def valid(self) -> bool:
+        return self._fd is not None and not self.lost.is_set()
+
+    async def holder(self) -> Holder | None:
+        try:
+            recorded = self.path.read_text().strip()
         except OSError:
-            holder = "unknown"
+            return None
+        try:
+            doc = json.loads(recorded)
+            return Holder(str(doc["name"]), str(doc.get("address", "")))
+        except (ValueError, KeyError, TypeError):
+            return Holder(f"pid {recorded}") if recorded else None  # written by an older serve: its pid
+
+    def held_message(self, holder: Holder | None) -> str:
+        who = f"{holder.name}{f', API {holder.address}' if holder.address else ''}" if holder else "unknown"
         return (
-            f"state directory {self.state_dir} is in use by another overhaul serve (pid {holder}); "
+            f"state directory {self.state_dir} is in use by another overhaul serve ({who}); "
             "stop it, or give this one its own --state-dir"
         )
 
@@ -99,7 +145,7 @@ class StateDirLease:
             problem = changed(self.database, self._database_identity, "the database", "file")
         return problem
 
-    def release(self) -> None:
+    async def release(self) -> None:
         for fd in (self._fd, self._dir_fd):
             if fd is not None:
                 if fd == self._fd:
@@ -111,3 +157,4 @@ class StateDirLease:
             self._socket.close()
             self._socket = None
         self._identity = self._database_identity = None
+        self._token = None

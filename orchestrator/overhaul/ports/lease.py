@@ -1,23 +1,50 @@
 """The lease port: the right to act on a fleet, held by one orchestrator at a time.
 
 ``token`` is a fencing token: it grows with every new holder, so a write made under an old lease can be told
-from one made under the current lease."""
+from one made under the current lease. A holder checks ``valid()`` (its own clock's word, no round trip) before
+it acts, renews the lease while it holds it, and stops acting once ``lost`` is set."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from typing import Protocol
 
 
-class LeaseHeld(Exception):
-    """Another holder has the lease; the message names it."""
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lease: a name (host and process) and where its API answers ("" when unknown)."""
+
+    name: str
+    address: str = ""
+
+
+class LeaseLost(Exception):
+    """The lease is held by another now (or could not be renewed in time): nothing more is done under it."""
 
 
 class Lease(Protocol):
-    @property
-    def token(self) -> int: ...
+    lost: asyncio.Event  # set once the lease is no longer held
 
-    def acquire(self) -> None:
-        """Takes the lease or raises LeaseHeld."""
+    @property
+    def token(self) -> int | None:
+        """The fencing token while held (None before it is taken)."""
         ...
 
-    def release(self) -> None: ...
+    async def acquire(self) -> int | None:
+        """Takes the lease: its fencing token, or None while another holds it (``holder`` says who)."""
+        ...
+
+    async def renew(self) -> bool:
+        """True while the lease is still held; False, with ``lost`` set, once it is not."""
+        ...
+
+    def valid(self) -> bool:
+        """Whether the holder may act now, by its own clock (held, renewed in time, not lost)."""
+        ...
+
+    async def holder(self) -> Holder | None:
+        """The current holder, as the lease records it (None: nobody)."""
+        ...
+
+    async def release(self) -> None: ...

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +33,7 @@ from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
 from overhaul.adapters.webhook import WebhookDeliverer
 from overhaul.aio import Backoff, cancel_and_wait, restarting
 from overhaul.ports.driver import Driver, DriverError, HostStatuses, ImageCopies
-from overhaul.ports.lease import LeaseHeld
+from overhaul.ports.lease import Holder
 from overhaul.ports.store import Store
 from overhaul.runtime.auto_upgrader import AutoUpgrader
 from overhaul.runtime.orchestrator import Orchestrator
@@ -114,22 +115,21 @@ async def serve(settings: ServeSettings, stop: asyncio.Event) -> int:
     except (StateDirError, OSError) as exc:
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
-    lease = StateDirLease(state_dir)
-    try:
-        lease.acquire()
-    except LeaseHeld as exc:
-        print(f"overhaul serve: {exc}", file=sys.stderr)
+    me = Holder(f"{socket.gethostname()} pid {os.getpid()}", f"http://{settings.http.host}:{settings.http.port}")
+    lease = StateDirLease(state_dir, me)
+    if await lease.acquire() is None:
+        print(f"overhaul serve: {lease.held_message(await lease.holder())}", file=sys.stderr)
         return 1
     try:
         token = ensure_token(state_dir)
     except (StateDirError, OSError) as exc:
-        lease.release()
+        await lease.release()
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
     try:
         return await _serve(settings, stop, token, lease)
     finally:
-        lease.release()
+        await lease.release()
 
 
 def announce(settings: ServeSettings) -> None:
