@@ -15,13 +15,16 @@ from typing import Any
 from overhaul.core.lifecycle_hooks import ActionState, EventState, HookEvent, LifecycleHook, batch_event
 from overhaul.core.maintenance import MaintenanceWindow, parse_window
 from overhaul.core.model import RollingUpgradePolicy, parse_rolling_policy
-from overhaul.core.planner import InstanceView, exceeds, needs_upgrade, plan_batches, unhealthy_count
+from overhaul.core.planner import Health, InstanceView, exceeds, needs_upgrade, plan_batches, unhealthy_count
 from overhaul.core.triage import Fault, infrastructure_end
 
 # Stable error codes, Azure's where Azure has one.
 MAX_UNHEALTHY = "MaxUnhealthyInstancePercentExceededInRollingUpgrade"
 MAX_UNHEALTHY_UPGRADED = "MaxUnhealthyUpgradedInstancePercentExceededInRollingUpgrade"
 HOST_UNREACHABLE = Fault.HOST_UNREACHABLE.value
+
+# How long a resumed attempt waits for its health source's first word on each instance before it judges without.
+FIRST_LOOK = 30.0
 
 
 class AttemptStatus(StrEnum):
@@ -233,6 +236,8 @@ class Attempt:
     # ends Faulted (HostUnreachable), leaving them as they are. ``hosts_down_since``: when that wait began.
     host_outage_timeout: float = 600.0
     hosts_down_since: float | None = None
+    # When this orchestrator began looking at the attempt (resume): not kept, each process looks afresh.
+    looking_since: float | None = field(default=None, compare=False)
 
     def unhealthy_now(self, views: Mapping[int, InstanceView]) -> int:
         """Unhealthy instances as maxUnhealthyInstancePercent counts them: the pre-existing ones left out."""
@@ -354,12 +359,13 @@ def request_cancel(attempt: Attempt, now: float) -> Attempt:
     return replace(attempt, cancel_requested=True, last_action="Cancel", last_action_time=now)
 
 
-def resume(attempt: Attempt) -> Attempt:
-    """After a crash an in-flight action's outcome is unknown: issue it again (drivers are idempotent)."""
+def resume(attempt: Attempt, now: float | None = None) -> Attempt:
+    """After a crash an in-flight action's outcome is unknown: issue it again (drivers are idempotent). ``now``:
+    when this orchestrator began looking (it gives its health source FIRST_LOOK for a first word on each)."""
     instances = {
         i: replace(p, step=IN_FLIGHT[p.step]) if p.step in IN_FLIGHT else p for i, p in attempt.instances.items()
     }
-    return replace(attempt, instances=instances)
+    return replace(attempt, instances=instances, looking_since=now)
 
 
 def _remaining(attempt: Attempt, views: Mapping[int, InstanceView]) -> list[tuple[int, ...]]:
@@ -429,6 +435,10 @@ def _advance_batch(attempt: Attempt, views: Mapping[int, InstanceView], now: flo
             # Decided as soon as the answer is known: waiting out the timeout would change nothing.
             error = f"{view.health.value} after the reimage: {view.detail or 'no reason given'}"
             instances[instance_id] = replace(progress, step=failed_step, since=now, error=error)
+        elif progress.deadline is not None and now >= progress.deadline and _unheard(attempt, view, now):
+            # A resumed orchestrator has not heard from it yet: its own downtime is not the instance's failure.
+            first_look = (attempt.looking_since or now) + FIRST_LOOK
+            wake_at = first_look if wake_at is None else min(wake_at, first_look)
         elif progress.deadline is not None and now >= progress.deadline:
             seen = view.health.value if view is not None else "not observed"
             detail = f": {view.detail}" if view is not None and view.detail else ""
@@ -589,15 +599,9 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
     held = _held_by_window(attempt, now, cleanup)
     if held is not None:
         return held
-    unhealthy = attempt.unhealthy_now(views)
-    if exceeds(unhealthy, attempt.capacity, attempt.policy.max_unhealthy_instance_percent):
-        message = (
-            f"{unhealthy} of {attempt.capacity} instances are unhealthy, more than "
-            f"maxUnhealthyInstancePercent ({attempt.policy.max_unhealthy_instance_percent}%): "
-            "no further batch was started"
-        )
-        attempt = replace(attempt, unhealthy=unhealthy)
-        return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=MAX_UNHEALTHY, message=message)
+    blocked = _before_a_batch(attempt, views, now, cleanup)
+    if blocked is not None:
+        return blocked
     gated = _through_gate(attempt, remaining, now, cleanup)
     if isinstance(gated, Decision):
         return gated
@@ -616,6 +620,37 @@ def decide(attempt: Attempt, views: Mapping[int, InstanceView], now: float) -> D
         pending=sum(len(b) for b in remaining[1:]),
     )
     return Decision(attempt, (*cleanup, *actions))
+
+
+def _before_a_batch(
+    attempt: Attempt, views: Mapping[int, InstanceView], now: float, cleanup: tuple[Action, ...]
+) -> Decision | None:
+    """No batch starts on a guess: not before a resumed attempt heard from every instance (FIRST_LOOK at most),
+    nor with too many unhealthy (maxUnhealthyInstancePercent: Fault)."""
+    if attempt.looking_since is not None and any(_unheard(attempt, v, now) for v in views.values()):
+        return Decision(attempt, cleanup, wake_at=attempt.looking_since + FIRST_LOOK)
+    unhealthy = attempt.unhealthy_now(views)
+    if not exceeds(unhealthy, attempt.capacity, attempt.policy.max_unhealthy_instance_percent):
+        return None
+    message = (
+        f"{unhealthy} of {attempt.capacity} instances are unhealthy, more than "
+        f"maxUnhealthyInstancePercent ({attempt.policy.max_unhealthy_instance_percent}%): "
+        "no further batch was started"
+    )
+    attempt = replace(attempt, unhealthy=unhealthy)
+    return _end(attempt, AttemptStatus.FAULTED, now, cleanup, code=MAX_UNHEALTHY, message=message)
+
+
+def _unheard(attempt: Attempt, view: InstanceView | None, now: float) -> bool:
+    """The health source has said nothing of it since the attempt was resumed, within FIRST_LOOK of that."""
+    return (
+        attempt.looking_since is not None
+        and now < attempt.looking_since + FIRST_LOOK
+        and view is not None
+        and not view.unreachable
+        and view.health is Health.UNKNOWN
+        and view.observed_at == 0.0
+    )
 
 
 def apply_result(attempt: Attempt, result: ActionResult, now: float) -> Attempt:

@@ -145,7 +145,7 @@ class Reconciler:
         """Drives one attempt to its end; safe to call again on an attempt loaded after a crash. Driver actions
         run as tasks, so deciding goes on while they do: the commits of one batch overlap the reimages of the next.
         Every action is journaled before it starts and after it ends."""
-        attempt = resume(attempt)
+        attempt = resume(attempt, self.clock())
         wake = self._wakeups.setdefault(attempt.id, asyncio.Event())
         in_flight: dict[asyncio.Task[ActionResult], Action] = {}
         loop = asyncio.get_running_loop()
