@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -291,6 +292,9 @@ def test_ssh_forwards_of_a_deep_state_directory_live_in_one_private_directory_of
         first.chmod(0o755)  # not private (made by someone else, say): a fresh private one instead
         made.append(forward_directory(deep))
         assert made[-1] != first
+        before = sorted(Path(tempfile.gettempdir()).glob("overhaul-ssh-*"))
+        engine_drivers(EngineSettings(config_root=tmp_path / ("f" * 90) / "config"))
+        assert sorted(Path(tempfile.gettempdir()).glob("overhaul-ssh-*")) == before  # none until an ssh host is made
     finally:
         for directory in made:
             shutil.rmtree(directory, ignore_errors=True)

@@ -236,7 +236,8 @@ def engine_drivers(base: EngineSettings) -> DriverFactory:
             remote=host.engine.scheme != "unix",
             service_dir=None,
         )
-        forward = SshForward(host, forwards) if host.engine.scheme == "ssh" else None
+        # Made when an ssh host's driver first is (a serve with no ssh host leaves nothing in /tmp).
+        forward = SshForward(host, forward_directory(forwards)) if host.engine.scheme == "ssh" else None
         driver = EngineDriver(settings, through=forward)
         try:
             await driver.start()
@@ -248,7 +249,7 @@ def engine_drivers(base: EngineSettings) -> DriverFactory:
             raise
         return driver
 
-    forwards = forward_directory(base.config_root.parent / "ssh")
+    forwards = base.config_root.parent / "ssh"
     return make
 
 
