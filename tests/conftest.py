@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from overhaul_agent.agent import Agent
 from overhaul_agent.config import AgentConfig
 from overhaul_agent.metadata import InstanceMetadata
 from overhaul_agent.settings import parse_settings
+from tests.postgres import Postgres, available
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +33,20 @@ async def no_leftover_tasks() -> AsyncIterator[None]:
             return
         await asyncio.sleep(0.01)
     pytest.fail(f"tasks left running: {[t.get_name() for t in leftover]}")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster per test process (each test takes a database of its own from it)."""
+    missing = available()
+    if missing is not None:
+        pytest.fail(missing)  # not a skip: the machine set-up installs it
+    cluster = Postgres()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 @dataclass

@@ -1,33 +1,32 @@
-"""The Store port's contract, the same assertions over every store (SQLite today; PostgreSQL joins with one entry
-in STORES): what is written reads back, after a reopen too; names compare case-insensitively; "one active attempt
+"""The Store port's contract, the same assertions over every store (SQLite, and PostgreSQL on a throwaway
+cluster): what is written reads back, after a reopen too; names compare case-insensitively; "one active attempt
 per scale set" holds under concurrent starts; cancels and approvals reach only an active attempt; the journal keeps
 its order; history keeps what the retention says."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
+from overhaul.adapters.store.postgresql import PostgresStore
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.cloud_events import CloudEvent, Delivery, EventType, parse_event_subscription
 from overhaul.core.errors import Conflict
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion
 from overhaul.core.hosts import parse_host, parse_host_group
 from overhaul.core.lifecycle_hooks import ActionState, HookType, LifecycleHook, Response, batch_event, respond
+from overhaul.core.maintenance import ConfigurationAssignment, parse_maintenance_configuration
 from overhaul.core.model import RollingUpgradePolicy, parse_scale_set
 from overhaul.core.network import parse_load_balancer
 from overhaul.core.planner import Health, InstanceView
+from overhaul.core.replication import Replica, ReplicaState
 from overhaul.core.rollout import Action, ActionKind, ActionResult, Attempt, AttemptStatus, StartedBy, start
 from overhaul.ports.store import HistoryRetention, Store
 from tests.builders import RUNTIME_MODEL
-
-STORES: dict[str, Callable[[Path, HistoryRetention], Store]] = {
-    "sqlite": lambda directory, retention: SqliteStore(directory / "overhaul.db", retention),
-}
 
 
 @dataclass
@@ -35,22 +34,30 @@ class Opened:
     """A store, and how to open it again on the same data (as a restarted orchestrator does)."""
 
     store: Store
-    reopen: Callable[[], Store]
+    reopen: Callable[[], Awaitable[Store]]
 
 
-@pytest.fixture(params=list(STORES))
+@pytest.fixture(params=["sqlite", "postgresql"])
 async def opened(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opened]:
-    def make() -> Store:
-        return STORES[request.param](tmp_path, HistoryRetention(keep=3))
+    retention = HistoryRetention(keep=3)
+    if request.param == "sqlite":
 
-    handle = Opened(make(), make)
+        async def make() -> Store:
+            return SqliteStore(tmp_path / "overhaul.db", retention)
+    else:
+        url = request.getfixturevalue("postgres").create_database()
+
+        async def make() -> Store:
+            return await PostgresStore.open(url, retention)
+
+    handle = Opened(await make(), make)
     yield handle
     await handle.store.close()
 
 
 async def reopened(handle: Opened) -> Store:
     await handle.store.close()
-    handle.store = handle.reopen()
+    handle.store = await handle.reopen()
     return handle.store
 
 
@@ -284,3 +291,52 @@ async def test_the_outbox_keeps_each_delivery_once_until_it_is_delivered_or_dead
     assert await store.pending_deliveries() == 0 and await store.next_delivery() is None
     await store.delete_event_subscription(subscription.id.upper())
     assert await store.event_subscriptions() == [] and await store.dead_letters(subscription.id) == []
+
+
+async def test_copies_of_a_version_are_kept_only_while_the_version_and_the_host_exist(opened: Opened) -> None:
+    store = opened.store
+    await store.put_host_group(
+        parse_host_group(
+            {"location": "edge", "properties": {"platformFaultDomainCount": 1}},
+            name="rack",
+            resource_group="rg",
+            subscription="s",
+        )
+    )
+    body = {"properties": {"overhaul": {"engine": "unix:///a.sock"}}}
+    host = parse_host(body, group="rack", name="h1", resource_group="rg", subscription="s")
+    await store.put_host(host)
+    version = ImageVersion("g", "os", "1.0.0", "localhost/os:1.0.0", published_at=5.0, quarantine="bad batch 1")
+    await store.put_image_version(version)
+    copying = Replica(host.id, "edge", ReplicaState.REPLICATING, 40, updated=6.0)
+    await store.put_replica("g", "os", "1.0.0", copying)
+    await store.put_replica("g", "os", "9.9.9", copying)  # no such version: not kept
+    other = Replica(host.id.replace("/h1", "/gone"), "edge", ReplicaState.FAILED, details="refused")
+    await store.put_replica("g", "os", "1.0.0", other)  # no such host: not kept
+    store = await reopened(opened)
+    [read] = await store.image_versions()
+    assert read.replicas == (copying,) and read.quarantine == "bad batch 1"
+    done = replace(copying, state=ReplicaState.COMPLETED, progress=100)
+    await store.put_image_version(replace(version, quarantine=None, replicas=(done,)), replicas=True)
+    [read] = await store.image_versions()
+    assert read.replicas == (done,) and read.quarantine is None
+    await store.put_image_version(replace(version, replicas=()))  # replicas=False: the copies are kept
+    assert (await store.image_versions())[0].replicas == (done,)
+    await store.delete_host("rack", "h1")
+    assert (await store.image_versions())[0].replicas == ()
+
+
+async def test_maintenance_configurations_and_their_assignments_read_back(opened: Opened) -> None:
+    window = {"startDateTime": "2026-11-01 22:00", "duration": "05:00", "timeZone": "UTC", "recurEvery": "Day"}
+    doc = {"location": "local", "properties": {"maintenanceScope": "OSImage", "maintenanceWindow": window}}
+    configuration = parse_maintenance_configuration(doc, name="Nightly", resource_group="rg", subscription="s")
+    assignment = ConfigurationAssignment("a1", "Web", "rg", "s", "local", configuration.id)
+    store = opened.store
+    await store.put_maintenance_configuration(configuration)
+    await store.put_configuration_assignment(assignment)
+    store = await reopened(opened)
+    assert await store.maintenance_configurations() == [configuration]
+    assert await store.configuration_assignments("web") == [assignment] == await store.configuration_assignments()
+    await store.delete_configuration_assignment("WEB", "A1")
+    await store.delete_maintenance_configuration("nightly")
+    assert (await store.maintenance_configurations(), await store.configuration_assignments()) == ([], [])

@@ -1,0 +1,111 @@
+"""What the shared PostgreSQL store adds to the contract every store keeps (test_store_contract.py), on a real
+throwaway cluster: replicas migrating one database at once, a schema newer than the code, one active attempt over
+several replicas' pools, the server killed and back, writes fenced by the lease's token, the password never shown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+from overhaul.adapters.store.postgresql import MIGRATIONS, PostgresStore, SchemaTooNew, redacted
+from overhaul.core.model import parse_scale_set
+from overhaul.ports.lease import LeaseLost
+from overhaul.ports.store import StoreUnavailable
+from tests.adapters.store.test_store_contract import REFERENCE, attempt
+from tests.builders import RUNTIME_MODEL
+from tests.postgres import Postgres
+
+
+async def sql(url: str, statement: str, *params: object) -> list[tuple[object, ...]]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cursor = await conn.execute(statement.encode(), params or None)
+        return await cursor.fetchall() if cursor.description else []
+
+
+async def test_replicas_starting_together_migrate_the_database_once(postgres: Postgres) -> None:
+    url = postgres.create_database()
+    stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(3)))
+    try:
+        assert await sql(url, "SELECT version FROM overhaul_migrations") == [
+            (v,) for v in range(1, len(MIGRATIONS) + 1)
+        ]
+        assert [await s.schema_version() for s in stores] == [len(MIGRATIONS)] * 3
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_schema_newer_than_the_code_is_refused_naming_both_versions(postgres: Postgres) -> None:
+    url = postgres.create_database()
+    await (await PostgresStore.open(url)).close()
+    newer = len(MIGRATIONS) + 1
+    await sql(url, "INSERT INTO overhaul_migrations (version) VALUES (%s)", newer)
+    with pytest.raises(SchemaTooNew, match=f"version {newer}, newer than this overhaul's \\({len(MIGRATIONS)}\\)"):
+        await PostgresStore.open(url)
+
+
+@pytest.fixture
+async def two_replicas(postgres: Postgres) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    url = postgres.create_database()
+    first, second = await PostgresStore.open(url), await PostgresStore.open(url)
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+async def test_one_active_attempt_per_scale_set_over_two_replicas(two_replicas: tuple[PostgresStore, ...]) -> None:
+    starts = [two_replicas[i % 2].start_attempt(attempt("Web", f"a{i}"), REFERENCE) for i in range(40)]
+    outcomes = await asyncio.gather(*starts)
+    winners = [f"a{i}" for i, busy in enumerate(outcomes) if busy is None]
+    assert len(winners) == 1 and {busy for busy in outcomes if busy} == set(winners)
+    assert [s.attempt.id for s in await two_replicas[1].unfinished_attempts()] == winners
+
+
+async def test_a_write_under_an_old_lease_token_is_refused_and_nothing_is_written(
+    two_replicas: tuple[PostgresStore, ...],
+) -> None:
+    old, new = two_replicas
+    url = old.url
+    await sql(url, "INSERT INTO lease VALUES ('leader', 'a', '', 1, now() + interval '10 seconds')")
+    old.fence_with(lambda: 1)
+    model = parse_scale_set(RUNTIME_MODEL, name="web", resource_group="rg", subscription="sub")
+    await old.put_scale_set(model, 1.0)  # its token is the lease's: written
+    await sql(url, "UPDATE lease SET holder = 'b', token = 2")  # taken over
+    new.fence_with(lambda: 2)
+    with pytest.raises(LeaseLost, match="made under lease token 1, the lease's is 2"):
+        await old.start_attempt(attempt("web", "late"), REFERENCE)
+    with pytest.raises(LeaseLost):
+        await old.delete_scale_set("web")
+    assert await old.get_attempt("late") is None and await old.get_scale_set("web") == model  # reads still answer
+    assert await new.start_attempt(attempt("web", "a1"), REFERENCE) is None
+
+
+async def test_a_killed_server_makes_calls_unavailable_until_it_is_back() -> None:
+    cluster = Postgres()
+    try:
+        cluster.start()
+        store = await PostgresStore.open(cluster.url(), call_timeout=3.0)
+        try:
+            model = parse_scale_set(RUNTIME_MODEL, name="web", resource_group="rg", subscription="sub")
+            await store.put_scale_set(model, 1.0)
+            cluster.kill()
+            with pytest.raises(StoreUnavailable, match="the PostgreSQL store cannot be reached"):
+                await store.list_scale_sets()
+            with pytest.raises(StoreUnavailable):
+                await store.put_scale_set(model, 2.0)
+            assert "cannot be reached" in (store.problem() or "")
+            await asyncio.to_thread(cluster.start)
+            assert await store.list_scale_sets() == [model]  # the pool's connections are checked before use
+            assert store.problem() is None
+        finally:
+            await store.close()
+    finally:
+        cluster.remove()
+
+
+def test_the_store_url_is_shown_without_its_password() -> None:
+    assert redacted("postgresql://ovh:s3cret@db:5432/fleet") == "postgresql://ovh:***@db:5432/fleet"
+    assert redacted("postgresql://ovh@db/fleet") == "postgresql://ovh@db/fleet"
