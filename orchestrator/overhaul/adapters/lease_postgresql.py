@@ -55,6 +55,7 @@ class PostgresLease:
         self._pool = Pool(url, 1, renew_every)
         self._token: int | None = None
         self._deadline = 0.0
+        self._expiry: asyncio.TimerHandle | None = None
 
     @property
     def token(self) -> int | None:
@@ -67,6 +68,17 @@ class PostgresLease:
             self.lost.set()  # not renewed in time: another may take it from now on
             return False
         return True
+
+    def _held_until(self, deadline: float) -> None:
+        """``lost`` is set at ``deadline`` unless a renewal moves it: waiters learn it then, not at the next call."""
+        self._deadline = deadline
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(max(0.0, deadline - self._monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        if self.valid() and self._token is not None:  # woken a little early: again at the deadline
+            self._held_until(self._deadline)
 
     async def acquire(self) -> int | None:
         if self.valid() and await self.renew():
@@ -107,8 +119,9 @@ class PostgresLease:
         self.refusal = None
         if previous:
             self.takeovers += 1
-        self._token, self._deadline = token, sent + self.ttl - self.margin
+        self._token = token
         self.lost.clear()
+        self._held_until(sent + self.ttl - self.margin)
         return token
 
     async def renew(self) -> bool:
@@ -128,7 +141,7 @@ class PostgresLease:
         if not kept:
             self.lost.set()
             return False
-        self._deadline = sent + self.ttl - self.margin
+        self._held_until(sent + self.ttl - self.margin)
         return self.valid()
 
     async def holder(self) -> Holder | None:
@@ -147,6 +160,8 @@ class PostgresLease:
         """Ends the lease now (a standby need not wait for it to expire), then closes the connection."""
         token, self._token = self._token, None
         self.lost.set()
+        if self._expiry is not None:
+            self._expiry.cancel()
         try:
             if token is not None:
                 async with asyncio.timeout(self.renew_every), self._pool.connection() as conn:

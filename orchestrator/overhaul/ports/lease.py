@@ -10,6 +10,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
+from overhaul.core.errors import Unavailable
+
 
 @dataclass(frozen=True)
 class Holder:
@@ -19,8 +21,11 @@ class Holder:
     address: str = ""
 
 
-class LeaseLost(Exception):
-    """The lease is held by another now (or could not be renewed in time): nothing more is done under it."""
+class LeaseLost(Unavailable):
+    """The lease is held by another now (or could not be renewed in time): nothing more is done under it. The API
+    answers 503 NoLeader: the write was not made, and the next leader takes it."""
+
+    code = "NoLeader"
 
 
 class Lease(Protocol):

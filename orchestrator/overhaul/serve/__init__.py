@@ -15,11 +15,13 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings, Ulimit
+from overhaul.adapters.drivers.fenced import FencedDriver
 from overhaul.adapters.drivers.hosts import HostRouter, engine_drivers, memory_drivers, placed_hosts
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.adapters.drivers.qemu import QemuDriver, QemuSettings
@@ -29,17 +31,20 @@ from overhaul.adapters.http.app import build_app
 from overhaul.adapters.http.gate import BACKLOG, GatedSite, connection_limit
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.lease import StateDirLease
+from overhaul.adapters.lease_postgresql import PostgresLease
+from overhaul.adapters.store.postgresql import PostgresStore, SchemaTooNew, redacted
 from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
 from overhaul.adapters.webhook import WebhookDeliverer
 from overhaul.aio import Backoff, cancel_and_wait, restarting
 from overhaul.ports.driver import Driver, DriverError, HostStatuses, ImageCopies
-from overhaul.ports.lease import Holder
-from overhaul.ports.store import Store
+from overhaul.ports.lease import Holder, LeaseLost
+from overhaul.ports.store import Store, StoreUnavailable
 from overhaul.runtime.auto_upgrader import AutoUpgrader
+from overhaul.runtime.leadership import Duty, Leadership, LeadershipSettings
 from overhaul.runtime.orchestrator import Orchestrator
 from overhaul.serve import logs
 from overhaul.serve.settings import ServeSettings, SettingsError, add_arguments, load_settings, parse_ulimits
-from overhaul.serve.state_dir import StateDirError, ensure_token, make_private
+from overhaul.serve.state_dir import TOKEN_FILE, StateDirError, ensure_token, make_private, write_private
 
 log = logging.getLogger("overhaul.serve")
 
@@ -116,7 +121,7 @@ async def serve(settings: ServeSettings, stop: asyncio.Event) -> int:
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
     me = Holder(f"{socket.gethostname()} pid {os.getpid()}", f"http://{settings.http.host}:{settings.http.port}")
-    lease = StateDirLease(state_dir, me)
+    lease = StateDirLease(state_dir, me, "overhaul.db" if settings.shared_store else str(settings.database))
     if await lease.acquire() is None:
         print(f"overhaul serve: {lease.held_message(await lease.holder())}", file=sys.stderr)
         return 1
@@ -134,34 +139,92 @@ async def serve(settings: ServeSettings, stop: asyncio.Event) -> int:
 
 def announce(settings: ServeSettings) -> None:
     http, state_dir = settings.http, settings.state_path
+    store = redacted(settings.store) if settings.shared_store else str(settings.database)
     log.info(
-        "serving on http://%s:%d (state in %s, engine %s)", http.host, http.port, state_dir, settings.engine.engine
+        "serving on http://%s:%d (state in %s, store %s, engine %s)",
+        http.host,
+        http.port,
+        state_dir,
+        store,
+        settings.engine.engine,
     )
     print(f"overhaul: serving on http://{http.host}:{http.port}; token in {state_dir / 'token'}", flush=True)
 
 
-async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease: StateDirLease) -> int:
+async def open_store(settings: ServeSettings, lease: StateDirLease) -> Store:
+    if settings.shared_store:
+        return await PostgresStore.open(settings.store, settings.history)
+    store = SqliteStore(settings.database, settings.history, guard=lease.check)
+    lease.database_opened()
+    return store
+
+
+async def shared_token(store: PostgresStore, token: str, state_dir: Path) -> str:
+    """One API token for every replica: the first one's, kept in the shared store and in each state directory."""
+    shared = await store.shared_setting("api_token", token)
+    if shared != token:
+        write_private(state_dir / TOKEN_FILE, (shared + "\n").encode())
+        log.info("the API token is the shared store's (written to %s)", state_dir / TOKEN_FILE)
+    return shared
+
+
+def fence_of(lease: PostgresLease) -> Callable[[], int]:
+    """The token a write is made under: refused (LeaseLost) unless this replica holds the lease now."""
+
+    def token() -> int:
+        if not lease.valid() or lease.token is None:
+            raise LeaseLost("this orchestrator is not the leader: the write was not made")
+        return lease.token
+
+    return token
+
+
+async def _open(settings: ServeSettings, lease: StateDirLease, token: str) -> tuple[Store, str] | int:
+    """The store, and the API token (the shared store's when there is one); or the exit code."""
     try:
-        store = SqliteStore(lease.database, settings.history, guard=lease.check)
-        lease.database_opened()
-    except (StoreDamaged, sqlite3.DatabaseError, OSError) as exc:
+        store = await open_store(settings, lease)
+    except SchemaTooNew as exc:
+        print(f"overhaul serve: {exc}", file=sys.stderr)
+        return 1
+    except (StoreDamaged, StoreUnavailable, sqlite3.DatabaseError, OSError) as exc:
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
-    try:
-        drivers = await DRIVERS[settings.engine.kind](settings, store)
-    except DriverError as exc:
-        print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
-        await store.close()
-        return 1
+    if isinstance(store, PostgresStore):
+        try:
+            token = await shared_token(store, token, settings.state_path)
+        except (StoreUnavailable, OSError) as exc:
+            await store.close()
+            print(f"overhaul serve: {exc}", file=sys.stderr)
+            return 2
+    return store, token
+
+
+@dataclass
+class Assembled:
+    """The orchestrator over its store and drivers, its API, and (with a shared store) its leadership."""
+
+    orchestrator: Orchestrator
+    app: web.Application
+    duties: list[Duty]
+    shared: PostgresLease | None
+    leadership: Leadership | None
+
+
+def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str) -> Assembled:
+    shared = shared_lease(settings, store)
     orchestrator = Orchestrator(
         store,
-        drivers.driver,
+        drivers.driver if shared is None else FencedDriver(drivers.driver, shared.valid, lambda: shared.token),
         HealthMonitor(settings.health),
         settings=settings.rollout,
         host_statuses=drivers.hosts,
         image_copies=drivers.copies,
     )
     metrics = OrchestratorMetrics(orchestrator)
+    duties = leader_duties(settings, orchestrator, store, metrics)
+    leadership = None
+    if shared is not None:
+        leadership = Leadership(shared, orchestrator, duties, leadership_settings(settings))
     app = build_app(
         orchestrator,
         token,
@@ -169,11 +232,28 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         body_timeout=settings.http.body_timeout,
         handshake_timeout=settings.events.timeout,
         max_body_bytes=settings.http.max_body_bytes,
+        leadership=leadership,
     )
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    return Assembled(orchestrator, app, duties, shared, leadership)
+
+
+async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease: StateDirLease) -> int:
+    opened = await _open(settings, lease, token)
+    if isinstance(opened, int):
+        return opened
+    store, token = opened
+    try:
+        drivers = await DRIVERS[settings.engine.kind](settings, store)
+    except DriverError as exc:
+        print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
+        await store.close()
+        return 1
+    parts = assemble(settings, store, drivers, token)
+    runner = web.AppRunner(parts.app, handle_signals=False, access_log=None, shutdown_timeout=5)
     tasks: list[asyncio.Task[Any]] = []
     try:
-        await orchestrator.start()
+        if parts.leadership is None:
+            await parts.orchestrator.start()
         await runner.setup()
         try:
             await GatedSite(
@@ -186,38 +266,64 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         except OSError as exc:
             print(f"overhaul serve: cannot listen on {settings.http.host}:{settings.http.port}: {exc}", file=sys.stderr)
             return 1
-        tasks += background(settings, orchestrator, store, metrics)
+        if parts.leadership is None:
+            tasks += [asyncio.create_task(restarting(n, duty, backoff(settings)), name=n) for n, duty in parts.duties]
+        else:
+            tasks.append(asyncio.create_task(parts.leadership.run(), name="leadership"))
         announce(settings)
         await stop.wait()
         return 0
     finally:
         async with asyncio.timeout(settings.shutdown_timeout):
             await cancel_and_wait(tasks)
+            if parts.shared is not None:
+                await parts.shared.release()  # a standby takes over at once, not after the lease's TTL
             await runner.cleanup()
-            await orchestrator.close()
+            await parts.orchestrator.close()
             await drivers.close()
         await store.close()
+
+
+def shared_lease(settings: ServeSettings, store: Store) -> PostgresLease | None:
+    """The shared store's lease, and its writes fenced by it (None: the store is this orchestrator's alone)."""
+    if not isinstance(store, PostgresStore):
+        return None
+    address = settings.http.advertise_url or f"http://{settings.http.host}:{settings.http.port}"
+    me = Holder(f"{socket.gethostname()} pid {os.getpid()}", address.rstrip("/"))
+    section = settings.lease
+    lease = PostgresLease(
+        settings.store, me, ttl=section.ttl, renew_every=section.renew_every, max_skew=section.max_skew
+    )
+    store.fence_with(fence_of(lease))
+    return lease
+
+
+def leadership_settings(settings: ServeSettings) -> LeadershipSettings:
+    return LeadershipSettings(
+        renew_every=settings.lease.renew_every,
+        retry=settings.lease.renew_every,
+        restart_min=settings.rollout.restart_min,
+        restart_max=settings.rollout.restart_max,
+    )
 
 
 def backoff(settings: ServeSettings) -> Backoff:
     return Backoff(settings.rollout.restart_min, settings.rollout.restart_max)
 
 
-def background(
-    settings: ServeSettings, orchestrator: Orchestrator, store: SqliteStore, metrics: OrchestratorMetrics
-) -> list[asyncio.Task[Any]]:
-    """The supervised loops beside the API: automatic upgrades, event delivery and the gallery's copies to hosts
-    (cancelled on shutdown)."""
+def leader_duties(
+    settings: ServeSettings, orchestrator: Orchestrator, store: Store, metrics: OrchestratorMetrics
+) -> list[Duty]:
+    """The supervised loops beside the API, the leader's alone: automatic upgrades, event delivery and the
+    gallery's copies to hosts (cancelled on shutdown, or when the lease is lost)."""
     auto = AutoUpgrader(orchestrator, settings.auto_upgrade)
     deliverer = WebhookDeliverer(
         store, orchestrator.outbox.changes, settings=settings.events, registry=metrics.registry
     )
     return [
-        asyncio.create_task(restarting("automatic upgrades", auto.run, backoff(settings)), name="auto-upgrade"),
-        asyncio.create_task(restarting("event delivery", deliverer.run, backoff(settings)), name="event-delivery"),
-        asyncio.create_task(
-            restarting("gallery replication", orchestrator.replicator.run, backoff(settings)), name="replication"
-        ),
+        ("automatic upgrades", auto.run),
+        ("event delivery", deliverer.run),
+        ("gallery replication", orchestrator.replicator.run),
     ]
 
 

@@ -19,6 +19,7 @@ from overhaul.ports.store import HistoryRetention
 from overhaul.runtime.settings import RuntimeSettings
 
 ENGINE_KINDS = ("podman", "memory")
+SHARED_STORE_SCHEMES = ("postgresql://", "postgres://")
 
 
 class SettingsError(Exception):
@@ -33,6 +34,7 @@ class HttpSettings:
     max_body_bytes: int = 1024 * 1024
     max_connections: int = 1000
     header_timeout: float = 10.0
+    advertise_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,18 @@ class EngineSection:
 
 
 @dataclass(frozen=True)
+class LeaseSection:
+    """The shared store's lease (adapters/lease_postgresql.py)."""
+
+    ttl: float = 10.0
+    renew_every: float = 2.0
+    max_skew: float = 1.0
+
+
+@dataclass(frozen=True)
 class ServeSettings:
     state_dir: str = ""
+    store: str = ""
     log_level: str = "info"
     log_format: str = "text"
     shutdown_timeout: float = 10.0
@@ -71,10 +83,21 @@ class ServeSettings:
     history: HistoryRetention = field(default_factory=HistoryRetention)
     auto_upgrade: AutoUpgradeSettings = field(default_factory=AutoUpgradeSettings)
     events: DeliverySettings = field(default_factory=DeliverySettings)
+    lease: LeaseSection = field(default_factory=LeaseSection)
 
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir) if self.state_dir else default_state_dir()
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether the store is PostgreSQL's, shared by several orchestrators (else SQLite's, this one's own)."""
+        return self.store.startswith(SHARED_STORE_SCHEMES)
+
+    @property
+    def database(self) -> Path:
+        """The SQLite file (relative paths are the state directory's)."""
+        return self.state_path / (self.store or "overhaul.db")
 
 
 # Section -> flag prefix; "" puts the section's fields at the top (--port, not --http-port).
@@ -87,6 +110,7 @@ SECTIONS = {
     "history": "history",
     "auto_upgrade": "auto-upgrade",
     "events": "events",
+    "lease": "lease",
 }
 # Flags that read better without their section's prefix.
 FLAG_OVERRIDES = {
@@ -96,6 +120,11 @@ FLAG_OVERRIDES = {
 }
 HELP = {
     "state_dir": "database, token, lock and config drives (default /var/lib/overhaul as root)",
+    "store": "the store: a SQLite file (default overhaul.db in the state directory), or postgresql://USER@HOST/DB "
+    "shared by several orchestrators (its password is better in PGPASSWORD or ~/.pgpass than in the URL)",
+    "lease.ttl": "seconds the shared store's lease lasts unless renewed (a standby takes over after it)",
+    "lease.renew_every": "seconds between renewals of the shared store's lease (ttl must be at least 3 times this)",
+    "lease.max_skew": "seconds this machine's clock may differ from the shared database's and still lead",
     "log_level": "debug, info, warning or error",
     "log_format": "text, or json (one JSON object per line); under systemd lines carry journald priorities",
     "shutdown_timeout": "seconds a graceful stop may take before it is forced",
@@ -106,6 +135,8 @@ HELP = {
     "http.max_connections": "open API connections at most (the oldest idle one makes room; within the open-files "
     "limit)",
     "http.header_timeout": "seconds a connection may take to send its request head (then it is closed)",
+    "http.advertise_url": "where the other orchestrators of a shared store reach this one's API (default "
+    "http://HOST:PORT)",
     "engine.engine": "podman (a private podman system service), a unix:// or tcp:// URL of a Docker or Podman "
     "engine, or memory (no containers, for trying the API)",
     "engine.runtime": "OCI runtime of the private podman service ('' keeps podman's default)",
@@ -270,6 +301,35 @@ def check(settings: ServeSettings) -> None:
             f"http.header_timeout: must be above 0 and at most 3600, got {settings.http.header_timeout}"
         )
     parse_ulimits(settings.engine.ulimits)
+    check_store(settings)
+
+
+def check_store(settings: ServeSettings) -> None:
+    store, lease = settings.store, settings.lease
+    if "://" in store and not settings.shared_store:
+        raise SettingsError(
+            f"store: must be a SQLite file's path or a postgresql:// URL, got {store.split('://')[0]}://…"
+        )
+    if not settings.shared_store:
+        return
+    if settings.engine.engine == "podman":
+        raise SettingsError(
+            "engine.engine: the private Podman service lives on this machine alone; with a shared store every "
+            "orchestrator must reach the same engines: give an engine URL (--engine unix://… or tcp://…) or hosts"
+        )
+    if settings.http.port == 0 and not settings.http.advertise_url:
+        raise SettingsError(
+            "http.port: with a shared store the other orchestrators forward writes to this one: give a port, or "
+            "http.advertise_url"
+        )
+    if not 0 < lease.renew_every <= 60:
+        raise SettingsError(f"lease.renew_every: must be above 0 and at most 60, got {lease.renew_every}")
+    if lease.ttl < 3 * lease.renew_every:
+        raise SettingsError(
+            f"lease.ttl: must be at least 3 times lease.renew_every ({lease.renew_every:g}), got {lease.ttl:g}"
+        )
+    if not 0 < lease.max_skew <= 60:
+        raise SettingsError(f"lease.max_skew: must be above 0 and at most 60, got {lease.max_skew}")
 
 
 def parse_ulimits(text: str) -> tuple[tuple[str, int, int], ...]:

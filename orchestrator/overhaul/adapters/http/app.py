@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from overhaul.adapters.http.gate import GATE_KEY, GateHolder, gate_middleware
+from overhaul.adapters.http.leader import LEADERSHIP_KEY, forward_writes, leadership_doc, open_session
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.http.openapi import openapi_document
 from overhaul.adapters.http.requests import (
@@ -38,6 +39,7 @@ from overhaul.adapters.http.routes import (
 )
 from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
+from overhaul.runtime.leadership import Leadership
 from overhaul.runtime.orchestrator import Orchestrator
 from overhaul.runtime.parts import EngineFailed
 
@@ -170,6 +172,7 @@ async def healthz(request: web.Request) -> web.Response:
     doc |= {"engine": engine or "ok", "storage": storage or "ok"}
     # A host that does not answer holds only its own instances: named here, and the orchestrator stays available.
     doc["hosts"] = {host: f"unavailable: {why}" for host, why in orchestrator.host_groups.down().items()} or "ok"
+    doc |= await leadership_doc(request.app.get(LEADERSHIP_KEY))
     if engine is None and storage is None:
         return web.json_response(doc)
     return web.json_response(doc, status=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -222,8 +225,14 @@ def build_app(
     body_timeout: float = BODY_TIMEOUT,
     max_body_bytes: int = MAX_BODY_BYTES,
     handshake_timeout: float = 10.0,
+    leadership: Leadership | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[gate_middleware, audit, arm_errors, bearer_auth], client_max_size=max_body_bytes)
+    """``leadership``: this orchestrator shares its store with others (a standby forwards writes to the leader)."""
+    middlewares = [gate_middleware, audit, arm_errors, bearer_auth, forward_writes]
+    app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
+    if leadership is not None:
+        app[LEADERSHIP_KEY] = leadership
+        app.cleanup_ctx.append(open_session)
     app[GATE_KEY] = GateHolder()
     app[ORCHESTRATOR_KEY] = orchestrator
     app[BODY_TIMEOUT_KEY] = body_timeout

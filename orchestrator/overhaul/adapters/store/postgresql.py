@@ -110,6 +110,10 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at TIMESTAMPTZ NOT NULL
     );
     """,
+    # Settings every replica shares (the API token: one for all of them).
+    """
+    CREATE TABLE shared_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 # pg_advisory_lock keys (any bigint; these spell "ovhl" and "ovhl"+1): migrations run one replica at a time.
 MIGRATION_LOCK = 0x6F76686C
@@ -127,10 +131,6 @@ def redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def is_postgresql(store: str) -> bool:
-    return store.startswith(("postgresql://", "postgres://"))
 
 
 @lru_cache(maxsize=512)
@@ -335,6 +335,15 @@ class PostgresStore(SqlStore):
     def fence_with(self, token: Callable[[], int | None]) -> None:
         """Writes from now on are made under the lease ``token`` gives (None: unfenced)."""
         self.database.fence = token
+
+    async def shared_setting(self, key: str, proposed: str) -> str:
+        """The value every replica uses: the first one's ``proposed`` (written unfenced: before any lease)."""
+        async with asyncio.timeout(self.database.call_timeout), self.database.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO shared_settings (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING", (key, proposed)
+            )
+            row = await (await conn.execute("SELECT value FROM shared_settings WHERE key = %s", (key,))).fetchone()
+        return str(row["value"]) if row else proposed
 
     async def schema_version(self) -> int:
         row = await self.database.one("SELECT coalesce(max(version), 0) AS v FROM overhaul_migrations")

@@ -1,0 +1,104 @@
+"""Leadership over a shared store: one orchestrator acts (watches, attempts, automatic upgrades, deliveries, the
+gallery's copies); the others stand by, answer reads and forward writes to it.
+
+A standby tries to take the lease every ``retry`` seconds. On taking it, it starts the orchestrator (repair,
+watches, every unfinished attempt resumed: a resumed attempt starts no batch before its health source has heard
+from each instance, runtime/reconciler.py) and the leader's duties; it renews the lease while it holds it. When
+the lease is lost (not renewed in time, or taken over) every duty is cancelled and the orchestrator's supervisor
+and watches stop, at once: ``lost`` is an event set at the holder's own deadline, not at its next renewal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from overhaul.aio import Backoff, cancel_and_wait, restarting
+from overhaul.ports.lease import Lease
+from overhaul.runtime.orchestrator import Orchestrator
+
+log = logging.getLogger(__name__)
+
+Duty = tuple[str, Callable[[], Awaitable[None]]]
+
+
+@dataclass(frozen=True)
+class LeadershipSettings:
+    renew_every: float = 2.0  # seconds between renewals of a held lease
+    retry: float = 2.0  # seconds between a standby's tries to take it
+    restart_min: float = 0.2  # back-off of a duty that stopped on an error
+    restart_max: float = 30.0
+
+
+class Leadership:
+    """``leader`` while this orchestrator holds the lease; ``terms`` counts the leases it took."""
+
+    def __init__(
+        self,
+        lease: Lease,
+        orchestrator: Orchestrator,
+        duties: Sequence[Duty],
+        settings: LeadershipSettings | None = None,
+    ) -> None:
+        self.lease = lease
+        self.orchestrator = orchestrator
+        self.duties = list(duties)
+        self.settings = settings or LeadershipSettings()
+        self.leader = False
+        self.terms = 0
+        self.changed = asyncio.Event()  # set at every change of ``leader`` (tests and /healthz wait on it)
+        self._refusal: str | None = None
+
+    async def run(self) -> None:
+        """Stands by until it takes the lease, leads until it loses it, and again (until cancelled)."""
+        while True:
+            token = await self.lease.acquire()
+            if token is None:
+                self._say_why_not()
+                await asyncio.sleep(self.settings.retry)  # the lease expires by the database's clock: asked again
+                continue
+            await self._lead(token)
+
+    def _say_why_not(self) -> None:
+        refusal = getattr(self.lease, "refusal", None)
+        if refusal and refusal != self._refusal:
+            log.warning("standing by: %s", refusal)
+        self._refusal = refusal
+
+    async def _lead(self, token: int) -> None:
+        self.terms += 1
+        log.info("leading the fleet (lease token %d)", token)
+        self._set(leader=True)
+        tasks = [asyncio.create_task(self._renew(), name="lease-renewal")]
+        try:
+            await self.orchestrator.start()
+            backoff = Backoff(self.settings.restart_min, self.settings.restart_max)
+            tasks += [asyncio.create_task(restarting(name, duty, backoff), name=name) for name, duty in self.duties]
+            await self.lease.lost.wait()
+            log.warning("the lease (token %d) is lost: standing down", token)
+        except Exception:
+            # Starting under a lease that ended (its writes and engine calls are refused) lands here too.
+            log.exception("leading under lease token %d stopped on an error: standing down", token)
+        finally:
+            await self._stand_down(tasks)
+
+    async def _renew(self) -> None:
+        while True:  # a periodic write, not a wait on a flag: a failed renewal sets ``lost`` itself
+            if not await self.lease.renew():
+                return
+            await asyncio.sleep(self.settings.renew_every)
+
+    async def _stand_down(self, tasks: list[asyncio.Task[None]]) -> None:
+        self._set(leader=False)
+        await cancel_and_wait(tasks)
+        await self.orchestrator.close()  # its supervisor and watches stop; it can start again in a later term
+
+    def _set(self, *, leader: bool) -> None:
+        self.leader = leader
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def close(self) -> None:
+        if self.leader:
+            await self.lease.release()

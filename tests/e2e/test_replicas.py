@@ -1,0 +1,143 @@
+"""Three `overhaul serve` processes on one real PostgreSQL (the memory engine: what is tested here is the
+orchestrators', not the engine's): one leads, the others stand by, answer reads and forward writes; one API token
+for all; the leader killed, a standby leads within 15 s under a greater token; 100 concurrent starts over the three
+give one 202; a leader stopped past its lease and woken steps down without a write."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.postgres import Postgres
+from tests.serve import API, ServedProcess, overhaul_serve
+
+RG = "/subscriptions/local/resourceGroups/ha"
+GALLERY = RG + "/providers/Microsoft.Compute/galleries/g"
+VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/web"
+FAST_LEASE = ("--lease-ttl", "3", "--lease-renew-every", "0.5")
+
+
+def replica_flags(url: str) -> tuple[str, ...]:
+    return ("--store", url, "--engine", "memory", *FAST_LEASE, "--auto-upgrade-first-delay", "3600")
+
+
+@contextlib.contextmanager
+def replicas(tmp_path: Path, url: str, count: int = 3) -> Iterator[list[ServedProcess]]:
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(overhaul_serve(tmp_path / f"r{n}", *replica_flags(url))) for n in range(count)]
+
+
+def healthz(replica: ServedProcess) -> dict[str, Any]:
+    status, doc, _ = replica.call("GET", "/healthz", token="")
+    assert status in (200, 503), doc
+    return dict(doc)
+
+
+def wait(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        time.sleep(0.1)
+
+
+def leaders(running: list[ServedProcess]) -> list[ServedProcess]:
+    return [r for r in running if r.process.poll() is None and healthz(r).get("role") == "leader"]
+
+
+def model(capacity: int) -> dict[str, Any]:
+    image = {"publisher": "overhaul", "offer": "ha", "sku": "tiny", "version": "latest"}
+    return {
+        "location": "local",
+        "sku": {"capacity": capacity},
+        "properties": {
+            "upgradePolicy": {
+                "mode": "Rolling",
+                "rollingUpgradePolicy": {
+                    "maxBatchInstancePercent": 20,
+                    "pauseTimeBetweenBatches": "PT30S",  # an attempt lasts long enough to be met by the next start
+                },
+            },
+            "virtualMachineProfile": {"storageProfile": {"imageReference": image}},
+        },
+    }
+
+
+def publish(replica: ServedProcess, version: str) -> None:
+    body = {"location": "local", "properties": {"publishingProfile": {}, "storageProfile": {"source": {"overhaul": {
+        "containerImage": f"localhost/ha:{version}"}}}}}  # fmt: skip
+    status, doc, _ = replica.call("PUT", f"{GALLERY}/images/tiny/versions/{version}?{API}", body)
+    assert status in (200, 201), doc
+
+
+def make_fleet(replica: ServedProcess) -> None:
+    assert replica.call("PUT", f"{GALLERY}?{API}", {"location": "local"})[0] in (200, 201)
+    identifier = {"publisher": "overhaul", "offer": "ha", "sku": "tiny"}
+    definition = {"location": "local", "properties": {"identifier": identifier}}
+    assert replica.call("PUT", f"{GALLERY}/images/tiny?{API}", definition)[0] in (200, 201)
+    publish(replica, "1.0.0")
+    status, doc, _ = replica.call("PUT", f"{VMSS}?{API}", model(10))
+    assert status in (200, 201), doc
+
+
+@pytest.fixture
+def three(postgres: Postgres, tmp_path: Path) -> Iterator[list[ServedProcess]]:
+    with replicas(tmp_path, postgres.create_database()) as running:
+        yield running
+
+
+def test_one_leads_standbys_forward_writes_and_a_killed_leader_is_replaced_within_15_s(
+    three: list[ServedProcess],
+) -> None:
+    [leader] = wait("one leader", lambda: leaders(three))
+    standbys = [r for r in three if r is not leader]
+    assert {r.token for r in three} == {leader.token}  # one API token for all
+    first = healthz(leader)["lease"]
+    assert first["holder"] and first["token"] >= 1 and first["address"] == leader.url
+    assert [healthz(r)["role"] for r in standbys] == ["standby", "standby"]
+    assert healthz(standbys[0])["lease"]["holder"] == first["holder"]
+
+    make_fleet(standbys[0])  # every write sent to a standby is made by the leader
+    status, doc, _ = standbys[1].call("GET", f"{VMSS}?{API}")
+    assert status == 200 and doc["sku"]["capacity"] == 10
+    wait("10 instances", lambda: len(leader.instances(VMSS)) == 10)  # each replica's memory engine is its own
+    status, _, headers = standbys[1].call("POST", f"{VMSS}/osRollingUpgrade?{API}")
+    assert status == 202
+    assert headers["Azure-AsyncOperation"].startswith(standbys[1].url)  # the address the caller used
+
+    killed = time.monotonic()
+    os.kill(leader.pid, signal.SIGKILL)
+    leader.process.wait(10)
+    [new] = wait("a new leader", lambda: leaders(standbys), timeout=15)
+    took = time.monotonic() - killed
+    assert took < 15, took
+    assert healthz(new)["lease"]["token"] > first["token"]
+    other = next(r for r in standbys if r is not new)
+    publish(other, "2.0.0")  # forwarded to the new leader
+    status, doc, _ = new.call("GET", f"{GALLERY}/images/tiny/versions/2.0.0?{API}")
+    assert status == 200, doc
+
+
+def test_concurrent_starts_over_three_replicas_give_one_202(three: list[ServedProcess]) -> None:
+    wait("one leader", lambda: leaders(three))
+    make_fleet(three[0])
+    wait("10 instances", lambda: len(three[0].instances(VMSS)) == 10)
+    publish(three[1], "2.0.0")
+
+    def start(n: int) -> int:
+        return three[n % 3].call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
+        codes = list(pool.map(start, range(100)))
+    assert sorted(codes) == [202] + [409] * 99, sorted(codes)
