@@ -107,6 +107,8 @@ def test_one_leads_standbys_forward_writes_and_a_killed_leader_is_replaced_withi
     assert first["holder"] and first["token"] >= 1 and first["address"] == leader.url
     assert [healthz(r)["role"] for r in standbys] == ["standby", "standby"]
     assert healthz(standbys[0])["lease"]["holder"] == first["holder"]
+    assert leader.metric("overhaul_leader") == 1 and leader.metric("overhaul_lease_token") == first["token"]
+    assert standbys[0].metric("overhaul_leader") == 0 and standbys[0].metric("overhaul_lease_token") == 0
 
     make_fleet(standbys[0])  # every write sent to a standby is made by the leader
     status, doc, _ = standbys[1].call("GET", f"{VMSS}?{API}")
@@ -123,6 +125,7 @@ def test_one_leads_standbys_forward_writes_and_a_killed_leader_is_replaced_withi
     took = time.monotonic() - killed
     assert took < 15, took
     assert healthz(new)["lease"]["token"] > first["token"]
+    assert new.metric("overhaul_lease_takeovers_total") == 1 and new.metric("overhaul_leader") == 1
     other = next(r for r in standbys if r is not new)
     publish(other, "2.0.0")  # forwarded to the new leader
     status, doc, _ = new.call("GET", f"{GALLERY}/images/tiny/versions/2.0.0?{API}")

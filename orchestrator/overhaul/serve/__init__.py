@@ -224,7 +224,8 @@ def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str
     duties = leader_duties(settings, orchestrator, store, metrics)
     leadership = None
     if shared is not None:
-        leadership = Leadership(shared, orchestrator, duties, leadership_settings(settings))
+        leading = leadership = Leadership(shared, orchestrator, duties, leadership_settings(settings))
+        metrics.watch_leadership(lambda: leading.leader, lambda: shared.token, lambda: shared.takeovers)
     app = build_app(
         orchestrator,
         token,

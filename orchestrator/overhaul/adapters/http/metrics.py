@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -148,6 +148,16 @@ class _StateCollector(Collector):
         return counts
 
 
+class _Takeovers(Collector):
+    def __init__(self, takeovers: Callable[[], int]) -> None:
+        self.takeovers = takeovers
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "overhaul_lease_takeovers", "Leases this orchestrator took from another holder.", value=self.takeovers()
+        )
+
+
 class OrchestratorMetrics:
     def __init__(self, orchestrator: Orchestrator) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -191,6 +201,20 @@ class OrchestratorMetrics:
             registry=r,
         )
         orchestrator.events.subscribe(self.on_event)
+
+    def watch_leadership(
+        self, leader: Callable[[], bool], token: Callable[[], int | None], takeovers: Callable[[], int]
+    ) -> None:
+        """Gauges of a replica sharing its store: whether it leads, under which lease token, how often it took the
+        lease from another."""
+        r = self.registry
+        Gauge("overhaul_leader", "1 while this orchestrator leads the fleet (0: a standby).", registry=r).set_function(
+            lambda: float(leader())
+        )
+        Gauge(
+            "overhaul_lease_token", "The lease's fencing token this orchestrator acts under (0: none).", registry=r
+        ).set_function(lambda: float((token() or 0) if leader() else 0))
+        r.register(_Takeovers(takeovers))
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, AttemptEnded):
