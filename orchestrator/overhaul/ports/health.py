@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,3 +61,25 @@ class HealthSource(Protocol):
     async def unwatch(self, key: Key) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class VerdictBook(Protocol):
+    """What several orchestrators share of a health source: the leader's verdicts read out, a standby's set from
+    the store."""
+
+    @property
+    def version(self) -> int: ...
+
+    async def wait_changed(self, seen: int, timeout: float | None) -> None: ...
+
+    def snapshot(self) -> dict[Key, HealthReport]:
+        """Every report this source made itself (none it was given)."""
+        ...
+
+    def adopt(self, reports: Mapping[Key, HealthReport]) -> None:
+        """Reports another source made (the leader's, from the store), for instances this one does not watch."""
+        ...
+
+    def forget_adopted(self) -> None:
+        """Drops what it was given: a new leader hears each instance itself before it judges it."""
+        ...

@@ -19,6 +19,7 @@ from overhaul.core.model import ScaleSet
 from overhaul.core.network import LoadBalancer
 from overhaul.core.replication import Replica
 from overhaul.core.rollout import Action, ActionResult, Attempt
+from overhaul.ports.health import HealthReport, Key
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,14 @@ class AttemptStore(Protocol):
     async def journal(self, attempt_id: str) -> list[JournalEntry]: ...
 
 
+class HealthStore(Protocol):
+    """Each instance's last health verdict as the leader saw it (several orchestrators: a standby shows it, a new
+    leader knows what its predecessor last heard)."""
+
+    async def put_health_verdicts(self, verdicts: Mapping[Key, HealthReport]) -> None: ...
+    async def health_verdicts(self) -> dict[Key, HealthReport]: ...
+
+
 class StoreUnavailable(Unavailable):
     """The store cannot take writes now (disk full, a read-only or failing file system, its directory removed):
     nothing was written; trying again later may work."""
@@ -217,6 +226,7 @@ class Store(
     LifecycleHookStore,
     EventStore,
     AttemptStore,
+    HealthStore,
     Protocol,
 ):
     async def close(self) -> None: ...

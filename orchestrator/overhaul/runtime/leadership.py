@@ -40,10 +40,17 @@ class Leadership:
         orchestrator: Orchestrator,
         duties: Sequence[Duty],
         settings: LeadershipSettings | None = None,
+        *,
+        standby_duties: Sequence[Duty] = (),
+        before_leading: Callable[[], None] = lambda: None,
     ) -> None:
+        """``duties`` run while it leads, ``standby_duties`` while it does not; ``before_leading`` at every new
+        term, before the orchestrator starts."""
         self.lease = lease
         self.orchestrator = orchestrator
         self.duties = list(duties)
+        self.standby_duties = list(standby_duties)
+        self.before_leading = before_leading
         self.settings = settings or LeadershipSettings()
         self.leader = False
         self.terms = 0
@@ -52,13 +59,24 @@ class Leadership:
 
     async def run(self) -> None:
         """Stands by until it takes the lease, leads until it loses it, and again (until cancelled)."""
-        while True:
-            token = await self.lease.acquire()
-            if token is None:
-                self._say_why_not()
-                await asyncio.sleep(self.settings.retry)  # the lease expires by the database's clock: asked again
-                continue
-            await self._lead(token)
+        standing_by = self._start(self.standby_duties)
+        try:
+            while True:
+                token = await self.lease.acquire()
+                if token is None:
+                    self._say_why_not()
+                    await asyncio.sleep(self.settings.retry)  # the lease expires by the database's clock: asked again
+                    continue
+                await cancel_and_wait(standing_by)
+                self.before_leading()
+                await self._lead(token)
+                standing_by = self._start(self.standby_duties)
+        finally:
+            await cancel_and_wait(standing_by)
+
+    def _start(self, duties: Sequence[Duty]) -> list[asyncio.Task[None]]:
+        backoff = Backoff(self.settings.restart_min, self.settings.restart_max)
+        return [asyncio.create_task(restarting(name, duty, backoff), name=name) for name, duty in duties]
 
     def _say_why_not(self) -> None:
         refusal = getattr(self.lease, "refusal", None)
@@ -73,8 +91,7 @@ class Leadership:
         tasks = [asyncio.create_task(self._renew(), name="lease-renewal")]
         try:
             await self.orchestrator.start()
-            backoff = Backoff(self.settings.restart_min, self.settings.restart_max)
-            tasks += [asyncio.create_task(restarting(name, duty, backoff), name=name) for name, duty in self.duties]
+            tasks += self._start(self.duties)
             await self.lease.lost.wait()
             log.warning("the lease (token %d) is lost: standing down", token)
         except Exception:

@@ -39,6 +39,7 @@ from overhaul.aio import Backoff, cancel_and_wait, restarting
 from overhaul.ports.driver import Driver, DriverError, HostStatuses, ImageCopies
 from overhaul.ports.lease import Holder, LeaseLost
 from overhaul.ports.store import Store, StoreUnavailable
+from overhaul.runtime import verdicts
 from overhaul.runtime.auto_upgrader import AutoUpgrader
 from overhaul.runtime.leadership import Duty, Leadership, LeadershipSettings
 from overhaul.runtime.orchestrator import Orchestrator
@@ -52,6 +53,8 @@ log = logging.getLogger("overhaul.serve")
 # Open files serve needs besides API connections: the database, engine and agent-watch connections (one per
 # watched instance up to this many), the private Podman service's pipes, the listening sockets' backlogs.
 RESERVED_FILES = 512 + 2 * BACKLOG
+# Seconds between a standby's reads of the leader's health verdicts.
+VERDICTS_EVERY = 1.0
 
 
 def engine_settings(settings: ServeSettings) -> EngineSettings:
@@ -212,10 +215,11 @@ class Assembled:
 
 def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str) -> Assembled:
     shared = shared_lease(settings, store)
+    monitor = HealthMonitor(settings.health)
     orchestrator = Orchestrator(
         store,
         drivers.driver if shared is None else FencedDriver(drivers.driver, shared.valid, lambda: shared.token),
-        HealthMonitor(settings.health),
+        monitor,
         settings=settings.rollout,
         host_statuses=drivers.hosts,
         image_copies=drivers.copies,
@@ -224,7 +228,15 @@ def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str
     duties = leader_duties(settings, orchestrator, store, metrics)
     leadership = None
     if shared is not None:
-        leading = leadership = Leadership(shared, orchestrator, duties, leadership_settings(settings))
+        duties.append(("health verdicts", lambda: verdicts.record(monitor, store)))
+        leading = leadership = Leadership(
+            shared,
+            orchestrator,
+            duties,
+            leadership_settings(settings),
+            standby_duties=[("health verdicts", lambda: verdicts.follow(monitor, store, VERDICTS_EVERY))],
+            before_leading=monitor.forget_adopted,
+        )
         metrics.watch_leadership(lambda: leading.leader, lambda: shared.token, lambda: shared.takeovers)
     app = build_app(
         orchestrator,

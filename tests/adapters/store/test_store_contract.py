@@ -25,6 +25,7 @@ from overhaul.core.network import parse_load_balancer
 from overhaul.core.planner import Health, InstanceView
 from overhaul.core.replication import Replica, ReplicaState
 from overhaul.core.rollout import Action, ActionKind, ActionResult, Attempt, AttemptStatus, StartedBy, start
+from overhaul.ports.health import HealthReport
 from overhaul.ports.store import HistoryRetention, Store
 from tests.builders import RUNTIME_MODEL
 
@@ -340,3 +341,21 @@ async def test_maintenance_configurations_and_their_assignments_read_back(opened
     await store.delete_configuration_assignment("WEB", "A1")
     await store.delete_maintenance_configuration("nightly")
     assert (await store.maintenance_configurations(), await store.configuration_assignments()) == ([], [])
+
+
+async def test_health_verdicts_read_back_and_go_with_their_instance(opened: Opened) -> None:
+    healthy = HealthReport(Health.HEALTHY, 10.0, "HTTP 200", phase=2, approved="2.0.0")
+    gone = HealthReport(Health.UNKNOWN, 11.0, "connection refused", reachable=False)
+    store = opened.store
+    await store.put_health_verdicts({("Web", 0): healthy, ("web", 1): gone, ("api", 0): healthy})
+    await store.put_health_verdicts({("web", 0): replace(healthy, health=Health.UNHEALTHY, final=True)})
+    store = await reopened(opened)
+    verdicts = {(name.lower(), i): r for (name, i), r in (await store.health_verdicts()).items()}
+    assert verdicts == {
+        ("web", 0): replace(healthy, health=Health.UNHEALTHY, final=True),
+        ("web", 1): gone,
+        ("api", 0): healthy,
+    }
+    await store.delete_instance("web", 1)
+    await store.delete_scale_set("API")
+    assert [i for _, i in await store.health_verdicts()] == [0]

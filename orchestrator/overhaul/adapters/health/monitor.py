@@ -107,6 +107,7 @@ class HealthMonitor:
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._targets: dict[Key, Callable[[], Any]] = {}
         self._probe_session: aiohttp.ClientSession | None = None
+        self._adopted: set[Key] = set()
 
     def _probe_http(self) -> aiohttp.ClientSession:
         """A new connection per probe, as a load balancer's: a reimage never meets a stale pooled one."""
@@ -119,7 +120,26 @@ class HealthMonitor:
     def report(self, key: Key) -> HealthReport | None:
         return self.reports.get(key)
 
+    def snapshot(self) -> dict[Key, HealthReport]:
+        return {key: report for key, report in self.reports.items() if key not in self._adopted}
+
+    def adopt(self, reports: Mapping[Key, HealthReport]) -> None:
+        watched = {key for key, task in self._tasks.items() if not task.done()}
+        for key in self._adopted - set(reports) - watched:
+            self.reports.pop(key, None)
+        for key, report in reports.items():
+            if key not in watched and self.reports.get(key) != report:
+                self.reports[key] = report
+                self.changes.bump()
+        self._adopted = set(reports) - watched
+
+    def forget_adopted(self) -> None:
+        for key in self._adopted:
+            self.reports.pop(key, None)
+        self._adopted = set()
+
     def _update(self, key: Key, report: HealthReport) -> None:
+        self._adopted.discard(key)  # heard by this source itself from now on
         old = self.reports.get(key)
         self.reports[key] = report
         if old is None or old.health is not report.health:

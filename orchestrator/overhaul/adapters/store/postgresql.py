@@ -114,6 +114,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE shared_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # Each instance's last health verdict as the leader saw it (ports/store.py HealthStore).
+    """
+    CREATE TABLE health_verdicts (
+        scale_set CITEXT NOT NULL, instance_id INTEGER NOT NULL, doc TEXT NOT NULL,
+        PRIMARY KEY (scale_set, instance_id)
+    );
+    """,
 )
 # pg_advisory_lock keys (any bigint; these spell "ovhl" and "ovhl"+1): migrations run one replica at a time.
 MIGRATION_LOCK = 0x6F76686C

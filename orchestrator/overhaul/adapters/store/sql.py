@@ -25,6 +25,7 @@ from overhaul.core.maintenance import (
 )
 from overhaul.core.model import ScaleSet, parse_scale_set
 from overhaul.core.network import LoadBalancer, parse_load_balancer
+from overhaul.core.planner import Health
 from overhaul.core.replication import Replica, host_label
 from overhaul.core.rollout import (
     Action,
@@ -34,6 +35,7 @@ from overhaul.core.rollout import (
     attempt_from_json,
     attempt_to_json,
 )
+from overhaul.ports.health import HealthReport, Key
 from overhaul.ports.store import HistoryRetention, JournalEntry, StoredAttempt
 
 # Delivered events are kept this long, so one produced again (after a crash) is not delivered again.
@@ -101,7 +103,13 @@ class SqlStore:
     async def delete_scale_set(self, name: str) -> None:
         async with self.sql.transaction() as db:
             await db.execute("DELETE FROM scale_sets WHERE name = ?", (name,))
-            for table in ("instances", "host_ports", "configuration_assignments", "lifecycle_hook_events"):
+            for table in (
+                "instances",
+                "host_ports",
+                "configuration_assignments",
+                "lifecycle_hook_events",
+                "health_verdicts",
+            ):
                 await db.execute(f"DELETE FROM {table} WHERE scale_set = ?", (name,))
 
     # --- instances: host ports kept across reimages ----------------------------------------------------------
@@ -179,7 +187,7 @@ class SqlStore:
 
     async def delete_instance(self, scale_set: str, instance_id: int) -> None:
         async with self.sql.transaction() as db:
-            for table in ("instances", "host_ports"):
+            for table in ("instances", "host_ports", "health_verdicts"):
                 await db.execute(
                     f"DELETE FROM {table} WHERE scale_set = ? AND instance_id = ?", (scale_set, instance_id)
                 )
@@ -704,3 +712,48 @@ class SqlStore:
             )
             for r in rows
         ]
+
+    # --- health verdicts ------------------------------------------------------------------------------------
+
+    async def put_health_verdicts(self, verdicts: Mapping[Key, HealthReport]) -> None:
+        rows = [
+            (scale_set, instance_id, json.dumps(verdict_json(r))) for (scale_set, instance_id), r in verdicts.items()
+        ]
+        if not rows:
+            return
+        async with self.sql.transaction() as db:
+            await db.executemany(
+                "INSERT INTO health_verdicts (scale_set, instance_id, doc) VALUES (?, ?, ?)"
+                " ON CONFLICT (scale_set, instance_id) DO UPDATE SET doc = excluded.doc",
+                rows,
+            )
+
+    async def health_verdicts(self) -> dict[Key, HealthReport]:
+        rows = await self.sql.all("SELECT * FROM health_verdicts")
+        return {(r["scale_set"], r["instance_id"]): verdict_of(json.loads(r["doc"])) for r in rows}
+
+
+def verdict_json(report: HealthReport) -> dict[str, Any]:
+    return {
+        "health": report.health.value,
+        "observedAt": report.observed_at,
+        "detail": report.detail,
+        "phase": report.phase,
+        "skipUpgrade": report.skip_upgrade,
+        "final": report.final,
+        "reachable": report.reachable,
+        "approved": report.approved,
+    }
+
+
+def verdict_of(doc: Mapping[str, Any]) -> HealthReport:
+    return HealthReport(
+        Health(doc["health"]),
+        float(doc["observedAt"]),
+        str(doc["detail"]),
+        doc["phase"],
+        bool(doc["skipUpgrade"]),
+        bool(doc["final"]),
+        bool(doc["reachable"]),
+        doc["approved"],
+    )

@@ -158,6 +158,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (gallery, image, version, host_group, host)
     );
     """,
+    # Each instance's last health verdict as the leader saw it (ports/store.py HealthStore).
+    """
+    CREATE TABLE health_verdicts (
+        scale_set TEXT NOT NULL COLLATE NOCASE, instance_id INTEGER NOT NULL, doc TEXT NOT NULL,
+        PRIMARY KEY (scale_set, instance_id)
+    );
+    """,
 )
 # Statements that write nothing (a ROLLBACK undoes): every other one is a write, checked against the guard first.
 READS = ("SELECT", "PRAGMA", "ROLLBACK")

@@ -1,0 +1,123 @@
+"""Three `overhaul serve` processes on one real PostgreSQL and one real Podman engine (a service every replica
+reaches at its socket): the leader SIGKILLed mid-batch, a standby takes over within 15 s (the default lease: 10 s,
+renewed every 2 s), resumes the attempt where the journal says it stopped and completes it; no instance is
+reimaged twice for one step and no previous OS disk (``.prev``) outlives the attempt."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from demo import busybox_images as engine_images
+from tests.e2e.test_replicas import healthz, leaders, wait
+from tests.engines import containers as engine_containers
+from tests.engines import podman_service
+from tests.postgres import Postgres
+from tests.serve import API, ServedProcess, overhaul_serve
+
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
+REPO = "localhost/overhaul-replicas"
+RG = "/subscriptions/local/resourceGroups/replicas"
+GALLERY = RG + "/providers/Microsoft.Compute/galleries/g/images/tiny"
+VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets/ha"
+CAPACITY = 5
+
+
+def model() -> dict[str, Any]:
+    image = {"publisher": "overhaul", "offer": "replicas", "sku": "tiny", "version": "latest"}
+    return {
+        "sku": {"capacity": CAPACITY},
+        "properties": {
+            "upgradePolicy": {
+                "mode": "Rolling",
+                "rollingUpgradePolicy": {
+                    "maxBatchInstancePercent": 20,
+                    "pauseTimeBetweenBatches": "PT2S",
+                    "overhaul": {"instanceHealthTimeout": "PT60S"},
+                },
+            },
+            "virtualMachineProfile": {
+                "storageProfile": {"imageReference": image, "dataDisks": [{"lun": 0}]},
+                "networkProfile": {"healthProbe": {"protocol": "Http", "port": 8080, "requestPath": "/health"}},
+                "overhaul": {"stopTimeoutInSeconds": 2},
+            },
+        },
+    }
+
+
+def publish(replica: ServedProcess, version: str) -> None:
+    body = {"properties": {"publishingProfile": {}, "storageProfile": {"source": {"overhaul": {
+        "containerImage": f"{REPO}:{version}"}}}}}  # fmt: skip
+    status, doc, _ = replica.call("PUT", f"{GALLERY}/versions/{version}?{API}", body)
+    assert status in (200, 201), doc
+
+
+def containers() -> dict[str, str]:
+    return {c["name"]: c["state"] for c in engine_containers("podman", "ha_")}
+
+
+def journal(url: str) -> list[tuple[int, str, str, bool | None]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT instance_id, action, phase, ok FROM journal ORDER BY seq").fetchall()
+    return [(int(i), str(a), str(p), None if ok is None else bool(ok)) for i, a, p, ok in rows]
+
+
+@pytest.fixture(scope="module")
+def images() -> None:
+    for version in ("1.0.0", "2.0.0"):
+        engine_images.build("podman", f"{REPO}:{version}", version)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[str]:
+    with podman_service(tmp_path) as url:
+        try:
+            yield url
+        finally:
+            for name in containers():
+                subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True, timeout=60, check=False)
+
+
+def test_the_leader_killed_mid_batch_a_standby_completes_the_attempt(
+    images: None, engine: str, postgres: Postgres, tmp_path: Path
+) -> None:
+    url = postgres.create_database()
+    flags = ("--store", url, "--engine", engine, "--probe-interval", "0.2", "--auto-upgrade-first-delay", "3600")
+    with contextlib.ExitStack() as stack:
+        running = [stack.enter_context(overhaul_serve(tmp_path / f"r{n}", *flags)) for n in range(3)]
+        [leader] = wait("one leader", lambda: leaders(running), timeout=30)
+        standby = next(r for r in running if r is not leader)
+        identifier = {"publisher": "overhaul", "offer": "replicas", "sku": "tiny"}
+        assert standby.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] in (200, 201)
+        publish(standby, "1.0.0")
+        assert standby.call("PUT", f"{VMSS}?{API}", model())[0] in (200, 201)
+        healthy = [("1.0.0", "Healthy")] * CAPACITY
+        wait("5 healthy instances", lambda: standby.versions_and_health(VMSS) == healthy, timeout=120)
+        publish(standby, "2.0.0")
+        assert standby.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
+        # Mid-batch: the second batch's reimage is journaled (begun), the first one's instance is upgraded.
+        wait("a second batch begun", lambda: sum(e[1:3] == ("reimage", "begin") for e in journal(url)) >= 2, 60)
+        term = healthz(leader)["lease"]["token"]
+        killed = time.monotonic()
+        os.kill(leader.pid, signal.SIGKILL)
+        leader.process.wait(10)
+        survivors = [r for r in running if r is not leader]
+        [new] = wait("a new leader", lambda: leaders(survivors), timeout=15)
+        assert time.monotonic() - killed < 15
+        assert healthz(new)["lease"]["token"] > term
+        wait("completed", lambda: new.latest_code(VMSS) == "Completed", timeout=180)
+        assert new.versions_and_health(VMSS) == [("2.0.0", "Healthy")] * CAPACITY
+        assert sorted(containers()) == [f"ha_{i}" for i in range(CAPACITY)]  # no .prev left
+        assert set(containers().values()) == {"running"}
+        reimaged = Counter(e[0] for e in journal(url) if e[1:] == ("reimage", "end", True))
+        assert set(reimaged.values()) == {1} and len(reimaged) == CAPACITY, reimaged  # once each
