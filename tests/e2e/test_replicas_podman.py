@@ -72,6 +72,26 @@ def journal(url: str) -> list[tuple[int, str, str, bool | None]]:
     return [(int(i), str(a), str(p), None if ok is None else bool(ok)) for i, a, p, ok in rows]
 
 
+def journal_tokens(url: str) -> Counter[int]:
+    """Journal entries by the lease token they were written under."""
+    with psycopg.connect(url) as conn:
+        return Counter(int(t) for (t,) in conn.execute("SELECT token FROM journal").fetchall())
+
+
+def fleet_on_replicas(replicas: list[ServedProcess]) -> tuple[ServedProcess, ServedProcess]:
+    """The leader and a standby, a scale set of 5 healthy instances on 1.0.0, 2.0.0 published."""
+    [leader] = wait("one leader", lambda: leaders(replicas), timeout=30)
+    standby = next(r for r in replicas if r is not leader)
+    identifier = {"publisher": "overhaul", "offer": "replicas", "sku": "tiny"}
+    assert standby.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] in (200, 201)
+    publish(standby, "1.0.0")
+    assert standby.call("PUT", f"{VMSS}?{API}", model())[0] in (200, 201)
+    healthy = [("1.0.0", "Healthy")] * CAPACITY
+    wait("5 healthy instances", lambda: standby.versions_and_health(VMSS) == healthy, timeout=120)
+    publish(standby, "2.0.0")
+    return leader, standby
+
+
 @pytest.fixture(scope="module")
 def images() -> None:
     for version in ("1.0.0", "2.0.0"):
@@ -95,15 +115,7 @@ def test_the_leader_killed_mid_batch_a_standby_completes_the_attempt(
     flags = ("--store", url, "--engine", engine, "--probe-interval", "0.2", "--auto-upgrade-first-delay", "3600")
     with contextlib.ExitStack() as stack:
         running = [stack.enter_context(overhaul_serve(tmp_path / f"r{n}", *flags)) for n in range(3)]
-        [leader] = wait("one leader", lambda: leaders(running), timeout=30)
-        standby = next(r for r in running if r is not leader)
-        identifier = {"publisher": "overhaul", "offer": "replicas", "sku": "tiny"}
-        assert standby.call("PUT", f"{GALLERY}?{API}", {"properties": {"identifier": identifier}})[0] in (200, 201)
-        publish(standby, "1.0.0")
-        assert standby.call("PUT", f"{VMSS}?{API}", model())[0] in (200, 201)
-        healthy = [("1.0.0", "Healthy")] * CAPACITY
-        wait("5 healthy instances", lambda: standby.versions_and_health(VMSS) == healthy, timeout=120)
-        publish(standby, "2.0.0")
+        leader, standby = fleet_on_replicas(running)
         assert standby.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
         # Mid-batch: the second batch's reimage is journaled (begun), the first one's instance is upgraded.
         wait("a second batch begun", lambda: sum(e[1:3] == ("reimage", "begin") for e in journal(url)) >= 2, 60)
@@ -121,3 +133,37 @@ def test_the_leader_killed_mid_batch_a_standby_completes_the_attempt(
         assert set(containers().values()) == {"running"}
         reimaged = Counter(e[0] for e in journal(url) if e[1:] == ("reimage", "end", True))
         assert set(reimaged.values()) == {1} and len(reimaged) == CAPACITY, reimaged  # once each
+
+
+def test_a_leader_paused_past_its_lease_is_fenced_and_steps_down_when_woken(
+    images: None, engine: str, postgres: Postgres, tmp_path: Path
+) -> None:
+    url = postgres.create_database()
+    flags = ("--store", url, "--engine", engine, "--probe-interval", "0.2", "--auto-upgrade-first-delay", "3600",
+             "--log-level", "debug")  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        running = [stack.enter_context(overhaul_serve(tmp_path / f"r{n}", *flags)) for n in range(3)]
+        leader, standby = fleet_on_replicas(running)
+        assert standby.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
+        wait("a second batch begun", lambda: sum(e[1:3] == ("reimage", "begin") for e in journal(url)) >= 2, 60)
+        old = healthz(leader)["lease"]["token"]
+        os.kill(leader.pid, signal.SIGSTOP)
+        try:
+            survivors = [r for r in running if r is not leader]
+            [new] = wait("a new leader", lambda: leaders(survivors), timeout=15)
+            assert healthz(new)["lease"]["token"] == old + 1
+            wait("the new leader's first journal entry", lambda: journal_tokens(url)[old + 1] > 0, timeout=60)
+            before = journal_tokens(url)[old]
+            woken_at = leader.log.stat().st_size
+        finally:
+            os.kill(leader.pid, signal.SIGCONT)
+        wait("the woken leader standing by", lambda: healthz(leader).get("role") == "standby", timeout=10)
+        wait("completed", lambda: new.latest_code(VMSS) == "Completed", timeout=180)
+        assert journal_tokens(url)[old] == before  # nothing journaled under the old token once it was woken
+        with leader.log.open("rb") as log:
+            log.seek(woken_at)
+            after = log.read().decode()
+        assert "standing down" in after
+        assert f"under lease token {old}" not in after, after  # no engine call from it after its lease ended
+        assert new.versions_and_health(VMSS) == [("2.0.0", "Healthy")] * CAPACITY
+        assert sorted(containers()) == [f"ha_{i}" for i in range(CAPACITY)]

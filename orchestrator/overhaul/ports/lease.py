@@ -7,6 +7,7 @@ it acts, renews the lease while it holds it, and stops acting once ``lost`` is s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,3 +54,25 @@ class Lease(Protocol):
         ...
 
     async def release(self) -> None: ...
+
+
+class Fence:
+    """Where an adapter asks, before each call that changes something outside the process (one engine request of
+    the several a reimage makes), whether this orchestrator may still act. It allows everything until bound to a
+    lease (one orchestrator on its own store has nothing to fence)."""
+
+    def __init__(self) -> None:
+        self._valid: Callable[[], bool] = lambda: True
+        self._token: Callable[[], int | None] = lambda: None
+
+    def bind(self, valid: Callable[[], bool], token: Callable[[], int | None]) -> None:
+        self._valid, self._token = valid, token
+
+    @property
+    def token(self) -> int | None:
+        return self._token()
+
+    def check(self, what: str) -> None:
+        """LeaseLost, naming ``what``, unless the lease is held now (by the holder's own clock)."""
+        if not self._valid():
+            raise LeaseLost(f"{what}: not made, this orchestrator holds no lease")

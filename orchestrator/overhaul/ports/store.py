@@ -45,6 +45,7 @@ class JournalEntry:
     ok: bool | None
     error: str | None
     at: float
+    token: int | None = None  # the lease token it was written under (several orchestrators; None: one)
 
 
 class ScaleSetStore(Protocol):

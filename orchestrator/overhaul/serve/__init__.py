@@ -37,7 +37,7 @@ from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
 from overhaul.adapters.webhook import WebhookDeliverer
 from overhaul.aio import Backoff, cancel_and_wait, restarting
 from overhaul.ports.driver import Driver, DriverError, HostStatuses, ImageCopies
-from overhaul.ports.lease import Holder, LeaseLost
+from overhaul.ports.lease import Fence, Holder, LeaseLost
 from overhaul.ports.store import Store, StoreUnavailable
 from overhaul.runtime import verdicts
 from overhaul.runtime.auto_upgrader import AutoUpgrader
@@ -57,9 +57,10 @@ RESERVED_FILES = 512 + 2 * BACKLOG
 VERDICTS_EVERY = 1.0
 
 
-def engine_settings(settings: ServeSettings) -> EngineSettings:
+def engine_settings(settings: ServeSettings, fence: Fence) -> EngineSettings:
     section = settings.engine
     return EngineSettings(
+        fence=fence,
         url=section.url,
         runtime=section.runtime or None,
         ulimits=tuple(Ulimit(name, soft, hard) for name, soft, hard in parse_ulimits(section.ulimits)),
@@ -87,10 +88,10 @@ class Drivers:
             await close()
 
 
-async def engine_and_vms(settings: ServeSettings, store: Store) -> Drivers:
+async def engine_and_vms(settings: ServeSettings, store: Store, fence: Fence) -> Drivers:
     """Containers through the engine API (a private Podman service, or the engine at the URL) and the hosts'
     engines, VMs through QEMU."""
-    base = engine_settings(settings)
+    base = engine_settings(settings, fence)
     engine = EngineDriver(base)
     try:
         await engine.start()
@@ -102,14 +103,15 @@ async def engine_and_vms(settings: ServeSettings, store: Store) -> Drivers:
     return Drivers(router, [engine.close, router.close_hosts], router, router)
 
 
-async def memory(settings: ServeSettings, store: Store) -> Drivers:
+async def memory(settings: ServeSettings, store: Store, fence: Fence) -> Drivers:
     local = MemoryDriver()
     router = HostRouter(local, memory_drivers(), placed_hosts(store), source=local)
     return Drivers(router, [router.close_hosts], router, router)
 
 
 # settings.engine.kind -> the factory of its drivers.
-DRIVERS: dict[str, Callable[[ServeSettings, Store], Awaitable[Drivers]]] = {
+# ``fence``: asked before each engine request that changes something (bound to the lease with a shared store).
+DRIVERS: dict[str, Callable[[ServeSettings, Store, Fence], Awaitable[Drivers]]] = {
     "podman": engine_and_vms,
     "url": engine_and_vms,
     "memory": memory,
@@ -213,12 +215,14 @@ class Assembled:
     leadership: Leadership | None
 
 
-def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str) -> Assembled:
+def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str, fence: Fence) -> Assembled:
     shared = shared_lease(settings, store)
+    if shared is not None:
+        fence.bind(shared.valid, lambda: shared.token)
     monitor = HealthMonitor(settings.health)
     orchestrator = Orchestrator(
         store,
-        drivers.driver if shared is None else FencedDriver(drivers.driver, shared.valid, lambda: shared.token),
+        drivers.driver if shared is None else FencedDriver(drivers.driver, fence),
         monitor,
         settings=settings.rollout,
         host_statuses=drivers.hosts,
@@ -256,12 +260,13 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         return opened
     store, token = opened
     try:
-        drivers = await DRIVERS[settings.engine.kind](settings, store)
+        fence = Fence()
+        drivers = await DRIVERS[settings.engine.kind](settings, store, fence)
     except DriverError as exc:
         print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
         await store.close()
         return 1
-    parts = assemble(settings, store, drivers, token)
+    parts = assemble(settings, store, drivers, token, fence)
     runner = web.AppRunner(parts.app, handle_signals=False, access_log=None, shutdown_timeout=5)
     tasks: list[asyncio.Task[Any]] = []
     try:

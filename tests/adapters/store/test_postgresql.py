@@ -12,6 +12,7 @@ import pytest
 
 from overhaul.adapters.store.postgresql import MIGRATIONS, PostgresStore, SchemaTooNew, redacted
 from overhaul.core.model import parse_scale_set
+from overhaul.core.rollout import Action, ActionKind
 from overhaul.ports.lease import LeaseLost
 from overhaul.ports.store import StoreUnavailable
 from tests.adapters.store.test_store_contract import REFERENCE, attempt
@@ -81,6 +82,10 @@ async def test_a_write_under_an_old_lease_token_is_refused_and_nothing_is_writte
         await old.delete_scale_set("web")
     assert await old.get_attempt("late") is None and await old.get_scale_set("web") == model  # reads still answer
     assert await new.start_attempt(attempt("web", "a1"), REFERENCE) is None
+    await new.journal_begin("a1", [Action(ActionKind.REIMAGE, 0)], 2.0)
+    assert [e.token for e in await new.journal("a1")] == [2]  # who wrote it, as the lease then said
+    with pytest.raises(LeaseLost):
+        await old.journal_begin("a1", [Action(ActionKind.REIMAGE, 1)], 3.0)
 
 
 async def test_a_killed_server_makes_calls_unavailable_until_it_is_back() -> None:

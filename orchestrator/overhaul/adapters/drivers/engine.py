@@ -37,6 +37,7 @@ from overhaul.core.naming import instance_name, is_data_disk_of, previous_name
 from overhaul.core.triage import Fault
 from overhaul.localhost import free_port, port_in_range
 from overhaul.ports.driver import DriverError, EngineUnavailable, InstanceSpec, InstanceState, NotFound, OsDisk
+from overhaul.ports.lease import Fence, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class EngineSettings:
     # container before it first starts, and platform notices are pushed to the instance's agent.
     remote: bool = False
     notice_timeout: float = 30.0
+    # Asked before each request that changes something (several orchestrators: only the lease's holder acts).
+    fence: Fence = field(default_factory=Fence, compare=False)
 
 
 # The container an engine says holds a name ("... is already in use by 4737652eee2b...").
@@ -99,6 +102,10 @@ LEFT_IN_DATABASE = re.compile(r'getting container from store "([0-9a-f]{64})": c
 
 # aiodocker's status for "could not connect to the engine at all".
 NO_CONNECTION = 900
+
+
+# Engine requests that change nothing (a standby reads the engine as the leader does); every other is fenced.
+READ_CALLS = ("inspect ", "list ", "ping ")
 
 
 def _engine_error(what: str, exc: aiodocker.DockerError) -> DriverError:
@@ -236,6 +243,13 @@ class EngineDriver:
     # --- engine calls, each bounded and with a typed error -----------------------------------------------
 
     async def _call(self, what: str, coro: Any, timeout: float | None = None) -> Any:
+        if not what.startswith(READ_CALLS):
+            try:
+                self.settings.fence.check(what)
+            except LeaseLost:
+                coro.close()  # never sent
+                raise
+            log.debug("%s under lease token %s", what, self.settings.fence.token)
         try:
             async with asyncio.timeout(timeout or self.settings.call_timeout):
                 return await coro

@@ -2,20 +2,22 @@
 the lease (reads go through: a standby lists instances from the engine as the leader does).
 
 The store refuses a write made under an old token, but an engine call carries no token: a leader stopped (SIGSTOP,
-a long pause) and woken after another took over would go on reimaging. Every call here first asks the lease's
-own clock (``valid``: no round trip), so the runtime (the reconciler, the supervisor, start's repair, the
-automatic upgrades, the API's own reimages) never reaches an engine once the lease has ended. What this cannot
-stop is a call already sent when the pause began: each step is idempotent (a reimage of an instance already on
-the version, a commit of a committed one, do nothing), and the next leader observes the engine before acting."""
+a long pause) and woken after another took over would go on reimaging. Every call here first asks the lease's own
+clock (``Fence.check``: no round trip), so the runtime (the reconciler, the supervisor, start's repair, the
+automatic upgrades, the API's own reimages) never reaches an engine once the lease has ended; the engine driver
+asks the same fence before each of the several requests one reimage makes. What neither can stop is a request
+already sent when the pause began: the engine carries it out, each step is idempotent (a reimage of an instance
+already on the version, a commit of a committed one, do nothing), and the next leader observes the engine before
+it acts."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from overhaul.ports.driver import Driver, InstanceSpec, InstanceState
-from overhaul.ports.lease import LeaseLost
+from overhaul.ports.lease import Fence
 
 log = logging.getLogger("overhaul.fence")
 
@@ -23,14 +25,11 @@ log = logging.getLogger("overhaul.fence")
 @dataclass
 class FencedDriver:
     inner: Driver
-    valid: Callable[[], bool]
-    token: Callable[[], int | None]
+    fence: Fence
 
-    def _check(self, call: str, spec: InstanceSpec | None = None) -> None:
-        if not self.valid():
-            raise LeaseLost(f"{call}{f' {spec.name}' if spec else ''}: not made, this orchestrator holds no lease")
-        if spec is not None:
-            log.debug("%s %s under lease token %s", call, spec.name, self.token())
+    def _check(self, call: str, spec: InstanceSpec) -> None:
+        self.fence.check(f"{call} {spec.name}")
+        log.debug("%s %s under lease token %s", call, spec.name, self.fence.token)
 
     async def ping(self) -> None:
         await self.inner.ping()

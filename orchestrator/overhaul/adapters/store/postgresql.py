@@ -121,6 +121,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (scale_set, instance_id)
     );
     """,
+    # The lease token a journal entry was written under.
+    """
+    ALTER TABLE journal ADD COLUMN token BIGINT;
+    """,
 )
 # pg_advisory_lock keys (any bigint; these spell "ovhl" and "ovhl"+1): migrations run one replica at a time.
 MIGRATION_LOCK = 0x6F76686C
@@ -338,6 +342,9 @@ class PostgresStore(SqlStore):
 
     def problem(self) -> str | None:
         return self.database.problem
+
+    def writer_token(self) -> int | None:
+        return self.database.fence()
 
     def fence_with(self, token: Callable[[], int | None]) -> None:
         """Writes from now on are made under the lease ``token`` gives (None: unfenced)."""

@@ -74,6 +74,10 @@ class SqlStore:
         self.sql = sql
         self.retention = retention or HistoryRetention()
 
+    def writer_token(self) -> int | None:
+        """The lease token writes are made under (None: this store has one writer)."""
+        return None
+
     # --- scale sets ---------------------------------------------------------------------------------------
 
     async def put_scale_set(self, model: ScaleSet, now: float) -> None:
@@ -684,18 +688,24 @@ class SqlStore:
 
     async def journal_begin(self, attempt_id: str, actions: Iterable[Action], now: float) -> None:
         """Recorded (and committed) before the actions run."""
+        token = self.writer_token()
         async with self.sql.transaction() as db:
             await db.executemany(
-                "INSERT INTO journal (attempt_id, instance_id, action, phase, at) VALUES (?, ?, ?, 'begin', ?)",
-                [(attempt_id, a.instance_id, a.kind.value, now) for a in actions],
+                "INSERT INTO journal (attempt_id, instance_id, action, phase, at, token)"
+                " VALUES (?, ?, ?, 'begin', ?, ?)",
+                [(attempt_id, a.instance_id, a.kind.value, now, token) for a in actions],
             )
 
     async def journal_end(self, attempt_id: str, results: Iterable[ActionResult], now: float) -> None:
+        token = self.writer_token()
+        rows = [
+            (attempt_id, r.action.instance_id, r.action.kind.value, int(r.ok), r.error, now, token) for r in results
+        ]
         async with self.sql.transaction() as db:
             await db.executemany(
-                "INSERT INTO journal (attempt_id, instance_id, action, phase, ok, error, at)"
-                " VALUES (?, ?, ?, 'end', ?, ?, ?)",
-                [(attempt_id, r.action.instance_id, r.action.kind.value, int(r.ok), r.error, now) for r in results],
+                "INSERT INTO journal (attempt_id, instance_id, action, phase, ok, error, at, token)"
+                " VALUES (?, ?, ?, 'end', ?, ?, ?, ?)",
+                rows,
             )
 
     async def journal(self, attempt_id: str) -> list[JournalEntry]:
@@ -709,6 +719,7 @@ class SqlStore:
                 None if r["ok"] is None else bool(r["ok"]),
                 r["error"],
                 r["at"],
+                r["token"],
             )
             for r in rows
         ]

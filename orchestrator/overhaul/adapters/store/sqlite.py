@@ -165,6 +165,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (scale_set, instance_id)
     );
     """,
+    # The lease token a journal entry was written under (several orchestrators; NULL: one).
+    """
+    ALTER TABLE journal ADD COLUMN token INTEGER;
+    """,
 )
 # Statements that write nothing (a ROLLBACK undoes): every other one is a write, checked against the guard first.
 READS = ("SELECT", "PRAGMA", "ROLLBACK")
