@@ -9,13 +9,17 @@ import concurrent.futures
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from overhaul.localhost import free_port
 from tests.postgres import Postgres
 from tests.serve import API, ServedProcess, overhaul_serve
 
@@ -144,3 +148,46 @@ def test_concurrent_starts_over_three_replicas_give_one_202(three: list[ServedPr
     with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
         codes = list(pool.map(start, range(100)))
     assert sorted(codes) == [202] + [409] * 99, sorted(codes)
+    [leader] = leaders(three)
+    standby = next(r for r in three if r is not leader)
+    sent = time.monotonic()
+    assert standby.call("POST", f"{VMSS}/rollingUpgrades/cancel?{API}")[0] == 202  # in a 30 s pause
+    wait("cancelled", lambda: leader.latest_code(VMSS) == "Cancelled", timeout=10)
+    took = time.monotonic() - sent
+    assert took < 2, took  # forwarded to the leader, whose reconciler is woken at once
+
+
+def test_concurrent_creating_puts_over_three_replicas_give_no_5xx(three: list[ServedProcess]) -> None:
+    wait("one leader", lambda: leaders(three))
+    make_fleet(three[0])
+    other = VMSS.replace("/web", "/api")
+
+    def create(n: int) -> int:
+        return three[n % 3].call("PUT", f"{other}?{API}", model(3))[0]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
+        codes = list(pool.map(create, range(100)))
+    assert sorted(set(codes)) == [200, 201] and codes.count(201) == 1, sorted(codes)
+    vm = model(1)
+    vm["properties"]["virtualMachineProfile"]["overhaul"] = {"vm": {}}
+    status, doc, _ = three[1].call("PUT", f"{VMSS.replace('/web', '/vms')}?{API}", vm)
+    assert status == 400 and doc["error"]["target"] == "properties.virtualMachineProfile.overhaul.vm", doc
+    assert "shared store" in doc["error"]["message"]
+
+
+def test_a_store_newer_than_the_code_or_out_of_reach_exits_1_naming_why(postgres: Postgres, tmp_path: Path) -> None:
+    url = postgres.create_database()
+    with replicas(tmp_path, url, count=1):
+        pass  # migrated
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO overhaul_migrations (version) VALUES (99)")
+    newer = serve_once(tmp_path / "newer", url)
+    assert newer.returncode == 1 and "schema is version 99, newer than this overhaul's" in newer.stderr, newer.stderr
+    gone = serve_once(tmp_path / "gone", f"postgresql://postgres:secret@127.0.0.1:{free_port()}/x")
+    assert gone.returncode == 1 and "the PostgreSQL store cannot be reached" in gone.stderr, gone.stderr
+    assert "secret" not in gone.stderr
+
+
+def serve_once(state_dir: Path, url: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "overhaul.cli", "serve", "--state-dir", str(state_dir), "--port", "1"]
+    return subprocess.run([*command, *replica_flags(url)], capture_output=True, text=True, timeout=60, check=False)

@@ -56,6 +56,8 @@ class ScaleSets:
     def __init__(self, parts: Parts, upgrades: Upgrades) -> None:
         self.parts = parts
         self.upgrades = upgrades
+        # Why VM scale sets are refused here (None: they are not): several orchestrators share the store.
+        self.vms_refused: str | None = None
 
     async def find(self, ref: ScaleSetRef | str) -> ScaleSet | None:
         return await self.parts.find_scale_set(ref)
@@ -116,6 +118,8 @@ class ScaleSets:
             check_new_model(model)
         except ModelError as exc:
             raise InvalidInput(str(exc), target=exc.path) from exc
+        if model.is_vm and self.vms_refused:
+            raise InvalidInput(self.vms_refused, target="properties.virtualMachineProfile.overhaul.vm")
         await self.parts.instances.candidates(model)  # a location, zone or host group no host serves: 400
         previous = await self.parts.store.get_scale_set(ref.name)
         if previous is None:

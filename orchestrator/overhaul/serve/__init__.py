@@ -188,10 +188,10 @@ async def _open(settings: ServeSettings, lease: StateDirLease, token: str) -> tu
     """The store, and the API token (the shared store's when there is one); or the exit code."""
     try:
         store = await open_store(settings, lease)
-    except SchemaTooNew as exc:
+    except (SchemaTooNew, StoreUnavailable) as exc:  # not a setting: trying again later may work
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 1
-    except (StoreDamaged, StoreUnavailable, sqlite3.DatabaseError, OSError) as exc:
+    except (StoreDamaged, sqlite3.DatabaseError, OSError) as exc:
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
     if isinstance(store, PostgresStore):
@@ -200,7 +200,7 @@ async def _open(settings: ServeSettings, lease: StateDirLease, token: str) -> tu
         except (StoreUnavailable, OSError) as exc:
             await store.close()
             print(f"overhaul serve: {exc}", file=sys.stderr)
-            return 2
+            return 1
     return store, token
 
 
@@ -228,6 +228,11 @@ def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str
         host_statuses=drivers.hosts,
         image_copies=drivers.copies,
     )
+    if shared is not None:
+        orchestrator.scale_sets.vms_refused = (
+            "VM scale sets are not supported with a shared store: a VM lives on one machine's disk, and a leader "
+            "elsewhere would find none and make new ones; serve them from an orchestrator with a store of its own"
+        )
     metrics = OrchestratorMetrics(orchestrator)
     duties = leader_duties(settings, orchestrator, store, metrics)
     leadership = None

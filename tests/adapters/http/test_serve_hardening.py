@@ -170,6 +170,16 @@ def test_bad_settings_exit_2_naming_the_setting(tmp_path: Path) -> None:
         (["--engine", "dockerr"], "engine: must be podman, memory"),
         (["--engine", "ssh://root@192.0.2.1/run/podman/podman.sock"], "add it as a host (overhaul vm host create"),
         (["--rollout-retry-min", "-1"], "must not be negative"),
+        (["--store", "mysql://db/fleet"], "store: must be a SQLite file's path or a postgresql:// URL"),
+        (["--store", "postgresql://o@127.0.0.1:9/f"], "engine.engine: the private Podman service lives on this"),
+        (
+            ["--store", "postgresql://o@127.0.0.1:9/f", "--engine", "memory", "--lease-ttl", "5"],
+            "lease.ttl: must be at least 3 times lease.renew_every (2), got 5",
+        ),
+        (
+            ["--store", "postgresql://o@127.0.0.1:9/f", "--engine", "memory", "--port", "0"],
+            "http.port: with a shared store",
+        ),
     ):
         result = overhaul("serve", "--state-dir", str(tmp_path), *args)
         assert result.returncode == 2, result.stderr
