@@ -7,6 +7,7 @@ reaped, so ``kill`` kills the backends too and waits for the postmaster to be go
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -116,3 +118,69 @@ def alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+class TcpProxy:
+    """A TCP proxy on a loopback port in a thread of its own, to a target port: ``cut`` makes it a black hole (open
+    connections hang, new ones are accepted and hang: a network partition, not a refusal); ``heal`` drops the
+    hung connections and forwards again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.cut_off = False
+        self._connections: set[asyncio.Task[None]] = set()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="tcp-proxy", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        ready.set()
+        self.loop.run_forever()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            if self.cut_off:
+                await asyncio.Event().wait()  # hangs until healed (cancelled) or stopped
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            self._connections.discard(task)
+            for each in (writer, up_writer):
+                if each is not None:
+                    each.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while chunk := await reader.read(65536):
+            if self.cut_off:  # a partition: what was sent is never delivered
+                await asyncio.Event().wait()
+            writer.write(chunk)
+            await writer.drain()
+        writer.transport.abort()  # the other end closed: this one learns it as it would over a network
+
+    def cut(self) -> None:
+        self.cut_off = True
+
+    def heal(self) -> None:
+        def drop() -> None:
+            self.cut_off = False
+            for task in list(self._connections):
+                task.cancel()
+
+        self.loop.call_soon_threadsafe(drop)
+
+    def close(self) -> None:
+        self.heal()
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)

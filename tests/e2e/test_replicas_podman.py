@@ -22,7 +22,7 @@ from demo import busybox_images as engine_images
 from tests.e2e.test_replicas import healthz, leaders, wait
 from tests.engines import containers as engine_containers
 from tests.engines import podman_service
-from tests.postgres import Postgres
+from tests.postgres import Postgres, TcpProxy
 from tests.serve import API, ServedProcess, overhaul_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -167,3 +167,57 @@ def test_a_leader_paused_past_its_lease_is_fenced_and_steps_down_when_woken(
         assert f"under lease token {old}" not in after, after  # no engine call from it after its lease ended
         assert new.versions_and_health(VMSS) == [("2.0.0", "Healthy")] * CAPACITY
         assert sorted(containers()) == [f"ha_{i}" for i in range(CAPACITY)]
+
+
+def test_the_database_restarted_and_the_leader_cut_from_it_the_attempt_goes_on(
+    images: None, engine: str, tmp_path: Path
+) -> None:
+    cluster = Postgres()
+    proxy: TcpProxy | None = None
+    try:
+        cluster.start()
+        proxy = TcpProxy(cluster.port)
+        direct = cluster.url()
+        through_proxy = direct.replace(f":{cluster.port}/", f":{proxy.port}/")
+        common = ("--engine", engine, "--probe-interval", "0.2", "--auto-upgrade-first-delay", "3600")
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(overhaul_serve(tmp_path / "r0", "--store", through_proxy, *common))
+            wait("the first replica leading", lambda: leaders([first]), timeout=30)
+            running = [first] + [
+                stack.enter_context(overhaul_serve(tmp_path / f"r{n}", "--store", direct, *common)) for n in (1, 2)
+            ]
+            leader, standby = fleet_on_replicas(running)
+            assert leader is first
+            assert standby.call("POST", f"{VMSS}/osRollingUpgrade?{API}")[0] == 202
+            wait("a batch begun", lambda: sum(e[1:3] == ("reimage", "begin") for e in journal(direct)) >= 1, 60)
+
+            cluster.kill()  # PostgreSQL restarted mid-attempt
+            status, doc, headers = standby.call("PUT", f"{GALLERY}/versions/9.0.0?{API}", {"properties": {}})
+            assert status == 503 and "Retry-After" in headers, doc  # refused whole: nothing is half written
+            assert healthz(leader)["status"] == "unavailable"
+            time.sleep(2)
+            cluster.start()
+            wait("the store back", lambda: healthz(leader)["status"] == "ok", timeout=30)
+            ended = sum(e[1:] == ("reimage", "end", True) for e in journal(direct))
+            wait(
+                "the attempt going on",
+                lambda: sum(e[1:] == ("reimage", "end", True) for e in journal(direct)) > ended,
+                90,
+            )
+
+            cut = time.monotonic()
+            proxy.cut()  # the leader can no longer reach the store: it stops at its own deadline, another leads
+            survivors = running[1:]
+            [new] = wait("a new leader", lambda: leaders(survivors), timeout=20)
+            assert time.monotonic() - cut < 15
+            wait("completed", lambda: new.latest_code(VMSS) == "Completed", timeout=180)
+            assert new.versions_and_health(VMSS) == [("2.0.0", "Healthy")] * CAPACITY
+            assert sorted(containers()) == [f"ha_{i}" for i in range(CAPACITY)]
+            status, doc, _ = new.call("GET", f"{GALLERY}/versions/9.0.0?{API}")
+            assert status == 404, doc
+            proxy.heal()
+            wait("the cut replica standing by", lambda: healthz(first).get("role") == "standby", timeout=30)
+    finally:
+        if proxy is not None:
+            proxy.close()
+        cluster.remove()

@@ -114,7 +114,8 @@ class PostgresLease:
                     (self.me.name, self.me.address, token, self.ttl, LEASE_NAME),
                 )
         except (psycopg.Error, TimeoutError, OSError) as exc:
-            self.refusal = f"the lease cannot be read: {exc or type(exc).__name__}"
+            why = str(exc) or f"no answer within {self.renew_every:g}s"
+            self.refusal = f"the lease cannot be read: {why}"
             return None
         self.refusal = None
         if previous:

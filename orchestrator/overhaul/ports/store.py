@@ -234,3 +234,7 @@ class Store(
     def problem(self) -> str | None:
         """What keeps the store from taking writes, as far as it knows now (None: nothing)."""
         ...
+
+    async def check(self) -> str | None:
+        """The same, asked of the store now (a round trip to a database server)."""
+        ...

@@ -85,6 +85,10 @@ class Orchestrator:
         await self.supervisor.close()
         await self.health.close()
 
+    async def storage_check(self) -> str | None:
+        """None while the store takes writes, asked of it now; else why it does not."""
+        return await self.store.check()
+
     def storage_problem(self) -> str | None:
         """None while the store takes writes, as far as it knows; else why it does not."""
         return self.store.problem()

@@ -63,19 +63,20 @@ class Supervisor:
     async def _run(self, scale_set: str, observed: Mapping[int, InstanceState] | None) -> None:
         backoff = Backoff(self.settings.restart_min, self.settings.restart_max)
         while True:
-            pending = [
-                s.attempt
-                for s in await self.store.unfinished_attempts()
-                if s.attempt.scale_set.lower() == scale_set.lower()
-            ]
-            if not pending:
-                return
-            attempt = pending[0]
-            model = await self.store.get_scale_set(attempt.scale_set)
-            if model is None:
-                log.error("attempt %s: scale set %s no longer exists", attempt.id, attempt.scale_set)
-                return
-            try:
+            attempt = None
+            try:  # reading what to resume fails as running it does (the store unreachable): resumed the same way
+                pending = [
+                    s.attempt
+                    for s in await self.store.unfinished_attempts()
+                    if s.attempt.scale_set.lower() == scale_set.lower()
+                ]
+                if not pending:
+                    return
+                attempt = pending[0]
+                model = await self.store.get_scale_set(attempt.scale_set)
+                if model is None:
+                    log.error("attempt %s: scale set %s no longer exists", attempt.id, attempt.scale_set)
+                    return
                 await self.reconciler.run(model, attempt, observed)
                 backoff.reset()
             except asyncio.CancelledError:
@@ -87,7 +88,10 @@ class Supervisor:
                     str(exc) or type(exc).__name__, isinstance(exc, StoreUnavailable), now, now + backoff.delay
                 )
                 log.exception(
-                    "attempt %s of %s stopped on an error; resuming it in %.1fs", attempt.id, scale_set, backoff.delay
+                    "attempt %s of %s stopped on an error; resuming it in %.1fs",
+                    attempt.id if attempt else "(not read yet)",
+                    scale_set,
+                    backoff.delay,
                 )
                 await backoff.wait()
             observed = None  # from here on the engine is asked afresh

@@ -167,7 +167,7 @@ async def healthz(request: web.Request) -> web.Response:
     writes. Hosts whose engines did not answer when last asked are named, and leave it 200."""
     orchestrator = orchestrator_of(request)
     engine = await orchestrator.engine_problem()
-    storage = orchestrator.storage_problem()
+    storage = await orchestrator.storage_check()
     doc: dict[str, Any] = {"status": "ok" if engine is None and storage is None else "unavailable"}
     doc |= {"engine": engine or "ok", "storage": storage or "ok"}
     # A host that does not answer holds only its own instances: named here, and the orchestrator stays available.

@@ -161,6 +161,8 @@ Connection = psycopg.AsyncConnection[Row]
 # A connection idle longer than this is asked whether it still works before it is lent (the server may have
 # restarted or cut it meanwhile); one used more recently is lent as it is.
 CHECK_AFTER_IDLE = 2.0
+# Seconds /healthz waits for the database's answer.
+CHECK_TIMEOUT = 3.0
 
 
 class Pool:
@@ -342,6 +344,17 @@ class PostgresStore(SqlStore):
 
     def problem(self) -> str | None:
         return self.database.problem
+
+    async def check(self) -> str | None:
+        wait = min(CHECK_TIMEOUT, self.database.call_timeout)
+        try:
+            async with asyncio.timeout(wait):
+                await self.database.one("SELECT 1 AS one")
+        except StoreUnavailable as exc:
+            return str(exc)
+        except TimeoutError:
+            return f"the PostgreSQL store cannot be reached: no answer within {wait:g}s"
+        return None
 
     def writer_token(self) -> int | None:
         return self.database.fence()

@@ -361,6 +361,9 @@ class SqliteStore(SqlStore):
     async def close(self) -> None:
         self.db.close()
 
+    async def check(self) -> str | None:
+        return self.problem()  # a local file: what it knows is what there is
+
     def problem(self) -> str | None:
         if self.db.guard is not None and (problem := self.db.guard()) is not None:
             return problem
