@@ -69,6 +69,7 @@ bench: setup machine
 	$(PY) bench/decide_bench.py
 	$(PY) bench/store_bench.py
 	$(PY) bench/vm_bench.py
+	$(PY) bench/failover_bench.py
 
 # Every seed of the in-memory chaos test (make test runs a sample), then real rollouts on Podman with `overhaul
 # serve` SIGKILLed (and sometimes its Podman service) at random moments; checks the invariants after each restart.

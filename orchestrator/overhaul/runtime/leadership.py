@@ -69,8 +69,10 @@ class Leadership:
                     continue
                 await cancel_and_wait(standing_by)
                 self.before_leading()
-                await self._lead(token)
+                lost = await self._lead(token)
                 standing_by = self._start(self.standby_duties)
+                if not lost:  # it stopped on an error (the store unreachable at start): not again at once
+                    await asyncio.sleep(self.settings.retry)
         finally:
             await cancel_and_wait(standing_by)
 
@@ -84,7 +86,8 @@ class Leadership:
             log.warning("standing by: %s", refusal)
         self._refusal = refusal
 
-    async def _lead(self, token: int) -> None:
+    async def _lead(self, token: int) -> bool:
+        """Leads until the lease is lost (True) or leading fails (False)."""
         self.terms += 1
         log.info("leading the fleet (lease token %d)", token)
         self._set(leader=True)
@@ -94,9 +97,11 @@ class Leadership:
             tasks += self._start(self.duties)
             await self.lease.lost.wait()
             log.warning("the lease (token %d) is lost: standing down", token)
+            return True
         except Exception:
             # Starting under a lease that ended (its writes and engine calls are refused) lands here too.
             log.exception("leading under lease token %d stopped on an error: standing down", token)
+            return False
         finally:
             await self._stand_down(tasks)
 
@@ -115,7 +120,3 @@ class Leadership:
         self.leader = leader
         self.changed.set()
         self.changed = asyncio.Event()
-
-    async def close(self) -> None:
-        if self.leader:
-            await self.lease.release()
