@@ -2,8 +2,8 @@
 side by side with 2 and 3 replicas in one run:
 
 - the leader SIGKILLed 10 times (a new one started each time, so the count stays): the time from the kill to the
-  new leader's /healthz saying so, and to its first engine call (the memory engine: a new leader's start makes
-  the instances its own engine does not have, each call logged with its lease token), median and worst;
+  new leader's /healthz saying so, and to its first engine call (its start observes each scale set's instances;
+  each engine call is logged with the lease token it is made under), median and worst;
 - a standby's idle CPU over 30 s (it reads the leader's health verdicts every second and asks for the lease every
   2 s).
 """

@@ -182,7 +182,9 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
 # under pytest-xdist every Podman or Docker test runs on one worker, in order. QEMU tests (VMs under directories of
 # their own) run beside them: the VM module on one worker, the VM image module on another, and the QEMU variant of
 # the driver contract with the VM module (they share the VM artefacts, built once).
-QEMU_GROUPS = {"test_qemu_vms": "qemu", "test_vm_image": "vm-image"}
+# Modules with engines of their own, beside the container-engine lane: QEMU's, and the replicas' Podman service
+# (its containers' names are its own).
+ENGINE_GROUPS = {"test_qemu_vms": "qemu", "test_vm_image": "vm-image", "test_replicas_podman": "replicas"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist writes the groups into node ids
@@ -194,7 +196,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if params is not None and params.params.get("kit") == "qemu":
             group = "qemu"
         else:
-            group = QEMU_GROUPS.get(item.path.stem, "container-engine")
+            group = ENGINE_GROUPS.get(item.path.stem, "container-engine")
         item.add_marker(pytest.mark.xdist_group(group))
 
 

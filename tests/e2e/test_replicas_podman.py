@@ -140,7 +140,7 @@ def test_a_leader_paused_past_its_lease_is_fenced_and_steps_down_when_woken(
 ) -> None:
     url = postgres.create_database()
     flags = ("--store", url, "--engine", engine, "--probe-interval", "0.2", "--auto-upgrade-first-delay", "3600",
-             "--log-level", "debug")  # fmt: skip
+             "--log-level", "debug", "--lease-ttl", "4", "--lease-renew-every", "1")  # fmt: skip
     with contextlib.ExitStack() as stack:
         running = [stack.enter_context(overhaul_serve(tmp_path / f"r{n}", *flags)) for n in range(3)]
         leader, standby = fleet_on_replicas(running)
@@ -195,7 +195,7 @@ def test_the_database_restarted_and_the_leader_cut_from_it_the_attempt_goes_on(
             status, doc, headers = standby.call("PUT", f"{GALLERY}/versions/9.0.0?{API}", {"properties": {}})
             assert status == 503 and "Retry-After" in headers, doc  # refused whole: nothing is half written
             assert healthz(leader)["status"] == "unavailable"
-            time.sleep(2)
+            time.sleep(0.5)
             cluster.start()
             wait("the store back", lambda: healthz(leader)["status"] == "ok", timeout=30)
             ended = sum(e[1:] == ("reimage", "end", True) for e in journal(direct))
@@ -205,6 +205,7 @@ def test_the_database_restarted_and_the_leader_cut_from_it_the_attempt_goes_on(
                 90,
             )
 
+            assert leaders(running) == [first]  # the default lease outlasted the restart
             cut = time.monotonic()
             proxy.cut()  # the leader can no longer reach the store: it stops at its own deadline, another leads
             survivors = running[1:]

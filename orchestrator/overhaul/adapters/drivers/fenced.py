@@ -38,6 +38,7 @@ class FencedDriver:
         return await self.inner.image_present(image, vm=vm)
 
     async def observe(self, scale_set: str) -> dict[int, InstanceState]:
+        log.debug("observe %s under lease token %s", scale_set, self.fence.token)
         return await self.inner.observe(scale_set)
 
     async def host_port(self, taken: Collection[int]) -> int:
