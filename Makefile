@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # project and rewrite the tests' asserts again, seconds of CPU each time.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: all setup machine test check lint docs unit demo demo-vm demo-agent bench chaos clean
+.PHONY: all setup machine test check lint docs unit demo demo-vm demo-agent bench chaos chaos-ha clean
 
 all: test
 
@@ -78,6 +78,12 @@ KILLS ?= 100
 chaos: setup machine
 	OVERHAUL_CHAOS_RUNS=500 $(PY) -m pytest -q -n 2 tests/runtime/test_chaos_memory.py
 	$(PY) bench/chaos_podman.py --kills $(KILLS)
+
+# Three orchestrators on one PostgreSQL and real Podman: the leader SIGKILLed or paused past its lease, a standby
+# killed, PostgreSQL restarted, during real rollouts and rollbacks; checks fencing and the fleet's invariants.
+# HA_KILLS=20 make chaos-ha for a shorter run.
+chaos-ha: setup machine
+	$(PY) bench/chaos_ha.py --kills $(or $(HA_KILLS),200)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis site

@@ -191,3 +191,18 @@ def test_a_store_newer_than_the_code_or_out_of_reach_exits_1_naming_why(postgres
 def serve_once(state_dir: Path, url: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "overhaul.cli", "serve", "--state-dir", str(state_dir), "--port", "1"]
     return subprocess.run([*command, *replica_flags(url)], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_leader_stopped_gracefully_hands_the_lease_over_at_once(postgres: Postgres, tmp_path: Path) -> None:
+    url = postgres.create_database()
+    slow = ("--store", url, "--engine", "memory", "--lease-ttl", "15", "--lease-renew-every", "5")
+    with contextlib.ExitStack() as stack:
+        running = [stack.enter_context(overhaul_serve(tmp_path / f"r{n}", *slow)) for n in range(2)]
+        [leader] = wait("one leader", lambda: leaders(running), timeout=30)
+        other = next(r for r in running if r is not leader)
+        stopped = time.monotonic()
+        leader.process.send_signal(signal.SIGTERM)  # releases the lease, and says so to the standbys
+        leader.process.wait(20)
+        wait("the standby leading", lambda: leaders([other]), timeout=20)
+        took = time.monotonic() - stopped
+        assert took < 2, took  # its next try would have been up to 5 s away

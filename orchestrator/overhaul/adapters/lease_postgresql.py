@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 import psycopg
 
-from overhaul.adapters.store.postgresql import LEASE_NAME, Pool
+from overhaul.adapters.store.postgresql import CHANNEL, LEASE_NAME, Pool
+from overhaul.ports.hints import LEASE
 from overhaul.ports.lease import Holder
 
 
@@ -169,6 +170,7 @@ class PostgresLease:
                     await conn.execute(
                         "UPDATE lease SET expires_at = '-infinity' WHERE name = %s AND token = %s", (LEASE_NAME, token)
                     )
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, LEASE))  # standbys try at once
         except (psycopg.Error, TimeoutError, OSError):
             pass  # it expires by itself
         finally:

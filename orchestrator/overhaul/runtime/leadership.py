@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from overhaul.aio import Backoff, cancel_and_wait, restarting
+from overhaul.ports.hints import LEASE, Hints, NoHints
 from overhaul.ports.lease import Lease
 from overhaul.runtime.orchestrator import Orchestrator
 
@@ -43,6 +44,7 @@ class Leadership:
         *,
         standby_duties: Sequence[Duty] = (),
         before_leading: Callable[[], None] = lambda: None,
+        hints: Hints | None = None,
     ) -> None:
         """``duties`` run while it leads, ``standby_duties`` while it does not; ``before_leading`` at every new
         term, before the orchestrator starts."""
@@ -51,6 +53,7 @@ class Leadership:
         self.duties = list(duties)
         self.standby_duties = list(standby_duties)
         self.before_leading = before_leading
+        self.hints = hints or NoHints()  # a released lease is taken at once, not at the next try
         self.settings = settings or LeadershipSettings()
         self.leader = False
         self.terms = 0
@@ -65,7 +68,7 @@ class Leadership:
                 token = await self.lease.acquire()
                 if token is None:
                     self._say_why_not()
-                    await asyncio.sleep(self.settings.retry)  # the lease expires by the database's clock: asked again
+                    await self.hints.wait(LEASE, self.settings.retry)  # released, or expired: asked again
                     continue
                 await cancel_and_wait(standing_by)
                 self.before_leading()

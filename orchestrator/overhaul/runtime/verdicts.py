@@ -4,10 +4,10 @@ them for its views (it still hears each instance itself before it judges one: ``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from overhaul.ports.health import HealthReport, Key, VerdictBook
+from overhaul.ports.hints import VERDICTS, Hints, NoHints
 from overhaul.ports.store import Store
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,9 @@ async def record(book: VerdictBook, store: Store) -> None:
             written.update((k, _signature(r)) for k, r in changed.items())
 
 
-async def follow(book: VerdictBook, store: Store, every: float) -> None:
-    """A standby's duty: the leader's verdicts, read every ``every`` seconds."""
+async def follow(book: VerdictBook, store: Store, every: float, hints: Hints | None = None) -> None:
+    """A standby's duty: the leader's verdicts, read when it says it wrote some, and every ``every`` seconds."""
+    heard = hints or NoHints()
     while True:
         book.adopt(await store.health_verdicts())
-        await asyncio.sleep(every)
+        await heard.wait(VERDICTS, every)

@@ -33,6 +33,7 @@ from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.lease import StateDirLease
 from overhaul.adapters.lease_postgresql import PostgresLease
 from overhaul.adapters.store.postgresql import PostgresStore, SchemaTooNew, redacted
+from overhaul.adapters.store.postgresql_hints import PostgresHints
 from overhaul.adapters.store.sqlite import SqliteStore, StoreDamaged
 from overhaul.adapters.webhook import WebhookDeliverer
 from overhaul.aio import Backoff, cancel_and_wait, restarting
@@ -213,6 +214,7 @@ class Assembled:
     duties: list[Duty]
     shared: PostgresLease | None
     leadership: Leadership | None
+    hints: PostgresHints | None = None
 
 
 def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str, fence: Fence) -> Assembled:
@@ -236,6 +238,7 @@ def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str
     metrics = OrchestratorMetrics(orchestrator)
     duties = leader_duties(settings, orchestrator, store, metrics)
     leadership = None
+    hints = PostgresHints(settings.store) if shared is not None else None
     if shared is not None:
         duties.append(("health verdicts", lambda: verdicts.record(monitor, store)))
         leading = leadership = Leadership(
@@ -243,8 +246,9 @@ def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str
             orchestrator,
             duties,
             leadership_settings(settings),
-            standby_duties=[("health verdicts", lambda: verdicts.follow(monitor, store, VERDICTS_EVERY))],
+            standby_duties=[("health verdicts", lambda: verdicts.follow(monitor, store, VERDICTS_EVERY, hints))],
             before_leading=monitor.forget_adopted,
+            hints=hints,
         )
         metrics.watch_leadership(lambda: leading.leader, lambda: shared.token, lambda: shared.takeovers)
     app = build_app(
@@ -256,7 +260,7 @@ def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str
         max_body_bytes=settings.http.max_body_bytes,
         leadership=leadership,
     )
-    return Assembled(orchestrator, app, duties, shared, leadership)
+    return Assembled(orchestrator, app, duties, shared, leadership, hints)
 
 
 async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease: StateDirLease) -> int:
@@ -293,6 +297,8 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
             tasks += [asyncio.create_task(restarting(n, duty, backoff(settings)), name=n) for n, duty in parts.duties]
         else:
             tasks.append(asyncio.create_task(parts.leadership.run(), name="leadership"))
+        if parts.hints is not None:
+            tasks.append(asyncio.create_task(parts.hints.run(), name="hints"))
         announce(settings)
         await stop.wait()
         return 0

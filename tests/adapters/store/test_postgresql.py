@@ -11,8 +11,12 @@ import psycopg
 import pytest
 
 from overhaul.adapters.store.postgresql import MIGRATIONS, PostgresStore, SchemaTooNew, redacted
+from overhaul.adapters.store.postgresql_hints import PostgresHints
 from overhaul.core.model import parse_scale_set
+from overhaul.core.planner import Health
 from overhaul.core.rollout import Action, ActionKind
+from overhaul.ports.health import HealthReport
+from overhaul.ports.hints import LEASE, VERDICTS
 from overhaul.ports.lease import LeaseLost
 from overhaul.ports.store import StoreUnavailable
 from tests.adapters.store.test_store_contract import REFERENCE, attempt
@@ -114,3 +118,40 @@ async def test_a_killed_server_makes_calls_unavailable_until_it_is_back() -> Non
 def test_the_store_url_is_shown_without_its_password() -> None:
     assert redacted("postgresql://ovh:s3cret@db:5432/fleet") == "postgresql://ovh:***@db:5432/fleet"
     assert redacted("postgresql://ovh@db/fleet") == "postgresql://ovh@db/fleet"
+
+
+async def test_hints_arrive_when_the_write_commits_and_again_after_the_server_restarts() -> None:
+    cluster = Postgres()
+    try:
+        cluster.start()
+        store = await PostgresStore.open(cluster.url())
+        hints = PostgresHints(cluster.url(), connect_timeout=3.0)
+        listening = asyncio.create_task(hints.run())
+        try:
+            async with asyncio.timeout(10):
+                await hints.connected.wait()
+            heard = asyncio.create_task(hints.wait(VERDICTS, 30))
+            await asyncio.sleep(0)
+            await store.put_health_verdicts({("web", 0): HealthReport(Health.HEALTHY, 1.0)})
+            async with asyncio.timeout(5):
+                await heard  # well before its 30 s
+            heard = asyncio.create_task(hints.wait(LEASE, 60))
+            await asyncio.sleep(0)
+            await asyncio.to_thread(cluster.kill)  # what is said while it is gone is lost: every topic is hinted
+            async with asyncio.timeout(10):
+                await heard
+            await asyncio.to_thread(cluster.start)
+            async with asyncio.timeout(20):
+                while not hints.connected.is_set():
+                    await hints.wait(VERDICTS, 0.2)
+            heard = asyncio.create_task(hints.wait(VERDICTS, 30))
+            await asyncio.sleep(0)
+            await store.put_health_verdicts({("web", 0): HealthReport(Health.UNHEALTHY, 2.0)})
+            async with asyncio.timeout(5):
+                await heard
+        finally:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
+            await store.close()
+    finally:
+        cluster.remove()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import select
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -129,6 +130,8 @@ MIGRATIONS: tuple[str, ...] = (
 # pg_advisory_lock keys (any bigint; these spell "ovhl" and "ovhl"+1): migrations run one replica at a time.
 MIGRATION_LOCK = 0x6F76686C
 LEASE_NAME = "leader"
+# The LISTEN/NOTIFY channel of hints (ports/hints.py); payloads are topic names only.
+CHANNEL = "overhaul"
 
 
 class SchemaTooNew(Exception):
@@ -159,10 +162,20 @@ def unavailable(exc: BaseException) -> StoreUnavailable:
 
 Connection = psycopg.AsyncConnection[Row]
 # A connection idle longer than this is asked whether it still works before it is lent (the server may have
-# restarted or cut it meanwhile); one used more recently is lent as it is.
+# restarted or cut it meanwhile); one used more recently is lent as it is unless the server said something.
 CHECK_AFTER_IDLE = 2.0
 # Seconds /healthz waits for the database's answer.
 CHECK_TIMEOUT = 3.0
+
+
+def said_something(conn: Connection) -> bool:
+    """Whether an idle connection has something to read: the server ended it (a restart, an administrator) or
+    said something unasked; either way it is asked whether it still works before it is lent."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
 
 
 class Pool:
@@ -185,7 +198,7 @@ class Pool:
             conn, since = self._idle.pop()
             if conn.closed or conn.broken:
                 continue
-            if time.monotonic() - since < CHECK_AFTER_IDLE:
+            if time.monotonic() - since < CHECK_AFTER_IDLE and not said_something(conn):
                 return conn
             try:
                 await conn.execute("SELECT 1")
@@ -248,6 +261,9 @@ class Connected:
         cursor = await self.conn.execute(placeholders(sql), params)
         return await cursor.fetchall()
 
+    async def notify(self, topic: str) -> None:
+        await self.conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, topic))
+
     @asynccontextmanager
     async def transaction(self, lock: str = "") -> AsyncIterator[Database]:
         yield self  # already in one
@@ -301,6 +317,10 @@ class PostgresDatabase:
     async def one(self, sql: str, params: Params = ()) -> Row | None:
         async with self._connected(write=False) as db:
             return await db.one(sql, params)
+
+    async def notify(self, topic: str) -> None:
+        async with self._connected(write=False) as db:
+            await db.notify(topic)
 
     async def all(self, sql: str, params: Params = ()) -> list[Row]:
         async with self._connected(write=False) as db:

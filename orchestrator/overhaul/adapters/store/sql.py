@@ -36,6 +36,7 @@ from overhaul.core.rollout import (
     attempt_to_json,
 )
 from overhaul.ports.health import HealthReport, Key
+from overhaul.ports.hints import VERDICTS
 from overhaul.ports.store import HistoryRetention, JournalEntry, StoredAttempt
 
 # Delivered events are kept this long, so one produced again (after a crash) is not delivered again.
@@ -61,6 +62,11 @@ class Database(Protocol):
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None: ...
     async def one(self, sql: str, params: Params = ()) -> Row | None: ...
     async def all(self, sql: str, params: Params = ()) -> list[Row]: ...
+    async def notify(self, topic: str) -> None:
+        """A hint to other orchestrators sharing the store, delivered when the transaction commits (none for one
+        orchestrator's own store)."""
+        ...
+
     def transaction(self, lock: str = "") -> AbstractAsyncContextManager[Database]:
         """A write transaction; ``lock``: a name no other transaction with the same name runs beside (SQLite
         serialises every write transaction anyway)."""
@@ -738,6 +744,7 @@ class SqlStore:
                 " ON CONFLICT (scale_set, instance_id) DO UPDATE SET doc = excluded.doc",
                 rows,
             )
+            await db.notify(VERDICTS)
 
     async def health_verdicts(self) -> dict[Key, HealthReport]:
         rows = await self.sql.all("SELECT * FROM health_verdicts")

@@ -296,6 +296,9 @@ class SqliteDatabase:
     async def all(self, sql: str, params: Params = ()) -> list[Row]:
         return list(self.db.execute(sql, params).fetchall())
 
+    async def notify(self, topic: str) -> None:
+        pass  # one orchestrator: nobody else to tell
+
     @asynccontextmanager
     async def transaction(self, lock: str = "") -> AsyncIterator[Database]:
         with transaction(self.db):
