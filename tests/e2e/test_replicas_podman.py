@@ -158,7 +158,8 @@ def pause_the_leader_mid_batch(
     os.kill(leader.pid, signal.SIGSTOP)
     try:
         survivors = [r for r in running if r is not leader]
-        [new] = wait("a new leader", lambda: leaders(survivors), timeout=15)
+        [new] = leaders_now = wait("a new leader", lambda: leaders(survivors), timeout=15)
+        assert isinstance(new, ServedProcess) and len(leaders_now) == 1
         assert healthz(new)["lease"]["token"] == old + 1
         wait("the new leader's first journal entry", lambda: journal_tokens(url)[old + 1] > 0, timeout=60)
         before = journal_tokens(url)[old]

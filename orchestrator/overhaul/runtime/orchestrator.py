@@ -66,6 +66,7 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Watches every instance, repairs what a crash left half done, and resumes every unfinished attempt."""
+        self.parts.acting_since = self.clock()
         active = {s.attempt.scale_set.lower() for s in await self.store.unfinished_attempts()}
         for model in await self.store.list_scale_sets():
             states: dict[int, InstanceState] | None = None

@@ -66,6 +66,8 @@ class Parts:
     supervisor: Supervisor
     outbox: Outbox
     changes: Changes  # bumped when the gallery, a model, a host or an attempt's end changes
+    # When this orchestrator last began acting (Orchestrator.start: a serve's start, a new leader's term).
+    acting_since: float | None = None
     _locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
 
     @classmethod

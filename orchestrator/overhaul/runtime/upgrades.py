@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 
 from overhaul.core.auto_upgrade import AutoUpgradeSettings, due_upgrade
@@ -13,7 +14,8 @@ from overhaul.core.cloud_events import attempt_events
 from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.lifecycle_hooks import HookType
 from overhaul.core.model import RollingUpgradePolicy, ScaleSet, ScaleSetRef, model_digest
-from overhaul.core.rollout import Attempt, StartedBy, request_cancel, start
+from overhaul.core.planner import Health
+from overhaul.core.rollout import FIRST_LOOK, Attempt, StartedBy, request_cancel, start
 from overhaul.core.rules import attempt_policy, check_instance_ids, model_upgrade_policy, model_upgrade_version
 from overhaul.core.why import Cause
 from overhaul.ports.driver import InstanceState
@@ -95,6 +97,9 @@ class Upgrades:
                 states = await parts.observe(model.name)
                 if all(states.get(i) and states[i].version == due.target.version for i in range(model.capacity)):
                     return None
+            hearing = first_word_pending(parts, model, states)
+            if hearing is not None:
+                return hearing  # just began acting: no attempt on a verdict the health source has not given yet
             log.info("automatic OS upgrade of %s to %s", model.name, due.target.version)
             await self.begin(model, StartedBy.PLATFORM, due.target.version, states)
             return None
@@ -240,3 +245,17 @@ class Upgrades:
             found = await self.find(attempt_id)
         assert found is not None
         return found
+
+
+def first_word_pending(parts: Parts, model: ScaleSet, states: Mapping[int, InstanceState]) -> float | None:
+    """When to look again while this orchestrator began acting less than FIRST_LOOK ago (a restart, a new leader)
+    and its health source has not yet said a word on some instance (None: go ahead). Counting those as unhealthy
+    would fault the upgrade at its start on the orchestrator's downtime, not the instances' health."""
+    now = parts.clock()
+    began = parts.acting_since
+    if began is None or now >= began + FIRST_LOOK:
+        return None
+    views = instance_views(model, states, parts.health, now)
+    if any(v.health is Health.UNKNOWN and v.observed_at == 0 for v in views.values()):
+        return min(now + 1.0, began + FIRST_LOOK)
+    return None
