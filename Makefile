@@ -40,7 +40,7 @@ docs: setup
 # Three workers on two cores: most tests wait on I/O; the real-engine modules are grouped (tests/conftest.py).
 WORKERS ?= 3
 unit: setup machine
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup --durations=25
 
 test: lint unit
 
