@@ -57,7 +57,6 @@ class Leadership:
         self.settings = settings or LeadershipSettings()
         self.leader = False
         self.terms = 0
-        self.changed = asyncio.Event()  # set at every change of ``leader`` (tests and /healthz wait on it)
         self._refusal: str | None = None
 
     async def run(self) -> None:
@@ -93,7 +92,7 @@ class Leadership:
         """Leads until the lease is lost (True) or leading fails (False)."""
         self.terms += 1
         log.info("leading the fleet (lease token %d)", token)
-        self._set(leader=True)
+        self.leader = True
         tasks = [asyncio.create_task(self._renew(), name="lease-renewal")]
         try:
             await self.orchestrator.start()
@@ -115,11 +114,6 @@ class Leadership:
             await asyncio.sleep(self.settings.renew_every)
 
     async def _stand_down(self, tasks: list[asyncio.Task[None]]) -> None:
-        self._set(leader=False)
+        self.leader = False
         await cancel_and_wait(tasks)
         await self.orchestrator.close()  # its supervisor and watches stop; it can start again in a later term
-
-    def _set(self, *, leader: bool) -> None:
-        self.leader = leader
-        self.changed.set()
-        self.changed = asyncio.Event()
