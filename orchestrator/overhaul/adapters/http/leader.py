@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from overhaul.adapters.http.requests import Handler, error
+from overhaul.adapters.http.requests import BODY_TIMEOUT_KEY, Handler, RequestTimeout, error
 from overhaul.runtime.leadership import Leadership
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,11 @@ async def forward(request: web.Request, leader: str, name: str) -> web.StreamRes
     session = request.app[FORWARD_SESSION_KEY]
     headers = {k: v for k in PASSED_ON if (v := request.headers.get(k)) is not None}
     headers[FORWARDED] = request.host
-    body = await request.read()
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT_KEY]):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {request.app[BODY_TIMEOUT_KEY]:g}s") from None
     try:
         async with (
             asyncio.timeout(FORWARD_TIMEOUT),
@@ -73,7 +78,7 @@ async def forward(request: web.Request, leader: str, name: str) -> web.StreamRes
     return web.Response(status=status, body=payload, headers=given)
 
 
-async def open_session(app: web.Application) -> Any:
+async def open_session(app: web.Application) -> AsyncIterator[None]:
     app[FORWARD_SESSION_KEY] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT))
     yield
     await app[FORWARD_SESSION_KEY].close()
