@@ -93,7 +93,17 @@ class Fleet:
         return next(r for r in self.replicas if r.process.poll() is None)
 
     def restart(self, n: int) -> None:
+        """Started again on its state directory; its log so far is kept (the new process's log starts empty)."""
+        with self.history(n).open("ab") as kept:
+            kept.write(self.replicas[n].log.read_bytes())
         self.replicas[n] = self.start(n)
+
+    def history(self, n: int) -> Path:
+        return self.work / f"r{n}.earlier.log"
+
+    def all_logs(self, n: int) -> str:
+        earlier = self.history(n).read_text(errors="replace") if self.history(n).exists() else ""
+        return earlier + self.replicas[n].log.read_text(errors="replace")
 
 
 def containers() -> dict[str, bool]:
@@ -224,8 +234,8 @@ class Chaos:
 
     def tokens_by_replica(self) -> None:
         holders: dict[int, set[int]] = {}
-        for n, replica in enumerate(self.fleet.replicas):
-            for match in TOKEN_LINE.finditer(replica.log.read_text(errors="replace")):
+        for n in range(len(self.fleet.replicas)):
+            for match in TOKEN_LINE.finditer(self.fleet.all_logs(n)):
                 holders.setdefault(int(match.group(1)), set()).add(n)
         for token, which in sorted(holders.items()):
             if len(which) > 1:
