@@ -14,7 +14,7 @@ import pytest
 from overhaul.adapters.lease_postgresql import PostgresLease
 from overhaul.adapters.store.postgresql import PostgresStore
 from overhaul.ports.lease import Holder
-from tests.postgres import Postgres
+from tests.postgres import Postgres, TcpProxy
 
 A = Holder("node-a pid 1", "http://127.0.0.1:8071")
 B = Holder("node-b pid 2", "http://127.0.0.1:8072")
@@ -104,3 +104,30 @@ async def test_the_database_unreachable_the_lease_is_held_until_the_holders_own_
             await lease.release()
     finally:
         cluster.remove()
+
+
+async def test_a_holder_cut_off_mid_transaction_does_not_keep_the_lease_row_locked(url: str) -> None:
+    """Its open transaction (a fenced write holds the lease row FOR SHARE) is ended by the server once idle, so a
+    standby can take the expired lease; else the row stays locked until the server notices the dead connection."""
+    port = int(url.rsplit(":", 1)[1].split("/", maxsplit=1)[0])
+    proxy = TcpProxy(port)
+    cut_off = url.replace(f":{port}/", f":{proxy.port}/")
+    holder, standby = PostgresLease(cut_off, A, ttl=3, renew_every=0.5), PostgresLease(url, B, ttl=3, renew_every=0.5)
+    store = await PostgresStore.open(cut_off)
+    try:
+        assert await holder.acquire() == 1
+        conn = await store.database.pool._connect()  # a write's fence holds the lease row, then the cut
+        await conn.execute("SELECT token FROM lease WHERE name = 'leader' FOR SHARE")
+        proxy.cut()
+        token = None
+        async with asyncio.timeout(15):
+            while token is None:
+                token = await standby.acquire()
+                await asyncio.sleep(0.2)
+        assert token == 2
+        await conn.close()
+    finally:
+        proxy.close()
+        await standby.release()
+        await holder.release()
+        await store.close()

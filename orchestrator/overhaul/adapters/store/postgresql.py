@@ -164,6 +164,11 @@ Connection = psycopg.AsyncConnection[Row]
 # A connection idle longer than this is asked whether it still works before it is lent (the server may have
 # restarted or cut it meanwhile); one used more recently is lent as it is unless the server said something.
 CHECK_AFTER_IDLE = 2.0
+# Seconds the server lets one of our sessions sit in an open transaction without a word before it ends it: a
+# replica cut off from the database mid-transaction (a partition) would otherwise keep its row locks (the lease
+# row's among them, so no standby could take over) until the server noticed the connection was dead. Our
+# transactions never wait on anything but the database between statements; well under the lease's TTL.
+IDLE_IN_TRANSACTION = 3.0
 # Seconds /healthz waits for the database's answer.
 CHECK_TIMEOUT = 3.0
 
@@ -190,7 +195,10 @@ class Pool:
 
     async def _connect(self) -> Connection:
         return await psycopg.AsyncConnection.connect(
-            self.url, row_factory=dict_row, connect_timeout=max(1, round(self.connect_timeout))
+            self.url,
+            row_factory=dict_row,
+            connect_timeout=max(1, round(self.connect_timeout)),
+            options=f"-c idle_in_transaction_session_timeout={round(IDLE_IN_TRANSACTION * 1000)}",
         )
 
     async def _lend(self) -> Connection:
