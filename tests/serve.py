@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -41,6 +42,16 @@ class Served:
     def token(self) -> str:
         return (self.state_dir / "token").read_text().strip()
 
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """Over https: trusting the serve's local CA (--tls auto) as the CLI does."""
+        if not self.url.startswith("https://"):
+            return None
+        return ssl.create_default_context(cafile=self.state_dir / "tls" / "ca.pem")
+
+    def open(self, request: urllib.request.Request | str, timeout: float) -> Any:
+        return urllib.request.urlopen(request, timeout=timeout, context=self.tls)
+
     def call(
         self, method: str, path: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None
     ) -> tuple[int, Any, dict[str, str]]:
@@ -54,7 +65,7 @@ class Served:
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=60) as resp:
+            with self.open(request, timeout=60) as resp:
                 status, payload, headers = resp.status, resp.read(), dict(resp.headers)
         except urllib.error.HTTPError as exc:
             status, payload, headers = exc.code, exc.read(), dict(exc.headers)
@@ -85,7 +96,7 @@ class Served:
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of serve's /metrics: the unlabelled one, or the one with exactly these labels."""
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
+        with self.open(f"{self.url}/metrics", timeout=10) as resp:
             text = resp.read().decode()
         wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
         for line in text.splitlines():
@@ -114,6 +125,10 @@ class Served:
 @dataclass
 class ServedProcess(Served):
     process: subprocess.Popen[bytes]
+
+
+def scheme(flags: tuple[str, ...]) -> str:
+    return "https" if "--tls" in flags or "--tls-cert" in flags else "http"
 
 
 def with_umask(umask: int | None) -> list[str]:
@@ -149,7 +164,7 @@ def overhaul_serve(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    served = ServedProcess(f"http://127.0.0.1:{port}", state_dir, log, process.pid, process)
+    served = ServedProcess(f"{scheme(extra)}://127.0.0.1:{port}", state_dir, log, process.pid, process)
     try:
         wait_until_serving(served, lambda: process.poll() is None)
         yield served
@@ -166,9 +181,9 @@ def wait_until_serving(served: Served, alive: Callable[[], bool]) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            with urllib.request.urlopen(served.url + "/healthz", timeout=2):
+            with served.open(served.url + "/healthz", timeout=2):
                 return
-        except OSError:
+        except OSError:  # the local CA's file too, until serve has made it
             if not alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"overhaul serve did not start: {served.log.read_text()}") from None
             time.sleep(0.02)
@@ -197,7 +212,7 @@ def serve_in_process(state_dir: Path, *extra: str) -> Iterator[Served]:
 
     thread = threading.Thread(target=run, name=f"serve {state_dir}", daemon=True)
     thread.start()
-    served = Served(f"http://127.0.0.1:{port}", state_dir, log, os.getpid())
+    served = Served(f"{scheme(extra)}://127.0.0.1:{port}", state_dir, log, os.getpid())
     try:
         wait_until_serving(served, thread.is_alive)
         yield served

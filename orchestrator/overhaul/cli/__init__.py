@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from overhaul import __version__
-from overhaul.cli.client import EXIT_USAGE, Client, CliError, find_token
+from overhaul.cli.az_login import add_az_login_command, run_az_login
+from overhaul.cli.client import EXIT_USAGE, Client, CliError, default_endpoint, find_token
 from overhaul.cli.events import add_event_commands, run_events
 from overhaul.cli.gallery import add_gallery_commands, run_sig, run_vm_image, sig_defaults
 from overhaul.cli.hosts import add_host_commands, run_hosts
@@ -59,8 +60,9 @@ def common_arguments() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--endpoint",
-        default=os.environ.get("OVERHAUL_ENDPOINT", f"http://127.0.0.1:{DEFAULT_PORT}"),
-        help="the orchestrator's URL (env OVERHAUL_ENDPOINT)",
+        default=default_endpoint(),
+        help="the orchestrator's URL (env OVERHAUL_ENDPOINT; default: where the state directory's serve listens, "
+        f"else http://127.0.0.1:{DEFAULT_PORT})",
     )
     common.add_argument(
         "--token-file",
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     # commands never import the server. Listed here so that `overhaul --help` shows it.
     groups.add_parser("serve", help="run the orchestrator service (overhaul serve --help lists its settings)")
 
+    add_az_login_command(groups)
     add_vmss_commands(groups, common)
     add_host_commands(add_gallery_commands(groups, common), common)
     add_network_commands(groups, common)
@@ -175,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.group == "completion":
             print(bash_completion(parser), end="")
             return 0
+        if args.group == "az-login":
+            return run_az_login(args)
         apply_defaults(args, load_defaults())
         client = Client(args.endpoint, find_token(args), args.subscription, debug=args.debug, verbose=args.verbose)
         if args.group == "vmss":

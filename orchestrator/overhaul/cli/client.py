@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -12,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from overhaul.defaults import default_state_dir
+from overhaul.defaults import DEFAULT_PORT, default_state_dir
 
 API_VERSION = "2024-07-01"
 TERMINAL = ("Completed", "Faulted", "Cancelled")
@@ -45,6 +46,7 @@ class Client:
         self.timeout = timeout
         self.debug = debug
         self.verbose = verbose or debug
+        self.tls = tls_context(self.endpoint)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         sep = "&" if "?" in path else "?"
@@ -60,7 +62,7 @@ class Client:
             if data is not None:
                 print(f"overhaul: request body {data.decode()[:2000]}", file=sys.stderr)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.tls) as resp:
                 raw = resp.read()
                 status = resp.status
         except urllib.error.HTTPError as exc:
@@ -77,6 +79,12 @@ class Client:
                 message = f"HTTP {exc.code}: {raw[:300]!r}"
             raise CliError(message, code) from None
         except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLCertVerificationError):
+                raise CliError(
+                    f"the orchestrator at {self.endpoint} presented a certificate this machine does not trust "
+                    f"({exc.reason.verify_message}): a serve with `--tls auto` has its CA in STATE_DIR/tls/ca.pem, "
+                    "which the CLI trusts when OVERHAUL_STATE_DIR names that directory"
+                ) from None
             raise CliError(
                 f"cannot reach the orchestrator at {self.endpoint}: {exc.reason} (is `overhaul serve` running?)"
             ) from None
@@ -102,6 +110,28 @@ class Client:
             f"/subscriptions/{self.subscription}/resourceGroups/{rg}/providers/Microsoft.Compute"
             f"/galleries/{gallery}/images/{image}"
         )
+
+
+def tls_context(endpoint: str) -> ssl.SSLContext | None:
+    """For an https endpoint: the system's trust, and the local CA of the state directory's serve (--tls auto)."""
+    if not endpoint.startswith("https://"):
+        return None
+    context = ssl.create_default_context()
+    ca = default_state_dir() / "tls" / "ca.pem"
+    if ca.is_file():
+        context.load_verify_locations(ca)
+    return context
+
+
+def default_endpoint() -> str:
+    """OVERHAUL_ENDPOINT, else where the state directory's serve said it listens, else the default port."""
+    if os.environ.get("OVERHAUL_ENDPOINT"):
+        return os.environ["OVERHAUL_ENDPOINT"]
+    try:
+        written = (default_state_dir() / "endpoint").read_text().strip()
+    except OSError:
+        written = ""
+    return written if written.startswith(("http://", "https://")) else f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 def find_token(args: argparse.Namespace) -> str:

@@ -12,9 +12,11 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,16 @@ from overhaul.runtime.leadership import Duty, Leadership, LeadershipSettings
 from overhaul.runtime.orchestrator import Orchestrator
 from overhaul.serve import logs
 from overhaul.serve.settings import ServeSettings, SettingsError, add_arguments, load_settings, parse_ulimits
-from overhaul.serve.state_dir import TOKEN_FILE, StateDirError, ensure_token, make_private, write_private
+from overhaul.serve.state_dir import (
+    ENDPOINT_FILE,
+    IDENTITY_SECRET_FILE,
+    TOKEN_FILE,
+    StateDirError,
+    ensure_token,
+    make_private,
+    write_private,
+)
+from overhaul.serve.tls import TlsFiles, ca_path, local_certificate, server_context, server_names
 
 log = logging.getLogger("overhaul.serve")
 
@@ -126,35 +137,44 @@ async def serve(settings: ServeSettings, stop: asyncio.Event) -> int:
     except (StateDirError, OSError) as exc:
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
-    me = Holder(f"{socket.gethostname()} pid {os.getpid()}", f"http://{settings.http.host}:{settings.http.port}")
+    me = Holder(f"{socket.gethostname()} pid {os.getpid()}", settings.http.url)
     lease = StateDirLease(state_dir, me, "overhaul.db" if settings.shared_store else str(settings.database))
     if await lease.acquire() is None:
         print(f"overhaul serve: {lease.held_message(await lease.holder())}", file=sys.stderr)
         return 1
     try:
         token = ensure_token(state_dir)
+        identity = ensure_token(state_dir, IDENTITY_SECRET_FILE) if settings.http.managed_identity else ""
+        tls = tls_context(settings)
     except (StateDirError, OSError) as exc:
         await lease.release()
         print(f"overhaul serve: {exc}", file=sys.stderr)
         return 2
     try:
-        return await _serve(settings, stop, token, lease)
+        return await _serve(settings, stop, Secrets(token, identity), lease, tls)
     finally:
         await lease.release()
 
 
-def announce(settings: ServeSettings) -> None:
-    http, state_dir = settings.http, settings.state_path
+def tls_context(settings: ServeSettings) -> ssl.SSLContext | None:
+    """The API's TLS: the operator's certificate, or the local CA's (made on first start), or none."""
+    http = settings.http
+    if http.tls_cert:
+        return server_context(TlsFiles(Path(http.tls_cert), Path(http.tls_key), None))
+    if http.tls == "auto":
+        advertised = urllib.parse.urlsplit(http.advertise_url).hostname or ""
+        return server_context(local_certificate(settings.state_path, server_names(http.host, advertised)))
+    return None
+
+
+def announce(settings: ServeSettings, url: str) -> None:
+    """Says where the API is, in the log and on stdout, and in STATE_DIR/endpoint for the CLI."""
+    state_dir = settings.state_path
     store = redacted(settings.store) if settings.shared_store else str(settings.database)
-    log.info(
-        "serving on http://%s:%d (state in %s, store %s, engine %s)",
-        http.host,
-        http.port,
-        state_dir,
-        store,
-        settings.engine.engine,
-    )
-    print(f"overhaul: serving on http://{http.host}:{http.port}; token in {state_dir / 'token'}", flush=True)
+    log.info("serving on %s (state in %s, store %s, engine %s)", url, state_dir, store, settings.engine.engine)
+    write_private(state_dir / ENDPOINT_FILE, (url + "\n").encode())
+    trust = f"; clients trust {ca_path(state_dir)}" if settings.http.tls == "auto" else ""
+    print(f"overhaul: serving on {url}; token in {state_dir / 'token'}{trust}", flush=True)
 
 
 async def open_store(settings: ServeSettings, lease: StateDirLease) -> Store:
@@ -217,7 +237,13 @@ class Assembled:
     hints: PostgresHints | None = None
 
 
-def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str, fence: Fence) -> Assembled:
+@dataclass(frozen=True)
+class Secrets:
+    token: str  # the API token
+    identity: str  # what callers of the managed identity endpoint present ("": the endpoint is off)
+
+
+def assemble(settings: ServeSettings, store: Store, drivers: Drivers, secrets: Secrets, fence: Fence) -> Assembled:
     shared = shared_lease(settings, store)
     if shared is not None:
         fence.bind(shared.valid, lambda: shared.token)
@@ -253,18 +279,22 @@ def assemble(settings: ServeSettings, store: Store, drivers: Drivers, token: str
         metrics.watch_leadership(lambda: leading.leader, lambda: shared.token, lambda: shared.takeovers)
     app = build_app(
         orchestrator,
-        token,
+        secrets.token,
         metrics,
         body_timeout=settings.http.body_timeout,
         handshake_timeout=settings.events.timeout,
         max_body_bytes=settings.http.max_body_bytes,
         leadership=leadership,
+        trusted_proxies=settings.http.proxies,
+        identity_secret=secrets.identity,
     )
     return Assembled(orchestrator, app, duties, shared, leadership, hints)
 
 
-async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease: StateDirLease) -> int:
-    opened = await _open(settings, lease, token)
+async def _serve(
+    settings: ServeSettings, stop: asyncio.Event, secrets: Secrets, lease: StateDirLease, tls: ssl.SSLContext | None
+) -> int:
+    opened = await _open(settings, lease, secrets.token)
     if isinstance(opened, int):
         return opened
     store, token = opened
@@ -275,21 +305,23 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
         print(f"overhaul serve: the container engine could not be started: {exc}", file=sys.stderr)
         await store.close()
         return 1
-    parts = assemble(settings, store, drivers, token, fence)
+    parts = assemble(settings, store, drivers, replace(secrets, token=token), fence)
     runner = web.AppRunner(parts.app, handle_signals=False, access_log=None, shutdown_timeout=5)
     tasks: list[asyncio.Task[Any]] = []
     try:
         if parts.leadership is None:
             await parts.orchestrator.start()
         await runner.setup()
+        site = GatedSite(
+            runner,
+            settings.http.host,
+            settings.http.port,
+            limit=connection_limit(settings.http.max_connections, RESERVED_FILES, floor=16),
+            header_timeout=settings.http.header_timeout,
+            ssl_context=tls,
+        )
         try:
-            await GatedSite(
-                runner,
-                settings.http.host,
-                settings.http.port,
-                limit=connection_limit(settings.http.max_connections, RESERVED_FILES, floor=16),
-                header_timeout=settings.http.header_timeout,
-            ).start()
+            await site.start()
         except OSError as exc:
             print(f"overhaul serve: cannot listen on {settings.http.host}:{settings.http.port}: {exc}", file=sys.stderr)
             return 1
@@ -299,7 +331,7 @@ async def _serve(settings: ServeSettings, stop: asyncio.Event, token: str, lease
             tasks.append(asyncio.create_task(parts.leadership.run(), name="leadership"))
         if parts.hints is not None:
             tasks.append(asyncio.create_task(parts.hints.run(), name="hints"))
-        announce(settings)
+        announce(settings, replace(settings.http, port=site.port).url)
         await stop.wait()
         return 0
     finally:
@@ -317,7 +349,7 @@ def shared_lease(settings: ServeSettings, store: Store) -> PostgresLease | None:
     """The shared store's lease, and its writes fenced by it (None: the store is this orchestrator's alone)."""
     if not isinstance(store, PostgresStore):
         return None
-    address = settings.http.advertise_url or f"http://{settings.http.host}:{settings.http.port}"
+    address = settings.http.advertise_url or settings.http.url
     me = Holder(f"{socket.gethostname()} pid {os.getpid()}", address.rstrip("/"))
     section = settings.lease
     lease = PostgresLease(

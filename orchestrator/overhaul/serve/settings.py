@@ -4,6 +4,7 @@ environment variables, then flags. Every field of every section is reachable fro
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -35,6 +36,26 @@ class HttpSettings:
     max_connections: int = 1000
     header_timeout: float = 10.0
     advertise_url: str = ""
+    tls: str = "off"
+    tls_cert: str = ""
+    tls_key: str = ""
+    trusted_proxies: str = ""
+    managed_identity: bool = True
+
+    @property
+    def secure(self) -> bool:
+        return self.tls == "auto" or bool(self.tls_cert)
+
+    @property
+    def url(self) -> str:
+        """Where this API is reached on the address it listens on."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.secure else 'http'}://{host}:{self.port}"
+
+    @property
+    def proxies(self) -> frozenset[str]:
+        return frozenset(filter(None, (p.strip() for p in self.trusted_proxies.split(","))))
 
 
 @dataclass(frozen=True)
@@ -136,7 +157,15 @@ HELP = {
     "limit)",
     "http.header_timeout": "seconds a connection may take to send its request head (then it is closed)",
     "http.advertise_url": "where the other orchestrators of a shared store reach this one's API (default "
-    "http://HOST:PORT)",
+    "http(s)://HOST:PORT)",
+    "http.tls": "off, or auto: serve HTTPS with a certificate of a local CA made in STATE_DIR/tls (clients trust "
+    "STATE_DIR/tls/ca.pem; the overhaul CLI does by itself)",
+    "http.tls_cert": "serve HTTPS with this certificate (PEM, chain included); needs http.tls_key",
+    "http.tls_key": "the private key of http.tls_cert (PEM)",
+    "http.trusted_proxies": "addresses of reverse proxies whose Forwarded / X-Forwarded-Proto / X-Forwarded-Host "
+    "headers say how clients reached the API (operation URLs follow them), separated by commas",
+    "http.managed_identity": "serve the managed identity endpoint (/msi/token, App Service's protocol) to callers on "
+    "this machine holding STATE_DIR/identity.secret: az login --identity (overhaul az-login)",
     "engine.engine": "podman (a private podman system service), a unix:// or tcp:// URL of a Docker or Podman "
     "engine, or memory (no containers, for trying the API)",
     "engine.runtime": "OCI runtime of the private podman service ('' keeps podman's default)",
@@ -301,7 +330,30 @@ def check(settings: ServeSettings) -> None:
             f"http.header_timeout: must be above 0 and at most 3600, got {settings.http.header_timeout}"
         )
     parse_ulimits(settings.engine.ulimits)
+    check_tls(settings.http)
     check_store(settings)
+
+
+def check_tls(http: HttpSettings) -> None:
+    if http.tls not in ("off", "auto"):
+        raise SettingsError(f"http.tls: must be off or auto (or give http.tls_cert and http.tls_key), got {http.tls!r}")
+    if bool(http.tls_cert) != bool(http.tls_key):
+        missing = "http.tls_key" if http.tls_cert else "http.tls_cert"
+        raise SettingsError(f"{missing}: http.tls_cert and http.tls_key are given together")
+    if http.tls_cert and http.tls == "auto":
+        raise SettingsError("http.tls: auto makes a local certificate; with http.tls_cert given leave it off")
+    for path in (http.tls_cert, http.tls_key):
+        if path and not Path(path).is_file():
+            which = "http.tls_cert" if path == http.tls_cert else "http.tls_key"
+            raise SettingsError(f"{which}: no such file {path!r}")
+    for proxy in http.proxies:
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError:
+            raise SettingsError(
+                f"http.trusted_proxies: {proxy!r} is not an IP address (proxies are named by the address they "
+                "connect from)"
+            ) from None
 
 
 def check_store(settings: ServeSettings) -> None:

@@ -10,6 +10,10 @@ import stat
 from pathlib import Path
 
 TOKEN_FILE = "token"
+# Where the API listens, written on every start: the CLI's default endpoint.
+ENDPOINT_FILE = "endpoint"
+# What a caller of the managed identity endpoint presents (X-IDENTITY-HEADER).
+IDENTITY_SECRET_FILE = "identity.secret"
 # token_urlsafe(32) gives 43 characters; anything much shorter is guessable or a mistake.
 MIN_TOKEN_CHARS = 32
 
@@ -92,9 +96,10 @@ def read_token(path: Path) -> str:
     return token
 
 
-def ensure_token(state_dir: Path) -> str:
-    """The API token: made on first start (atomically, synced), checked on every later one."""
-    path = state_dir / TOKEN_FILE
+def ensure_token(state_dir: Path, name: str = TOKEN_FILE) -> str:
+    """The API token (or another secret of the state directory, ``name``): made on first start (atomically,
+    synced), checked on every later one."""
+    path = state_dir / name
     if not os.path.lexists(path):
         write_private(path, (secrets.token_urlsafe(32) + "\n").encode())
     return read_token(path)

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,9 +148,22 @@ def test_every_setting_is_reachable_from_file_env_and_flags(tmp_path: Path) -> N
             values = ("json", "text", "json")
         if option.key == "engine.ulimits":
             values = ("nofile=1:2", "nofile=3:4", "nproc=5:6")
+        if option.key == "http.tls":
+            values = ("auto", "off", "auto")
+        if option.key == "http.trusted_proxies":
+            values = ("127.0.0.1", "::1", "10.0.0.1")
+        pem_files = [tmp_path / f"{n}.pem" for n in "abcd"]
+        for pem in pem_files:
+            pem.touch()
+        if option.key in ("http.tls_cert", "http.tls_key"):
+            values = (str(pem_files[0]), str(pem_files[1]), str(pem_files[2]))
         section, _, name = option.key.rpartition(".")
         file_value = json.loads(values[0]) if kind is not str else values[0]
-        doc = {section: {name: file_value}} if section else {name: file_value}
+        doc: dict[str, Any] = {section: {name: file_value}} if section else {name: file_value}
+        # A certificate goes with its key: the other one of the pair is set too.
+        partner = {"tls_cert": "tls_key", "tls_key": "tls_cert"}.get(name)
+        if partner:
+            doc["http"][partner] = str(pem_files[3])
         config = tmp_path / "c.json"
         config.write_text(json.dumps(doc))
 

@@ -4,7 +4,6 @@ The ARM resources' handlers are in ``routes``, one module per resource group."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 from typing import Any
@@ -12,10 +11,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from overhaul.adapters.http import identity
+from overhaul.adapters.http.auth import TOKEN_KEY, TOKENS_KEY, bearer_auth
 from overhaul.adapters.http.gate import GATE_KEY, GateHolder, gate_middleware
 from overhaul.adapters.http.leader import LEADERSHIP_KEY, forward_writes, leadership_doc, open_session
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.http.openapi import openapi_document
+from overhaul.adapters.http.origin import TRUSTED_PROXIES_KEY, forwarded_origin
 from overhaul.adapters.http.requests import (
     BODY_TIMEOUT_KEY,
     HANDSHAKE_TIMEOUT_KEY,
@@ -37,6 +39,7 @@ from overhaul.adapters.http.routes import (
     scale_sets,
     upgrades,
 )
+from overhaul.adapters.http.tokens import Tokens
 from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
 from overhaul.runtime.leadership import Leadership
@@ -48,14 +51,9 @@ audit_log = logging.getLogger("overhaul.audit")
 MAX_BODY_BYTES = 1024 * 1024
 # A request body that has not arrived within this many seconds gets 408.
 BODY_TIMEOUT = 30.0
-# Automatic OS image upgrades need api-version 2018-10-01 or later; every later dated version speaks the same shapes.
-OLDEST_API_VERSION = "2018-10-01"
-API_VERSION = re.compile(r"20[0-9]{2}-[01][0-9]-[0-3][0-9](-preview)?")
 # What a 503 tells a client to wait before trying again (the engine restarting, storage failing).
 RETRY_AFTER_SECONDS = 5
-PUBLIC_PATHS = frozenset({"/metrics", "/healthz"})
 WRITES = frozenset({"PUT", "PATCH", "POST", "DELETE"})
-TOKEN_KEY = web.AppKey("token", str)
 METRICS_KEY = web.AppKey("metrics", OrchestratorMetrics)
 MAX_BODY_KEY = web.AppKey("max_body_bytes", int)
 
@@ -68,6 +66,7 @@ STATUS: dict[type[OverhaulError], int] = {
     Unavailable: 503,
 }
 ARM_ROUTES: list[Route] = [
+    *identity.ROUTES,
     *scale_sets.ROUTES,
     *upgrades.ROUTES,
     *lifecycle_hooks.ROUTES,
@@ -129,37 +128,6 @@ async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
             extra={"fields": fields},
         )
     return response
-
-
-@web.middleware
-async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
-        return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    # Bytes, so a token of any characters is compared (compare_digest refuses non-ASCII str).
-    presented = token.strip().encode("utf-8", "surrogateescape")
-    expected = request.app[TOKEN_KEY].encode()
-    # An empty credential never matches, whatever the server holds (serve refuses an empty token file anyway).
-    if scheme.lower() != "bearer" or not presented or not expected or not hmac.compare_digest(presented, expected):
-        response = error(401, "AuthenticationFailed", "a valid 'Authorization: Bearer <token>' header is required")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
-    if request.path.lower().startswith("/subscriptions/"):
-        version = request.query.get("api-version")
-        if not version:
-            return error(
-                400, "MissingApiVersionParameter", "the api-version query parameter is required", "api-version"
-            )
-        if not API_VERSION.fullmatch(version) or version[:10] < OLDEST_API_VERSION:
-            return error(
-                400,
-                "InvalidApiVersionParameter",
-                f"The api-version '{version[:40]}' is invalid. The supported versions are '{OLDEST_API_VERSION}' and "
-                "later dated versions (YYYY-MM-DD, optionally -preview), as Azure's automatic OS upgrades require.",
-                "api-version",
-            )
-    return await handler(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -226,18 +194,25 @@ def build_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     handshake_timeout: float = 10.0,
     leadership: Leadership | None = None,
+    trusted_proxies: frozenset[str] = frozenset(),
+    identity_secret: str = "",
 ) -> web.Application:
-    """``leadership``: this orchestrator shares its store with others (a standby forwards writes to the leader)."""
-    middlewares = [gate_middleware, audit, arm_errors, bearer_auth, forward_writes]
+    """``leadership``: this orchestrator shares its store with others (a standby forwards writes to the leader).
+    ``trusted_proxies``: addresses whose forwarding headers say how callers reached the API. ``identity_secret``:
+    what a caller of the managed identity endpoint presents ("" turns the endpoint off)."""
+    middlewares = [gate_middleware, forwarded_origin, audit, arm_errors, bearer_auth, forward_writes]
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     if leadership is not None:
         app[LEADERSHIP_KEY] = leadership
         app.cleanup_ctx.append(open_session)
     app[GATE_KEY] = GateHolder()
+    app[TRUSTED_PROXIES_KEY] = trusted_proxies
     app[ORCHESTRATOR_KEY] = orchestrator
     app[BODY_TIMEOUT_KEY] = body_timeout
     app[HANDSHAKE_TIMEOUT_KEY] = handshake_timeout
     app[TOKEN_KEY] = token
+    app[TOKENS_KEY] = Tokens(token)
+    app[identity.IDENTITY_SECRET_KEY] = identity_secret
     app[METRICS_KEY] = orchestrator_metrics
     app[MAX_BODY_KEY] = max_body_bytes
     r = app.router
@@ -245,6 +220,7 @@ def build_app(
     r.add_get("/prometheus/targets", prometheus_targets)
     r.add_get("/metrics", metrics)
     r.add_get("/openapi.json", openapi)
+    identity.add_routes(r)
     for method, path, handler in ARM_ROUTES:
         r.add_route(method, arm_path(path), handler)
     return app

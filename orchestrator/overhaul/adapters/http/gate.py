@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -172,8 +173,17 @@ class GatedSite(web.TCPSite):
 
     __slots__ = ("_header_timeout", "_limit", "gate")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, limit: int, header_timeout: float) -> None:
-        super().__init__(runner, host, port, reuse_address=True, backlog=BACKLOG)
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        limit: int,
+        header_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, host, port, reuse_address=True, backlog=BACKLOG, ssl_context=ssl_context)
         self._limit = limit
         self._header_timeout = header_timeout
         self.gate: ConnectionGate | None = None
@@ -187,8 +197,15 @@ class GatedSite(web.TCPSite):
         holder = app.get(GATE_KEY) if isinstance(app, web.Application) else None
         if holder is not None:
             holder.gate = self.gate
+        # With TLS the handshake must end within the head deadline too (a silent client holds no slot longer).
         self._server = await asyncio.get_running_loop().create_server(
-            self.gate, self._host, self._port, backlog=self._backlog, reuse_address=True
+            self.gate,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=self._header_timeout if self._ssl_context else None,
         )
         if self._server.sockets:
             self._bound_port = self._server.sockets[0].getsockname()[1]

@@ -80,6 +80,9 @@ HOSTS = RG + "/Microsoft.Compute/hostGroups/{hostGroup}/hosts"
 
 # (method, path, summary, request body schema or None, success statuses)
 OPERATIONS: list[Operation] = [
+    ("get", "/subscriptions", "List the subscriptions (namespaces) in use", None, (200,)),
+    ("get", "/subscriptions/{subscription}", "Get a subscription", None, (200,)),
+    ("get", "/tenants", "List the tenant of overhaul's access tokens", None, (200,)),
     (
         "get",
         "/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachineScaleSets",
@@ -126,6 +129,7 @@ OPERATIONS: list[Operation] = [
     ("delete", HOSTS + "/{host}", "Delete a host", None, (200, 204)),
     ("get", HOSTS + "/{host}/instanceView", "Whether a host's engine answers now", None, (200,)),
     ("post", VMSS + "/{name}/reimage", "Reimage chosen instances (all when none are named)", REIMAGE_BODY, (200,)),
+    ("post", VMSS + "/{name}/reimageall", "Reimage chosen instances; data disks are kept", REIMAGE_BODY, (200,)),
     (
         "post",
         VMSS + "/{name}/manualupgrade",

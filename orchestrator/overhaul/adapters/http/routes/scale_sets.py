@@ -105,6 +105,8 @@ async def get_instance(request: web.Request) -> web.Response:
 
 
 async def reimage(request: web.Request) -> web.Response:
+    """reimage, and reimageall (`az vmss reimage --instance-ids`): a new OS disk from the model's image. Azure's
+    reimageall also makes the data disks anew; here a reimage never touches data disks (docs/azure.md)."""
     scale_sets = orchestrator_of(request).scale_sets
     model = await scale_sets.get(ref(request))
     await scale_sets.reimage(model.ref, await instance_ids(request, model))
@@ -123,4 +125,5 @@ ROUTES: list[Route] = [
     ("GET", VMSS + "/{name}/virtualMachines/{instance}", get_instance),
     ("GET", VMSS + "/{name}/virtualMachines/{instance}/instanceView", instance_view),
     ("POST", VMSS + "/{name}/reimage", reimage),
+    ("POST", VMSS + "/{name}/reimageall", reimage),
 ]

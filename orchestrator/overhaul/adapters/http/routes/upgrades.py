@@ -23,6 +23,7 @@ from overhaul.core.errors import NotFound
 from overhaul.core.rollout import StartedBy
 
 OPERATIONS = SUB + "/providers/Microsoft.Compute/locations/{location}/operations/{operation}"
+POLL_AFTER_SECONDS = 1
 
 
 async def os_upgrade_history(request: web.Request) -> web.Response:
@@ -94,7 +95,10 @@ async def get_operation(request: web.Request) -> web.Response:
     attempt = await orchestrator_of(request).upgrades.find(name.removesuffix(CANCEL_SUFFIX))
     if attempt is None:
         raise NotFound(f"operation {name} does not exist (or its history was pruned)", "OperationNotFound")
-    return web.json_response(arm.operation_doc(name, attempt, cancel=name.endswith(CANCEL_SUFFIX)))
+    doc = arm.operation_doc(name, attempt, cancel=name.endswith(CANCEL_SUFFIX))
+    # While it runs, when to ask again: clients (az, the SDK) otherwise wait their default, 30 s, between polls.
+    headers = {"Retry-After": str(POLL_AFTER_SECONDS)} if doc["status"] == "InProgress" else {}
+    return web.json_response(doc, headers=headers)
 
 
 ROUTES: list[Route] = [

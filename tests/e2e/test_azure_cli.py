@@ -1,0 +1,207 @@
+"""The real az (azure-cli from PyPI, tests/azcli.py) drives `overhaul serve` on real Podman with nothing but what
+overhaul ships: `--tls auto`, and the lines `overhaul az-login` prints (cloud registration from /metadata/endpoints,
+`az login --identity` through the managed identity endpoint). Each command's effect is checked through the API."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from demo import busybox_images as engine_images
+from tests.azcli import Az, signed_in_az
+from tests.serve import Served, overhaul_serve
+
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
+REPO = "localhost/overhaul-az"
+RG, GALLERY, IMAGE, NAME = "azrg", "azgallery", "tiny", "azset"
+SUB = "local"
+PROVIDER = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers"
+VMSS = f"{PROVIDER}/Microsoft.Compute/virtualMachineScaleSets/{NAME}"
+VERSIONS = f"{PROVIDER}/Microsoft.Compute/galleries/{GALLERY}/images/{IMAGE}/versions"
+LB = f"{PROVIDER}/Microsoft.Network/loadBalancers/azlb"
+API = "api-version=2024-07-01"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        engine_images.build("podman", f"{REPO}:{version}", version)
+    state = tmp_path_factory.mktemp("az") / "state"
+    # Automatic upgrades wait an hour: the tests start each attempt themselves.
+    flags = ("--engine", "podman", "--tls", "auto", "--probe-interval", "0.2", "--auto-upgrade-first-delay", "3600")
+    with overhaul_serve(state, *flags, "--auto-upgrade-delay", "3600") as running:
+        try:
+            yield running
+        finally:
+            running.call("DELETE", f"{VMSS}?{API}")
+
+
+@pytest.fixture(scope="module")
+def az(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Az:
+    return signed_in_az(served, tmp_path_factory.mktemp("azure-config"))
+
+
+def publish(served: Served, version: str) -> None:
+    body = {
+        "location": "local",
+        "properties": {
+            "publishingProfile": {"targetRegions": [{"name": "local"}]},
+            "storageProfile": {"source": {"overhaul": {"containerImage": f"{REPO}:{version}"}}},
+        },
+    }
+    status, doc, _ = served.call("PUT", f"{VERSIONS}/{version}?{API}", body)
+    assert status in (200, 201), doc
+
+
+def instances(served: Served) -> list[dict[str, Any]]:
+    status, doc, _ = served.call("GET", f"{VMSS}/virtualMachines?{API}")
+    assert status == 200, doc
+    return list(doc["value"])
+
+
+def wait_healthy(served: Served, version: str, timeout: float = 120) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = instances(served)
+        seen = [
+            (
+                i["properties"]["instanceView"].get("vmHealth", {}).get("status", {}).get("code"),
+                i["properties"]["storageProfile"]["imageReference"].get("exactVersion"),
+            )
+            for i in found
+        ]
+        if seen and all(s == ("HealthState/healthy", version) for s in seen):
+            return found
+        assert time.monotonic() < deadline, f"instances not healthy on {version}: {seen}"
+        time.sleep(0.3)
+
+
+def first_version_on_data_disk(instance: dict[str, Any]) -> str:
+    """What the instance's app wrote on its data disk when it first started (the image's START)."""
+    view = instance["properties"]["overhaul"]
+    address = f"{view['address']}:{view['hostPorts']['8080']}"
+    with urllib.request.urlopen(f"http://{address}/data/first", timeout=10) as resp:
+        return str(resp.read().decode().strip())
+
+
+def container_id(name: str) -> str:
+    return subprocess.run(
+        ["podman", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+
+
+def test_az_signs_in_with_what_overhaul_ships(az: Az, served: Served) -> None:
+    account = az("account show")
+    assert account["id"] == SUB and account["environmentName"] == "overhaul"
+    assert account["user"]["type"] == "servicePrincipal"
+    # az's token is overhaul's JWT, whose tenant is the account's.
+    token = az("account get-access-token")["accessToken"]
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["tid"] == account["tenantId"]
+    assert served.call("GET", f"{VMSS}?{API}", token=token)[0] == 404  # accepted: the scale set is not there yet
+
+
+def test_az_drives_a_scale_set_on_podman(az: Az, served: Served) -> None:
+    gallery = az(f"sig create -g {RG} -r {GALLERY} -l local")
+    assert gallery["name"] == GALLERY and gallery["provisioningState"] == "Succeeded"
+    definition = az(
+        f"sig image-definition create -g {RG} -r {GALLERY} -i {IMAGE} -l local --publisher overhaul --offer az "
+        "--sku tiny --os-type Linux"
+    )
+    assert definition["identifier"] == {"publisher": "overhaul", "offer": "az", "sku": "tiny"}
+    publish(served, "1.0.0")
+    status, doc, _ = served.call("PUT", f"{LB}?{API}", {"location": "local", "properties": {}})
+    assert status == 201, doc
+    az(
+        f"network lb probe create -g {RG} --lb-name azlb -n app-health --protocol Http --port 8080 --path /health "
+        "--interval 5 --probe-threshold 1"
+    )
+    status, doc, _ = served.call("GET", f"{LB}/probes/app-health?{API}")
+    assert status == 200 and doc["properties"]["requestPath"] == "/health", doc
+    model = {
+        "location": "local",
+        "sku": {"name": "Standard_Container", "capacity": 3},
+        "properties": {
+            # Manual: a model change waits for update-instances.
+            "upgradePolicy": {"mode": "Manual", "rollingUpgradePolicy": {"maxBatchInstancePercent": 34}},
+            "virtualMachineProfile": {
+                "storageProfile": {
+                    "imageReference": {"publisher": "overhaul", "offer": "az", "sku": "tiny", "version": "latest"},
+                    "dataDisks": [{"lun": 0, "createOption": "Empty", "diskSizeGB": 1}],
+                },
+                "networkProfile": {"healthProbe": {"id": f"{LB}/probes/app-health"}},
+            },
+        },
+    }
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", model)
+    assert status == 201, doc
+    wait_healthy(served, "1.0.0")
+
+    # The documentation's command, with az's own lower-case path.
+    az(f"vmss update -g {RG} -n {NAME} --set upgradePolicy.automaticOSUpgradePolicy.enableAutomaticOSUpgrade=true")
+    status, doc, _ = served.call("GET", f"{VMSS}?{API}")
+    assert doc["properties"]["upgradePolicy"]["automaticOSUpgradePolicy"]["enableAutomaticOSUpgrade"] is True
+
+    one = az(f"vmss show -g {RG} -n {NAME} --instance-id 0")
+    assert one["instanceId"] == "0" and one["name"] == f"{NAME}_0"
+
+    publish(served, "2.0.0")
+    az(f"vmss rolling-upgrade start -g {RG} -n {NAME}")  # waits for the operation's end, as with Azure
+    latest = az(f"vmss rolling-upgrade get-latest -g {RG} -n {NAME}")
+    assert latest["runningStatus"]["code"] == "Completed", latest
+    assert latest["progress"]["successfulInstanceCount"] == 3
+    upgraded = wait_healthy(served, "2.0.0")
+    history = az(f"vmss get-os-upgrade-history -g {RG} -n {NAME}")
+    assert history[0]["properties"]["runningStatus"]["code"] == "Completed"
+    assert history[0]["properties"]["targetImageReference"]["version"] == "2.0.0"
+
+    # az's reimage of chosen instances is Azure's reimageall: a new OS disk; the data disk is kept here.
+    before = container_id(f"{NAME}_0")
+    az(f"vmss reimage -g {RG} -n {NAME} --instance-ids 0")
+    assert container_id(f"{NAME}_0") != before
+    again = wait_healthy(served, "2.0.0")
+    assert first_version_on_data_disk(again[0]) == "1.0.0" == first_version_on_data_disk(upgraded[0])
+
+
+def test_az_cancels_a_rolling_upgrade(az: Az, served: Served) -> None:
+    status, doc, _ = served.call(
+        "PATCH",
+        f"{VMSS}?{API}",
+        {"properties": {"upgradePolicy": {"rollingUpgradePolicy": {"pauseTimeBetweenBatches": "PT30S"}}}},
+    )
+    assert status == 200, doc
+    publish(served, "3.0.0")
+    az(f"vmss rolling-upgrade start -g {RG} -n {NAME} --no-wait")
+    az(f"vmss rolling-upgrade cancel -g {RG} -n {NAME}")
+    latest = az(f"vmss rolling-upgrade get-latest -g {RG} -n {NAME}")
+    assert latest["runningStatus"]["code"] == "Cancelled", latest
+
+
+def test_az_updates_instances_to_a_new_model_and_sets_an_extension(az: Az, served: Served) -> None:
+    before = [container_id(f"{NAME}_{i}") for i in range(3)]
+    custom = base64.b64encode(b"#!/bin/sh\necho model 2\n").decode()
+    az(f"vmss update -g {RG} -n {NAME} --set virtualMachineProfile.osProfile.customData={custom}")
+    assert [container_id(f"{NAME}_{i}") for i in range(3)] == before  # Manual: the instances wait
+    assert not any(i["properties"]["latestModelApplied"] for i in instances(served))
+    az(f"vmss update-instances -g {RG} -n {NAME} --instance-ids *")
+    assert all(container_id(f"{NAME}_{i}") != was for i, was in enumerate(before))
+    assert all(i["properties"]["latestModelApplied"] for i in instances(served))
+
+    settings = json.dumps({"protocol": "http", "port": 8080, "requestPath": "/health"})
+    az(
+        f"vmss extension set -g {RG} --vmss-name {NAME} -n ApplicationHealthLinux "
+        "--publisher Microsoft.ManagedServices --version 1.0",
+        "--settings",
+        settings,
+    )
+    _, doc, _ = served.call("GET", f"{VMSS}?{API}")
+    extensions = doc["properties"]["virtualMachineProfile"]["extensionProfile"]["extensions"]
+    assert [e["properties"]["type"] for e in extensions] == ["ApplicationHealthLinux"]
+    assert extensions[0]["properties"]["settings"]["requestPath"] == "/health"
