@@ -153,6 +153,12 @@ def test_az_drives_a_scale_set_on_podman(az: Az, served: Served) -> None:
     assert one["instanceId"] == "0" and one["name"] == f"{NAME}_0"
 
     publish(served, "2.0.0")
+    # The documentation's listing: az walks publishers, offers, skus and versions of the location.
+    images = az("vm image list --publisher overhaul --offer az --sku tiny --all --location local")
+    assert [(i["urn"], i["version"]) for i in images] == [
+        ("overhaul:az:tiny:1.0.0", "1.0.0"),
+        ("overhaul:az:tiny:2.0.0", "2.0.0"),
+    ]
     az(f"vmss rolling-upgrade start -g {RG} -n {NAME}")  # waits for the operation's end, as with Azure
     latest = az(f"vmss rolling-upgrade get-latest -g {RG} -n {NAME}")
     assert latest["runningStatus"]["code"] == "Completed", latest
@@ -205,3 +211,14 @@ def test_az_updates_instances_to_a_new_model_and_sets_an_extension(az: Az, serve
     extensions = doc["properties"]["virtualMachineProfile"]["extensionProfile"]["extensions"]
     assert [e["properties"]["type"] for e in extensions] == ["ApplicationHealthLinux"]
     assert extensions[0]["properties"]["settings"]["requestPath"] == "/health"
+    assert extensions[0]["properties"]["typeHandlerVersion"] == "1.0"
+    # Without --version az reads the extension's versions from the catalogue and takes the newest.
+    az(
+        f"vmss extension set -g {RG} --vmss-name {NAME} -n ApplicationHealthLinux "
+        "--publisher Microsoft.ManagedServices",
+        "--settings",
+        settings,
+    )
+    _, doc, _ = served.call("GET", f"{VMSS}?{API}")
+    [extension] = doc["properties"]["virtualMachineProfile"]["extensionProfile"]["extensions"]
+    assert extension["properties"]["typeHandlerVersion"] == "2.0"

@@ -30,6 +30,7 @@ from overhaul.adapters.http.requests import (
     orchestrator_of,
 )
 from overhaul.adapters.http.routes import (
+    catalogue,
     event_subscriptions,
     gallery,
     hosts,
@@ -72,6 +73,7 @@ ARM_ROUTES: list[Route] = [
     *lifecycle_hooks.ROUTES,
     *network.ROUTES,
     *gallery.ROUTES,
+    *catalogue.ROUTES,
     *hosts.ROUTES,
     *maintenance.ROUTES,
     *event_subscriptions.ROUTES,

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from overhaul.adapters.http import arm
-from overhaul.adapters.http.requests import RG, SUB, Route, body_object, deleted, orchestrator_of, scope, written
+from overhaul.adapters.http.requests import RG, Route, body_object, deleted, orchestrator_of, scope, written
 from overhaul.adapters.http.routes.named import named_routes
 from overhaul.core.gallery import ImageVersion, parse_gallery, parse_image_definition
 
@@ -15,10 +15,6 @@ PROVIDER = "Microsoft.Compute/galleries"
 GALLERY = RG + f"/providers/{PROVIDER}/{{gallery}}"
 IMAGE = GALLERY + "/images/{image}"
 VERSION = IMAGE + "/versions/{version}"
-VM_IMAGE_VERSIONS = (
-    SUB + "/providers/Microsoft.Compute/locations/{location}/publishers/{publisher}"
-    "/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions"
-)
 
 
 def where(request: web.Request) -> tuple[str, str]:
@@ -93,24 +89,6 @@ async def delete_image_version(request: web.Request) -> web.Response:
     return await deleted(galleries.delete_version(*version_key(request), scope(request)))
 
 
-async def list_vm_image_versions(request: web.Request) -> web.Response:
-    """Azure's `vm image list` source: the versions of an offer's sku present in a location."""
-    galleries = orchestrator_of(request).galleries
-    m = request.match_info
-    sku = (m["publisher"], m["offer"], m["sku"])
-    wanted = tuple(part.lower() for part in sku)
-    in_scope = {g.name.lower() for g in await galleries.list(scope(request))}
-    keys = {
-        (d.gallery, d.name)
-        for d in await galleries.all_definitions()
-        if d.gallery.lower() in in_scope and (d.publisher.lower(), d.offer.lower(), d.sku.lower()) == wanted
-    }
-    versions = [
-        v for v in await galleries.all_versions() if (v.gallery, v.image) in keys and v.present_in(m["location"])
-    ]
-    return web.json_response([arm.vm_image_version_doc(m["sub"], m["location"], sku, v) for v in versions])
-
-
 ROUTES: list[Route] = [
     *named_routes(PROVIDER, "gallery", lambda o: o.galleries, parse_gallery),
     ("GET", GALLERY + "/images", list_image_definitions),
@@ -122,5 +100,4 @@ ROUTES: list[Route] = [
     ("PATCH", VERSION, patch_image_version),
     ("GET", VERSION, get_image_version),
     ("DELETE", VERSION, delete_image_version),
-    ("GET", VM_IMAGE_VERSIONS, list_vm_image_versions),
 ]
