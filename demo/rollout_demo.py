@@ -167,7 +167,8 @@ def story(demo: Demo, work: Path) -> None:
     """The user's part: only `overhaul` commands."""
     name, vms = demo.name, demo.vms
     gallery = ["-g", GROUP, "-r", GALLERY, "-i", IMAGE]
-    say("a gallery image and its first version")
+    say("a resource group, a gallery image and its first version")
+    demo.overhaul("group", "create", "-n", GROUP, "-l", "local", "-o", "table")
     demo.overhaul(
         "sig",
         "image-definition",

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -19,7 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from overhaul.serve import logs
 from overhaul.serve.settings import load_settings
 
 API = "api-version=2021-03-01"
+IN_GROUP = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/?]+)/providers/", re.IGNORECASE)
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Served:
     state_dir: Path
     log: Path
     pid: int
+    groups: set[tuple[str, str]] = field(default_factory=set, compare=False, kw_only=True)
 
     @property
     def token(self) -> str:
@@ -53,9 +56,20 @@ class Served:
         return urllib.request.urlopen(request, timeout=timeout, context=self.tls)
 
     def call(
-        self, method: str, path: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        raw: bytes | None = None,
+        make_group: bool = True,
     ) -> tuple[int, Any, dict[str, str]]:
-        """One HTTP request; returns (status, parsed JSON or None, headers)."""
+        """One HTTP request; returns (status, parsed JSON or None, headers). A PUT into a resource group first
+        creates the group (as a user does before putting anything in it) unless ``make_group`` is False."""
+        group = IN_GROUP.match(path)
+        if method == "PUT" and make_group and group is not None and group["rg"].lower() != "resourcegroups":
+            self.make_group(group["sub"], group["rg"], token)
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if token is None:
@@ -104,6 +118,16 @@ class Served:
             if sample == wanted:
                 return float(value)
         raise AssertionError(f"{wanted} is not in /metrics")
+
+    def make_group(self, subscription: str, name: str, token: str | None = None, location: str = "local") -> None:
+        """`az group create -n NAME -l LOCATION` (once per group and Served)."""
+        key = (subscription.lower(), name.lower())
+        if key in self.groups:
+            return
+        path = f"/subscriptions/{subscription}/resourcegroups/{name}?api-version=2022-09-01"
+        status, _, _ = self.call("PUT", path, {"location": location}, token=token, make_group=False)
+        if status in (200, 201, 409):  # 409: it exists in another location, which is as good here
+            self.groups.add(key)
 
     def cli(
         self, *args: str, check: bool = True, env: dict[str, str] | None = None

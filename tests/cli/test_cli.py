@@ -610,3 +610,24 @@ def test_host_groups_and_hosts_from_the_cli(served: Served, tmp_path: Path, monk
     served.cli("vm", "host", "delete", "--host-group", "rack1", "-n", "h1", *g)
     served.cli("vm", "host", "group", "delete", "-n", "rack1", *g)
     assert json.loads(served.cli("vm", "host", "group", "list").stdout) == []
+
+
+def test_group_commands_create_show_list_and_delete_what_a_group_holds(served: Served) -> None:
+    """az group create / exists / show / update / list / delete: the delete waits until the group is gone."""
+    assert served.cli("group", "exists", "-n", "team").stdout.strip() == "false"
+    created = json.loads(served.cli("group", "create", "-n", "team", "-l", "local", "--tags", "owner=ops").stdout)
+    assert created["location"] == "local" and created["tags"] == {"owner": "ops"}
+    assert served.cli("group", "exists", "-n", "team").stdout.strip() == "true"
+    assert json.loads(served.cli("group", "update", "-n", "team", "--tags", "owner=dev").stdout)["tags"] == {
+        "owner": "dev"
+    }
+    served.cli("sig", "create", "-g", "team", "-r", "teamgallery")
+    assert served.cli("group", "list", "--query", "[].name", "-o", "tsv").stdout.split() == ["team"]
+    served.cli("group", "delete", "-n", "team", "--yes")
+    assert served.cli("group", "show", "-n", "team", check=False).returncode == 3
+    assert served.cli("sig", "show", "-g", "team", "-r", "teamgallery", check=False).returncode == 3
+    # The fixture's group, in its own subscription, is untouched.
+    shown = served.cli("sig", "show", "-g", "myResourceGroup", "-r", "myGallery", "--subscription", "subscription_id")
+    assert json.loads(shown.stdout)["name"] == "myGallery"
+    refused = served.cli("sig", "create", "-g", "absent", "-r", "g2", check=False)
+    assert refused.returncode == 3 and "ResourceGroupNotFound" in refused.stderr

@@ -26,12 +26,13 @@ PROVIDER = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers"
 VMSS = f"{PROVIDER}/Microsoft.Compute/virtualMachineScaleSets/{NAME}"
 VERSIONS = f"{PROVIDER}/Microsoft.Compute/galleries/{GALLERY}/images/{IMAGE}/versions"
 LB = f"{PROVIDER}/Microsoft.Network/loadBalancers/azlb"
+IMAGES = f"{PROVIDER}/Microsoft.Compute/images"
 API = "api-version=2024-07-01"
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    for version in ("1.0.0", "2.0.0", "3.0.0"):
+    for version in ("1.0.0", "2.0.0", "2.1.0", "3.0.0"):
         engine_images.build("podman", f"{REPO}:{version}", version)
     state = tmp_path_factory.mktemp("az") / "state"
     # Automatic upgrades wait an hour: the tests start each attempt themselves.
@@ -40,7 +41,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         try:
             yield running
         finally:
-            running.call("DELETE", f"{VMSS}?{API}")
+            running.call("DELETE", f"{VMSS}?{API}")  # when a test failed before the group's deletion
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def publish(served: Served, version: str) -> None:
             "storageProfile": {"source": {"overhaul": {"containerImage": f"{REPO}:{version}"}}},
         },
     }
-    status, doc, _ = served.call("PUT", f"{VERSIONS}/{version}?{API}", body)
+    status, doc, _ = served.call("PUT", f"{VERSIONS}/{version}?{API}", body, make_group=False)
     assert status in (200, 201), doc
 
 
@@ -109,15 +110,18 @@ def test_az_signs_in_with_what_overhaul_ships(az: Az, served: Served) -> None:
 
 
 def test_az_drives_a_scale_set_on_podman(az: Az, served: Served) -> None:
-    gallery = az(f"sig create -g {RG} -r {GALLERY} -l local")
+    group = az(f"group create -n {RG} -l local")
+    assert group["properties"]["provisioningState"] == "Succeeded"
+    # Without -l az reads the group's location.
+    gallery = az(f"sig create -g {RG} -r {GALLERY}")
     assert gallery["name"] == GALLERY and gallery["provisioningState"] == "Succeeded"
     definition = az(
-        f"sig image-definition create -g {RG} -r {GALLERY} -i {IMAGE} -l local --publisher overhaul --offer az "
+        f"sig image-definition create -g {RG} -r {GALLERY} -i {IMAGE} --publisher overhaul --offer az "
         "--sku tiny --os-type Linux"
     )
     assert definition["identifier"] == {"publisher": "overhaul", "offer": "az", "sku": "tiny"}
     publish(served, "1.0.0")
-    status, doc, _ = served.call("PUT", f"{LB}?{API}", {"location": "local", "properties": {}})
+    status, doc, _ = served.call("PUT", f"{LB}?{API}", {"location": "local", "properties": {}}, make_group=False)
     assert status == 201, doc
     az(
         f"network lb probe create -g {RG} --lb-name azlb -n app-health --protocol Http --port 8080 --path /health "
@@ -140,7 +144,7 @@ def test_az_drives_a_scale_set_on_podman(az: Az, served: Served) -> None:
             },
         },
     }
-    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", model)
+    status, doc, _ = served.call("PUT", f"{VMSS}?{API}", model, make_group=False)
     assert status == 201, doc
     wait_healthy(served, "1.0.0")
 
@@ -152,7 +156,14 @@ def test_az_drives_a_scale_set_on_podman(az: Az, served: Served) -> None:
     one = az(f"vmss show -g {RG} -n {NAME} --instance-id 0")
     assert one["instanceId"] == "0" and one["name"] == f"{NAME}_0"
 
-    publish(served, "2.0.0")
+    # A version from a managed image, as az makes one (the image holds the container image under overhaul's key).
+    image = {"location": "local", "properties": {"overhaul": {"containerImage": f"{REPO}:2.0.0"}}}
+    status, doc, _ = served.call("PUT", f"{IMAGES}/base2?{API}", image, make_group=False)
+    assert status == 201, doc
+    made = az(f"sig image-version create -g {RG} -r {GALLERY} -i {IMAGE} -e 2.0.0 --managed-image base2")
+    assert made["provisioningState"] == "Succeeded"
+    _, doc, _ = served.call("GET", f"{VERSIONS}/2.0.0?{API}")
+    assert doc["properties"]["storageProfile"]["source"]["overhaul"] == {"containerImage": f"{REPO}:2.0.0"}
     # The documentation's listing: az walks publishers, offers, skus and versions of the location.
     images = az("vm image list --publisher overhaul --offer az --sku tiny --all --location local")
     assert [(i["urn"], i["version"]) for i in images] == [
@@ -167,6 +178,16 @@ def test_az_drives_a_scale_set_on_podman(az: Az, served: Served) -> None:
     history = az(f"vmss get-os-upgrade-history -g {RG} -n {NAME}")
     assert history[0]["properties"]["runningStatus"]["code"] == "Completed"
     assert history[0]["properties"]["targetImageReference"]["version"] == "2.0.0"
+
+    # az re-PUTs what its models kept of the version: overhaul's source is kept, the change made.
+    publish(served, "2.1.0")
+    az(
+        f"sig image-version update -g {RG} -r {GALLERY} -i {IMAGE} -e 2.1.0 "
+        "--set publishingProfile.excludeFromLatest=true"
+    )
+    _, doc, _ = served.call("GET", f"{VERSIONS}/2.1.0?{API}")
+    assert doc["properties"]["publishingProfile"]["excludeFromLatest"] is True
+    assert doc["properties"]["storageProfile"]["source"]["overhaul"] == {"containerImage": f"{REPO}:2.1.0"}
 
     # az's reimage of chosen instances is Azure's reimageall: a new OS disk; the data disk is kept here.
     before = container_id(f"{NAME}_0")
@@ -222,3 +243,18 @@ def test_az_updates_instances_to_a_new_model_and_sets_an_extension(az: Az, serve
     _, doc, _ = served.call("GET", f"{VMSS}?{API}")
     [extension] = doc["properties"]["virtualMachineProfile"]["extensionProfile"]["extensions"]
     assert extension["properties"]["typeHandlerVersion"] == "2.0"
+
+
+def test_az_deletes_the_group_and_everything_in_it(az: Az, served: Served) -> None:
+    az(f"group delete -n {RG} --yes")  # waits on the operation until the group is gone
+    assert az(f"group exists -n {RG}") is False
+    for path in (VMSS, LB, VERSIONS.rsplit("/images/", 1)[0]):
+        assert served.call("GET", f"{path}?{API}")[0] == 404, path
+    left = subprocess.run(
+        ["podman", "ps", "-a", "--filter", f"name={NAME}_", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert left.stdout.split() == []

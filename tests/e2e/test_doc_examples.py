@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.azcli import Az, ensure_az
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(python|sh)\n(.*?)^```", flags=re.DOTALL | re.MULTILINE)
@@ -54,6 +56,11 @@ def test_a_shell_example_runs(name: str, code: str, tmp_path: Path) -> None:
     script = "set -eu\ntrap 'kill $(jobs -p) 2>/dev/null || true; wait' EXIT\n" + "\n".join(lines) + "\n"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("OVERHAUL_TOKEN", None)
+    if re.search(r"^az |\baz login\b", code, flags=re.MULTILINE):  # the real az, as its page says to install it
+        az = Az(ensure_az(), tmp_path / "azure")
+        env = {**az.environment(), "PATH": f"{Path(sys.executable).parent}:{az.environment()['PATH']}"}
+        env.pop("OVERHAUL_TOKEN", None)
+        env["OVERHAUL_STATE_DIR"] = str(tmp_path / "state")
     done = subprocess.run(
         ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
     )

@@ -107,15 +107,16 @@ def test_every_api_write_has_an_audit_line(tmp_path: Path) -> None:
     with overhaul_serve(tmp_path / "state", "--engine", "memory", "--log-format", "json") as served:
         gallery = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/i"
         body = {"properties": {"identifier": {"publisher": "p", "offer": "o", "sku": "s"}}}
-        assert served.call("PUT", f"{gallery}?{API}", body)[0] == 201
+        assert served.call("PUT", f"/subscriptions/s/resourcegroups/rg?{API}", {"location": "local"})[0] == 201
+        assert served.call("PUT", f"{gallery}?{API}", body, make_group=False)[0] == 201
         assert served.call("GET", f"{gallery}?{API}")[0] == 200
         assert served.call("DELETE", f"{gallery}/versions/9.9.9?{API}")[0] in (204, 404)
     lines = [json.loads(line) for line in served.log.read_text().splitlines() if line.startswith("{")]
     audit = [d for d in lines if d["logger"] == "overhaul.audit"]
-    assert [(d["method"], d["status"], d["caller"]) for d in audit][:1] == [("PUT", 201, "127.0.0.1")]
-    assert audit[0]["resource"] == gallery
+    assert [(d["method"], d["status"], d["caller"]) for d in audit][:2] == [("PUT", 201, "127.0.0.1")] * 2
+    assert [d["resource"] for d in audit[:2]] == ["/subscriptions/s/resourcegroups/rg", gallery]
     assert all(d["method"] != "GET" for d in audit)  # reads are not audited
-    assert len(audit) == 2
+    assert len(audit) == 3
 
 
 async def test_the_agent_logs_its_verdict_changes_and_extension_runs_for_journald(

@@ -61,7 +61,7 @@ def test_the_agent_installs_alone(wheels: dict[str, Path]) -> None:
 def test_the_orchestrator_is_its_own_distribution(wheels: dict[str, Path]) -> None:
     tops, metadata = contents(wheels["overhaul"])
     assert tops == {"overhaul", "overhaul-0.1.0.dist-info"}  # no top-level `agent` or `orchestrator` any more
-    assert requirements(metadata) == {"aiohttp", "prometheus-client", "aiodocker", "jmespath"}
+    assert requirements(metadata) == {"aiohttp", "prometheus-client", "aiodocker", "jmespath", "cryptography"}
     assert "License-Expression: Apache-2.0" in metadata
     with zipfile.ZipFile(wheels["overhaul"]) as archive:
         assert any(n.endswith(".dist-info/licenses/LICENSE") for n in archive.namelist())

@@ -99,6 +99,7 @@ async def test_prometheus_scrapes_orchestrator_and_agent(
     await agent.wait_state("Healthy")
     gallery = ("-g", "rg", "-r", "g", "-i", "img")
     for args in (
+        ("group", "create", "-n", "rg", "-l", "local"),
         ("sig", "image-definition", "create", *gallery, "--publisher", "p", "--offer", "o", "--sku", "s"),
         ("sig", "image-version", "create", *gallery, "-e", "1.0.0", "--container-image", "x:1"),
         ("vmss", "create", "-n", "web", "-g", "rg", "--image", "p:o:s:latest", "--instance-count", "2"),

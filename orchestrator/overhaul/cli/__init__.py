@@ -15,6 +15,7 @@ from overhaul.cli.az_login import add_az_login_command, run_az_login
 from overhaul.cli.client import EXIT_USAGE, Client, CliError, default_endpoint, find_token
 from overhaul.cli.events import add_event_commands, run_events
 from overhaul.cli.gallery import add_gallery_commands, run_sig, run_vm_image, sig_defaults
+from overhaul.cli.groups import add_group_commands, run_group
 from overhaul.cli.hosts import add_host_commands, run_hosts
 from overhaul.cli.maintenance import add_maintenance_commands, run_maintenance
 from overhaul.cli.network import add_network_commands, run_network
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_parser("serve", help="run the orchestrator service (overhaul serve --help lists its settings)")
 
     add_az_login_command(groups)
+    add_group_commands(groups, common)
     add_vmss_commands(groups, common)
     add_host_commands(add_gallery_commands(groups, common), common)
     add_network_commands(groups, common)
@@ -182,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_az_login(args)
         apply_defaults(args, load_defaults())
         client = Client(args.endpoint, find_token(args), args.subscription, debug=args.debug, verbose=args.verbose)
+        if args.group == "group":
+            return run_group(client, args)
         if args.group == "vmss":
             return run_vmss(client, args)
         if args.group == "sig":

@@ -240,6 +240,12 @@ def _source(props: Mapping[str, Any]) -> tuple[str, str]:
         path += f".{key}"
         if not isinstance(source, Mapping):
             raise ModelError(path, "must be a JSON object")
+    return artefacts(source, path)
+
+
+def artefacts(source: Mapping[str, Any], path: str) -> tuple[str, str]:
+    """What instances are made from, as a version's source or a managed image names it: (the container image,
+    the directory of VM artefacts), at least one of them."""
     container_image = source.get("containerImage") or ""
     disk_image = source.get("diskImage") or ""
     if not isinstance(container_image, str):

@@ -18,6 +18,7 @@ from overhaul.core.maintenance import ConfigurationAssignment, MaintenanceConfig
 from overhaul.core.model import ScaleSet
 from overhaul.core.network import LoadBalancer
 from overhaul.core.replication import Replica
+from overhaul.core.resources import Resource
 from overhaul.core.rollout import Action, ActionResult, Attempt
 from overhaul.ports.health import HealthReport, Key
 
@@ -211,6 +212,20 @@ class HealthStore(Protocol):
     async def health_verdicts(self) -> dict[Key, HealthReport]: ...
 
 
+class ResourceStore(Protocol):
+    """Resources kept as documents (core/resources.py), keyed by ARM id case-insensitively."""
+
+    async def put_resource(self, resource: Resource) -> None: ...
+    async def get_resource(self, resource_id: str) -> Resource | None: ...
+    async def list_resources(
+        self, type_: str | None = None, subscription: str | None = None, resource_group: str | None = None
+    ) -> list[Resource]:
+        """Those of a type (None: every type), in a subscription and resource group (None: any), by id."""
+        ...
+
+    async def delete_resource(self, resource_id: str) -> None: ...
+
+
 class StoreUnavailable(Unavailable):
     """The store cannot take writes now (disk full, a read-only or failing file system, its directory removed):
     nothing was written; trying again later may work."""
@@ -228,6 +243,7 @@ class Store(
     EventStore,
     AttemptStore,
     HealthStore,
+    ResourceStore,
     Protocol,
 ):
     async def close(self) -> None: ...

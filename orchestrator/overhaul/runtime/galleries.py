@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from overhaul.core.arm_json import ModelError, merge_patch
@@ -9,6 +10,7 @@ from overhaul.core.errors import Conflict, InvalidInput, NotFound
 from overhaul.core.gallery import Gallery, ImageDefinition, ImageVersion, parse_image_version
 from overhaul.core.hosts import LOCAL_LOCATION, Host
 from overhaul.core.naming import Scope, same_name
+from overhaul.core.resources import MANAGED_IMAGE_TYPE, image_source
 from overhaul.runtime.parts import DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION, Parts
 from overhaul.runtime.replication import Replicator
 from overhaul.runtime.resources import Kind, NamedResources
@@ -120,6 +122,7 @@ class Galleries(NamedResources[Gallery]):
         if patch:
             existing = await self.version(gallery, image, version, scope)
             body = merge_patch(existing.to_json(), body)
+        body = await self.resolved_source(body, existing)
         published = existing.published_at if existing else self.parts.clock()
         try:
             parsed = parse_image_version(body, gallery=gallery, image=image, version=version, published_at=published)
@@ -127,6 +130,35 @@ class Galleries(NamedResources[Gallery]):
             raise InvalidInput(str(exc), target=exc.path) from exc
         await self.publish(parsed, scope)
         return parsed, existing is None
+
+    async def resolved_source(self, body: Any, existing: ImageVersion | None) -> Any:
+        """The body with what the version is made from under source.overhaul: as written; else the managed image
+        its ``source.id`` names (copied now, as Azure copies it); else, for a version re-PUT without it (az's
+        models drop keys they do not know), the existing version's."""
+        if not isinstance(body, Mapping) or not isinstance(body.get("properties", {}), Mapping):
+            return body  # refused by the parser, naming the field
+        storage = body.get("properties", {}).get("storageProfile") or {}
+        source = storage.get("source") or {} if isinstance(storage, Mapping) else None
+        if not isinstance(source, Mapping) or source.get("overhaul"):
+            return body
+        found: dict[str, str] | None = None
+        named = source.get("id")
+        if isinstance(named, str) and named:
+            image = await self.parts.store.get_resource(named)
+            if image is None or image.type.lower() != MANAGED_IMAGE_TYPE.lower():
+                raise InvalidInput(
+                    f"properties.storageProfile.source.id: {named[:300]!r} names no managed image "
+                    "(PUT …/providers/Microsoft.Compute/images/NAME with properties.overhaul.containerImage first)",
+                    target="properties.storageProfile.source.id",
+                )
+            found = image_source(image)
+        elif existing is not None:
+            found = dict(existing.source())
+        if not found:
+            return body
+        props = dict(body.get("properties", {}))
+        props["storageProfile"] = dict(storage) | {"source": dict(source) | {"overhaul": found}}
+        return dict(body) | {"properties": props}
 
     async def all_versions(self) -> list[ImageVersion]:
         return await self.parts.store.image_versions()

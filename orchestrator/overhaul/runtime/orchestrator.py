@@ -18,7 +18,9 @@ from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
 from overhaul.runtime.event_subscriptions import EventSubscriptions
 from overhaul.runtime.galleries import Galleries
+from overhaul.runtime.groups import ResourceGroups
 from overhaul.runtime.hosts import HostGroups
+from overhaul.runtime.kept import KeptResources
 from overhaul.runtime.lifecycle_hooks import LifecycleHookEvents
 from overhaul.runtime.maintenance import MaintenanceConfigurations
 from overhaul.runtime.network import LoadBalancers
@@ -54,6 +56,8 @@ class Orchestrator:
         self.maintenance = MaintenanceConfigurations(self.parts)
         self.lifecycle_hook_events = LifecycleHookEvents(self.parts)
         self.event_subscriptions = EventSubscriptions(self.parts)
+        self.resource_groups = ResourceGroups(self)
+        self.kept = KeptResources(self.parts)
         # What the serve layer, metrics and tests reach directly.
         self.store, self.driver, self.health, self.clock = store, driver, health, clock
         self.settings = self.parts.settings
@@ -80,9 +84,12 @@ class Orchestrator:
             if history:  # what was saved before a crash is in the outbox again (a delivery it has is kept once)
                 subject = subject_of(model)
                 await self.outbox.publish(attempt_events(None, history[0].attempt, subject, self.clock()))
+        await self.resource_groups.adopt()
+        await self.resource_groups.resume()
         await self.supervisor.start()
 
     async def close(self) -> None:
+        await self.resource_groups.close()
         await self.supervisor.close()
         await self.health.close()
 

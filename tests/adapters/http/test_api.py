@@ -248,9 +248,10 @@ SCHEMATHESIS_SHARDS = {
     "scale sets": r"virtualMachineScaleSets(/\{name\}(/virtualMachines.*|/instanceView)?)?$|/operations/",
     "scale set actions": r"virtualMachineScaleSets/\{name\}/"
     r"(?!virtualMachines|instanceView|lifecycleHookEvents|providers)",
-    "gallery": r"galleries|publishers",
-    "network, maintenance, hooks": r"loadBalancers|Microsoft.Maintenance|lifecycleHookEvents|healthz"
-    r"|^/subscriptions(/\{subscription\})?$|^/tenants$",
+    "gallery": r"galleries|publishers|Microsoft.Compute/images",
+    "network, maintenance, hooks": r"loadBalancers|Microsoft.Maintenance|lifecycleHookEvents|healthz|virtualNetworks"
+    r"|publicIPAddresses|networkSecurityGroups"
+    r"|^/subscriptions(/\{subscription\})?$|^/tenants$|resourcegroups(/\{rg\})?$|operationresults",
     "event subscriptions, hosts": r"resourceGroups/\{rg\}/providers/Microsoft.EventGrid|hostGroups",
 }
 # Operations left out of the fuzzing because the same handlers serve a fuzzed operation: a scale set's event

@@ -43,6 +43,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def client(served: Served) -> Iterator[ComputeManagementClient]:
+    served.make_group(SUB, RG)  # az group create (azure-mgmt-resource is not a dependency)
     compute = compute_client(served, SUB)
     try:
         yield compute

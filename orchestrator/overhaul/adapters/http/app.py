@@ -33,13 +33,16 @@ from overhaul.adapters.http.routes import (
     catalogue,
     event_subscriptions,
     gallery,
+    groups,
     hosts,
+    kept,
     lifecycle_hooks,
     maintenance,
     network,
     scale_sets,
     upgrades,
 )
+from overhaul.adapters.http.routes.groups import require_group
 from overhaul.adapters.http.tokens import Tokens
 from overhaul.core.arm_json import ModelError
 from overhaul.core.errors import Conflict, InvalidInput, NotFound, OverhaulError, Unavailable
@@ -68,6 +71,8 @@ STATUS: dict[type[OverhaulError], int] = {
 }
 ARM_ROUTES: list[Route] = [
     *identity.ROUTES,
+    *groups.ROUTES,
+    *kept.ROUTES,
     *scale_sets.ROUTES,
     *upgrades.ROUTES,
     *lifecycle_hooks.ROUTES,
@@ -202,7 +207,7 @@ def build_app(
     """``leadership``: this orchestrator shares its store with others (a standby forwards writes to the leader).
     ``trusted_proxies``: addresses whose forwarding headers say how callers reached the API. ``identity_secret``:
     what a caller of the managed identity endpoint presents ("" turns the endpoint off)."""
-    middlewares = [gate_middleware, forwarded_origin, audit, arm_errors, bearer_auth, forward_writes]
+    middlewares = [gate_middleware, forwarded_origin, audit, arm_errors, bearer_auth, forward_writes, require_group]
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     if leadership is not None:
         app[LEADERSHIP_KEY] = leadership

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from overhaul.core.resources import KEPT_NETWORK_TYPES, MANAGED_IMAGE_TYPE
+
 VMSS = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"
 GALLERY = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/galleries/{gallery}"
 LB = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/loadBalancers/{lb}"
@@ -76,12 +78,29 @@ def named(provider: str, item: str, noun: str, plural: str, refused: str = "") -
 
 
 HOSTS = RG + "/Microsoft.Compute/hostGroups/{hostGroup}/hosts"
+GROUP = "/subscriptions/{sub}/resourcegroups/{rg}"
+GROUP_BODY = {
+    "type": "object",
+    "properties": {
+        "location": {"type": "string"},
+        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
 PUBLISHERS = SUB + "/Microsoft.Compute/locations/{location}/publishers"
 SKU_VERSIONS = PUBLISHERS + "/{publisher}/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions"
 EXTENSION_TYPES = PUBLISHERS + "/{publisher}/artifacttypes/vmextension/types"
 
 # (method, path, summary, request body schema or None, success statuses)
 OPERATIONS: list[Operation] = [
+    *named(MANAGED_IMAGE_TYPE, "name", "managed image (properties.overhaul.containerImage)", "managed images"),
+    *[op for kind in KEPT_NETWORK_TYPES for op in named(kind, "name", f"{kind} (kept, not acted upon)", kind)],
+    ("get", "/subscriptions/{sub}/resourcegroups", "List the resource groups", None, (200,)),
+    ("put", GROUP, "Create or update a resource group", GROUP_BODY, (200, 201)),
+    ("patch", GROUP, "Change a resource group's tags", GROUP_BODY, (200,)),
+    ("get", GROUP, "Get a resource group", None, (200,)),
+    ("head", GROUP, "Whether a resource group exists (204, else 404)", None, (204, 404)),
+    ("delete", GROUP, "Delete a resource group and everything in it (202: poll Location)", None, (202,)),
+    ("get", "/subscriptions/{sub}/operationresults/{operation}", "Poll a group's deletion", None, (200, 202)),
     ("get", "/subscriptions", "List the subscriptions (namespaces) in use", None, (200,)),
     ("get", "/subscriptions/{subscription}", "Get a subscription", None, (200,)),
     ("get", "/tenants", "List the tenant of overhaul's access tokens", None, (200,)),

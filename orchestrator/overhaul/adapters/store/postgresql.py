@@ -126,6 +126,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE journal ADD COLUMN token BIGINT;
     """,
+    # Resources kept as documents (core/resources.py): resource groups, managed images, kept network resources.
+    """
+    CREATE TABLE resources (
+        id CITEXT PRIMARY KEY, type CITEXT NOT NULL, subscription CITEXT NOT NULL, resource_group CITEXT NOT NULL,
+        name TEXT NOT NULL, doc TEXT NOT NULL
+    );
+    CREATE INDEX resources_by_scope ON resources (subscription, resource_group, type);
+    """,
 )
 # pg_advisory_lock keys (any bigint; these spell "ovhl" and "ovhl"+1): migrations run one replica at a time.
 MIGRATION_LOCK = 0x6F76686C

@@ -27,6 +27,7 @@ from overhaul.core.model import ScaleSet, parse_scale_set
 from overhaul.core.network import LoadBalancer, parse_load_balancer
 from overhaul.core.planner import Health
 from overhaul.core.replication import Replica, host_label
+from overhaul.core.resources import Resource
 from overhaul.core.rollout import (
     Action,
     ActionResult,
@@ -323,6 +324,40 @@ class SqlStore:
                 await db.execute(
                     f"DELETE FROM {table} WHERE gallery = ? AND image = ? AND version = ?", (gallery, image, version)
                 )
+
+    # --- resources kept as documents ------------------------------------------------------------------------
+
+    async def put_resource(self, resource: Resource) -> None:
+        await self.sql.execute(
+            "INSERT INTO resources (id, type, subscription, resource_group, name, doc) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+            (
+                resource.id,
+                resource.type,
+                resource.subscription,
+                resource.resource_group,
+                resource.name,
+                json.dumps(resource.doc),
+            ),
+        )
+
+    async def get_resource(self, resource_id: str) -> Resource | None:
+        row = await self.sql.one("SELECT * FROM resources WHERE id = ?", (resource_id,))
+        return None if row is None else _resource(row)
+
+    async def list_resources(
+        self, type_: str | None = None, subscription: str | None = None, resource_group: str | None = None
+    ) -> list[Resource]:
+        clauses, params = [], []
+        for column, value in (("type", type_), ("subscription", subscription), ("resource_group", resource_group)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return [_resource(r) for r in await self.sql.all(f"SELECT * FROM resources{where} ORDER BY id", params)]
+
+    async def delete_resource(self, resource_id: str) -> None:
+        await self.sql.execute("DELETE FROM resources WHERE id = ?", (resource_id,))
 
     # --- network, hosts, maintenance -----------------------------------------------------------------------
 
@@ -775,3 +810,7 @@ def verdict_of(doc: Mapping[str, Any]) -> HealthReport:
         bool(doc["reachable"]),
         doc["approved"],
     )
+
+
+def _resource(row: Row) -> Resource:
+    return Resource(row["subscription"], row["resource_group"], row["type"], row["name"], json.loads(row["doc"]))

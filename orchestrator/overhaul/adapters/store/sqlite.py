@@ -169,6 +169,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE journal ADD COLUMN token INTEGER;
     """,
+    # Resources kept as documents (core/resources.py): resource groups, managed images, kept network resources.
+    """
+    CREATE TABLE resources (
+        id TEXT PRIMARY KEY COLLATE NOCASE, type TEXT NOT NULL COLLATE NOCASE,
+        subscription TEXT NOT NULL COLLATE NOCASE, resource_group TEXT NOT NULL COLLATE NOCASE,
+        name TEXT NOT NULL, doc TEXT NOT NULL
+    );
+    CREATE INDEX resources_by_scope ON resources (subscription, resource_group, type);
+    """,
 )
 # Statements that write nothing (a ROLLBACK undoes): every other one is a write, checked against the guard first.
 READS = ("SELECT", "PRAGMA", "ROLLBACK")
