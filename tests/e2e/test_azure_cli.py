@@ -246,6 +246,13 @@ def test_az_updates_instances_to_a_new_model_and_sets_an_extension(az: Az, serve
 
 
 def test_az_deletes_the_group_and_everything_in_it(az: Az, served: Served) -> None:
+    listed = az(f"resource list -g {RG} --resource-type Microsoft.Network/loadBalancers")
+    assert [r["name"] for r in listed] == ["azlb"]
+    assert {r["type"] for r in az(f"resource list -g {RG}")} >= {
+        "Microsoft.Compute/virtualMachineScaleSets",
+        "Microsoft.Compute/galleries",
+        "Microsoft.Compute/images",
+    }
     az(f"group delete -n {RG} --yes")  # waits on the operation until the group is gone
     assert az(f"group exists -n {RG}") is False
     for path in (VMSS, LB, VERSIONS.rsplit("/images/", 1)[0]):

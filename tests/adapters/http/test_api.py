@@ -251,7 +251,7 @@ SCHEMATHESIS_SHARDS = {
     "gallery": r"galleries|publishers|Microsoft.Compute/images",
     "network, maintenance, hooks": r"loadBalancers|Microsoft.Maintenance|lifecycleHookEvents|healthz|virtualNetworks"
     r"|publicIPAddresses|networkSecurityGroups"
-    r"|^/subscriptions(/\{subscription\})?$|^/tenants$|resourcegroups(/\{rg\})?$|operationresults",
+    r"|^/subscriptions(/\{subscription\})?$|^/tenants$|resourcegroups(/\{rg\})?$|operationresults|/resources$",
     "event subscriptions, hosts": r"resourceGroups/\{rg\}/providers/Microsoft.EventGrid|hostGroups",
 }
 # Operations left out of the fuzzing because the same handlers serve a fuzzed operation: a scale set's event

@@ -4,6 +4,7 @@ keys they do not know)."""
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,28 @@ def test_network_resources_overhaul_does_not_act_on_are_kept_as_written(served: 
     assert status == 400 and doc["error"]["target"] == "properties"
     assert served.call("DELETE", f"{VNET}?{API}")[0] == 200
     assert served.call("DELETE", f"{VNET}?{API}")[0] == 204
+
+
+def test_every_resource_is_listed_and_filtered_as_arm_lists_them(served: Served) -> None:
+    """`az resource list` and the `$filter` az uses before a deployment."""
+    body = {"location": "local", "tags": {"tier": "web"}, "properties": {}}
+    assert served.call("PUT", f"{VNET}?{API}", body)[0] == 201
+    listed = served.call("GET", f"{RG}/resources?{API}")[1]["value"]
+    types = {item["type"] for item in listed}
+    assert {"Microsoft.Network/virtualNetworks", "Microsoft.Compute/galleries"} <= types
+    assert all(set(item) == {"id", "name", "type", "location", "tags"} for item in listed)
+
+    def names(query: str) -> list[str]:
+        encoded = urllib.parse.quote(query)
+        status, doc, _ = served.call("GET", f"/subscriptions/subscription_id/resources?{API}&$filter={encoded}")
+        assert status == 200, doc
+        return [item["name"] for item in doc["value"]]
+
+    assert names("resourceType eq 'Microsoft.Network/virtualNetworks'") == ["vnet"]
+    assert names("resourceGroup eq 'myresourcegroup' and name eq 'VNET'") == ["vnet"]
+    assert names("tagName eq 'tier' and tagValue eq 'web'") == ["vnet"]
+    assert names("substringof('vn', name)") == ["vnet"]
+    assert names("resourceGroup eq 'another'") == []
+    wrong = urllib.parse.quote("name ne 'x'")
+    status, doc, _ = served.call("GET", f"/subscriptions/subscription_id/resources?{API}&$filter={wrong}")
+    assert (status, doc["error"]["target"]) == (400, "$filter")

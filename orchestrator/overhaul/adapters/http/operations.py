@@ -92,6 +92,8 @@ EXTENSION_TYPES = PUBLISHERS + "/{publisher}/artifacttypes/vmextension/types"
 
 # (method, path, summary, request body schema or None, success statuses)
 OPERATIONS: list[Operation] = [
+    ("get", "/subscriptions/{sub}/resources", "List every resource of a subscription ($filter, $top)", None, (200,)),
+    ("get", "/subscriptions/{sub}/resourceGroups/{rg}/resources", "List a group's resources ($filter)", None, (200,)),
     *named(MANAGED_IMAGE_TYPE, "name", "managed image (properties.overhaul.containerImage)", "managed images"),
     *[op for kind in KEPT_NETWORK_TYPES for op in named(kind, "name", f"{kind} (kept, not acted upon)", kind)],
     ("get", "/subscriptions/{sub}/resourcegroups", "List the resource groups", None, (200,)),
