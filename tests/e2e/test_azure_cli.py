@@ -27,6 +27,8 @@ VMSS = f"{PROVIDER}/Microsoft.Compute/virtualMachineScaleSets/{NAME}"
 VERSIONS = f"{PROVIDER}/Microsoft.Compute/galleries/{GALLERY}/images/{IMAGE}/versions"
 LB = f"{PROVIDER}/Microsoft.Network/loadBalancers/azlb"
 IMAGES = f"{PROVIDER}/Microsoft.Compute/images"
+# Given, so az writes no key of its own under ~/.ssh.
+SSH_KEY = "'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHSiqcZGNSd6DI0v8Zo5DIb7d9jJm9CoRN0yG3oJbd8J test'"
 API = "api-version=2024-07-01"
 
 
@@ -245,9 +247,35 @@ def test_az_updates_instances_to_a_new_model_and_sets_an_extension(az: Az, serve
     assert extension["properties"]["typeHandlerVersion"] == "2.0"
 
 
+def test_az_creates_a_scale_set_and_a_load_balancer_through_template_deployments(az: Az, served: Served) -> None:
+    image = f"{PROVIDER}/Microsoft.Compute/galleries/{GALLERY}/images/{IMAGE}"
+    created = az(
+        f"vmss create -g {RG} -n azmade --image {image} --instance-count 1 --orchestration-mode Uniform "
+        "--upgrade-policy-mode automatic --admin-username azureuser --generate-ssh-keys "
+        f"--ssh-key-values {SSH_KEY}"
+    )
+    assert created["vmss"]["upgradePolicy"]["mode"] == "Automatic"  # the deployment's output, as az prints it
+    [made] = az(f"vmss list-instances -g {RG} -n azmade")
+    assert made["name"] == "azmade_0"
+    running = subprocess.run(
+        ["podman", "inspect", "--format", "{{.State.Running}}", "azmade_0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert running.stdout.strip() == "true"  # a real container from the gallery's image
+    deployments = az(f"deployment group list -g {RG}")
+    assert {d["properties"]["provisioningState"] for d in deployments} == {"Succeeded"}
+    az(f"network lb create -g {RG} -n azlb2 --sku Standard")
+    az(f"network lb probe create -g {RG} --lb-name azlb2 -n health --protocol Tcp --port 8080")
+    _, doc, _ = served.call("GET", f"{PROVIDER}/Microsoft.Network/loadBalancers/azlb2/probes/health?{API}")
+    assert doc["properties"]["protocol"] == "Tcp"
+
+
 def test_az_deletes_the_group_and_everything_in_it(az: Az, served: Served) -> None:
     listed = az(f"resource list -g {RG} --resource-type Microsoft.Network/loadBalancers")
-    assert [r["name"] for r in listed] == ["azlb"]
+    assert [r["name"] for r in listed] == ["azlb", "azlb2", "azmadeLB"]
     assert {r["type"] for r in az(f"resource list -g {RG}")} >= {
         "Microsoft.Compute/virtualMachineScaleSets",
         "Microsoft.Compute/galleries",
@@ -258,7 +286,7 @@ def test_az_deletes_the_group_and_everything_in_it(az: Az, served: Served) -> No
     for path in (VMSS, LB, VERSIONS.rsplit("/images/", 1)[0]):
         assert served.call("GET", f"{path}?{API}")[0] == 404, path
     left = subprocess.run(
-        ["podman", "ps", "-a", "--filter", f"name={NAME}_", "--format", "{{.Names}}"],
+        ["podman", "ps", "-a", "--filter", f"name={NAME}_", "--filter", "name=azmade_", "--format", "{{.Names}}"],
         capture_output=True,
         text=True,
         check=True,

@@ -1,5 +1,6 @@
-"""Resource groups at the runtime: resources stored before groups were kept get theirs at start (located where they
-are), and a deletion a stop interrupted is finished by the next start."""
+"""Resource groups and deployments at the runtime: resources stored before groups were kept get theirs at start
+(located where they are), a group deletion a stop interrupted is finished by the next start, and a deployment a stop
+interrupted ends Failed saying so."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import ImageDefinition
 from overhaul.core.model import ScaleSetRef
-from overhaul.core.resources import RESOURCE_GROUP_TYPE
+from overhaul.core.resources import RESOURCE_GROUP_TYPE, Resource
 from overhaul.runtime.orchestrator import Orchestrator
 from tests.builders import FAST, small, version
 
@@ -64,6 +65,24 @@ async def test_a_deletion_interrupted_by_a_stop_is_finished_at_the_next_start(tm
         assert await again.resource_groups.find("s1", "doomed") is None
         assert await again.scale_sets.list("s1", "doomed") == []
         assert not await driver.observe("web")
+    finally:
+        await again.close()
+        await store.close()
+
+
+async def test_a_deployment_a_stop_interrupted_ends_failed_saying_so(tmp_path: Path) -> None:
+    driver = MemoryDriver()
+    first, store = await seeded(tmp_path / "overhaul.db", driver)
+    doc = {"name": "d", "properties": {"provisioningState": "Running"}}
+    await store.put_resource(Resource("s1", "g", "Microsoft.Resources/deployments", "d", doc))
+    await first.close()
+    await store.close()
+
+    again, store = await seeded(tmp_path / "overhaul.db", driver)
+    try:
+        [found] = await store.list_resources("Microsoft.Resources/deployments")
+        assert found.doc["properties"]["provisioningState"] == "Failed"
+        assert found.doc["properties"]["error"]["code"] == "DeploymentInterrupted"
     finally:
         await again.close()
         await store.close()

@@ -16,6 +16,7 @@ from overhaul.ports.clock import Clock
 from overhaul.ports.driver import Driver, DriverError, HostStatuses, ImageCopies, InstanceState
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
+from overhaul.runtime.deployments import Deployments
 from overhaul.runtime.event_subscriptions import EventSubscriptions
 from overhaul.runtime.galleries import Galleries
 from overhaul.runtime.groups import ResourceGroups
@@ -58,6 +59,7 @@ class Orchestrator:
         self.event_subscriptions = EventSubscriptions(self.parts)
         self.resource_groups = ResourceGroups(self)
         self.kept = KeptResources(self.parts)
+        self.deployments = Deployments(self)
         # What the serve layer, metrics and tests reach directly.
         self.store, self.driver, self.health, self.clock = store, driver, health, clock
         self.settings = self.parts.settings
@@ -86,9 +88,11 @@ class Orchestrator:
                 await self.outbox.publish(attempt_events(None, history[0].attempt, subject, self.clock()))
         await self.resource_groups.adopt()
         await self.resource_groups.resume()
+        await self.deployments.interrupted()
         await self.supervisor.start()
 
     async def close(self) -> None:
+        await self.deployments.close()
         await self.resource_groups.close()
         await self.supervisor.close()
         await self.health.close()

@@ -252,7 +252,7 @@ SCHEMATHESIS_SHARDS = {
     "network, maintenance, hooks": r"loadBalancers|Microsoft.Maintenance|lifecycleHookEvents|healthz|virtualNetworks"
     r"|publicIPAddresses|networkSecurityGroups"
     r"|^/subscriptions(/\{subscription\})?$|^/tenants$|resourcegroups(/\{rg\})?$|operationresults|/resources$",
-    "event subscriptions, hosts": r"resourceGroups/\{rg\}/providers/Microsoft.EventGrid|hostGroups",
+    "event subscriptions, hosts": r"resourceGroups/\{rg\}/providers/Microsoft.EventGrid|hostGroups|deployments",
 }
 # Operations left out of the fuzzing because the same handlers serve a fuzzed operation: a scale set's event
 # subscriptions are the resource group's with another scope (fuzzing them would mostly meet a 404 for the scale set).

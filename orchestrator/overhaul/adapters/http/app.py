@@ -31,6 +31,7 @@ from overhaul.adapters.http.requests import (
 )
 from overhaul.adapters.http.routes import (
     catalogue,
+    deployments,
     event_subscriptions,
     gallery,
     groups,
@@ -73,6 +74,7 @@ STATUS: dict[type[OverhaulError], int] = {
 ARM_ROUTES: list[Route] = [
     *identity.ROUTES,
     *groups.ROUTES,
+    *deployments.ROUTES,
     *kept.ROUTES,
     *listing.ROUTES,
     *scale_sets.ROUTES,

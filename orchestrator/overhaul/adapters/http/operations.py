@@ -79,6 +79,7 @@ def named(provider: str, item: str, noun: str, plural: str, refused: str = "") -
 
 HOSTS = RG + "/Microsoft.Compute/hostGroups/{hostGroup}/hosts"
 GROUP = "/subscriptions/{sub}/resourcegroups/{rg}"
+DEPLOYMENTS = GROUP + "/providers/Microsoft.Resources/deployments"
 GROUP_BODY = {
     "type": "object",
     "properties": {
@@ -92,6 +93,14 @@ EXTENSION_TYPES = PUBLISHERS + "/{publisher}/artifacttypes/vmextension/types"
 
 # (method, path, summary, request body schema or None, success statuses)
 OPERATIONS: list[Operation] = [
+    ("get", DEPLOYMENTS, "List a group's template deployments", None, (200,)),
+    ("get", DEPLOYMENTS + "/", "List a group's template deployments (az's form)", None, (200,)),
+    ("put", DEPLOYMENTS + "/{name}", "Deploy a template (201; poll Azure-AsyncOperation)", {"type": "object"}, (201,)),
+    ("get", DEPLOYMENTS + "/{name}", "Get a deployment: provisioningState, outputs, error", None, (200,)),
+    ("delete", DEPLOYMENTS + "/{name}", "Delete a deployment's record (its resources stay)", None, (200, 204)),
+    ("get", DEPLOYMENTS + "/{name}/operationStatuses/{operation}", "A deployment's status", None, (200,)),
+    ("get", DEPLOYMENTS + "/{name}/operations", "A deployment's operation per resource", None, (200,)),
+    ("get", GROUP + "/deployments/{name}/operations", "A deployment's operations (az's path)", None, (200,)),
     ("get", "/subscriptions/{sub}/resources", "List every resource of a subscription ($filter, $top)", None, (200,)),
     ("get", "/subscriptions/{sub}/resourceGroups/{rg}/resources", "List a group's resources ($filter)", None, (200,)),
     *named(MANAGED_IMAGE_TYPE, "name", "managed image (properties.overhaul.containerImage)", "managed images"),

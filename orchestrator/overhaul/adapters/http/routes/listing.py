@@ -44,7 +44,8 @@ async def everything(o: Orchestrator, subscription: str, group: str | None) -> l
             for d in definitions
         ]
     kept = await o.store.list_resources(None, subscription, group)
-    docs += [r.doc for r in kept if r.type.lower() != RESOURCE_GROUP_TYPE.lower()]
+    hidden = {RESOURCE_GROUP_TYPE.lower(), "microsoft.resources/deployments"}  # not resources, as in Azure's list
+    docs += [r.doc for r in kept if r.type.lower() not in hidden]
     return sorted((entry(d) for d in docs), key=lambda e: str(e.get("id", "")).lower())
 
 
