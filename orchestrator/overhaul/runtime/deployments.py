@@ -157,7 +157,9 @@ class Deployments:
         await self.store.put_resource(deployment)
         evaluation = Evaluation(subscription, owner, template, given)
         key = deployment.id.lower()
-        self._running[key] = asyncio.create_task(self._deploy(deployment, evaluation), name=f"deploy {name}")
+        task = asyncio.create_task(self._deploy(deployment, evaluation, time.monotonic()), name=f"deploy {name}")
+        self._running[key] = task
+        task.add_done_callback(lambda _: self._running.pop(key, None) if self._running.get(key) is task else None)
         return deployment
 
     async def get(self, subscription: str, group: str, name: str) -> Resource:
@@ -198,7 +200,7 @@ class Deployments:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _deploy(self, deployment: Resource, evaluation: Evaluation) -> None:
+    async def _deploy(self, deployment: Resource, evaluation: Evaluation, started: float) -> None:
         doc = dict(deployment.doc)
         props, operations = dict(doc["properties"]), list(doc["operations"])
         try:
@@ -224,7 +226,7 @@ class Deployments:
             log.exception("deployment %s failed", deployment.id)
             props["provisioningState"] = "Failed"
             props["error"] = {"code": "InternalServerError", "message": str(exc)}
-        props["duration"] = props.get("timestamp", "")
+        props["duration"] = f"PT{time.monotonic() - started:.3f}S"
         await self.store.put_resource(replace(deployment, doc=doc | {"properties": props, "operations": operations}))
 
     async def _put_one(

@@ -5,6 +5,7 @@ refused before anything is made; a resource that fails fails the deployment with
 from __future__ import annotations
 
 import copy
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +126,7 @@ def deploy(served: Served, name: str, template: dict[str, Any]) -> dict[str, Any
 def test_a_template_is_deployed_in_dependency_order_with_its_outputs(served: Served) -> None:
     done = deploy(served, "vmss_deploy", TEMPLATE)
     assert done["properties"]["provisioningState"] == "Succeeded", done
+    assert re.fullmatch(r"PT[0-9.]+S", done["properties"]["duration"])
     # Output names come back camel-cased, as Resource Manager answers them (az reads "vmss").
     assert done["properties"]["outputs"]["vmss"]["value"]["upgradePolicy"]["mode"] == "Manual"
     base = "/subscriptions/subscription_id/resourceGroups/myResourceGroup/providers"

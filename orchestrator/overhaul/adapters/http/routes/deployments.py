@@ -14,7 +14,6 @@ GROUP = "/subscriptions/{sub}/resourcegroups/{rg}"
 DEPLOYMENTS = GROUP + "/providers/Microsoft.Resources/deployments"
 DEPLOYMENT = DEPLOYMENTS + "/{name}"
 POLL_AFTER_SECONDS = 1
-STATUS = {"Running": "Running", "Accepted": "Accepted", "Succeeded": "Succeeded", "Failed": "Failed"}
 
 
 def public(deployment: Resource) -> dict[str, Any]:
@@ -49,7 +48,7 @@ async def deployment_status(request: web.Request) -> web.Response:
     m = request.match_info
     deployment = await orchestrator_of(request).deployments.get(m["sub"], m["rg"], m["name"])
     props = deployment.doc["properties"]
-    doc: dict[str, Any] = {"status": STATUS.get(props["provisioningState"], props["provisioningState"])}
+    doc: dict[str, Any] = {"status": props["provisioningState"]}
     if "error" in props:
         doc["error"] = props["error"]
     running = doc["status"] in ("Running", "Accepted")
