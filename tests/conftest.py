@@ -182,15 +182,9 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
 # under pytest-xdist every Podman or Docker test runs on one worker, in order. QEMU tests (VMs under directories of
 # their own) run beside them: the VM module on one worker, the VM image module on another, and the QEMU variant of
 # the driver contract with the VM module (they share the VM artefacts, built once).
-# Modules with engines of their own, beside the container-engine lane: QEMU's, the replicas' Podman service (its
-# containers' names are its own), and the real az's.
-ENGINE_GROUPS = {
-    "test_qemu_vms": "qemu",
-    "test_vm_image": "vm-image",
-    "test_replicas_podman": "replicas",
-    # The real az's module: its scale sets, images and groups have names of their own, and most of its time is az's.
-    "test_azure_cli": "az",
-}
+# Modules with engines of their own, beside the container-engine lane: QEMU's, and the replicas' Podman service
+# (its containers' names are its own).
+ENGINE_GROUPS = {"test_qemu_vms": "qemu", "test_vm_image": "vm-image", "test_replicas_podman": "replicas"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist writes the groups into node ids

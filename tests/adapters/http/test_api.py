@@ -250,13 +250,17 @@ SCHEMATHESIS_SHARDS = {
     r"(?!virtualMachines|instanceView|lifecycleHookEvents|providers)",
     "gallery": r"galleries|publishers|Microsoft.Compute/images",
     "network, maintenance, hooks": r"loadBalancers|Microsoft.Maintenance|lifecycleHookEvents|healthz|virtualNetworks"
-    r"|publicIPAddresses|networkSecurityGroups"
     r"|^/subscriptions(/\{subscription\})?$|^/tenants$|resourcegroups(/\{rg\})?$|operationresults|/resources$",
-    "event subscriptions, hosts": r"resourceGroups/\{rg\}/providers/Microsoft.EventGrid|hostGroups|deployments",
+    "event subscriptions, hosts": r"resourceGroups/\{rg\}/providers/Microsoft.EventGrid|hostGroups"
+    r"|providers/Microsoft.Resources/deployments(/\{name\}.*)?$",
 }
 # Operations left out of the fuzzing because the same handlers serve a fuzzed operation: a scale set's event
 # subscriptions are the resource group's with another scope (fuzzing them would mostly meet a 404 for the scale set).
-SAME_HANDLERS_AS_FUZZED = r"virtualMachineScaleSets/\{name\}/providers/Microsoft.EventGrid"
+SAME_HANDLERS_AS_FUZZED = (
+    r"virtualMachineScaleSets/\{name\}/providers/Microsoft.EventGrid"
+    # The kept network types share virtualNetworks' handlers (routes/kept.py); az's second paths, their first's.
+    r"|publicIPAddresses|networkSecurityGroups|deployments/$|resourcegroups/\{rg\}/deployments/"
+)
 
 
 def test_the_schemathesis_shards_cover_every_operation_once() -> None:
@@ -274,8 +278,21 @@ def test_the_operations_left_unfuzzed_share_their_handlers_with_fuzzed_ones() ->
         if "Microsoft.EventGrid" in path:
             handlers.setdefault((method, unscoped(path)), set()).add(handler)
     assert handlers and all(len(found) == 1 for found in handlers.values()), handlers
+
+    # Each kept network type's routes are made by the same code as virtualNetworks'; az's second deployment paths
+    # are served by the handlers of the first.
+    def code(path_part: str) -> set[tuple[str, str]]:
+        return {(m, h.__code__.co_qualname) for m, p, h in ARM_ROUTES if path_part in p}
+
+    for kind in ("publicIPAddresses", "networkSecurityGroups"):
+        assert code(kind) == code("virtualNetworks")
+    by_path = {(m, p): h for m, p, h in ARM_ROUTES}
+    deployments = "/subscriptions/{sub}/resourcegroups/{rg}/providers/Microsoft.Resources/deployments"
+    assert by_path[("GET", deployments + "/")] is by_path[("GET", deployments)]
+    legacy = "/subscriptions/{sub}/resourcegroups/{rg}/deployments/{name}/operations"
+    assert by_path[("GET", legacy)] is by_path[("GET", deployments + "/{name}/operations")]
     unfuzzed = [p for p in openapi_document()["paths"] if re.search(SAME_HANDLERS_AS_FUZZED, p)]
-    assert len(unfuzzed) == 3
+    assert len(unfuzzed) == 3 + 2 * 3 + 2
 
 
 @pytest.mark.timeout(600)  # CPU-bound (it generates requests): minutes on a busy machine, seconds on an idle one
