@@ -238,14 +238,7 @@ class Deployments:
             return None
         body = {k: expand(v, evaluation) for k, v in resource.items() if k not in TEMPLATE_ONLY}
         sub, group = evaluation.subscription_id, evaluation.group.name
-        target = (
-            resource_id(sub, group, type_, name.split("/", maxsplit=1)[0])
-            if "/" not in name
-            else (
-                f"{group_id(sub, group)}/providers/{type_.rsplit('/', 1)[0]}/{name.split('/', maxsplit=1)[0]}/"
-                f"{type_.rsplit('/', 1)[1]}/{name.split('/')[1]}"
-            )
-        )
+        target = evaluation.resource_id([type_, *name.split("/")])  # a child's id as resourceId() makes it
         operation: dict[str, Any] = {
             "id": f"{target}/operations/{len(operations)}",
             "operationId": str(len(operations)),

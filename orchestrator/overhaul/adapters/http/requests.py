@@ -140,11 +140,16 @@ async def deleted(deletion: Awaitable[None]) -> web.Response:
     return web.Response(status=200)
 
 
+# What a long-running operation's answers tell a client to wait before polling again (az and the SDK otherwise wait
+# their default, 30 s, between polls).
+POLL_AFTER_SECONDS = 1
+
+
 def operation_headers(request: web.Request, model: ScaleSet, operation: str) -> dict[str, str]:
     """ARM's long-running-operation protocol: absolute URLs of an operation resource a client polls."""
     path = operation_path(model.subscription, model.location, operation)
     url = f"{request.url.origin()}{path}?api-version={request.query.get('api-version')}"
-    return {"Azure-AsyncOperation": url, "Location": url, "Retry-After": "1"}
+    return {"Azure-AsyncOperation": url, "Location": url, "Retry-After": str(POLL_AFTER_SECONDS)}
 
 
 def accepted(request: web.Request, model: ScaleSet, attempt: Attempt, *, operation: str | None = None) -> web.Response:

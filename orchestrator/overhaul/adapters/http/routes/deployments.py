@@ -7,13 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from overhaul.adapters.http.requests import Route, body_object, deleted, orchestrator_of
+from overhaul.adapters.http.requests import POLL_AFTER_SECONDS, Route, body_object, deleted, orchestrator_of
 from overhaul.core.resources import Resource
 
 GROUP = "/subscriptions/{sub}/resourcegroups/{rg}"
 DEPLOYMENTS = GROUP + "/providers/Microsoft.Resources/deployments"
 DEPLOYMENT = DEPLOYMENTS + "/{name}"
-POLL_AFTER_SECONDS = 1
 
 
 def public(deployment: Resource) -> dict[str, Any]:

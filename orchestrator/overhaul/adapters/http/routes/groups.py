@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from overhaul.adapters.http.requests import Handler, Route, body_object, orchestrator_of, written
+from overhaul.adapters.http.requests import POLL_AFTER_SECONDS, Handler, Route, body_object, orchestrator_of, written
 from overhaul.core.arm_json import Reader
 from overhaul.core.errors import NotFound
 from overhaul.core.resources import Resource, parse_resource_group, tags_of
@@ -21,7 +21,6 @@ GROUP = GROUPS + "/{rg}"
 OPERATION_RESULTS = "/subscriptions/{sub}/operationresults/{operation}"
 # What a resource put under a group's providers path needs: the group.
 IN_GROUP = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)/providers/", re.IGNORECASE)
-POLL_AFTER_SECONDS = 1
 
 
 def group_doc(group: Resource) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from aiohttp import web
 from overhaul.adapters.http import arm
 from overhaul.adapters.http.requests import (
     CANCEL_SUFFIX,
+    POLL_AFTER_SECONDS,
     SUB,
     Route,
     accepted,
@@ -23,7 +24,6 @@ from overhaul.core.errors import NotFound
 from overhaul.core.rollout import StartedBy
 
 OPERATIONS = SUB + "/providers/Microsoft.Compute/locations/{location}/operations/{operation}"
-POLL_AFTER_SECONDS = 1
 
 
 async def os_upgrade_history(request: web.Request) -> web.Response:
@@ -96,7 +96,6 @@ async def get_operation(request: web.Request) -> web.Response:
     if attempt is None:
         raise NotFound(f"operation {name} does not exist (or its history was pruned)", "OperationNotFound")
     doc = arm.operation_doc(name, attempt, cancel=name.endswith(CANCEL_SUFFIX))
-    # While it runs, when to ask again: clients (az, the SDK) otherwise wait their default, 30 s, between polls.
     headers = {"Retry-After": str(POLL_AFTER_SECONDS)} if doc["status"] == "InProgress" else {}
     return web.json_response(doc, headers=headers)
 
