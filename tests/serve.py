@@ -87,6 +87,23 @@ class Served:
             return status, json.loads(payload), headers
         return status, payload.decode() if payload.strip() else None, headers
 
+    def delete(self, path: str, timeout: float = 300.0) -> tuple[int, Any]:
+        """A DELETE followed to its end: a long-running one (202) is polled as the SDK does (Azure-AsyncOperation
+        until its status is no longer InProgress; else Location until it is no longer 202). Returns the DELETE's
+        status and the operation's last document (or the DELETE's own body)."""
+        status, doc, headers = self.call("DELETE", path)
+        if status != 202:
+            return status, doc
+        operation = headers.get("Azure-AsyncOperation") or headers["Location"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            polled, doc, _ = self.call("GET", operation.removeprefix(self.url))
+            still = doc.get("status") == "InProgress" if "Azure-AsyncOperation" in headers else polled == 202
+            if not still:
+                return status, doc
+            time.sleep(0.2)
+        raise AssertionError(f"DELETE {path} still runs after {timeout:g}s: {doc}")
+
     def instances(self, vmss: str) -> list[dict[str, Any]]:
         """The scale set's instances (``vmss``: its resource id), as `GET …/virtualMachines` lists them."""
         status, doc, _ = self.call("GET", f"{vmss}/virtualMachines?{API}")

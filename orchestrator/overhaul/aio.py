@@ -1,12 +1,12 @@
 """Plain asyncio helpers every layer may use (outside the layers: no I/O of their own): a change counter to wait
-on, stopping tasks the one way, and back-off between tries."""
+on, stopping tasks the one way, background work kept by key, and back-off between tries."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,43 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+
+
+class Background:
+    """Long work started by a request and finished in the background (a group's deletion, a deployment): one task
+    per key at a time, forgotten once done, an unexpected error logged, all cancelled and awaited by ``close``."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, key: str, work: Callable[[], Coroutine[Any, Any, None]], name: str) -> bool:
+        """Starts ``work()`` unless a task of ``key`` (case-insensitive) still runs; False when one does."""
+        key = key.lower()
+        if self.running(key):
+            return False
+        task = asyncio.create_task(work(), name=name)
+        self._tasks[key] = task
+        task.add_done_callback(lambda done: self._forget(key, done))
+        return True
+
+    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s stopped on an error", task.get_name(), exc_info=task.exception())
+
+    def running(self, key: str) -> bool:
+        task = self._tasks.get(key.lower())
+        return task is not None and not task.done()
+
+    async def wait(self, key: str, timeout: float) -> None:
+        """Until the task of ``key`` ends (at once when none runs), at most ``timeout`` s."""
+        task = self._tasks.get(key.lower())
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._tasks.values())
 
 
 class Backoff:

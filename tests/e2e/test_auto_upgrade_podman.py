@@ -61,8 +61,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
         try:
             yield running
         finally:
-            running.call("DELETE", f"{VMSS}?{API}")
-            running.call("DELETE", f"{LATE}?{API}")
+            running.delete(f"{VMSS}?{API}")
+            running.delete(f"{LATE}?{API}")
 
 
 def publish(served: Served, version: str, *, exclude: bool = False) -> None:

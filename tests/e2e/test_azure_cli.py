@@ -43,7 +43,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         try:
             yield running
         finally:
-            running.call("DELETE", f"{VMSS}?{API}")  # when a test failed before the group's deletion
+            running.delete(f"{VMSS}?{API}")  # when a test failed before the group's deletion
 
 
 @pytest.fixture(scope="module")

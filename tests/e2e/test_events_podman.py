@@ -80,7 +80,7 @@ def test_no_event_is_lost_when_serve_is_sigkilled_mid_rollout(tmp_path: Path) ->
                 receiver.wait_for(expected, timeout=180)
                 assert second.latest_code(VMSS) == "Completed"
             finally:
-                second.call("DELETE", f"{VMSS}?{API}")
+                second.delete(f"{VMSS}?{API}")
     by_id: dict[str, list[dict[str, Any]]] = {}
     for event in receiver.received:
         by_id.setdefault(event["id"], []).append(event)

@@ -83,7 +83,7 @@ def served(images: None, tmp_path: Path) -> Iterator[Served]:
             yield running
         finally:
             for name in ("conc", "puts", "missing", "outage", "why", "bodies", "sick"):
-                running.call("DELETE", f"{vmss(name)}?{API}")
+                running.delete(f"{vmss(name)}?{API}")
 
 
 def publish(served: Served, version: str, image: str | None = None) -> None:

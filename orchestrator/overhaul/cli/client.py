@@ -172,3 +172,25 @@ def target_from_ids(client: Client, args: argparse.Namespace, provider: str, nam
             "`overhaul configure --defaults group=NAME`)",
             EXIT_USAGE,
         )
+
+
+DELETE_POLL = 0.5
+
+
+def wait_deleted(client: Client, path: str, what: str) -> None:
+    """Until a long-running DELETE has removed ``path``; an error when the deletion stopped (the resource reads
+    Deleting no more, and says why under properties.overhaul.lastDeleteError)."""
+    deadline = time.monotonic() + client.timeout * 10
+    while time.monotonic() < deadline:
+        try:
+            doc = client.call("GET", path)
+        except CliError as exc:
+            if exc.exit_code == EXIT_NOT_FOUND:
+                return
+            raise
+        props = doc.get("properties", {}) if isinstance(doc, dict) else {}
+        if props.get("provisioningState") != "Deleting":
+            why = (props.get("overhaul", {}).get("lastDeleteError") or {}).get("message", "it was not deleted")
+            raise CliError(f"{what} was not deleted: {why}")
+        time.sleep(DELETE_POLL)
+    raise CliError(f"{what} is still being deleted (waited {client.timeout * 10:g}s)")

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
-from overhaul.cli.client import EXIT_NOT_FOUND, EXIT_USAGE, Client, CliError
+from overhaul.cli.client import EXIT_NOT_FOUND, EXIT_USAGE, Client, CliError, wait_deleted
 from overhaul.cli.output import emit
-
-DELETE_POLL = 0.5
 
 
 def add_group_commands(groups: Any, common: argparse.ArgumentParser) -> None:
@@ -65,23 +62,5 @@ def run_group(client: Client, args: argparse.Namespace) -> int:
     else:
         client.call("DELETE", path)
         if not args.no_wait:
-            _wait_gone(client, path)
+            wait_deleted(client, path, f"resource group {args.group_name}")
     return 0
-
-
-def _wait_gone(client: Client, path: str) -> None:
-    """Until the group is gone; an error when its deletion stopped (what could not be deleted is named)."""
-    deadline = time.monotonic() + client.timeout * 10
-    while time.monotonic() < deadline:
-        try:
-            doc = client.call("GET", path)
-        except CliError as exc:
-            if exc.exit_code == EXIT_NOT_FOUND:
-                return
-            raise
-        props = doc.get("properties", {}) if isinstance(doc, dict) else {}
-        if props.get("provisioningState") != "Deleting":
-            why = props.get("overhaul", {}).get("lastDeleteError", {}).get("message", "it was not deleted")
-            raise CliError(f"resource group {path.rsplit('/', 1)[1]} was not deleted: {why}")
-        time.sleep(DELETE_POLL)
-    raise CliError(f"resource group {path.rsplit('/', 1)[1]} is still being deleted (waited {client.timeout * 10:g}s)")

@@ -16,6 +16,7 @@ from overhaul.cli.client import (
     Client,
     CliError,
     target_from_ids,
+    wait_deleted,
 )
 from overhaul.cli.lifecycle_hooks import add_lifecycle_hook_flags, run_lifecycle_hook_event
 from overhaul.cli.output import emit
@@ -190,6 +191,8 @@ def run_vmss(client: Client, args: argparse.Namespace) -> int:
         emit(args, client.call("GET", path), "vmss")
     elif cmd == "delete":
         client.call("DELETE", client.vmss(rg, args.name))
+        if not args.no_wait:  # az waits for the end of a long-running operation unless told not to
+            wait_deleted(client, client.vmss(rg, args.name), f"scale set {args.name}")
     elif cmd == "list-instances":
         emit(args, client.call("GET", client.vmss(rg, args.name) + "/virtualMachines"), "instances")
     elif cmd in ("scale", "get-instance-view", "list-instance-connection-info"):
@@ -329,7 +332,8 @@ def add_vmss_commands(groups: Any, common: argparse.ArgumentParser) -> None:
     scale_set_command("show", "show a scale set")
     listing = vmss.add_parser("list", help="list scale sets", parents=[common])
     listing.add_argument("--resource-group", "-g", default="")
-    scale_set_command("delete", "delete a scale set with its instances and data disks")
+    delete = scale_set_command("delete", "delete a scale set with its instances and data disks")
+    delete.add_argument("--no-wait", action="store_true", help="return once the deletion has started")
     scale_set_command("list-instances", "list instances with health, power state and image version")
     scale = scale_set_command("scale", "change the number of instances")
     scale.add_argument("--new-capacity", type=int, required=True, help="the number of instances wanted")

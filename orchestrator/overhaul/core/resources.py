@@ -13,6 +13,9 @@ from overhaul.core.arm_json import ModelError, Reader
 from overhaul.core.gallery import artefacts
 
 RESOURCE_GROUP_TYPE = "Microsoft.Resources/resourceGroups"
+# A long-running operation's record (runtime/deletions.py): not a resource of its group — never listed, adopted or
+# deleted with it, as Azure's operations outlive what they acted on.
+OPERATION_TYPE = "Microsoft.Compute/locations/operations"
 # Azure's rule for resource group names: 1-90 letters, digits, underscores, hyphens, periods and parentheses,
 # not ending in a period.
 GROUP_NAME = re.compile(r"[-\w._()]{1,90}", re.UNICODE)

@@ -6,7 +6,6 @@ template overhaul cannot evaluate is refused before anything is made, naming the
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import logging
 import time
@@ -14,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from overhaul.aio import Background
 from overhaul.core.errors import InvalidInput, NotFound, OverhaulError
 from overhaul.core.model import ScaleSetRef
 from overhaul.core.naming import Scope
@@ -124,7 +124,7 @@ class Deployments:
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
         self.store = orchestrator.parts.store
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running = Background()
 
     async def put(self, subscription: str, group: str, name: str, body: Any) -> Resource:
         """Checks the template, records the deployment Running and deploys it in the background."""
@@ -156,10 +156,8 @@ class Deployments:
         deployment = Resource(subscription, group, DEPLOYMENT_TYPE, name, doc)
         await self.store.put_resource(deployment)
         evaluation = Evaluation(subscription, owner, template, given)
-        key = deployment.id.lower()
-        task = asyncio.create_task(self._deploy(deployment, evaluation, time.monotonic()), name=f"deploy {name}")
-        self._running[key] = task
-        task.add_done_callback(lambda _: self._running.pop(key, None) if self._running.get(key) is task else None)
+        started = time.monotonic()
+        self._running.start(deployment.id, lambda: self._deploy(deployment, evaluation, started), f"deploy {name}")
         return deployment
 
     async def get(self, subscription: str, group: str, name: str) -> Resource:
@@ -177,16 +175,14 @@ class Deployments:
         await self.store.delete_resource(found.id)
 
     async def wait(self, deployment_id: str, timeout: float) -> None:
-        task = self._running.get(deployment_id.lower())
-        if task is not None:
-            await asyncio.wait({task}, timeout=timeout)
+        await self._running.wait(deployment_id, timeout)
 
     async def interrupted(self) -> None:
         """Deployments a stop interrupted end Failed, saying so (a deployment is not resumed; deploy it again:
         what it made is kept and a second deployment puts the same documents)."""
         for deployment in await self.store.list_resources(DEPLOYMENT_TYPE):
             props = dict(deployment.doc.get("properties") or {})
-            if props.get("provisioningState") == "Running" and deployment.id.lower() not in self._running:
+            if props.get("provisioningState") == "Running" and not self._running.running(deployment.id):
                 props["provisioningState"] = "Failed"
                 props["error"] = {
                     "code": "DeploymentInterrupted",
@@ -195,10 +191,7 @@ class Deployments:
                 await self.store.put_resource(replace(deployment, doc=dict(deployment.doc) | {"properties": props}))
 
     async def close(self) -> None:
-        tasks = [t for t in self._running.values() if not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._running.close()
 
     async def _deploy(self, deployment: Resource, evaluation: Evaluation, started: float) -> None:
         doc = dict(deployment.doc)

@@ -12,10 +12,11 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from overhaul.aio import Background
 from overhaul.core.errors import Conflict, NotFound
 from overhaul.core.model import ScaleSetRef
 from overhaul.core.naming import Scope
-from overhaul.core.resources import RESOURCE_GROUP_TYPE, Resource, group_id
+from overhaul.core.resources import OPERATION_TYPE, RESOURCE_GROUP_TYPE, Resource, group_id
 
 if TYPE_CHECKING:
     from overhaul.runtime.orchestrator import Orchestrator
@@ -28,7 +29,7 @@ class ResourceGroups:
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
         self.store = orchestrator.parts.store
-        self._deleting: dict[str, asyncio.Task[None]] = {}
+        self._deleting = Background()
 
     async def find(self, subscription: str, name: str) -> Resource | None:
         return await self.store.get_resource(group_id(subscription, name))
@@ -83,16 +84,11 @@ class ResourceGroups:
         return group
 
     def _start_deleting(self, group: Resource) -> None:
-        key = group.id.lower()
-        running = self._deleting.get(key)
-        if running is None or running.done():
-            self._deleting[key] = asyncio.create_task(self._delete(group), name=f"delete {group.id}")
+        self._deleting.start(group.id, lambda: self._delete(group), f"delete {group.id}")
 
     async def wait_deleted(self, subscription: str, name: str, timeout: float) -> None:
         """Until this orchestrator's deletion of the group ends (at once when none runs), at most ``timeout`` s."""
-        task = self._deleting.get(group_id(subscription, name).lower())
-        if task is not None:
-            await asyncio.wait({task}, timeout=timeout)
+        await self._deleting.wait(group_id(subscription, name), timeout)
 
     async def resume(self) -> None:
         """Groups a previous run was deleting are deleted now."""
@@ -101,10 +97,7 @@ class ResourceGroups:
                 self._start_deleting(group)
 
     async def close(self) -> None:
-        tasks = [t for t in self._deleting.values() if not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._deleting.close()
 
     async def _delete(self, group: Resource) -> None:
         try:
@@ -144,7 +137,7 @@ class ResourceGroups:
                 await o.host_groups.delete_host(host_group.name, host.name, scope)
             await o.host_groups.delete(host_group.name, scope)
         for kept in await self.store.list_resources(None, subscription, name):
-            if kept.type.lower() != RESOURCE_GROUP_TYPE.lower():
+            if kept.type.lower() not in (RESOURCE_GROUP_TYPE.lower(), OPERATION_TYPE.lower()):
                 await self.store.delete_resource(kept.id)
 
     async def adopt(self) -> builtins.list[Resource]:
@@ -155,7 +148,11 @@ class ResourceGroups:
         holders += [(m.subscription, m.resource_group, m.location) for m in await o.scale_sets.list()]
         for kind in (o.galleries, o.load_balancers, o.maintenance, o.host_groups):
             holders += [(r.subscription, r.resource_group, getattr(r, "location", "") or "") for r in await kind.list()]
-        holders += [(r.subscription, r.resource_group, r.location) for r in await self.store.list_resources()]
+        holders += [
+            (r.subscription, r.resource_group, r.location)
+            for r in await self.store.list_resources()
+            if r.type.lower() != OPERATION_TYPE.lower()
+        ]
         made: builtins.list[Resource] = []
         seen: set[tuple[str, str]] = set()
         for subscription, name, location in holders:

@@ -16,6 +16,7 @@ from overhaul.ports.clock import Clock
 from overhaul.ports.driver import Driver, DriverError, HostStatuses, ImageCopies, InstanceState
 from overhaul.ports.health import HealthSource
 from overhaul.ports.store import Store
+from overhaul.runtime.deletions import ScaleSetDeletions
 from overhaul.runtime.deployments import Deployments
 from overhaul.runtime.event_subscriptions import EventSubscriptions
 from overhaul.runtime.galleries import Galleries
@@ -50,6 +51,7 @@ class Orchestrator:
         self.parts = Parts.assemble(store, driver, health, clock, settings or RuntimeSettings())
         self.upgrades = Upgrades(self.parts)
         self.scale_sets = ScaleSets(self.parts, self.upgrades)
+        self.scale_set_deletions = ScaleSetDeletions(self.scale_sets)
         self.replicator = Replicator(self.parts, image_copies)
         self.galleries = Galleries(self.parts, self.replicator)
         self.load_balancers = LoadBalancers(self.parts)
@@ -88,12 +90,14 @@ class Orchestrator:
                 await self.outbox.publish(attempt_events(None, history[0].attempt, subject, self.clock()))
         await self.resource_groups.adopt()
         await self.resource_groups.resume()
+        await self.scale_set_deletions.resume()
         await self.deployments.interrupted()
         await self.supervisor.start()
 
     async def close(self) -> None:
         await self.deployments.close()
         await self.resource_groups.close()
+        await self.scale_set_deletions.close()
         await self.supervisor.close()
         await self.health.close()
 

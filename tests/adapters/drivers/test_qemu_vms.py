@@ -247,8 +247,9 @@ def test_three_vms_upgraded_health_gated_and_resumed_after_sigkill(artefacts: di
         for i in range(3):  # what is on each data disk now, read from the host
             assert data_disk_file(state_dir / "vms" / "vmos" / str(i), DATA_FILE) == "1.0.0"
 
-        status, _, _ = served.call("DELETE", f"{VMSS}?{API}")
-        assert status in (200, 202)
-        wait_for(lambda: served.call("GET", f"{VMSS}?{API}")[0] == 404, timeout=120)
-    assert vm_processes("vmos/") == {}
+        # Azure's long-running DELETE: it ends (Succeeded) only once every VM's process has ended.
+        status, operation = served.delete(f"{VMSS}?{API}", timeout=120)
+        assert status == 202 and operation["status"] == "Succeeded", operation
+        assert vm_processes("vmos/") == {}
+        assert served.call("GET", f"{VMSS}?{API}")[0] == 404
     assert not (state_dir / "vms" / "vmos").exists(), list((state_dir / "vms").rglob("*"))

@@ -134,3 +134,27 @@ def test_deleting_a_group_removes_what_it_holds_and_nothing_else(served: Served)
     assert len(served.call("GET", f"{kept['scale set']}/virtualMachines?{API}")[1]["value"]) == 5
     status, doc, _ = served.call("DELETE", f"{group('doomed')}?{API}")
     assert (status, doc["error"]["code"]) == (404, "ResourceGroupNotFound")
+
+
+def test_a_scale_set_delete_is_a_long_running_operation_any_poll_follows(served: Served) -> None:
+    """Azure's DELETE of a scale set: 202, an operation InProgress until every instance is gone, then Succeeded;
+    the scale set is then gone, a second DELETE finds nothing (204), and the operation is no resource of the group."""
+    paths = fill(served, "web")
+    vmss = paths["scale set"]
+    status, body, headers = served.call("DELETE", f"{vmss}?{API}")
+    assert status == 202 and body is None, body
+    assert headers["Retry-After"] == "1" and headers["Location"] == headers["Azure-AsyncOperation"]
+    operation = headers["Azure-AsyncOperation"].removeprefix(served.url)
+    assert operation.startswith(f"{SUB}/providers/Microsoft.Compute/locations/local/operations/"), operation
+    deadline = time.monotonic() + 30
+    while (polled := served.call("GET", operation))[1]["status"] == "InProgress":
+        assert polled[2]["Retry-After"] == "1"
+        assert time.monotonic() < deadline, "the scale set was not deleted in time"
+        time.sleep(0.05)
+    assert polled[0] == 200 and polled[1]["status"] == "Succeeded" and polled[1]["endTime"], polled
+    assert served.call("GET", f"{vmss}?{API}")[0] == 404
+    assert served.call("DELETE", f"{vmss}?{API}")[0] == 204
+    listed = served.call("GET", f"{SUB}/resourceGroups/web/resources?{API}")[1]["value"]
+    assert all("operations" not in r["type"] for r in listed), listed
+    status, doc, _ = served.call("GET", operation.rsplit("/", 1)[0] + f"/nope?{API}")
+    assert (status, doc["error"]["code"]) == (404, "OperationNotFound")

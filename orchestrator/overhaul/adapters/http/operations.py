@@ -126,7 +126,7 @@ OPERATIONS: list[Operation] = [
     ("put", VMSS + "/{name}", "Create or replace a scale set", SCALE_SET_BODY, (200, 201)),
     ("patch", VMSS + "/{name}", "Update a scale set (JSON merge patch)", SCALE_SET_BODY, (200,)),
     ("get", VMSS + "/{name}", "Get a scale set", None, (200,)),
-    ("delete", VMSS + "/{name}", "Delete a scale set, its instances and data disks", None, (200,)),
+    ("delete", VMSS + "/{name}", "Delete a scale set, its instances and data disks (202: poll)", None, (202, 204)),
     ("get", VMSS + "/{name}/virtualMachines", "List instances with their instanceView", None, (200,)),
     ("get", VMSS + "/{name}/instanceView", "The scale set's instance view: statuses and health counts", None, (200,)),
     ("get", VMSS + "/{name}/virtualMachines/{instance}", "One instance with its instanceView", None, (200,)),

@@ -15,7 +15,7 @@ from overhaul.adapters.http import arm
 from overhaul.adapters.http.requests import RG, SUB, Route, orchestrator_of, scope
 from overhaul.core.errors import InvalidInput
 from overhaul.core.naming import Scope
-from overhaul.core.resources import RESOURCE_GROUP_TYPE
+from overhaul.core.resources import OPERATION_TYPE, RESOURCE_GROUP_TYPE
 from overhaul.runtime.orchestrator import Orchestrator
 
 Entry = dict[str, Any]
@@ -44,7 +44,8 @@ async def everything(o: Orchestrator, subscription: str, group: str | None) -> l
             for d in definitions
         ]
     kept = await o.store.list_resources(None, subscription, group)
-    hidden = {RESOURCE_GROUP_TYPE.lower(), "microsoft.resources/deployments"}  # not resources, as in Azure's list
+    # Not resources, as in Azure's list.
+    hidden = {RESOURCE_GROUP_TYPE.lower(), "microsoft.resources/deployments", OPERATION_TYPE.lower()}
     docs += [r.doc for r in kept if r.type.lower() not in hidden]
     return sorted((entry(d) for d in docs), key=lambda e: str(e.get("id", "")).lower())
 

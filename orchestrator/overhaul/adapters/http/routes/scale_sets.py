@@ -13,8 +13,8 @@ from overhaul.adapters.http.requests import (
     SUB,
     Route,
     body_object,
-    deleted,
     instance_ids,
+    operation_headers,
     orchestrator_of,
     ref,
     written,
@@ -25,28 +25,47 @@ from overhaul.core.model import ScaleSet, without_secrets
 VMSS = RG + "/providers/Microsoft.Compute/virtualMachineScaleSets"
 
 
+async def shown(request: web.Request, models: list[ScaleSet]) -> list[dict[str, Any]]:
+    """Their documents without secrets, Deleting while a deletion runs (runtime/deletions.py)."""
+    docs = [without_secrets(m.to_json()) for m in models]
+    return await orchestrator_of(request).scale_set_deletions.shown(docs, request.match_info["sub"])
+
+
 async def list_scale_sets(request: web.Request) -> web.Response:
     models = await orchestrator_of(request).scale_sets.list(request.match_info["sub"], request.match_info.get("rg"))
-    return web.json_response({"value": [without_secrets(m.to_json()) for m in models]})
+    return web.json_response({"value": await shown(request, models)})
 
 
 async def put_scale_set(request: web.Request) -> web.Response:
     """Create, or update an existing scale set: as Azure's PUT, properties left out keep their values."""
-    model, created = await orchestrator_of(request).scale_sets.put(ref(request), await body_object(request))
+    orchestrator = orchestrator_of(request)
+    body = await body_object(request)
+    await orchestrator.scale_set_deletions.refuse_while_deleting(ref(request))
+    model, created = await orchestrator.scale_sets.put(ref(request), body)
     return written(without_secrets(model.to_json()), created)
 
 
 async def patch_scale_set(request: web.Request) -> web.Response:
-    model, _ = await orchestrator_of(request).scale_sets.put(ref(request), await body_object(request), patch=True)
+    orchestrator = orchestrator_of(request)
+    body = await body_object(request)
+    await orchestrator.scale_set_deletions.refuse_while_deleting(ref(request))
+    model, _ = await orchestrator.scale_sets.put(ref(request), body, patch=True)
     return web.json_response(without_secrets(model.to_json()))
 
 
 async def get_scale_set(request: web.Request) -> web.Response:
-    return web.json_response(without_secrets((await orchestrator_of(request).scale_sets.get(ref(request))).to_json()))
+    model = await orchestrator_of(request).scale_sets.get(ref(request))
+    return web.json_response((await shown(request, [model]))[0])
 
 
 async def delete_scale_set(request: web.Request) -> web.Response:
-    return await deleted(orchestrator_of(request).scale_sets.delete(ref(request)))
+    """Azure's long-running DELETE: 202 and the operation to poll, InProgress until every instance is gone (204 when
+    there is no such scale set)."""
+    try:
+        model, record = await orchestrator_of(request).scale_set_deletions.begin(ref(request))
+    except NotFound:
+        return web.Response(status=204)
+    return web.Response(status=202, headers=operation_headers(request, model, record.name))
 
 
 async def instance_docs(request: web.Request) -> tuple[ScaleSet, list[dict[str, Any]]]:

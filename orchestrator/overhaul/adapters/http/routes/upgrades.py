@@ -22,6 +22,7 @@ from overhaul.adapters.http.routes.scale_sets import VMSS
 from overhaul.core.arm_json import Reader
 from overhaul.core.errors import NotFound
 from overhaul.core.rollout import StartedBy
+from overhaul.runtime.deletions import operation_doc
 
 OPERATIONS = SUB + "/providers/Microsoft.Compute/locations/{location}/operations/{operation}"
 
@@ -90,12 +91,17 @@ async def rolling_upgrade_why(request: web.Request) -> web.Response:
 
 
 async def get_operation(request: web.Request) -> web.Response:
-    """An operation resource: a rolling upgrade (its attempt), or the cancel of one."""
+    """An operation resource: a rolling upgrade (its attempt), the cancel of one, or a scale set's deletion."""
+    orchestrator = orchestrator_of(request)
     name = request.match_info["operation"]
-    attempt = await orchestrator_of(request).upgrades.find(name.removesuffix(CANCEL_SUFFIX))
-    if attempt is None:
-        raise NotFound(f"operation {name} does not exist (or its history was pruned)", "OperationNotFound")
-    doc = arm.operation_doc(name, attempt, cancel=name.endswith(CANCEL_SUFFIX))
+    attempt = await orchestrator.upgrades.find(name.removesuffix(CANCEL_SUFFIX))
+    if attempt is not None:
+        doc = arm.operation_doc(name, attempt, cancel=name.endswith(CANCEL_SUFFIX))
+    else:
+        deletion = await orchestrator.scale_set_deletions.find(request.match_info["sub"], name)
+        if deletion is None:
+            raise NotFound(f"operation {name} does not exist (or its history was pruned)", "OperationNotFound")
+        doc = operation_doc(deletion)
     headers = {"Retry-After": str(POLL_AFTER_SECONDS)} if doc["status"] == "InProgress" else {}
     return web.json_response(doc, headers=headers)
 
