@@ -265,8 +265,37 @@ def test_az_creates_a_scale_set_and_a_load_balancer_through_template_deployments
         timeout=60,
     )
     assert running.stdout.strip() == "true"  # a real container from the gallery's image
+    azmade = f"{PROVIDER}/Microsoft.Compute/virtualMachineScaleSets/azmade"
+
+    def health() -> list[tuple[str, str]]:
+        return [
+            (
+                i["properties"]["instanceView"]["vmHealth"]["status"]["code"],
+                i["properties"]["instanceView"]["vmHealth"]["status"].get("message", ""),
+            )
+            for i in served.instances(azmade)
+        ]
+
+    # az's template names no probe and no health extension: its health is only whether it runs.
+    assert health() == [("HealthState/healthy", "")]
+    # Its health from the load balancer az made: a probe on it, named by the model as Azure's documentation does.
+    az(
+        f"network lb probe create -g {RG} --lb-name azmadeLB -n health --protocol Http --port 8080 --path /health "
+        "--interval 5 --probe-threshold 1"
+    )
+    probe = f"{PROVIDER}/Microsoft.Network/loadBalancers/azmadeLB/probes/health"
+    # The model az read has no healthProbe yet: the whole reference is set, as JSON.
+    az(f'vmss update -g {RG} -n azmade --set \'virtualMachineProfile.networkProfile.healthProbe={{"id": "{probe}"}}\'')
+    deadline = time.monotonic() + 120
+    while (seen := health()) != [("HealthState/healthy", "HTTP 200")]:  # now the probe's verdict
+        assert time.monotonic() < deadline, f"the az-made instance is not Healthy by its probe: {seen}"
+        time.sleep(0.3)
     deployments = az(f"deployment group list -g {RG}")
     assert {d["properties"]["provisioningState"] for d in deployments} == {"Succeeded"}
+    az(f"vmss delete -g {RG} -n azmade")  # a long-running operation az follows to its end
+    assert served.call("GET", f"{azmade}?{API}")[0] == 404
+    gone = subprocess.run(["podman", "container", "exists", "azmade_0"], check=False, capture_output=True, timeout=60)
+    assert gone.returncode == 1  # the container was removed before the operation ended
     az(f"network lb create -g {RG} -n azlb2 --sku Standard")
     az(f"network lb probe create -g {RG} --lb-name azlb2 -n health --protocol Tcp --port 8080")
     _, doc, _ = served.call("GET", f"{PROVIDER}/Microsoft.Network/loadBalancers/azlb2/probes/health?{API}")
