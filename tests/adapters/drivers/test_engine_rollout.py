@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import signal
@@ -25,6 +26,7 @@ from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import ImageDefinition, ImageVersion
 from overhaul.core.model import model_digest
 from overhaul.core.rollout import MAX_UNHEALTHY_UPGRADED, AttemptStatus, StartedBy, Step
+from overhaul.ports.driver import InstanceSpec
 from overhaul.ports.events import AttemptChanged, Event
 from overhaul.runtime.orchestrator import Orchestrator
 from tests.engines import containers, docker_daemon, get_text, podman_service
@@ -500,3 +502,38 @@ async def test_deleting_a_scale_set_removes_the_data_disks_of_instances_scaled_i
     # ... until the scale set goes: then every data disk it ever made goes with it.
     assert volumes("podman", fleet.name) == []
     assert containers("podman", fleet.name) == []
+
+
+async def test_a_repeated_reimage_makes_the_new_os_disk_again_and_it_serves(podman: str, tmp_path: Path) -> None:
+    """A reimage step cut short by a kill of serve or of the engine's service can leave the new container half
+    made (seen: "running" with no port published); the repeated step makes it again instead of trusting it."""
+    driver = EngineDriver(EngineSettings(url=podman, config_root=tmp_path / "config"))
+    await driver.start()
+    app = await driver.host_port(set())
+    ports = {8080: app, 8090: await driver.host_port({app})}
+
+    def spec(version: str) -> InstanceSpec:
+        return InstanceSpec("trepeat", 0, f"{REPO}:{version}", version, ports=ports, stop_timeout=1)
+
+    def container_id() -> str:
+        inspect = ["podman", "inspect", "--format", "{{.Id}}", "trepeat_0"]
+        return subprocess.run(inspect, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+    try:
+        await driver.ensure_running(spec("1.0.0"))
+        await driver.reimage(spec("2.0.0"))
+        first = container_id()
+        await driver.reimage(spec("2.0.0"))  # the step again, as after a crash that lost its outcome
+        assert container_id() != first
+        state = (await driver.observe("trepeat"))[0]
+        assert state.version == "2.0.0" and state.running and state.previous is not None
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(30):
+                while True:
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        if (await get_text(http, app, "/health"))[0] == 200:
+                            break
+                    await asyncio.sleep(0.2)
+    finally:
+        await driver.delete(spec("2.0.0"), keep_data=False)
+        await driver.close()

@@ -127,18 +127,6 @@ def _published_ports(container: Mapping[str, Any]) -> dict[int, int]:
     return ports
 
 
-def _bound_ports(info: Mapping[str, Any]) -> dict[int, int]:
-    """Container port -> host port a created container asks for (an inspect's HostConfig.PortBindings)."""
-    ports: dict[int, int] = {}
-    bindings = (info.get("HostConfig") or {}).get("PortBindings") or {}
-    for key, binds in bindings.items():
-        port, _, proto = str(key).partition("/")
-        for bind in binds or []:
-            if proto in ("", "tcp") and port.isdigit() and str(bind.get("HostPort", "")).isdigit():
-                ports[int(port)] = int(bind["HostPort"])
-    return ports
-
-
 def _name(container: Mapping[str, Any]) -> str:
     names = container.get("Names") or [container.get("Name", "")]
     return str(names[0]).lstrip("/")
@@ -577,18 +565,16 @@ class EngineDriver:
 
     async def _repeat_reimage(self, spec: InstanceSpec, current: Mapping[str, Any]) -> None:
         """The new OS disk exists already (a repeated step): the previous one is stopped (an engine restart may
-        have cut its stop short, and it would hold the host ports), and the new one made again when the spec asks
-        for other host ports (one was taken), then started."""
+        have cut its stop short, and it would hold the host ports), and the new one is made again. A step cut
+        short by a kill of serve or of the engine's service can leave it half made — "running" with no port
+        published, seen here — and a reimage's OS disk is new anyway."""
         prev = previous_name(spec.scale_set, spec.instance_id)
         if not spec.surge:
             previous = await self._find(prev)
             if previous is not None:
                 await self._stop(prev, spec.stop_timeout, previous)
-        if not self._running(current) and _bound_ports(current) != dict(spec.ports):
-            await self._remove(spec.name)
-            await self._create_and_start(spec, None)
-            return
-        await self._start(spec.name, current)
+        await self._remove(spec.name)
+        await self._create_and_start(spec, None)
 
     async def commit(self, spec: InstanceSpec) -> None:
         prev = previous_name(spec.scale_set, spec.instance_id)
