@@ -9,9 +9,12 @@ import concurrent.futures
 import contextlib
 import os
 import signal
+import ssl
+import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -209,3 +212,29 @@ def test_a_leader_stopped_gracefully_hands_the_lease_over_at_once(postgres: Post
         wait("the standby leading", lambda: leaders([other]), timeout=20)
         took = time.monotonic() - stopped
         assert took < 2, took  # its next try would have been up to 5 s away
+
+
+def test_replicas_with_tls_auto_share_one_local_ca_and_a_standby_forwards_over_https(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Each replica makes a local CA on its first start; the first one's is kept in the shared store, so a client
+    trusting any replica's ca.pem trusts them all, and a standby's forward to the leader (https) is trusted."""
+    url = postgres.create_database()
+    with contextlib.ExitStack() as stack:
+        running = [
+            stack.enter_context(overhaul_serve(tmp_path / f"t{n}", *replica_flags(url), "--tls", "auto"))
+            for n in range(2)
+        ]
+        [leader] = wait("one leader", lambda: leaders(running))
+        [standby] = [r for r in running if r is not leader]
+        cas = {(r.state_dir / "tls" / "ca.pem").read_text() for r in running}
+        assert len(cas) == 1  # one CA for both
+        for replica in running:
+            assert stat.S_IMODE((replica.state_dir / "tls" / "ca.key").stat().st_mode) == 0o600
+            # The CA in either state directory verifies the other replica's certificate.
+            other = next(r for r in running if r is not replica)
+            context = ssl.create_default_context(cafile=replica.state_dir / "tls" / "ca.pem")
+            with urllib.request.urlopen(f"{other.url}/healthz", timeout=10, context=context) as answer:
+                assert answer.status == 200
+        make_fleet(standby)  # forwarded to the leader over https
+        wait("10 instances", lambda: len(leader.instances(VMSS)) == 10)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -57,7 +58,16 @@ from overhaul.serve.state_dir import (
     make_private,
     write_private,
 )
-from overhaul.serve.tls import TlsFiles, ca_path, local_certificate, server_context, server_names
+from overhaul.serve.tls import (
+    TlsFiles,
+    adopt_ca,
+    ca_path,
+    client_context,
+    local_ca_pems,
+    local_certificate,
+    server_context,
+    server_names,
+)
 
 log = logging.getLogger("overhaul.serve")
 
@@ -167,6 +177,20 @@ def tls_context(settings: ServeSettings) -> ssl.SSLContext | None:
     return None
 
 
+def uses_local_ca(settings: ServeSettings) -> bool:
+    return settings.http.tls == "auto" and not settings.http.tls_cert
+
+
+async def shared_ca(store: PostgresStore, state_dir: Path) -> None:
+    """One local CA for every replica (``--tls auto``): the first one's, kept in the shared store as the API token
+    is, so that a client trusting one replica's ca.pem trusts them all and a standby's forward to the leader is
+    trusted. Its key is as secret as the token, and kept alike."""
+    cert, key = local_ca_pems(state_dir)
+    shared = json.loads(await store.shared_setting("tls_ca", json.dumps({"cert": cert, "key": key})))
+    if adopt_ca(state_dir, shared["cert"], shared["key"]):
+        log.info("the local CA is the shared store's (written to %s)", ca_path(state_dir))
+
+
 def announce(settings: ServeSettings, url: str) -> None:
     """Says where the API is, in the log and on stdout, and in STATE_DIR/endpoint for the CLI."""
     state_dir = settings.state_path
@@ -218,7 +242,9 @@ async def _open(settings: ServeSettings, lease: StateDirLease, token: str) -> tu
     if isinstance(store, PostgresStore):
         try:
             token = await shared_token(store, token, settings.state_path)
-        except (StoreUnavailable, OSError) as exc:
+            if uses_local_ca(settings):
+                await shared_ca(store, settings.state_path)
+        except (StoreUnavailable, StateDirError, OSError, ValueError, KeyError) as exc:
             await store.close()
             print(f"overhaul serve: {exc}", file=sys.stderr)
             return 1
@@ -287,6 +313,7 @@ def assemble(settings: ServeSettings, store: Store, drivers: Drivers, secrets: S
         leadership=leadership,
         trusted_proxies=settings.http.proxies,
         identity_secret=secrets.identity,
+        forward_tls=client_context(ca_path(settings.state_path)) if uses_local_ca(settings) else None,
     )
     return Assembled(orchestrator, app, duties, shared, leadership, hints)
 
@@ -298,6 +325,13 @@ async def _serve(
     if isinstance(opened, int):
         return opened
     store, token = opened
+    if isinstance(store, PostgresStore) and uses_local_ca(settings):
+        try:
+            tls = tls_context(settings)  # signed by the shared CA, which may not be the one this replica made
+        except (StateDirError, OSError) as exc:
+            await store.close()
+            print(f"overhaul serve: {exc}", file=sys.stderr)
+            return 2
     try:
         fence = Fence()
         drivers = await DRIVERS[settings.engine.kind](settings, store, fence)

@@ -159,6 +159,35 @@ def local_certificate(state_dir: Path, names: list[str]) -> TlsFiles:
     return TlsFiles(directory / SERVER_CERT, directory / SERVER_KEY, directory / CA_CERT)
 
 
+def local_ca_pems(state_dir: Path) -> tuple[str, str]:
+    """The local CA's certificate and key, as PEM (to share them with the other replicas)."""
+    directory = state_dir / TLS_DIR
+    return (directory / CA_CERT).read_text(), (directory / CA_KEY).read_text()
+
+
+def adopt_ca(state_dir: Path, cert_pem: str, key_pem: str) -> bool:
+    """Makes (``cert_pem``, ``key_pem``) this state directory's local CA unless it is already; True when it changed.
+    The server certificate the previous CA signed is removed: ``local_certificate`` makes one anew."""
+    directory = state_dir / TLS_DIR
+    if (directory / CA_CERT).read_text() == cert_pem:
+        return False
+    try:
+        x509.load_pem_x509_certificate(cert_pem.encode())
+        serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except ValueError as exc:
+        raise StateDirError(f"the shared local CA cannot be read ({exc}): it was not adopted") from None
+    write_private(directory / CA_KEY, key_pem.encode())
+    write_private(directory / CA_CERT, cert_pem.encode())
+    (directory / CA_CERT).chmod(0o644)
+    (directory / SERVER_CERT).unlink(missing_ok=True)
+    return True
+
+
+def client_context(ca: Path) -> ssl.SSLContext:
+    """What trusts the local CA only: a standby forwarding to the leader, which the same CA certified."""
+    return ssl.create_default_context(cafile=ca)
+
+
 def server_context(files: TlsFiles) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from overhaul.adapters.http import identity
 from overhaul.adapters.http.auth import TOKEN_KEY, TOKENS_KEY, bearer_auth
 from overhaul.adapters.http.gate import GATE_KEY, GateHolder, gate_middleware
-from overhaul.adapters.http.leader import LEADERSHIP_KEY, forward_writes, leadership_doc, open_session
+from overhaul.adapters.http.leader import (
+    FORWARD_TLS_KEY,
+    LEADERSHIP_KEY,
+    forward_writes,
+    leadership_doc,
+    open_session,
+)
 from overhaul.adapters.http.metrics import OrchestratorMetrics
 from overhaul.adapters.http.openapi import openapi_document
 from overhaul.adapters.http.origin import TRUSTED_PROXIES_KEY, forwarded_origin
@@ -207,14 +214,18 @@ def build_app(
     leadership: Leadership | None = None,
     trusted_proxies: frozenset[str] = frozenset(),
     identity_secret: str = "",
+    forward_tls: ssl.SSLContext | None = None,
 ) -> web.Application:
     """``leadership``: this orchestrator shares its store with others (a standby forwards writes to the leader).
     ``trusted_proxies``: addresses whose forwarding headers say how callers reached the API. ``identity_secret``:
-    what a caller of the managed identity endpoint presents ("" turns the endpoint off)."""
+    what a caller of the managed identity endpoint presents ("" turns the endpoint off). ``forward_tls``: what a
+    standby's forward to the leader trusts (None: the system's CAs)."""
     middlewares = [gate_middleware, forwarded_origin, audit, arm_errors, bearer_auth, forward_writes, require_group]
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     if leadership is not None:
         app[LEADERSHIP_KEY] = leadership
+        if forward_tls is not None:
+            app[FORWARD_TLS_KEY] = forward_tls
         app.cleanup_ctx.append(open_session)
     app[GATE_KEY] = GateHolder()
     app[TRUSTED_PROXIES_KEY] = trusted_proxies

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 LEADERSHIP_KEY = web.AppKey("leadership", Leadership)
 FORWARD_SESSION_KEY = web.AppKey("forward_session", aiohttp.ClientSession)
+# What the forward trusts when the leader speaks https: the replicas' shared local CA (--tls auto); None: the
+# system's trust (an operator's certificate).
+FORWARD_TLS_KEY = web.AppKey("forward_tls", ssl.SSLContext)
 WRITES = frozenset({"PUT", "PATCH", "POST", "DELETE"})
 FORWARDED = "X-Overhaul-Forwarded-By"
 RETRY_AFTER_SECONDS = 2
@@ -79,7 +83,11 @@ async def forward(request: web.Request, leader: str, name: str) -> web.StreamRes
 
 
 async def open_session(app: web.Application) -> AsyncIterator[None]:
-    app[FORWARD_SESSION_KEY] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT))
+    trust = app.get(FORWARD_TLS_KEY)
+    connector = aiohttp.TCPConnector(ssl=trust) if trust is not None else None
+    app[FORWARD_SESSION_KEY] = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT), connector=connector
+    )
     yield
     await app[FORWARD_SESSION_KEY].close()
 
