@@ -1,6 +1,6 @@
 """Resource groups and deployments at the runtime: resources stored before groups were kept get theirs at start
 (located where they are), a group deletion a stop interrupted is finished by the next start, and a deployment a stop
-interrupted ends Failed saying so."""
+interrupted is deployed again from its template (or, recorded without one, ends Failed saying so)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from overhaul.adapters.health.monitor import HealthMonitor
 from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import ImageDefinition
 from overhaul.core.model import ScaleSetRef
-from overhaul.core.resources import RESOURCE_GROUP_TYPE, Resource
+from overhaul.core.resources import RESOURCE_GROUP_TYPE, Resource, parse_resource_group
 from overhaul.runtime.orchestrator import Orchestrator
 from tests.builders import FAST, small, version
+
+DEPLOYMENT = "Microsoft.Resources/deployments"
 
 
 async def seeded(path: Path, driver: MemoryDriver, *, gallery: bool = False) -> tuple[Orchestrator, SqliteStore]:
@@ -70,19 +72,48 @@ async def test_a_deletion_interrupted_by_a_stop_is_finished_at_the_next_start(tm
         await store.close()
 
 
-async def test_a_deployment_a_stop_interrupted_ends_failed_saying_so(tmp_path: Path) -> None:
+VNET_TEMPLATE = {
+    "parameters": {"vnet": {"type": "string"}},
+    "resources": [
+        {
+            "type": "Microsoft.Network/virtualNetworks",
+            "apiVersion": "2022-01-01",
+            "name": "[parameters('vnet')]",
+            "location": "[resourceGroup().location]",
+            "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]}},
+        }
+    ],
+    "outputs": {"Network": {"type": "string", "value": "[parameters('vnet')]"}},
+}
+
+
+async def test_a_deployment_a_stop_interrupted_is_deployed_again_or_ends_failed_without_its_template(
+    tmp_path: Path,
+) -> None:
     driver = MemoryDriver()
     first, store = await seeded(tmp_path / "overhaul.db", driver)
-    doc = {"name": "d", "properties": {"provisioningState": "Running"}}
-    await store.put_resource(Resource("s1", "g", "Microsoft.Resources/deployments", "d", doc))
+    await first.resource_groups.put(parse_resource_group({"location": "local"}, subscription="s1", name="g"))
+    # What a stop between recording a deployment and deploying it leaves: Running, nothing made yet.
+    running = {"name": "d", "properties": {"provisioningState": "Running", "parameters": {"vnet": {"value": "v1"}}}}
+    await store.put_resource(Resource("s1", "g", DEPLOYMENT, "d", running | {"template": VNET_TEMPLATE}))
+    await store.put_resource(
+        Resource("s1", "g", DEPLOYMENT, "old", {"name": "old", "properties": running["properties"]})
+    )
     await first.close()
     await store.close()
 
     again, store = await seeded(tmp_path / "overhaul.db", driver)
     try:
-        [found] = await store.list_resources("Microsoft.Resources/deployments")
-        assert found.doc["properties"]["provisioningState"] == "Failed"
-        assert found.doc["properties"]["error"]["code"] == "DeploymentInterrupted"
+        deployment = await again.deployments.get("s1", "g", "d")
+        await again.deployments.wait(deployment.id, timeout=30)
+        props = (await again.deployments.get("s1", "g", "d")).doc["properties"]
+        assert props["provisioningState"] == "Succeeded", props
+        assert props["outputs"] == {"network": {"type": "string", "value": "v1"}}
+        network = "/subscriptions/s1/resourceGroups/g/providers/Microsoft.Network/virtualNetworks/v1"
+        assert props["outputResources"] == [{"id": network}]
+        assert await store.get_resource(network) is not None
+        old = (await again.deployments.get("s1", "g", "old")).doc["properties"]
+        assert old["provisioningState"] == "Failed" and old["error"]["code"] == "DeploymentInterrupted", old
     finally:
         await again.close()
         await store.close()

@@ -2,11 +2,13 @@
 them: the template's resources are evaluated (core/templates.py) and put in dependency order through the same
 commands the REST API uses — scale sets, load balancers and their inbound NAT rules, the resources overhaul keeps —
 in the background; the deployment's record says how far it got, each resource's operation, and its outputs. A
-template overhaul cannot evaluate is refused before anything is made, naming the resource and the expression."""
+template overhaul cannot evaluate is refused before anything is made, naming the resource and the expression. The
+template is kept with the record, so a deployment a stop interrupted is deployed again by the next start."""
 
 from __future__ import annotations
 
 import builtins
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -152,13 +154,16 @@ class Deployments:
                 "outputResources": [],
             },
             "operations": [],
+            "template": template,  # kept (never answered) to deploy it again after a stop
         }
         deployment = Resource(subscription, group, DEPLOYMENT_TYPE, name, doc)
         await self.store.put_resource(deployment)
-        evaluation = Evaluation(subscription, owner, template, given)
-        started = time.monotonic()
-        self._running.start(deployment.id, lambda: self._deploy(deployment, evaluation, started), f"deploy {name}")
+        self._start(deployment, Evaluation(subscription, owner, template, given))
         return deployment
+
+    def _start(self, deployment: Resource, evaluation: Evaluation) -> None:
+        work = functools.partial(self._deploy, deployment, evaluation, time.monotonic())
+        self._running.start(deployment.id, work, f"deploy {deployment.name}")
 
     async def get(self, subscription: str, group: str, name: str) -> Resource:
         found = await self.store.get_resource(resource_id(subscription, group, DEPLOYMENT_TYPE, name))
@@ -177,18 +182,28 @@ class Deployments:
     async def wait(self, deployment_id: str, timeout: float) -> None:
         await self._running.wait(deployment_id, timeout)
 
-    async def interrupted(self) -> None:
-        """Deployments a stop interrupted end Failed, saying so (a deployment is not resumed; deploy it again:
-        what it made is kept and a second deployment puts the same documents)."""
+    async def resume(self) -> None:
+        """Deployments a stop interrupted are deployed again from their template: each resource's PUT is
+        idempotent, so what the first run made is put again as it is and the rest is made. One without its
+        template (recorded by an older overhaul) or whose group is gone ends Failed, saying so."""
         for deployment in await self.store.list_resources(DEPLOYMENT_TYPE):
             props = dict(deployment.doc.get("properties") or {})
-            if props.get("provisioningState") == "Running" and not self._running.running(deployment.id):
-                props["provisioningState"] = "Failed"
-                props["error"] = {
-                    "code": "DeploymentInterrupted",
-                    "message": "the orchestrator stopped while this deployment ran: deploy it again",
-                }
-                await self.store.put_resource(replace(deployment, doc=dict(deployment.doc) | {"properties": props}))
+            if props.get("provisioningState") != "Running" or self._running.running(deployment.id):
+                continue
+            template = deployment.doc.get("template")
+            owner = await self.orchestrator.resource_groups.find(deployment.subscription, deployment.resource_group)
+            if isinstance(template, Mapping) and owner is not None:
+                log.info("deployment %s: deployed again after a stop", deployment.id)
+                evaluation = Evaluation(deployment.subscription, owner, template, props.get("parameters") or {})
+                again = dict(deployment.doc) | {"operations": [], "properties": props | {"outputResources": []}}
+                self._start(replace(deployment, doc=again), evaluation)
+                continue
+            props["provisioningState"] = "Failed"
+            props["error"] = {
+                "code": "DeploymentInterrupted",
+                "message": "the orchestrator stopped while this deployment ran: deploy it again",
+            }
+            await self.store.put_resource(replace(deployment, doc=dict(deployment.doc) | {"properties": props}))
 
     async def close(self) -> None:
         await self._running.close()

@@ -91,7 +91,7 @@ class Orchestrator:
         await self.resource_groups.adopt()
         await self.resource_groups.resume()
         await self.scale_set_deletions.resume()
-        await self.deployments.interrupted()
+        await self.deployments.resume()
         await self.supervisor.start()
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ DEPLOYMENT = DEPLOYMENTS + "/{name}"
 
 
 def public(deployment: Resource) -> dict[str, Any]:
-    return {k: v for k, v in deployment.doc.items() if k != "operations"}
+    return {k: v for k, v in deployment.doc.items() if k not in ("operations", "template")}
 
 
 async def put_deployment(request: web.Request) -> web.Response:
