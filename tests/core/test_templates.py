@@ -36,6 +36,9 @@ class Fixed:
     def provider(self, namespace: str, type_: str) -> dict[str, Any]:
         return {"apiVersions": ["2024-07-01", "2023-09-01"]}
 
+    def copy_index(self, loop: str | None) -> int:
+        return {None: 4, "nets": 2}[loop]
+
 
 @pytest.mark.parametrize(
     ("expression", "value"),
@@ -60,6 +63,10 @@ class Fixed:
         ("[split('a,b', ',')[1]]", "b"),
         ("[[not an expression]", "[not an expression]"),
         ("plain", "plain"),
+        ("[copyIndex()]", 4),
+        ("[copyIndex(1)]", 5),
+        ("[copyIndex('nets')]", 2),
+        ("[copyIndex('nets', 10)]", 12),
         ("[string(add(parameters('count'), -1))]", "1"),
         ("[concat('it''s', ' ok')]", "it's ok"),
     ],
@@ -82,6 +89,9 @@ def test_an_object_is_walked_and_only_expression_strings_are_evaluated() -> None
         ("createArray(1)[5]", "no 5"),
         ("int('x')", "int() failed"),
         ("'a' 'b'", "unexpected"),
+        ("copyIndex('nets', 'x')", "copyIndex() takes an optional loop name and an optional offset"),
+        ("copyIndex(1, 2)", "copyIndex() takes an optional loop name and an optional offset"),
+        ("copyIndex(createArray(1))", "copyIndex(): the offset must be a whole number"),
     ],
 )
 def test_what_cannot_be_evaluated_is_said(expression: str, said: str) -> None:

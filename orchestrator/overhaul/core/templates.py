@@ -121,6 +121,7 @@ class Context(Protocol):
     def resource_group(self) -> dict[str, Any]: ...
     def subscription(self) -> dict[str, Any]: ...
     def provider(self, namespace: str, type_: str) -> dict[str, Any]: ...
+    def copy_index(self, loop: str | None) -> int: ...
 
 
 def _equals(a: Any, b: Any) -> bool:
@@ -228,6 +229,7 @@ def evaluate(node: Any, context: Context) -> Any:
         "resourcegroup": context.resource_group,
         "subscription": context.subscription,
         "providers": lambda: context.provider(args[0], args[1]),
+        "copyindex": lambda: _copy_index(context, args),
     }
     if name in special:
         return special[name]()
@@ -240,6 +242,17 @@ def evaluate(node: Any, context: Context) -> Any:
         raise
     except Exception as exc:  # a wrong argument to a function: said as the template's error
         raise TemplateError(f"{node.name}() failed: {exc}") from None
+
+
+def _copy_index(context: Context, args: list[Any]) -> int:
+    """copyIndex(), copyIndex(offset), copyIndex(loopName), copyIndex(loopName, offset)."""
+    loop = args[0] if args and isinstance(args[0], str) else None
+    offset = args[-1] if args and isinstance(args[-1], int) and not isinstance(args[-1], bool) else 0
+    if len(args) > 2 or (len(args) == 2 and (loop is None or args[1] is not offset)):
+        raise TemplateError("copyIndex() takes an optional loop name and an optional offset")
+    if len(args) == 1 and loop is None and offset != args[0]:
+        raise TemplateError("copyIndex(): the offset must be a whole number")
+    return context.copy_index(loop) + offset
 
 
 def expand(value: Any, context: Context) -> Any:
@@ -292,4 +305,5 @@ KNOWN = frozenset(PURE) | {
     "resourcegroup",
     "subscription",
     "providers",
+    "copyindex",
 }

@@ -11,7 +11,7 @@ import builtins
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +20,9 @@ from overhaul.core.errors import InvalidInput, NotFound, OverhaulError
 from overhaul.core.model import ScaleSetRef
 from overhaul.core.naming import Scope
 from overhaul.core.network import parse_load_balancer
-from overhaul.core.resources import Resource, group_id, resource_id
-from overhaul.core.templates import KNOWN, TemplateError, expand, functions_in
+from overhaul.core.resources import Resource, resource_id
+from overhaul.core.template_plan import TEMPLATE_ONLY, Evaluation, camel, check, ordered, unrolled
+from overhaul.core.templates import TemplateError, expand
 from overhaul.runtime.kept import PARSERS
 
 if TYPE_CHECKING:
@@ -32,94 +33,6 @@ DEPLOYMENT_TYPE = "Microsoft.Resources/deployments"
 SCALE_SET_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
 LOAD_BALANCER_TYPE = "Microsoft.Network/loadBalancers"
 NAT_RULE_TYPE = "Microsoft.Network/loadBalancers/inboundNatRules"
-TEMPLATE_ONLY = ("type", "name", "apiVersion", "dependsOn", "condition", "comments", "copy", "scope")
-API_VERSION = "2024-07-01"
-
-
-class Evaluation:
-    """What a deployment's expressions read: its parameters and variables, and what it has put so far."""
-
-    def __init__(self, subscription: str, group: Resource, template: Mapping[str, Any], given: Mapping[str, Any]):
-        self.subscription_id, self.group = subscription, group
-        self.template, self.given = template, given
-        self.deployed: dict[str, Any] = {}  # lower-case id -> the resource's document
-
-    def parameter(self, name: str) -> Any:
-        for key, value in self.given.items():
-            if key.lower() == name.lower():
-                return value.get("value") if isinstance(value, Mapping) else value
-        declared = {k.lower(): v for k, v in (self.template.get("parameters") or {}).items()}
-        if name.lower() not in declared or "defaultValue" not in declared[name.lower()]:
-            raise TemplateError(f"the parameter {name!r} has no value")
-        return expand(declared[name.lower()]["defaultValue"], self)
-
-    def variable(self, name: str) -> Any:
-        variables = {k.lower(): v for k, v in (self.template.get("variables") or {}).items()}
-        if name.lower() not in variables:
-            raise TemplateError(f"the variable {name!r} is not declared")
-        return expand(variables[name.lower()], self)
-
-    def resource_id(self, args: Sequence[Any]) -> str:
-        parts = [str(a) for a in args]
-        at = next((i for i, p in enumerate(parts) if "/" in p), None)
-        if at is None or at > 2:
-            raise TemplateError("resourceId() needs a resource type such as 'Microsoft.Network/loadBalancers'")
-        scope = parts[:at]
-        subscription = scope[0] if len(scope) == 2 else self.subscription_id
-        group = scope[-1] if scope else self.group.name
-        type_parts, names = parts[at].split("/"), parts[at + 1 :]
-        if len(names) != len(type_parts) - 1:
-            raise TemplateError(f"resourceId(): {parts[at]!r} takes {len(type_parts) - 1} name(s)")
-        path = f"{type_parts[0]}/{type_parts[1]}/{names[0]}"
-        for child_type, child_name in zip(type_parts[2:], names[1:], strict=True):
-            path += f"/{child_type}/{child_name}"
-        return f"{group_id(subscription, group)}/providers/{path}"
-
-    def reference(self, target: str, full: bool) -> Any:
-        wanted = target.lower()
-        doc = next((d for key, d in self.deployed.items() if key == wanted or key.endswith("/" + wanted)), None)
-        if doc is None:
-            raise TemplateError(f"reference({target!r}): no resource of this deployment has that id or name")
-        return doc if full else doc.get("properties", {})
-
-    def resource_group(self) -> dict[str, Any]:
-        return dict(self.group.doc)
-
-    def subscription(self) -> dict[str, Any]:
-        sub = self.subscription_id
-        return {"id": f"/subscriptions/{sub}", "subscriptionId": sub, "displayName": sub}
-
-    def provider(self, namespace: str, type_: str) -> dict[str, Any]:
-        return {"namespace": namespace, "resourceType": type_, "locations": ["local"], "apiVersions": [API_VERSION]}
-
-
-def resource_key(resource: Mapping[str, Any], evaluation: Evaluation) -> str:
-    """``type/name`` of a template resource (names of children as ``parent/child``)."""
-    return f"{resource.get('type')}/{expand(resource.get('name'), evaluation)}"
-
-
-def _names(dependency: str, key: str) -> bool:
-    """Whether a dependsOn entry (type/name, an id, or a bare name) names the resource ``key`` (type/name)."""
-    return dependency == key or dependency.endswith("/" + key) or key.endswith("/" + dependency)
-
-
-def ordered(resources: list[Mapping[str, Any]], evaluation: Evaluation) -> list[Mapping[str, Any]]:
-    """The resources with each after those it depends on."""
-    keys = [resource_key(r, evaluation).lower() for r in resources]
-    needs = [[str(expand(d, evaluation)).lower() for d in r.get("dependsOn") or []] for r in resources]
-    done: list[int] = []
-    while len(done) < len(resources):
-        ready = [
-            i
-            for i in range(len(resources))
-            if i not in done
-            and not any(_names(n, keys[j]) for n in needs[i] for j in range(len(resources)) if j != i and j not in done)
-        ]
-        if not ready:
-            stuck = [keys[i] for i in range(len(resources)) if i not in done]
-            raise TemplateError(f"the resources {stuck} depend on each other (a cycle)")
-        done.append(ready[0])
-    return [resources[i] for i in done]
 
 
 class Deployments:
@@ -212,7 +125,8 @@ class Deployments:
         doc = dict(deployment.doc)
         props, operations = dict(doc["properties"]), list(doc["operations"])
         try:
-            for resource in ordered(list(evaluation.template.get("resources") or []), evaluation):
+            resources = unrolled(list(evaluation.template.get("resources") or []), evaluation)
+            for resource in ordered(resources, evaluation):
                 target = await self._put_one(resource, evaluation, operations)
                 if target is not None:
                     props["outputResources"] = [*props["outputResources"], {"id": target}]
@@ -240,6 +154,7 @@ class Deployments:
     async def _put_one(
         self, resource: Mapping[str, Any], evaluation: Evaluation, operations: builtins.list[Any]
     ) -> str | None:
+        evaluation = evaluation.at(resource)
         type_ = str(resource.get("type", ""))
         name = str(expand(resource.get("name"), evaluation))
         if "condition" in resource and not expand(resource["condition"], evaluation):
@@ -300,43 +215,3 @@ class Deployments:
             resource, _ = await o.kept.put(kept, sub, group, name, body)
             return dict(resource.doc)
         raise InvalidInput(f"resource type {type_} is not one overhaul deploys", target="type")
-
-
-def camel(name: str) -> str:
-    """An output's name as Resource Manager answers it: camel-cased the way its JSON serializer does ("VMSS" ->
-    "vmss", "MyOutput" -> "myOutput", "VMName" -> "vmName"); az reads outputs by these names."""
-    chars = list(name)
-    for i, char in enumerate(chars):
-        if i == 1 and not char.isupper():
-            break
-        if i > 0 and i + 1 < len(chars) and not chars[i + 1].isupper():
-            break
-        chars[i] = char.lower()
-    return "".join(chars)
-
-
-def check(template: Mapping[str, Any]) -> None:
-    """Refuses, before anything is made, a template using what overhaul cannot evaluate (naming the resource)."""
-    for i, resource in enumerate(template.get("resources") or []):
-        where = f"properties.template.resources[{i}]"
-        if not isinstance(resource, Mapping) or not resource.get("type") or not resource.get("name"):
-            raise InvalidInput(f"{where}: a resource needs a type and a name", target=where)
-        label = f"{where} ({resource['type']} {str(resource['name'])[:80]})"
-        if "copy" in resource:
-            raise InvalidInput(f"{label}: copy loops are not supported", target=f"{where}.copy")
-        try:
-            unknown = [f for f in functions_in(resource) if f.lower() not in KNOWN]
-        except TemplateError as exc:
-            raise InvalidInput(f"{label}: an expression cannot be read: {exc}", target=where) from None
-        if unknown:
-            raise InvalidInput(f"{label}: the function {unknown[0]}() is not one overhaul evaluates", target=where)
-    for key in ("variables", "outputs"):
-        try:
-            unknown = [f for f in functions_in(template.get(key) or {}) if f.lower() not in KNOWN]
-        except TemplateError as exc:
-            raise InvalidInput(f"properties.template.{key}: {exc}", target=f"properties.template.{key}") from None
-        if unknown:
-            raise InvalidInput(
-                f"properties.template.{key}: the function {unknown[0]}() is not one overhaul evaluates",
-                target=f"properties.template.{key}",
-            )

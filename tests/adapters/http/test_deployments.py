@@ -178,3 +178,43 @@ def test_a_resource_that_fails_fails_the_deployment_with_its_error_the_others_ke
         for o in served.call("GET", f"{DEPLOYMENTS}/failing/operations?{API}")[1]["value"]
     }
     assert states == {"webVNET": "Succeeded", "webLB": "Succeeded", "web": "Failed"}
+
+
+def test_a_copy_loop_makes_each_copy_and_what_depends_on_the_loop_comes_after(served: Served) -> None:
+    networks = {
+        "type": "Microsoft.Network/virtualNetworks",
+        "apiVersion": "2022-01-01",
+        "name": "[format('net{0}', copyIndex(1))]",
+        "location": "[resourceGroup().location]",
+        "copy": {"name": "nets", "count": "[parameters('networks')]"},
+        "properties": {"addressSpace": {"addressPrefixes": ["[format('10.{0}.0.0/16', copyIndex())]"]}},
+    }
+    balancer = {
+        "type": "Microsoft.Network/loadBalancers",
+        "apiVersion": "2022-01-01",
+        "name": "looped",
+        "location": "local",
+        "dependsOn": ["nets"],
+        "properties": {},
+    }
+    template: dict[str, Any] = {
+        "parameters": {"networks": {"type": "int", "defaultValue": 3}},
+        "resources": [balancer, networks],
+    }
+    done = deploy(served, "looped", template)
+    assert done["properties"]["provisioningState"] == "Succeeded", done
+    operations = served.call("GET", f"{DEPLOYMENTS}/looped/operations?{API}")[1]["value"]
+    made = [o["properties"]["targetResource"]["resourceName"] for o in operations]
+    assert made == ["net1", "net2", "net3", "looped"]
+    base = RG.replace("resourcegroups", "resourceGroups") + "/providers/Microsoft.Network/virtualNetworks"
+    prefixes = [
+        served.call("GET", f"{base}/net{i}?{API}")[1]["properties"]["addressSpace"]["addressPrefixes"]
+        for i in (1, 2, 3)
+    ]
+    assert prefixes == [["10.0.0.0/16"], ["10.1.0.0/16"], ["10.2.0.0/16"]]
+
+    broken = copy.deepcopy(template)
+    broken["resources"][1]["copy"] = {"count": 2}
+    body = {"properties": {"template": broken, "mode": "Incremental"}}
+    status, doc, _ = served.call("PUT", f"{DEPLOYMENTS}/broken?{API}", body)
+    assert (status, doc["error"]["target"]) == (400, "properties.template.resources[1].copy"), doc
