@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from overhaul.aio import cancel_and_wait
+
 BIN = Path("/usr/lib/postgresql/15/bin")
 _databases = itertools.count(1)
 
@@ -180,7 +182,15 @@ class TcpProxy:
         self.loop.call_soon_threadsafe(drop)
 
     def close(self) -> None:
-        self.heal()
-        self.loop.call_soon_threadsafe(self.server.close)
+        """Stops serving and ends every connection before the loop stops (a connection left pending would be
+        collected later, on a closed loop)."""
+
+        async def stop() -> None:
+            self.cut_off = False
+            self.server.close()
+            await cancel_and_wait(list(self._connections))
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        self.loop.close()
