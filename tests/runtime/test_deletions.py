@@ -152,3 +152,22 @@ async def test_the_operation_outlives_its_group_and_is_not_a_resource_of_it(tmp_
     finally:
         await again.close()
         await store.close()
+
+
+async def test_a_deployment_does_not_bring_back_a_scale_set_being_deleted(tmp_path: Path) -> None:
+    driver = HeldDriver()
+    o, store = await with_scale_set(tmp_path / "o.db", driver)
+    try:
+        _, record = await o.scale_set_deletions.begin(REF)
+        template = {"resources": [{"type": "Microsoft.Compute/virtualMachineScaleSets", "name": "web", **small(3)}]}
+        deployment = await o.deployments.put("s1", "rg", "again", {"properties": {"template": template}})
+        await o.deployments.wait(deployment.id, timeout=10)
+        props = (await o.deployments.get("s1", "rg", "again")).doc["properties"]
+        assert props["provisioningState"] == "Failed", props
+        assert props["error"]["details"][0]["code"] == "OperationNotAllowed", props["error"]
+        driver.released.set()
+        await o.scale_set_deletions.wait(record, timeout=10)
+        assert await o.scale_sets.find(REF) is None
+    finally:
+        await o.close()
+        await store.close()

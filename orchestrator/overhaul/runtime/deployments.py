@@ -192,6 +192,7 @@ class Deployments:
         o = self.orchestrator
         kind = type_.lower()
         if kind == SCALE_SET_TYPE.lower():
+            await o.scale_set_deletions.refuse_while_deleting(ScaleSetRef(sub, group, name))
             model, _ = await o.scale_sets.put(ScaleSetRef(sub, group, name), body)
             return dict(model.to_json())
         if kind == LOAD_BALANCER_TYPE.lower():
