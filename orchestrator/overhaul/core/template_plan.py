@@ -27,6 +27,7 @@ class Evaluation:
         self.subscription_id, self.group = subscription, group
         self.template, self.given = template, given
         self.deployed: dict[str, Any] = {}  # lower-case id -> the resource's document
+        self.existing: dict[str, Any] = {}  # lower-case id -> a document outside the deployment, as it started
         self.index: int | None = None  # copyIndex() of the unrolled copy being evaluated
         self.loop = ""
 
@@ -81,7 +82,12 @@ class Evaluation:
         wanted = target.lower()
         doc = next((d for key, d in self.deployed.items() if key == wanted or key.endswith("/" + wanted)), None)
         if doc is None:
-            raise TemplateError(f"reference({target!r}): no resource of this deployment has that id or name")
+            doc = self.existing.get(wanted)  # by id only, as Resource Manager reads a resource outside the template
+        if doc is None:
+            raise TemplateError(
+                f"reference({target!r}): no resource of this deployment has that id or name, and no other resource "
+                "has that id"
+            )
         return doc if full else doc.get("properties", {})
 
     def resource_group(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from overhaul.aio import Background
 from overhaul.core.errors import InvalidInput, NotFound, OverhaulError
-from overhaul.core.model import ScaleSetRef
+from overhaul.core.model import ScaleSetRef, without_secrets
 from overhaul.core.naming import Scope
 from overhaul.core.network import parse_load_balancer
 from overhaul.core.resources import Resource, resource_id
@@ -33,6 +33,7 @@ DEPLOYMENT_TYPE = "Microsoft.Resources/deployments"
 SCALE_SET_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
 LOAD_BALANCER_TYPE = "Microsoft.Network/loadBalancers"
 NAT_RULE_TYPE = "Microsoft.Network/loadBalancers/inboundNatRules"
+KEPT_DOCS = frozenset(PARSERS)  # the kept types reference() reads (not groups, deployments or operations)
 
 
 class Deployments:
@@ -125,6 +126,7 @@ class Deployments:
         doc = dict(deployment.doc)
         props, operations = dict(doc["properties"]), list(doc["operations"])
         try:
+            evaluation.existing = await self._existing(evaluation.subscription_id)
             resources = unrolled(list(evaluation.template.get("resources") or []), evaluation)
             for resource in ordered(resources, evaluation):
                 target = await self._put_one(resource, evaluation, operations)
@@ -188,13 +190,21 @@ class Deployments:
         evaluation.deployed[target.lower()] = made
         return target
 
+    async def _existing(self, subscription: str) -> dict[str, Any]:
+        """What reference() reads of resources outside the deployment, by id: as they were when it started."""
+        o = self.orchestrator
+        docs = [without_secrets(m.to_json()) for m in await o.scale_sets.list(subscription)]
+        docs += [dict(b.to_json()) for b in await o.load_balancers.list(Scope(subscription, None))]
+        docs += [dict(r.doc) for r in await self.store.list_resources(None, subscription) if r.type in KEPT_DOCS]
+        return {str(d["id"]).lower(): d for d in docs if d.get("id")}
+
     async def _dispatch(self, type_: str, name: str, body: dict[str, Any], sub: str, group: str) -> dict[str, Any]:
         o = self.orchestrator
         kind = type_.lower()
         if kind == SCALE_SET_TYPE.lower():
             await o.scale_set_deletions.refuse_while_deleting(ScaleSetRef(sub, group, name))
             model, _ = await o.scale_sets.put(ScaleSetRef(sub, group, name), body)
-            return dict(model.to_json())
+            return without_secrets(model.to_json())  # what reference() reads may be answered in outputs
         if kind == LOAD_BALANCER_TYPE.lower():
             await o.load_balancers.put(parse_load_balancer(body, name=name, resource_group=group, subscription=sub))
             return dict((await o.load_balancers.get(name, Scope(sub, group))).to_json())

@@ -218,3 +218,37 @@ def test_a_copy_loop_makes_each_copy_and_what_depends_on_the_loop_comes_after(se
     body = {"properties": {"template": broken, "mode": "Incremental"}}
     status, doc, _ = served.call("PUT", f"{DEPLOYMENTS}/broken?{API}", body)
     assert (status, doc["error"]["target"]) == (400, "properties.template.resources[1].copy"), doc
+
+
+def test_reference_reads_a_resource_outside_the_deployment_by_id_and_outputs_hold_no_secret(served: Served) -> None:
+    base = RG.replace("resourcegroups", "resourceGroups") + "/providers"
+    probe = {"name": "health", "properties": {"protocol": "Http", "port": 8080, "requestPath": "/health"}}
+    outside = {"location": "local", "properties": {"probes": [probe]}}
+    assert served.call("PUT", f"{base}/Microsoft.Network/loadBalancers/outside?{API}", outside)[0] == 201
+    template = copy.deepcopy(TEMPLATE)
+    extension = {
+        "name": "setup",
+        "properties": {
+            "publisher": "Microsoft.Azure.Extensions",
+            "type": "CustomScript",
+            "typeHandlerVersion": "2.1",
+            "settings": {},
+            "protectedSettings": {"commandToExecute": "echo hunter2-secret"},
+        },
+    }
+    profile = template["resources"][0]["properties"]["virtualMachineProfile"]
+    profile["extensionProfile"] = {"extensions": [extension]}
+    template["outputs"]["probePath"] = {
+        "type": "string",
+        "value": "[reference(resourceId('Microsoft.Network/loadBalancers', 'outside')).probes[0]"
+        ".properties.requestPath]",
+    }
+    done = deploy(served, "outside", template)
+    assert done["properties"]["provisioningState"] == "Succeeded", done
+    assert done["properties"]["outputs"]["probePath"]["value"] == "/health"
+    assert "hunter2-secret" not in str(done)  # the scale set's output is answered as a GET answers it
+
+    template["outputs"] = {"missing": {"type": "object", "value": "[reference('nowhere')]"}}
+    failed = deploy(served, "missing", template)
+    assert failed["properties"]["provisioningState"] == "Failed"
+    assert "no other resource has that id" in failed["properties"]["error"]["details"][0]["message"]
