@@ -70,6 +70,8 @@ async def test_in_progress_until_every_instance_is_gone_then_succeeded(tmp_path:
         assert (await shown_state(o))["provisioningState"] == "Deleting"
         with pytest.raises(Conflict, match="being deleted"):
             await o.scale_set_deletions.refuse_while_deleting(REF)
+        with pytest.raises(Conflict, match="being deleted"):  # every change comes through put
+            await o.scale_sets.put(REF, small(4))
         again = (await o.scale_set_deletions.begin(REF))[1]
         assert again.name == record.name  # a second DELETE follows the running deletion
         assert (await o.scale_set_deletions.find("s1", record.name)) is not None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import time
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 from overhaul.aio import Background
 from overhaul.core.errors import Conflict, NotFound
 from overhaul.core.model import ScaleSet, ScaleSetRef
-from overhaul.core.naming import scale_set_id
 from overhaul.core.resources import OPERATION_TYPE, Resource
+from overhaul.runtime.parts import utc_timestamp
 from overhaul.runtime.scale_sets import ScaleSets
 
 log = logging.getLogger(__name__)
@@ -25,10 +24,6 @@ LOCK = "/scaleSetDeletions"
 # Finished records are kept this long for late polls, then dropped.
 KEEP_FINISHED_SECONDS = 24 * 3600.0
 IN_PROGRESS, SUCCEEDED, FAILED = "InProgress", "Succeeded", "Failed"
-
-
-def _iso(at: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def target_of(record: Resource) -> str:
@@ -50,6 +45,7 @@ class ScaleSetDeletions:
         self.parts = scale_sets.parts
         self.store = scale_sets.parts.store
         self._running = Background()
+        scale_sets.refuse_change = self.refuse_while_deleting
 
     async def begin(self, ref: ScaleSetRef) -> tuple[ScaleSet, Resource]:
         """Records the deletion InProgress and runs it in the background (the running one, when there is one);
@@ -63,8 +59,8 @@ class ScaleSetDeletions:
                 doc = {
                     "name": name,
                     "status": IN_PROGRESS,
-                    "startTime": _iso(self.parts.clock()),
-                    "target": scale_set_id(model.subscription, model.resource_group, model.name),
+                    "startTime": utc_timestamp(self.parts.clock()),
+                    "target": model.resource_id,
                 }
                 record = Resource(model.subscription, model.resource_group, OPERATION_TYPE, name, doc)
                 await self.store.put_resource(record)
@@ -78,7 +74,7 @@ class ScaleSetDeletions:
         return None
 
     async def running(self, model: ScaleSet) -> Resource | None:
-        target = scale_set_id(model.subscription, model.resource_group, model.name).lower()
+        target = model.resource_id.lower()
         for record in await self.store.list_resources(OPERATION_TYPE, model.subscription, model.resource_group):
             if status_of(record) == IN_PROGRESS and target_of(record).lower() == target:
                 return record
@@ -137,11 +133,11 @@ class ScaleSetDeletions:
             log.warning("deleting scale set %s failed: %s", ref.name, exc)
             code = getattr(exc, "code", "InternalOperationError")
             ended = {"status": FAILED, "error": {"code": code, "message": f"the scale set was not deleted: {exc}"}}
-        doc = dict(record.doc) | {"endTime": _iso(self.parts.clock())} | ended
+        doc = dict(record.doc) | {"endTime": utc_timestamp(self.parts.clock())} | ended
         await self.store.put_resource(replace(record, doc=doc))
 
     async def _prune(self, subscription: str) -> None:
-        horizon = _iso(self.parts.clock() - KEEP_FINISHED_SECONDS)
+        horizon = utc_timestamp(self.parts.clock() - KEEP_FINISHED_SECONDS)
         for record in await self.store.list_resources(OPERATION_TYPE, subscription):
             if status_of(record) != IN_PROGRESS and str(record.doc.get("endTime", "")) < horizon:
                 await self.store.delete_resource(record.id)

@@ -24,6 +24,7 @@ from overhaul.core.resources import Resource, resource_id
 from overhaul.core.template_plan import TEMPLATE_ONLY, Evaluation, camel, check, ordered, unrolled
 from overhaul.core.templates import TemplateError, expand
 from overhaul.runtime.kept import PARSERS
+from overhaul.runtime.parts import utc_timestamp
 
 if TYPE_CHECKING:
     from overhaul.runtime.orchestrator import Orchestrator
@@ -55,7 +56,6 @@ class Deployments:
             )
         owner = await self.orchestrator.resource_groups.get(subscription, group)
         check(template)
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         doc = {
             "id": resource_id(subscription, group, DEPLOYMENT_TYPE, name),
             "name": name,
@@ -63,7 +63,7 @@ class Deployments:
             "properties": {
                 "provisioningState": "Running",
                 "mode": props.get("mode", "Incremental"),
-                "timestamp": now,
+                "timestamp": utc_timestamp(self.orchestrator.parts.clock()),
                 "parameters": given,
                 "outputResources": [],
             },
@@ -202,7 +202,6 @@ class Deployments:
         o = self.orchestrator
         kind = type_.lower()
         if kind == SCALE_SET_TYPE.lower():
-            await o.scale_set_deletions.refuse_while_deleting(ScaleSetRef(sub, group, name))
             model, _ = await o.scale_sets.put(ScaleSetRef(sub, group, name), body)
             return without_secrets(model.to_json())  # what reference() reads may be answered in outputs
         if kind == LOAD_BALANCER_TYPE.lower():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -46,6 +47,11 @@ def engine_error(exc: DriverError) -> OverhaulError:
     if exc.transient:
         return Unavailable(f"the engine cannot do it now ({exc.fault.value}): {exc}", exc.fault.value)
     return EngineFailed(str(exc))
+
+
+def utc_timestamp(at: float) -> str:
+    """A time as ARM documents write it (seconds, UTC): a deployment's timestamp, an operation's start and end."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def as_ref(ref: ScaleSetRef | str) -> ScaleSetRef:

@@ -7,7 +7,7 @@ import asyncio
 import builtins
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -58,6 +58,9 @@ class ScaleSets:
         self.upgrades = upgrades
         # Why VM scale sets are refused here (None: they are not): several orchestrators share the store.
         self.vms_refused: str | None = None
+        # What refuses a change of a scale set now (a deletion running: runtime/deletions.py sets it); every PUT
+        # and PATCH comes through ``put``, whoever sends it (the API, a template deployment).
+        self.refuse_change: Callable[[ScaleSetRef], Awaitable[None]] | None = None
 
     async def find(self, ref: ScaleSetRef | str) -> ScaleSet | None:
         return await self.parts.find_scale_set(ref)
@@ -78,6 +81,8 @@ class ScaleSets:
         under the scale set's write lock; the engine is then made to match the capacity (new instances on the
         resolved image; removed ids deleted, their data disks kept). Returns the model and whether it was created."""
         ref = as_ref(ref)
+        if self.refuse_change is not None:
+            await self.refuse_change(ref)
         async with self.parts.writing(ref.name):
             current = await self.find(ref)
             if patch and current is None:

@@ -171,7 +171,7 @@ def tls_context(settings: ServeSettings) -> ssl.SSLContext | None:
     http = settings.http
     if http.tls_cert:
         return server_context(TlsFiles(Path(http.tls_cert), Path(http.tls_key), None))
-    if http.tls == "auto":
+    if uses_local_ca(settings):
         advertised = urllib.parse.urlsplit(http.advertise_url).hostname or ""
         return server_context(local_certificate(settings.state_path, server_names(http.host, advertised)))
     return None

@@ -38,18 +38,12 @@ async def list_scale_sets(request: web.Request) -> web.Response:
 
 async def put_scale_set(request: web.Request) -> web.Response:
     """Create, or update an existing scale set: as Azure's PUT, properties left out keep their values."""
-    orchestrator = orchestrator_of(request)
-    body = await body_object(request)
-    await orchestrator.scale_set_deletions.refuse_while_deleting(ref(request))
-    model, created = await orchestrator.scale_sets.put(ref(request), body)
+    model, created = await orchestrator_of(request).scale_sets.put(ref(request), await body_object(request))
     return written(without_secrets(model.to_json()), created)
 
 
 async def patch_scale_set(request: web.Request) -> web.Response:
-    orchestrator = orchestrator_of(request)
-    body = await body_object(request)
-    await orchestrator.scale_set_deletions.refuse_while_deleting(ref(request))
-    model, _ = await orchestrator.scale_sets.put(ref(request), body, patch=True)
+    model, _ = await orchestrator_of(request).scale_sets.put(ref(request), await body_object(request), patch=True)
     return web.json_response(without_secrets(model.to_json()))
 
 
