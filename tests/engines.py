@@ -202,3 +202,11 @@ def listening(address: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def podman_inspect(name: str, template: str) -> str:
+    """What `podman inspect --format TEMPLATE NAME` prints, stripped."""
+    out = subprocess.run(
+        ["podman", "inspect", "--format", template, name], capture_output=True, text=True, check=True, timeout=60
+    )
+    return out.stdout.strip()

@@ -16,6 +16,7 @@ import pytest
 
 from demo import busybox_images as engine_images
 from tests.azcli import Az, signed_in_az
+from tests.engines import podman_inspect
 from tests.serve import Served, overhaul_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -95,9 +96,7 @@ def first_version_on_data_disk(instance: dict[str, Any]) -> str:
 
 
 def container_id(name: str) -> str:
-    return subprocess.run(
-        ["podman", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True, check=True, timeout=60
-    ).stdout.strip()
+    return podman_inspect(name, "{{.Id}}")
 
 
 def test_az_signs_in_with_what_overhaul_ships(az: Az, served: Served) -> None:
@@ -257,14 +256,7 @@ def test_az_creates_a_scale_set_and_a_load_balancer_through_template_deployments
     assert created["vmss"]["upgradePolicy"]["mode"] == "Automatic"  # the deployment's output, as az prints it
     [made] = az(f"vmss list-instances -g {RG} -n azmade")
     assert made["name"] == "azmade_0"
-    running = subprocess.run(
-        ["podman", "inspect", "--format", "{{.State.Running}}", "azmade_0"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    assert running.stdout.strip() == "true"  # a real container from the gallery's image
+    assert podman_inspect("azmade_0", "{{.State.Running}}") == "true"  # a real container from the gallery's image
     azmade = f"{PROVIDER}/Microsoft.Compute/virtualMachineScaleSets/azmade"
 
     def health() -> list[tuple[str, str]]:

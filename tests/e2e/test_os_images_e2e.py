@@ -19,6 +19,7 @@ import pytest
 from demo import os_image
 from demo.fleet_model import DATA_MARKER, EXTENSION_MARKER, os_fleet_model
 from tests import builders
+from tests.engines import podman_inspect
 from tests.serve import API, Served, overhaul_serve
 
 # The first test may build the OS images (or wait for another worker building them): minutes, not the usual two.
@@ -98,13 +99,9 @@ def test_demo_story_with_five_system_containers(served: Served) -> None:
     names = [f"os_{i}" for i in range(5)]
     # Isolated by default: a network stack of its own each, no address on a bridge another container could use.
     for name in names:
-        mode, address = subprocess.run(
-            ["podman", "inspect", "-f", "{{.HostConfig.NetworkMode}} {{.NetworkSettings.IPAddress}}", name],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout.partition(" ")[::2]
+        mode, address = podman_inspect(name, "{{.HostConfig.NetworkMode}} {{.NetworkSettings.IPAddress}}").partition(
+            " "
+        )[::2]
         assert (mode, address.strip()) == ("slirp4netns", ""), name
     first_markers = {n: read_file(n, EXTENSION_MARKER) for n in names}
     assert {read_file(n, DATA_MARKER) for n in names} == {"1.0.0"}
@@ -178,13 +175,7 @@ def test_only_the_instance_itself_approves_its_deferred_upgrade(served: Served) 
 
     port = served.instances(VMSS)[0]["properties"]["overhaul"]["hostPorts"]["8090"]
     local_user = approve_from_host(f"http://127.0.0.1:{port}/platform/approve-os-upgrade")
-    address = subprocess.run(
-        ["podman", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", "os_0"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
+    address = podman_inspect("os_0", "{{.NetworkSettings.IPAddress}}")
     neighbour_url = f"http://{address}:8090/platform/approve-os-upgrade"
     neighbour = subprocess.run(
         ["podman", "run", "--rm", "--entrypoint", "python3", f"{os_image.REPO}:1.0.0", "-c", APPROVE, neighbour_url],

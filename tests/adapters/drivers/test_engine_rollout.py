@@ -29,7 +29,7 @@ from overhaul.core.rollout import MAX_UNHEALTHY_UPGRADED, AttemptStatus, Started
 from overhaul.ports.driver import InstanceSpec
 from overhaul.ports.events import AttemptChanged, Event
 from overhaul.runtime.orchestrator import Orchestrator
-from tests.engines import containers, docker_daemon, get_text, podman_service
+from tests.engines import containers, docker_daemon, get_text, podman_inspect, podman_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 REPO = "localhost/overhaul-test"
@@ -515,16 +515,12 @@ async def test_a_repeated_reimage_makes_the_new_os_disk_again_and_it_serves(podm
     def spec(version: str) -> InstanceSpec:
         return InstanceSpec("trepeat", 0, f"{REPO}:{version}", version, ports=ports, stop_timeout=1)
 
-    def container_id() -> str:
-        inspect = ["podman", "inspect", "--format", "{{.Id}}", "trepeat_0"]
-        return subprocess.run(inspect, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-
     try:
         await driver.ensure_running(spec("1.0.0"))
         await driver.reimage(spec("2.0.0"))
-        first = container_id()
+        first = podman_inspect("trepeat_0", "{{.Id}}")
         await driver.reimage(spec("2.0.0"))  # the step again, as after a crash that lost its outcome
-        assert container_id() != first
+        assert podman_inspect("trepeat_0", "{{.Id}}") != first
         state = (await driver.observe("trepeat"))[0]
         assert state.version == "2.0.0" and state.running and state.previous is not None
         async with aiohttp.ClientSession() as http:
