@@ -52,6 +52,10 @@ ENGINE_MESSAGES = [
     ("create web_1: layer not known", Fault.IMAGE_UNAVAILABLE),
     ("write /var/lib/containers/storage/overlay/x: no space left on device", Fault.DISK_FULL),
     ("list containers of web: engine unreachable: Cannot connect to unix socket", Fault.ENGINE_UNAVAILABLE),
+    (  # Podman's copier ended before reading the whole request (containers/buildah#6573): its plumbing, no image's
+        "copy the config drive into spread_3: passing bulk input to subprocess: write |1: broken pipe",
+        Fault.ENGINE_UNAVAILABLE,
+    ),
     ("start web_0: crun: executable file `/app` not found in $PATH: No such file or directory", Fault.IMAGE_FAILED),
     ("create web_0: invalid reference format", Fault.IMAGE_FAILED),
 ]

@@ -55,6 +55,7 @@ ENGINE_WORDS: tuple[tuple[str, Fault], ...] = (
     ("engine unreachable", Fault.ENGINE_UNAVAILABLE),
     ("connection refused", Fault.ENGINE_UNAVAILABLE),
     ("connection reset", Fault.ENGINE_UNAVAILABLE),
+    ("broken pipe", Fault.ENGINE_UNAVAILABLE),  # the engine's own plumbing (e.g. Podman's copier) cut short
 )
 
 

@@ -6,11 +6,13 @@ services with stores of their own, each publishing on its own loopback address."
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,7 +22,7 @@ import aiohttp
 import pytest
 
 from demo import busybox_images
-from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings
+from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings, config_drive_tar
 from overhaul.adapters.drivers.hosts import HostRouter, engine_drivers, forward_directory
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.core.hosts import Host, parse_host
@@ -298,3 +300,18 @@ def test_ssh_forwards_of_a_deep_state_directory_live_in_one_private_directory_of
     finally:
         for directory in made:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_config_drive_archive_ends_at_its_end_of_archive_blocks() -> None:
+    """Podman's copier stops reading at the two zero blocks that end an archive and closes its pipe: a writer still
+    sending the record padding after them gets a broken pipe (a 500; containers/buildah#6573). So nothing follows."""
+    metadata = b'{"instanceId": "2"}' * 40
+    archive = config_drive_tar(metadata)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["etc", "etc/overhaul", "etc/overhaul/metadata.json"]
+        extracted = tar.extractfile(members[-1])
+        assert extracted is not None and extracted.read() == metadata
+        assert (members[-1].mode, members[1].mode) == (0o600, 0o700)
+        end = tar.offset  # where the end-of-archive blocks begin
+    assert len(archive) == end + 2 * tarfile.BLOCKSIZE and archive[end:] == bytes(2 * tarfile.BLOCKSIZE)

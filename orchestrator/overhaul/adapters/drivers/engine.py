@@ -143,7 +143,11 @@ def platform_token(metadata: Path) -> str:
 
 
 def config_drive_tar(metadata: bytes) -> bytes:
-    """A tar of the config drive's directory and its metadata.json, readable by root only, as the bind-mounted one."""
+    """A tar of the config drive's directory and its metadata.json, readable by root only, as the bind-mounted one.
+
+    It ends with the two zero blocks that end an archive, without the record padding tarfile adds after them:
+    Podman's copier stops reading at those blocks and closes its pipe, and a body still sending padding then gets a
+    500 "broken pipe" (containers/buildah#6573)."""
     buffer = io.BytesIO()
     drive = Path(CONFIG_MOUNT.lstrip("/"))
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -154,7 +158,8 @@ def config_drive_tar(metadata: bytes) -> bytes:
         entry = tarfile.TarInfo(str(drive / "metadata.json"))
         entry.size, entry.mode = len(metadata), 0o600
         tar.addfile(entry, io.BytesIO(metadata))
-    return buffer.getvalue()
+        end = tar.offset
+    return buffer.getvalue()[: end + 2 * tarfile.BLOCKSIZE]
 
 
 def isolated_network_name(scale_set: str) -> str:
