@@ -40,7 +40,7 @@ MODEL: dict[str, Any] = {
             "rollingUpgradePolicy": {
                 "maxBatchInstancePercent": 50,
                 "rollbackFailedInstancesOnPolicyBreach": True,
-                "overhaul": {"instanceHealthTimeout": "PT20S"},
+                "overhaul": {"instanceHealthTimeout": "PT60S"},  # for a loaded machine (3.0.0 fails at once)
             },
         },
         "virtualMachineProfile": {

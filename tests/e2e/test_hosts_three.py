@@ -48,7 +48,7 @@ MODEL: dict[str, Any] = {
             "rollingUpgradePolicy": {
                 "maxBatchInstancePercent": 40,
                 "rollbackFailedInstancesOnPolicyBreach": True,
-                "overhaul": {"instanceHealthTimeout": "PT20S"},
+                "overhaul": {"instanceHealthTimeout": "PT60S"},  # for a loaded machine (3.0.0 fails at once)
             },
         },
         "virtualMachineProfile": {
