@@ -71,12 +71,14 @@ bench: setup machine
 	$(PY) bench/vm_bench.py
 	$(PY) bench/failover_bench.py
 
-# Every seed of the in-memory chaos test (make test runs a sample), then real rollouts on Podman with `overhaul
-# serve` SIGKILLed (and sometimes its Podman service) at random moments; checks the invariants after each restart.
+# Every seed of the in-memory chaos test (make test runs a sample), the API fuzzed with 100 examples an operation
+# (make test: 10), then real rollouts on Podman with `overhaul serve` SIGKILLed (and sometimes its Podman service)
+# at random moments; checks the invariants after each restart.
 # KILLS=20 make chaos for a shorter run.
 KILLS ?= 100
 chaos: setup machine
 	OVERHAUL_CHAOS_RUNS=500 $(PY) -m pytest -q -n 2 tests/runtime/test_chaos_memory.py
+	OVERHAUL_FUZZ_EXAMPLES=100 $(PY) -m pytest -q -n 2 tests/adapters/http/test_api.py -k schemathesis
 	$(PY) bench/chaos_podman.py --kills $(KILLS)
 
 # Three orchestrators on one PostgreSQL and real Podman: the leader SIGKILLed or paused past its lease, a standby

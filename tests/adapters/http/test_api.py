@@ -243,6 +243,8 @@ def test_wrong_json_404_409_413_and_api_version(served: Served) -> None:
     assert doc["properties"]["progress"]["successfulInstanceCount"] == 1
 
 
+# Examples per operation: make test and make check fuzz a sample; make chaos fuzzes deeper (OVERHAUL_FUZZ_EXAMPLES=100).
+FUZZ_EXAMPLES = int(os.environ.get("OVERHAUL_FUZZ_EXAMPLES", "10"))
 # The document's operations in five parts, fuzzed side by side by the suite's workers (each operation in one).
 SCHEMATHESIS_SHARDS = {
     "scale sets": r"virtualMachineScaleSets(/\{name\}(/virtualMachines.*|/instanceView)?)?$|/operations/",
@@ -317,7 +319,7 @@ def test_schemathesis_finds_no_server_errors(served: Served, tmp_path: Path, sha
             "--checks",
             "not_a_server_error",
             "--max-examples",
-            "25",
+            str(FUZZ_EXAMPLES),
             "--seed",
             "1",
             "--no-color",
