@@ -182,9 +182,17 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
 # under pytest-xdist every Podman or Docker test runs on one worker, in order. QEMU tests (VMs under directories of
 # their own) run beside them: the VM module on one worker, the VM image module on another, and the QEMU variant of
 # the driver contract with the VM module (they share the VM artefacts, built once).
-# Modules with engines of their own, beside the container-engine lane: QEMU's, and the replicas' Podman service
-# (its containers' names are its own).
-ENGINE_GROUPS = {"test_qemu_vms": "qemu", "test_vm_image": "vm-image", "test_replicas_podman": "replicas"}
+# Modules with engines of their own, beside the container-engine lane: QEMU's, the replicas' Podman service (its
+# containers' names are its own), and the multi-host modules' Podman services, one store each (they share their
+# loopback addresses and host-port ranges with each other, so they take turns in one lane).
+ENGINE_GROUPS = {
+    "test_qemu_vms": "qemu",
+    "test_vm_image": "vm-image",
+    "test_replicas_podman": "replicas",
+    "test_hosts_podman": "hosts",
+    "test_hosts_three": "hosts",
+    "test_host_router": "hosts",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist writes the groups into node ids
