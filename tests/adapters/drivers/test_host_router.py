@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import shutil
@@ -26,8 +27,9 @@ from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings, confi
 from overhaul.adapters.drivers.hosts import HostRouter, engine_drivers, forward_directory
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.core.hosts import Host, parse_host
+from overhaul.localhost import free_port
 from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec
-from tests.engines import podman_host, sshd
+from tests.engines import podman_host, podman_store, sshd
 
 IMAGE = "localhost/overhaul-hosts:1.0.0"
 Placed = Sequence[tuple[Host, frozenset[int]]]
@@ -211,6 +213,46 @@ async def test_an_image_is_streamed_from_the_gallerys_engine_into_a_hosts(tmp_pa
         finally:
             await router.close()
             await gallery.close()
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+async def test_a_container_whose_config_drive_copy_failed_gets_it_before_it_first_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host's engine broke the copy after the create (a broken pipe): the step is retried, finds the container
+    made, and must copy the config drive before starting it, or the instance runs with none."""
+
+    def images(store: list[str]) -> None:
+        busybox_images.build("podman", IMAGE, "1.0.0", store=store)
+
+    with podman_host(images) as url:
+        driver = EngineDriver(EngineSettings(url=url, config_root=tmp_path / "config", call_timeout=60, remote=True))
+        await driver.start()
+        copy = EngineDriver._copy_config_drive
+        calls: list[str] = []
+
+        async def broken_once(self: EngineDriver, spec: InstanceSpec) -> None:
+            calls.append(spec.name)
+            if len(calls) == 1:
+                raise DriverError(f"copy the config drive into {spec.name}: write |1: broken pipe")
+            await copy(self, spec)
+
+        monkeypatch.setattr(EngineDriver, "_copy_config_drive", broken_once)
+        one = spec(0, None, {8080: free_port()})
+        try:
+            with pytest.raises(DriverError, match="broken pipe") as failed:
+                await driver.ensure_running(one)
+            assert failed.value.transient  # retried by the step, not blamed on the image
+            await driver.ensure_running(one)
+            assert calls == ["web_0", "web_0"]
+            store = podman_store(Path(url.removeprefix("unix://")).parent)
+            command = ["podman", *store, "exec", "web_0", "cat", "/etc/overhaul/metadata.json"]
+            shown = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=60, check=True)
+            assert json.loads(shown.stdout)["platformToken"]
+        finally:
+            await driver.delete(one, keep_data=False)
+            await driver.close()
 
 
 async def health(address: str, port: int) -> None:

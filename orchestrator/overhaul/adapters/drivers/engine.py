@@ -47,6 +47,8 @@ LABEL_VERSION = "overhaul.image-version"
 LABEL_OS_DISK = "overhaul.os-disk"
 LABEL_MODEL = "overhaul.model"
 CONFIG_MOUNT = "/etc/overhaul"
+# A container's status before its first start: Docker's, and Podman's (its libpod state before init).
+NEVER_STARTED = ("created", "configured")
 PLATFORM_FILE = "platform.json"  # platform notices beside metadata.json; the agent reads them
 
 
@@ -395,9 +397,12 @@ class EngineDriver:
         return config
 
     async def _create_and_start(self, spec: InstanceSpec, info: Mapping[str, Any] | None) -> None:
-        """Create (when ``info`` says there is no container yet) and start."""
+        """Create (when ``info`` says there is no container yet) and start. On another machine, a container made
+        but never started may have lost its config drive's copy (the engine broke it off): it is copied again."""
         if info is None:
             await self._create(spec)
+        elif self.settings.remote and str((info.get("State") or {}).get("Status", "")).lower() in NEVER_STARTED:
+            await self._copy_config_drive(spec)
         await self._start(spec.name, info)
 
     async def _network_mode(self, spec: InstanceSpec) -> str | None:
