@@ -33,7 +33,10 @@ def port_in_range(first: int, last: int, taken: Collection[int] = (), address: s
 
 
 def _bindable(address: str, port: int) -> bool:
+    """Nothing listens on it. With SO_REUSEADDR, as the engines' listeners bind (Go's default): a port whose last
+    connection lingers in TIME_WAIT is one they can publish on."""
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((address, port))
         except OSError:

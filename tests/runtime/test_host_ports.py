@@ -4,6 +4,7 @@ host refused (something else listens there) is not offered again while the step 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from overhaul.adapters.store.sqlite import SqliteStore
 from overhaul.core.gallery import ImageDefinition
 from overhaul.core.hosts import Host, parse_host, parse_host_group
 from overhaul.core.rollout import AttemptStatus
-from overhaul.ports.driver import Driver, DriverError, InstanceSpec
+from overhaul.localhost import port_in_range
+from overhaul.ports.driver import Driver, DriverError, InstanceSpec, PortsExhausted
 from overhaul.runtime.orchestrator import Orchestrator
 from tests.builders import FAST, small, version
 
@@ -102,3 +104,25 @@ async def test_ports_a_host_refuses_are_not_offered_again_in_that_step(tmp_path:
         await made.close()
         await router.close()
         await store.close()
+
+
+def test_a_port_whose_last_connection_lingers_in_time_wait_is_free_to_publish() -> None:
+    """An instance's old OS disk served on the port and closed its connections first: the port sits in TIME_WAIT
+    for a minute. Engines listen with SO_REUSEADDR (Go's default), so they can publish there: it is free."""
+    address = "127.0.0.6"
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as an engine's (rootlessport's) listens
+        listener.bind((address, 0))
+        port = int(listener.getsockname()[1])
+        listener.listen()
+        with socket.create_connection((address, port), timeout=5) as client:
+            served, _ = listener.accept()
+            served.close()  # the server side closes first: its end of the connection lingers in TIME_WAIT
+            client.recv(1)
+    assert port_in_range(port, port, (), address) == port
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind((address, port))
+        holder.listen()  # something listens there now: taken
+        with pytest.raises(PortsExhausted, match=f"no free host port in {port}-{port} on {address}"):
+            port_in_range(port, port, (), address)
