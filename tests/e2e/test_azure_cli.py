@@ -284,10 +284,16 @@ def test_az_creates_a_scale_set_and_a_load_balancer_through_template_deployments
         time.sleep(0.3)
     deployments = az(f"deployment group list -g {RG}")
     assert {d["properties"]["provisioningState"] for d in deployments} == {"Succeeded"}
+    # az's scale PUTs only the location and the sku: the rest of the model is kept, and a second instance made.
+    scaled = az(f"vmss scale -g {RG} -n azmade --new-capacity 2")
+    assert scaled["sku"]["capacity"] == 2 and scaled["upgradePolicy"]["mode"] == "Automatic"
+    assert [i["name"] for i in az(f"vmss list-instances -g {RG} -n azmade")] == ["azmade_0", "azmade_1"]
+    assert podman_inspect("azmade_1", "{{.State.Running}}") == "true"
     az(f"vmss delete -g {RG} -n azmade")  # a long-running operation az follows to its end
     assert served.call("GET", f"{azmade}?{API}")[0] == 404
-    gone = subprocess.run(["podman", "container", "exists", "azmade_0"], check=False, capture_output=True, timeout=60)
-    assert gone.returncode == 1  # the container was removed before the operation ended
+    for name in ("azmade_0", "azmade_1"):  # each container was removed before the operation ended
+        gone = subprocess.run(["podman", "container", "exists", name], check=False, capture_output=True, timeout=60)
+        assert gone.returncode == 1, name
     az(f"network lb create -g {RG} -n azlb2 --sku Standard")
     az(f"network lb probe create -g {RG} --lb-name azlb2 -n health --protocol Tcp --port 8080")
     _, doc, _ = served.call("GET", f"{PROVIDER}/Microsoft.Network/loadBalancers/azlb2/probes/health?{API}")
