@@ -66,16 +66,24 @@ class Crowded(MemoryDriver):
 
     foreign: frozenset[int] = frozenset()
 
-    async def reimage(self, spec: InstanceSpec) -> None:
+    def _refuse(self, spec: InstanceSpec) -> None:
         held = sorted(set(spec.ports.values()) & self.foreign)
         if held:
             raise DriverError(f"start {spec.name}: Bind for 127.0.0.2:{held[0]} failed: port is already allocated")
+
+    async def reimage(self, spec: InstanceSpec) -> None:
+        self._refuse(spec)
         await super().reimage(spec)
+
+    async def ensure_running(self, spec: InstanceSpec) -> None:
+        self._refuse(spec)
+        await super().ensure_running(spec)
 
 
 async def test_ports_a_host_refuses_are_not_offered_again_in_that_step(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "overhaul.db")
     crowded = Crowded(address="127.0.0.2")
+    crowded.foreign = frozenset({20001})  # something else listens there from the start (a remote host: unchecked)
 
     async def only(host: Host) -> Driver:
         return crowded
@@ -91,15 +99,16 @@ async def test_ports_a_host_refuses_are_not_offered_again_in_that_step(tmp_path:
         ours = {"engine": "unix:///run/rack.sock", "publishAddress": "127.0.0.2", "hostPorts": "20000-20009"}
         body = {"properties": {"overhaul": ours}}
         await made.host_groups.put_host(parse_host(body, group="rack", name="h", resource_group="rg", subscription="s"))
+        # The scale set's PUT makes instance 1 on the next port the host takes, as a rollout's step would.
         await made.scale_sets.put("web", small(2))
-        assert await store.instance_ports("web") == {0: {8080: 20000}, 1: {8080: 20001}}
+        assert await store.instance_ports("web") == {0: {8080: 20000}, 1: {8080: 20002}}
         # While instance 0 is reimaged, something else takes its port, and the next free one too.
-        crowded.foreign = frozenset({20000, 20002})
+        crowded.foreign = frozenset({20000, 20001, 20003})
         await made.galleries.publish(version("2.0.0"))
         attempt = await made.upgrades.start("web")
         done = await made.upgrades.wait(attempt.id, 20)
         assert done.status is AttemptStatus.COMPLETED, done
-        assert (await store.instance_ports("web"))[0] == {8080: 20003}  # not 20000 again, nor 20002
+        assert (await store.instance_ports("web"))[0] == {8080: 20004}  # not 20000 again, nor 20001 or 20003
     finally:
         await made.close()
         await router.close()

@@ -27,6 +27,7 @@ from overhaul.core.planner import InstanceView
 from overhaul.core.probes import resolve_probe
 from overhaul.core.rollout import ActionKind
 from overhaul.core.rules import check_instance_ids, versions_after_put
+from overhaul.core.triage import Fault
 from overhaul.ports.driver import DriverError, InstanceState
 from overhaul.ports.health import HealthReport
 from overhaul.runtime.instances import where_it_listens
@@ -37,6 +38,7 @@ from overhaul.runtime.views import instance_views
 
 log = logging.getLogger(__name__)
 IMAGE_REFERENCE = "properties.virtualMachineProfile.storageProfile.imageReference"
+PORT_TRIES = 10  # host ports tried for an instance its host refuses them for, before the PUT says so
 
 
 @dataclass(frozen=True)
@@ -168,9 +170,7 @@ class ScaleSets:
         await parts.instances.keep(model, placement)
         try:
             for instance_id, version in enumerate(versions):
-                await parts.driver.ensure_running(
-                    await parts.instances.spec(model, instance_id, version.version, version)
-                )
+                await self._ensure_running(model, instance_id, version)
             for instance_id in sorted(set(states) - set(range(model.capacity))):
                 await parts.driver.delete(
                     await parts.instances.handle(previous or model, instance_id, states[instance_id].version)
@@ -187,6 +187,25 @@ class ScaleSets:
         changed = previous is not None and model_digest(model) != model_digest(previous)
         if changed and model.capacity > 0 and model.upgrade_policy.mode != "Manual":
             await self.upgrades.begin_model_upgrade(model, states, None)
+
+    async def _ensure_running(self, model: ScaleSet, instance_id: int, version: ImageVersion) -> None:
+        """The instance runs. A host port its host refuses (something else listens there: a remote host's ports
+        are not checked beforehand) is replaced by another, never offered again here, as a rollout's step does."""
+        parts = self.parts
+        spec = await parts.instances.spec(model, instance_id, version.version, version)
+        refused: set[int] = set()
+        for _ in range(PORT_TRIES - 1):
+            try:
+                await parts.driver.ensure_running(spec)
+                return
+            except DriverError as exc:
+                if exc.fault is not Fault.HOST_PORT_TAKEN or not spec.ports:
+                    raise
+                refused.update(spec.ports.values())
+                ports = await parts.instances.ports(model, instance_id, fresh=True, avoid=refused)
+                log.warning("%s: %s; publishing on %s instead", spec.name, exc, ports)
+                spec = replace(spec, ports=ports)
+        await parts.driver.ensure_running(spec)
 
     async def delete(self, ref: ScaleSetRef | str) -> None:
         ref = as_ref(ref)
