@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -27,6 +28,7 @@ from overhaul.adapters.drivers.engine import EngineDriver, EngineSettings, confi
 from overhaul.adapters.drivers.hosts import HostRouter, engine_drivers, forward_directory
 from overhaul.adapters.drivers.memory import MemoryDriver
 from overhaul.core.hosts import Host, parse_host
+from overhaul.core.triage import Fault
 from overhaul.localhost import free_port
 from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec
 from tests.engines import podman_host, podman_store, sshd
@@ -217,11 +219,12 @@ async def test_an_image_is_streamed_from_the_gallerys_engine_into_a_hosts(tmp_pa
 
 @pytest.mark.engine
 @pytest.mark.slow
-async def test_a_container_whose_config_drive_copy_failed_gets_it_before_it_first_starts(
+async def test_a_container_made_but_never_started_is_made_again_with_its_config_drive_and_new_ports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A host's engine broke the copy after the create (a broken pipe): the step is retried, finds the container
-    made, and must copy the config drive before starting it, or the instance runs with none."""
+    """A host's engine broke the copy after the create (a broken pipe), or refused the container's host port at its
+    start: the step is retried and finds the container made. It is made again, or the instance would run with no
+    config drive, or fail on the refused port for ever."""
 
     def images(store: list[str]) -> None:
         busybox_images.build("podman", IMAGE, "1.0.0", store=store)
@@ -250,8 +253,20 @@ async def test_a_container_whose_config_drive_copy_failed_gets_it_before_it_firs
             command = ["podman", *store, "exec", "web_0", "cat", "/etc/overhaul/metadata.json"]
             shown = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=60, check=True)
             assert json.loads(shown.stdout)["platformToken"]
+
+            with socket.socket() as squatter:  # something else listens on the port instance 1 is given first
+                squatter.bind(("127.0.0.1", 0))
+                squatter.listen()
+                two = spec(1, None, {8080: squatter.getsockname()[1]})
+                with pytest.raises(DriverError) as refused:
+                    await driver.ensure_running(two)
+                assert refused.value.fault is Fault.HOST_PORT_TAKEN, refused.value
+                two = replace(two, ports={8080: free_port()})  # what the caller chooses next
+                await driver.ensure_running(two)
+                await health("127.0.0.1", two.ports[8080])
         finally:
             await driver.delete(one, keep_data=False)
+            await driver.delete(spec(1, None), keep_data=False)
             await driver.close()
 
 

@@ -397,12 +397,14 @@ class EngineDriver:
         return config
 
     async def _create_and_start(self, spec: InstanceSpec, info: Mapping[str, Any] | None) -> None:
-        """Create (when ``info`` says there is no container yet) and start. On another machine, a container made
-        but never started may have lost its config drive's copy (the engine broke it off): it is copied again."""
+        """Create (when ``info`` says there is no container yet) and start. A container made but never started is
+        made again: the engine may have broken off its config drive's copy, or refused the host port it was made
+        with (the spec now names another), and an OS disk that never ran holds nothing (data disks are volumes)."""
+        if info is not None and str((info.get("State") or {}).get("Status", "")).lower() in NEVER_STARTED:
+            await self._remove(spec.name)
+            info = None
         if info is None:
             await self._create(spec)
-        elif self.settings.remote and str((info.get("State") or {}).get("Status", "")).lower() in NEVER_STARTED:
-            await self._copy_config_drive(spec)
         await self._start(spec.name, info)
 
     async def _network_mode(self, spec: InstanceSpec) -> str | None:
