@@ -4,6 +4,7 @@ they keep across reimages, the metadata of their config drive, and the health wa
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from overhaul.aio import Changes
@@ -207,6 +208,12 @@ class Instances:
                 ports = await self._choose(model, host, {})
         await self.store.put_instance_ports(model.name, instance_id, ports)
         return ports
+
+    async def elsewhere(self, model: ScaleSet, spec: InstanceSpec, refused: set[int]) -> InstanceSpec:
+        """The spec on other host ports than those its host refused (something else listens there): the spec's
+        are added to ``refused``, never offered again while the caller's step lasts."""
+        refused.update(spec.ports.values())
+        return replace(spec, ports=await self.ports(model, spec.instance_id, fresh=True, avoid=refused))
 
     async def _choose(
         self, model: ScaleSet, host: Host | None, keep: Mapping[int, int], avoid: Collection[int] = ()

@@ -126,9 +126,7 @@ class Reconciler:
             async def fresh_ports() -> InstanceSpec:
                 nonlocal spec
                 self._ports_moved.add((model.name, action.instance_id))
-                refused.update(spec.ports.values())
-                ports = await self.instances.ports(model, action.instance_id, fresh=True, avoid=refused)
-                spec = replace(spec, ports=ports)
+                spec = await self.instances.elsewhere(model, spec, refused)
                 return spec
 
             respec = fresh_ports

@@ -201,10 +201,8 @@ class ScaleSets:
             except DriverError as exc:
                 if exc.fault is not Fault.HOST_PORT_TAKEN or not spec.ports:
                     raise
-                refused.update(spec.ports.values())
-                ports = await parts.instances.ports(model, instance_id, fresh=True, avoid=refused)
-                log.warning("%s: %s; publishing on %s instead", spec.name, exc, ports)
-                spec = replace(spec, ports=ports)
+                spec = await parts.instances.elsewhere(model, spec, refused)
+                log.warning("%s: %s; publishing on %s instead", spec.name, exc, dict(spec.ports))
         await parts.driver.ensure_running(spec)
 
     async def delete(self, ref: ScaleSetRef | str) -> None:
