@@ -31,7 +31,8 @@ from overhaul.core.hosts import Host, parse_host
 from overhaul.core.triage import Fault
 from overhaul.localhost import free_port
 from overhaul.ports.driver import Driver, DriverError, EngineUnavailable, InstanceSpec
-from tests.engines import podman_host, podman_store, sshd
+from tests.e2e.hosts import inside
+from tests.engines import podman_host, sshd
 
 IMAGE = "localhost/overhaul-hosts:1.0.0"
 Placed = Sequence[tuple[Host, frozenset[int]]]
@@ -249,10 +250,8 @@ async def test_a_container_made_but_never_started_is_made_again_with_its_config_
             assert failed.value.transient  # retried by the step, not blamed on the image
             await driver.ensure_running(one)
             assert calls == ["web_0", "web_0"]
-            store = podman_store(Path(url.removeprefix("unix://")).parent)
-            command = ["podman", *store, "exec", "web_0", "cat", "/etc/overhaul/metadata.json"]
-            shown = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=60, check=True)
-            assert json.loads(shown.stdout)["platformToken"]
+            shown = await asyncio.to_thread(inside, url, "web_0", "cat", "/etc/overhaul/metadata.json")
+            assert json.loads(shown)["platformToken"]
 
             with socket.socket() as squatter:  # something else listens on the port instance 1 is given first
                 squatter.bind(("127.0.0.1", 0))
