@@ -19,7 +19,9 @@ from tests.azcli import Az, signed_in_az
 from tests.engines import podman_inspect
 from tests.serve import Served, overhaul_serve
 
-pytestmark = [pytest.mark.slow, pytest.mark.engine]
+# Each az call is a Python process importing azure-cli: seconds of CPU each, minutes for a test of twenty calls on a
+# busy machine (a full run beside a CPU hog took 120 s for one).
+pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.timeout(600)]
 REPO = "localhost/overhaul-az"
 RG, GALLERY, IMAGE, NAME = "azrg", "azgallery", "tiny", "azset"
 SUB = "local"
